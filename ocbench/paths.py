@@ -15,3 +15,13 @@ def cache_dir() -> Path:
 def demo_root() -> Path:
     """Default location of the synthetic demo dataset (``--dataset demo``)."""
     return cache_dir() / "demo"
+
+
+def opencell_root() -> Path:
+    """Default location of the real OpenCell data (where ``ocbench data download`` puts it)."""
+    return cache_dir() / "opencell"
+
+
+def entries_dir() -> Path:
+    """Default folder for result entries written by ``ocbench run``."""
+    return Path("results")
