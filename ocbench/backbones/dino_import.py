@@ -1,0 +1,283 @@
+"""Convert a DINO / Dino4Cells training checkpoint (``.pth``) into a Hub-style safetensors folder.
+
+A DINO checkpoint is a torch pickle: ``{"student", "teacher", "optimizer", "epoch", "args",
+"dino_loss"}`` where ``args`` is an ``argparse.Namespace``. It is read with
+``torch.load(weights_only=True)`` with exactly one extra class allowed, ``argparse.Namespace``; a
+file that needs any other class is refused (unpickling arbitrary classes can run code).
+
+The backbone is the ``teacher`` entry (what DINO evaluates); its keys carry the
+``MultiCropWrapper`` prefix ``backbone.`` (and ``module.`` when saved from DDP), and ``head.*`` is
+the DINO projection head, which is dropped. Fallback when there is no ``teacher`` entry: a bare
+backbone state dict (what DINO publishes for ImageNet, e.g. ``dino_vitbase8_pretrain.pth``) is
+used as it is; otherwise pass ``checkpoint_key`` (e.g. ``"student"``).
+
+Patch size and input channels are read from ``patch_embed.proj.weight`` (never from the file
+name) and must match the card; then every key and shape must match ``build_vit(card)``.
+
+Output folder (written atomically): ``model.safetensors``, ``config.json`` (timm's Hub config
+format plus an ``ocbench`` section with the provenance) and ``README.md`` (the Hub model card).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ocbench import __version__
+from ocbench._io import atomic_dir, sha256_file
+from ocbench.backbones.sources import CONFIG_FILENAME, WEIGHTS_FILENAME, expected_sha256, parse_source, weights_dir
+from ocbench.errors import ConfigError, DataError
+
+DEFAULT_CHECKPOINT_KEY = "teacher"
+_STRIPPED_PREFIXES = ("module.", "backbone.")
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def import_dino_checkpoint(
+    pth_path: str | os.PathLike,
+    card: Any,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    checkpoint_key: str = DEFAULT_CHECKPOINT_KEY,
+    source_url: str | None = None,
+    source_sha256: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Convert ``pth_path`` for ``card``; returns the folder (default ``<cache>/weights/<card name>``)."""
+    pth_path = Path(pth_path).expanduser()
+    if not pth_path.is_file():
+        raise ConfigError(f"{pth_path}: checkpoint file not found; pass --checkpoint PATH to the downloaded .pth")
+    folder = Path(out_dir) if out_dir is not None else weights_dir(card, cache_dir)
+    source_sha256 = source_sha256 or sha256_file(pth_path)
+
+    checkpoint = load_dino_checkpoint(pth_path)
+    state, used_key = select_backbone_state(checkpoint, pth_path, checkpoint_key)
+    del checkpoint  # the optimizer state can be larger than the weights
+    state = strip_backbone_prefixes(state, pth_path)
+    patch_size, in_chans, dim = check_against_card(state, card, pth_path)
+
+    config = _hub_config(card, patch_size, in_chans, dim, used_key, source_url, source_sha256)
+    _write_folder(folder, state, config)
+    return folder
+
+
+def import_backbone(
+    name_or_card: Any,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    checkpoint_key: str = DEFAULT_CHECKPOINT_KEY,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Path:
+    """``ocbench backbones import NAME [--checkpoint PATH]``: returns the converted folder.
+
+    Without ``checkpoint`` the card's ``url:`` checkpoint is downloaded (once) and converted. With
+    it, that file is converted; when it goes to the card's default folder (``out_dir`` not given)
+    its sha256 must equal the card's published ``sha256``, because the loader trusts that folder as
+    the card's weights. A different checkpoint can still be converted with an explicit ``out_dir``
+    (and then used through a ``local:<out_dir>`` card).
+    """
+    from ocbench.backbones.cards import get_card
+
+    card = get_card(name_or_card)
+    kind, target = parse_source(card)
+    if checkpoint is None:
+        if kind != "url":
+            raise ConfigError(
+                f"backbone '{card.name}' has source {card.source}: only url: checkpoints are imported "
+                "(hf-hub/timm weights load directly); pass --checkpoint PATH to convert a local .pth"
+            )
+        from ocbench.backbones.sources import resolve_weights
+
+        resolved = resolve_weights(card, cache_dir=cache_dir, progress=progress)
+        if resolved.path is None or resolved.path.parent != weights_dir(card, cache_dir):
+            raise ConfigError(f"backbone '{card.name}': {card.source} is not a .pth checkpoint; nothing to convert")
+        return resolved.path.parent
+
+    checkpoint = Path(checkpoint).expanduser()
+    if not checkpoint.is_file():
+        raise ConfigError(f"--checkpoint {checkpoint}: file not found")
+    have = sha256_file(checkpoint)
+    published = expected_sha256(card)
+    if out_dir is None and published is not None and have != published:
+        raise DataError(
+            f"{checkpoint}: sha256 {have} differs from the published {published} of '{card.name}'; pass the published "
+            "checkpoint, or give --out DIR to convert this one elsewhere (and use it through a local: card)"
+        )
+    return import_dino_checkpoint(
+        checkpoint,
+        card,
+        out_dir,
+        checkpoint_key=checkpoint_key,
+        source_url=target if kind == "url" else None,
+        source_sha256=have,
+        cache_dir=cache_dir,
+    )
+
+
+def load_dino_checkpoint(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` allowing ``argparse.Namespace`` and nothing else."""
+    import argparse
+    import pickle
+
+    import torch
+
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch < 2.5
+        raise ConfigError(f"importing {path.name} needs torch >= 2.5 (safe unpickling of argparse.Namespace); upgrade torch")
+    try:
+        with safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = _REFUSED_GLOBAL.search(str(exc))
+        if refused:
+            raise DataError(
+                f"{path}: refused to unpickle {refused.group(1)}; a DINO checkpoint may hold only tensors, plain "
+                "containers and argparse.Namespace (nothing else is loaded, as unpickling other classes can run code)"
+            ) from exc
+        raise DataError(f"{path}: not a loadable torch checkpoint ({_first_line(exc)})") from exc
+    except Exception as exc:  # anything else from parsing untrusted bytes (struct.error, EOFError, zip errors...)
+        raise DataError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {_first_line(exc)}); download it again") from exc
+
+
+def select_backbone_state(checkpoint: Any, path: Path, checkpoint_key: str = DEFAULT_CHECKPOINT_KEY) -> tuple[dict, str | None]:
+    """The state dict to convert and the entry it came from (None for a bare state dict)."""
+    import torch
+
+    if not isinstance(checkpoint, dict):
+        raise DataError(f"{path}: expected a dict checkpoint, found {type(checkpoint).__name__}")
+    if checkpoint_key in checkpoint:
+        state = checkpoint[checkpoint_key]
+        if not isinstance(state, dict):
+            raise DataError(f"{path}: entry {checkpoint_key!r} is a {type(state).__name__}, not a state dict")
+        return state, checkpoint_key
+    is_bare = checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()) and any(
+        str(k).endswith("patch_embed.proj.weight") for k in checkpoint
+    )
+    if is_bare:
+        return checkpoint, None
+    keys = ", ".join(sorted(map(str, checkpoint))[:8])
+    raise DataError(f"{path}: no {checkpoint_key!r} entry (top-level keys: {keys}); pass the entry holding the backbone (e.g. student)")
+
+
+def strip_backbone_prefixes(state: dict, path: Path) -> dict:
+    """Drop ``module.``/``backbone.`` prefixes and the DINO head; tensors become contiguous copies."""
+    import torch
+
+    cleaned: dict[str, Any] = {}
+    for key, value in state.items():
+        name = str(key)
+        while name.startswith(_STRIPPED_PREFIXES):
+            name = name.split(".", 1)[1]
+        if name.startswith("head.") or name == "head":
+            continue
+        if not torch.is_tensor(value):
+            raise DataError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        if name in cleaned:
+            raise DataError(f"{path}: two entries become {name!r} after removing prefixes")
+        # clone: safetensors refuses tensors that share storage (and views of the optimizer state).
+        cleaned[name] = value.detach().to("cpu").contiguous().clone()
+    if not cleaned:
+        raise DataError(f"{path}: no backbone weights left after dropping the DINO head")
+    return cleaned
+
+
+def check_against_card(state: dict, card: Any, path: Path) -> tuple[int, int, int]:
+    """Patch size, in_chans and dim read from the weights, checked against the card and its timm model."""
+    from ocbench.backbones.vit import build_vit
+
+    proj = state.get("patch_embed.proj.weight")
+    if proj is None or proj.ndim != 4 or proj.shape[-1] != proj.shape[-2]:
+        raise DataError(f"{path}: no square patch_embed.proj.weight; this is not a ViT backbone checkpoint")
+    dim, in_chans, patch_size = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
+    card_patch, card_chans = getattr(card, "patch_size", None), getattr(card, "in_chans", None)
+    found = []
+    if card_patch is not None and patch_size != card_patch:
+        found.append(f"patch size {patch_size} (card: {card_patch})")
+    if card_chans is not None and in_chans != card_chans:
+        found.append(f"{in_chans} input channels (card: {card_chans})")
+    if found:
+        raise DataError(
+            f"{path}: weights have {' and '.join(found)}, read from patch_embed.proj.weight {tuple(proj.shape)}; "
+            f"this is not a '{card.name}' checkpoint: pass the right file or fix the card"
+        )
+
+    expected = {key: tuple(value.shape) for key, value in build_vit(card).state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} vs {expected[k]}" for k in sorted(set(expected) & set(state)) if tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append(f"{len(wrong)} of another shape (e.g. {'; '.join(wrong[:2])})")
+        raise DataError(f"{path}: weights do not fit '{card.name}' (timm {card.arch} {dict(card.arch_kwargs)}): {', '.join(parts)}")
+    return patch_size, in_chans, dim
+
+
+def _hub_config(card: Any, patch_size: int, in_chans: int, dim: int, used_key: str | None,
+                source_url: str | None, source_sha256: str) -> dict[str, Any]:
+    import timm
+    import torch
+
+    model_args = {**dict(getattr(card, "arch_kwargs", {}) or {}), "in_chans": in_chans}
+    pretrained_cfg: dict[str, Any] = {"num_classes": 0, "first_conv": "patch_embed.proj", "classifier": "head"}
+    if getattr(card, "license", ""):
+        pretrained_cfg["license"] = card.license
+    if getattr(card, "normalization", None) == "imagenet":
+        pretrained_cfg.update(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    return {
+        # timm's Hub format: timm.create_model("hf-hub:<repo>", pretrained=True) rebuilds the model.
+        "architecture": card.arch,
+        "num_classes": 0,
+        "num_features": dim,
+        "model_args": model_args,
+        "pretrained_cfg": pretrained_cfg,
+        "ocbench": {
+            "card": card.name,
+            "arch": card.arch,
+            "arch_kwargs": dict(getattr(card, "arch_kwargs", {}) or {}),
+            "in_chans": in_chans,
+            "patch_size": patch_size,
+            "feature_dim": dim,
+            "input_channels": list(getattr(card, "input_channels", ()) or ()),
+            "normalization": getattr(card, "normalization", None),
+            "input_size": getattr(card, "input_size", None),
+            "pretraining": getattr(card, "pretraining", ""),
+            "source": getattr(card, "source", None),
+            "source_url": source_url,
+            "source_sha256": source_sha256,
+            "checkpoint_key": used_key,
+            "position_embedding": "dino-bicubic-scale-factor",
+            "license": getattr(card, "license", ""),
+            "citation": getattr(card, "citation", ""),
+            "ocbench_version": __version__,
+            "torch_version": torch.__version__.split("+")[0],
+            "timm_version": timm.__version__,
+        },
+    }
+
+
+def _write_folder(folder: Path, state: dict, config: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    from ocbench.backbones.hub import render_model_card
+
+    with atomic_dir(folder) as tmp:
+        # Fixed metadata (no timestamps): the same .pth always gives byte-identical safetensors.
+        save_file(state, str(tmp / WEIGHTS_FILENAME), metadata={"format": "pt"})
+        config["ocbench"]["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILENAME)
+        (tmp / CONFIG_FILENAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(render_model_card(config), encoding="utf-8")
+
+
+def _first_line(exc: object) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

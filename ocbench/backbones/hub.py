@@ -1,0 +1,212 @@
+"""Publish converted backbones on the Hugging Face Hub, and write their model cards.
+
+A folder made by ``ocbench backbones import`` (``model.safetensors`` + ``config.json`` +
+``README.md``) is uploaded as it is; afterwards anyone can use the weights through an
+``hf-hub:<org>/<name>`` card source, or with timm alone (``config.json`` follows timm's Hub format:
+``timm.create_model("hf-hub:<org>/<name>", pretrained=True)``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ocbench.errors import ConfigError, DataError
+
+REQUIRED_FILES = ("model.safetensors", "config.json")
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What was (or, with ``dry_run``, would be) uploaded."""
+
+    repo_id: str
+    revision: str | None
+    files: tuple[str, ...]  # paths relative to the folder
+    total_bytes: int
+    dry_run: bool
+    commit_url: str | None = None
+    commit_sha: str | None = None
+
+    def summary(self) -> str:
+        size = f"{self.total_bytes / 1e6:.1f} MB"
+        where = f"{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
+        if self.dry_run:
+            return f"dry run: would upload {len(self.files)} files ({size}) to {where}: {', '.join(self.files)}"
+        return f"uploaded {len(self.files)} files ({size}) to {where}: {self.commit_url or self.commit_sha}"
+
+
+def push_backbone(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool = False,
+    dry_run: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> PushResult:
+    """Upload a Hub-style backbone folder to the model repo ``repo_id`` (created if missing).
+
+    A missing ``README.md`` is written from ``config.json`` first. ``revision`` names a branch
+    (created from main if missing). ``dry_run`` checks everything locally and uploads nothing.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such folder; run `ocbench backbones import NAME` first")
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"{folder}: missing {', '.join(missing)}; re-run `ocbench backbones import NAME`")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ConfigError(f"--repo-id {repo_id!r} must look like ORG/NAME")
+    config = read_config(folder)
+    from ocbench.backbones.sources import check_safetensors_header
+
+    check_safetensors_header(folder / "model.safetensors")
+    readme = folder / "README.md"
+    if not readme.is_file() and not dry_run:
+        from ocbench._io import atomic_write
+
+        with atomic_write(readme) as fh:
+            fh.write(render_model_card(config))
+
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if "README.md" not in files:
+        files = sorted(files + ["README.md"])  # dry run: it would be written
+    total = sum((folder / name).stat().st_size for name in files if (folder / name).is_file())
+    if dry_run:
+        return PushResult(repo_id=repo_id, revision=revision, files=tuple(files), total_bytes=total, dry_run=True)
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import HfHubHTTPError
+
+    from ocbench.backbones.sources import offline_mode
+
+    if offline_mode():
+        raise ConfigError("HF_HUB_OFFLINE is set; unset it to push to the Hub")
+    card_name = config.get("ocbench", {}).get("card", folder.name)
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message or f"Upload {card_name} (converted by ocbench)",
+            allow_patterns=files,
+        )
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        hint = "log in with `hf auth login` or set HF_TOKEN (a token with write access)" if status in (401, 403) else "check the repo id and your access"
+        raise ConfigError(f"push to {repo_id} failed ({_first_line(exc)}); {hint}") from exc
+    except (OSError, ValueError) as exc:  # no token, no network
+        raise ConfigError(f"push to {repo_id} failed ({_first_line(exc)}); log in with `hf auth login` and check the network") from exc
+    return PushResult(
+        repo_id=repo_id,
+        revision=revision,
+        files=tuple(files),
+        total_bytes=total,
+        dry_run=False,
+        commit_url=getattr(commit, "commit_url", None) or str(commit),
+        commit_sha=getattr(commit, "oid", None),
+    )
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not readable JSON ({_first_line(exc)}); re-run `ocbench backbones import NAME`") from exc
+    if not isinstance(config, dict) or "architecture" not in config:
+        raise DataError(f"{path}: field architecture is missing; re-run `ocbench backbones import NAME`")
+    return config
+
+
+def render_model_card(config: dict[str, Any]) -> str:
+    """Hub README (YAML front matter + text) for a converted backbone, from its ``config.json``."""
+    meta = config.get("ocbench", {})
+    name = meta.get("card", "backbone")
+    license_id = _hub_license(meta.get("license", ""))
+    channels = meta.get("input_channels") or []
+    arch = config.get("architecture", "?")
+    model_args = config.get("model_args", {})
+    lines = [
+        "---",
+        f"license: {license_id}",
+        "library_name: timm",
+        "pipeline_tag: image-feature-extraction",
+        "tags:",
+        "- ocbench",
+        "- image-feature-extraction",
+        "- microscopy",
+        "- dino",
+        "- vision-transformer",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        meta.get("pretraining") or "Self-supervised DINO Vision Transformer backbone.",
+        "",
+        f"Converted by ocbench {meta.get('ocbench_version', '')} from the original checkpoint "
+        "to safetensors; the weights are the DINO *teacher* backbone, the DINO projection head is dropped. "
+        "Nothing was retrained.",
+        "",
+        "## Model",
+        "",
+        f"- architecture: timm `{arch}` with {json.dumps(model_args)}",
+        f"- patch size: {meta.get('patch_size')}, embedding (CLS feature) dim: {config.get('num_features')}",
+        f"- input normalization: {meta.get('normalization', '-')}",
+        "- position embeddings: for inputs other than the pretraining size, resize them the way the original "
+        "DINO code does (bicubic, scale factor (n + 0.1) / sqrt(N)); ocbench does this, timm's own resize differs slightly",
+        "",
+        "## Input channels",
+        "",
+        "| index | channel |",
+        "|---|---|",
+    ]
+    lines += [f"| {i} | {channel} |" for i, channel in enumerate(channels)]
+    lines += [
+        "",
+        "## Provenance",
+        "",
+        f"- original checkpoint: {meta.get('source_url') or meta.get('source') or '-'}",
+        f"- sha256 of the original checkpoint: `{meta.get('source_sha256', '-')}`",
+        f"- entry used: `{meta.get('checkpoint_key') or 'bare state dict'}`",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import timm",
+        f'model = timm.create_model("hf-hub:<this repo>", pretrained=True)  # {arch}, num_classes=0',
+        "```",
+        "",
+        "With ocbench, point a backbone card's `source` at `hf-hub:<this repo>@<commit>` and run "
+        "`ocbench embed --backbone NAME ...`.",
+        "",
+        "## License",
+        "",
+        f"{meta.get('license') or 'See the original release.'}",
+    ]
+    citation = meta.get("citation")
+    if citation:
+        lines += ["", "## Citation", "", "```bibtex" if citation.lstrip().startswith("@") else "```", citation.strip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _hub_license(text: str) -> str:
+    """Hub license id: known ids pass through, anything else is 'other'."""
+    known = {"apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-nc-4.0", "cc-by-sa-4.0", "cc0-1.0", "gpl-3.0"}
+    value = (text or "").strip().lower()
+    return value if value in known else "other"
+
+
+def _first_line(exc: object) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,264 @@
+"""Turn a backbone card into a :class:`Backbone`: a model plus everything that identifies its numbers.
+
+timm builds the architecture (``vit.build_vit``); weights come only from safetensors files
+(``sources.resolve_weights`` finds or fetches them), loaded strictly: a missing, unexpected or
+wrongly shaped tensor is a one-line error naming the file. ``builtin:`` cards need no file: the
+classical baseline has no weights, the random-init control is built under a fixed torch seed.
+
+:func:`resolve_identity` gives the same weights sha256 / revision / preprocess key without
+building the model, so an embedding cache hit never loads it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ocbench.backbones.adapters import ChannelAdapter, parse_channels
+from ocbench.backbones.cards import BackboneCard, get_card
+from ocbench.backbones.preprocess import model_inputs, preprocess_key
+from ocbench.errors import ConfigError, DataError
+
+
+@dataclass(eq=False)
+class Backbone:
+    """A loaded backbone. ``embed`` takes what the network sees; ``embed_raw`` takes OpenCell FOVs."""
+
+    card: BackboneCard
+    model: torch.nn.Module  # model(x) -> (N, feature_dim) CLS features (or classical statistics)
+    device: torch.device
+    weights_sha256: str | None  # sha256 of the safetensors file (None for builtin cards)
+    revision: str | None  # resolved Hub commit, url checkpoint sha256, builtin version string, or None
+    weights_path: Path | None = None
+    load_time_s: float = 0.0
+    #: bf16 autocast around the forward (CUDA ViTs); CPU and the classical baseline stay float32.
+    autocast_bf16: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def preprocess_key(self) -> str:
+        return preprocess_key(self.card)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.card.feature_dim
+
+    def adapter(self, spec: str | None = None) -> ChannelAdapter:
+        """Parse a channel spec for this backbone (None: the card's default)."""
+        return parse_channels(spec, self.card)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input (N, in_chans, H, W), already normalized -> (N, feature_dim) float32."""
+        if x.ndim != 4 or x.shape[1] != self.card.in_chans:
+            raise DataError(f"{self.card.name} expects model input (N, {self.card.in_chans}, H, W); got {tuple(x.shape)}")
+        with torch.inference_mode():
+            x = x.to(self.device, dtype=torch.float32, non_blocking=True)
+            # bf16 autocast on CUDA only: CPU features stay float32 (and bit-reproducible).
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.autocast_bf16):
+                features = self.model(x).float()
+        # A clone made outside inference mode is an ordinary tensor: callers may modify it in place.
+        return features.clone()
+
+    def prepare(self, batch: torch.Tensor, adapter: ChannelAdapter | str | None = None) -> list[torch.Tensor]:
+        """uint16 FOVs (N, 2, H, W) in CHANNELS order -> normalized model inputs, one per adapter view."""
+        if not isinstance(adapter, ChannelAdapter):
+            adapter = parse_channels(adapter, self.card)
+        if not isinstance(batch, torch.Tensor):
+            batch = torch.as_tensor(batch)
+        if batch.dtype == torch.uint16 and self.device.type != "cpu":
+            batch = batch.to(torch.int32)  # uint16 kernels are sparse off the CPU; int32 is exact
+        with torch.inference_mode():
+            return model_inputs(batch.to(self.device, non_blocking=True), self.card, adapter)
+
+    def embed_raw(self, batch: torch.Tensor, adapter: ChannelAdapter | str | None = None) -> torch.Tensor:
+        """uint16 FOVs (N, 2, H, W) in CHANNELS order -> (N, feature_dim * adapter.n_views) float32.
+
+        Intensity rule, resize policy, channel adapter and normalization of the card, then the
+        model under ``torch.inference_mode``; views (replicate) are concatenated in CHANNELS order.
+        """
+        views = self.prepare(batch, adapter)
+        features = [self.embed(view) for view in views]
+        return features[0] if len(features) == 1 else torch.cat(features, dim=1)
+
+    def describe(self) -> str:
+        sha = (self.weights_sha256 or "-")[:12]
+        return f"{self.card.name} on {self.device} (weights sha256 {sha}, revision {self.revision or '-'})"
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None -> CUDA when present, else CPU; a CUDA device without CUDA is a ConfigError."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device '{device}' is not a torch device (use auto, cpu, cuda or cuda:N)") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}': CUDA is not available here; use cpu or auto")
+    return resolved
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file on CPU; an unreadable file is a one-line DataError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"weights file {path} does not exist")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"weights file {path} is not a readable safetensors file ({reason}); delete it and fetch or import the weights again"
+        ) from None
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike, what: str) -> None:
+    """Load every tensor, or fail in one line naming the file and the first mismatches."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [
+        f"{key} {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state and tuple(state[key].shape) != tuple(expected[key].shape)
+    ]
+    problems = []
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} tensors with the wrong shape (e.g. {'; '.join(wrong_shape[:2])})")
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if problems:
+        raise ConfigError(
+            f"weights file {path} does not fit {what}: "
+            f"{'; '.join(problems)}; check the card or re-import the checkpoint"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+@dataclass(frozen=True)
+class BackboneIdentity:
+    """What identifies a backbone's numbers, known without building the model (embedding cache keys)."""
+
+    weights_sha256: str | None
+    revision: str | None
+    preprocess_key: str
+    weights_path: Path | None = None
+
+
+def _random_init_revision(card: BackboneCard) -> str:
+    # A seeded init is reproduced by the same seed, timm and torch: those versions identify it.
+    from importlib.metadata import version
+
+    return f"random-init-seed{card.init_seed}-timm{version('timm')}-torch{torch.__version__}"
+
+
+def resolve_identity(
+    name_or_card: str | BackboneCard,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+) -> BackboneIdentity:
+    """weights sha256, revision and preprocess key of a backbone, fetching weights if needed but
+    never building the model. ``load_backbone`` reports exactly these values."""
+    card = get_card(name_or_card)
+    key = preprocess_key(card)
+    if weights is not None:
+        from ocbench.backbones.sources import file_sha256
+
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise DataError(f"weights file {path} does not exist")
+        return BackboneIdentity(file_sha256(path), None, key, path)
+    if card.source_kind == "builtin":
+        if card.source_target == "classical-stats":
+            from ocbench.backbones.classical import CLASSICAL_VERSION
+
+            return BackboneIdentity(None, f"classical-v{CLASSICAL_VERSION}", key)
+        if card.source_target == "random-init":
+            return BackboneIdentity(None, _random_init_revision(card), key)
+        raise ConfigError(
+            f"backbone card '{card.name}': unknown builtin source '{card.source}' (known: builtin:classical-stats, builtin:random-init)"
+        )
+    from ocbench.backbones.sources import resolve_weights
+
+    resolved = resolve_weights(card, cache_dir=cache_dir)
+    if resolved.path is None:
+        raise ConfigError(f"backbone '{card.name}': source {card.source} gave no weights file")
+    return BackboneIdentity(resolved.sha256, resolved.revision, key, Path(resolved.path))
+
+
+def _build_builtin(card: BackboneCard) -> torch.nn.Module:
+    if card.source_target == "classical-stats":
+        from ocbench.backbones.classical import ClassicalFeatures, feature_dim
+
+        if feature_dim(card.in_chans) != card.feature_dim:
+            raise ConfigError(
+                f"backbone card '{card.name}': feature_dim {card.feature_dim} but classical features of "
+                f"{card.in_chans} channels have {feature_dim(card.in_chans)}"
+            )
+        return ClassicalFeatures(card.in_chans)
+    from ocbench.backbones.vit import ViTCLSFeatures, build_vit
+
+    # Seeded init without disturbing the caller's global RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(card.init_seed or 0))
+        vit = build_vit(card)
+    return ViTCLSFeatures(vit)
+
+
+def load_backbone(
+    name_or_card: str | BackboneCard,
+    *,
+    device: str | torch.device | None = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+) -> Backbone:
+    """Build the card's model on ``device`` with its weights; see :class:`Backbone`.
+
+    ``weights`` loads this safetensors file instead of the card's source (e.g. a checkpoint you
+    trained); it must fit the card's architecture exactly.
+    """
+    started = time.perf_counter()
+    card = get_card(name_or_card)
+    target = resolve_device(device)
+    identity = resolve_identity(card, cache_dir=cache_dir, weights=weights)
+    if identity.weights_path is None:
+        model = _build_builtin(card)
+    else:
+        from ocbench.backbones.vit import ViTCLSFeatures, build_vit
+
+        state = load_safetensors(identity.weights_path)
+        vit = build_vit(card)
+        load_state_strict(vit, state, identity.weights_path, f"backbone '{card.name}' ({card.arch}, in_chans={card.in_chans})")
+        model = ViTCLSFeatures(vit)
+        if model.feature_dim != card.feature_dim:
+            raise ConfigError(f"backbone card '{card.name}': feature_dim {card.feature_dim} but the model gives {model.feature_dim}")
+    model = model.eval().to(target)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return Backbone(
+        card=card,
+        model=model,
+        device=target,
+        weights_sha256=identity.weights_sha256,
+        revision=identity.revision,
+        weights_path=identity.weights_path,
+        load_time_s=time.perf_counter() - started,
+        # The classical statistics need float32 (percentiles, histograms); ViTs run in bf16 on GPU.
+        autocast_bf16=target.type == "cuda" and card.source != "builtin:classical-stats",
+    )

@@ -1,0 +1,192 @@
+"""From uint16 OpenCell FOVs to what a backbone sees: intensity rule, resize policy, normalization.
+
+Order (fixed, and part of :func:`preprocess_key`):
+
+1. **intensity** (per image and per OpenCell channel, on the raw counts):
+   ``percentile-<lo>-<hi>`` maps the lo-th percentile to 0 and the hi-th to 1, clipped to [0, 1]
+   (numpy's linear percentile); a channel whose percentiles coincide becomes all zero.
+   ``raw`` keeps counts as float32; ``unit`` divides by 65535.
+2. **resize** on the two channels: ``none`` (native size, e.g. 600 px), ``resize-<S>`` (bilinear,
+   antialiased, to SxS) or ``center-crop-<S>``.
+3. the **channel adapter** places the channels into the model's inputs; unused inputs are zero.
+4. **normalization** of the model input: ``imagenet`` ((x - mean) / std per RGB channel),
+   ``self`` (per-image per-channel z-score as in Dino4Cells: (x - mean) / (std + 1e-7), population
+   std, so an all-zero input channel stays zero) or ``none``.
+
+Only the parsers are needed by the (torch-free) cards; torch is imported inside the tensor functions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from ocbench.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ocbench.backbones.adapters import ChannelAdapter
+    from ocbench.backbones.cards import BackboneCard
+
+#: Bump when the meaning of any rule below changes: cached embeddings then become misses.
+PREPROCESS_VERSION = 1
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+SELF_NORM_EPS = 1e-7
+
+_NUMBER = r"(\d+(?:\.\d+)?)"
+
+
+def parse_intensity(rule: str) -> tuple:
+    """``("percentile", lo, hi)``, ``("raw",)`` or ``("unit",)``; ConfigError otherwise."""
+    if rule in ("raw", "unit"):
+        return (rule,)
+    match = re.fullmatch(rf"percentile-{_NUMBER}-{_NUMBER}", str(rule))
+    if match:
+        lo, hi = float(match.group(1)), float(match.group(2))
+        if 0.0 <= lo < hi <= 100.0:
+            return ("percentile", lo, hi)
+    raise ConfigError(f"intensity rule '{rule}' is not one of: raw, unit, percentile-<lo>-<hi> with 0 <= lo < hi <= 100")
+
+
+def parse_resize(policy: str) -> tuple:
+    """``("none",)``, ``("resize", size)`` or ``("center-crop", size)``; ConfigError otherwise."""
+    if policy == "none":
+        return ("none",)
+    match = re.fullmatch(r"(resize|center-crop)-(\d+)", str(policy))
+    if match and int(match.group(2)) > 0:
+        return (match.group(1), int(match.group(2)))
+    raise ConfigError(f"resize policy '{policy}' is not one of: none, resize-<size>, center-crop-<size>")
+
+
+def preprocess_key(card: "BackboneCard") -> str:
+    """Stable, filesystem-safe string of everything here that changes the features (cache keys)."""
+    return f"pp{PREPROCESS_VERSION}_{card.intensity}_{card.normalization}_{card.resize}"
+
+
+def describe_preprocess(card: "BackboneCard") -> str:
+    """One human line, e.g. for ``ocbench backbones show``."""
+    intensity = parse_intensity(card.intensity)
+    if intensity[0] == "percentile":
+        first = f"per-image per-channel percentile scaling ({intensity[1]:g}th -> 0, {intensity[2]:g}th -> 1, clipped)"
+    elif intensity[0] == "raw":
+        first = "raw uint16 counts as float32"
+    else:
+        first = "counts / 65535"
+    resize = parse_resize(card.resize)
+    second = "native size (no resize)" if resize[0] == "none" else f"{resize[0]} to {resize[1]} px"
+    third = {
+        "imagenet": "ImageNet mean/std",
+        "self": "per-image per-channel z-score (self-normalization)",
+        "none": "no normalization",
+    }[card.normalization]
+    return f"{first}; {second}; channel adapter (unused inputs zero); {third}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Tensor operations (torch imported lazily)
+
+
+def quantiles(flat: "torch.Tensor", qs: "list[float] | tuple[float, ...]") -> "torch.Tensor":
+    """Per-row quantiles of a 2-D float tensor (rows, n), numpy's 'linear' method; shape (rows, len(qs)).
+
+    No size limit (torch.quantile has one). A couple of quantiles use kthvalue (linear time); more
+    share one sort.
+    """
+    import math
+
+    import torch
+
+    n = flat.shape[-1]
+    if len(qs) > 2:
+        ordered = flat.sort(dim=-1).values
+
+        def kth(rank: int) -> "torch.Tensor":
+            return ordered[..., rank]
+    else:
+
+        def kth(rank: int) -> "torch.Tensor":
+            return torch.kthvalue(flat, rank + 1, dim=-1).values
+
+    columns = []
+    for q in qs:
+        position = q * (n - 1)
+        low, high = math.floor(position), math.ceil(position)
+        low_value = kth(low)
+        columns.append(low_value if high == low else low_value + (kth(high) - low_value) * (position - low))
+    return torch.stack(columns, dim=-1)
+
+
+def scale_intensity(images: "torch.Tensor", rule: str) -> "torch.Tensor":
+    """(N, C, H, W) counts of any numeric dtype -> float32 per the card's intensity rule."""
+    import torch
+
+    parsed = parse_intensity(rule)
+    x = images.to(torch.float32)
+    if parsed[0] == "raw":
+        return x
+    if parsed[0] == "unit":
+        return x / 65535.0
+    n, c, h, w = x.shape
+    flat = x.reshape(n * c, h * w)
+    bounds = quantiles(flat, (parsed[1] / 100.0, parsed[2] / 100.0))
+    low = bounds[:, 0:1]
+    span = bounds[:, 1:2] - low
+    # A flat channel (span 0) carries no signal: map it to zeros rather than dividing by zero.
+    safe_span = torch.where(span > 0, span, torch.ones_like(span))
+    scaled = ((flat - low) / safe_span).clamp_(0.0, 1.0)
+    scaled = torch.where(span > 0, scaled, torch.zeros_like(scaled))
+    return scaled.reshape(n, c, h, w)
+
+
+def resize_images(x: "torch.Tensor", policy: str) -> "torch.Tensor":
+    import torch.nn.functional as F
+
+    parsed = parse_resize(policy)
+    if parsed[0] == "none":
+        return x
+    size = parsed[1]
+    if parsed[0] == "resize":
+        if x.shape[-2:] == (size, size):
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    h, w = x.shape[-2:]
+    if h < size or w < size:
+        raise DataError(f"image of {h}x{w} px is smaller than the card's center crop of {size} px")
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+def normalize(x: "torch.Tensor", normalization: str) -> "torch.Tensor":
+    """Normalize model inputs (N, in_chans, H, W) float32; returns a new tensor."""
+    import torch
+
+    if normalization == "none":
+        return x
+    if normalization == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+    if normalization == "self":
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        std = x.std(dim=(-2, -1), keepdim=True, unbiased=False)
+        return (x - mean) / (std + SELF_NORM_EPS)
+    raise ConfigError(f"unknown normalization '{normalization}'")
+
+
+def model_inputs(batch: "torch.Tensor", card: "BackboneCard", adapter: "ChannelAdapter") -> "list[torch.Tensor]":
+    """uint16 batch (N, 2, H, W) in CHANNELS order -> one normalized model input per adapter view."""
+    from ocbench.data.compartments import CHANNELS
+
+    if batch.ndim != 4 or batch.shape[1] != len(CHANNELS):
+        raise DataError(
+            f"expected a batch of shape (N, {len(CHANNELS)}, H, W) in channel order {', '.join(CHANNELS)}; "
+            f"got {tuple(batch.shape)}"
+        )
+    if adapter.in_chans != card.in_chans:
+        raise ConfigError(f"channel adapter {adapter.key} is for {adapter.in_chans} input channels; {card.name} has {card.in_chans}")
+    x = scale_intensity(batch, card.intensity)
+    x = resize_images(x, card.resize)
+    return [normalize(view, card.normalization) for view in adapter.apply(x)]
