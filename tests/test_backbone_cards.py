@@ -19,9 +19,11 @@ from ocbench.backbones.cards import (
     get_card,
     list_cards,
     register_card,
+    reported_channels,
 )
 from ocbench.backbones.preprocess import preprocess_key
 from ocbench.errors import ConfigError
+from ocbench.reported import headline, reported_for_backbone
 
 SEED_BACKBONES = {
     "imagenet-dino-vits8",
@@ -71,10 +73,13 @@ def test_card_is_self_consistent(card):
     assert card.in_chans == len(card.input_channels)
     default = parse_channels(card.default_channels, card)
     assert default.in_chans == card.in_chans
-    # every reported row names a channel spec that ocbench can run
-    for score in card.paper_reference:
-        parse_channels(score.channels, card)
-        assert 0 < score.mean < 1
+    # every reported row, in the card's words, is a channel spec ocbench runs as exactly that map
+    for result in reported_for_backbone(card.name):
+        adapter = parse_channels(reported_channels(result, card), card)
+        assert adapter.strategy == result.strategy
+        if result.strategy == "map":
+            assert adapter.targets == result.channel_map
+        assert all(0 < v < 1 for v in (result.mean, *result.per_k) if v is not None)
     if card.patch_size is not None and card.arch.startswith("vit_"):
         assert f"patch{card.patch_size}_" in card.arch
     assert re.fullmatch(r"[A-Za-z0-9._-]+", preprocess_key(card))
@@ -116,18 +121,29 @@ def test_opencell_cards_need_training_and_offline_cards_do_not():
     assert get_card("hpa-fov-vitb8").unavailable_reason().startswith("needs network: url:")
 
 
-def test_paper_reference_numbers():
-    headline = {name: get_card(name).headline for name in SEED_BACKBONES}
-    assert (headline["hpa-fov-vitb8"].mean, headline["hpa-fov-vitb8"].std) == (0.822, 0.007)
-    assert (headline["imagenet-dino-vitb8"].mean, headline["imagenet-dino-vitb8"].std) == (0.818, 0.007)
-    assert (headline["opencell-dino-vits8"].mean, headline["opencell-dino-vits8"].std) == (0.810, 0.015)
-    assert headline["hpa-sc-vitb16"].task == "sc-knn" and headline["hpa-sc-vitb16"].mean == 0.852
+def test_paper_numbers_of_the_cards():
+    """The paper's numbers are not on the cards: ocbench.reported holds them, by card name."""
+    assert not any("paper_reference" in card.to_dict() for card in list_cards())
+    top = {name: headline(name) for name in SEED_BACKBONES}
+    assert (top["hpa-fov-vitb8"].mean, top["hpa-fov-vitb8"].std) == (0.822, 0.007)
+    assert (top["imagenet-dino-vitb8"].mean, top["imagenet-dino-vitb8"].std) == (0.818, 0.007)
+    assert (top["opencell-dino-vits8"].mean, top["opencell-dino-vits8"].std) == (0.810, 0.015)
+    assert top["hpa-sc-vitb16"].task == "sc-knn" and top["hpa-sc-vitb16"].per_k[0] == 0.852
     hpa = get_card("hpa-fov-vitb8")
-    replicate = [s for s in hpa.paper_reference if s.channels == "replicate" and s.setting == "zero-shot"]
-    assert [(s.mean, s.std) for s in replicate] == [(0.768, 0.010)]
-    zero_shot_maps = {s.channels for s in hpa.paper_reference if s.task == "fov-mlp" and s.setting == "zero-shot"}
+    rows = reported_for_backbone(hpa.name)
+    replicate = [r for r in rows if r.strategy == "replicate" and r.setting == "zero-shot"]
+    assert [(r.mean, r.std) for r in replicate] == [(0.768, 0.010)]
+    zero_shot_maps = {reported_channels(r, hpa) for r in rows if r.task == "fov-mlp" and r.setting == "zero-shot"}
     assert len(zero_shot_maps) == 8  # 7 maps of PROTOCOL.md section 2 + replicate
-    assert get_card("classical-stats").paper_reference == ()
+    assert "natural" in zero_shot_maps and "protein=3,nucleus=0" in zero_shot_maps
+    imagenet = get_card("imagenet-dino-vitb8")
+    assert {reported_channels(r, imagenet) for r in reported_for_backbone(imagenet.name) if r.task == "fov-mlp"} >= {
+        "imagenet-best",
+        "protein=G,nucleus=R",
+        "protein=B,nucleus=R",
+    }
+    for name in OFFLINE_BACKBONES:
+        assert reported_for_backbone(name) == [] and headline(name) is None
 
 
 def test_unknown_name_suggests_close_names():
@@ -197,6 +213,11 @@ def test_cards_table_and_show():
     for card in list_cards():
         assert card.name in table
     assert "0.822±0.007 fov-mlp natural" in table
+    lines = {line.split()[0]: line for line in table.splitlines()[2:]}
+    assert lines["imagenet-dino-vitb8"].endswith("0.818±0.007 fov-mlp imagenet-best")
+    assert lines["opencell-dino-vits8"].endswith("0.810±0.015 fov-mlp natural")
+    assert lines["hpa-sc-vitb16"].endswith("0.852 sc-knn natural (k#1 of 5)")  # first k, and says so
+    assert lines["classical-stats"].endswith(" -")
     assert "@a35ccfc " in table  # hub revisions shortened like git
 
     shown = format_card("hpa-fov-vitb8")
@@ -205,7 +226,15 @@ def test_cards_table_and_show():
     assert "0 microtubules (R), 1 protein (G), 2 nucleus (B), 3 er (Y)" in shown
     assert "key map-p1-n2" in shown and "sweep = 12 injective maps" in shown
     assert "z-score" in shown and "pp1_raw_self_none" in shown
-    assert "0.860±0.013 (fov-mlp, fine-tuned, natural" in shown
+    reported = shown[shown.index("reported (paper)") :].splitlines()
+    assert len(reported) == 2 + len(reported_for_backbone("hpa-fov-vitb8"))  # title, header, one line per row
+    assert re.search(r"0\.860±0\.013 +finetune +fine-tuned +natural +Table 2.*epochs=100, fraction=1\.0", shown)
+    assert re.search(r"0\.804±0\.012 +finetune +fine-tuned +protein=0,nucleus=3 +Table 3 .*epochs=60", shown)
+    assert re.search(r"0\.780 0\.759 0\.767 0\.743 0\.700 +sc-knn +fine-tuned +natural", shown)
+    assert "k#1 < ... < k#5" in shown
+    vits8 = format_card("imagenet-dino-vits8")
+    assert re.search(r"0\.761±0\.010 +fov-mlp +zero-shot +imagenet-best +Table 1 +the paper does not say which map", vits8)
+    assert "reported (paper): none" in format_card("classical-stats")
     with pytest.raises(ConfigError, match="did you mean"):
         format_card("tiny-vit-randm")
 

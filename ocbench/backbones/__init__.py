@@ -1,7 +1,8 @@
 """Backbones: cards (what a model is), channel adapters, preprocessing, loading and conformance checks.
 
 Importing this package is cheap (no torch): cards and adapters are torch-free, and the loader and
-the conformance check are imported on first use::
+the conformance check are imported on first use. The seed paper's numbers per backbone are in
+``ocbench.reported`` (``reported_for_backbone(name)``, ``headline(name)``)::
 
     from ocbench.backbones import get_card, parse_channels, load_backbone
     backbone = load_backbone("classical-stats")
@@ -15,12 +16,12 @@ from typing import Any
 from ocbench.backbones.adapters import ChannelAdapter, available_presets, parse_channels, sweep_adapters
 from ocbench.backbones.cards import (
     BackboneCard,
-    ReportedScore,
     format_card,
     format_cards_table,
     get_card,
     list_cards,
     register_card,
+    reported_channels,
 )
 
 _LAZY = {
@@ -33,12 +34,12 @@ _LAZY = {
 
 __all__ = [
     "BackboneCard",
-    "ReportedScore",
     "register_card",
     "get_card",
     "list_cards",
     "format_cards_table",
     "format_card",
+    "reported_channels",
     "ChannelAdapter",
     "parse_channels",
     "sweep_adapters",

@@ -2,7 +2,9 @@
 
 A card says everything needed to turn OpenCell FOVs into that model's features reproducibly:
 where the weights come from, which timm architecture to build, what each input channel means,
-how uint16 intensities become model input, and what the seed paper reported for it.
+how uint16 intensities become model input. What the seed paper reported for a backbone is not
+part of its card: ``ocbench.reported`` keeps the paper's numbers (looked up by card name) for the
+cards and the leaderboard alike.
 
 This module (like ``zoo`` and ``adapters``) imports no torch, so ``ocbench backbones list`` and
 ``show`` start fast.
@@ -17,37 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ocbench.errors import ConfigError
+from ocbench.reported import ReportedResult, headline, reported_for_backbone
 
 #: Source prefixes a card may use. ``builtin:`` needs no download (classical baseline, random init).
 SOURCE_KINDS: tuple[str, ...] = ("hf-hub", "timm", "url", "local", "builtin")
 NORMALIZATIONS: tuple[str, ...] = ("imagenet", "self", "none")
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-
-@dataclass(frozen=True)
-class ReportedScore:
-    """One number the seed paper reports for a backbone (shown as a "reported" row, never mixed
-    with numbers ocbench computed)."""
-
-    task: str  # ocbench task name: "fov-mlp", "sc-knn", ...
-    setting: str  # "zero-shot" | "fine-tuned" | "from-scratch"
-    channels: str  # channel spec as ocbench writes it: "replicate", "natural", "protein=1,nucleus=2"
-    mean: float
-    std: float | None = None
-    metric: str = "macro_f1"
-    note: str = ""
-    source: str = "seed paper via PROTOCOL.md"
-
-    def compact(self) -> str:
-        """For tables: ``0.822±0.007 fov-mlp natural``."""
-        value = f"{self.mean:.3f}" if self.std is None else f"{self.mean:.3f}±{self.std:.3f}"
-        return f"{value} {self.task} {self.channels}"
-
-    def short(self) -> str:
-        value = f"{self.mean:.3f}" if self.std is None else f"{self.mean:.3f}±{self.std:.3f}"
-        note = f", {self.note}" if self.note else ""
-        return f"{value} ({self.task}, {self.setting}, {self.channels}{note})"
 
 
 @dataclass(frozen=True)
@@ -91,8 +69,6 @@ class BackboneCard:
     #: Seed for ``builtin:random-init`` cards.
     init_seed: int | None = None
     pretraining: str = ""
-    #: What the seed paper reported; the first row is the card's headline number.
-    paper_reference: tuple[ReportedScore, ...] = ()
     license: str = ""
     citation: str = ""
     notes: str = ""
@@ -123,10 +99,6 @@ class BackboneCard:
         if self.source_kind == "local":
             return f"needs local weights (e.g. trained by ocbench): {self.source}"
         return None
-
-    @property
-    def headline(self) -> ReportedScore | None:
-        return self.paper_reference[0] if self.paper_reference else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists) for result entries."""
@@ -275,15 +247,43 @@ def _channels_cell(card: BackboneCard) -> str:
     return f"{joined} <- {card.default_channels}"
 
 
+def reported_channels(result: ReportedResult, card: BackboneCard) -> str:
+    """A reported row's channel handling as a channel spec this card runs: ``replicate``, the card's
+    default (``natural``, ``imagenet-best``) when the map is that one, else ``protein=G,nucleus=R``."""
+    if result.strategy == "replicate" or result.channel_map is None:
+        return result.strategy
+    from ocbench.backbones.adapters import parse_channels
+
+    if max(result.channel_map) >= card.in_chans:  # a card that does not fit the paper's model
+        return result.channels_label
+    if parse_channels(card.default_channels, card).targets == result.channel_map:
+        return card.default_channels
+    # Letters for RGB-style cards, indices otherwise (as the paper writes HPA maps).
+    names = card.input_channels if all(len(n) == 1 for n in card.input_channels) else None
+    protein, nucleus = (names[i] if names else str(i) for i in result.channel_map)
+    return f"protein={protein},nucleus={nucleus}"
+
+
+def _headline_cell(card: BackboneCard) -> str:
+    """``0.822±0.007 fov-mlp natural``; sc-knn: ``0.852 sc-knn natural (k#1 of 5)``; ``-`` when none."""
+    result = headline(card.name)
+    if result is None:
+        return "-"
+    channels = reported_channels(result, card)
+    if result.per_k:  # one number per k: quote the first (smallest) k and say so
+        return f"{result.per_k[0]:.3f} {result.task} {channels} (k#1 of {len(result.per_k)})"
+    return f"{result.value_label()} {result.task} {channels}"
+
+
 def format_cards_table(cards: list[BackboneCard] | None = None) -> str:
-    """The ``ocbench backbones list`` table: name, source, arch, channels, dim, reported paper score."""
+    """The ``ocbench backbones list`` table: name, source, arch, channels, dim, and the paper's
+    headline number for the card's default configuration (from ``ocbench.reported``)."""
     from tabulate import tabulate
 
     cards = list_cards() if cards is None else cards
     rows = []
     for card in cards:
-        headline = card.headline
-        reported = "-" if headline is None else headline.compact()
+        reported = _headline_cell(card)
         rows.append([card.name, _short_source(card.source), card.arch, _channels_cell(card), card.feature_dim, reported])
     return tabulate(rows, headers=["name", "source", "arch", "channels", "dim", "reported (paper)"], tablefmt="simple")
 
@@ -331,9 +331,24 @@ def format_card(card: BackboneCard | str) -> str:
     ]
     if card.notes:
         lines.append(f"notes:           {card.notes}")
-    if card.paper_reference:
-        lines.append("reported (paper, mean ± std over 5 folds):")
-        lines += [f"  {score.short()}" for score in card.paper_reference]
-    else:
-        lines.append("reported (paper): none")
+    lines += _format_reported(card)
     return "\n".join(lines)
+
+
+def _format_reported(card: BackboneCard) -> list[str]:
+    """Every number the paper reports for this backbone, one line each."""
+    from tabulate import tabulate
+
+    results = reported_for_backbone(card.name)
+    if not results:
+        return ["reported (paper): none"]
+    rows = []
+    for r in results:
+        details = "; ".join(part for part in (r.config_label, r.note) if part)
+        rows.append([r.value_label(), r.task, r.setting, reported_channels(r, card), r.source, details])
+    table = tabulate(rows, headers=["macro-F1", "task", "setting", "channels", "source", "details"], tablefmt="plain")
+    knn = "; sc-knn: one value per k, k#1 < ... < k#5 (the paper's k are not legible)" if any(r.per_k for r in results) else ""
+    return [
+        f"reported (paper): macro-F1 mean ± std over the paper's 5 folds{knn}",
+        *[f"  {line}" for line in table.splitlines()],
+    ]

@@ -100,7 +100,17 @@ def quantiles(flat: "torch.Tensor", qs: "list[float] | tuple[float, ...]") -> "t
     import torch
 
     n = flat.shape[-1]
-    if len(qs) > 2:
+    if flat.device.type == "cpu":
+        # np.partition puts every requested rank in place in one linear pass: several times
+        # faster than torch.kthvalue on CPU, where this dominates preprocessing time.
+        import numpy as np
+
+        ranks = sorted({r for q in qs for r in (math.floor(q * (n - 1)), math.ceil(q * (n - 1)))})
+        placed = torch.from_numpy(np.partition(flat.detach().numpy(), ranks, axis=-1))
+
+        def kth(rank: int) -> "torch.Tensor":
+            return placed[..., rank]
+    elif len(qs) > 2:
         ordered = flat.sort(dim=-1).values
 
         def kth(rank: int) -> "torch.Tensor":

@@ -1,8 +1,7 @@
 """The built-in backbone cards: the seed paper's backbones (PROTOCOL.md section 3) and two offline ones.
 
-Reported numbers are the seed paper's (PROTOCOL.md sections 2-6): FOV task macro-F1 mean ± std over
-5 folds; single-cell k-NN macro-F1 for the paper's five k values in increasing order (the k values
-themselves are not legible in the paper; ocbench's defaults are k = 1, 5, 10, 20, 50).
+The seed paper's numbers for these backbones live in ``ocbench.reported`` (looked up by card name),
+not here: one place for the cards and the leaderboard.
 
 Hub revisions are the main-branch heads seen on huggingface.co (the Nov 2023 "Fixed task tag (#1)"
 merge commits; model.safetensors was added in May 2023). They were looked up, not re-downloaded,
@@ -11,7 +10,7 @@ from this offline machine: the loader records the commit it actually resolves.
 
 from __future__ import annotations
 
-from ocbench.backbones.cards import BackboneCard, ReportedScore, register_card
+from ocbench.backbones.cards import BackboneCard, register_card
 
 _SEED_PAPER = "Isselmann et al., Using Deep Learning Models Pretrained by Self-Supervised Learning for Protein Localization"
 _DINO = "Caron et al., Emerging Properties in Self-Supervised Vision Transformers, ICCV 2021 (arXiv:2104.14294)"
@@ -21,21 +20,6 @@ _DINO4CELLS = (
 )
 _RGB = ("R", "G", "B")
 _HPA = ("microtubules", "protein", "nucleus", "er")  # RGBY order of the HPA images
-_KNN_K = (1, 5, 10, 20, 50)
-
-
-def _fov(setting: str, channels: str, mean: float, std: float, note: str = "") -> ReportedScore:
-    return ReportedScore(task="fov-mlp", setting=setting, channels=channels, mean=mean, std=std, note=note)
-
-
-def _knn(setting: str, channels: str, values: tuple[float, ...]) -> tuple[ReportedScore, ...]:
-    return tuple(
-        ReportedScore(
-            task="sc-knn", setting=setting, channels=channels, mean=value,
-            note=f"k #{i + 1} of 5 (ocbench k={k}; paper's k not legible)",
-        )
-        for i, (k, value) in enumerate(zip(_KNN_K, values))
-    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -60,12 +44,6 @@ register_card(BackboneCard(
     arch="vit_small_patch8_224",
     patch_size=8,
     feature_dim=384,
-    paper_reference=(
-        _fov("zero-shot", "imagenet-best", 0.761, 0.010, "channel-wise; the paper does not say which map"),
-        _fov("zero-shot", "replicate", 0.761, 0.010),
-        _fov("fine-tuned", "imagenet-best", 0.844, 0.007, "channel-wise, 100 epochs DINO on OpenCell"),
-        _fov("fine-tuned", "replicate", 0.740, 0.004),
-    ),
     **_IMAGENET_COMMON,
 ))
 
@@ -75,18 +53,6 @@ register_card(BackboneCard(
     arch="vit_base_patch8_224",
     patch_size=8,
     feature_dim=768,
-    paper_reference=(
-        _fov("zero-shot", "imagenet-best", 0.818, 0.007, "[G,B]"),
-        _fov("zero-shot", "replicate", 0.798, 0.010),
-        _fov("zero-shot", "protein=G,nucleus=R", 0.813, 0.005, "[G,R]"),
-        _fov("zero-shot", "protein=R,nucleus=G", 0.806, 0.010, "[R,G]"),
-        _fov("zero-shot", "protein=R,nucleus=B", 0.800, 0.008, "[R,B]"),
-        _fov("zero-shot", "protein=B,nucleus=G", 0.790, 0.011, "[B,G]"),
-        _fov("zero-shot", "protein=B,nucleus=R", 0.789, 0.009, "[B,R]"),
-        _fov("fine-tuned", "imagenet-best", 0.844, 0.011, "channel-wise, 100 epochs DINO on OpenCell"),
-        _fov("fine-tuned", "replicate", 0.710, 0.010),
-        *_knn("zero-shot", "imagenet-best", (0.714, 0.721, 0.721, 0.709, 0.682)),
-    ),
     **_IMAGENET_COMMON,
 ))
 
@@ -96,7 +62,6 @@ register_card(BackboneCard(
     arch="vit_base_patch16_224",
     patch_size=16,
     feature_dim=768,
-    paper_reference=_knn("zero-shot", "imagenet-best", (0.646, 0.671, 0.694, 0.679, 0.669)),
     notes="the paper uses it for the single-cell task only",
     **_IMAGENET_COMMON,
 ))
@@ -127,23 +92,6 @@ register_card(BackboneCard(
     patch_size=8,
     feature_dim=768,
     pretraining="Human Protein Atlas FOV images, DINO (Dino4Cells)",
-    paper_reference=(
-        _fov("zero-shot", "natural", 0.822, 0.007, "[1,2] natural map"),
-        _fov("zero-shot", "replicate", 0.768, 0.010),
-        _fov("zero-shot", "protein=1,nucleus=3", 0.763, 0.011, "[1,3]"),
-        _fov("zero-shot", "protein=1,nucleus=0", 0.754, 0.013, "[1,0]"),
-        _fov("zero-shot", "protein=0,nucleus=2", 0.695, 0.004, "[0,2]"),
-        _fov("zero-shot", "protein=0,nucleus=1", 0.690, 0.011, "[0,1]"),
-        _fov("zero-shot", "protein=3,nucleus=0", 0.685, 0.009, "[3,0]"),
-        _fov("zero-shot", "protein=2,nucleus=1", 0.676, 0.004, "[2,1]"),
-        _fov("fine-tuned", "natural", 0.860, 0.013, "100 epochs DINO on OpenCell"),
-        _fov("fine-tuned", "replicate", 0.787, 0.016),
-        _fov("fine-tuned", "natural", 0.832, 0.007, "60 epochs"),
-        _fov("fine-tuned", "protein=0,nucleus=3", 0.804, 0.012, "60 epochs"),
-        _fov("fine-tuned", "protein=2,nucleus=1", 0.804, 0.015, "60 epochs"),
-        *_knn("zero-shot", "natural", (0.773, 0.764, 0.740, 0.714, 0.674)),
-        *_knn("fine-tuned", "natural", (0.780, 0.759, 0.767, 0.743, 0.700)),
-    ),
     notes="Zenodo record 8061392; the teacher backbone of the DINO checkpoint, DINO head dropped",
     **_HPA_COMMON,
 ))
@@ -155,7 +103,6 @@ register_card(BackboneCard(
     patch_size=16,
     feature_dim=768,
     pretraining="Human Protein Atlas single-cell crops, DINO (Dino4Cells)",
-    paper_reference=_knn("zero-shot", "natural", (0.852, 0.844, 0.842, 0.823, 0.796)),
     notes="Zenodo record 8061426; the paper uses it for the single-cell task only",
     **_HPA_COMMON,
 ))
@@ -182,7 +129,6 @@ register_card(BackboneCard(
     arch="vit_small_patch8_224",
     patch_size=8,
     feature_dim=384,
-    paper_reference=(_fov("from-scratch", "natural", 0.810, 0.015),),
     notes="needs training: weights are produced by ocbench's DINO training on OpenCell",
     **_OPENCELL_COMMON,
 ))
@@ -193,7 +139,6 @@ register_card(BackboneCard(
     arch="vit_base_patch8_224",
     patch_size=8,
     feature_dim=768,
-    paper_reference=(_fov("from-scratch", "natural", 0.792, 0.010),),
     notes="needs training: weights are produced by ocbench's DINO training on OpenCell",
     **_OPENCELL_COMMON,
 ))

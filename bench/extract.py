@@ -1,0 +1,136 @@
+"""How much of the model's own speed survives the extraction pipeline?
+
+End-to-end throughput (TIFF decode + intensity scaling + channel adapter + normalization + model
++ shard writing, through ``extract_embeddings(..., recompute=True)``) divided by the bare
+``model(x)`` throughput on tensors already preprocessed and in memory, with the same batch size,
+the same image count and the same input shapes (one model call per adapter view). Target: a ratio
+>= 0.9 on CPU with a small ViT.
+
+    .venv/bin/python bench/extract.py                          # ViT-S/16 layout, 64 FOVs of 256 px
+    .venv/bin/python bench/extract.py --model tiny-vit-random  # the 2-block width-64 control
+    .venv/bin/python bench/extract.py --workers 2 --fovs 128 --size 512
+
+The fixed per-image cost (TIFF decode, percentile scaling, normalization) is the same for every
+model, so the ratio depends on how heavy the model is: ViT-S/16 (~50 ms per 256 px image on 2 CPU
+cores) is the smallest architecture among the seed backbones; for ``tiny-vit-random`` (~5 ms) the
+decode and preprocessing cost about half as much as the model itself.
+
+Timings: ``--repeats`` interleaved (bare, end-to-end) pairs; the headline ratio is the median of
+the per-pair ratios, which is robust to other load on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _register_vit_small():
+    """A ViT-S/16 with random weights: the size of the real ImageNet DINO ViT-S backbones."""
+    from ocbench.backbones.cards import get_card, list_cards, register_card
+
+    name = "bench-vit-small16-random"
+    if name not in {c.name for c in list_cards()}:
+        tiny = get_card("tiny-vit-random")
+        register_card(dataclasses.replace(
+            tiny, name=name, arch="vit_small_patch16_224", arch_kwargs={}, patch_size=16, feature_dim=384,
+            notes="benchmark only: ViT-S/16, random init",
+        ))
+    return name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vit-small",
+                        help="'vit-small' (ViT-S/16 layout, random init) or a card name, e.g. tiny-vit-random")
+    parser.add_argument("--channels", default=None, help="channel spec (default: the card's)")
+    parser.add_argument("--fovs", type=int, default=64)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding TIFFs")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from ocbench.backbones.adapters import parse_channels
+    from ocbench.backbones.loader import load_backbone
+    from ocbench.benchmark.embeddings import extract_embeddings
+    from ocbench.data.demo import DemoConfig, write_demo
+    from ocbench.data.opencell import OpenCellDataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    card_name = _register_vit_small() if args.model == "vit-small" else args.model
+    backbone = load_backbone(card_name, device="cpu")
+    adapter = parse_channels(args.channels, backbone.card)
+
+    with tempfile.TemporaryDirectory(prefix="ocbench-bench-") as tmp:
+        tmp = Path(tmp)
+        fovs_per_protein = 4
+        proteins = max(1, -(-args.fovs // fovs_per_protein))
+        config = DemoConfig(proteins=proteins + 1, fovs_per_protein=fovs_per_protein, size=args.size,
+                            unlabelled_proteins=1, name_joined_proteins=0)
+        dataset = OpenCellDataset(write_demo(tmp / "demo", config))
+        n = len(dataset)
+
+        # Bare model: the exact inputs the model sees, preprocessed once and held in memory.
+        images = torch.from_numpy(np.stack([dataset.read(i) for i in range(n)]))
+        batches = [backbone.prepare(images[i : i + args.batch_size], adapter) for i in range(0, n, args.batch_size)]
+        shapes = sorted({tuple(view.shape[1:]) for views in batches for view in views})
+
+        def bare() -> float:
+            started = time.perf_counter()
+            with torch.inference_mode():
+                for views in batches:
+                    for view in views:
+                        backbone.model(view)
+            return n / (time.perf_counter() - started)
+
+        def end_to_end() -> float:
+            started = time.perf_counter()
+            extract_embeddings(
+                dataset, backbone, adapter, batch_size=args.batch_size, num_workers=args.workers,
+                cache_dir=tmp / "cache", recompute=True, progress=False,
+            )
+            return n / (time.perf_counter() - started)
+
+        def per_image_ms(step) -> float:
+            started = time.perf_counter()
+            step()
+            return 1000 * (time.perf_counter() - started) / n
+
+        bare(), end_to_end()  # warm-up (allocator, thread pools, page cache)
+        bare_runs, e2e_runs = [], []
+        for _ in range(args.repeats):  # interleaved, so a burst of load from elsewhere hits both
+            bare_runs.append(bare())
+            e2e_runs.append(end_to_end())
+        decode_ms = per_image_ms(lambda: [dataset.read(i) for i in range(n)])
+        prepare_ms = per_image_ms(
+            lambda: [backbone.prepare(images[i : i + args.batch_size], adapter) for i in range(0, n, args.batch_size)]
+        )
+
+    print(f"backbone {card_name} ({backbone.card.arch}), adapter {adapter.key} ({adapter.n_views} view(s)), "
+          f"model input {shapes}, {n} FOVs of {args.size} px, batch {args.batch_size}, workers {args.workers}, "
+          f"torch threads {torch.get_num_threads()}, {args.repeats} runs")
+    for label, runs in (("bare model(x)", bare_runs), ("end-to-end", e2e_runs)):
+        print(f"{label + ':':15s} median {statistics.median(runs):7.1f} images/s, best {max(runs):7.1f}  "
+              f"(runs: {', '.join(f'{v:.1f}' for v in runs)})")
+    print(f"per image: decode {decode_ms:.2f} ms, preprocess {prepare_ms:.2f} ms, "
+          f"model {1000 / max(bare_runs):.2f} ms (best run)")
+    # Each end-to-end run follows its bare run, so a pair sees about the same outside load.
+    paired = statistics.median(e / b for e, b in zip(e2e_runs, bare_runs))
+    print(f"ratio end-to-end / bare: {paired:.3f} (median of paired runs), "
+          f"{statistics.median(e2e_runs) / statistics.median(bare_runs):.3f} (of medians)  (target >= 0.9)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The board as one static HTML page: no external assets, no network, inline CSS and JS.
+
+Every table sorts by clicking a column header (again to reverse). Each row's provenance is in
+its tooltip and in a "details" cell; the rank rule is printed under each table. Opening the page
+with ``#sort=COL`` (``#sort=COL,COL`` to click twice, ``&table=ID`` for one table) sorts on
+load, which makes a sorted view linkable and lets tests drive the page in a headless browser.
+After sorting, ``<body data-sort-state="TABLE:COL:DIRECTION">`` says what was done.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from ocbench.leaderboard.render import INTRO, REPORTED_NOTE, cell, columns_of
+from ocbench.leaderboard.tables import Board, Row, Table, best_per_compartment
+
+__all__ = ["render_html"]
+
+_CSS = """
+:root { --fg:#1d232a; --muted:#5b6670; --line:#d9dee3; --accent:#0b6bcb; --rep:#f6f3ea; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
+       margin: 0 auto; padding: 1.5rem; max-width: 1400px; }
+h1 { font-size: 1.6rem; margin: 0 0 .5rem; } h2 { font-size: 1.2rem; margin: 2rem 0 .3rem; }
+h3 { font-size: 1rem; margin: 1.2rem 0 .3rem; }
+p { margin: .3rem 0; } .muted, .details, .rule { color: var(--muted); }
+.rule { font-style: italic; font-size: .9em; }
+nav ul { padding-left: 1.2rem; margin: .3rem 0; }
+.wrap { overflow-x: auto; }
+table { border-collapse: collapse; margin: .4rem 0; font-variant-numeric: tabular-nums; }
+th, td { border-bottom: 1px solid var(--line); padding: .3rem .55rem; text-align: left; vertical-align: top; }
+th { background: #eef2f6; white-space: nowrap; }
+table.sortable th[data-col] { cursor: pointer; user-select: none; }
+table.sortable th[data-col]::after { content: " \\2195"; color: #9aa5b1; }
+th[aria-sort="ascending"]::after { content: " \\25B2" !important; color: var(--accent) !important; }
+th[aria-sort="descending"]::after { content: " \\25BC" !important; color: var(--accent) !important; }
+td.num { text-align: right; white-space: nowrap; }
+table.board td:nth-child(2), table.perclass td:nth-child(-n+2) { white-space: nowrap; }
+tr.reported td { background: var(--rep); font-style: italic; }
+.badge { font-style: normal; font-size: .75em; padding: 0 .35em; border-radius: .6em; background: #e1d7bb; margin-left: .3em; }
+details summary { cursor: pointer; color: var(--accent); }
+dl.prov { margin: .3rem 0; display: grid; grid-template-columns: max-content auto; gap: .1rem .6rem; font-size: .85em; }
+dl.prov dt { color: var(--muted); } dl.prov dd { margin: 0; word-break: break-all; }
+"""
+
+_JS = r"""
+(function () {
+  function cellValue(td, numeric) {
+    var v = td.getAttribute('data-value');
+    if (numeric) { return (v === null || v === '') ? null : parseFloat(v); }
+    return (v === null ? td.textContent : v).toLowerCase();
+  }
+  function sortBy(th) {
+    var table = th.closest('table');
+    var index = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var numeric = th.getAttribute('data-type') === 'num';
+    var current = th.getAttribute('aria-sort');
+    var dir = current === 'ascending' ? 'descending' : current === 'descending' ? 'ascending'
+            : (th.getAttribute('data-first') || (numeric ? 'descending' : 'ascending'));
+    Array.prototype.forEach.call(table.querySelectorAll('th[data-col]'), function (h) { h.setAttribute('aria-sort', 'none'); });
+    th.setAttribute('aria-sort', dir);
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    var sign = dir === 'ascending' ? 1 : -1;
+    rows.sort(function (a, b) {
+      var va = cellValue(a.cells[index], numeric), vb = cellValue(b.cells[index], numeric);
+      var tie = (+a.getAttribute('data-order')) - (+b.getAttribute('data-order'));
+      if (va === null && vb === null) { return tie; }
+      if (va === null) { return 1; }   /* empty cells last, whichever the direction */
+      if (vb === null) { return -1; }
+      if (va < vb) { return -sign; }
+      if (va > vb) { return sign; }
+      return tie;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+    document.body.setAttribute('data-sort-state', table.id + ':' + th.getAttribute('data-col') + ':' + dir);
+  }
+  Array.prototype.forEach.call(document.querySelectorAll('table.sortable th[data-col]'), function (th) {
+    th.addEventListener('click', function () { sortBy(th); });
+    th.addEventListener('keydown', function (e) {
+      if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); sortBy(th); }
+    });
+  });
+  var params = new URLSearchParams(window.location.hash.slice(1));
+  var only = params.get('table');
+  (params.get('sort') || '').split(',').filter(Boolean).forEach(function (col) {
+    var scope = only ? 'table.sortable#' + CSS.escape(only) : 'table.sortable';
+    Array.prototype.forEach.call(document.querySelectorAll(scope + ' th[data-col="' + CSS.escape(col) + '"]'),
+      function (th) { th.click(); });
+  });
+  document.body.setAttribute('data-ready', '1');
+})();
+"""
+
+
+def _attr(text: object) -> str:
+    return escape(str(text), quote=True)
+
+
+def _provenance_text(row: Row) -> str:
+    lines = [f"{k}: {v}" for k, v in row.provenance]
+    if row.rank_reason:
+        lines.append(f"rank: {row.rank_reason}")
+    return "\n".join(lines)
+
+
+def _provenance_cell(row: Row) -> str:
+    items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in row.provenance)
+    if row.rank_reason:
+        items += f"<dt>rank</dt><dd>{escape(row.rank_reason)}</dd>"
+    return f'<td class="prov"><details><summary>details</summary><dl class="prov">{items}</dl></details></td>'
+
+
+def _main_table(table: Table) -> str:
+    columns = columns_of(table)
+    head = "".join(
+        f'<th data-col="{c.id}" data-type="{"num" if c.numeric else "text"}"'
+        + (' data-first="ascending"' if c.id == "rank" else "")
+        + f' tabindex="0" aria-sort="none">{escape(c.header)}</th>'
+        for c in columns
+    )
+    head += "<th>provenance</th>"
+    body = []
+    for order, row in enumerate(table.rows):
+        tds = []
+        for c in columns:
+            text, value = cell(row, c)
+            value_attr = "" if value is None else str(value)
+            content = escape(text)
+            if c.id == "backbone" and row.kind == "reported":
+                content += '<span class="badge">reported</span>'
+            title = f' title="{_attr(row.rank_reason)}"' if c.id == "rank" and row.rank_reason else ""
+            tds.append(f'<td class="{"num" if c.numeric else "txt"}" data-value="{_attr(value_attr)}"{title}>{content}</td>')
+        tds.append(_provenance_cell(row))
+        body.append(
+            f'<tr class="{row.kind}" data-kind="{row.kind}" data-order="{order}" '
+            f'title="{_attr(_provenance_text(row))}">{"".join(tds)}</tr>'
+        )
+    return (
+        f'<div class="wrap"><table class="board sortable" id="{_attr(table.id)}" data-rows="{len(table.rows)}">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _per_class_table(table: Table) -> str:
+    comps = table.compartments
+    head = '<th data-col="backbone" data-type="text" tabindex="0" aria-sort="none">backbone</th>'
+    head += '<th data-col="channels" data-type="text" tabindex="0" aria-sort="none">channels</th>'
+    head += "".join(f'<th data-col="{c}" data-type="num" tabindex="0" aria-sort="none">{escape(c)}</th>' for c in comps)
+    body = []
+    for order, row in enumerate(r for r in table.computed_rows if r.per_class_f1):
+        tds = [f'<td class="txt">{escape(row.backbone)}</td>', f'<td class="txt">{escape(row.channels)}</td>']
+        for c in comps:
+            v = row.per_class_f1.get(c)
+            tds.append(f'<td class="num" data-value="{"" if v is None else v}">{"" if v is None else f"{v:.3f}"}</td>')
+        body.append(f'<tr data-order="{order}" title="{_attr(_provenance_text(row))}">{"".join(tds)}</tr>')
+    return (
+        f'<div class="wrap"><table class="perclass sortable" id="{_attr(table.id)}-per-class">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _best_table(table: Table) -> str:
+    rows = []
+    for order, b in enumerate(best_per_compartment(table)):
+        runner = b.runner_up.label if b.runner_up else ""
+        runner_f1 = "" if b.runner_up_f1 is None else f"{b.runner_up_f1:.3f}"
+        rows.append(
+            f'<tr data-order="{order}"><td class="txt">{escape(b.compartment)}</td>'
+            f'<td class="txt">{escape("; ".join(r.label for r in b.best))}</td>'
+            f'<td class="num" data-value="{b.best_f1}">{b.best_f1:.3f}</td>'
+            f'<td class="txt">{escape(runner)}</td>'
+            f'<td class="num" data-value="{"" if b.runner_up_f1 is None else b.runner_up_f1}">{runner_f1}</td></tr>'
+        )
+    head = (
+        '<th data-col="compartment" data-type="text" tabindex="0" aria-sort="none">compartment</th>'
+        '<th data-col="best" data-type="text" tabindex="0" aria-sort="none">best (backbone · channels)</th>'
+        '<th data-col="best_f1" data-type="num" tabindex="0" aria-sort="none">F1</th>'
+        '<th data-col="runner_up" data-type="text" tabindex="0" aria-sort="none">runner-up</th>'
+        '<th data-col="runner_up_f1" data-type="num" tabindex="0" aria-sort="none">F1</th>'
+    )
+    return (
+        f'<div class="wrap"><table class="best sortable" id="{_attr(table.id)}-best">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def render_html(board: Board, plot_files: list[str]) -> str:
+    n = len(board.entries)
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>OpenCell benchmark leaderboard</title>",
+        f"<style>{_CSS}</style></head>",
+        '<body data-sort-state="">',
+        "<h1>OpenCell benchmark leaderboard</h1>",
+        f"<p>{escape(INTRO)}</p>",
+    ]
+    if board.include_reported:
+        note = escape(REPORTED_NOTE).replace("*reported*", "<em>reported</em>")
+        parts.append(f"<p>{note.replace('`rank_reported=True`', '<code>rank_reported=True</code>')}</p>")
+    parts.append(
+        f'<p class="muted">Built by <code>ocbench leaderboard build</code> from {n} entr{"y" if n == 1 else "ies"} '
+        f"(fingerprint <code>{board.fingerprint[:16]}</code>); entry files in <code>entries/</code>. "
+        "Click a column header to sort; hover a row or open its details for provenance.</p>"
+    )
+    if not board.tables:
+        parts.append("<p>No entries yet.</p>")
+    else:
+        links = "".join(f'<li><a href="#{_attr("s-" + t.id)}">{escape(t.title)}</a></li>' for t in board.tables)
+        parts.append(f"<nav><ul>{links}</ul></nav>")
+    for table in board.tables:
+        parts.append(f'<section id="{_attr("s-" + table.id)}">')
+        parts.append(f"<h2>{escape(table.title)}</h2>")
+        parts.append(f'<p class="details">{escape(" · ".join(table.details))}</p>')
+        parts.append(_main_table(table))
+        parts.append(f'<p class="rule">{escape(table.rule)}</p>')
+        if table.compartments:
+            parts.append("<h3>Per-class F1 (validation, mean over folds)</h3>")
+            parts.append(_per_class_table(table))
+            parts.append("<h3>Best backbone per compartment</h3>")
+            parts.append(_best_table(table))
+        parts.append("</section>")
+    if plot_files:
+        links = "".join(f'<li><a href="plots/{_attr(name)}">{escape(name)}</a></li>' for name in plot_files)
+        parts.append(f"<h2>Plots</h2><p class=\"muted\">Written when matplotlib is installed.</p><ul>{links}</ul>")
+    parts.append(f"<script>{_JS}</script>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,81 @@
+"""Publish a built board (tables, plots and entries) to a Hugging Face Hub dataset repo (`publish`)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ocbench.errors import ConfigError, DataError
+
+__all__ = ["publish", "board_files"]
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def board_files(out_dir: str | os.PathLike) -> list[str]:
+    """The files of a built board that get published, as sorted POSIX paths relative to it."""
+    root = Path(out_dir)
+    if not (root / "LEADERBOARD.md").is_file():
+        raise DataError(f"{root}: not a built board (no LEADERBOARD.md); run `ocbench leaderboard build ENTRIES --out {root}` first")
+    files = [name for name in ("LEADERBOARD.md", "leaderboard.csv", "index.html") if (root / name).is_file()]
+    for sub, pattern in (("entries", "*"), ("plots", "*.png")):
+        if (root / sub).is_dir():
+            files += [
+                p.relative_to(root).as_posix()
+                for p in sorted((root / sub).rglob(pattern))
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            ]
+    return files
+
+
+def publish(
+    out_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    dry_run: bool = False,
+    token: str | None = None,
+    commit_message: str = "Update the ocbench leaderboard",
+) -> list[str]:
+    """Upload a built board to the Hub dataset repo ``repo_id``; return the uploaded paths.
+
+    The board's entries are validated first (an invalid entry stops the upload). With
+    ``dry_run`` nothing is contacted and the list says what would be uploaded. Entries and plots
+    that are on the Hub but no longer in the board are deleted in the same commit.
+    """
+    if not _REPO_ID.match(repo_id):
+        raise ConfigError(f"--repo-id {repo_id!r}: expected ORG/NAME of a Hub dataset repo")
+    files = board_files(out_dir)
+    entries_dir = Path(out_dir) / "entries"
+    if entries_dir.is_dir():
+        from ocbench.leaderboard.collect import validate_entries
+
+        problems = validate_entries([entries_dir])
+        if problems:
+            raise DataError(
+                f"{entries_dir}: {len(problems)} invalid entr{'y' if len(problems) == 1 else 'ies'}, nothing uploaded "
+                f"(first: {problems[0]}); fix them and rebuild the board"
+            )
+    if dry_run:
+        return files
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
+        api.upload_folder(
+            folder_path=os.fspath(out_dir),
+            repo_id=repo_id,
+            repo_type="dataset",
+            allow_patterns=files,
+            delete_patterns=["entries/*", "plots/*"],
+            commit_message=commit_message,
+        )
+    except Exception as exc:  # auth, network, permissions: one line, not a traceback
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"upload to datasets/{repo_id} failed ({type(exc).__name__}: {first}); "
+            "check `hf auth login` / HF_TOKEN and your write access"
+        ) from None
+    return files

@@ -1,0 +1,176 @@
+"""Board plots (matplotlib, the optional ``plots`` extra): per-class F1 heatmaps, channel-sweep
+bars, and the fine-tuning fraction curve.
+
+Which plots a board has depends only on its data (:func:`plan_plots`), so the Markdown and HTML
+list the same files whether or not matplotlib is installed; :func:`write_plots` draws them and
+raises ``ModuleNotFoundError`` when matplotlib is missing (the builder turns that into a note).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ocbench.reported import REPORTED
+from ocbench.leaderboard.tables import Board, Row, Table
+
+__all__ = ["PlotSpec", "FRACTION_KEYS", "plan_plots", "write_plots"]
+
+#: task_config keys a fine-tuning entry may use for the fraction of the train split it used.
+FRACTION_KEYS = ("fraction", "train_fraction", "finetune_fraction")
+
+
+@dataclass(frozen=True)
+class PlotSpec:
+    filename: str
+    kind: str  # per_class | channel_sweep | finetune_fraction
+    table_id: str | None
+
+
+def _sweep_rows(table: Table) -> dict[str, list[Row]]:
+    """Backbones with at least two channel configurations in one table (a channel sweep)."""
+    by_backbone: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for row in table.rows:
+        if row.val is not None:
+            by_backbone[(row.backbone, row.kind)].append(row)
+    return {
+        f"{name} ({kind})": rows
+        for (name, kind), rows in sorted(by_backbone.items())
+        if len({r.channels for r in rows}) >= 2
+    }
+
+
+def _fraction_of(row: Row) -> float | None:
+    if row.kind == "reported":
+        value = row.source.config.get("fraction") if row.source else None
+    else:
+        config = row.entry.entry.task_config if row.entry else {}
+        value = next((config[k] for k in FRACTION_KEYS if k in config), None)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _fraction_series(board: Board) -> dict[str, list[tuple[float, float, float | None]]]:
+    """``label -> [(fraction, mean, std)]`` for every configuration fine-tuned at >= 2 fractions."""
+    series: dict[tuple, dict[float, tuple[float, float | None]]] = defaultdict(dict)
+    for table in board.tables:
+        for row in table.rows:
+            fraction = _fraction_of(row)
+            if fraction is None or row.val is None:
+                continue
+            epochs = row.source.config.get("epochs") if row.source else None
+            tag = "reported" if row.kind == "reported" else (table.group.dataset_version[:8] if table.group else "")
+            series[(row.backbone, row.channels, epochs, tag)][fraction] = (row.val.mean, row.val.std)
+    out = {}
+    for (backbone, channels, epochs, tag), points in series.items():
+        if len(points) < 2:
+            continue
+        if tag == "reported" and 0.0 not in points:  # fraction 0 = the zero-shot probe of the same map
+            zero = [r for r in REPORTED if r.task == "fov-mlp" and r.backbone == backbone and r.channels_label == channels]
+            if zero and zero[0].mean is not None:
+                points[0.0] = (zero[0].mean, zero[0].std)
+        label = f"{backbone} {channels}" + (f", {epochs} epochs" if epochs else "") + f" ({tag})"
+        out[label] = sorted((f, m, s) for f, (m, s) in points.items())
+    return out
+
+
+def plan_plots(board: Board) -> list[PlotSpec]:
+    plans = []
+    for table in board.tables:
+        if table.compartments:
+            plans.append(PlotSpec(f"per_class_f1__{table.id}.png", "per_class", table.id))
+    for table in board.tables:
+        if table.kind == "scores" and _sweep_rows(table):
+            plans.append(PlotSpec(f"channel_sweep__{table.id}.png", "channel_sweep", table.id))
+    if _fraction_series(board):
+        plans.append(PlotSpec("finetune_fraction.png", "finetune_fraction", None))
+    return plans
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    from ocbench._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+
+
+def _per_class(table: Table, path: Path) -> None:
+    import numpy as np
+
+    rows = [r for r in table.computed_rows if r.per_class_f1]
+    comps = table.compartments
+    data = np.array([[r.per_class_f1.get(c, np.nan) for c in comps] for r in rows], dtype=float)
+    fig = _figure(1.0 + 0.45 * len(comps), 1.6 + 0.35 * len(rows))
+    ax = fig.add_subplot()
+    image = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(comps)), comps, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r.label for r in rows], fontsize=8)
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            if not np.isnan(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white" if data[i, j] < 0.6 else "black")
+    fig.colorbar(image, ax=ax, label="F1 (val)")
+    ax.set_title(f"Per-class F1 — {table.title}", fontsize=9)
+    _save(fig, path)
+
+
+def _channel_sweep(table: Table, path: Path) -> None:
+    groups = _sweep_rows(table)
+    fig = _figure(7.5, 1.2 + 2.3 * len(groups))
+    axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
+    for ax, (name, rows) in zip(axes, groups.items()):
+        rows = sorted(rows, key=lambda r: -r.val.mean)  # type: ignore[union-attr]
+        means = [r.val.mean for r in rows]  # type: ignore[union-attr]
+        stds = [r.val.std or 0.0 for r in rows]  # type: ignore[union-attr]
+        reported = name.endswith("(reported)")
+        ax.barh(range(len(rows)), means, xerr=stds, color="#c9b98f" if reported else "#4c78a8", hatch="//" if reported else None, capsize=2)
+        ax.set_yticks(range(len(rows)), [r.channels for r in rows], fontsize=7)
+        ax.invert_yaxis()
+        low = min(m - s for m, s in zip(means, stds))
+        ax.set_xlim(max(0.0, low - 0.05), min(1.0, max(m + s for m, s in zip(means, stds)) + 0.02))
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("macro-F1 (mean ± std)", fontsize=7)
+    fig.suptitle(f"Channel configurations — {table.title}", fontsize=9)
+    _save(fig, path)
+
+
+def _finetune_fraction(board: Board, path: Path) -> None:
+    series = _fraction_series(board)
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    for label, points in series.items():
+        xs, ys, errs = zip(*points)
+        ax.errorbar(xs, ys, yerr=[e or 0.0 for e in errs], marker="o", capsize=3, label=label, linestyle="--" if label.endswith("(reported)") else "-")
+    ax.set_xlabel("fraction of the train split used for fine-tuning (0 = none)")
+    ax.set_ylabel("macro-F1 (mean ± std)")
+    ax.set_title("Fine-tuning data fraction", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def write_plots(board: Board, plots_dir: Path, plans: list[PlotSpec] | None = None) -> list[Path]:
+    """Draw every planned plot into ``plots_dir``; ModuleNotFoundError when matplotlib is missing."""
+    import matplotlib  # noqa: F401  (fail early, before anything is written)
+
+    plans = plan_plots(board) if plans is None else plans
+    tables = {t.id: t for t in board.tables}
+    written = []
+    for plan in plans:
+        path = Path(plots_dir) / plan.filename
+        if plan.kind == "per_class":
+            _per_class(tables[plan.table_id], path)  # type: ignore[index]
+        elif plan.kind == "channel_sweep":
+            _channel_sweep(tables[plan.table_id], path)  # type: ignore[index]
+        else:
+            _finetune_fraction(board, path)
+        written.append(path)
+    return written

@@ -1,0 +1,69 @@
+"""Terminal tables printed at the end of ``ocbench run`` and ``ocbench sweep-channels``.
+
+Each computed row shows the paper's reported number for the same configuration beside it, when
+the paper has one and the entry was computed on the real OpenCell data with the paper's split
+track (a number on the synthetic demo is not comparable with the paper's).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ocbench.leaderboard.ranking import Score
+from ocbench.leaderboard.render import fmt_score
+from ocbench.leaderboard.tables import _map_label, resolve_channel_map
+from ocbench.reported import reported_for
+
+__all__ = ["format_run_table", "format_sweep_table"]
+
+_COMPARABLE_DATASET = "opencell"
+
+
+def _score(summary) -> Score:
+    return Score(summary.mean, summary.std, summary.n)
+
+
+def _reported_cell(entry) -> str:
+    if entry.dataset.name != _COMPARABLE_DATASET:
+        return "n/a (not OpenCell)"
+    card = entry.backbone.card
+    channel_map = resolve_channel_map(entry.channels.strategy, entry.channels.spec, entry.channels.key, card)
+    found = reported_for(
+        entry.backbone.name, entry.task, entry.split.track, entry.channels.strategy, channel_map, entry.task_config
+    )
+    if found is None or found.mean is None:
+        return "-"
+    return fmt_score(Score(found.mean, found.std, found.n))
+
+
+def _channels_label(entry) -> str:
+    card = entry.backbone.card
+    channel_map = resolve_channel_map(entry.channels.strategy, entry.channels.spec, entry.channels.key, card)
+    return entry.channels.key if channel_map is None else f"{entry.channels.key} {_map_label(card, channel_map)}"
+
+
+def format_run_table(entries: Sequence) -> str:
+    """One row per entry: val and test macro-F1 (mean ± std over n folds) and the paper's value."""
+    from tabulate import tabulate
+
+    rows = [
+        [
+            e.backbone.name,
+            _channels_label(e),
+            e.task + (" (off-protocol)" if e.off_protocol else ""),
+            e.split.track,
+            fmt_score(_score(e.val)),
+            fmt_score(_score(e.test)),
+            _reported_cell(e),
+        ]
+        for e in entries
+    ]
+    headers = ["backbone", "channels", "task", "split", "val macro-F1", "test macro-F1", "paper (reported)"]
+    note = "mean ± std (ddof 1) over n folds; test = each fold's model scored on the held-out 10% test set"
+    return tabulate(rows, headers=headers, tablefmt="simple") + "\n" + note
+
+
+def format_sweep_table(backbone: str, entries: Sequence) -> str:
+    """The channel sweep, best map first, shaped like the paper's appendix D lists."""
+    ordered = sorted(entries, key=lambda e: -e.val.mean)
+    return f"channel sweep of {backbone} (best first)\n" + format_run_table(ordered)

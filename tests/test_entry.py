@@ -1,0 +1,224 @@
+"""The entry schema: validation, atomic writing, upgrades, and the published JSON Schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+
+import pytest
+
+from ocbench.benchmark import entry as entry_mod
+from ocbench.benchmark.entry import (
+    SCHEMA_PATH,
+    SCHEMA_VERSION,
+    Entry,
+    entry_from_dict,
+    entry_json_schema,
+    entry_to_json,
+    environment_info,
+    export_json_schema,
+    known_schema_versions,
+    load_entry,
+    register_upgrader,
+    write_entry,
+)
+from ocbench.errors import DataError
+from ocbench.leaderboard.examples import example_entry_dict
+
+
+def _write_json(path, data):
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_write_then_load_round_trips(tmp_path):
+    data = example_entry_dict("tiny-vit-random", val_folds=[0.5, 0.55, 0.52, 0.51, 0.53])
+    path = write_entry(data, tmp_path / "entries")
+    assert path == tmp_path / "entries" / "tiny-vit-random__replicate__fov-mlp__paper.json"
+    loaded = load_entry(path)
+    assert isinstance(loaded, Entry)
+    assert loaded.model_dump(mode="json") == data
+    assert loaded.val.per_fold == [0.5, 0.55, 0.52, 0.51, 0.53]
+    assert path.read_text() == entry_to_json(loaded)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+
+
+def test_a_new_entry_dict_may_omit_the_schema_version(tmp_path):
+    data = example_entry_dict()
+    del data["schema_version"]
+    path = write_entry(data, tmp_path)
+    assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
+    assert "schema_version" not in data  # the caller's dict is left alone
+
+
+def test_invalid_entry_is_not_written(tmp_path):
+    data = example_entry_dict()
+    data["metrics"]["macro_f1"]["val"]["mean"] = 0.9  # folds average 0.62
+    with pytest.raises(DataError, match=r"metrics\.macro_f1\.val: mean 0\.9 does not match"):
+        write_entry(data, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda d: d.update(colour="blue"), "colour: unknown field"),
+        (lambda d: d["backbone"].update(weights="x"), "backbone.weights: unknown field"),
+        (lambda d: d["metrics"]["macro_f1"]["val"].update(median=0.5), "metrics.macro_f1.val.median: unknown field"),
+        (lambda d: d["dataset"].pop("version"), "dataset.version: missing"),
+        (lambda d: d["split"].update(sha256="abc"), "split.sha256"),
+        (lambda d: d["metrics"]["macro_f1"].pop("test"), r"field metrics: macro_f1 lacks the evaluation set\(s\) \['test'\]"),
+        (lambda d: d["metrics"]["per_class"]["val"]["f1"].update(nucleus=0.5), "unknown compartment"),
+        (lambda d: d["metrics"]["macro_f1"]["val"].update(n=4), "n is 4 but per_fold has 5"),
+        (lambda d: d.update(overrides={"epochs": 5}), "off_protocol is false"),
+        (lambda d: d.update(key="something-else"), "does not match its parts"),
+        (lambda d: d.update(created="yesterday"), "created: .*not an ISO 8601"),
+        (lambda d: d["metrics"]["per_fold_per_class"]["val"]["f1"][0].pop(), r"has 16 values, expected 17"),
+    ],
+)
+def test_bad_fields_are_named(tmp_path, mutate, field):
+    data = example_entry_dict()
+    mutate(data)
+    path = _write_json(tmp_path / "e.json", data)
+    with pytest.raises(DataError) as info:
+        load_entry(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: field ")
+    assert "\n" not in message
+    assert re.search(field, message), message
+
+
+def test_nan_is_rejected(tmp_path):
+    data = example_entry_dict()
+    data["timings"]["task_s"] = math.nan
+    path = tmp_path / "nan.json"
+    path.write_text(json.dumps(data))  # json writes NaN, which is not JSON but Python reads it
+    with pytest.raises(DataError, match="timings.task_s"):
+        load_entry(path)
+
+
+def test_unknown_schema_version_errors(tmp_path):
+    data = example_entry_dict()
+    data["schema_version"] = SCHEMA_VERSION + 6
+    path = _write_json(tmp_path / "future.json", data)
+    with pytest.raises(DataError, match=r"future\.json: field schema_version: unknown version 7 .*newer ocbench"):
+        load_entry(path)
+    data["schema_version"] = "1"
+    with pytest.raises(DataError, match="unknown version '1'"):
+        load_entry(_write_json(tmp_path / "str.json", data))
+
+
+def test_missing_version_and_corrupt_json_are_named(tmp_path):
+    with pytest.raises(DataError, match=r"foreign\.json: field schema_version: missing; this is not an ocbench entry"):
+        load_entry(_write_json(tmp_path / "foreign.json", {"model": "x", "score": 0.8}))
+    (tmp_path / "broken.json").write_text('{"schema_version": 1,')
+    with pytest.raises(DataError, match=r"broken\.json: not valid JSON \(line 1"):
+        load_entry(tmp_path / "broken.json")
+    with pytest.raises(DataError, match="expected a JSON object"):
+        load_entry(_write_json(tmp_path / "list.json", [1, 2]))
+
+
+def _as_version_0(v1: dict) -> dict:
+    """The documented draft layout (schema_version 0) of the same result."""
+    return {
+        "schema_version": 0,
+        "task": v1["task"],
+        "task_config": v1["task_config"],
+        "overrides": v1["overrides"],
+        "backbone": v1["backbone"]["name"],
+        "card": {**v1["backbone"]["card"], "source": v1["backbone"]["source"], "arch": v1["backbone"]["arch"]},
+        "weights_sha256": v1["backbone"]["weights_sha256"],
+        "revision": v1["backbone"]["revision"],
+        "channels": v1["channels"]["spec"],
+        "dataset_name": v1["dataset"]["name"],
+        "dataset_version": v1["dataset"]["version"],
+        "n_items": v1["dataset"]["n_items"],
+        "split_track": v1["split"]["track"],
+        "split_seed": v1["split"]["seed"],
+        "split_sha256": v1["split"]["sha256"],
+        "metrics": {
+            "macro_f1": {part: v1["metrics"]["macro_f1"][part]["per_fold"] for part in ("val", "test")},
+            "per_class": v1["metrics"]["per_class"],
+        },
+        "seed": v1["seed"],
+        "versions": {k: v1["environment"][k] for k in ("ocbench", "torch", "timm", "python")},
+        "platform": v1["environment"]["platform"],
+        "device": v1["environment"]["device"],
+        "wall_time_s": {"extraction": v1["timings"]["extraction_s"], "task": v1["timings"]["task_s"]},
+        "date": v1["created"],
+    }
+
+
+def test_version_0_entry_is_upgraded(tmp_path):
+    assert known_schema_versions() == [0, 1]
+    v1 = example_entry_dict("hpa-fov-vitb8", channels_key="natural", strategy="map", overrides={"epochs": 50})
+    old = _as_version_0(v1)
+    loaded = load_entry(_write_json(tmp_path / "old.json", old))
+    assert loaded.schema_version == 1
+    assert loaded.protocol_version == "fov-probe/1"
+    assert loaded.off_protocol is True  # implied by the overrides in version 0
+    assert loaded.key == v1["key"]
+    assert loaded.backbone.source == v1["backbone"]["source"]
+    assert loaded.channels.strategy == "map" and loaded.channels.key == "natural"
+    for part in ("val", "test"):
+        got, want = loaded.metrics.macro_f1[part], v1["metrics"]["macro_f1"][part]
+        assert got.per_fold == want["per_fold"] and got.n == 5 and got.ddof == 1
+        assert got.mean == pytest.approx(want["mean"]) and got.std == pytest.approx(want["std"])
+    assert loaded.metrics.per_class["val"].f1 == v1["metrics"]["per_class"]["val"]["f1"]
+    assert loaded.created == v1["created"]
+
+
+def test_upgrade_keeps_unknown_old_fields_visible(tmp_path):
+    old = _as_version_0(example_entry_dict())
+    old["gpu_hours"] = 3
+    with pytest.raises(DataError, match="field gpu_hours: unknown field"):
+        load_entry(_write_json(tmp_path / "old.json", old))
+
+
+def test_upgrader_registry_refuses_duplicates_and_current_version():
+    with pytest.raises(ValueError, match="already registered"):
+        register_upgrader(0)(lambda d: d)
+    with pytest.raises(ValueError, match="cannot upgrade"):
+        register_upgrader(SCHEMA_VERSION)(lambda d: d)
+
+
+def test_entry_from_dict_does_not_mutate_input():
+    old = _as_version_0(example_entry_dict())
+    snapshot = copy.deepcopy(old)
+    entry_from_dict(old)
+    assert old == snapshot
+
+
+def test_published_json_schema_is_up_to_date(tmp_path):
+    fresh = export_json_schema(tmp_path / "schema.json")
+    assert SCHEMA_PATH.read_text() == fresh.read_text(), (
+        "ocbench/leaderboard/entry.schema.json is stale: run "
+        "`python -c 'from ocbench.benchmark.entry import export_json_schema; export_json_schema()'`"
+    )
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert schema == entry_json_schema()
+    assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) >= {"protocol_version", "metrics", "backbone", "dataset", "split", "key"}
+
+
+def test_json_schema_validates_entries_when_jsonschema_is_installed():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.validate(example_entry_dict(), schema)
+    bad = example_entry_dict()
+    bad["extra"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_environment_info_reads_versions_without_importing_torch():
+    import sys
+
+    had_torch = "torch" in sys.modules
+    env = environment_info("cpu")
+    assert env["device"] == "cpu" and env["python"].count(".") == 2
+    assert ("torch" in sys.modules) == had_torch
+    entry_mod.EnvironmentInfo.model_validate(env)
