@@ -7,7 +7,10 @@ and the leaderboard commands start fast.
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
+from pathlib import Path
 
 import click
 
@@ -27,20 +30,499 @@ class _Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted: partial files were removed; run the same command again to resume", err=True)
+            click.echo(
+                "interrupted: no half-written file was kept; run the same command again to resume", err=True
+            )
             ctx.exit(130)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def _group(**kwargs):
+    return click.group(cls=_Group, **kwargs)
+
+
+@_group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ocbench")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
-def cli(debug: bool) -> None:
+@click.option(
+    "--cache-dir", type=click.Path(file_okay=False), default=None,
+    help="Cache for demo data, embeddings and converted weights (default $OCBENCH_CACHE or ~/.cache/ocbench).",
+)
+def cli(debug: bool, cache_dir: str | None) -> None:
     """ocbench: benchmark pretrained vision backbones on protein localization (OpenCell).
 
     \b
     Example (offline, about a minute):
       ocbench demo
     """
+    if cache_dir:
+        os.environ["OCBENCH_CACHE"] = str(Path(cache_dir).expanduser().resolve())
+    if not debug:
+        warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr, without the source line Python adds."""
+    click.echo(f"warning: {message}", err=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# shared options
+
+
+def _dataset_options(default: str = "opencell"):
+    """--dataset DIR|demo|opencell, --annotations FILE, --min-grade G."""
+
+    def decorate(fn):
+        fn = click.option(
+            "--min-grade", type=click.IntRange(1, 3), default=1, show_default=True,
+            help="Lowest annotation grade counted as a positive label (3 prominent, 1 weak).",
+        )(fn)
+        fn = click.option(
+            "--annotations", type=click.Path(dir_okay=False), default=None,
+            help="Annotation table (flat or portal format) to use instead of the one under the dataset root.",
+        )(fn)
+        fn = click.option(
+            "--dataset", default=default, show_default=True,
+            help="Dataset root in the OpenCell raw layout; 'demo' = the synthetic demo (written if missing); "
+            "'opencell' = where `ocbench data download opencell` puts the real data.",
+        )(fn)
+        return fn
+
+    return decorate
+
+
+def _open_dataset(dataset: str, annotations: str | None, min_grade: int):
+    """Returns (OpenCellDataset, dataset name for entries)."""
+    from ocbench import paths
+    from ocbench.data.opencell import OpenCellDataset
+    from ocbench.errors import DataError
+
+    if dataset == "demo":
+        from ocbench.data.demo import ensure_demo
+
+        return OpenCellDataset(ensure_demo(), annotations, min_grade), "ocbench-demo"
+    if dataset == "opencell":
+        root = paths.opencell_root()
+        if not root.exists():
+            raise DataError(
+                f"{root}: no OpenCell data here; run `ocbench data download opencell` first, "
+                "or pass --dataset DIR (or --dataset demo for the offline demo)"
+            )
+        return OpenCellDataset(root, annotations, min_grade), "opencell"
+    return OpenCellDataset(Path(dataset).expanduser(), annotations, min_grade), "opencell"
+
+
+def _split_list(values: tuple[str, ...]) -> list[str]:
+    """Options given several times and/or comma-separated: ('a,b', 'c') -> ['a', 'b', 'c']."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _run_options(fn):
+    fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and the probe.")(fn)
+    fn = click.option(
+        "--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ..."
+    )(fn)
+    fn = click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Extraction batch size.")(fn)
+    fn = click.option(
+        "--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader workers decoding TIFFs."
+    )(fn)
+    fn = click.option(
+        "--output", type=click.Path(file_okay=False), default="results", show_default=True,
+        help="Folder for entry JSON files (and the splits they used).",
+    )(fn)
+    fn = click.option("--overwrite", is_flag=True, help="Recompute entries that already exist.")(fn)
+    return fn
+
+
+# ------------------------------------------------------------------------------------------------
+# ocbench run / demo / sweep-channels / embed
+
+
+def _print_outcomes(outcomes) -> None:
+    from ocbench.leaderboard.summary import format_run_table
+
+    click.echo(format_run_table([o.entry for o in outcomes]))
+    for o in outcomes:
+        click.echo(f"{'skipped (exists)' if o.skipped else 'wrote'}: {o.path}")
+
+
+@cli.command()
+@click.option("--backbone", "backbones", multiple=True, required=True, help="Backbone card name(s); see `ocbench backbones list`.")
+@click.option("--task", "tasks", multiple=True, default=("fov-mlp",), show_default=True, help="fov-mlp, fov-linear.")
+@click.option(
+    "--channels", "channels", multiple=True,
+    help="Channel strategy: replicate, a preset (natural, imagenet-best) or a map like protein=1,nucleus=2. "
+    "Repeat the option for several. Default: the card's.",
+)
+@click.option("--split", "tracks", multiple=True, default=("paper",), show_default=True, help="Split track: paper (by FOV) or protein (grouped by protein).")
+@click.option("--split-file", type=click.Path(dir_okay=False, exists=True), default=None, help="Use this split file instead of making one.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a task setting (marks the entry off-protocol).")
+@_dataset_options()
+@_run_options
+def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, annotations, min_grade,
+        seed, device, batch_size, workers, output, overwrite):
+    """Benchmark backbone(s) on a task and write one entry JSON per configuration.
+
+    \b
+    Examples:
+      ocbench run --backbone hpa-fov-vitb8
+      ocbench run --backbone classical-stats --dataset demo --task fov-mlp,fov-linear --split paper,protein
+      ocbench run --backbone imagenet-dino-vitb8 --channels protein=G,nucleus=B --set epochs=50
+    """
+    from ocbench.benchmark.runner import RunOptions, expand_grid, run_grid
+
+    ds, name = _open_dataset(dataset, annotations, min_grade)
+    specs = expand_grid(
+        _split_list(backbones), _split_list(tasks), list(channels) or [None], _split_list(tracks), overrides
+    )
+    options = RunOptions(
+        output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
+        overwrite=overwrite, split_file=Path(split_file) if split_file else None, dataset_name=name,
+    )
+    _print_outcomes(run_grid(specs, ds, options))
+
+
+@cli.command("sweep-channels")
+@click.option("--backbone", required=True, help="Backbone card name.")
+@click.option("--task", default="fov-mlp", show_default=True)
+@click.option("--split", "track", default="paper", show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a task setting.")
+@_dataset_options()
+@_run_options
+def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_grade,
+                   seed, device, batch_size, workers, output, overwrite):
+    """Probe every injective map of (protein, nucleus) into the backbone's input channels.
+
+    \b
+    Example:
+      ocbench sweep-channels --backbone tiny-vit-random --dataset demo
+    """
+    from ocbench.backbones.adapters import sweep_adapters
+    from ocbench.backbones.cards import get_card
+    from ocbench.leaderboard.summary import format_sweep_table
+    from ocbench.benchmark.runner import RunOptions, RunSpec, run_grid
+
+    card = get_card(backbone)
+    ds, name = _open_dataset(dataset, annotations, min_grade)
+    specs = [RunSpec(card.name, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card)]
+    options = RunOptions(
+        output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
+        overwrite=overwrite, dataset_name=name,
+    )
+    outcomes = run_grid(specs, ds, options)
+    click.echo(format_sweep_table(card.name, [o.entry for o in outcomes]))
+
+
+@cli.command()
+@click.option("--output", type=click.Path(file_okay=False), default="ocbench-demo-results", show_default=True,
+              help="Folder for the demo's entries and its leaderboard.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Recompute entries that already exist.")
+def demo(output, device, overwrite):
+    """The offline tour: demo data, two offline backbones, both probes, both split tracks, a board.
+
+    \b
+    Example:
+      ocbench demo --output demo-results
+    """
+    from ocbench.benchmark.runner import DEMO_OVERRIDES, RunOptions, demo_specs, run_grid
+    from ocbench.leaderboard import build_board
+
+    ds, name = _open_dataset("demo", None, 1)
+    out = Path(output)
+    options = RunOptions(output_dir=out / "entries", device=device, overwrite=overwrite, dataset_name=name)
+    outcomes = run_grid(demo_specs(), ds, options)
+    _print_outcomes(outcomes)
+    click.echo(
+        f"note: the demo overrides {', '.join(DEMO_OVERRIDES)} (the protocol is tuned for ~5,500 training "
+        "FOVs, the demo has ~140), so its entries are marked off-protocol; demo numbers are not comparable "
+        "with the paper's."
+    )
+    report = build_board([out / "entries"], out / "board")
+    click.echo(report.summary())
+
+
+@cli.command()
+@click.option("--backbone", required=True, help="Backbone card name.")
+@click.option("--channels", default=None, help="Channel strategy (default: the card's).")
+@click.option("--recompute", is_flag=True, help="Discard this key's cached embeddings and extract again.")
+@_dataset_options()
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True)
+def embed(backbone, channels, recompute, dataset, annotations, min_grade, device, batch_size, workers):
+    """Extract (or find cached) embeddings of every FOV.
+
+    \b
+    Example:
+      ocbench embed --backbone classical-stats --dataset demo
+    """
+    from ocbench.benchmark.embeddings import extract_embeddings
+
+    ds, _ = _open_dataset(dataset, annotations, min_grade)
+    emb = extract_embeddings(
+        ds, backbone, channels, batch_size=batch_size, device=device, num_workers=workers, recompute=recompute
+    )
+    m = emb.meta
+    state = "cache hit" if m.get("cache_hit") else f"extracted in {m.get('wall_time_s', 0):.1f} s ({m.get('images_per_s', 0):.1f} images/s)"
+    click.echo(f"{len(emb)} x {emb.dim} embeddings, {state}; key {emb.key}")
+
+
+# ------------------------------------------------------------------------------------------------
+# ocbench data ...
+
+
+@cli.group(cls=_Group)
+def data() -> None:
+    """Get, inspect, split and export OpenCell data (or the synthetic demo)."""
+
+
+@data.command("demo")
+@click.option("--root", type=click.Path(file_okay=False), default=None, help="Where to write (default: the demo cache folder).")
+@click.option("--proteins", type=click.IntRange(1), default=None, help="Number of proteins.")
+@click.option("--fovs-per-protein", type=click.IntRange(1), default=None)
+@click.option("--size", type=click.IntRange(32), default=None, help="FOV size in pixels.")
+@click.option("--seed", type=int, default=None)
+def data_demo(root, proteins, fovs_per_protein, size, seed):
+    """Write the synthetic demo dataset in the exact OpenCell raw layout.
+
+    \b
+    Example:
+      ocbench data demo --root demo-data --proteins 20 --size 128
+    """
+    import dataclasses
+
+    from ocbench import paths
+    from ocbench.data.demo import DemoConfig, write_demo
+
+    given = {"proteins": proteins, "fovs_per_protein": fovs_per_protein, "size": size, "seed": seed}
+    config = dataclasses.replace(DemoConfig(), **{k: v for k, v in given.items() if v is not None})
+    out = write_demo(Path(root) if root else paths.demo_root(), config)
+    click.echo(f"wrote demo dataset: {out} ({config.proteins} proteins x {config.fovs_per_protein} FOVs, {config.size} px)")
+
+
+@data.command("info")
+@_dataset_options(default="opencell")
+def data_info(dataset, annotations, min_grade):
+    """Counts: FOVs, proteins, how labels were joined, what was skipped, FOVs per class.
+
+    \b
+    Example:
+      ocbench data info --dataset demo
+    """
+    from ocbench.data.opencell import format_info
+
+    ds, _ = _open_dataset(dataset, annotations, min_grade)
+    click.echo(format_info(ds.info()))
+
+
+@data.command("download")
+@click.argument("collection", type=click.Choice(["opencell"]))
+@click.option("--root", type=click.Path(file_okay=False), default=None, help="Target folder (default: <cache>/opencell).")
+@click.option("--targets", default=None, help="Comma-separated gene names or ENSG ids to fetch (default: all).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many FOVs.")
+@click.option("--workers", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--endpoint", default=None, help="Bucket endpoint (default: the public czb-opencell bucket).")
+@click.option("--no-annotations", is_flag=True, help="Do not fetch the annotation table (pass --annotations later).")
+def data_download(collection, root, targets, limit, workers, endpoint, no_annotations):
+    """Download OpenCell FOV projections (resumable; verifies sizes and checksums).
+
+    \b
+    Example:
+      ocbench data download opencell --targets LMNB1,NPM1 --limit 20
+    """
+    from ocbench import paths
+    from ocbench.data.download import DEFAULT_ANNOTATIONS_URLS, DEFAULT_ENDPOINT, download_opencell
+
+    report = download_opencell(
+        Path(root) if root else paths.opencell_root(),
+        targets=_split_list((targets,)) if targets else None,
+        limit=limit,
+        endpoint=endpoint or DEFAULT_ENDPOINT,
+        annotations_url=None if no_annotations else DEFAULT_ANNOTATIONS_URLS,
+        workers=workers,
+    )
+    click.echo(report.summary())
+
+
+@data.command("split")
+@click.option("--track", type=click.Choice(["paper", "protein"]), default="protein", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Split file (default: <root>/splits/<track>-seed<seed>.json).")
+@_dataset_options()
+def data_split(track, seed, out, dataset, annotations, min_grade):
+    """Write a split file (10% test + 5 folds) and print class counts per part.
+
+    \b
+    Example:
+      ocbench data split --dataset demo --track protein
+    """
+    from ocbench.benchmark.splits import class_counts, format_class_counts, write_split
+
+    ds, _ = _open_dataset(dataset, annotations, min_grade)
+    split, path = write_split(ds, out, track=track, seed=seed)
+    click.echo(format_class_counts(class_counts(split, ds.manifest)))
+    click.echo(f"wrote {path} (split id sha256 {split.sha256})")
+
+
+@data.command("export")
+@click.option("--to", "target", type=click.Choice(["hf"]), required=True, help="Export format.")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--split-file", type=click.Path(dir_okay=False, exists=True), default=None, help="Add a split column from this split file.")
+@click.option("--push-to-hub", "repo_id", default=None, help="Also push to this Hub dataset repo (ORG/NAME).")
+@_dataset_options()
+def data_export(target, out_dir, split_file, repo_id, dataset, annotations, min_grade):
+    """Export the dataset as a Hugging Face `datasets` dataset (save_to_disk).
+
+    \b
+    Example:
+      ocbench data export --to hf demo-hf --dataset demo
+    """
+    from ocbench.data.export import export_hf
+
+    ds, _ = _open_dataset(dataset, annotations, min_grade)
+    split = None
+    if split_file:
+        from ocbench.benchmark.splits import load_split
+
+        split = load_split(split_file, manifest=ds.manifest, dataset_version=ds.version)
+    click.echo(f"wrote {export_hf(ds, out_dir, split=split, push_to_hub=repo_id)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# ocbench backbones ...
+
+
+@cli.group(cls=_Group)
+def backbones() -> None:
+    """The backbone registry: list, show, import checkpoints, push to the Hub, check conformance."""
+
+
+@backbones.command("list")
+def backbones_list():
+    """Table of registered backbones."""
+    from ocbench.backbones.cards import format_cards_table
+
+    click.echo(format_cards_table())
+
+
+@backbones.command("show")
+@click.argument("name")
+def backbones_show(name):
+    """Everything a card declares.
+
+    \b
+    Example:
+      ocbench backbones show hpa-fov-vitb8
+    """
+    from ocbench.backbones.cards import format_card
+
+    click.echo(format_card(name))
+
+
+@backbones.command("import")
+@click.argument("name")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="A downloaded DINO .pth (default: download the card's).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: the card's weights cache).")
+@click.option("--checkpoint-key", default="teacher", show_default=True, help="Which network of the checkpoint to convert.")
+def backbones_import(name, checkpoint, out, checkpoint_key):
+    """Convert a Dino4Cells/DINO .pth checkpoint to safetensors + config (Hub-style folder).
+
+    \b
+    Example:
+      ocbench backbones import hpa-fov-vitb8 --checkpoint DINO_FOV_checkpoint.pth
+    """
+    from ocbench.backbones.dino_import import import_backbone
+
+    folder = import_backbone(name, checkpoint, out_dir=out, checkpoint_key=checkpoint_key)
+    click.echo(f"wrote {folder}")
+
+
+@backbones.command("push")
+@click.argument("name")
+@click.option("--repo-id", required=True, help="Hub model repo, ORG/NAME.")
+@click.option("--folder", type=click.Path(file_okay=False), default=None, help="Converted folder (default: the card's weights cache).")
+@click.option("--dry-run", is_flag=True, help="Check and list what would be uploaded; upload nothing.")
+def backbones_push(name, repo_id, folder, dry_run):
+    """Upload converted weights (safetensors + config + model card) to the Hugging Face Hub."""
+    from ocbench.backbones.cards import get_card
+    from ocbench.backbones.hub import push_backbone
+    from ocbench.backbones.sources import weights_dir
+
+    card = get_card(name)
+    result = push_backbone(Path(folder) if folder else weights_dir(card), repo_id, dry_run=dry_run)
+    click.echo(result.summary())
+
+
+@backbones.command("check")
+@click.argument("name")
+@click.option("--device", default="cpu", show_default=True)
+def backbones_check(name, device):
+    """Conformance check for contributors: loads, embeds, shapes, determinism, batch invariance.
+
+    \b
+    Example:
+      ocbench backbones check tiny-vit-random
+    """
+    from ocbench.backbones.check import check_backbone, format_check
+
+    report = check_backbone(name, device=device)
+    click.echo(format_check(report))
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# ocbench leaderboard ...
+
+
+@cli.group(cls=_Group)
+def leaderboard() -> None:
+    """Validate entries, build the board (Markdown, CSV, HTML, plots), publish it to the Hub."""
+
+
+@leaderboard.command("build")
+@click.argument("entries", nargs=-1, required=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--no-reported", is_flag=True, help="Leave out the paper's reported rows.")
+@click.option("--rank-reported", is_flag=True, help="Rank reported rows together with computed ones.")
+def leaderboard_build(entries, out, no_reported, rank_reported):
+    """Build LEADERBOARD.md, leaderboard.csv, index.html and plots from entry folders/files/Hub repos.
+
+    \b
+    Example:
+      ocbench leaderboard build results --out board
+    """
+    from ocbench.leaderboard import build_board
+
+    report = build_board(list(entries), out, include_reported=not no_reported, rank_reported=rank_reported)
+    click.echo(report.summary())
+
+
+@leaderboard.command("validate")
+@click.argument("entries", nargs=-1, required=True)
+def leaderboard_validate(entries):
+    """Check entry files against the schema; one line per problem."""
+    from ocbench.leaderboard import validate_entries
+
+    problems = validate_entries(list(entries))
+    for line in problems:
+        click.echo(line, err=True)
+    if problems:
+        raise click.exceptions.Exit(1)
+    click.echo("all entries valid")
+
+
+@leaderboard.command("publish")
+@click.argument("board_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--repo-id", required=True, help="Hub dataset repo, ORG/NAME.")
+@click.option("--dry-run", is_flag=True, help="Print what would be uploaded; upload nothing.")
+def leaderboard_publish(board_dir, repo_id, dry_run):
+    """Upload a built board (entries and tables) to a Hugging Face dataset repo."""
+    from ocbench.leaderboard import publish
+
+    for line in publish(board_dir, repo_id, dry_run=dry_run):
+        click.echo(line)
 
 
 def main() -> None:

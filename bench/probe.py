@@ -1,0 +1,159 @@
+"""How close is the FOV probe to the matmul FLOP bound of this machine?
+
+Trains the paper probe (``fov-mlp``: 5 folds x 300 epochs, batch 512) on random features shaped
+like OpenCell (6,120 FOVs x 768 dims, random multi-labels), counts the matmul FLOPs that training
+needs, measures this machine's float32 ``torch.mm`` rate on the same matrix shapes in the same
+run, and prints ``wall / (FLOPs / rate)``. Target: within 2x.
+
+FLOPs per training example: layer 1 needs forward + weight gradient (2 matmuls: its input is
+data, so no input gradient), later layers forward + input gradient + weight gradient (3). The
+common "3 x forward" rule is printed too (it gives a looser bound). Validation/test prediction
+(forward only) is included.
+
+    python bench/probe.py                 # the paper setting (a few minutes on 2 cores)
+    python bench/probe.py --epochs 20     # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import numpy as np
+
+
+def synthetic_problem(n: int, dim: int, seed: int):
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((n, dim), dtype=np.float32)
+    prevalence = np.linspace(0.02, 0.3, 17)  # imbalanced, like OpenCell
+    labels = (rng.random((n, 17)) < prevalence).astype(np.uint8)
+    labels[np.arange(n), rng.integers(0, 17, n)] = 1  # every FOV has at least one compartment
+    order = rng.permutation(n)
+    n_test = round(0.1 * n)
+    return features, labels, order[:n_test], np.array_split(order[n_test:], 5)
+
+
+def layer_dims(task, dim: int) -> list[int]:
+    hidden, _ = task.head()
+    return [dim, *hidden, 17]
+
+
+def training_flops(dims: list[int], examples: int, *, rule: str) -> float:
+    macs = 0
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        passes = 3 if (rule == "3x" or i > 0) else 2
+        macs += passes * d_in * d_out
+    return 2.0 * macs * examples
+
+
+def forward_flops(dims: list[int], examples: int) -> float:
+    return 2.0 * sum(a * b for a, b in zip(dims[:-1], dims[1:])) * examples
+
+
+def step_gemms(dims: list[int], batch: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every matmul in one training step of one fold."""
+    shapes = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        shapes.append((batch, d_in, d_out))  # forward
+        shapes.append((d_in, batch, d_out))  # weight gradient
+        if i > 0:
+            shapes.append((batch, d_out, d_in))  # input gradient
+    return shapes
+
+
+def matmul_rate(shapes: list[tuple[int, int, int]], seconds: float = 3.0) -> float:
+    """Float32 FLOP/s of running ``shapes`` back to back with torch.mm (best of several rounds)."""
+    import torch
+
+    pairs = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
+    outs = [torch.empty(m, n) for m, k, n in shapes]
+    flops = sum(2.0 * m * k * n for m, k, n in shapes)
+    for (a, b), o in zip(pairs, outs):  # warm up
+        torch.mm(a, b, out=o)
+    best = math.inf
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        for _ in range(10):
+            for (a, b), o in zip(pairs, outs):
+                torch.mm(a, b, out=o)
+        best = min(best, (time.perf_counter() - t0) / 10)
+    return flops / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="fov-mlp")
+    parser.add_argument("--n", type=int, default=6120)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-parallel-folds", type=int, default=None, help="1 = train folds one at a time")
+    parser.add_argument("--json", help="also write the numbers to this file")
+    args = parser.parse_args()
+
+    import torch
+
+    from ocbench.tasks import get_task
+
+    task, overrides = get_task(args.task).with_overrides([f"epochs={args.epochs}"])
+    features, labels, test_idx, folds_idx = synthetic_problem(args.n, args.dim, args.seed)
+    dims = layer_dims(task, args.dim)
+    shapes = step_gemms(dims, task.batch_size)
+    rate_before = matmul_rate(shapes)
+
+    result = task.run(features, labels, test_idx, folds_idx, seed=args.seed, max_parallel_folds=args.max_parallel_folds)
+    wall = result.wall_time_s
+
+    rate_after = matmul_rate(shapes)
+    rate = max(rate_before, rate_after)  # the machine is shared: the faster one is what it can do
+    peak = matmul_rate([(1024, 1024, 1024)], seconds=2.0)
+    examples = sum(result.details["n_train"]) * task.epochs
+    evaluated = sum(result.details["n_val"]) + result.details["n_test"] * len(folds_idx)
+    flops = training_flops(dims, examples, rule="exact") + forward_flops(dims, evaluated)
+    flops_3x = training_flops(dims, examples, rule="3x") + forward_flops(dims, evaluated)
+    bound = flops / rate
+
+    numbers = {
+        "task": task.name,
+        "shape": [args.n, args.dim],
+        "epochs": task.epochs,
+        "batch_size": task.batch_size,
+        "folds": len(folds_idx),
+        "max_parallel_folds": args.max_parallel_folds,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "wall_s": wall,
+        "train_flops": flops,
+        "train_flops_3x_rule": flops_3x,
+        "mm_rate_step_shapes_flops": rate,
+        "mm_rate_before_after": [rate_before, rate_after],
+        "mm_rate_1024_cube": peak,
+        "bound_s": bound,
+        "ratio_wall_over_bound": wall / bound,
+        "ratio_vs_3x_rule": wall / (flops_3x / rate),
+        "ratio_vs_1024_cube_rate": wall / (flops / peak),
+        "val_macro_f1_mean": result.metrics["macro_f1"]["val"]["mean"],
+    }
+    print(f"{task.name}: {args.n} x {args.dim}, {len(folds_idx)} folds x {task.epochs} epochs, batch {task.batch_size}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"  wall time            {wall:9.1f} s")
+    print(f"  matmul FLOPs         {flops / 1e12:9.2f} TFLOP  (3x-forward rule: {flops_3x / 1e12:.2f})")
+    print(f"  mm rate (step GEMMs) {rate / 1e9:9.1f} GFLOP/s (before {rate_before / 1e9:.1f}, after {rate_after / 1e9:.1f}; "
+          f"1024^3: {peak / 1e9:.1f})")
+    print(f"  FLOP bound           {bound:9.1f} s")
+    print(f"  wall / bound         {wall / bound:9.2f} x  (target <= 2; vs 3x rule {numbers['ratio_vs_3x_rule']:.2f} x)")
+    print(f"  val macro-F1 (random labels) {numbers['val_macro_f1_mean']:.3f}")
+    if args.json:
+        from ocbench._io import atomic_write
+
+        with atomic_write(args.json) as fh:
+            json.dump(numbers, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

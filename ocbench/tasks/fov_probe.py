@@ -1,0 +1,506 @@
+"""Task A: a probe trained on frozen FOV embeddings (``fov-mlp``, ``fov-linear``).
+
+Protocol (PROTOCOL.md section 4), per cross-validation fold ``k`` of ``K``:
+
+1. train on the other ``K-1`` folds, validate on fold ``k``, and score the same model on the
+   held-out test set;
+2. standardize every feature with the mean/std of fold ``k``'s training rows only (population
+   std; (near-)constant features are centred, not scaled, as scikit-learn's StandardScaler does);
+3. each epoch draws ``n_train`` training rows *with replacement*, row ``i`` with probability
+   proportional to ``1 / frequency of its rarest positive label`` (frequencies counted on the
+   training rows). Rows without any positive label form a class of their own (their frequency is
+   the number of label-less rows), so they are neither dropped nor over-weighted;
+4. batches of ``batch_size`` (the epoch's last batch holds the remainder), BCEWithLogits loss
+   (mean over the batch and the 17 classes), AdamW (decay on all parameters, like
+   ``AdamW(model.parameters())``), learning rate ``lr * batch_size / 256`` annealed per epoch
+   with a cosine to 0 (``CosineAnnealingLR(T_max=epochs)``), stepped after each epoch;
+5. predict ``sigmoid(logit) >= threshold``; score with :mod:`ocbench.tasks.metrics`.
+
+Speed: the standardized training rows stay on the device as one tensor; batches are gathered
+with index tensors; the backward pass is written out over buffers allocated once (no autograd).
+Folds can be trained together as one "stacked" model (weights of shape ``(folds, d_in, d_out)``,
+batched matmuls): on a GPU that divides the number of kernel launches by 5; on a 2-core CPU one
+fold at a time measured ~8% faster (its working set stays in cache), so that is the CPU default.
+Each fold has its own random generator (seeded from ``(seed, fold)``) for its initial weights,
+draws and dropout masks, so a fold's numbers do not depend on which folds it was stacked with.
+Dropout masks come from 8- or 16-bit random integers (exact for the default p = 0.5, see
+``_dropout_bits``): drawing a float per unit cost a quarter of a training step on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from ocbench.data.compartments import COMPARTMENTS
+from ocbench.errors import ConfigError, DataError
+from ocbench.tasks.base import TaskConfig, TaskResult, register_task
+
+__all__ = [
+    "FovProbe",
+    "FovMlpProbe",
+    "FovLinearProbe",
+    "Standardizer",
+    "fit_standardizer",
+    "rarest_label_weights",
+]
+
+PROTOCOL_VERSION = "fov-probe/1"
+
+
+# -- protocol pieces (numpy, testable on their own) --------------------------------------------
+def rarest_label_weights(labels: np.ndarray) -> np.ndarray:
+    """Unnormalized draw weight of each row: 1 / (count of its rarest positive label).
+
+    Counts are taken over ``labels`` itself (pass the training rows only). Rows with no
+    positive label get 1 / (number of such rows).
+    """
+    y = np.asarray(labels).astype(bool)
+    counts = y.sum(axis=0).astype(np.float64)
+    rarest = np.where(y, counts[None, :], np.inf).min(axis=1)
+    unlabeled = ~y.any(axis=1)
+    rarest[unlabeled] = unlabeled.sum()
+    return 1.0 / rarest
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Per-feature ``(x - mean) / scale`` fitted on training rows."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean.astype(np.float32)) / self.scale.astype(np.float32)).astype(np.float32)
+
+
+def fit_standardizer(train_features: np.ndarray) -> Standardizer:
+    """Mean and population std of ``train_features`` (computed in float64)."""
+    x = np.asarray(train_features, dtype=np.float64)
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    constant = std <= 1e-6 * np.maximum(1.0, np.abs(mean))  # scaling noise up would only add noise
+    return Standardizer(mean=mean, scale=np.where(constant, 1.0, std))
+
+
+def _identity_standardizer(dim: int) -> Standardizer:
+    return Standardizer(mean=np.zeros(dim), scale=np.ones(dim))
+
+
+# -- configs ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FovProbe(TaskConfig):
+    """Training settings shared by the FOV probes (every default is the paper's protocol)."""
+
+    protocol_version: ClassVar[str] = PROTOCOL_VERSION
+    inputs: ClassVar[str] = "fov_embeddings"
+
+    epochs: int = 300
+    batch_size: int = 512
+    #: learning rate per 256 examples; the rate used is ``lr * batch_size / lr_reference_batch``
+    lr: float = 1e-4
+    lr_reference_batch: int = 256
+    weight_decay: float = 0.04
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    threshold: float = 0.5
+    standardize: bool = True
+    resample: bool = True  # False: each epoch is a plain shuffle of the training rows
+
+    def __post_init__(self) -> None:
+        def bad(key: str, what: str) -> ConfigError:
+            return ConfigError(f"task {self.name}: {key} must be {what}, got {getattr(self, key)!r}")
+
+        for key in ("epochs", "batch_size", "lr_reference_batch"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(key, "an integer >= 1")
+        for key in ("lr", "adam_eps"):
+            if not getattr(self, key) > 0:
+                raise bad(key, "> 0")
+        if not self.weight_decay >= 0:
+            raise bad("weight_decay", ">= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise bad("betas", "two numbers in [0, 1)")
+        if not 0 < self.threshold < 1:
+            raise bad("threshold", "in (0, 1)")
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr * self.batch_size / self.lr_reference_batch
+
+    def head(self) -> tuple[tuple[int, ...], float]:
+        """Hidden layer widths and dropout rate of the probe."""
+        return (), 0.0
+
+    def run(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        test_idx: Sequence[int] | np.ndarray,
+        folds_idx: Sequence[Sequence[int] | np.ndarray],
+        *,
+        seed: int = 0,
+        device: str = "cpu",
+        progress: bool = True,
+        max_parallel_folds: int | None = None,
+    ) -> TaskResult:
+        """Cross-validate the probe on ``features`` (N, D) and ``labels`` (N, 17).
+
+        ``test_idx``/``folds_idx`` are row positions (``Split.indices``). ``max_parallel_folds``
+        only changes how many folds are stacked into one model (results agree up to float
+        rounding); ``None``: one at a time on CPU, else all folds with the same steps per epoch.
+        """
+        return _run_probe(
+            self, features, labels, test_idx, folds_idx,
+            seed=seed, device=device, progress=progress, max_parallel_folds=max_parallel_folds,
+        )
+
+
+@register_task
+@dataclass(frozen=True)
+class FovMlpProbe(FovProbe):
+    """The paper's head: Linear(D,512) ReLU Dropout, Linear(512,256) ReLU Dropout, Linear(256,17)."""
+
+    name: ClassVar[str] = "fov-mlp"
+
+    hidden_dims: tuple[int, ...] = (512, 256)
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not all(isinstance(h, int) and h >= 1 for h in self.hidden_dims):
+            raise ConfigError(f"task {self.name}: hidden_dims must be positive integers, got {self.hidden_dims!r}")
+        if not 0 <= self.dropout <= 0.99:
+            raise ConfigError(f"task {self.name}: dropout must be in [0, 0.99], got {self.dropout!r}")
+
+    def head(self) -> tuple[tuple[int, ...], float]:
+        return tuple(self.hidden_dims), float(self.dropout)
+
+
+@register_task
+@dataclass(frozen=True)
+class FovLinearProbe(FovProbe):
+    """One Linear(D, 17), trained exactly like ``fov-mlp``."""
+
+    name: ClassVar[str] = "fov-linear"
+
+
+# -- input checks ----------------------------------------------------------------------------
+def _check_inputs(features, labels, test_idx, folds_idx):
+    x = np.asarray(features)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"features: expected a numeric (items x dims) array, got shape {x.shape} dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    finite = np.isfinite(x)
+    if not finite.all():
+        i, j = np.argwhere(~finite)[0]
+        raise DataError(
+            f"features: {int((~finite).sum())} NaN/inf values (first at item {i}, dim {j}); "
+            "re-extract the embeddings (ocbench run --overwrite) or drop those items"
+        )
+    y = np.asarray(labels)
+    if y.shape != (x.shape[0], len(COMPARTMENTS)):
+        raise DataError(f"labels: expected shape ({x.shape[0]}, {len(COMPARTMENTS)}), got {y.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise DataError("labels: expected only 0/1 values")
+    n = x.shape[0]
+
+    def positions(name: str, idx) -> np.ndarray:
+        arr = np.asarray(idx)
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+            raise DataError(f"{name}: expected a non-empty 1-D array of integer row positions")
+        if arr.min() < 0 or arr.max() >= n:
+            raise DataError(f"{name}: row positions must be in [0, {n}); the split does not match the features")
+        return arr.astype(np.int64)
+
+    test = positions("test_idx", test_idx)
+    folds = [positions(f"folds_idx[{k}]", f) for k, f in enumerate(folds_idx)]
+    if len(folds) < 2:
+        raise DataError(f"folds_idx: cross-validation needs at least 2 folds, got {len(folds)}")
+    everything = np.concatenate([test, *folds])
+    if np.unique(everything).size != everything.size:
+        raise DataError("folds_idx/test_idx: a row appears twice; test and folds must be disjoint")
+    return x, y.astype(np.float32), test, folds
+
+
+def _fold_seed(seed: int, fold: int) -> int:
+    return int(np.random.SeedSequence([seed, fold]).generate_state(1, np.uint64)[0])
+
+
+def _resolve_device(device: Any):
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device: {device!r} is not a torch device (try cpu, cuda or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+# -- training --------------------------------------------------------------------------------
+@dataclass
+class _FoldPlan:
+    fold: int
+    train: np.ndarray
+    val: np.ndarray
+    weights: np.ndarray | None
+    standardizer: Standardizer
+    seed: int
+    steps_per_epoch: int
+
+
+def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, device, progress, max_parallel_folds):
+    from ocbench.tasks.metrics import cross_validation_metrics, multilabel_scores
+
+    started = time.perf_counter()
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed: expected an integer >= 0, got {seed!r}")
+    if max_parallel_folds is not None and max_parallel_folds < 1:
+        raise ConfigError(f"max_parallel_folds: expected an integer >= 1, got {max_parallel_folds!r}")
+    x, y, test, folds = _check_inputs(features, labels, test_idx, folds_idx)
+    dev = _resolve_device(device)
+
+    plans = []
+    for k, val in enumerate(folds):
+        train = np.concatenate([f for j, f in enumerate(folds) if j != k])
+        plans.append(
+            _FoldPlan(
+                fold=k,
+                train=train,
+                val=val,
+                weights=rarest_label_weights(y[train]) if cfg.resample else None,
+                standardizer=fit_standardizer(x[train]) if cfg.standardize else _identity_standardizer(x.shape[1]),
+                seed=_fold_seed(int(seed), k),
+                steps_per_epoch=math.ceil(train.size / cfg.batch_size),
+            )
+        )
+    # Folds with the same number of steps per epoch can share every optimizer step.
+    limit = max_parallel_folds or (1 if dev.type == "cpu" else len(plans))
+    groups: list[list[_FoldPlan]] = []
+    for steps in sorted({p.steps_per_epoch for p in plans}):
+        same = [p for p in plans if p.steps_per_epoch == steps]
+        groups += [same[i : i + limit] for i in range(0, len(same), limit)]
+
+    from tqdm.auto import tqdm
+
+    val_scores: list[Any] = [None] * len(plans)
+    test_scores: list[Any] = [None] * len(plans)
+    final_loss: list[Any] = [None] * len(plans)
+    with tqdm(total=cfg.epochs * len(groups), desc=cfg.name, unit="epoch", disable=None if progress else True) as bar:
+        for group in groups:
+            bar.set_description(f"{cfg.name} fold{'s' if len(group) > 1 else ''} {','.join(str(p.fold + 1) for p in group)}")
+            params, losses = _train_group(cfg, group, x, y, dev, bar)
+            for g, plan in enumerate(group):
+                final_loss[plan.fold] = losses[g]
+                fold_params = [(w[g], b[g]) for w, b in params]
+                val_pred = _predict(cfg, fold_params, plan.standardizer.apply(x[plan.val]), dev)
+                test_pred = _predict(cfg, fold_params, plan.standardizer.apply(x[test]), dev)
+                val_scores[plan.fold] = multilabel_scores(y[plan.val], val_pred)
+                test_scores[plan.fold] = multilabel_scores(y[test], test_pred)
+
+    metrics = cross_validation_metrics(val_scores, test_scores, COMPARTMENTS)
+    details = {
+        "effective_lr": cfg.effective_lr,
+        "n_train": [int(p.train.size) for p in plans],
+        "n_val": [int(p.val.size) for p in plans],
+        "n_test": int(test.size),
+        "feature_dim": int(x.shape[1]),
+        "final_train_loss": final_loss,
+        "fold_groups": [[p.fold for p in grp] for grp in groups],
+    }
+    return TaskResult(
+        task=cfg.name,
+        protocol_version=cfg.protocol_version,
+        config=cfg.to_dict(),
+        metrics=metrics,
+        seed=int(seed),
+        device=str(dev),
+        wall_time_s=time.perf_counter() - started,
+        details=details,
+    )
+
+
+def _dropout_bits(p: float) -> tuple[Any, int, int, float]:
+    """How to draw dropout masks from random integers: (dtype, bits, keep threshold, 1/keep).
+
+    A unit is kept iff its random ``bits``-bit signed integer is >= the threshold, so the keep
+    probability is ``1 - round(p * 2**bits) / 2**bits``: exact with 8 bits for p = 0.5 (half the
+    random numbers of 16 bits), within 2**-17 otherwise.
+    """
+    import torch
+
+    bits = 8 if float(p * 256).is_integer() else 16
+    dropped = round(p * 2**bits)
+    dtype = torch.int8 if bits == 8 else torch.int16
+    return dtype, bits, dropped - 2 ** (bits - 1), 2**bits / (2**bits - dropped)
+
+
+def _matmul_per_fold(dev) -> bool:
+    """On CPU one matmul per fold: a batched matmul over 5 folds splits them 3/2 over 2 cores (-15%)."""
+    return dev.type == "cpu"
+
+
+def _train_group(cfg: FovProbe, group: list[_FoldPlan], x: np.ndarray, y: np.ndarray, dev, bar):
+    """Train the folds of ``group`` as one stacked model; return [(W, b) per layer], final losses.
+
+    The backward pass is written out (an MLP's is four lines) so that every activation, gradient
+    and mask lives in a buffer allocated once: autograd's fresh tensors per op cost more than the
+    elementwise work itself on small CPUs. ``tests/test_tasks_probe.py`` checks it against autograd.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    G, B, C = len(group), cfg.batch_size, y.shape[1]
+    hidden, p_drop = cfg.head()
+    dims = [x.shape[1], *hidden, C]
+    n_layers = len(dims) - 1
+    steps = group[0].steps_per_epoch
+    sizes = [p.train.size for p in group]
+    starts = np.cumsum([0, *sizes[:-1]])
+
+    # One tensor of every fold's standardized training rows; batches index into it.
+    z_train = torch.from_numpy(np.concatenate([p.standardizer.apply(x[p.train]) for p in group])).to(dev)
+    y_train = torch.from_numpy(np.concatenate([y[p.train] for p in group])).to(dev)
+    gens = [torch.Generator(device=dev).manual_seed(p.seed) for p in group]
+    draw_weights = [torch.from_numpy(p.weights).to(dev) if p.weights is not None else None for p in group]
+
+    # All weights and biases are views of one flat tensor (and their gradients of another), so
+    # AdamW updates a single tensor per step.
+    shapes = [s for d_in, d_out in zip(dims[:-1], dims[1:]) for s in ((G, d_in, d_out), (G, 1, d_out))]
+    flat = torch.empty(sum(math.prod(s) for s in shapes), device=dev)
+    flat.grad = torch.zeros_like(flat)  # filled in place by the backward pass below
+    views, grads, at = [], [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        views.append(flat[at : at + size].view(shape))
+        grads.append(flat.grad[at : at + size].view(shape))
+        at += size
+    weights, biases, grad_w, grad_b = views[0::2], views[1::2], grads[0::2], grads[1::2]
+    for w, b in zip(weights, biases):
+        bound = 1.0 / math.sqrt(w.shape[1])  # nn.Linear's default init
+        for g in range(G):
+            w[g].uniform_(-bound, bound, generator=gens[g])
+            b[g].uniform_(-bound, bound, generator=gens[g])
+    opt_kwargs: dict[str, Any] = dict(lr=cfg.effective_lr, betas=cfg.betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    if dev.type in ("cpu", "cuda"):
+        opt_kwargs["fused"] = True  # one kernel instead of a dozen elementwise passes
+    opt = torch.optim.AdamW([flat], **opt_kwargs)
+
+    # Flat buffers; a step with `rows` rows per fold uses the first G * rows rows of each.
+    inputs = torch.empty(G * B, dims[0], device=dev)
+    targets = torch.empty(G * B, C, device=dev)
+    acts = [torch.empty(G * B, d, device=dev) for d in dims[1:]]
+    deltas = [torch.empty(G * B, d, device=dev) for d in dims[1:]]
+    keep = [torch.empty(G * B, h, device=dev) for h in hidden]  # dropout masks, 0.0 or 1.0
+    mask_dtype, mask_bits, keep_threshold, keep_scale = _dropout_bits(p_drop)
+    use_dropout = p_drop > 0 and bool(hidden)
+    in_scale = [1.0] + [keep_scale if use_dropout else 1.0] * len(hidden)  # dropout's 1/keep, per layer input
+    # Random integers for the dropout masks, drawn as int64 words: one row per fold and layer,
+    # always a full batch's worth so a fold's random stream does not depend on its neighbours.
+    per_word = 64 // mask_bits
+    mask_words = [torch.empty(G, math.ceil(B * h / per_word), dtype=torch.int64, device=dev) for h in hidden]
+
+    if _matmul_per_fold(dev):
+        def matmul_(out, a, b, beta, alpha):
+            for g in range(G):
+                out[g].addmm_(a[g], b[g], beta=beta, alpha=alpha)
+
+    else:
+        def matmul_(out, a, b, beta, alpha):
+            out.baddbmm_(a, b, beta=beta, alpha=alpha)
+
+    epoch_idx = torch.empty(G, steps * B, dtype=torch.int64, device=dev)
+    offsets = torch.tensor(starts, dtype=torch.int64, device=dev)[:, None]
+    last = steps * B - B  # first position of the epoch's last batch
+    last_valid = torch.arange(B, device=dev)[None, :] < torch.tensor([n - last for n in sizes], device=dev)[:, None]
+    last_weight = (last_valid.float() / last_valid.sum(1, keepdim=True) / C)[:, :, None]
+    epoch_loss = torch.zeros(G, device=dev)
+
+    for epoch in range(cfg.epochs):
+        lr = cfg.effective_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+        for param_group in opt.param_groups:
+            param_group["lr"] = lr
+        epoch_idx.copy_(offsets.expand_as(epoch_idx))  # padding rows point at a valid row, weight 0
+        for g, n in enumerate(sizes):
+            if draw_weights[g] is not None:
+                draws = torch.multinomial(draw_weights[g], n, replacement=True, generator=gens[g])
+            else:
+                draws = torch.randperm(n, generator=gens[g], device=dev)
+            epoch_idx[g, :n] += draws
+        epoch_loss.zero_()
+        for step in range(steps):
+            idx = epoch_idx[:, step * B : (step + 1) * B]
+            rows = idx.shape[1]
+            flat = idx.reshape(-1)
+            x_b = inputs[: G * rows]
+            torch.index_select(z_train, 0, flat, out=x_b)
+            y_b = targets[: G * rows]
+            torch.index_select(y_train, 0, flat, out=y_b)
+            x_b, y_b = x_b.view(G, rows, -1), y_b.view(G, rows, C)
+
+            # forward: a = relu(h @ W + b) * keep, the 1/keep scale folded into the next matmul
+            layer_in = [x_b]
+            for layer in range(n_layers):
+                a = acts[layer][: G * rows].view(G, rows, -1)
+                a.copy_(biases[layer].expand_as(a))
+                matmul_(a, layer_in[-1], weights[layer], beta=1.0, alpha=in_scale[layer])
+                if layer < n_layers - 1:
+                    a.clamp_min_(0.0)
+                    if use_dropout:
+                        for g in range(G):
+                            mask_words[layer][g].random_(-(2**63), None, generator=gens[g])
+                        bits = mask_words[layer].view(mask_dtype)[:, : rows * hidden[layer]].view(G, rows, -1)
+                        mask = keep[layer][: G * rows].view(G, rows, -1)
+                        torch.ge(bits, keep_threshold, out=mask)  # (masked_fill_ is 10x slower on CPU)
+                        a.mul_(mask)
+                layer_in.append(a)
+            logits = layer_in[-1]
+
+            # loss: per fold, the mean BCE over its rows and classes (padding rows weigh 0)
+            row_weight = last_weight if step == steps - 1 else 1.0 / (rows * C)
+            with torch.no_grad():
+                bce = F.binary_cross_entropy_with_logits(logits, y_b, reduction="none")
+                epoch_loss += (bce * row_weight).sum((1, 2))
+            delta = deltas[-1][: G * rows].view(G, rows, C)
+            torch.sigmoid(logits, out=delta)
+            delta.sub_(y_b).mul_(row_weight)  # d loss / d logits
+
+            # backward
+            for layer in reversed(range(n_layers)):
+                h_in = layer_in[layer]
+                matmul_(grad_w[layer], h_in.transpose(1, 2), delta, beta=0.0, alpha=in_scale[layer])
+                torch.sum(delta, dim=1, keepdim=True, out=grad_b[layer])
+                if layer > 0:
+                    below = deltas[layer - 1][: G * rows].view(G, rows, -1)
+                    matmul_(below, delta, weights[layer].transpose(1, 2), beta=0.0, alpha=in_scale[layer])
+                    # through relu and dropout: the gradient passes where the unit's output is > 0
+                    torch.ops.aten.threshold_backward.grad_input(below, h_in, 0.0, grad_input=below)
+                    delta = below
+            opt.step()
+        bar.update(1)
+        if epoch % 10 == 0 or epoch == cfg.epochs - 1:
+            bar.set_postfix(loss=f"{float(epoch_loss.mean()) / steps:.4f}")
+    final = (epoch_loss / steps).tolist()
+    return list(zip(weights, biases)), final
+
+
+def _predict(cfg: FovProbe, params, features: np.ndarray, dev) -> np.ndarray:
+    """Binary predictions of one fold's model (no dropout)."""
+    import torch
+
+    with torch.inference_mode():
+        h = torch.from_numpy(features).to(dev)
+        for layer, (w, b) in enumerate(params):
+            h = torch.addmm(b[0], h, w)
+            if layer < len(params) - 1:
+                h = torch.relu(h)
+        return (torch.sigmoid(h) >= cfg.threshold).cpu().numpy()

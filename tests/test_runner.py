@@ -1,0 +1,127 @@
+"""`ocbench run` end to end on the demo: entries, resume, reproducibility, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ocbench.benchmark.entry import load_entry
+from ocbench.cli import cli
+
+FAST = ["--set", "epochs=40"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OCBENCH_CACHE", str(cache))
+    yield cache
+    mp.undo()
+
+
+def run(args, out):
+    result = CliRunner().invoke(cli, ["run", "--dataset", "demo", "--output", str(out), *args])
+    return result
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_run_writes_valid_entry_and_resumes(env, tmp_path):
+    out = tmp_path / "res"
+    first = run(["--backbone", "classical-stats", *FAST], out)
+    assert first.exit_code == 0, first.output
+    [path] = sorted(out.glob("*.json"))
+    entry = load_entry(path)
+    assert entry.backbone.name == "classical-stats" and entry.task == "fov-mlp"
+    assert entry.off_protocol and entry.overrides == {"epochs": 40}
+    assert entry.metrics.macro_f1["val"].n == 5
+    assert "val macro-F1" in first.output and str(path) in first.output
+    second = run(["--backbone", "classical-stats", *FAST], out)
+    assert second.exit_code == 0 and "skipped (exists)" in second.output
+    assert load_entry(path).created == entry.created
+
+
+def test_same_seed_same_numbers_other_seed_differs(env, tmp_path):
+    def metrics(out, seed):
+        result = run(["--backbone", "classical-stats", "--seed", str(seed), *FAST], out)
+        assert result.exit_code == 0, result.output
+        [path] = sorted(out.glob("*.json"))
+        data = json.loads(path.read_text())
+        for volatile in ("timings", "created", "environment"):
+            data.pop(volatile)
+        return data
+
+    a, b, c = metrics(tmp_path / "a", 0), metrics(tmp_path / "b", 0), metrics(tmp_path / "c", 1)
+    assert a == b
+    assert a["metrics"] != c["metrics"] and a["split"]["sha256"] != c["split"]["sha256"]
+
+
+def test_grid_and_paper_value_column(env, tmp_path):
+    out = tmp_path / "grid"
+    result = run(["--backbone", "classical-stats", "--task", "fov-linear,fov-mlp", "--split", "paper,protein", *FAST], out)
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("*.json"))) == 4
+    assert "n/a (not OpenCell)" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--backbone", "classical-stats", "--task", "fov-mpl"], "fov-mlp"),
+        (["--backbone", "classical-stat"], "classical-stats"),
+        (["--backbone", "classical-stats", "--set", "epochs"], "epochs"),
+        (["--backbone", "classical-stats", "--set", "epoch=3"], "epochs"),
+        (["--backbone", "tiny-vit-random", "--channels", "protein=7"], "protein=7"),
+        (["--backbone", "tiny-vit-random", "--channels", "protein=G,nucleus=G"], "nucleus"),
+        (["--backbone", "classical-stats", "--split", "by-cell"], "by-cell"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(env, tmp_path, args, fragment):
+    out = tmp_path / "bad"
+    one_line_error(run(args, out), fragment)
+    assert not list(out.glob("*.json")) if out.exists() else True
+
+
+def test_split_file_from_another_dataset_version_is_refused(env, tmp_path):
+    from ocbench.benchmark.splits import make_split
+    from ocbench.data.demo import ensure_demo
+    from ocbench.data.opencell import OpenCellDataset
+
+    ds = OpenCellDataset(ensure_demo())
+    manifest = ds.manifest.copy()
+    manifest.loc[0, "label_er"] = 1 - manifest.loc[0, "label_er"]  # another dataset version
+    path = make_split(manifest, track="paper", seed=0).save(tmp_path / "other.json")
+    out = tmp_path / "res"
+    one_line_error(run(["--backbone", "classical-stats", "--split-file", str(path)], out), "other.json")
+    assert not out.exists() or not list(out.glob("*.json"))
+
+
+def test_nan_embeddings_are_refused(env, tmp_path, monkeypatch):
+    from ocbench.tasks import get_task
+
+    features = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    features[3, 1] = np.nan
+    labels = np.zeros((20, 17), dtype=np.uint8)
+    labels[:, 0] = 1
+    from ocbench.errors import OcbenchError
+
+    with pytest.raises(OcbenchError, match="NaN|nan|finite"):
+        get_task("fov-mlp").run(features, labels, np.arange(2), [np.arange(2 + 3 * k, 5 + 3 * k) for k in range(5)])
+
+
+def test_existing_entry_from_other_settings_is_not_silently_reused(env, tmp_path):
+    out = tmp_path / "res"
+    assert run(["--backbone", "classical-stats", *FAST], out).exit_code == 0
+    one_line_error(run(["--backbone", "classical-stats", "--set", "epochs=41"], out), "--overwrite")
+    again = run(["--backbone", "classical-stats", "--set", "epochs=41", "--overwrite"], out)
+    assert again.exit_code == 0, again.output
+    [path] = sorted(out.glob("*.json"))
+    assert load_entry(path).overrides == {"epochs": 41}
