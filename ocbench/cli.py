@@ -274,7 +274,12 @@ def embed(backbone, channels, recompute, dataset, annotations, min_grade, device
 
 @cli.group(cls=_Group)
 def data() -> None:
-    """Get, inspect, split and export OpenCell data (or the synthetic demo)."""
+    """Get, inspect, split and export OpenCell data (or the synthetic demo).
+
+    \b
+    Example:
+      ocbench data demo && ocbench data info --dataset demo
+    """
 
 
 @data.command("demo")
@@ -395,12 +400,22 @@ def data_export(target, out_dir, split_file, repo_id, dataset, annotations, min_
 
 @cli.group(cls=_Group)
 def backbones() -> None:
-    """The backbone registry: list, show, import checkpoints, push to the Hub, check conformance."""
+    """The backbone registry: list, show, import checkpoints, push to the Hub, check conformance.
+
+    \b
+    Example:
+      ocbench backbones show hpa-fov-vitb8
+    """
 
 
 @backbones.command("list")
 def backbones_list():
-    """Table of registered backbones."""
+    """Table of registered backbones with the paper's reported score.
+
+    \b
+    Example:
+      ocbench backbones list
+    """
     from ocbench.backbones.cards import format_cards_table
 
     click.echo(format_cards_table())
@@ -444,7 +459,12 @@ def backbones_import(name, checkpoint, out, checkpoint_key):
 @click.option("--folder", type=click.Path(file_okay=False), default=None, help="Converted folder (default: the card's weights cache).")
 @click.option("--dry-run", is_flag=True, help="Check and list what would be uploaded; upload nothing.")
 def backbones_push(name, repo_id, folder, dry_run):
-    """Upload converted weights (safetensors + config + model card) to the Hugging Face Hub."""
+    """Upload converted weights (safetensors + config + model card) to the Hugging Face Hub.
+
+    \b
+    Example:
+      ocbench backbones push hpa-fov-vitb8 --repo-id my-org/hpa-fov-vitb8 --dry-run
+    """
     from ocbench.backbones.cards import get_card
     from ocbench.backbones.hub import push_backbone
     from ocbench.backbones.sources import weights_dir
@@ -478,7 +498,12 @@ def backbones_check(name, device):
 
 @cli.group(cls=_Group)
 def leaderboard() -> None:
-    """Validate entries, build the board (Markdown, CSV, HTML, plots), publish it to the Hub."""
+    """Validate entries, build the board (Markdown, CSV, HTML, plots), publish it to the Hub.
+
+    \b
+    Example:
+      ocbench leaderboard build results --out board
+    """
 
 
 @leaderboard.command("build")
@@ -502,7 +527,12 @@ def leaderboard_build(entries, out, no_reported, rank_reported):
 @leaderboard.command("validate")
 @click.argument("entries", nargs=-1, required=True)
 def leaderboard_validate(entries):
-    """Check entry files against the schema; one line per problem."""
+    """Check entry files against the schema; one line per problem (exit 1 if any).
+
+    \b
+    Example:
+      ocbench leaderboard validate results leaderboard/entries
+    """
     from ocbench.leaderboard import validate_entries
 
     problems = validate_entries(list(entries))
@@ -518,7 +548,12 @@ def leaderboard_validate(entries):
 @click.option("--repo-id", required=True, help="Hub dataset repo, ORG/NAME.")
 @click.option("--dry-run", is_flag=True, help="Print what would be uploaded; upload nothing.")
 def leaderboard_publish(board_dir, repo_id, dry_run):
-    """Upload a built board (entries and tables) to a Hugging Face dataset repo."""
+    """Upload a built board (entries and tables) to a Hugging Face dataset repo.
+
+    \b
+    Example:
+      ocbench leaderboard publish board --repo-id my-org/ocbench-leaderboard --dry-run
+    """
     from ocbench.leaderboard import publish
 
     for line in publish(board_dir, repo_id, dry_run=dry_run):

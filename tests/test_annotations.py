@@ -13,6 +13,8 @@ from ocbench.data.annotations import LABEL_COLUMNS, build_labels, load_annotatio
 from ocbench.data.compartments import COMPARTMENTS
 from ocbench.errors import ConfigError, DataError
 
+from cli_assertions import one_line_message
+
 SHARED_OPENCELL = Path(__file__).resolve().parents[2] / "shared" / "data" / "opencell"
 REAL_FLAT = SHARED_OPENCELL / "2021-09-29-public-annotations-flat.csv"
 
@@ -40,12 +42,6 @@ def write(tmp_path: Path, text: str, name: str = "ann.csv") -> Path:
     return path
 
 
-def one_line_error(excinfo, *parts: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    for part in parts:
-        assert part in message, f"{part!r} not in {message!r}"
-    return message
 
 
 # -- the real table ---------------------------------------------------------------------------
@@ -152,14 +148,14 @@ def test_missing_column_names_file_column_and_expected_columns(tmp_path, header,
     path = write(tmp_path, header + "x,y,z\n")
     with pytest.raises(DataError) as excinfo:
         load_annotations(path)
-    one_line_error(excinfo, str(path), f"missing column '{missing}'", f"{fmt} format expects columns")
+    one_line_message(excinfo, str(path), f"missing column '{missing}'", f"{fmt} format expects columns")
 
 
 def test_header_of_neither_format(tmp_path):
     path = write(tmp_path, "gene,location\nCANX,er\n")
     with pytest.raises(DataError) as excinfo:
         load_annotations(path)
-    one_line_error(excinfo, str(path), "annotation_grade", "annotations_grade_3")
+    one_line_message(excinfo, str(path), "annotation_grade", "annotations_grade_3")
 
 
 @pytest.mark.parametrize(
@@ -179,7 +175,7 @@ def test_unknown_compartment_names_file_line_name_and_valid_names(tmp_path, text
     path = write(tmp_path, text)
     with pytest.raises(DataError) as excinfo:
         load_annotations(path)
-    message = one_line_error(excinfo, str(path), f"line {line}", f"'{bad}'", column, "valid names:")
+    message = one_line_message(excinfo, str(path), f"line {line}", f"'{bad}'", column, "valid names:")
     assert all(c in message for c in COMPARTMENTS)
 
 
@@ -194,14 +190,14 @@ def test_bad_grade(tmp_path, grade):
     path = write(tmp_path, FLAT_HEADER + f"ENSG00000127837,AAMP,cytoplasmic,{grade}\n")
     with pytest.raises(DataError) as excinfo:
         load_annotations(path)
-    one_line_error(excinfo, str(path), "line 2", "annotation_grade", f"bad grade '{grade}'")
+    one_line_message(excinfo, str(path), "line 2", "annotation_grade", f"bad grade '{grade}'")
 
 
 def test_same_compartment_twice_for_a_protein(tmp_path):
     path = write(tmp_path, PORTAL_HEADER + "AAMP,ENSG00000127837,cytoplasmic,cytoplasmic,\n")
     with pytest.raises(DataError) as excinfo:
         load_annotations(path)
-    one_line_error(excinfo, str(path), "'cytoplasmic'", "AAMP", "line")
+    one_line_message(excinfo, str(path), "'cytoplasmic'", "AAMP", "line")
 
 
 def test_empty_ids_and_empty_tables(tmp_path):

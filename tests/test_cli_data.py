@@ -8,6 +8,8 @@ from click.testing import CliRunner
 
 from ocbench.cli import cli
 
+from cli_assertions import one_line_error
+
 
 @pytest.fixture()
 def runner(tmp_path, monkeypatch):
@@ -23,13 +25,6 @@ def demo_root(runner, tmp_path):
     return root
 
 
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_demo_then_info_prints_counts_per_class(runner, demo_root):

@@ -17,6 +17,8 @@ from ocbench.backbones.dino_import import import_backbone, import_dino_checkpoin
 from ocbench.backbones.vit import build_vit, vit_cls_features
 from ocbench.errors import ConfigError, DataError
 
+from cli_assertions import one_line_message
+
 TINY_KWARGS = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, img_size=32)
 HPA_CHANNELS = ("microtubules", "protein", "nucleus", "er")
 
@@ -149,10 +151,6 @@ def test_bare_state_dict_fallback_and_student_key(tmp_path):
     assert not torch.equal(card_model_features(tiny_card(), student, x), source(x))
 
 
-def one_line_error(excinfo) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    return message
 
 
 def test_pickle_with_other_class_is_refused(tmp_path):
@@ -163,7 +161,7 @@ def test_pickle_with_other_class_is_refused(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(DataError) as excinfo:
         import_dino_checkpoint(pth, tiny_card(), out)
-    message = one_line_error(excinfo)
+    message = one_line_message(excinfo)
     assert str(pth) in message and "NotAllowedDict" in message
     assert not out.exists()
 
@@ -181,7 +179,7 @@ def test_wrong_shape_checkpoint_is_refused(tmp_path, changes, expected):
     torch.save(dino_checkpoint(tiny_vit(in_chans=in_chans, **changes)), pth)
     with pytest.raises(DataError) as excinfo:
         import_dino_checkpoint(pth, tiny_card(), tmp_path / "out")
-    message = one_line_error(excinfo)
+    message = one_line_message(excinfo)
     assert expected in message and "patch_embed.proj.weight" in message and str(pth) in message
     assert not (tmp_path / "out").exists()
 
@@ -191,7 +189,7 @@ def test_other_architecture_is_refused(tmp_path):
     torch.save(dino_checkpoint(tiny_vit(depth=3)), pth)
     with pytest.raises(DataError) as excinfo:
         import_dino_checkpoint(pth, tiny_card(), tmp_path / "out")
-    assert "12 unexpected" in one_line_error(excinfo) and "blocks.2." in str(excinfo.value)
+    assert "12 unexpected" in one_line_message(excinfo) and "blocks.2." in str(excinfo.value)
 
 
 def test_unreadable_and_missing_files(tmp_path):
@@ -200,20 +198,20 @@ def test_unreadable_and_missing_files(tmp_path):
         junk.write_bytes(content)
         with pytest.raises(DataError) as excinfo:
             import_dino_checkpoint(junk, tiny_card(), tmp_path / "out")
-        assert str(junk) in one_line_error(excinfo)
+        assert str(junk) in one_line_message(excinfo)
     truncated = tmp_path / "truncated.pth"
     torch.save(dino_checkpoint(tiny_vit()), truncated)
     truncated.write_bytes(truncated.read_bytes()[:2000])
     with pytest.raises(DataError) as excinfo:
         import_dino_checkpoint(truncated, tiny_card(), tmp_path / "out")
-    assert str(truncated) in one_line_error(excinfo)
+    assert str(truncated) in one_line_message(excinfo)
     with pytest.raises(ConfigError):
         import_dino_checkpoint(tmp_path / "absent.pth", tiny_card(), tmp_path / "out")
     no_teacher = tmp_path / "no_teacher.pth"
     torch.save({"epoch": 3, "args": argparse.Namespace(a=1)}, no_teacher)
     with pytest.raises(DataError) as excinfo:
         import_dino_checkpoint(no_teacher, tiny_card(), tmp_path / "out")
-    assert "'teacher'" in one_line_error(excinfo)
+    assert "'teacher'" in one_line_message(excinfo)
 
 
 def test_import_backbone_checks_published_sha(tmp_path, monkeypatch):
@@ -228,7 +226,7 @@ def test_import_backbone_checks_published_sha(tmp_path, monkeypatch):
     other = tiny_card(name="tiny-other", sha256="0" * 64)
     with pytest.raises(DataError) as excinfo:
         import_backbone(other, pth)
-    assert "differs from the published" in one_line_error(excinfo)
+    assert "differs from the published" in one_line_message(excinfo)
     # An explicit destination converts it anyway (for use through a local: card).
     assert (import_backbone(other, pth, out_dir=tmp_path / "mine") / "model.safetensors").is_file()
 
@@ -249,11 +247,11 @@ def test_push_backbone(tmp_path, monkeypatch):
     assert dry.total_bytes == sum(p.stat().st_size for p in folder.iterdir())
     with pytest.raises(ConfigError) as excinfo:
         push_backbone(folder, "no-org", dry_run=True)
-    assert "ORG/NAME" in one_line_error(excinfo)
+    assert "ORG/NAME" in one_line_message(excinfo)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as excinfo:
         push_backbone(tmp_path / "empty", "ocbench-test/tiny-dino", dry_run=True)
-    assert "model.safetensors" in one_line_error(excinfo)
+    assert "model.safetensors" in one_line_message(excinfo)
 
     calls = []
 

@@ -22,6 +22,8 @@ from ocbench.data.layout import FovName
 from ocbench.data.opencell import MANIFEST_NAME, OpenCellDataset, format_info, read_fov
 from ocbench.errors import ConfigError, DataError
 
+from cli_assertions import one_line_message
+
 SHARED_OPENCELL = Path(__file__).resolve().parents[2] / "shared" / "data" / "opencell"
 NUCLEUS, PROTEIN = 0, 1  # positions in the raw proj file
 
@@ -70,12 +72,6 @@ def dataset(root, *args, **kwargs) -> OpenCellDataset:
         return OpenCellDataset(root, *args, **kwargs)
 
 
-def one_line_error(excinfo, *parts: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    for part in parts:
-        assert part in message, f"{part!r} not in {message!r}"
-    return message
 
 
 # -- manifest and labels ----------------------------------------------------------------------
@@ -171,7 +167,7 @@ def test_default_annotation_file_names_and_explicit_table(root, tmp_path):
     (root / "opencell-localization-annotations.csv").unlink()
     with pytest.raises(DataError) as excinfo:
         OpenCellDataset(root)
-    one_line_error(excinfo, str(root), "annotations.csv", "--annotations")
+    one_line_message(excinfo, str(root), "annotations.csv", "--annotations")
 
 
 # -- joins by name ----------------------------------------------------------------------------
@@ -236,11 +232,11 @@ def test_all_real_targets_join_by_ensg_or_name(tmp_path):
 def test_missing_root_and_missing_raw_folder(tmp_path):
     with pytest.raises(DataError) as excinfo:
         OpenCellDataset(tmp_path / "nowhere")
-    one_line_error(excinfo, str(tmp_path / "nowhere"), "not found")
+    one_line_message(excinfo, str(tmp_path / "nowhere"), "not found")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as excinfo:
         OpenCellDataset(tmp_path / "empty")
-    one_line_error(excinfo, "microscopy/raw")
+    one_line_message(excinfo, "microscopy/raw")
 
 
 def test_no_fovs_or_no_labelled_fovs(root, tmp_path):
@@ -253,7 +249,7 @@ def test_no_fovs_or_no_labelled_fovs(root, tmp_path):
     other.write_text("ensg_id,target_name,annotation_name,annotation_grade\nENSG00000000042,ZZZ,er,3\n")
     with pytest.raises(DataError) as excinfo:
         OpenCellDataset(root, annotations=other)
-    one_line_error(excinfo, "none of 6 FOV images", str(other), "--annotations")
+    one_line_message(excinfo, "none of 6 FOV images", str(other), "--annotations")
 
 
 def test_names_not_in_layout_are_skipped_with_a_warning(root):
@@ -292,7 +288,7 @@ def test_not_a_tiff(root, content, expected):
     ds, path = break_first_fov(root, content=content)
     with pytest.raises(DataError) as excinfo:
         ds.read(0)
-    one_line_error(excinfo, path, expected)
+    one_line_message(excinfo, path, expected)
 
 
 def test_truncated_tiff_at_any_length(root):
@@ -303,7 +299,7 @@ def test_truncated_tiff_at_any_length(root):
         path.write_bytes(whole[:length])
         with pytest.raises(DataError) as excinfo:
             ds.read(0)
-        message = one_line_error(excinfo, str(path))
+        message = one_line_message(excinfo, str(path))
         assert "truncated" in message or "corrupt" in message, message
     path.write_bytes(whole)
     assert ds.read(0).shape == (2, 16, 24)
@@ -313,7 +309,7 @@ def test_wrong_dtype(root):
     ds, path = break_first_fov(root, image=np.zeros((2, 16, 24), np.float32))
     with pytest.raises(DataError) as excinfo:
         ds.read(0)
-    one_line_error(excinfo, path, "float32", "uint16")
+    one_line_message(excinfo, path, "float32", "uint16")
 
 
 @pytest.mark.parametrize(
@@ -323,7 +319,7 @@ def test_wrong_channel_count(root, shape, found):
     ds, path = break_first_fov(root, image=np.zeros(shape, np.uint16))
     with pytest.raises(DataError) as excinfo:
         ds.read(0)
-    one_line_error(excinfo, path, found, "expected CYX (2, H, W)")
+    one_line_message(excinfo, path, found, "expected CYX (2, H, W)")
 
 
 def test_real_nucleus_frame_given_as_proj_is_rejected(tmp_path):
@@ -332,7 +328,7 @@ def test_real_nucleus_frame_given_as_proj_is_rejected(tmp_path):
     shutil.copy(frame, target)
     with pytest.raises(DataError) as excinfo:
         read_fov(target)
-    one_line_error(excinfo, str(target), "shape 1024x1024 (one channel)", "expected CYX (2, H, W)")
+    one_line_message(excinfo, str(target), "shape 1024x1024 (one channel)", "expected CYX (2, H, W)")
 
 
 def test_interrupted_manifest_write_leaves_nothing(root, monkeypatch):

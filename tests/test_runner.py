@@ -9,6 +9,8 @@ from click.testing import CliRunner
 from ocbench.benchmark.entry import load_entry
 from ocbench.cli import cli
 
+from cli_assertions import one_line_error
+
 FAST = ["--set", "epochs=40"]
 
 
@@ -26,12 +28,6 @@ def run(args, out):
     return result
 
 
-def one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_run_writes_valid_entry_and_resumes(env, tmp_path):

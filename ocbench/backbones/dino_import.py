@@ -188,7 +188,7 @@ def strip_backbone_prefixes(state: dict, path: Path) -> dict:
 
 def check_against_card(state: dict, card: Any, path: Path) -> tuple[int, int, int]:
     """Patch size, in_chans and dim read from the weights, checked against the card and its timm model."""
-    from ocbench.backbones.vit import build_vit
+    from ocbench.backbones.vit import build_vit, shape_mismatches
 
     proj = state.get("patch_embed.proj.weight")
     if proj is None or proj.ndim != 4 or proj.shape[-1] != proj.shape[-2]:
@@ -207,18 +207,9 @@ def check_against_card(state: dict, card: Any, path: Path) -> tuple[int, int, in
         )
 
     expected = {key: tuple(value.shape) for key, value in build_vit(card).state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} vs {expected[k]}" for k in sorted(set(expected) & set(state)) if tuple(state[k].shape) != expected[k]]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"{len(wrong)} of another shape (e.g. {'; '.join(wrong[:2])})")
-        raise DataError(f"{path}: weights do not fit '{card.name}' (timm {card.arch} {dict(card.arch_kwargs)}): {', '.join(parts)}")
+    problems = shape_mismatches(expected, {key: tuple(value.shape) for key, value in state.items()})
+    if problems:
+        raise DataError(f"{path}: weights do not fit '{card.name}' (timm {card.arch} {dict(card.arch_kwargs)}): {'; '.join(problems)}")
     return patch_size, in_chans, dim
 
 

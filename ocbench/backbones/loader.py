@@ -127,21 +127,10 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike, what: str) -> None:
     """Load every tensor, or fail in one line naming the file and the first mismatches."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [
-        f"{key} {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state and tuple(state[key].shape) != tuple(expected[key].shape)
-    ]
-    problems = []
-    if wrong_shape:
-        problems.append(f"{len(wrong_shape)} tensors with the wrong shape (e.g. {'; '.join(wrong_shape[:2])})")
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    from ocbench.backbones.vit import shape_mismatches
+
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    problems = shape_mismatches(expected, {key: tuple(value.shape) for key, value in state.items()})
     if problems:
         raise ConfigError(
             f"weights file {path} does not fit {what}: "

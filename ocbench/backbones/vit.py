@@ -89,6 +89,22 @@ def build_vit(
     return model
 
 
+def shape_mismatches(expected: dict[str, tuple], found: dict[str, tuple]) -> list[str]:
+    """How a state dict's tensor shapes (``found``) differ from a model's (``expected``): short
+    phrases for a one-line error, empty when they fit."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [f"{k} {found[k]} vs model {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
+    problems = []
+    if wrong:
+        problems.append(f"{len(wrong)} tensors with the wrong shape (e.g. {'; '.join(wrong[:2])})")
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    return problems
+
+
 def model_patch_size(model: nn.Module) -> int:
     """The (square) patch size of a timm ViT, read from its patch embedding."""
     patch = model.patch_embed.patch_size
