@@ -109,7 +109,13 @@ def _open_dataset(dataset: str, annotations: str | None, min_grade: int):
                 "or pass --dataset DIR (or --dataset demo for the offline demo)"
             )
         return OpenCellDataset(root, annotations, min_grade), "opencell"
-    return OpenCellDataset(Path(dataset).expanduser(), annotations, min_grade), "opencell"
+    from ocbench.data.demo import MARKER_FILE
+
+    root = Path(dataset).expanduser()
+    # A demo written elsewhere (`ocbench data demo --root DIR`) is still synthetic data: never
+    # labelled "opencell", so the paper's numbers are not put beside it.
+    name = "ocbench-demo" if (root / MARKER_FILE).is_file() else "opencell"
+    return OpenCellDataset(root, annotations, min_grade), name
 
 
 def _split_list(values: tuple[str, ...]) -> list[str]:

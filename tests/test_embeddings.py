@@ -40,7 +40,9 @@ class FakeBackbone:
     """Counts embed_raw calls; can raise or return NaN after a number of calls."""
 
     def __init__(self, name="fake-net", raise_after=None, nan_at_call=None, exc=KeyboardInterrupt):
-        self.card = SimpleNamespace(name=name, feature_dim=3)
+        self.card = SimpleNamespace(
+            name=name, feature_dim=3, source="builtin:fake", to_dict=lambda: {"name": name, "feature_dim": 3}
+        )
         self.weights_sha256 = "ab" * 32
         self.revision = None
         self.preprocess_key = "scale-p99"
@@ -90,7 +92,8 @@ def test_cache_key_changes_with_every_field_and_is_readable():
     assert key == emb.cache_key(**base)
     assert key.startswith("tiny-vit-random__replicate__") and len(key.rsplit("__", 1)[1]) == 16
     variants = [{"dataset_version": "d2"}, {"backbone_name": "other"}, {"weights_sha256": "w2"},
-                {"revision": "abc"}, {"adapter_key": "map-natural"}, {"preprocess_key": "p2"}]
+                {"revision": "abc"}, {"adapter_key": "map-natural"}, {"preprocess_key": "p2"},
+                {"card_sha256": "c2"}, {"precision": "bf16-autocast"}]
     keys = {emb.cache_key(**{**base, **change}) for change in variants}
     assert len(keys | {key}) == len(variants) + 1
 
@@ -288,3 +291,21 @@ def test_replicate_views_decoded_in_workers_match_embed_raw(demo_dataset, tmp_pa
     assert out.meta["adapter"] == "replicate" and out.meta["num_workers"] == 1
     images = torch.from_numpy(np.stack([demo_dataset.read(i) for i in range(len(demo_dataset))]))
     np.testing.assert_allclose(out.features, backbone.embed_raw(images, adapter).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_another_architecture_under_the_same_name_is_not_a_cache_hit(tmp_path, monkeypatch):
+    """A random-init card has no weights to hash: its architecture must still change the key."""
+    import dataclasses
+
+    from ocbench.backbones.cards import get_card
+    from ocbench.data.demo import DemoConfig, write_demo
+    from ocbench.data.opencell import OpenCellDataset
+
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    ds = OpenCellDataset(write_demo(tmp_path / "demo", DemoConfig(proteins=6, fovs_per_protein=2, size=32)))
+    card = get_card("tiny-vit-random")
+    first = emb.extract_embeddings(ds, card, progress=False)
+    narrower = dataclasses.replace(card, arch_kwargs={**card.arch_kwargs, "embed_dim": 32}, feature_dim=32)
+    second = emb.extract_embeddings(ds, narrower, progress=False)
+    assert first.key != second.key and not second.meta["cache_hit"]
+    assert second.features.shape[1] == 32

@@ -121,3 +121,26 @@ def test_existing_entry_from_other_settings_is_not_silently_reused(env, tmp_path
     assert again.exit_code == 0, again.output
     [path] = sorted(out.glob("*.json"))
     assert load_entry(path).overrides == {"epochs": 41}
+
+
+def test_existing_entry_on_another_split_is_not_reused(env, tmp_path):
+    from ocbench.benchmark.splits import make_split
+    from ocbench.data.demo import ensure_demo
+    from ocbench.data.opencell import OpenCellDataset
+
+    out = tmp_path / "res"
+    assert run(["--backbone", "classical-stats", *FAST], out).exit_code == 0
+    other = make_split(OpenCellDataset(ensure_demo()).manifest, track="paper", seed=5).save(tmp_path / "s5.json")
+    one_line_error(run(["--backbone", "classical-stats", "--split-file", str(other), *FAST], out), "split")
+
+
+def test_demo_folder_given_as_a_path_is_labelled_demo(env, tmp_path):
+    root = tmp_path / "my-demo"
+    assert CliRunner().invoke(cli, ["data", "demo", "--root", str(root), "--proteins", "8", "--size", "48"]).exit_code == 0
+    out = tmp_path / "res"
+    result = CliRunner().invoke(
+        cli, ["run", "--dataset", str(root), "--output", str(out), "--backbone", "classical-stats", *FAST]
+    )
+    assert result.exit_code == 0, result.output
+    [path] = sorted(out.glob("*.json"))
+    assert load_entry(path).dataset.name == "ocbench-demo"

@@ -210,6 +210,12 @@ def _build_builtin(card: BackboneCard) -> torch.nn.Module:
     return ViTCLSFeatures(vit)
 
 
+def uses_bf16_autocast(card: BackboneCard, device: str | torch.device) -> bool:
+    """ViTs run under bf16 autocast on GPU; the classical statistics need float32 (percentiles,
+    histograms). Part of the embedding cache key, since it changes the numbers."""
+    return torch.device(device).type == "cuda" and card.source != "builtin:classical-stats"
+
+
 def load_backbone(
     name_or_card: str | BackboneCard,
     *,
@@ -248,6 +254,5 @@ def load_backbone(
         revision=identity.revision,
         weights_path=identity.weights_path,
         load_time_s=time.perf_counter() - started,
-        # The classical statistics need float32 (percentiles, histograms); ViTs run in bf16 on GPU.
-        autocast_bf16=target.type == "cuda" and card.source != "builtin:classical-stats",
+        autocast_bf16=uses_bf16_autocast(card, target),
     )

@@ -89,15 +89,32 @@ def cache_key(
     revision: str | None,
     adapter_key: str,
     preprocess_key: str,
+    card_sha256: str | None = None,
+    precision: str = "fp32",
 ) -> str:
-    """``<backbone>__<adapter>__<hash16>``: hash of everything that changes the features."""
-    identity = _identity_dict(dataset_version, backbone_name, weights_sha256, revision, adapter_key, preprocess_key)
+    """``<backbone>__<adapter>__<hash16>``: hash of everything that changes the features.
+
+    ``card_sha256`` covers the architecture (a random-init card has no weights to hash);
+    ``precision`` separates bf16-autocast (GPU) features from float32 ones.
+    """
+    return _key_of(
+        _identity_dict(
+            dataset_version, backbone_name, weights_sha256, revision, adapter_key, preprocess_key, card_sha256, precision
+        )
+    )
+
+
+def _key_of(identity: dict) -> str:
     digest = sha256_bytes(json.dumps(identity, sort_keys=True).encode("utf-8"))[:16]
-    return f"{_slug(backbone_name)}__{_slug(adapter_key)}__{digest}"
+    return f"{_slug(identity['backbone'])}__{_slug(identity['adapter'])}__{digest}"
 
 
-def _identity_dict(dataset_version, backbone_name, weights_sha256, revision, adapter_key, preprocess_key) -> dict:
+def _identity_dict(
+    dataset_version, backbone_name, weights_sha256, revision, adapter_key, preprocess_key, card_sha256, precision
+) -> dict:
     return {
+        "card_sha256": card_sha256,
+        "precision": precision,
         "format_version": EMBEDDING_FORMAT_VERSION,
         "dataset_version": dataset_version,
         "backbone": backbone_name,
@@ -383,14 +400,15 @@ def extract_embeddings(
     if n == 0:
         raise DataError("the dataset has no labelled FOVs to embed; check its annotations file")
     dataset_version = str(dataset.version)
-    key = cache_key(
-        dataset_version=dataset_version,
-        backbone_name=card.name,
-        weights_sha256=ident["weights_sha256"],
-        revision=ident["revision"],
-        adapter_key=adapter.key,
-        preprocess_key=ident["preprocess"],
+    device_name = _resolve_device(device) if loaded is None else str(loaded.device)
+    from ocbench.backbones.loader import uses_bf16_autocast
+
+    identity = _identity_dict(
+        dataset_version, card.name, ident["weights_sha256"], ident["revision"], adapter.key, ident["preprocess"],
+        card_sha256=sha256_bytes(json.dumps(card.to_dict(), sort_keys=True, default=str).encode("utf-8")),
+        precision="bf16-autocast" if uses_bf16_autocast(card, device_name) else "fp32",
     )
+    key = _key_of(identity)
     key_dir = embedding_cache_dir(cache_dir) / key
 
     if recompute and key_dir.exists():
@@ -402,8 +420,11 @@ def extract_embeddings(
             "cache_hit": True,
             "load_time_s": round(time.perf_counter() - started, 4),
             # Where downstream work (the task) should run now; the extraction's device stays recorded.
-            "device": _resolve_device(device) if loaded is None else str(loaded.device),
+            "device": device_name,
         }
+        expected_dim = card.feature_dim * adapter.n_views
+        if features.shape[1] != expected_dim:
+            raise _corrupt(key_dir / MANIFEST_NAME, f"it holds {features.shape[1]}-dim features, the card gives {expected_dim}")
         return Embeddings(features=features, fov_ids=fov_ids, key=key, meta=meta)
 
     # Resume: shards already on disk are reused where they line up with the dataset.
@@ -428,7 +449,6 @@ def extract_embeddings(
         pos = shard.stop
 
     n_todo = sum(stop - start for start, stop in todo)
-    device_name = _resolve_device(device) if loaded is None else str(loaded.device)
     compute = {"device": device_name, "loop_s": 0.0}
     if todo:
         if loaded is None:
@@ -472,7 +492,7 @@ def extract_embeddings(
     manifest = {
         "format_version": EMBEDDING_FORMAT_VERSION,
         "key": key,
-        "identity": _identity_dict(dataset_version, card.name, ident["weights_sha256"], ident["revision"], adapter.key, ident["preprocess"]),
+        "identity": identity,
         "meta": meta,
         "fov_ids": fov_ids,
         "shards": [

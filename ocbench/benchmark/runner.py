@@ -9,6 +9,7 @@ stopped (and a killed extraction resumes from its last shard, see ``embeddings.p
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -85,8 +86,8 @@ def split_for(dataset, track: str, options: RunOptions):
         raise ConfigError(f"unknown split track {track!r}; valid: {', '.join(TRACKS)}")
     split = make_split(dataset.manifest, track=track, seed=options.seed)
     path = options.output_dir / "splits" / f"{track}-seed{options.seed}-{dataset.version[:12]}.json"
-    if not path.exists():
-        split.save(path)
+    if not path.exists() or path.read_bytes() != split.to_json_bytes():
+        split.save(path)  # the file beside the entries is always the split their sha256 names
     return split
 
 
@@ -97,15 +98,23 @@ def _entry_path(spec: RunSpec, adapter_key: str, output_dir: Path) -> tuple[str,
     return key, output_dir / f"{key}.json"
 
 
-def _check_same_run(existing, path: Path, task_config: dict, overrides: dict, seed: int, dataset_version: str) -> None:
-    """An existing entry is only reused for the very same run; anything else would be mislabelled."""
+def _check_same_run(existing, path: Path, *, card, task, overrides: dict, seed: int, dataset, split) -> None:
+    """An existing entry is only reused for the very same run; anything else would be mislabelled.
+
+    The card covers the architecture and pinned weights (revision, sha256); converted or locally
+    trained weights that change under the same card need --overwrite.
+    """
+    card_now = json.loads(json.dumps(card.to_dict(), default=str))
     differences = [
         what
         for what, have, want in (
-            ("task settings", existing.task_config, task_config),
+            ("backbone card", existing.backbone.card, card_now),
+            ("protocol version", existing.protocol_version, task.protocol_version),
+            ("task settings", existing.task_config, task.to_dict()),
             ("overrides", existing.overrides, overrides),
             ("seed", existing.seed, seed),
-            ("dataset version", existing.dataset.version, dataset_version),
+            ("dataset version", existing.dataset.version, dataset.version),
+            ("split", existing.split.sha256, split.sha256),
         )
         if have != want
     ]
@@ -130,14 +139,16 @@ def run_one(spec: RunSpec, dataset, options: RunOptions) -> RunOutcome:
         raise ConfigError(f"task {task.name} needs {task.inputs!r} inputs, which `ocbench run` cannot provide yet")
 
     key, path = _entry_path(spec, adapter.key, options.output_dir)
+    split = split_for(dataset, spec.track, options)
     if path.exists() and not options.overwrite:
         existing = load_entry(path)
-        _check_same_run(existing, path, task.to_dict(), overrides, options.seed, dataset.version)
+        _check_same_run(
+            existing, path, card=card, task=task, overrides=overrides, seed=options.seed, dataset=dataset, split=split
+        )
         return RunOutcome(spec, path, existing, skipped=True)
 
     from ocbench.benchmark.embeddings import extract_embeddings
 
-    split = split_for(dataset, spec.track, options)
     embeddings = extract_embeddings(
         dataset, card, adapter,
         batch_size=options.batch_size, device=options.device, num_workers=options.num_workers,
