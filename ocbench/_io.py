@@ -34,6 +34,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _temp_file_beside(path)
     try:
         yield Path(tmp)
+        # Writers that recreate the file (safetensors) reset its mode to 0600: set it again.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

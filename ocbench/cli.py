@@ -29,6 +29,12 @@ class _Group(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except OSError as exc:  # unwritable folder, path that is a file, disk full, ...
+            if ctx.find_root().params.get("debug"):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or exc}; check the path and its permissions", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo(
                 "interrupted: no half-written file was kept; run the same command again to resume", err=True
@@ -124,7 +130,7 @@ def _split_list(values: tuple[str, ...]) -> list[str]:
 
 
 def _run_options(fn):
-    fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and the probe.")(fn)
+    fn = click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the split and the probe.")(fn)
     fn = click.option(
         "--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ..."
     )(fn)
@@ -293,7 +299,7 @@ def data() -> None:
 @click.option("--proteins", type=click.IntRange(1), default=None, help="Number of proteins.")
 @click.option("--fovs-per-protein", type=click.IntRange(1), default=None)
 @click.option("--size", type=click.IntRange(32), default=None, help="FOV size in pixels.")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=click.IntRange(0), default=None)
 def data_demo(root, proteins, fovs_per_protein, size, seed):
     """Write the synthetic demo dataset in the exact OpenCell raw layout.
 
@@ -358,7 +364,7 @@ def data_download(collection, root, targets, limit, workers, endpoint, no_annota
 
 @data.command("split")
 @click.option("--track", type=click.Choice(["paper", "protein"]), default="protein", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Split file (default: <root>/splits/<track>-seed<seed>.json).")
 @_dataset_options()
 def data_split(track, seed, out, dataset, annotations, min_grade):

@@ -22,11 +22,13 @@ model input ``a`` and channel 2 (nucleus) to input ``b``. HPA inputs are RGBY (0
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 __all__ = [
     "PAPER",
     "REPORTED_DATASET",
+    "PAPER_N_FOVS",
+    "not_comparable_reason",
     "SETTINGS",
     "ReportedResult",
     "REPORTED",
@@ -38,6 +40,27 @@ __all__ = [
 
 #: Entries on this dataset (``entry.dataset.name``) are comparable with the paper's numbers.
 REPORTED_DATASET = "opencell"
+
+#: Labelled FOVs of the full public OpenCell set (PROTOCOL.md section 1). A run on far fewer
+#: (e.g. a `--limit`ed download) is not comparable with the paper's numbers.
+PAPER_N_FOVS = 6120
+PAPER_MIN_GRADE = 1
+_MIN_SHARE_OF_PAPER_FOVS = 0.95
+
+
+def not_comparable_reason(dataset: Mapping[str, Any]) -> str | None:
+    """Why results on ``dataset`` (an entry's ``dataset`` block) cannot stand beside the paper's
+    numbers, or None when they can: real OpenCell, (nearly) all labelled FOVs, all grades."""
+    name = dataset.get("name")
+    if name != REPORTED_DATASET:
+        return f"not OpenCell ({name})"
+    n_items = int(dataset.get("n_items") or 0)
+    if n_items < _MIN_SHARE_OF_PAPER_FOVS * PAPER_N_FOVS:
+        return f"subset: {n_items} of ~{PAPER_N_FOVS} FOVs"
+    min_grade = dataset.get("min_grade", PAPER_MIN_GRADE)
+    if min_grade != PAPER_MIN_GRADE:
+        return f"min_grade {min_grade} (paper: all grades)"
+    return None
 
 PAPER = (
     'Isselmann et al., "Using Deep Learning Models Pretrained by Self-Supervised Learning for '

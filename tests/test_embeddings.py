@@ -309,3 +309,20 @@ def test_another_architecture_under_the_same_name_is_not_a_cache_hit(tmp_path, m
     second = emb.extract_embeddings(ds, narrower, progress=False)
     assert first.key != second.key and not second.meta["cache_hit"]
     assert second.features.shape[1] == 32
+
+
+def test_mixed_fov_sizes_in_a_batch_name_the_file(tmp_path, monkeypatch):
+    import tifffile
+
+    from ocbench.data.demo import DemoConfig, write_demo
+    from ocbench.data.opencell import OpenCellDataset
+    from ocbench.errors import DataError
+
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    ds = OpenCellDataset(write_demo(tmp_path / "demo", DemoConfig(proteins=6, fovs_per_protein=2, size=32)))
+    odd = ds.path(3)
+    tifffile.imwrite(odd, np.zeros((2, 40, 40), dtype=np.uint16))
+    with pytest.raises(DataError, match=odd.name) as excinfo:
+        emb.extract_embeddings(ds, "classical-stats", batch_size=8, progress=False)
+    assert "--batch-size 1" in str(excinfo.value)
+    assert emb.extract_embeddings(ds, "classical-stats", batch_size=1, progress=False).features.shape[0] == len(ds)

@@ -144,3 +144,31 @@ def test_demo_folder_given_as_a_path_is_labelled_demo(env, tmp_path):
     assert result.exit_code == 0, result.output
     [path] = sorted(out.glob("*.json"))
     assert load_entry(path).dataset.name == "ocbench-demo"
+
+
+def test_entry_records_label_policy_and_min_grade_marks_off_protocol(env, tmp_path):
+    out = tmp_path / "res"
+    result = CliRunner().invoke(
+        cli, ["run", "--dataset", "demo", "--output", str(out), "--backbone", "classical-stats", "--min-grade", "3", *FAST]
+    )
+    assert result.exit_code == 0, result.output
+    [path] = sorted(out.glob("*.json"))
+    entry = load_entry(path)
+    assert entry.dataset.min_grade == 3 and entry.off_protocol
+    assert entry.dataset.annotations == "annotations.csv" and len(entry.dataset.annotations_sha256) == 64
+
+
+def test_a_bad_cell_anywhere_in_the_grid_fails_before_anything_runs(env, tmp_path):
+    out = tmp_path / "res"
+    one_line_error(run(["--backbone", "classical-stats,nope", *FAST], out), "nope")
+    one_line_error(run(["--backbone", "classical-stats", "--task", "fov-mlp,bogus"], out), "bogus")
+    one_line_error(run(["--backbone", "classical-stats", "--device", "tpu"], out), "tpu")
+    assert not out.exists()
+
+
+def test_negative_seed_and_unwritable_output_are_one_line(env, tmp_path):
+    result = run(["--backbone", "classical-stats", "--seed", "-1"], tmp_path / "res")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(run(["--backbone", "classical-stats", *FAST], blocker / "res"), "file")

@@ -249,6 +249,20 @@ class _FovImages:
             return index, exc
 
 
+class _MixedSizes(Exception):
+    """Two FOVs of different sizes in one batch; the main process names their files."""
+
+    def __init__(self, index_a: int, shape_a: tuple, index_b: int, image_b) -> None:
+        super().__init__(index_a, shape_a, index_b, image_b.shape)
+
+    def to_error(self, dataset) -> DataError:
+        index_a, shape_a, index_b, shape_b = self.args
+        return DataError(
+            f"{dataset.path(index_b)}: image of shape {tuple(shape_b)} while {Path(dataset.path(index_a)).name} "
+            f"in the same batch is {tuple(shape_a)}; pass --batch-size 1 for datasets with mixed FOV sizes"
+        )
+
+
 def _collate(items):
     """-> (indices, uint16 tensor (N,2,H,W)), or (indices, OcbenchError) for the main process to raise."""
     import torch
@@ -257,11 +271,10 @@ def _collate(items):
     for _, image in items:
         if isinstance(image, BaseException):
             return indices, image
-    shapes = {image.shape for _, image in items}
-    if len(shapes) != 1:
-        return indices, DataError(
-            f"images in one batch have different shapes {sorted(shapes)}; use batch_size=1 for mixed sizes"
-        )
+    first_index, first = items[0]
+    odd = next(((i, image) for i, image in items if image.shape != first.shape), None)
+    if odd is not None:
+        return indices, _MixedSizes(first_index, first.shape, *odd)
     return indices, torch.from_numpy(np.stack([image for _, image in items]))
 
 
@@ -560,6 +573,8 @@ def _compute_shards(
     try:
         with torch.inference_mode():
             for indices, images in loader:
+                if isinstance(images, _MixedSizes):
+                    raise images.to_error(dataset)
                 if isinstance(images, BaseException):
                     raise images
                 output = loaded.embed_raw(images, adapter)

@@ -200,6 +200,9 @@ class DatasetInfo(_Strict):
     name: str = Field(min_length=1)
     version: str = Field(pattern=_SHA256, description="sha256 of the dataset manifest")
     n_items: int = Field(ge=1)
+    min_grade: int = Field(default=1, ge=1, le=3, description="lowest annotation grade counted as a positive label")
+    annotations: str | None = Field(default=None, description="file name of the annotation table used")
+    annotations_sha256: str | None = Field(default=None, pattern=_SHA256, description="sha256 of that table")
 
 
 class SplitInfo(_Strict):
@@ -218,7 +221,8 @@ class EnvironmentInfo(_Strict):
 
 
 class Timings(_Strict):
-    extraction_s: float | None = Field(default=None, ge=0, description="embedding extraction (0 or small on a cache hit)")
+    extraction_s: float | None = Field(default=None, ge=0, description="embedding extraction, as first computed")
+    extraction_cached: bool | None = Field(default=None, description="true when this run reused cached embeddings")
     task_s: float = Field(ge=0)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ocbench.errors import ConfigError
+from ocbench.reported import PAPER_MIN_GRADE
 
 __all__ = ["RunSpec", "RunOutcome", "RunOptions", "expand_grid", "run_one", "run_grid", "split_for"]
 
@@ -98,6 +99,41 @@ def _entry_path(spec: RunSpec, adapter_key: str, output_dir: Path) -> tuple[str,
     return key, output_dir / f"{key}.json"
 
 
+def _dataset_block(dataset, name: str) -> dict[str, Any]:
+    """The entry's ``dataset``: which data, which labels (grade policy and annotation table)."""
+    from ocbench._io import sha256_file
+
+    source = Path(dataset.annotation_source)
+    return {
+        "name": name,
+        "version": dataset.version,
+        "n_items": len(dataset),
+        "min_grade": dataset.min_grade,
+        "annotations": source.name if source.is_file() else None,
+        "annotations_sha256": sha256_file(source) if source.is_file() else None,
+    }
+
+
+def validate_specs(specs: Sequence[RunSpec], options: RunOptions) -> None:
+    """Check every grid cell (names, channel specs, settings, track, device) before any runs, so a
+    typo in the last cell does not surface after an hour of work on the first ones."""
+    from ocbench.backbones.adapters import parse_channels
+    from ocbench.backbones.cards import get_card
+    from ocbench.backbones.loader import resolve_device
+    from ocbench.benchmark.splits import TRACKS
+    from ocbench.tasks import get_task
+
+    resolve_device(options.device)
+    for spec in specs:
+        card = get_card(spec.backbone)
+        parse_channels(spec.channels, card)
+        task, _ = get_task(spec.task).with_overrides(spec.overrides)
+        if task.inputs != "fov_embeddings":
+            raise ConfigError(f"task {task.name} needs {task.inputs!r} inputs, which `ocbench run` cannot provide yet")
+        if spec.track not in TRACKS:
+            raise ConfigError(f"unknown split track {spec.track!r}; valid: {', '.join(TRACKS)}")
+
+
 def _check_same_run(existing, path: Path, *, card, task, overrides: dict, seed: int, dataset, split) -> None:
     """An existing entry is only reused for the very same run; anything else would be mislabelled.
 
@@ -166,7 +202,7 @@ def run_one(spec: RunSpec, dataset, options: RunOptions) -> RunOutcome:
         "task": task.name,
         "task_config": result.config,
         "overrides": overrides,
-        "off_protocol": bool(overrides) or bool(task.protocol_deviations()),
+        "off_protocol": bool(overrides) or bool(task.protocol_deviations()) or dataset.min_grade != PAPER_MIN_GRADE,
         "backbone": {
             "name": card.name,
             "source": card.source,
@@ -176,13 +212,14 @@ def run_one(spec: RunSpec, dataset, options: RunOptions) -> RunOutcome:
             "revision": meta.get("revision"),
         },
         "channels": adapter.to_dict(),
-        "dataset": {"name": options.dataset_name, "version": dataset.version, "n_items": len(dataset)},
+        "dataset": _dataset_block(dataset, options.dataset_name),
         "split": {"track": split.track, "seed": split.seed, "sha256": split.sha256},
         "metrics": result.metrics,
         "seed": options.seed,
         "environment": environment_info(result.device),
         "timings": {
-            "extraction_s": 0.0 if meta.get("cache_hit") else float(meta.get("wall_time_s", 0.0)),
+            "extraction_s": float(meta.get("wall_time_s", 0.0)),
+            "extraction_cached": bool(meta.get("cache_hit")),
             "task_s": float(result.wall_time_s),
         },
         "created": now_iso(),
@@ -194,6 +231,8 @@ def run_one(spec: RunSpec, dataset, options: RunOptions) -> RunOutcome:
 
 def run_grid(specs: Iterable[RunSpec], dataset, options: RunOptions, *, on_done=None) -> list[RunOutcome]:
     """Run every spec in order; ``on_done(outcome)`` is called after each (for printing)."""
+    specs = list(specs)
+    validate_specs(specs, options)
     outcomes = []
     for spec in specs:
         outcome = run_one(spec, dataset, options)

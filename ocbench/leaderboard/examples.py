@@ -67,7 +67,14 @@ def example_entry_dict(
             "revision": None,
         },
         "channels": {"strategy": strategy, "key": channels_key, "spec": spec if spec is not None else channels_key},
-        "dataset": {"name": dataset_name, "version": dataset_version or _fake_sha(f"dataset {dataset_name}"), "n_items": 60},
+        "dataset": {
+            "name": dataset_name,
+            "version": dataset_version or _fake_sha(f"dataset {dataset_name}"),
+            "n_items": 60,
+            "min_grade": 1,
+            "annotations": "annotations.csv",
+            "annotations_sha256": _fake_sha("annotations"),
+        },
         "split": {"track": track, "seed": 0, "sha256": split_sha256 or _fake_sha(f"split {dataset_name} {track}")},
         "metrics": {
             "macro_f1": {"val": val, "test": test},
@@ -81,7 +88,7 @@ def example_entry_dict(
         },
         "seed": 0,
         "environment": {"ocbench": "0.1.0", "torch": None, "timm": None, "python": "3.11.7", "platform": "Linux", "device": "cpu"},
-        "timings": {"extraction_s": 1.0, "task_s": 2.0},
+        "timings": {"extraction_s": 1.0, "extraction_cached": False, "task_s": 2.0},
         "created": created,
         "key": entry_key(backbone, channels_key, task, track),
     }
