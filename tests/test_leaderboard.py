@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -27,6 +28,17 @@ def _entries_dir(tmp_path: Path, *dicts) -> Path:
     for d in dicts:
         write_entry(d, folder)
     return folder
+
+
+def _full_opencell(d: dict, n_items: int = 6120) -> dict:
+    """``d`` as if computed on the (full, by default) OpenCell set, so the paper's numbers apply."""
+    d["dataset"] = {**d["dataset"], "name": "opencell", "n_items": n_items}
+    return d
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` (hidden ones included), by relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _computed_rows(board, table_index=0):
@@ -131,6 +143,7 @@ def test_corrupt_and_foreign_files_are_reported_and_skipped(tmp_path):
     assert report.n_entries == 2 and len(report.problems) == 3
     assert sorted(r.backbone for r in _computed_rows(report.board)) == ["model-a", "model-b"]
     assert sorted(p.name for p in (tmp_path / "board" / "entries").iterdir()) == [
+        ".ocbench-board-entries",
         "README.md",
         "model-a__replicate__fov-mlp__paper.json",
         "model-b__replicate__fov-mlp__paper.json",
@@ -249,13 +262,14 @@ def test_adapter_key_names_the_map():
 
 
 def test_computed_row_shows_the_papers_number_for_its_configuration(tmp_path):
-    hpa = example_entry_dict(
-        "hpa-fov-vitb8",
-        dataset_name="opencell",
-        strategy="map",
-        channels_key="map-p1-n2",
-        spec="protein=1,nucleus=2",
-        input_channels=("microtubules", "protein", "nucleus", "er"),
+    hpa = _full_opencell(
+        example_entry_dict(
+            "hpa-fov-vitb8",
+            strategy="map",
+            channels_key="map-p1-n2",
+            spec="protein=1,nucleus=2",
+            input_channels=("microtubules", "protein", "nucleus", "er"),
+        )
     )
     board = build_tables(collect_entries(_entries_dir(tmp_path, hpa)).entries)
     table = board.tables[0]
@@ -271,13 +285,54 @@ def test_computed_row_shows_the_papers_number_for_its_configuration(tmp_path):
 
 
 def test_rank_reported_mixes_them_in_by_the_interval_rule(tmp_path):
-    entry = example_entry_dict("hpa-fov-vitb8", dataset_name="opencell", val_folds=[0.82, 0.83, 0.81, 0.825, 0.815])
+    entry = _full_opencell(example_entry_dict("hpa-fov-vitb8", val_folds=[0.82, 0.83, 0.81, 0.825, 0.815]))
     board = build_tables(collect_entries(_entries_dir(tmp_path, entry)).entries, rank_reported=True)
     table = board.tables[0]
     assert all(r.rank is not None for r in table.rows)
     top = table.rows[:3]
     assert [r.kind for r in top].count("computed") == 1 and top[0].rank == 1
     assert "ranked by the interval rule alongside" in table.rule
+
+
+def _hpa_natural(**dataset) -> dict:
+    entry = example_entry_dict(
+        "hpa-fov-vitb8",
+        strategy="map",
+        channels_key="map-p1-n2",
+        spec="protein=1,nucleus=2",
+        input_channels=("microtubules", "protein", "nucleus", "er"),
+    )
+    entry["dataset"] = {**entry["dataset"], **dataset}
+    return entry
+
+
+@pytest.mark.parametrize(
+    "dataset, reason",
+    [
+        ({"name": "opencell", "n_items": 6120}, None),
+        ({"name": "opencell", "n_items": 15}, "subset: 15 of ~6120 FOVs"),
+        ({"name": "opencell", "n_items": 6120, "min_grade": 3}, "min_grade 3 (paper: all grades)"),
+        ({"name": "ocbench-demo", "n_items": 6120}, "not OpenCell (ocbench-demo)"),
+    ],
+)
+def test_papers_numbers_only_beside_comparable_results(tmp_path, dataset, reason):
+    from ocbench.leaderboard.summary import format_run_table
+
+    board = build_tables(collect_entries(_entries_dir(tmp_path, _hpa_natural(**dataset))).entries)
+    table = board.tables[0]
+    (row,) = table.computed_rows
+    titles = [t.title for t in board.tables]
+    summary = format_run_table([row.entry.entry])
+    if reason is None:
+        assert row.reported is not None and row.reported.mean == 0.822
+        assert table.reported_rows and not any("not shown" in d for d in table.details)
+        assert "fov-mlp · paper track · reported by the paper" not in titles
+        assert "0.822 ± 0.007" in summary and "n/a" not in summary
+    else:
+        assert row.reported is None and not table.reported_rows
+        assert f"the paper's numbers are not shown here: {reason}" in table.details
+        assert "fov-mlp · paper track · reported by the paper" in titles  # the paper's numbers stand apart
+        assert f"n/a ({reason})" in summary and "0.822" not in summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +416,8 @@ def test_plots_written_or_skipped_with_a_note(tmp_path, monkeypatch):
     )
     pytest.importorskip("matplotlib")
     report = build_board([folder], tmp_path / "board")
-    plots = sorted(p.name for p in (tmp_path / "board" / "plots").iterdir())
+    plots = sorted(p.name for p in (tmp_path / "board" / "plots").glob("*.png"))
+    assert (tmp_path / "board" / "plots" / ".ocbench-board-plots").is_file()
     table_id = report.board.tables[0].id
     assert f"per_class_f1__{table_id}.png" in plots
     assert f"channel_sweep__{table_id}.png" in plots
@@ -373,6 +429,78 @@ def test_plots_written_or_skipped_with_a_note(tmp_path, monkeypatch):
     report = build_board([folder], tmp_path / "board2")
     assert any("matplotlib is not installed" in n for n in report.notes)
     assert (tmp_path / "board2" / "LEADERBOARD.md").exists() and not (tmp_path / "board2" / "plots").exists()
+
+
+def test_rebuild_from_the_boards_own_entries_leaves_them_untouched(tmp_path):
+    """The documented rebuild (`ocbench leaderboard build leaderboard/entries --out leaderboard`)
+    deletes, renames and adds nothing in entries/; the board links to the files where they are."""
+    out = tmp_path / "leaderboard"
+    entries = out / "entries"
+    write_entry(example_entry_dict("model-a"), entries).rename(entries / "my-new-entry.json")
+    write_entry(example_entry_dict("model-b", val_folds=FOLDS), entries / "sub")
+    (entries / "broken.json").write_text('{"schema_version": 1, "task": ')  # reported: fix the file
+    (entries / "splits").mkdir()
+    (entries / "splits" / "paper-seed0.json").write_text(json.dumps({"format": "ocbench-split/1", "track": "paper"}))
+    (entries / "README.md").write_text("our notes\n")
+    before = _snapshot(entries)
+
+    for sources in ([entries], [entries], [out], [entries / "my-new-entry.json", entries / "sub"]):
+        report = build_board(sources, out, plots=False)
+        assert _snapshot(entries) == before
+        assert report.n_entries == 2 and not [f for f in report.files if entries in f.parents]
+    assert "left as it is" in report.summary()
+    assert any("broken.json: not valid JSON" in p for p in build_board([entries], out, plots=False).problems)
+    with (out / "leaderboard.csv").open() as fh:
+        linked = {r["entry_file"] for r in csv.DictReader(fh) if r["kind"] == "computed"}
+    assert linked == {"entries/my-new-entry.json", "entries/sub/model-b__replicate__fov-mlp__paper.json"}
+    assert "entries/my-new-entry.json" in (out / "index.html").read_text()
+
+    other = tmp_path / "other"
+    write_entry(example_entry_dict("model-c"), other)
+    board_before = _snapshot(out)
+    with pytest.raises(ConfigError, match=r"other/model-c__replicate__fov-mlp__paper.json: lies outside .*leaderboard/entries"):
+        build_board([entries, other], out, plots=False)  # cannot be linked from the board
+    assert _snapshot(out) == board_before
+
+
+def test_build_does_not_replace_an_entries_folder_it_did_not_write(tmp_path):
+    """`ocbench demo` keeps its computed entries in <out>/entries and its board in <out>/board:
+    building other entries --out <out> is refused instead of wiping them."""
+    demo = tmp_path / "ocbench-demo-results"
+    write_entry(example_entry_dict("model-a"), demo / "entries")
+    build_board([demo / "entries"], demo / "board", plots=False)
+    before = _snapshot(demo)
+    other = _entries_dir(tmp_path, example_entry_dict("model-z"))
+    with pytest.raises(ConfigError, match=r"ocbench-demo-results/entries: holds files .* give it as a source.* another --out folder"):
+        build_board([other], demo, plots=False)
+    assert _snapshot(demo) == before  # refused before anything was written
+
+    # the board's own copy (marked) is replaced by the next build: stale copies go
+    (demo / "entries" / "model-a__replicate__fov-mlp__paper.json").unlink()
+    write_entry(example_entry_dict("model-b", val_folds=FOLDS), demo / "entries")
+    build_board([demo / "entries"], demo / "board", plots=False)
+    assert sorted(p.name for p in (demo / "board" / "entries").glob("*.json")) == ["model-b__replicate__fov-mlp__paper.json"]
+    # an empty folder holds nothing to lose
+    (tmp_path / "fresh" / "entries").mkdir(parents=True)
+    assert build_board([other], tmp_path / "fresh", plots=False).n_entries == 1
+
+
+def test_build_does_not_replace_a_plots_folder_it_did_not_write(tmp_path):
+    out = tmp_path / "results"
+    (out / "plots").mkdir(parents=True)
+    (out / "plots" / "my-figure.png").write_bytes(b"\x89PNG mine")
+    with pytest.raises(ConfigError, match=r"results/plots: holds files"):
+        build_board([], out)  # the paper's rows alone already make plots
+    assert sorted(p.name for p in out.iterdir()) == ["plots"]
+    build_board([], out, plots=False)  # no plots to write: the folder is left alone
+    assert [p.name for p in (out / "plots").iterdir()] == ["my-figure.png"]
+
+    pytest.importorskip("matplotlib")
+    board = tmp_path / "board"
+    build_board([], board)
+    assert (board / "plots" / "finetune_fraction.png").is_file()
+    build_board([], board, plots=False)  # its own plots of an earlier build no longer apply
+    assert not (board / "plots").exists()
 
 
 def test_reported_only_board_when_there_are_no_entries(tmp_path):

@@ -1,12 +1,14 @@
 """The repository's published board (top-level ``leaderboard/``) is up to date with its entries.
 
 It is rebuilt with ``ocbench leaderboard build leaderboard/entries --out leaderboard`` (the same
-as ``build_board(["leaderboard/entries"], "leaderboard")``). Until entries computed on the real
-data are added, it holds the paper's reported rows only.
+as ``build_board(["leaderboard/entries"], "leaderboard")``), which leaves ``leaderboard/entries``
+as it is and links to the entry files there. Until entries computed on the real data are added,
+it holds the paper's reported rows only.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,21 +20,23 @@ BOARD = Path(__file__).resolve().parent.parent / "leaderboard"
 
 
 def test_committed_board_is_up_to_date(tmp_path):
+    """Rebuild a copy of leaderboard/ exactly as documented: in place, from its own entries."""
     assert (BOARD / "entries").is_dir(), f"{BOARD}/entries is missing; run `{REPO_BOARD_COMMAND}`"
-    report = build_board([BOARD / "entries"], tmp_path / "board")
-    stale = [name for name in BOARD_FILES if (BOARD / name).read_bytes() != (tmp_path / "board" / name).read_bytes()]
+    copy = tmp_path / "leaderboard"
+    shutil.copytree(BOARD, copy)
+    report = build_board([copy / "entries"], copy)
+    stale = [name for name in BOARD_FILES if (BOARD / name).read_bytes() != (copy / name).read_bytes()]
     assert not stale, f"leaderboard/ is out of date ({', '.join(stale)}); run `{REPO_BOARD_COMMAND}`"
     assert not report.problems, report.problems
 
     def listing(folder: Path) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.is_dir() else {}
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
-    assert listing(BOARD / "entries") == listing(tmp_path / "board" / "entries")
+    assert listing(copy / "entries") == listing(BOARD / "entries")  # the rebuild leaves the entries as they are
+    if any("matplotlib is not installed" in note for note in report.notes):
+        pytest.skip("matplotlib is not installed: the plots could not be checked")
     # Plot pixels depend on the matplotlib version; the set of plots must match.
-    expected_plots = {p.name for p in (tmp_path / "board" / "plots").glob("*.png")}
-    if expected_plots or (BOARD / "plots").is_dir():
-        pytest.importorskip("matplotlib")
-        assert {p.name for p in (BOARD / "plots").glob("*.png")} == expected_plots
+    assert {p.name for p in (BOARD / "plots").glob("*.png")} == {p.name for p in (copy / "plots").glob("*.png")}
 
 
 def test_board_shows_every_reported_number():

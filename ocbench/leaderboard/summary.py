@@ -1,8 +1,9 @@
 """Terminal tables printed at the end of ``ocbench run`` and ``ocbench sweep-channels``.
 
 Each computed row shows the paper's reported number for the same configuration beside it, when
-the paper has one and the entry was computed on the real OpenCell data with the paper's split
-track (a number on the synthetic demo is not comparable with the paper's).
+the paper has one and the entry's data are comparable with the paper's (the full OpenCell set,
+all grades: ``ocbench.reported.not_comparable_reason``); otherwise the cell says why not, e.g.
+``n/a (subset: 15 of ~6120 FOVs)`` or ``n/a (not OpenCell (ocbench-demo))``.
 """
 
 from __future__ import annotations
@@ -11,21 +12,19 @@ from typing import Sequence
 
 from ocbench.leaderboard.ranking import Score
 from ocbench.leaderboard.render import fmt_score
-from ocbench.leaderboard.tables import _map_label, resolve_channel_map
-from ocbench.reported import reported_for
+from ocbench.leaderboard.tables import _map_label, dataset_block, resolve_channel_map
+from ocbench.reported import not_comparable_reason, reported_for
 
 __all__ = ["format_run_table", "format_sweep_table"]
-
-_COMPARABLE_DATASET = "opencell"
-
 
 def _score(summary) -> Score:
     return Score(summary.mean, summary.std, summary.n)
 
 
 def _reported_cell(entry) -> str:
-    if entry.dataset.name != _COMPARABLE_DATASET:
-        return "n/a (not OpenCell)"
+    reason = not_comparable_reason(dataset_block(entry))
+    if reason is not None:
+        return f"n/a ({reason})"
     card = entry.backbone.card
     channel_map = resolve_channel_map(entry.channels.strategy, entry.channels.spec, entry.channels.key, card)
     found = reported_for(

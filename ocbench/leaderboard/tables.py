@@ -2,9 +2,11 @@
 
 A table holds only entries that can be compared number for number: same task, split track,
 protocol version, dataset version, split sha256 and protocol deviations (overrides). Entries that
-differ in any of these go to separate, labelled tables. The paper's numbers join the OpenCell
-tables of their task and track as separate rows marked "reported"; where no such table exists
-(e.g. a board of demo-data entries) they get a table of their own.
+differ in any of these go to separate, labelled tables. The paper's numbers join the tables of
+their task and track whose entries are comparable with them (``not_comparable_reason`` of the
+entries' dataset block: the full OpenCell set, all grades) as separate rows marked "reported";
+a table that is not comparable says why in its details. Where no comparable table exists (e.g. a
+board of demo-data entries, or of a subset of OpenCell) the paper's numbers get a table of their own.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ocbench.data.compartments import COMPARTMENTS
 from ocbench.leaderboard.collect import LoadedEntry
 from ocbench.leaderboard.ranking import ALPHA, Score, assign_ranks, rank_rule_text
-from ocbench.reported import PAPER, REPORTED, REPORTED_DATASET, ReportedResult, reported_for
+from ocbench.reported import PAPER, REPORTED, ReportedResult, not_comparable_reason, reported_for
 
 __all__ = [
     "GroupKey",
@@ -31,6 +33,8 @@ __all__ = [
     "dedupe_entries",
     "resolve_channel_map",
     "best_per_compartment",
+    "dataset_block",
+    "paper_incomparability",
 ]
 
 
@@ -122,7 +126,7 @@ class Table:
 class Board:
     tables: tuple[Table, ...]
     entries: tuple[LoadedEntry, ...]  # the entries shown (after de-duplication)
-    entry_files: dict[str, str]  # sha256 -> file name inside the board's entries/
+    entry_files: dict[str, str]  # sha256 -> file path inside the board's entries/
     problems: tuple[str, ...]  # duplicates skipped while building
     fingerprint: str  # sha256 over the shown entries' sha256 and file names
     include_reported: bool
@@ -225,6 +229,24 @@ def _score(summary) -> Score:
     return Score(summary.mean, summary.std, summary.n, tuple(summary.per_fold))
 
 
+def dataset_block(entry) -> dict[str, Any]:
+    """The entry's ``dataset`` block as a dict (optional fields such as ``min_grade`` included
+    when the entry model has them)."""
+    dataset = entry.dataset
+    if hasattr(dataset, "model_dump"):
+        return dataset.model_dump()
+    return {name: getattr(dataset, name) for name in ("name", "version", "n_items") if hasattr(dataset, name)}
+
+
+def paper_incomparability(entries: Iterable[Any]) -> str | None:
+    """Why the paper's numbers cannot stand beside these entries (the first reason found), or None."""
+    for entry in entries:
+        reason = not_comparable_reason(dataset_block(entry))
+        if reason is not None:
+            return reason
+    return None
+
+
 def _short(text: str | None, n: int = 12) -> str:
     return text[:n] if text else "-"
 
@@ -240,7 +262,7 @@ def _computed_row(loaded: LoadedEntry, board_file: str) -> Row:
         channels = shown if shown.startswith(e.channels.strategy) else f"{e.channels.strategy} {shown}"
     reported = (
         reported_for(e.backbone.name, e.task, e.split.track, e.channels.strategy, channel_map, e.task_config)
-        if e.dataset.name == REPORTED_DATASET
+        if not_comparable_reason(dataset_block(e)) is None
         else None
     )
     notes = []
@@ -360,10 +382,14 @@ def build_tables(
     include_reported: bool = True,
     rank_reported: bool = False,
     alpha: float = ALPHA,
+    entry_files: Mapping[str, str] | None = None,
 ) -> Board:
-    """Group, rank and label the entries; add the paper's reported rows."""
+    """Group, rank and label the entries; add the paper's reported rows.
+
+    ``entry_files``: sha256 -> the entry's path inside the board's ``entries/`` (POSIX), for a
+    board that links to its entries where they are; default: ``<key>.json`` copies."""
     kept, problems = dedupe_entries(entries)
-    files = _board_file_names(kept)
+    files = {e.sha256: entry_files[e.sha256] for e in kept} if entry_files is not None else _board_file_names(kept)
     groups: dict[GroupKey, list[LoadedEntry]] = defaultdict(list)
     for loaded in kept:
         groups[GroupKey.of(loaded.entry)].append(loaded)
@@ -377,8 +403,9 @@ def build_tables(
     for key in sorted(groups):
         members = groups[key]
         computed = [_computed_row(m, files[m.sha256]) for m in members]
-        paper_data = key.dataset_name == REPORTED_DATASET  # the paper's numbers only beside OpenCell results
-        reported = [_reported_row(r) for r in reported_by_task.get((key.task, key.track), [])] if paper_data else []
+        not_comparable = paper_incomparability(m.entry for m in members)  # the paper's numbers only beside comparable results
+        paper_rows = reported_by_task.get((key.task, key.track), [])
+        reported = [_reported_row(r) for r in paper_rows] if not_comparable is None else []
         rows, ranked_reported = _assemble(computed, reported, paired=True, rank_reported=rank_reported, alpha=alpha)
         n_folds = members[0].entry.val.n
         first = members[0].entry
@@ -386,7 +413,8 @@ def build_tables(
             Table(
                 id=key.slug,
                 title=f"{key.task} · {key.track} track · {key.dataset_name} {key.dataset_version[:8]}",
-                details=_group_details(key, first.dataset.n_items, first.split.seed),
+                details=_group_details(key, first.dataset.n_items, first.split.seed)
+                + ((f"the paper's numbers are not shown here: {not_comparable}",) if paper_rows and not_comparable else ()),
                 task=key.task,
                 track=key.track,
                 kind="scores",
@@ -420,7 +448,7 @@ def build_tables(
                 title=f"{task} · {track} track · reported by the paper",
                 details=(
                     f"{PAPER}: numbers as published, computed on the paper's own split by its own code; "
-                    "no ocbench entry on OpenCell data for this task and track yet",
+                    "no ocbench entry comparable with them (full OpenCell set, all grades) for this task and track yet",
                 ),
                 task=task,
                 track=track,
