@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -151,8 +152,6 @@ def test_bare_state_dict_fallback_and_student_key(tmp_path):
     assert not torch.equal(card_model_features(tiny_card(), student, x), source(x))
 
 
-
-
 def test_pickle_with_other_class_is_refused(tmp_path):
     checkpoint = dino_checkpoint(tiny_vit())
     checkpoint["teacher"] = NotAllowedDict(checkpoint["teacher"])
@@ -161,8 +160,8 @@ def test_pickle_with_other_class_is_refused(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(DataError) as excinfo:
         import_dino_checkpoint(pth, tiny_card(), out)
-    message = one_line_message(excinfo)
-    assert str(pth) in message and "NotAllowedDict" in message
+    message = one_line_message(excinfo, str(pth), "refused to unpickle", "NotAllowedDict")
+    assert "weights_only" not in message and "download it again" not in message
     assert not out.exists()
 
 
@@ -192,19 +191,41 @@ def test_other_architecture_is_refused(tmp_path):
     assert "12 unexpected" in one_line_message(excinfo) and "blocks.2." in str(excinfo.value)
 
 
-def test_unreadable_and_missing_files(tmp_path):
+GARBAGE = [
+    b"\x00\x01\x02\x03",  # 4 bytes: torch reads a legacy pickle and suggests weights_only=False
+    b"not a torch file at all",
+    b"junk",
+    b"",
+]
+
+
+def assert_unreadable(excinfo, path: Path) -> None:
+    message = one_line_message(excinfo, str(path), "not a readable torch checkpoint (truncated or wrong file): ", "; download it again")
+    # torch's advice (re-run with weights_only=False) would execute whatever the file carries.
+    assert "weights_only" not in message and "Re-running" not in message and "will likely succeed" not in message
+
+
+@pytest.mark.parametrize("content", GARBAGE, ids=["4-bytes", "text", "junk", "empty"])
+def test_garbage_checkpoint_says_download_again(tmp_path, content):
     junk = tmp_path / "junk.pth"
-    for content in (b"not a torch file at all", b"junk", b""):
-        junk.write_bytes(content)
-        with pytest.raises(DataError) as excinfo:
-            import_dino_checkpoint(junk, tiny_card(), tmp_path / "out")
-        assert str(junk) in one_line_message(excinfo)
+    junk.write_bytes(content)
+    with pytest.raises(DataError) as excinfo:
+        import_dino_checkpoint(junk, tiny_card(), tmp_path / "out")
+    assert_unreadable(excinfo, junk)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("keep", [2000, 100, -50])
+def test_truncated_checkpoint_says_download_again(tmp_path, keep):
     truncated = tmp_path / "truncated.pth"
     torch.save(dino_checkpoint(tiny_vit()), truncated)
-    truncated.write_bytes(truncated.read_bytes()[:2000])
+    truncated.write_bytes(truncated.read_bytes()[:keep])
     with pytest.raises(DataError) as excinfo:
         import_dino_checkpoint(truncated, tiny_card(), tmp_path / "out")
-    assert str(truncated) in one_line_message(excinfo)
+    assert_unreadable(excinfo, truncated)
+
+
+def test_unreadable_and_missing_files(tmp_path):
     with pytest.raises(ConfigError):
         import_dino_checkpoint(tmp_path / "absent.pth", tiny_card(), tmp_path / "out")
     no_teacher = tmp_path / "no_teacher.pth"
@@ -212,6 +233,110 @@ def test_unreadable_and_missing_files(tmp_path):
     with pytest.raises(DataError) as excinfo:
         import_dino_checkpoint(no_teacher, tiny_card(), tmp_path / "out")
     assert "'teacher'" in one_line_message(excinfo)
+
+
+def imported_folder(tmp_path: Path, folder: Path, seed: int) -> Path:
+    pth = tmp_path / f"seed{seed}.pth"
+    torch.save(dino_checkpoint(tiny_vit(seed=seed)), pth)
+    return import_backbone(tiny_card(), pth, out_dir=folder)
+
+
+@pytest.mark.parametrize(
+    "make, why",
+    [
+        (lambda d: (d / "notes.txt").write_text("my notes"), "it holds notes.txt"),
+        (lambda d: [(d / n).write_text("x") for n in ("a.txt", "b.txt", "model.safetensors")], "it holds a.txt and 1 more"),
+        (lambda d: (d / "config.json").write_text('{"ocbench": {}}'), "no model.safetensors"),
+        (lambda d: [(d / "model.safetensors").write_bytes(b"x"), (d / "config.json").write_text('{"architecture": "vit"}')],
+         "config.json has no ocbench section"),
+        (lambda d: [(d / "model.safetensors").write_bytes(b"x"), (d / "config.json").write_text("{not json")], "no readable config.json"),
+    ],
+    ids=["other-file", "several-files", "no-weights", "foreign-config", "broken-config"],
+)
+def test_out_folder_that_is_not_an_import_is_left_alone(tmp_path, make, why):
+    out = tmp_path / "results"
+    out.mkdir()
+    make(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    pth = tmp_path / "ckpt.pth"
+    torch.save(dino_checkpoint(tiny_vit(seed=7)), pth)
+    with pytest.raises(ConfigError) as excinfo:
+        import_backbone(tiny_card(), pth, out_dir=out)
+    one_line_message(excinfo, str(out), why, "not an earlier ocbench import", "nothing was written")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp folder left
+
+
+def test_out_that_is_a_file_or_link_is_refused(tmp_path):
+    pth = tmp_path / "ckpt.pth"
+    torch.save(dino_checkpoint(tiny_vit(seed=7)), pth)
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
+    with pytest.raises(ConfigError) as excinfo:
+        import_backbone(tiny_card(), pth, out_dir=a_file)
+    one_line_message(excinfo, str(a_file), "not a folder")
+    assert a_file.read_text() == "keep me"
+    real = imported_folder(tmp_path, tmp_path / "real", seed=1)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(ConfigError) as excinfo:
+        import_backbone(tiny_card(), pth, out_dir=link)
+    one_line_message(excinfo, str(link), "symbolic link")
+    assert link.is_symlink()
+
+
+def test_earlier_import_or_empty_folder_may_be_replaced(tmp_path):
+    out = tmp_path / "converted"
+    out.mkdir()  # empty: fine
+    first = imported_folder(tmp_path, out, seed=1)
+    first_sha = sha256_file(first / "model.safetensors")
+    (out / "README.md").unlink()  # an import without its model card is still an import
+    second = imported_folder(tmp_path, out, seed=2)
+    assert second == out and sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    meta = json.loads((out / "config.json").read_text())["ocbench"]
+    assert meta["source_sha256"] == sha256_file(tmp_path / "seed2.pth") != first_sha
+    assert meta["weights_sha256"] == sha256_file(out / "model.safetensors") != first_sha
+
+
+def test_cli_import_refuses_to_wipe_a_folder(tmp_path, monkeypatch):
+    """The reported case: `ocbench backbones import NAME --checkpoint X.pth --out DIR` with DIR holding results."""
+    from click.testing import CliRunner
+
+    from cli_assertions import one_line_error
+    from ocbench.cli import cli
+
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "my-results"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    pth = tmp_path / "ckpt.pth"
+    torch.save(dino_checkpoint(tiny_vit()), pth)
+    result = CliRunner().invoke(cli, ["backbones", "import", "hpa-fov-vitb8", "--checkpoint", str(pth), "--out", str(out)])
+    one_line_error(result, str(out), "results.json")
+    assert (out / "results.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("name", ["classical-stats", "tiny-vit-random"])
+def test_builtin_card_has_no_weights_to_import(tmp_path, name):
+    pth = tmp_path / "ckpt.pth"
+    torch.save(dino_checkpoint(tiny_vit()), pth)
+    for checkpoint in (pth, None):
+        with pytest.raises(ConfigError) as excinfo:
+            import_backbone(name, checkpoint, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
+        one_line_message(excinfo, f"backbone '{name}' has no weights to import (source builtin:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_imported_files_are_readable_by_others(tmp_path):
+    """safetensors writes 0600 files; the converted folder gets a plain file's mode (0666 less the umask)."""
+    old = os.umask(0o022)
+    try:
+        folder = imported_folder(tmp_path, tmp_path / "out", seed=1)
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+        "README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644,
+    }
 
 
 def test_import_backbone_checks_published_sha(tmp_path, monkeypatch):
@@ -286,3 +411,14 @@ def test_push_backbone(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="HF_HUB_OFFLINE"):
         push_backbone(folder, "ocbench-test/tiny-dino")
+
+    # Weights damaged since the import are never published.
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    stat = weights.stat()
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # past the checksum memo
+    with pytest.raises(DataError) as excinfo:
+        push_backbone(folder, "ocbench-test/tiny-dino", dry_run=True)
+    one_line_message(excinfo, str(weights), "weights_sha256")

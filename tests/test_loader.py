@@ -198,6 +198,42 @@ def test_truncated_local_source_is_caught(tmp_path):
     assert "model.safetensors" in _one_line_error(info)
 
 
+def _imported_folder(tmp_path, card: BackboneCard):
+    """A folder made by `ocbench backbones import` (its config.json records the weights' sha256)."""
+    from ocbench.backbones.dino_import import import_dino_checkpoint
+
+    torch.manual_seed(3)
+    teacher = {"backbone." + k: v.contiguous() for k, v in build_vit(card).state_dict().items()}
+    pth = tmp_path / "ckpt.pth"
+    torch.save({"teacher": teacher, "epoch": 1}, pth)
+    return import_dino_checkpoint(pth, card, tmp_path / "imported")
+
+
+def test_imported_weights_with_a_flipped_byte_are_refused(tmp_path):
+    import json
+    import os
+
+    folder = _imported_folder(tmp_path, _tiny_card())
+    weights = folder / "model.safetensors"
+    card = _tiny_card(source=f"local:{folder}")
+    intact = load_backbone(card)
+    assert intact.weights_sha256 == json.loads((folder / "config.json").read_text())["ocbench"]["weights_sha256"]
+    assert load_backbone(_tiny_card(), weights=weights).weights_sha256 == intact.weights_sha256
+
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # in the tensor data: safetensors itself would load it without a word
+    stat = weights.stat()
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    for kwargs in ({}, {"weights": weights}):
+        with pytest.raises(DataError) as info:
+            load_backbone(card if not kwargs else _tiny_card(), **kwargs)
+        message = _one_line_error(info)
+        assert str(weights) in message and "weights_sha256" in message and "re-import" in message
+        with pytest.raises(DataError):
+            resolve_identity(card if not kwargs else _tiny_card(), **kwargs)
+
+
 def test_wrong_shape_weights_are_refused(tmp_path):
     path = tmp_path / "wide.safetensors"
     _save_tiny_weights(path, embed_dim=32)  # a different width than the card

@@ -65,7 +65,7 @@ def test_grid_and_paper_value_column(env, tmp_path):
     result = run(["--backbone", "classical-stats", "--task", "fov-linear,fov-mlp", "--split", "paper,protein", *FAST], out)
     assert result.exit_code == 0, result.output
     assert len(list(out.glob("*.json"))) == 4
-    assert "n/a (not OpenCell)" in result.output
+    assert "n/a (not OpenCell" in result.output
 
 
 @pytest.mark.parametrize(

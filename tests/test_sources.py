@@ -127,6 +127,59 @@ def test_hf_hub_missing_offline_says_what_to_do(offline_hub):
         resolve_weights(tiny_card("hf-hub:ocbench-test/not-cached"))
     message = one_line(excinfo)
     assert "HF_HUB_OFFLINE" in message and "pre-fill the cache" in message and "ocbench-test/not-cached" in message
+    assert "`hf download ocbench-test/not-cached model.safetensors`" in message
+    # A pinned revision is part of the command to copy (inside the backticks).
+    with pytest.raises(ConfigError) as excinfo:
+        resolve_weights(tiny_card("hf-hub:ocbench-test/not-cached@v1"))
+    assert "`hf download ocbench-test/not-cached model.safetensors --revision v1`" in one_line(excinfo)
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens there once closed
+
+
+@pytest.fixture()
+def unreachable_hub(tmp_path, monkeypatch):
+    """Online mode, but the Hub endpoint refuses connections (huggingface_hub alone retries ~25 s)."""
+    from huggingface_hub import constants
+
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "HF_HUB_VERBOSITY"):
+        monkeypatch.delenv(var, raising=False)
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "ocbench-cache"))
+    return cache
+
+
+def test_hf_hub_unreachable_fails_fast_and_quietly(unreachable_hub, capfd, caplog):
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as excinfo:
+        resolve_weights(tiny_card("hf-hub:ocbench-test/not-cached@v1"))
+    elapsed = time.monotonic() - started
+    message = one_line(excinfo)
+    assert "could not be reached" in message and "`hf download ocbench-test/not-cached model.safetensors --revision v1`" in message
+    assert elapsed < 5, f"took {elapsed:.1f} s (huggingface_hub's retry loop?)"
+    out, err = capfd.readouterr()
+    assert "Retrying" not in out + err and "thrown while requesting" not in out + err
+    assert not [r for r in caplog.records if r.name.startswith("huggingface_hub")]
+
+
+def test_hf_hub_unreachable_uses_the_cache(tmp_path, unreachable_hub):
+    data = safetensors_bytes(tiny_vit(11), tmp_path)
+    add_to_hub_cache(unreachable_hub, "ocbench-test/tiny-vit", COMMIT, data)
+    for source in ("hf-hub:ocbench-test/tiny-vit", f"hf-hub:ocbench-test/tiny-vit@{COMMIT}"):
+        resolved = resolve_weights(tiny_card(source))
+        assert resolved.revision == COMMIT and resolved.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_timm_source_goes_through_the_hub_repo_timm_names(tmp_path, offline_hub):
@@ -182,6 +235,17 @@ def dino_pth(model: torch.nn.Module, path: Path) -> str:
     return sha256_file(path)
 
 
+def flip_last_byte(path: Path) -> None:
+    """Damage a file in its tensor data (the header stays valid); bump the mtime so no checksum memo hides it."""
+    import os
+
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    stat = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
 def cache_files(tmp_path: Path) -> list[str]:
     cache = tmp_path / "ocbench-cache"
     return sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*")) if cache.exists() else []
@@ -207,6 +271,11 @@ def test_url_checkpoint_downloaded_verified_converted_once(tmp_path, http_server
     assert http_server.requests == ["/DINO_FOV_checkpoint.pth"]
 
     # Second resolve: no download, no conversion (same bytes, same folder).
+    assert resolve_weights(card, progress=False) == resolved
+    assert http_server.requests == ["/DINO_FOV_checkpoint.pth"]
+
+    # Converted weights damaged since: converted again from the verified download (no network).
+    flip_last_byte(weights)
     assert resolve_weights(card, progress=False) == resolved
     assert http_server.requests == ["/DINO_FOV_checkpoint.pth"]
 
@@ -238,6 +307,7 @@ def test_url_safetensors_file_and_http_errors(tmp_path, http_server):
     assert resolved.path.parent.parent == tmp_path / "ocbench-cache" / "downloads"
     assert resolved.path.name == "tiny.safetensors"
     assert resolved.sha256 == resolved.revision == digest
+    assert resolved.path.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not mkstemp's 0600
 
     with pytest.raises(ConfigError) as excinfo:
         resolve_weights(tiny_card(f"url:{http_server.url}/missing.pth"), progress=False)
@@ -253,6 +323,14 @@ def test_url_offline_mode_refuses_to_download(tmp_path, http_server, monkeypatch
         resolve_weights(tiny_card(f"url:{http_server.url}/ckpt.pth"), progress=False)
     assert "HF_HUB_OFFLINE" in one_line(excinfo)
     assert http_server.requests == []
+
+
+def current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ------------------------------------------------------------------------------ local, builtin
@@ -275,6 +353,27 @@ def test_local_folder_and_corrupt_file(tmp_path):
     with pytest.raises(ConfigError) as excinfo:
         resolve_weights(tiny_card(f"local:{tmp_path / 'absent'}"))
     assert "does not exist" in one_line(excinfo)
+
+
+def test_local_imported_folder_is_verified_against_its_config(tmp_path):
+    from ocbench.backbones.dino_import import import_dino_checkpoint
+
+    pth = tmp_path / "ckpt.pth"
+    dino_pth(tiny_vit(12), pth)
+    folder = import_dino_checkpoint(pth, tiny_card("local:unused"), tmp_path / "imported")
+    weights = folder / "model.safetensors"
+    card = tiny_card(f"local:{folder}")
+    assert resolve_weights(card).sha256 == sha256_file(weights)
+
+    flip_last_byte(weights)
+    with pytest.raises(DataError) as excinfo:
+        resolve_weights(card)
+    message = one_line(excinfo)
+    assert str(weights) in message and "weights_sha256" in message and "ocbench backbones import tiny-source-test" in message
+
+    # A config.json without a recorded checksum (not an ocbench import) is not checked.
+    (folder / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224", "ocbench": {}}))
+    assert resolve_weights(card).sha256 == sha256_file(weights)
 
 
 def test_local_bare_name_is_under_the_weights_cache(tmp_path, monkeypatch):

@@ -15,7 +15,10 @@ Patch size and input channels are read from ``patch_embed.proj.weight`` (never f
 name) and must match the card; then every key and shape must match ``build_vit(card)``.
 
 Output folder (written atomically): ``model.safetensors``, ``config.json`` (timm's Hub config
-format plus an ``ocbench`` section with the provenance) and ``README.md`` (the Hub model card).
+format plus an ``ocbench`` section with the provenance and the weights' sha256, which the loader
+verifies) and ``README.md`` (the Hub model card). An existing folder is replaced only when it is
+empty or an earlier import (nothing but those three files, ``config.json`` with an ``ocbench``
+section); anything else is refused, so a mistyped ``--out`` never deletes someone's files.
 """
 
 from __future__ import annotations
@@ -28,12 +31,21 @@ from typing import Any
 
 from ocbench import __version__
 from ocbench._io import atomic_dir, sha256_file
-from ocbench.backbones.sources import CONFIG_FILENAME, WEIGHTS_FILENAME, expected_sha256, parse_source, weights_dir
+from ocbench.backbones.sources import (
+    CONFIG_FILENAME,
+    WEIGHTS_FILENAME,
+    default_file_mode,
+    expected_sha256,
+    parse_source,
+    weights_dir,
+)
 from ocbench.errors import ConfigError, DataError
 
 DEFAULT_CHECKPOINT_KEY = "teacher"
 _STRIPPED_PREFIXES = ("module.", "backbone.")
 _REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_README_FILENAME = "README.md"
+_IMPORT_FILES = frozenset({WEIGHTS_FILENAME, CONFIG_FILENAME, _README_FILENAME})
 
 
 def import_dino_checkpoint(
@@ -50,7 +62,8 @@ def import_dino_checkpoint(
     pth_path = Path(pth_path).expanduser()
     if not pth_path.is_file():
         raise ConfigError(f"{pth_path}: checkpoint file not found; pass --checkpoint PATH to the downloaded .pth")
-    folder = Path(out_dir) if out_dir is not None else weights_dir(card, cache_dir)
+    folder = Path(out_dir).expanduser() if out_dir is not None else weights_dir(card, cache_dir)
+    check_replaceable(folder)
     source_sha256 = source_sha256 or sha256_file(pth_path)
 
     checkpoint = load_dino_checkpoint(pth_path)
@@ -85,6 +98,11 @@ def import_backbone(
 
     card = get_card(name_or_card)
     kind, target = parse_source(card)
+    if kind == "none":
+        raise ConfigError(
+            f"backbone '{card.name}' has no weights to import (source {card.source}); to convert a checkpoint, "
+            "use a card with a url: or local: source"
+        )
     if checkpoint is None:
         if kind != "url":
             raise ConfigError(
@@ -139,9 +157,27 @@ def load_dino_checkpoint(path: Path) -> Any:
                 f"{path}: refused to unpickle {refused.group(1)}; a DINO checkpoint may hold only tensors, plain "
                 "containers and argparse.Namespace (nothing else is loaded, as unpickling other classes can run code)"
             ) from exc
-        raise DataError(f"{path}: not a loadable torch checkpoint ({_first_line(exc)})") from exc
+        raise _unreadable_checkpoint(path, exc) from exc
     except Exception as exc:  # anything else from parsing untrusted bytes (struct.error, EOFError, zip errors...)
-        raise DataError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {_first_line(exc)}); download it again") from exc
+        raise _unreadable_checkpoint(path, exc) from exc
+
+
+def _unreadable_checkpoint(path: Path, exc: BaseException) -> DataError:
+    return DataError(f"{path}: not a readable torch checkpoint (truncated or wrong file): {_short_reason(exc)}; download it again")
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The gist of a torch.load failure, without torch's advice (it suggests weights_only=False,
+    which would run whatever code the file carries)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+    text = " ".join(text.split())
+    text = text.split(". ", 1)[0].rstrip(".")  # first sentence; the rest is hints
+    if not text or "weights_only" in text:
+        return type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def select_backbone_state(checkpoint: Any, path: Path, checkpoint_key: str = DEFAULT_CHECKPOINT_KEY) -> tuple[dict, str | None]:
@@ -256,6 +292,42 @@ def _hub_config(card: Any, patch_size: int, in_chans: int, dim: int, used_key: s
     }
 
 
+def check_replaceable(folder: Path) -> None:
+    """Refuse an output folder that holds anything but an earlier import (it is replaced whole)."""
+    if folder.is_symlink():
+        raise ConfigError(f"{folder}: is a symbolic link; give --out the real folder (or a new one)")
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: exists and is not a folder; give --out a new or empty folder")
+    entries = sorted(entry.name for entry in folder.iterdir())
+    if not entries:
+        return
+    why = _not_an_import(folder, entries)
+    if why:
+        raise ConfigError(
+            f"{folder}: folder is not empty and is not an earlier ocbench import ({why}); nothing was written: "
+            "give --out a new or empty folder, or move its files away yourself"
+        )
+
+
+def _not_an_import(folder: Path, entries: list[str]) -> str | None:
+    """Why ``folder`` is not an earlier import's output, or None when it is one (and may be replaced)."""
+    others = [name for name in entries if name not in _IMPORT_FILES]
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        return f"it holds {others[0]}{more}"
+    if not (folder / WEIGHTS_FILENAME).is_file():
+        return f"no {WEIGHTS_FILENAME}"
+    try:
+        config = json.loads((folder / CONFIG_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"no readable {CONFIG_FILENAME}"
+    if not isinstance(config, dict) or not isinstance(config.get("ocbench"), dict):
+        return f"{CONFIG_FILENAME} has no ocbench section"
+    return None
+
+
 def _write_folder(folder: Path, state: dict, config: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
@@ -264,11 +336,8 @@ def _write_folder(folder: Path, state: dict, config: dict[str, Any]) -> None:
     with atomic_dir(folder) as tmp:
         # Fixed metadata (no timestamps): the same .pth always gives byte-identical safetensors.
         save_file(state, str(tmp / WEIGHTS_FILENAME), metadata={"format": "pt"})
+        os.chmod(tmp / WEIGHTS_FILENAME, default_file_mode())  # safetensors writes 0600 files
         config["ocbench"]["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILENAME)
         (tmp / CONFIG_FILENAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(render_model_card(config), encoding="utf-8")
+        (tmp / _README_FILENAME).write_text(render_model_card(config), encoding="utf-8")
 
-
-def _first_line(exc: object) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -63,9 +63,12 @@ def push_backbone(
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ConfigError(f"--repo-id {repo_id!r} must look like ORG/NAME")
     config = read_config(folder)
-    from ocbench.backbones.sources import check_safetensors_header
+    from ocbench.backbones.sources import check_recorded_sha256, check_safetensors_header, file_sha256
 
-    check_safetensors_header(folder / "model.safetensors")
+    weights = folder / "model.safetensors"
+    check_safetensors_header(weights)
+    # Never publish weights damaged since the import (config.json records their sha256).
+    check_recorded_sha256(weights, file_sha256(weights), config.get("ocbench", {}).get("card") or folder.name)
     readme = folder / "README.md"
     if not readme.is_file() and not dry_run:
         from ocbench._io import atomic_write

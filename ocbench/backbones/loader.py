@@ -2,7 +2,9 @@
 
 timm builds the architecture (``vit.build_vit``); weights come only from safetensors files
 (``sources.resolve_weights`` finds or fetches them), loaded strictly: a missing, unexpected or
-wrongly shaped tensor is a one-line error naming the file. ``builtin:`` cards need no file: the
+wrongly shaped tensor is a one-line error naming the file, and so is a ``model.safetensors`` whose
+sha256 differs from the ``weights_sha256`` its folder's ``config.json`` records (imported weights,
+damaged since). ``builtin:`` cards need no file: the
 classical baseline has no weights, the random-init control is built under a fixed torch seed.
 
 :func:`resolve_identity` gives the same weights sha256 / revision / preprocess key without
@@ -167,12 +169,14 @@ def resolve_identity(
     card = get_card(name_or_card)
     key = preprocess_key(card)
     if weights is not None:
-        from ocbench.backbones.sources import file_sha256
+        from ocbench.backbones.sources import check_recorded_sha256, file_sha256
 
         path = Path(weights).expanduser()
         if not path.is_file():
             raise DataError(f"weights file {path} does not exist")
-        return BackboneIdentity(file_sha256(path), None, key, path)
+        sha256 = file_sha256(path)
+        check_recorded_sha256(path, sha256, card.name)  # an imported folder's model.safetensors
+        return BackboneIdentity(sha256, None, key, path)
     if card.source_kind == "builtin":
         if card.source_target == "classical-stats":
             from ocbench.backbones.classical import CLASSICAL_VERSION

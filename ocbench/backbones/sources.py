@@ -4,7 +4,10 @@ A card's ``source`` is one of
 
 - ``hf-hub:<org>/<name>[@<revision>]``: ``model.safetensors`` through huggingface_hub, so its
   cache (``HF_HUB_CACHE``/``HF_HOME``), ``HF_HUB_OFFLINE`` and pinned revisions all apply; the
-  revision recorded is the resolved commit sha (the snapshot folder the file was found in).
+  revision recorded is the resolved commit sha (the snapshot folder the file was found in). When
+  the Hub cannot be reached (a quick TCP connect to ``HF_ENDPOINT``, or to the proxy, fails within
+  ``HF_HUB_ETAG_TIMEOUT`` seconds), only the cache is used, so there is no long retry loop, and
+  huggingface_hub's warnings are silenced during the call (unless ``HF_HUB_VERBOSITY`` is set).
 - ``timm:<model>[.<tag>]``: the Hub repo named by timm's pretrained config, then as ``hf-hub:``.
 - ``url:<address>``: downloaded once into ``<cache>/downloads/<hash of the address>/`` (progress
   bar, ``.part`` file renamed only after the sha256 matched the card's ``sha256``, or, when the card
@@ -16,6 +19,8 @@ A card's ``source`` is one of
   relative name (``local:opencell-dino-vits8``) is a folder under ``<cache>/weights/`` (where
   ``ocbench backbones import`` and ocbench's own training put weights); an absolute path or one
   starting with ``~`` or ``.`` is used as it is. A ``.safetensors`` file may be named directly.
+  When the folder's ``config.json`` records ``ocbench.weights_sha256`` (an imported folder), the
+  weights must still have that checksum (see :func:`check_recorded_sha256`).
 - ``builtin:<what>`` (random init, classical baseline): no weights file; nothing to resolve.
 
 ``<cache>`` is ``cache_dir`` when given, else :func:`ocbench.paths.cache_dir`. ``HF_HUB_OFFLINE=1``
@@ -25,16 +30,20 @@ messages that say what to do.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
+import socket
 import struct
 import tempfile
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ocbench import __version__
 from ocbench._io import sha256_file
@@ -72,7 +81,10 @@ def resolve_weights(card: Any, *, cache_dir: str | os.PathLike | None = None, pr
     else:  # local
         path, revision = _resolve_local(card, value, root), None
     check_safetensors_header(path)
-    return ResolvedWeights(path=path, sha256=file_sha256(path), revision=revision)
+    sha256 = file_sha256(path)
+    if kind in ("url", "local"):  # Hub files are checked by huggingface_hub
+        check_recorded_sha256(path, sha256, _name(card))
+    return ResolvedWeights(path=path, sha256=sha256, revision=revision)
 
 
 def parse_source(card: Any) -> tuple[str, str]:
@@ -131,6 +143,38 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _SHA_MEMO[key]
 
 
+def recorded_sha256(path: str | os.PathLike) -> str | None:
+    """The ``ocbench.weights_sha256`` that ``config.json`` beside a ``model.safetensors`` records, if any."""
+    path = Path(path)
+    if path.name != WEIGHTS_FILENAME:
+        return None
+    try:
+        meta = json.loads((path.parent / CONFIG_FILENAME).read_text(encoding="utf-8")).get("ocbench")
+    except (OSError, ValueError, AttributeError):
+        return None  # no config (or not ours): nothing recorded
+    value = meta.get("weights_sha256") if isinstance(meta, dict) else None
+    return value.lower() if isinstance(value, str) and _SHA256.fullmatch(value.lower()) else None
+
+
+def check_recorded_sha256(path: str | os.PathLike, sha256: str, card_name: str | None = None) -> None:
+    """Refuse weights whose sha256 differs from the one their folder's ``config.json`` records."""
+    recorded = recorded_sha256(path)
+    if recorded is not None and sha256 != recorded:
+        path = Path(path)
+        raise DataError(
+            f"{path}: sha256 {sha256[:12]}... differs from weights_sha256 {recorded[:12]}... recorded in {path.parent / CONFIG_FILENAME} "
+            f"(damaged or changed after the import); re-import it with `ocbench backbones import {card_name or 'NAME'}` "
+            "(same --checkpoint/--out as before)"
+        )
+
+
+def default_file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` gives a new file (0666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def check_safetensors_header(path: Path) -> None:
     """Cheap integrity check (header only): a truncated or foreign file fails here, not deep in torch."""
     try:
@@ -159,8 +203,62 @@ def _hf_cache_dir() -> str | None:
     return os.environ.get("HF_HUB_CACHE") or None
 
 
+_REACHABLE: set[tuple[str, int]] = set()
+
+
+def _hub_address() -> tuple[str, int, str]:
+    """``(host, port, what)`` that a Hub request connects to first: the endpoint, or its proxy."""
+    from huggingface_hub import constants
+
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    scheme, host = endpoint.scheme or "https", endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if scheme == "https" else 80)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if parts.hostname:
+            default = {"https": 443, "socks5": 1080, "socks5h": 1080, "socks4": 1080}.get(parts.scheme, 80)
+            proxy_port = parts.port or default
+            return parts.hostname, proxy_port, f"proxy {parts.hostname}:{proxy_port}"
+    return host, port, f"{host}:{port}"
+
+
+def _hub_reachable() -> tuple[bool, str]:
+    """A quick TCP connect to the Hub (or the proxy): huggingface_hub itself retries an unreachable Hub
+    for about half a minute before falling back to the cache."""
+    from huggingface_hub import constants
+
+    host, port, what = _hub_address()
+    if (host, port) in _REACHABLE:
+        return True, what
+    timeout = float(getattr(constants, "HF_HUB_ETAG_TIMEOUT", 10) or 10)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError:
+        return False, what
+    _REACHABLE.add((host, port))
+    return True, what
+
+
+@contextlib.contextmanager
+def _quiet_hub_logging() -> Iterator[None]:
+    """huggingface_hub logs each retry and fallback as a warning; ocbench reports failures in one line."""
+    if os.environ.get("HF_HUB_VERBOSITY"):  # asked for explicitly
+        yield
+        return
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _resolve_hf_hub(card: Any, repo_ref: str) -> tuple[Path, str | None]:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.utils import (
         EntryNotFoundError,
         GatedRepoError,
@@ -173,22 +271,30 @@ def _resolve_hf_hub(card: Any, repo_ref: str) -> tuple[Path, str | None]:
     repo_id, _, revision = repo_ref.partition("@")
     where = f"card {_name(card)!r}: hf-hub:{repo_ref}"
     offline = offline_mode()
+    unreachable = None  # the address that refused us, when the quick probe failed
     try:
-        found = hf_hub_download(
-            repo_id,
-            WEIGHTS_FILENAME,
-            revision=revision or None,
-            cache_dir=_hf_cache_dir(),
-            local_files_only=offline,
-            library_name="ocbench",
-            library_version=__version__,
+        pinned_and_cached = bool(_COMMIT_SHA.fullmatch(revision)) and isinstance(
+            try_to_load_from_cache(repo_id, WEIGHTS_FILENAME, cache_dir=_hf_cache_dir(), revision=revision), str
         )
+        if not offline and not pinned_and_cached:  # a pinned cached file needs no network at all
+            reachable, address = _hub_reachable()
+            unreachable = None if reachable else address
+        with _quiet_hub_logging():
+            found = hf_hub_download(
+                repo_id,
+                WEIGHTS_FILENAME,
+                revision=revision or None,
+                cache_dir=_hf_cache_dir(),
+                local_files_only=offline or unreachable is not None,
+                library_name="ocbench",
+                library_version=__version__,
+            )
     except LocalEntryNotFoundError as exc:
-        why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub" + (f" ({unreachable})" if unreachable else "") + " could not be reached"
+        command = f"hf download {repo_id} {WEIGHTS_FILENAME}" + (f" --revision {revision}" if revision else "")
         raise ConfigError(
             f"{where}: {WEIGHTS_FILENAME} is not in the Hugging Face cache and {why}; connect once, or pre-fill the cache "
-            f"(`hf download {repo_id} {WEIGHTS_FILENAME}`{' --revision ' + revision if revision else ''} on a connected machine, "
-            "then copy HF_HUB_CACHE)"
+            f"(`{command}` on a connected machine, then copy HF_HUB_CACHE)"
         ) from exc
     except GatedRepoError as exc:
         raise ConfigError(f"{where}: the repository is gated; accept its terms on the Hub and log in (`hf auth login`)") from exc
@@ -262,6 +368,9 @@ def _converted_source_sha(card: Any, folder: Path, url: str, expected: str | Non
         meta = json.loads(config_path.read_text(encoding="utf-8")).get("ocbench", {})
     except (OSError, ValueError, AttributeError):
         return None
+    weights_recorded = recorded_sha256(folder / WEIGHTS_FILENAME)
+    if weights_recorded is not None and file_sha256(folder / WEIGHTS_FILENAME) != weights_recorded:
+        return None  # damaged since: convert again (from the verified download)
     recorded = meta.get("source_sha256")
     same_model = (meta.get("arch"), meta.get("arch_kwargs"), meta.get("in_chans")) == (
         getattr(card, "arch", None), dict(getattr(card, "arch_kwargs", {}) or {}), getattr(card, "in_chans", None))
@@ -305,6 +414,7 @@ def download_file(
 
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; a shared cache needs the usual mode
     part = Path(tmp_name)
     digest = hashlib.sha256()
     request = urllib.request.Request(url, headers={"User-Agent": f"ocbench/{__version__}"})
