@@ -10,13 +10,9 @@ from ocbench.cli import cli
 from cli_assertions import one_line_error
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OCBENCH_CACHE", str(path))
-    yield path
-    mp.undo()
+@pytest.fixture()
+def cache(module_cache):
+    return module_cache
 
 
 def invoke(*args):

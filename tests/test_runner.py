@@ -14,13 +14,9 @@ from cli_assertions import one_line_error
 FAST = ["--set", "epochs=40"]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OCBENCH_CACHE", str(cache))
-    yield cache
-    mp.undo()
+@pytest.fixture()
+def env(module_cache):
+    return module_cache
 
 
 def run(args, out):
