@@ -81,21 +81,20 @@ def test_corrupt_tif_is_one_line_naming_the_file(runner, demo_root):
     one_line_error(result, bad.name)
 
 
-def test_annotation_missing_column_is_one_line(runner, demo_root, tmp_path):
+@pytest.mark.parametrize(
+    "table_text, fragment",
+    [
+        ("ensg_id,target_name,annotation_name\nENSG00000000001,X,er\n", "annotation_grade"),  # missing column
+        ("ensg_id,target_name,annotation_name,annotation_grade\nENSG00000000001,X,lysosome,3\n", "lysosome"),
+    ],
+    ids=["missing-column", "unknown-compartment"],
+)
+def test_bad_annotation_table_is_one_line(runner, demo_root, tmp_path, table_text, fragment):
     table = tmp_path / "ann.csv"
-    table.write_text("ensg_id,target_name,annotation_name\nENSG00000000001,X,er\n")
+    table.write_text(table_text)
     one_line_error(
         runner.invoke(cli, ["data", "info", "--dataset", str(demo_root), "--annotations", str(table)]),
-        "ann.csv", "annotation_grade",
-    )
-
-
-def test_unknown_compartment_is_one_line(runner, demo_root, tmp_path):
-    table = tmp_path / "ann.csv"
-    table.write_text("ensg_id,target_name,annotation_name,annotation_grade\nENSG00000000001,X,lysosome,3\n")
-    one_line_error(
-        runner.invoke(cli, ["data", "info", "--dataset", str(demo_root), "--annotations", str(table)]),
-        "ann.csv", "lysosome",
+        "ann.csv", fragment,
     )
 
 
