@@ -314,11 +314,22 @@ class OpenCellDataset:
         min_grade: int = 1,
         *,
         write_manifest: bool = True,
+        card=None,
+        name: str | None = None,
     ) -> None:
+        from ocbench.data.cards import OPENCELL, recorded_name
+
+
         if min_grade not in GRADES:
             raise ConfigError(f"min_grade={min_grade!r} is not a grade; use one of {', '.join(map(str, GRADES))}")
         self.root = Path(root)
         self.min_grade = min_grade
+        if card is None or name is None:
+            found_card, found_name = recorded_name(self.root) if self.root.is_dir() else (OPENCELL, "opencell")
+            card, name = card or found_card, name or found_name
+        #: The dataset card (channel and class names, group column) and the name entries record.
+        self.card = card
+        self.name: str = name
         scan = scan_raw(self.root)  # checks the root before anything else
         if isinstance(annotations, pd.DataFrame):
             table = annotations

@@ -1,0 +1,245 @@
+"""Dataset cards: what a dataset is (channels, classes, groups, labels), registered by name.
+
+A card is the one place the rest of ocbench learns a dataset's vocabulary: channel adapters take
+its channel names, splits group by its group column, tasks and entries key per-class scores by its
+class names, the board labels tables with its name. ``opencell`` (the real data, fetched by
+``ocbench data download opencell``) and ``demo`` (synthetic, in the same layout) are built in;
+a plugin adds others with :func:`register_dataset_card` (or the ``ocbench.datasets`` entry point).
+
+:func:`open_dataset` resolves what a user typed after ``--dataset`` (a card name or a folder) into
+a dataset object carrying its card (``dataset.card``) and the name its entries record
+(``dataset.name``). A folder in the OpenCell layout is read by the OpenCell reader, but recorded
+as ``opencell`` only when it is OpenCell (it holds the marker ``ocbench data download`` writes);
+a user's own folder in that layout is recorded as ``local:<folder name>``, and a demo folder as
+``demo``, so the paper's numbers never stand beside data that is not OpenCell.
+
+Standard library only (readers are imported when a dataset is opened).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ocbench.data.compartments import CHANNELS, COMPARTMENTS, GRADES
+from ocbench.errors import ConfigError, DataError
+from ocbench.registry import Registry
+
+__all__ = [
+    "DatasetCard",
+    "DATASETS",
+    "OPENCELL",
+    "DEMO",
+    "DOWNLOAD_MARKER",
+    "register_dataset_card",
+    "get_dataset_card",
+    "list_dataset_cards",
+    "open_dataset",
+]
+
+#: Written by ``ocbench data download`` at the root of the data it fetched: the folder is OpenCell.
+DOWNLOAD_MARKER = "ocbench-download.json"
+#: Written by ``ocbench data demo`` at the root of a synthetic demo dataset.
+DEMO_MARKER = "ocbench-demo.json"
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    """Everything ocbench needs to know about a dataset, besides its files."""
+
+    name: str
+    description: str
+    #: Channel names in the order the reader returns them (``dataset.read(i)`` is (C, H, W)).
+    channel_names: tuple[str, ...]
+    #: Label vocabulary in label-vector order.
+    class_names: tuple[str, ...]
+    #: Manifest column grouping items that share labels (split track "protein"; bootstrap unit).
+    group_column: str
+    #: What one group is, in words ("protein").
+    group_name: str
+    #: ``"module:callable"`` called as ``reader(root, annotations=..., min_grade=..., card=..., name=...)``.
+    reader: str
+    #: Annotation grades and the lowest grade counted as a positive label by default.
+    grades: tuple[int, ...] = ()
+    default_min_grade: int = 1
+    #: Where the data lives by default: ``"module:callable"`` returning a folder, or None.
+    default_root: str | None = None
+    #: How to get the data when the default folder is missing (shown in the error).
+    obtain_hint: str = ""
+    pixel_size_um: float | None = None
+    synthetic: bool = False
+    url: str = ""
+    citation: str = ""
+    license: str = ""
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(what: str, why: str) -> ConfigError:
+            return ConfigError(f"dataset card '{self.name}': field {what} {why}")
+
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise bad("name", "must be lower case letters, digits, '.', '_' or '-'")
+        for what in ("channel_names", "class_names"):
+            names = getattr(self, what)
+            if not isinstance(names, tuple) or not names or not all(isinstance(n, str) and n for n in names):
+                raise bad(what, "must be a non-empty tuple of names")
+            if len(set(names)) != len(names):
+                raise bad(what, "has duplicate names")
+        if ":" not in self.reader:
+            raise bad("reader", "must be 'module:callable'")
+        if self.grades and self.default_min_grade not in self.grades:
+            raise bad("default_min_grade", f"must be one of the grades {self.grades}")
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What an entry records about the dataset's card (JSON-ready)."""
+        return {
+            "name": self.name,
+            "channel_names": list(self.channel_names),
+            "class_names": list(self.class_names),
+            "group_column": self.group_column,
+            "group_name": self.group_name,
+            "pixel_size_um": self.pixel_size_um,
+            "synthetic": self.synthetic,
+        }
+
+    def default_folder(self) -> Path | None:
+        if self.default_root is None:
+            return None
+        from ocbench.registry import resolve_reference
+
+        return Path(resolve_reference(self.default_root, what=f"dataset {self.name} default root")())
+
+
+def _check_card(card: Any) -> None:
+    if not isinstance(card, DatasetCard):
+        raise ConfigError(f"expected a DatasetCard, got {type(card).__name__}")
+
+
+DATASETS: Registry[DatasetCard] = Registry(
+    "dataset", entry_point_group="ocbench.datasets", check=_check_card, list_command="ocbench data list"
+)
+
+
+def register_dataset_card(card: DatasetCard, *, overwrite: bool = False) -> DatasetCard:
+    """Add a dataset card (returns it); another card under a taken name is refused."""
+    _check_card(card)
+    DATASETS.register(card.name, card, overwrite=overwrite)
+    return card
+
+
+def get_dataset_card(name: str | DatasetCard) -> DatasetCard:
+    if isinstance(name, DatasetCard):
+        return name
+    return DATASETS.get(name)
+
+
+def list_dataset_cards() -> list[DatasetCard]:
+    return [card for _, card in DATASETS.items()]
+
+
+_OPENCELL_CITATION = (
+    "Cho et al., OpenCell: Endogenous tagging for the cartography of human cellular organization, "
+    "Science 375, eabi6983 (2022)"
+)
+
+OPENCELL = register_dataset_card(
+    DatasetCard(
+        name="opencell",
+        description="OpenCell: 1,310 endogenously tagged proteins in HEK293T, confocal FOVs "
+        "(protein: mNeonGreen, nucleus: Hoechst), 17 localization compartments graded 1-3 per protein",
+        channel_names=CHANNELS,
+        class_names=COMPARTMENTS,
+        group_column="ensg",
+        group_name="protein",
+        reader="ocbench.data.opencell:OpenCellDataset",
+        grades=GRADES,
+        default_min_grade=1,
+        default_root="ocbench.paths:opencell_root",
+        obtain_hint="run `ocbench data download opencell` first, or pass --dataset DIR (or --dataset demo for the offline demo)",
+        pixel_size_um=0.206,
+        url="https://opencell.czbiohub.org",
+        citation=_OPENCELL_CITATION,
+        license="CC BY 4.0 (images and annotations)",
+    )
+)
+
+DEMO = register_dataset_card(
+    DatasetCard(
+        name="demo",
+        description="ocbench's synthetic demo in the exact OpenCell raw layout: drawn cells whose "
+        "protein channel carries class-specific patterns (offline, written on first use)",
+        channel_names=CHANNELS,
+        class_names=COMPARTMENTS,
+        group_column="ensg",
+        group_name="protein",
+        reader="ocbench.data.opencell:OpenCellDataset",
+        grades=GRADES,
+        default_min_grade=1,
+        default_root="ocbench.data.demo:ensure_demo",
+        synthetic=True,
+        notes="Synthetic: its scores say that the pipeline works, not how a backbone does on real cells.",
+    )
+)
+
+
+def _same_folder(a: Path, b: Path | None) -> bool:
+    try:
+        return b is not None and a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def recorded_name(root: Path) -> tuple[DatasetCard, str]:
+    """The card and the recorded name of a folder in the OpenCell layout (see the module docstring)."""
+    if (root / DEMO_MARKER).is_file():
+        return DEMO, DEMO.name
+    if (root / DOWNLOAD_MARKER).is_file() or _same_folder(root, OPENCELL.default_folder()):
+        return OPENCELL, OPENCELL.name
+    slug = re.sub(r"[^a-z0-9._-]+", "-", root.resolve().name.lower()).strip("-") or "folder"
+    return OPENCELL, f"local:{slug}"
+
+
+def open_dataset(
+    dataset: str | os.PathLike,
+    *,
+    annotations: str | os.PathLike | None = None,
+    min_grade: int | None = None,
+    reader_kwargs: dict[str, Any] | None = None,
+):
+    """Open ``dataset`` (a card name or a folder) and return the dataset object.
+
+    The object has ``.card`` (its DatasetCard) and ``.name`` (recorded in entries).
+    """
+    from ocbench.registry import resolve_reference
+
+    text = str(dataset)
+    if text in DATASETS:
+        card = DATASETS.get(text)
+        root = card.default_folder()
+        if root is None:
+            raise ConfigError(f"dataset {card.name!r} has no default folder; pass --dataset DIR")
+        if not root.exists():
+            raise DataError(f"{root}: no {card.name} data here; {card.obtain_hint or 'pass --dataset DIR'}")
+        name = card.name
+    else:
+        root = Path(text).expanduser()
+        if not root.exists():
+            close = DATASETS.unknown(text).args[0] if os.sep not in text else ""
+            hint = f" ({close.split('; ', 1)[1]})" if "did you mean" in close else ""
+            raise DataError(
+                f"{root}: no such folder and no dataset card of that name{hint}; "
+                f"known datasets: {', '.join(DATASETS.names())} (see: ocbench data list)"
+            )
+        card, name = recorded_name(root)
+    reader: Callable[..., Any] = resolve_reference(card.reader, what=f"dataset {card.name} reader")
+    grade = card.default_min_grade if min_grade is None else min_grade
+    return reader(root, annotations=annotations, min_grade=grade, card=card, name=name, **(reader_kwargs or {}))
