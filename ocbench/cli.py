@@ -53,7 +53,11 @@ def _group(**kwargs):
     "--cache-dir", type=click.Path(file_okay=False), default=None,
     help="Cache for demo data, embeddings and converted weights (default $OCBENCH_CACHE or ~/.cache/ocbench).",
 )
-def cli(debug: bool, cache_dir: str | None) -> None:
+@click.option(
+    "--plugin", "plugins", multiple=True, metavar="MODULE",
+    help="Import MODULE (a module name or a .py file) first, so its backbones, tasks or datasets are registered.",
+)
+def cli(debug: bool, cache_dir: str | None, plugins: tuple[str, ...]) -> None:
     """ocbench: benchmark pretrained vision backbones on protein localization (OpenCell).
 
     \b
@@ -64,6 +68,11 @@ def cli(debug: bool, cache_dir: str | None) -> None:
         os.environ["OCBENCH_CACHE"] = str(Path(cache_dir).expanduser().resolve())
     if not debug:
         warnings.showwarning = _show_warning
+    if plugins:
+        from ocbench.registry import load_plugin
+
+        for module in plugins:
+            load_plugin(module)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -89,8 +98,8 @@ def _dataset_options(default: str = "opencell"):
         )(fn)
         fn = click.option(
             "--dataset", default=default, show_default=True,
-            help="Dataset root in the OpenCell raw layout; 'demo' = the synthetic demo (written if missing); "
-            "'opencell' = where `ocbench data download opencell` puts the real data.",
+            help="A dataset name (see `ocbench data list`: 'opencell' = where `ocbench data download opencell` "
+            "puts the real data, 'demo' = the synthetic demo, written if missing) or a folder in the OpenCell raw layout.",
         )(fn)
         return fn
 
@@ -98,30 +107,10 @@ def _dataset_options(default: str = "opencell"):
 
 
 def _open_dataset(dataset: str, annotations: str | None, min_grade: int):
-    """Returns (OpenCellDataset, dataset name for entries)."""
-    from ocbench import paths
-    from ocbench.data.opencell import OpenCellDataset
-    from ocbench.errors import DataError
+    """The dataset object (it carries its card and the name entries record)."""
+    from ocbench.data.cards import open_dataset
 
-    if dataset == "demo":
-        from ocbench.data.demo import ensure_demo
-
-        return OpenCellDataset(ensure_demo(), annotations, min_grade), "ocbench-demo"
-    if dataset == "opencell":
-        root = paths.opencell_root()
-        if not root.exists():
-            raise DataError(
-                f"{root}: no OpenCell data here; run `ocbench data download opencell` first, "
-                "or pass --dataset DIR (or --dataset demo for the offline demo)"
-            )
-        return OpenCellDataset(root, annotations, min_grade), "opencell"
-    from ocbench.data.demo import MARKER_FILE
-
-    root = Path(dataset).expanduser()
-    # A demo written elsewhere (`ocbench data demo --root DIR`) is still synthetic data: never
-    # labelled "opencell", so the paper's numbers are not put beside it.
-    name = "ocbench-demo" if (root / MARKER_FILE).is_file() else "opencell"
-    return OpenCellDataset(root, annotations, min_grade), name
+    return open_dataset(dataset, annotations=annotations, min_grade=min_grade)
 
 
 def _split_list(values: tuple[str, ...]) -> list[str]:
@@ -183,13 +172,13 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
     """
     from ocbench.benchmark.runner import RunOptions, expand_grid, run_grid
 
-    ds, name = _open_dataset(dataset, annotations, min_grade)
+    ds = _open_dataset(dataset, annotations, min_grade)
     specs = expand_grid(
         _split_list(backbones), _split_list(tasks), list(channels) or [None], _split_list(tracks), overrides
     )
     options = RunOptions(
         output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
-        overwrite=overwrite, split_file=Path(split_file) if split_file else None, dataset_name=name,
+        overwrite=overwrite, split_file=Path(split_file) if split_file else None,
     )
     _print_outcomes(run_grid(specs, ds, options))
 
@@ -215,11 +204,11 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
     from ocbench.benchmark.runner import RunOptions, RunSpec, run_grid
 
     card = get_card(backbone)
-    ds, name = _open_dataset(dataset, annotations, min_grade)
+    ds = _open_dataset(dataset, annotations, min_grade)
     specs = [RunSpec(card.name, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card)]
     options = RunOptions(
         output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
-        overwrite=overwrite, dataset_name=name,
+        overwrite=overwrite,
     )
     outcomes = run_grid(specs, ds, options)
     click.echo(format_sweep_table(card.name, [o.entry for o in outcomes]))
@@ -240,9 +229,9 @@ def demo(output, device, overwrite):
     from ocbench.benchmark.runner import DEMO_OVERRIDES, RunOptions, demo_specs, run_grid
     from ocbench.leaderboard import build_board
 
-    ds, name = _open_dataset("demo", None, 1)
+    ds = _open_dataset("demo", None, 1)
     out = Path(output)
-    options = RunOptions(output_dir=out / "entries", device=device, overwrite=overwrite, dataset_name=name)
+    options = RunOptions(output_dir=out / "entries", device=device, overwrite=overwrite)
     outcomes = run_grid(demo_specs(), ds, options)
     _print_outcomes(outcomes)
     click.echo(
@@ -269,11 +258,15 @@ def embed(backbone, channels, recompute, dataset, annotations, min_grade, device
     Example:
       ocbench embed --backbone classical-stats --dataset demo
     """
+    from ocbench.backbones.adapters import parse_channels
+    from ocbench.backbones.cards import get_card
     from ocbench.benchmark.embeddings import extract_embeddings
 
-    ds, _ = _open_dataset(dataset, annotations, min_grade)
+    card = get_card(backbone)
+    adapter = parse_channels(channels, card)
+    ds = _open_dataset(dataset, annotations, min_grade)
     emb = extract_embeddings(
-        ds, backbone, channels, batch_size=batch_size, device=device, num_workers=workers, recompute=recompute
+        ds, card, adapter, batch_size=batch_size, device=device, num_workers=workers, recompute=recompute
     )
     m = emb.meta
     state = "cache hit" if m.get("cache_hit") else f"extracted in {m.get('wall_time_s', 0):.1f} s ({m.get('images_per_s', 0):.1f} images/s)"
@@ -292,6 +285,27 @@ def data() -> None:
     Example:
       ocbench data demo && ocbench data info --dataset demo
     """
+
+
+@data.command("list")
+def data_list():
+    """List the registered datasets (cards): channels, classes, groups.
+
+    \b
+    Example:
+      ocbench data list
+    """
+    from tabulate import tabulate
+
+    from ocbench.data.cards import list_dataset_cards
+
+    rows = [
+        [c.name, ", ".join(c.channel_names), len(c.class_names), c.group_name, "yes" if c.synthetic else "no", c.description]
+        for c in list_dataset_cards()
+    ]
+    click.echo(tabulate(rows, headers=["name", "channels", "classes", "groups", "synthetic", "what"], tablefmt="simple",
+                        maxcolwidths=[None, None, None, None, None, 60]))
+    click.echo("\n--dataset also takes a folder in the OpenCell raw layout (recorded as local:<folder name>).")
 
 
 @data.command("demo")
@@ -329,7 +343,7 @@ def data_info(dataset, annotations, min_grade):
     """
     from ocbench.data.opencell import format_info
 
-    ds, _ = _open_dataset(dataset, annotations, min_grade)
+    ds = _open_dataset(dataset, annotations, min_grade)
     click.echo(format_info(ds.info()))
 
 
@@ -363,7 +377,7 @@ def data_download(collection, root, targets, limit, workers, endpoint, no_annota
 
 
 @data.command("split")
-@click.option("--track", type=click.Choice(["paper", "protein"]), default="protein", show_default=True)
+@click.option("--track", type=click.Choice(["paper", "protein"]), default="paper", show_default=True, help="paper: split by FOV (as the paper); protein: grouped by protein.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Split file (default: <root>/splits/<track>-seed<seed>.json).")
 @_dataset_options()
@@ -376,9 +390,9 @@ def data_split(track, seed, out, dataset, annotations, min_grade):
     """
     from ocbench.benchmark.splits import class_counts, format_class_counts, write_split
 
-    ds, _ = _open_dataset(dataset, annotations, min_grade)
+    ds = _open_dataset(dataset, annotations, min_grade)
     split, path = write_split(ds, out, track=track, seed=seed)
-    click.echo(format_class_counts(class_counts(split, ds.manifest)))
+    click.echo(format_class_counts(class_counts(split, ds)))
     click.echo(f"wrote {path} (split id sha256 {split.sha256})")
 
 
@@ -397,7 +411,7 @@ def data_export(target, out_dir, split_file, repo_id, dataset, annotations, min_
     """
     from ocbench.data.export import export_hf
 
-    ds, _ = _open_dataset(dataset, annotations, min_grade)
+    ds = _open_dataset(dataset, annotations, min_grade)
     split = None
     if split_file:
         from ocbench.benchmark.splits import load_split
@@ -506,6 +520,62 @@ def backbones_check(name, device):
 
 # ------------------------------------------------------------------------------------------------
 # ocbench leaderboard ...
+
+
+@cli.group(cls=_Group)
+def tasks() -> None:
+    """List the benchmark tasks (protocols) and show their settings.
+
+    \b
+    Example:
+      ocbench tasks show fov-mlp
+    """
+
+
+@tasks.command("list")
+def tasks_list():
+    """Registered tasks with their protocol version and main score.
+
+    \b
+    Example:
+      ocbench tasks list
+    """
+    from tabulate import tabulate
+
+    from ocbench.tasks import TASKS
+
+    rows = []
+    for name in sorted(TASKS.names()):
+        cls = TASKS.get(name)
+        rows.append([name, cls.protocol_version, f"{cls.main_score[1]} ({cls.main_score[0]})", cls.description])
+    click.echo(tabulate(rows, headers=["task", "protocol", "main score", "what"], tablefmt="simple"))
+
+
+@tasks.command("show")
+@click.argument("name")
+def tasks_show(name):
+    """A task's settings with their protocol defaults (change them with `ocbench run --set KEY=VALUE`).
+
+    \b
+    Example:
+      ocbench tasks show fov-mlp
+    """
+    from tabulate import tabulate
+
+    from ocbench.tasks import TASKS
+
+    cls = TASKS.get(name)
+    click.echo(f"{cls.name}: {cls.description}")
+    click.echo(f"protocol version: {cls.protocol_version}")
+    click.echo(f"main score: {cls.main_score[1]} on {cls.main_score[0]} (ranks the leaderboard)")
+    if cls.axis:
+        click.echo(f"axis: {cls.axis}")
+    if cls.requires:
+        click.echo(f"needs: {', '.join(cls.requires)}" + (f" (pip install 'ocbench[{cls.extra}]')" if cls.extra else ""))
+    rows = [[key, kind, default if not isinstance(default, list) else ",".join(map(str, default)), help_]
+            for key, kind, default, help_ in cls.settings_table()]
+    click.echo(tabulate(rows, headers=["setting", "type", "default", "meaning"], tablefmt="simple"))
+    click.echo("\nAny --set that changes a default marks the entry off-protocol.")
 
 
 @cli.group(cls=_Group)

@@ -45,6 +45,11 @@ def resolve_reference(reference: str, *, what: str = "object") -> Any:
     return obj
 
 
+def _reference_of(obj: Any) -> str | None:
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{module}:{qualname}" if module and qualname else None
+
+
 class Registry(Generic[T]):
     """Named objects of one kind, with lazy entries, did-you-mean errors and duplicate refusal.
 
@@ -87,6 +92,9 @@ class Registry(Generic[T]):
         if name in self._entries and not overwrite:
             existing = self._entries[name]
             if existing is obj or existing == obj:
+                return obj
+            if not self._loaded[name] and not lazy and existing == _reference_of(obj):
+                self._entries[name], self._loaded[name] = obj, True  # the lazy entry's module was imported
                 return obj
             raise ConfigError(f"{self.kind} {name!r} is already registered with a different definition; pick another name")
         self._entries[name] = obj

@@ -8,13 +8,13 @@ timm), so a board builds on a machine without them.
 Format rules
 ------------
 - ``schema_version`` says which layout a file has. The current one is :data:`SCHEMA_VERSION`.
-  Older files are upgraded on load by the registered upgraders (``_UPGRADERS[v]`` turns a
+  Older files are upgraded on load by the registered upgraders (``UPGRADERS`` entry ``"v"`` turns a
   version ``v`` dict into a version ``v + 1`` dict); a version this ocbench does not know is an
   error, never a guess.
 - Unknown fields are an error at every level (``extra="forbid"``): a typo is not silently kept.
 - Besides the JSON Schema (:func:`export_json_schema`, published as
   ``ocbench/leaderboard/entry.schema.json``), the model checks what a schema cannot: aggregates
-  agree with the per-fold values, per-fold lists have ``n`` items, ``key`` is built from its
+  agree with the values, per-class rows have one value per class, ``key`` is built from its
   parts, an entry with overrides is marked off-protocol, ``created`` is an ISO date-time.
 
 Schema version history
@@ -28,7 +28,14 @@ Schema version history
   ``device`` at top level; ``wall_time_s`` = ``{"extraction": s, "task": s}``; ``date`` instead of
   ``created``; no ``protocol_version`` (every draft run was ``fov-probe/1``), no ``off_protocol``
   (implied by non-empty ``overrides``) and no ``key``.
-- **1**: the layout of :class:`Entry`.
+- **1** (ocbench 0.1): FOV probes only. ``metrics`` held ``macro_f1.<val|test>`` (per-fold
+  summaries with ``per_fold``), ``per_class.<set>.<f1|precision|recall>.<compartment>`` and
+  ``per_fold_per_class``; the 17 OpenCell compartments were implied.
+- **2**: the layout of :class:`Entry`: generic ``scores`` as ``{eval_set: {metric: summary}}``
+  (summaries hold ``values``), the task's ``main_score``, ``class_names`` from the dataset card,
+  ``per_class`` / ``per_class_values`` keyed by them, an optional ``axis`` (k, fraction), and
+  provenance added for trust: ``off_protocol_reasons``, ``backbone.weights_verified`` /
+  ``weights_note``, ``dataset.card`` / ``synthetic``, ``environment.precision`` / ``threads``.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ocbench._io import atomic_write
 from ocbench.data.compartments import COMPARTMENTS
 from ocbench.errors import DataError
+from ocbench.registry import Registry
+from ocbench.summaries import summarize, summary_mean, summary_std
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -67,7 +76,7 @@ __all__ = [
     "now_iso",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Where the published JSON Schema of the current version lives (package data, committed).
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "leaderboard" / "entry.schema.json"
@@ -83,99 +92,94 @@ class _Strict(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# metrics
+# scores
 # ---------------------------------------------------------------------------------------------
 class MetricSummary(_Strict):
-    """One score over cross-validation folds: the values and their mean/std."""
+    """One score over repetitions (cross-validation folds, fold models on the test set, seeds):
+    the values and their mean and sample std (see :mod:`ocbench.summaries`)."""
 
-    per_fold: list[float] = Field(min_length=1, description="score of each fold, in fold order")
+    values: list[float] = Field(min_length=1, description="one score per repetition (fold), in order")
     mean: float
     std: float | None = Field(description="standard deviation with `ddof`; null when n <= ddof")
     ddof: int = Field(ge=0, le=1)
-    n: int = Field(ge=1, description="number of folds")
-
-    @field_validator("per_fold")
-    @classmethod
-    def _scores_in_unit_interval(cls, values: list[float]) -> list[float]:
-        for i, v in enumerate(values):
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"fold {i} score {v} is outside [0, 1]")
-        return values
+    n: int = Field(ge=1, description="number of values")
 
     @model_validator(mode="after")
-    def _aggregates_match_folds(self) -> "MetricSummary":
-        if self.n != len(self.per_fold):
-            raise ValueError(f"n is {self.n} but per_fold has {len(self.per_fold)} values")
-        mean = math.fsum(self.per_fold) / self.n
+    def _aggregates_match_values(self) -> "MetricSummary":
+        if self.n != len(self.values):
+            raise ValueError(f"n is {self.n} but values has {len(self.values)} items")
+        mean = summary_mean(self.values)
         if abs(mean - self.mean) > _AGGREGATE_TOLERANCE:
-            raise ValueError(f"mean {self.mean} does not match the per_fold values (their mean is {mean:.6f})")
-        if self.n > self.ddof:
-            std = math.sqrt(math.fsum((v - mean) ** 2 for v in self.per_fold) / (self.n - self.ddof))
-            if self.std is None or abs(std - self.std) > _AGGREGATE_TOLERANCE:
-                raise ValueError(f"std {self.std} does not match the per_fold values (ddof={self.ddof} gives {std:.6f})")
-        elif self.std is not None:
-            raise ValueError(f"std must be null when n ({self.n}) <= ddof ({self.ddof})")
+            raise ValueError(f"mean {self.mean} does not match the values (their mean is {mean:.6f})")
+        std = summary_std(self.values, self.ddof)
+        if std is None:
+            if self.std is not None:
+                raise ValueError(f"std must be null when n ({self.n}) <= ddof ({self.ddof})")
+        elif self.std is None or abs(std - self.std) > _AGGREGATE_TOLERANCE:
+            raise ValueError(f"std {self.std} does not match the values (ddof={self.ddof} gives {std:.6f})")
         return self
 
-
-def _check_class_scores(scores: dict[str, float], what: str) -> dict[str, float]:
-    unknown = sorted(set(scores) - set(COMPARTMENTS))
-    if unknown:
-        raise ValueError(f"{what}: unknown compartment(s) {unknown}; valid: {', '.join(COMPARTMENTS)}")
-    for name, v in scores.items():
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"{what}: {name} score {v} is outside [0, 1]")
-    return scores
+    @property
+    def per_fold(self) -> list[float]:  # the schema-1 name, kept for readers
+        return self.values
 
 
-class PerClassScores(_Strict):
-    """Per-compartment scores, each the mean over folds."""
+#: ``{eval_set: {metric: summary}}``, e.g. ``{"val": {"macro_f1": ...}, "test": {...}}``.
+Scores = dict[str, dict[str, MetricSummary]]
 
-    f1: dict[str, float] = Field(min_length=1)
-    precision: dict[str, float] | None = None
-    recall: dict[str, float] | None = None
+
+class MainScore(_Strict):
+    """Which score ranks an entry: ``scores[eval_set][metric].mean`` (higher is better)."""
+
+    eval_set: str = Field(min_length=1)
+    metric: str = Field(min_length=1)
+
+    @property
+    def label(self) -> str:
+        return f"{self.metric} ({self.eval_set})"
+
+
+class AxisPoint(_Strict):
+    """The scores at one value of the entry's axis (e.g. k = 20)."""
+
+    value: float
+    scores: Scores = Field(min_length=1)
+    per_class: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
+
+
+class Axis(_Strict):
+    """A named setting swept within one entry (k of a k-NN, fraction of fine-tuning data).
+
+    ``points`` hold the scores at each value; the entry's top-level ``scores`` are those of the
+    point at ``main`` (the value that ranks)."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
+    main: float
+    points: list[AxisPoint] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _same_compartments(self) -> "PerClassScores":
-        _check_class_scores(self.f1, "f1")
-        for kind in ("precision", "recall"):
-            scores = getattr(self, kind)
-            if scores is not None:
-                _check_class_scores(scores, kind)
-                if set(scores) != set(self.f1):
-                    raise ValueError(f"{kind} covers other compartments than f1")
+    def _main_is_a_point(self) -> "Axis":
+        values = [p.value for p in self.points]
+        if len(set(values)) != len(values):
+            raise ValueError(f"axis {self.name}: repeated values {values}")
+        if self.main not in values:
+            raise ValueError(f"axis {self.name}: main value {self.main} is not one of the points {values}")
         return self
 
+    def point(self, value: float) -> AxisPoint:
+        return next(p for p in self.points if p.value == value)
 
-class Metrics(_Strict):
-    """Scores of one run: ``macro_f1`` per evaluation set (``val``: cross-validation folds,
-    ``test``: each fold's model on the held-out test set), per-class means, per-fold per-class."""
 
-    macro_f1: dict[Literal["val", "test"], MetricSummary]
-    per_class: dict[Literal["val", "test"], PerClassScores] = Field(default_factory=dict)
-    per_fold_per_class: dict[Literal["val", "test"], dict[Literal["f1", "precision", "recall"], list[list[float]]]] = Field(
-        default_factory=dict,
-        description="per fold, one score per compartment in label-vector order (17)",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "Metrics":
-        missing = [s for s in _EVAL_SETS if s not in self.macro_f1]
-        if missing:
-            raise ValueError(f"macro_f1 lacks the evaluation set(s) {missing}")
-        for part, kinds in self.per_fold_per_class.items():
-            n = self.macro_f1[part].n
-            for kind, folds in kinds.items():
-                if len(folds) != n:
-                    raise ValueError(f"per_fold_per_class.{part}.{kind} has {len(folds)} folds, macro_f1.{part}.n is {n}")
-                for i, row in enumerate(folds):
-                    if len(row) != len(COMPARTMENTS):
-                        raise ValueError(
-                            f"per_fold_per_class.{part}.{kind}[{i}] has {len(row)} values, expected {len(COMPARTMENTS)}"
-                        )
-                    if any(not 0.0 <= v <= 1.0 for v in row):
-                        raise ValueError(f"per_fold_per_class.{part}.{kind}[{i}] has a value outside [0, 1]")
-        return self
+def _check_per_class(per_class: Mapping[str, Mapping[str, Mapping[str, float]]], class_names: list[str], where: str) -> None:
+    known = set(class_names)
+    for part, kinds in per_class.items():
+        for kind, scores in kinds.items():
+            unknown = sorted(set(scores) - known)
+            if unknown:
+                raise ValueError(f"{where}.{part}.{kind}: unknown class(es) {unknown}; the entry's class_names are {class_names}")
+            for name, v in scores.items():
+                if not math.isfinite(v):
+                    raise ValueError(f"{where}.{part}.{kind}: {name} is not a finite number")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,11 +187,17 @@ class Metrics(_Strict):
 # ---------------------------------------------------------------------------------------------
 class BackboneInfo(_Strict):
     name: str = Field(min_length=1, description="card name, e.g. hpa-fov-vitb8")
-    source: str = Field(min_length=1, description="where the weights come from (hf-hub:, timm:, url:, local:)")
+    source: str = Field(min_length=1, description="where the weights come from (hf-hub:, timm:, url:, local:, builtin:)")
     arch: str = Field(min_length=1)
     card: dict[str, Any] = Field(description="the full backbone card as a dict")
     weights_sha256: str | None = Field(default=None, pattern=_SHA256, description="null for weight-free backbones")
     revision: str | None = Field(default=None, description="resolved commit of the weights, when the source has one")
+    weights_verified: bool | None = Field(
+        default=None,
+        description="true: the weights matched a checksum the card pins; false: they did not (e.g. a "
+        "checkpoint imported for a card without a published checksum); null: weight-free or unknown",
+    )
+    weights_note: str | None = Field(default=None, description="what a reader should know about the weights' provenance")
 
 
 class ChannelsInfo(_Strict):
@@ -197,12 +207,14 @@ class ChannelsInfo(_Strict):
 
 
 class DatasetInfo(_Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="opencell, demo, or local:<folder> for a user's own data")
     version: str = Field(pattern=_SHA256, description="sha256 of the dataset manifest")
     n_items: int = Field(ge=1)
     min_grade: int = Field(default=1, ge=1, le=3, description="lowest annotation grade counted as a positive label")
     annotations: str | None = Field(default=None, description="file name of the annotation table used")
     annotations_sha256: str | None = Field(default=None, pattern=_SHA256, description="sha256 of that table")
+    card: dict[str, Any] | None = Field(default=None, description="the dataset card (channel and class names, group column)")
+    synthetic: bool = Field(default=False, description="true for generated data (the demo): not evidence about real cells")
 
 
 class SplitInfo(_Strict):
@@ -218,6 +230,8 @@ class EnvironmentInfo(_Strict):
     python: str
     platform: str
     device: str
+    precision: str = Field(default="fp32", description="numeric precision of the backbone: fp32 or bf16")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads torch used")
 
 
 class Timings(_Strict):
@@ -232,7 +246,7 @@ def entry_key(backbone: str, channels_key: str, task: str, track: str) -> str:
 
 
 class Entry(_Strict):
-    """One benchmark result (schema version 1). Build with ``Entry.model_validate(dict)``."""
+    """One benchmark result (schema version 2). Build with ``Entry.model_validate(dict)``."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -241,17 +255,29 @@ class Entry(_Strict):
         title=f"ocbench entry (schema_version {SCHEMA_VERSION})",
     )
 
-    schema_version: Literal[1] = SCHEMA_VERSION
-    protocol_version: str = Field(pattern=r"^[a-z0-9-]+/[0-9]+$", description="e.g. fov-probe/1")
+    schema_version: Literal[2] = SCHEMA_VERSION
+    protocol_version: str = Field(pattern=r"^[a-z0-9-]+/[0-9]+$", description="e.g. fov-probe/2")
     task: str = Field(min_length=1)
     task_config: dict[str, Any]
     overrides: dict[str, Any] = Field(default_factory=dict, description="settings changed from the protocol (--set)")
     off_protocol: bool
+    off_protocol_reasons: list[str] = Field(default_factory=list, description="why the entry is off-protocol, in words")
+    main_score: MainScore
+    scores: Scores = Field(min_length=1, description="{eval_set: {metric: summary}}")
+    class_names: list[str] = Field(min_length=1, description="the dataset's classes, in label-vector order")
+    per_class: dict[str, dict[str, dict[str, float]]] = Field(
+        default_factory=dict, description="{eval_set: {metric: {class name: mean over repetitions}}}"
+    )
+    per_class_values: dict[str, dict[str, list[list[float]]]] = Field(
+        default_factory=dict,
+        description="{eval_set: {metric: one row per repetition, one value per class in class_names order}}; "
+        "metric 'support' holds the number of positive items per class",
+    )
+    axis: Axis | None = None
     backbone: BackboneInfo
     channels: ChannelsInfo
     dataset: DatasetInfo
     split: SplitInfo
-    metrics: Metrics
     seed: int
     environment: EnvironmentInfo
     timings: Timings
@@ -271,6 +297,32 @@ class Entry(_Strict):
     def _derived_fields_agree(self) -> "Entry":
         if self.overrides and not self.off_protocol:
             raise ValueError("overrides are set but off_protocol is false; an overridden run is off-protocol")
+        if self.off_protocol_reasons and not self.off_protocol:
+            raise ValueError("off_protocol_reasons are given but off_protocol is false")
+        main = self.main_score
+        if main.metric not in self.scores.get(main.eval_set, {}):
+            raise ValueError(f"main_score {main.eval_set}/{main.metric} is not in scores")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError("class_names has duplicates")
+        _check_per_class(self.per_class, self.class_names, "per_class")
+        for part, kinds in self.per_class_values.items():
+            for kind, rows in kinds.items():
+                for i, row in enumerate(rows):
+                    if len(row) != len(self.class_names):
+                        raise ValueError(
+                            f"per_class_values.{part}.{kind}[{i}] has {len(row)} values, expected {len(self.class_names)}"
+                        )
+                    if any(not math.isfinite(v) for v in row):
+                        raise ValueError(f"per_class_values.{part}.{kind}[{i}] has a value that is not finite")
+                n = self.scores.get(part, {}).get(main.metric)
+                if n is not None and len(rows) != n.n:
+                    raise ValueError(f"per_class_values.{part}.{kind} has {len(rows)} rows, scores.{part}.{main.metric}.n is {n.n}")
+        if self.axis is not None:
+            point = self.axis.point(self.axis.main)
+            if point.scores != self.scores:
+                raise ValueError(f"scores must equal the axis point at {self.axis.name}={self.axis.main}")
+            for p in self.axis.points:
+                _check_per_class(p.per_class, self.class_names, f"axis.points[{p.value}].per_class")
         expected = entry_key(self.backbone.name, self.channels.key, self.task, self.split.track)
         if self.key != expected:
             raise ValueError(f"key {self.key!r} does not match its parts; expected {expected!r}")
@@ -278,32 +330,42 @@ class Entry(_Strict):
             raise ValueError(f"key {self.key!r} cannot be a file name")
         return self
 
-    # Convenience accessors used by the leaderboard.
+    # Convenience accessors used by the leaderboard and the run summary.
     @property
-    def val(self) -> MetricSummary:
-        return self.metrics.macro_f1["val"]
+    def main(self) -> MetricSummary:
+        """The summary that ranks this entry."""
+        return self.scores[self.main_score.eval_set][self.main_score.metric]
+
+    def score(self, eval_set: str, metric: str | None = None) -> MetricSummary | None:
+        """``scores[eval_set][metric or the main metric]``, None when absent."""
+        return self.scores.get(eval_set, {}).get(metric or self.main_score.metric)
 
     @property
-    def test(self) -> MetricSummary:
-        return self.metrics.macro_f1["test"]
+    def val(self) -> MetricSummary | None:
+        return self.score("val")
+
+    @property
+    def test(self) -> MetricSummary | None:
+        return self.score("test")
 
 
 # ---------------------------------------------------------------------------------------------
 # upgrades
 # ---------------------------------------------------------------------------------------------
 Upgrader = Callable[[dict], dict]
-_UPGRADERS: dict[int, Upgrader] = {}
+#: Upgraders by the version they read ("0" turns a version-0 dict into version 1).
+UPGRADERS: Registry[Upgrader] = Registry("schema upgrader")
 
 
 def register_upgrader(from_version: int) -> Callable[[Upgrader], Upgrader]:
     """Register ``fn(data_v) -> data_v_plus_1``; chains run until :data:`SCHEMA_VERSION`."""
 
     def deco(fn: Upgrader) -> Upgrader:
-        if from_version in _UPGRADERS:
-            raise ValueError(f"an upgrader from schema version {from_version} is already registered")
         if from_version >= SCHEMA_VERSION:
             raise ValueError(f"cannot upgrade from version {from_version}: current is {SCHEMA_VERSION}")
-        _UPGRADERS[from_version] = fn
+        if str(from_version) in UPGRADERS and UPGRADERS.get(str(from_version)) is not fn:
+            raise ValueError(f"an upgrader from schema version {from_version} is already registered")
+        UPGRADERS.register(str(from_version), fn)
         return fn
 
     return deco
@@ -313,18 +375,16 @@ def known_schema_versions() -> list[int]:
     """Versions :func:`load_entry` reads: the current one and every version with an upgrade chain."""
     versions = [SCHEMA_VERSION]
     v = SCHEMA_VERSION - 1
-    while v in _UPGRADERS:
+    while str(v) in UPGRADERS:
         versions.insert(0, v)
         v -= 1
     return versions
 
 
-def _summary_from_folds(values: list[float]) -> dict[str, Any]:
-    vals = [float(v) for v in values]
-    n = len(vals)
-    mean = math.fsum(vals) / n if n else 0.0
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else None
-    return {"per_fold": vals, "mean": mean, "std": std, "ddof": 1, "n": n}
+def _v1_summary(values: list[float]) -> dict[str, Any]:
+    """A schema-1 metric summary (its list was called ``per_fold``)."""
+    out = summarize(values)
+    return {"per_fold": out.pop("values"), **out}
 
 
 @register_upgrader(0)
@@ -371,7 +431,7 @@ def _upgrade_0_to_1(old: dict) -> dict:
         "split": {"track": track, "seed": d.pop("split_seed", None), "sha256": d.pop("split_sha256", None)},
         "metrics": {
             **metrics,  # per_class kept as is; anything unexpected is left for validation to flag
-            "macro_f1": {part: _summary_from_folds(folds) if isinstance(folds, list) else folds for part, folds in macro.items()},
+            "macro_f1": {part: _v1_summary(folds) if isinstance(folds, list) else folds for part, folds in macro.items()},
         },
         "seed": d.pop("seed", None),
         "environment": {
@@ -389,6 +449,56 @@ def _upgrade_0_to_1(old: dict) -> dict:
     d.pop("schema_version", None)
     new.update(d)  # unknown leftovers stay visible: validation names them
     return new
+
+
+#: Schema 1 entries were all OpenCell FOV probes; their dataset name for the demo was "ocbench-demo".
+_V1_DATASET_NAMES = {"ocbench-demo": "demo"}
+
+
+@register_upgrader(1)
+def _upgrade_1_to_2(old: dict) -> dict:
+    """Schema 1 -> 2: ``metrics.macro_f1.<set>`` becomes ``scores.<set>.macro_f1_all``.
+
+    Schema 1 wrote only FOV probes (protocol ``fov-probe/1``), whose macro-F1 averaged all 17
+    OpenCell compartments, scoring a class without positives in the evaluated set as 0. Protocol
+    ``fov-probe/2`` calls that variant ``macro_f1_all`` and ranks by ``macro_f1`` over the classes
+    present; upgraded entries keep their number under its honest name and rank by it, exactly as
+    before (they never share a table with protocol-2 entries).
+    """
+    d = dict(old)
+    metrics = d.pop("metrics", None)
+    if not isinstance(metrics, Mapping):
+        return d  # validation names the missing field
+    metrics = dict(metrics)
+    macro = metrics.pop("macro_f1", {}) or {}
+    per_class = metrics.pop("per_class", {}) or {}
+    per_fold = metrics.pop("per_fold_per_class", {}) or {}
+
+    def summary(value: Any) -> Any:
+        if isinstance(value, Mapping) and "per_fold" in value:
+            value = dict(value)
+            value["values"] = value.pop("per_fold")
+        return value
+
+    d["main_score"] = {"eval_set": "val", "metric": "macro_f1_all"}
+    d["scores"] = {part: {"macro_f1_all": summary(v)} for part, v in macro.items()} if isinstance(macro, Mapping) else macro
+    d["class_names"] = list(COMPARTMENTS)
+    if isinstance(per_class, Mapping):  # schema 1 allowed null precision/recall blocks
+        per_class = {part: {k: v for k, v in kinds.items() if v is not None} if isinstance(kinds, Mapping) else kinds
+                     for part, kinds in per_class.items()}
+    d["per_class"] = per_class
+    d["per_class_values"] = dict(per_fold) if isinstance(per_fold, Mapping) else per_fold
+    if metrics:
+        d["metrics"] = metrics  # unknown leftovers stay visible: validation names them
+    d.setdefault("off_protocol_reasons", ["settings changed: " + ", ".join(sorted(d["overrides"]))] if d.get("overrides") else [])
+    dataset = d.get("dataset")
+    if isinstance(dataset, Mapping):
+        dataset = dict(dataset)
+        name = dataset.get("name")
+        dataset["name"] = _V1_DATASET_NAMES.get(name, name)
+        dataset.setdefault("synthetic", dataset["name"] == "demo")
+        d["dataset"] = dataset
+    return d
 
 
 def upgrade_entry_data(data: Mapping[str, Any], *, source: str = "entry") -> dict:
@@ -409,7 +519,7 @@ def upgrade_entry_data(data: Mapping[str, Any], *, source: str = "entry") -> dic
         )
     out = dict(data)
     while version < SCHEMA_VERSION:
-        out = _UPGRADERS[version](out)
+        out = UPGRADERS.get(str(version))(out)
         version += 1
         out["schema_version"] = version
     return out
@@ -535,3 +645,49 @@ def environment_info(device: str) -> dict[str, Any]:
         "platform": _platform.platform(),
         "device": str(device),
     }
+
+
+def build_entry(
+    result: Any,
+    *,
+    task: Any,
+    overrides: Mapping[str, Any],
+    off_protocol_reasons: list[str],
+    backbone: Mapping[str, Any],
+    channels: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    split: Mapping[str, Any],
+    seed: int,
+    environment: Mapping[str, Any],
+    timings: Mapping[str, Any],
+) -> Entry:
+    """Assemble and validate the entry of one run from a task's result and the run's provenance.
+
+    ``result`` is a ``TaskResult``; ``task`` the task config (its ``main_score`` ranks the entry).
+    """
+    eval_set, metric = task.main_score
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "protocol_version": result.protocol_version,
+        "task": task.name,
+        "task_config": result.config,
+        "overrides": dict(overrides),
+        "off_protocol": bool(off_protocol_reasons),
+        "off_protocol_reasons": list(off_protocol_reasons),
+        "main_score": {"eval_set": eval_set, "metric": metric},
+        "scores": result.scores,
+        "class_names": list(result.class_names),
+        "per_class": result.per_class,
+        "per_class_values": result.per_class_values,
+        "axis": result.axis,
+        "backbone": dict(backbone),
+        "channels": dict(channels),
+        "dataset": dict(dataset),
+        "split": dict(split),
+        "seed": seed,
+        "environment": dict(environment),
+        "timings": dict(timings),
+        "created": now_iso(),
+        "key": entry_key(backbone["name"], channels["key"], task.name, split["track"]),
+    }
+    return entry_from_dict(data, source=f"entry {data['key']}")

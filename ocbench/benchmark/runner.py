@@ -1,9 +1,16 @@
-"""The runner: backbone card -> channel adapter -> cached embeddings -> split -> task -> entry.
+"""The runner: resolve a grid of names into objects once, check every cell, run tasks, write entries.
 
 ``run_grid`` is what ``ocbench run`` calls; ``ocbench demo`` and ``ocbench sweep-channels`` are
-grids too. Every (backbone, channel strategy, task, split track) cell writes one entry JSON; a cell
-whose entry already exists is skipped unless ``overwrite``, so a killed grid resumes where it
-stopped (and a killed extraction resumes from its last shard, see ``embeddings.py``).
+grids too. Every (backbone, channel strategy, task, split track) cell writes one entry JSON.
+
+The runner knows nothing about what a task needs: it builds a
+:class:`~ocbench.tasks.context.RunContext` (dataset, split, backbone card and adapter, a cached
+``embed``, device, seed, progress) and calls ``task.evaluate(context)``, so a new kind of task is
+one module. What stays here: grid expansion, checking every cell before any work (names, channel
+specs, settings, tracks, weights present or obtainable), reuse of an existing entry only for the
+very same run (same weights too), and writing the entry. A cell whose entry exists is skipped
+unless ``overwrite``, so a killed grid resumes where it stopped (and a killed extraction resumes
+from its last shard, see ``embeddings.py``).
 """
 
 from __future__ import annotations
@@ -11,18 +18,30 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ocbench.errors import ConfigError
-from ocbench.reported import PAPER_MIN_GRADE
 
-__all__ = ["RunSpec", "RunOutcome", "RunOptions", "expand_grid", "run_one", "run_grid", "split_for"]
+__all__ = [
+    "RunSpec",
+    "RunOptions",
+    "RunOutcome",
+    "Cell",
+    "expand_grid",
+    "resolve_cells",
+    "run_cell",
+    "run_grid",
+    "split_for",
+    "off_protocol_reasons",
+    "demo_specs",
+]
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One cell of the benchmark grid."""
+    """One cell of the benchmark grid, as names (what the user typed)."""
 
     backbone: str
     task: str = "fov-mlp"
@@ -33,7 +52,7 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run (never changes a result, except ``seed``)."""
+    """How to run (never changes a result, except ``seed`` and ``precision``)."""
 
     output_dir: Path
     seed: int = 0
@@ -43,8 +62,35 @@ class RunOptions:
     cache_dir: Path | None = None
     overwrite: bool = False
     split_file: Path | None = None
-    dataset_name: str = "opencell"
     progress: bool = True
+    precision: str = "fp32"
+    recompute: bool = False
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell resolved into objects: card, adapter, task config, track."""
+
+    spec: RunSpec
+    card: Any  # BackboneCard
+    adapter: Any  # ChannelAdapter
+    task: Any  # TaskConfig with overrides applied
+    overrides: dict[str, Any]
+    identity: Any  # BackboneIdentity: weights sha256 and revision, known before any work
+
+    @property
+    def track(self) -> str:
+        return self.spec.track
+
+    @property
+    def key(self) -> str:
+        from ocbench.benchmark.entry import entry_key
+
+        return entry_key(self.card.name, self.adapter.key, self.task.name, self.track)
+
+    def label(self) -> str:
+        return f"{self.card.name} · {self.adapter.key} · {self.task.name} · {self.track}"
 
 
 @dataclass
@@ -70,13 +116,72 @@ def expand_grid(
     ]
 
 
-def split_for(dataset, track: str, options: RunOptions):
+# ---------------------------------------------------------------------------------------------
+# resolving and checking, before any work
+
+
+def _check_names(specs: Sequence[RunSpec], dataset_card: Any) -> list[tuple[RunSpec, Any, Any, Any, dict]]:
+    """Names, channel specs, settings and tracks of every cell (fast: no torch, no weights)."""
+    from ocbench.backbones.adapters import parse_channels
+    from ocbench.backbones.cards import get_card
+    from ocbench.benchmark.splits import TRACKS
+    from ocbench.tasks import get_task_class
+
+    cards: dict[str, Any] = {}
+    adapters: dict[tuple[str, str | None], Any] = {}
+    tasks: dict[tuple[str, tuple[str, ...]], tuple[Any, dict]] = {}
+    checked = []
+    for spec in specs:
+        if spec.backbone not in cards:
+            cards[spec.backbone] = get_card(spec.backbone)
+        card = cards[spec.backbone]
+        if (spec.backbone, spec.channels) not in adapters:
+            adapters[(spec.backbone, spec.channels)] = parse_channels(spec.channels, card)
+        if (spec.task, spec.overrides) not in tasks:
+            task_class = get_task_class(spec.task)
+            task, overrides = task_class().with_overrides(spec.overrides)
+            task.validate_for(dataset_card)
+            tasks[(spec.task, spec.overrides)] = (task, overrides)
+        if spec.track not in TRACKS:
+            raise ConfigError(f"unknown split track {spec.track!r}; valid: {', '.join(TRACKS)}")
+        task, overrides = tasks[(spec.task, spec.overrides)]
+        checked.append((spec, card, adapters[(spec.backbone, spec.channels)], task, overrides))
+    for task, _ in tasks.values():
+        type(task).check_requirements()
+    return checked
+
+
+def resolve_cells(specs: Sequence[RunSpec], dataset: Any, options: RunOptions) -> list[Cell]:
+    """Resolve every cell's names into objects once and check the whole grid before any work.
+
+    Order: names, channel specs, settings and tracks (instant); then the device; then each
+    backbone's weights (present, or fetched now), so a missing checkpoint for the last backbone
+    does not surface after an hour of work on the first ones.
+    """
+    checked = _check_names(specs, dataset.card)
+    from ocbench.backbones.loader import resolve_device, resolve_identity
+
+    resolve_device(options.device)
+    identities: dict[str, Any] = {}
+    cells = []
+    for spec, card, adapter, task, overrides in checked:
+        if card.name not in identities:
+            identities[card.name] = resolve_identity(card, cache_dir=None)
+        cells.append(Cell(spec, card, adapter, task, overrides, identities[card.name]))
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------
+# one cell
+
+
+def split_for(dataset: Any, track: str, options: RunOptions):
     """The split for this dataset and track: ``options.split_file`` if given, else made from
-    (manifest, seed) and saved beside the entries, so every entry's split sha points at a file."""
+    (manifest, seed). Nothing is written here (see :func:`_save_split`)."""
     from ocbench.benchmark.splits import TRACKS, load_split, make_split
 
     if options.split_file is not None:
-        split = load_split(options.split_file, manifest=dataset.manifest, dataset_version=dataset.version)
+        split = load_split(options.split_file, manifest=dataset, dataset_version=dataset.version)
         if split.track != track:
             raise ConfigError(
                 f"{options.split_file}: split track is {split.track!r} but --split {track} was asked; "
@@ -85,69 +190,84 @@ def split_for(dataset, track: str, options: RunOptions):
         return split
     if track not in TRACKS:
         raise ConfigError(f"unknown split track {track!r}; valid: {', '.join(TRACKS)}")
-    split = make_split(dataset.manifest, track=track, seed=options.seed)
-    path = options.output_dir / "splits" / f"{track}-seed{options.seed}-{dataset.version[:12]}.json"
+    return make_split(dataset, track=track, seed=options.seed)
+
+
+def _save_split(split: Any, dataset: Any, options: RunOptions) -> None:
+    """Save a made split beside the entries (once an entry that names it is written), so every
+    entry's split sha256 points at a file."""
+    if options.split_file is not None:
+        return
+    path = options.output_dir / "splits" / f"{split.track}-seed{split.seed}-{dataset.version[:12]}.json"
     if not path.exists() or path.read_bytes() != split.to_json_bytes():
-        split.save(path)  # the file beside the entries is always the split their sha256 names
-    return split
+        split.save(path)
 
 
-def _entry_path(spec: RunSpec, adapter_key: str, output_dir: Path) -> tuple[str, Path]:
-    from ocbench.benchmark.entry import entry_key
+def off_protocol_reasons(cell: Cell, dataset: Any) -> list[str]:
+    """Why this cell's result cannot stand beside on-protocol results, in words ([] when it can)."""
+    reasons = []
+    deviations = cell.task.protocol_deviations()
+    if deviations:
+        reasons.append("settings differ from the protocol: " + ", ".join(f"{k}={v}" for k, v in deviations.items()))
+    elif cell.overrides:
+        reasons.append("settings given with --set: " + ", ".join(sorted(cell.overrides)))
+    default_grade = dataset.card.default_min_grade
+    if dataset.min_grade != default_grade:
+        reasons.append(f"labels from grade >= {dataset.min_grade} only (the protocol counts grades >= {default_grade})")
+    unused = cell.adapter.unused_channels() if hasattr(cell.adapter, "unused_channels") else ()
+    if unused:
+        reasons.append(f"channel map leaves out the {' and '.join(unused)} channel")
+    return reasons
 
-    key = entry_key(spec.backbone, adapter_key, spec.task, spec.track)
-    return key, output_dir / f"{key}.json"
 
-
-def _dataset_block(dataset, name: str) -> dict[str, Any]:
+def _dataset_block(dataset: Any) -> dict[str, Any]:
     """The entry's ``dataset``: which data, which labels (grade policy and annotation table)."""
     from ocbench._io import sha256_file
 
-    source = Path(dataset.annotation_source)
+    source = Path(str(getattr(dataset, "annotation_source", "")))
+    has_table = source.is_file()
     return {
-        "name": name,
+        "name": dataset.name,
         "version": dataset.version,
         "n_items": len(dataset),
         "min_grade": dataset.min_grade,
-        "annotations": source.name if source.is_file() else None,
-        "annotations_sha256": sha256_file(source) if source.is_file() else None,
+        "annotations": source.name if has_table else None,
+        "annotations_sha256": sha256_file(source) if has_table else None,
+        "card": dataset.card.to_dict(),
+        "synthetic": bool(dataset.card.synthetic),
     }
 
 
-def validate_specs(specs: Sequence[RunSpec], options: RunOptions) -> None:
-    """Check every grid cell (names, channel specs, settings, track, device) before any runs, so a
-    typo in the last cell does not surface after an hour of work on the first ones."""
-    from ocbench.backbones.adapters import parse_channels
-    from ocbench.backbones.cards import get_card
-    from ocbench.backbones.loader import resolve_device
-    from ocbench.benchmark.splits import TRACKS
-    from ocbench.tasks import get_task
-
-    resolve_device(options.device)
-    for spec in specs:
-        card = get_card(spec.backbone)
-        parse_channels(spec.channels, card)
-        task, _ = get_task(spec.task).with_overrides(spec.overrides)
-        if task.inputs != "fov_embeddings":
-            raise ConfigError(f"task {task.name} needs {task.inputs!r} inputs, which `ocbench run` cannot provide yet")
-        if spec.track not in TRACKS:
-            raise ConfigError(f"unknown split track {spec.track!r}; valid: {', '.join(TRACKS)}")
+def _backbone_block(cell: Cell) -> dict[str, Any]:
+    ident = cell.identity
+    return {
+        "name": cell.card.name,
+        "source": cell.card.source,
+        "arch": cell.card.arch,
+        "card": json.loads(json.dumps(cell.card.to_dict(), default=str)),
+        "weights_sha256": ident.weights_sha256,
+        "revision": ident.revision,
+        "weights_verified": getattr(ident, "weights_verified", None),
+        "weights_note": getattr(ident, "weights_note", None),
+    }
 
 
-def _check_same_run(existing, path: Path, *, card, task, overrides: dict, seed: int, dataset, split) -> None:
-    """An existing entry is only reused for the very same run; anything else would be mislabelled.
+def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, split) -> None:
+    """An existing entry is reused only for the very same run; anything else would be mislabelled.
 
-    The card covers the architecture and pinned weights (revision, sha256); converted or locally
-    trained weights that change under the same card need --overwrite.
+    The same run means the same card, weights (sha256 and revision: converted, imported or
+    fine-tuned weights change under the same card name), protocol, settings, seed, data and split.
     """
-    card_now = json.loads(json.dumps(card.to_dict(), default=str))
+    backbone_now = _backbone_block(cell)
     differences = [
         what
         for what, have, want in (
-            ("backbone card", existing.backbone.card, card_now),
-            ("protocol version", existing.protocol_version, task.protocol_version),
-            ("task settings", existing.task_config, task.to_dict()),
-            ("overrides", existing.overrides, overrides),
+            ("backbone card", existing.backbone.card, backbone_now["card"]),
+            ("weights (sha256)", existing.backbone.weights_sha256, backbone_now["weights_sha256"]),
+            ("weights revision", existing.backbone.revision, backbone_now["revision"]),
+            ("protocol version", existing.protocol_version, cell.task.protocol_version),
+            ("task settings", existing.task_config, cell.task.to_dict()),
+            ("overrides", existing.overrides, cell.overrides),
             ("seed", existing.seed, seed),
             ("dataset version", existing.dataset.version, dataset.version),
             ("split", existing.split.sha256, split.sha256),
@@ -161,86 +281,103 @@ def _check_same_run(existing, path: Path, *, card, task, overrides: dict, seed: 
         )
 
 
-def run_one(spec: RunSpec, dataset, options: RunOptions) -> RunOutcome:
-    """Run one grid cell and write its entry; skip when the entry exists (unless overwrite)."""
-    from ocbench.backbones.adapters import parse_channels
-    from ocbench.backbones.cards import get_card
-    from ocbench.benchmark.entry import environment_info, load_entry, now_iso, write_entry
-    from ocbench.tasks import get_task
-
-    card = get_card(spec.backbone)
-    adapter = parse_channels(spec.channels, card)
-    task, overrides = get_task(spec.task).with_overrides(spec.overrides)
-    if task.inputs != "fov_embeddings":
-        raise ConfigError(f"task {task.name} needs {task.inputs!r} inputs, which `ocbench run` cannot provide yet")
-
-    key, path = _entry_path(spec, adapter.key, options.output_dir)
-    split = split_for(dataset, spec.track, options)
-    if path.exists() and not options.overwrite:
-        existing = load_entry(path)
-        _check_same_run(
-            existing, path, card=card, task=task, overrides=overrides, seed=options.seed, dataset=dataset, split=split
-        )
-        return RunOutcome(spec, path, existing, skipped=True)
-
+def _embed(options: RunOptions, context) -> Any:
+    """The context's cached ``embed``: FOV embeddings of the dataset (one extraction per cell)."""
+    cached = context.inputs.get("_embeddings")
+    if cached is not None:
+        return cached
     from ocbench.benchmark.embeddings import extract_embeddings
 
     embeddings = extract_embeddings(
-        dataset, card, adapter,
+        context.dataset, context.backbone, context.adapter,
         batch_size=options.batch_size, device=options.device, num_workers=options.num_workers,
         cache_dir=options.cache_dir, progress=options.progress,
     )
-    test_idx, folds_idx = split.indices(embeddings.fov_ids)
-    device = embeddings.meta.get("device") if options.device == "auto" else options.device
-    result = task.run(
-        embeddings.features, dataset.labels, test_idx, folds_idx,
-        seed=options.seed, device=device or "cpu", progress=options.progress,
+    context.inputs["_embeddings"] = embeddings
+    context.inputs["embeddings"] = dict(embeddings.meta)
+    return embeddings
+
+
+def run_cell(cell: Cell, dataset: Any, options: RunOptions, *, position: str = "") -> RunOutcome:
+    """Run one resolved cell and write its entry; skip when the same run's entry exists."""
+    from ocbench.backbones.loader import resolve_device
+    from ocbench.benchmark.entry import build_entry, environment_info, load_entry, write_entry
+    from ocbench.tasks.context import Progress, RunContext
+
+    path = options.output_dir / f"{cell.key}.json"
+    split = split_for(dataset, cell.track, options)
+    if path.exists() and not options.overwrite:
+        existing = load_entry(path)
+        _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split)
+        return RunOutcome(cell.spec, path, existing, skipped=True)
+
+    device = str(resolve_device(options.device))
+    context = RunContext(
+        dataset=dataset,
+        split=split,
+        backbone=cell.card,
+        adapter=cell.adapter,
+        embed_fn=partial(_embed, options),
+        device=device,
+        seed=options.seed,
+        progress=Progress(options.progress, prefix=" · ".join(p for p in (position, cell.label()) if p)),
     )
-    meta = embeddings.meta
-    entry = {
-        "protocol_version": result.protocol_version,
-        "task": task.name,
-        "task_config": result.config,
-        "overrides": overrides,
-        "off_protocol": bool(overrides) or bool(task.protocol_deviations()) or dataset.min_grade != PAPER_MIN_GRADE,
-        "backbone": {
-            "name": card.name,
-            "source": card.source,
-            "arch": card.arch,
-            "card": card.to_dict(),
-            "weights_sha256": meta.get("weights_sha256"),
-            "revision": meta.get("revision"),
-        },
-        "channels": adapter.to_dict(),
-        "dataset": _dataset_block(dataset, options.dataset_name),
-        "split": {"track": split.track, "seed": split.seed, "sha256": split.sha256},
-        "metrics": result.metrics,
-        "seed": options.seed,
-        "environment": environment_info(result.device),
-        "timings": {
-            "extraction_s": float(meta.get("wall_time_s", 0.0)),
-            "extraction_cached": bool(meta.get("cache_hit")),
+    result = cell.task.evaluate(context)
+    meta = context.inputs.get("embeddings", {})
+    environment = environment_info(result.device)
+    environment["precision"] = options.precision
+    environment["threads"] = _torch_threads()
+    entry = build_entry(
+        result,
+        task=cell.task,
+        overrides=cell.overrides,
+        off_protocol_reasons=off_protocol_reasons(cell, dataset),
+        backbone=_backbone_block(cell),
+        channels=cell.adapter.to_dict(),
+        dataset=_dataset_block(dataset),
+        split={"track": split.track, "seed": split.seed, "sha256": split.sha256},
+        seed=options.seed,
+        environment=environment,
+        timings={
+            "extraction_s": float(meta["wall_time_s"]) if "wall_time_s" in meta else None,
+            "extraction_cached": bool(meta["cache_hit"]) if "cache_hit" in meta else None,
             "task_s": float(result.wall_time_s),
         },
-        "created": now_iso(),
-        "key": key,
-    }
+    )
+    _save_split(split, dataset, options)
     written = write_entry(entry, options.output_dir)
-    return RunOutcome(spec, written, load_entry(written), details={"embeddings": meta, **result.details})
+    details = {k: v for k, v in context.inputs.items() if not k.startswith("_")}
+    return RunOutcome(cell.spec, written, entry, details={**details, **result.details})
 
 
-def run_grid(specs: Iterable[RunSpec], dataset, options: RunOptions, *, on_done=None) -> list[RunOutcome]:
-    """Run every spec in order; ``on_done(outcome)`` is called after each (for printing)."""
+def _torch_threads() -> int | None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else None
+
+
+def run_grid(
+    specs: Iterable[RunSpec],
+    dataset: Any,
+    options: RunOptions,
+    *,
+    on_done: Callable[[RunOutcome], None] | None = None,
+) -> list[RunOutcome]:
+    """Resolve and check every spec, then run them in order; ``on_done(outcome)`` after each."""
     specs = list(specs)
-    validate_specs(specs, options)
+    cells = resolve_cells(specs, dataset, options)
+    if options.threads is not None:
+        import torch
+
+        torch.set_num_threads(options.threads)
     outcomes = []
-    for spec in specs:
-        outcome = run_one(spec, dataset, options)
+    for i, cell in enumerate(cells, start=1):
+        outcome = run_cell(cell, dataset, options, position=f"cell {i}/{len(cells)}" if len(cells) > 1 else "")
         outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)
     return outcomes
-
 
 
 #: What ``ocbench demo`` runs: both offline backbones, both probes, both split tracks.

@@ -4,7 +4,8 @@ Two tracks (PROTOCOL.md section 4):
 
 - ``paper``: split by FOV, as the paper did. The FOVs of one protein share its labels, so the
   same protein usually sits on both sides; this track reproduces the paper's numbers.
-- ``protein``: grouped by ENSG id, so no protein is in two parts (test or any fold).
+- ``protein``: grouped by the dataset card's group column (the ENSG id for OpenCell), so no
+  protein is in two parts (test or any fold).
 
 Both are stratified on each item's rarest label (the label with the fewest FOVs in the whole
 manifest), as far as the groups allow, and are deterministic from (manifest, seed): the manifest is
@@ -28,14 +29,24 @@ import numpy as np
 import pandas as pd
 
 from ocbench._io import atomic_write, sha256_bytes
-from ocbench.data.compartments import COMPARTMENTS
 from ocbench.errors import ConfigError, DataError
 
 TRACKS: tuple[str, ...] = ("paper", "protein")
 N_FOLDS = 5
 SPLIT_FORMAT = "ocbench-split/1"
 
-_GROUP_COLUMN = {"paper": "fov_id", "protein": "ensg"}
+#: Group column of the ``protein`` track when the dataset has no card (a bare manifest).
+DEFAULT_GROUP_COLUMN = "ensg"
+
+
+def group_column_of(manifest_or_dataset: Any) -> str:
+    """The column grouping items that share labels: the dataset card's, else OpenCell's ``ensg``."""
+    card = getattr(manifest_or_dataset, "card", None)
+    return getattr(card, "group_column", None) or DEFAULT_GROUP_COLUMN
+
+
+def _track_column(track: str, group_column: str) -> str:
+    return "fov_id" if track == "paper" else group_column
 
 
 def _canonical_parts(
@@ -146,11 +157,11 @@ def _unpack(manifest_or_dataset: Any, dataset_version: str | None) -> tuple[pd.D
 
 
 def _label_columns(manifest: pd.DataFrame) -> list[str]:
-    return [f"label_{c}" for c in COMPARTMENTS if f"label_{c}" in manifest.columns]
+    return [c for c in manifest.columns if str(c).startswith("label_")]
 
 
-def _check_manifest(manifest: pd.DataFrame, track: str) -> None:
-    needed = ["fov_id"] + (["ensg"] if track == "protein" else [])
+def _check_manifest(manifest: pd.DataFrame, track: str, group_column: str) -> None:
+    needed = ["fov_id"] + ([group_column] if track == "protein" else [])
     missing = [c for c in needed if c not in manifest.columns]
     if missing:
         raise DataError(f"manifest: column {missing[0]!r} is missing; the {track} track needs {', '.join(needed)}")
@@ -204,9 +215,10 @@ def make_split(
         raise ConfigError(f"test_fraction={test_fraction} must be between 0 and 1")
     if n_folds < 2:
         raise ConfigError(f"n_folds={n_folds} must be at least 2")
+    groups_by = group_column_of(manifest)
     manifest, dataset_version = _unpack(manifest, dataset_version)
-    _check_manifest(manifest, track)
-    group_column = _GROUP_COLUMN[track]
+    group_column = _track_column(track, groups_by)
+    _check_manifest(manifest, track, groups_by)
     items = manifest.sort_values("fov_id", kind="stable").reset_index(drop=True)
     items = items.assign(**{column: items[column].astype(str) for column in {"fov_id", group_column}})
     groups = _group_strata(items, group_column)
@@ -343,11 +355,13 @@ def load_split(
         track=data["track"], seed=data["seed"], dataset_version=data["dataset_version"], test=test, folds=fold_lists
     )
     if manifest is not None:
-        _check_against_manifest(path, split, getattr(manifest, "manifest", manifest), seen)
+        _check_against_manifest(path, split, getattr(manifest, "manifest", manifest), seen, group_column_of(manifest))
     return split
 
 
-def _check_against_manifest(path: Path, split: Split, manifest: pd.DataFrame, part_of: dict[str, str]) -> None:
+def _check_against_manifest(
+    path: Path, split: Split, manifest: pd.DataFrame, part_of: dict[str, str], group_column: str
+) -> None:
     manifest_ids = set(manifest["fov_id"].astype(str))
     unknown = sorted(set(part_of) - manifest_ids)
     if unknown:
@@ -361,9 +375,9 @@ def _check_against_manifest(path: Path, split: Split, manifest: pd.DataFrame, pa
             f"{path}: {len(uncovered)} dataset FOVs are in no part (e.g. {uncovered[0]!r}); "
             "the split is for another dataset: make a new one with `ocbench data split`"
         )
-    if split.track == "protein" and "ensg" in manifest.columns:
+    if split.track == "protein" and group_column in manifest.columns:
         parts_of_protein: dict[str, set[str]] = {}
-        for fov_id, ensg in zip(manifest["fov_id"].astype(str), manifest["ensg"].astype(str)):
+        for fov_id, ensg in zip(manifest["fov_id"].astype(str), manifest[group_column].astype(str)):
             parts_of_protein.setdefault(ensg, set()).add(part_of[fov_id])
         for ensg, parts in sorted(parts_of_protein.items()):
             if len(parts) > 1:
@@ -381,18 +395,18 @@ def _check_against_manifest(path: Path, split: Split, manifest: pd.DataFrame, pa
 def class_counts(split: Split, manifest: Any) -> pd.DataFrame:
     """Positive FOVs per class in each part: rows are the 17 compartments plus ``fovs`` and
     ``proteins`` (items and distinct ENSG ids per part), columns ``test, fold0..fold4, train``."""
+    group_column = group_column_of(manifest)
     manifest = getattr(manifest, "manifest", manifest)
     test_idx, folds_idx = split.indices(manifest["fov_id"].astype(str).tolist())
     parts = {"test": test_idx, **{f"fold{k}": idx for k, idx in enumerate(folds_idx)}}
     parts["train"] = np.sort(np.concatenate(folds_idx))
     rows: dict[str, dict[str, int]] = {}
-    for compartment in COMPARTMENTS:
-        column = f"label_{compartment}"
-        values = manifest[column].to_numpy() > 0 if column in manifest.columns else np.zeros(len(manifest), bool)
-        rows[compartment] = {part: int(values[idx].sum()) for part, idx in parts.items()}
+    for column in _label_columns(manifest):
+        values = manifest[column].to_numpy() > 0
+        rows[column.removeprefix("label_")] = {part: int(values[idx].sum()) for part, idx in parts.items()}
     rows["fovs"] = {part: len(idx) for part, idx in parts.items()}
-    if "ensg" in manifest.columns:
-        ensg = manifest["ensg"].astype(str).to_numpy()
+    if group_column in manifest.columns:
+        ensg = manifest[group_column].astype(str).to_numpy()
         rows["proteins"] = {part: len(set(ensg[idx])) for part, idx in parts.items()}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "class"

@@ -1,10 +1,22 @@
-"""Benchmark tasks: protocols that turn embeddings (or a backbone) into scores.
+"""Benchmark tasks: protocols that turn a backbone (through its embeddings or images) into scores.
 
 ``get_task("fov-mlp")`` returns the task's config with the protocol defaults; ``list_tasks()``
-names them all. Importing this package is light (torch is imported when a task runs).
+names them all. Task modules are registered lazily (``TASKS``), so importing this package does not
+import any task's dependencies; a plugin adds tasks through the ``ocbench.tasks`` entry point or
+``ocbench --plugin MODULE``.
 """
 
-from ocbench.tasks.base import TaskConfig, TaskResult, get_task, list_tasks, register_task
-from ocbench.tasks import fov_probe as _fov_probe  # noqa: F401  (registers fov-mlp, fov-linear)
+from ocbench.tasks.base import TASKS, TaskConfig, TaskResult, get_task, get_task_class, list_tasks, register_task
+from ocbench.tasks.context import Progress, RunContext
 
-__all__ = ["TaskConfig", "TaskResult", "get_task", "list_tasks", "register_task"]
+__all__ = [
+    "TASKS",
+    "TaskConfig",
+    "TaskResult",
+    "RunContext",
+    "Progress",
+    "get_task",
+    "get_task_class",
+    "list_tasks",
+    "register_task",
+]

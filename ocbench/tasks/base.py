@@ -1,60 +1,70 @@
-"""What a task is, what it returns, and the registry that finds one by name.
+"""What a task is, what it receives and returns, and the registry that finds one by name.
 
 A task is a frozen dataclass whose fields are every number of its protocol (defaults = the
-protocol), plus three class-level attributes:
+protocol), plus class-level attributes:
 
 - ``name``: registry name (``fov-mlp``);
-- ``protocol_version``: recorded in every entry (``fov-probe/1``); bump it when a default or the
+- ``protocol_version``: recorded in every entry (``fov-probe/2``); bump it when a default or the
   algorithm changes, so old and new numbers are never mixed;
-- ``inputs``: the kind of input ``run`` consumes. The runner asks the task what it needs instead
-  of every task sharing one signature, so new kinds of task register without touching this module:
+- ``main_score``: ``(eval_set, metric)`` that ranks its entries, e.g. ``("val", "macro_f1")``;
+- ``axis``: the name of a setting the task sweeps within one entry (``"k"``), or None;
+- ``requires``: optional Python modules it needs, imported only when it runs (a missing one is a
+  one-line error naming the extra to install, and never breaks other commands);
+- ``description``: one line for ``ocbench tasks list``.
 
-  ==================  ===========================================================================
-  ``inputs``          ``run`` signature (all keyword arguments after ``*``: ``seed``, ``device``)
-  ==================  ===========================================================================
-  ``fov_embeddings``  ``run(features (N, D), labels (N, 17), test_idx, folds_idx, *, seed, device)``
-  ==================  ===========================================================================
-
-  Planned: ``fov_images`` for DINO fine-tuning (``run(dataset, split, backbone, ...)`` trains a
-  backbone, embeds, then runs ``fov-mlp`` on the result) and ``cell_embeddings`` for the
-  single-cell k-NN (``run(features, labels, groups, ...)``). Each adds a row here and a branch in
-  the runner; ``TaskConfig`` itself stays as it is.
+Like MTEB's ``AbsTask.evaluate(model)``, a task fetches its own inputs: ``evaluate(context)``
+receives a :class:`~ocbench.tasks.context.RunContext` (dataset and its card, split, backbone card
+and channel adapter, a cached ``embed``, device, seed, progress) and returns a :class:`TaskResult`.
+The runner knows nothing about what a task needs, so a new kind of task is one module.
 
 Overrides (``--set epochs=50``) go through :meth:`TaskConfig.with_overrides`, which parses each
-value with the field's annotated type and re-validates the whole config.
+value with the field's annotated type (numbers must be finite) and re-validates the whole config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Union
 
 from ocbench.errors import ConfigError
+from ocbench.registry import Registry
 
-__all__ = ["TaskConfig", "TaskResult", "register_task", "get_task", "list_tasks"]
+__all__ = ["TaskConfig", "TaskResult", "TASKS", "register_task", "get_task", "get_task_class", "list_tasks"]
 
 
 @dataclass(frozen=True)
 class TaskResult:
-    """The outcome of one ``task.run``.
+    """The outcome of one ``task.evaluate``, in the entry's shape.
 
-    ``metrics`` has the entry's shape verbatim (see ``ocbench.tasks.metrics``);
-    ``details`` holds task-specific facts worth keeping (training set sizes, final loss, the
-    learning rate actually used) and is not part of the entry schema.
+    ``scores``: ``{eval_set: {metric: summary}}`` (summaries from :func:`ocbench.summaries.summarize`);
+    ``class_names``: the dataset's classes, the order of every per-class row;
+    ``per_class``: ``{eval_set: {metric: {class: value}}}``; ``per_class_values``: ``{eval_set:
+    {metric: [row per repetition]}}``; ``axis``: ``{"name", "main", "points": [{"value", "scores",
+    "per_class"}]}`` for tasks that sweep a setting (then ``scores`` are the main point's);
+    ``details``: task-specific facts worth printing (sizes, final loss), not part of the entry.
     """
 
     task: str
     protocol_version: str
     config: dict[str, Any]
-    metrics: dict[str, Any]
+    scores: dict[str, dict[str, dict[str, Any]]]
+    class_names: tuple[str, ...]
     seed: int
     device: str
     wall_time_s: float
+    per_class: dict[str, Any] = field(default_factory=dict)
+    per_class_values: dict[str, Any] = field(default_factory=dict)
+    axis: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Scores with per-class blocks, for code that wants one dict."""
+        return {"scores": self.scores, "per_class": self.per_class, "per_class_values": self.per_class_values}
 
 
 class TaskConfig:
@@ -62,11 +72,43 @@ class TaskConfig:
 
     name: ClassVar[str] = ""
     protocol_version: ClassVar[str] = ""
-    inputs: ClassVar[str] = ""
+    main_score: ClassVar[tuple[str, str]] = ("val", "macro_f1")
+    axis: ClassVar[str | None] = None
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: pip extra that provides ``requires`` (named in the error when one is missing).
+    extra: ClassVar[str | None] = None
+    description: ClassVar[str] = ""
 
-    def run(self, *args: Any, seed: int = 0, device: str = "cpu") -> TaskResult:
-        """Run the task on the inputs named by ``self.inputs`` (see the module docstring)."""
-        raise NotImplementedError(f"task {self.name!r} does not implement run()")
+    def evaluate(self, context: Any) -> TaskResult:
+        """Fetch inputs from ``context`` (a RunContext), run the protocol, return the scores."""
+        raise NotImplementedError(f"task {self.name!r} does not implement evaluate()")
+
+    @classmethod
+    def check_requirements(cls) -> None:
+        """Import the optional modules the task needs; one-line ConfigError naming what to install."""
+        import importlib
+
+        for module in cls.requires:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                how = f"pip install 'ocbench[{cls.extra}]'" if cls.extra else f"pip install {module}"
+                raise ConfigError(f"task {cls.name} needs the Python package {module!r}, which is not installed; run: {how}") from None
+
+    def validate_for(self, dataset_card: Any) -> None:
+        """Refuse a dataset this task cannot evaluate (checked before any work); default: any."""
+
+    @classmethod
+    def settings_table(cls) -> list[tuple[str, str, Any, str]]:
+        """``(name, type, default, help)`` per setting, for ``ocbench tasks show``."""
+        hints = typing.get_type_hints(cls)
+        rows = []
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+            )
+            rows.append((f.name, _type_name(hints[f.name]), _jsonable(default), str(f.metadata.get("help", ""))))
+        return rows
 
     # -- config handling -------------------------------------------------------------------
     @classmethod
@@ -111,6 +153,12 @@ class TaskConfig:
         return new, {k: _jsonable(v) for k, v in changes.items()}
 
 
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
 def _jsonable(value: Any) -> Any:
     return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
 
@@ -150,40 +198,60 @@ def _parse_value(raw: str, annotation: Any) -> Any:
             raise ValueError(f"expected an integer, got {raw!r}") from None
     if annotation is float:
         try:
-            return float(raw)
+            value = float(raw)
         except ValueError:
             raise ValueError(f"expected a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {raw!r}")
+        return value
     if annotation is str:
         return raw
     raise ValueError(f"unsupported setting type {annotation}")
 
 
 # -- registry ---------------------------------------------------------------------------------
-_REGISTRY: dict[str, type[TaskConfig]] = {}
+def _check_task_class(cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, TaskConfig) and dataclasses.is_dataclass(cls)):
+        raise ConfigError(f"a task must be a TaskConfig dataclass, got {cls!r}")
+    if not cls.name or not cls.protocol_version:
+        raise ConfigError(f"task class {cls.__name__} must set name and protocol_version")
+    eval_set, metric = cls.main_score
+    if not eval_set or not metric:
+        raise ConfigError(f"task {cls.name}: main_score must be (eval_set, metric)")
+
+
+def _register_builtin_tasks() -> None:
+    # Lazy: a task's module (and its dependencies) is imported when the task is first used.
+    TASKS.register("fov-mlp", "ocbench.tasks.fov_probe:FovMlpProbe")
+    TASKS.register("fov-linear", "ocbench.tasks.fov_probe:FovLinearProbe")
+
+
+TASKS: Registry[type[TaskConfig]] = Registry(
+    "task",
+    entry_point_group="ocbench.tasks",
+    check=_check_task_class,
+    list_command="ocbench tasks list",
+    on_first_use=_register_builtin_tasks,
+)
 
 
 def register_task(cls: type[TaskConfig]) -> type[TaskConfig]:
     """Class decorator: make ``cls`` available as ``get_task(cls.name)``."""
-    if not (isinstance(cls, type) and issubclass(cls, TaskConfig) and dataclasses.is_dataclass(cls)):
-        raise TypeError("register_task expects a TaskConfig dataclass")
-    if not cls.name or not cls.protocol_version or not cls.inputs:
-        raise TypeError(f"{cls.__name__} must set name, protocol_version and inputs")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"task {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
+    _check_task_class(cls)
+    TASKS._start()  # built-in lazy entries first, so a plugin cannot shadow them silently
+    TASKS.register(cls.name, cls)
     return cls
 
 
 def list_tasks() -> list[str]:
     """Registered task names, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(TASKS.names())
+
+
+def get_task_class(name: str) -> type[TaskConfig]:
+    return TASKS.get(name)
 
 
 def get_task(name: str) -> TaskConfig:
     """A task with its protocol defaults; ConfigError (with a did-you-mean) for unknown names."""
-    try:
-        return _REGISTRY[name]()
-    except KeyError:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise ConfigError(f"unknown task {name!r}; {hint}known tasks: {', '.join(list_tasks())}") from None
+    return TASKS.get(name)()

@@ -49,7 +49,8 @@ __all__ = [
     "rarest_label_weights",
 ]
 
-PROTOCOL_VERSION = "fov-probe/1"
+#: 2: macro-F1 averages the classes present in the evaluated set (1: all 17, absent ones as 0).
+PROTOCOL_VERSION = "fov-probe/2"
 
 
 # -- protocol pieces (numpy, testable on their own) --------------------------------------------
@@ -97,7 +98,7 @@ class FovProbe(TaskConfig):
     """Training settings shared by the FOV probes (every default is the paper's protocol)."""
 
     protocol_version: ClassVar[str] = PROTOCOL_VERSION
-    inputs: ClassVar[str] = "fov_embeddings"
+    main_score: ClassVar[tuple[str, str]] = ("val", "macro_f1")
 
     epochs: int = 300
     batch_size: int = 512
@@ -119,11 +120,20 @@ class FovProbe(TaskConfig):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(key, "an integer >= 1")
-        for key in ("lr", "adam_eps"):
-            if not getattr(self, key) > 0:
-                raise bad(key, "> 0")
-        if not self.weight_decay >= 0:
-            raise bad("weight_decay", ">= 0")
+        # Bounds far outside any sensible probe: a typo (lr=1e30) would otherwise run for minutes
+        # and record a score of 0 as if it meant something.
+        for key, upper in (("epochs", 100_000), ("batch_size", 1_000_000), ("lr_reference_batch", 1_000_000)):
+            if getattr(self, key) > upper:
+                raise bad(key, f"at most {upper:,}")
+        for key in ("lr", "adam_eps", "weight_decay", "threshold"):
+            if not math.isfinite(getattr(self, key)):
+                raise bad(key, "a finite number")
+        if not 0 < self.lr <= 1:
+            raise bad("lr", "in (0, 1]")
+        if not 0 < self.adam_eps <= 1e-2:
+            raise bad("adam_eps", "in (0, 0.01]")
+        if not 0 <= self.weight_decay <= 10:
+            raise bad("weight_decay", "in [0, 10]")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise bad("betas", "two numbers in [0, 1)")
         if not 0 < self.threshold < 1:
@@ -137,6 +147,16 @@ class FovProbe(TaskConfig):
         """Hidden layer widths and dropout rate of the probe."""
         return (), 0.0
 
+    def evaluate(self, context) -> TaskResult:
+        """Probe the backbone's FOV embeddings on the context's split (the paper's protocol)."""
+        embeddings = context.embed()
+        test_idx, folds_idx = context.split.indices(embeddings.fov_ids)
+        return self.run(
+            embeddings.features, context.labels, test_idx, folds_idx,
+            seed=context.seed, device=context.device, progress=context.progress.enabled,
+            class_names=context.class_names,
+        )
+
     def run(
         self,
         features: np.ndarray,
@@ -148,8 +168,9 @@ class FovProbe(TaskConfig):
         device: str = "cpu",
         progress: bool = True,
         max_parallel_folds: int | None = None,
+        class_names: Sequence[str] = COMPARTMENTS,
     ) -> TaskResult:
-        """Cross-validate the probe on ``features`` (N, D) and ``labels`` (N, 17).
+        """Cross-validate the probe on ``features`` (N, D) and ``labels`` (N, classes).
 
         ``test_idx``/``folds_idx`` are row positions (``Split.indices``). ``max_parallel_folds``
         only changes how many folds are stacked into one model (results agree up to float
@@ -158,6 +179,7 @@ class FovProbe(TaskConfig):
         return _run_probe(
             self, features, labels, test_idx, folds_idx,
             seed=seed, device=device, progress=progress, max_parallel_folds=max_parallel_folds,
+            class_names=tuple(class_names),
         )
 
 
@@ -167,6 +189,7 @@ class FovMlpProbe(FovProbe):
     """The paper's head: Linear(D,512) ReLU Dropout, Linear(512,256) ReLU Dropout, Linear(256,17)."""
 
     name: ClassVar[str] = "fov-mlp"
+    description: ClassVar[str] = "MLP probe (512-256) on frozen FOV embeddings, 5-fold CV + held-out test (paper Table 1)"
 
     hidden_dims: tuple[int, ...] = (512, 256)
     dropout: float = 0.5
@@ -188,10 +211,11 @@ class FovLinearProbe(FovProbe):
     """One Linear(D, 17), trained exactly like ``fov-mlp``."""
 
     name: ClassVar[str] = "fov-linear"
+    description: ClassVar[str] = "Linear probe on frozen FOV embeddings, trained like fov-mlp"
 
 
 # -- input checks ----------------------------------------------------------------------------
-def _check_inputs(features, labels, test_idx, folds_idx):
+def _check_inputs(features, labels, test_idx, folds_idx, n_classes):
     x = np.asarray(features)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise DataError(f"features: expected a numeric (items x dims) array, got shape {x.shape} dtype {x.dtype}")
@@ -204,8 +228,8 @@ def _check_inputs(features, labels, test_idx, folds_idx):
             "re-extract the embeddings (ocbench run --overwrite) or drop those items"
         )
     y = np.asarray(labels)
-    if y.shape != (x.shape[0], len(COMPARTMENTS)):
-        raise DataError(f"labels: expected shape ({x.shape[0]}, {len(COMPARTMENTS)}), got {y.shape}")
+    if y.shape != (x.shape[0], n_classes):
+        raise DataError(f"labels: expected shape ({x.shape[0]}, {n_classes}), got {y.shape}")
     if not np.isin(y, (0, 1)).all():
         raise DataError("labels: expected only 0/1 values")
     n = x.shape[0]
@@ -258,7 +282,7 @@ class _FoldPlan:
     steps_per_epoch: int
 
 
-def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, device, progress, max_parallel_folds):
+def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, device, progress, max_parallel_folds, class_names):
     from ocbench.tasks.metrics import cross_validation_metrics, multilabel_scores
 
     started = time.perf_counter()
@@ -266,7 +290,7 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
         raise ConfigError(f"seed: expected an integer >= 0, got {seed!r}")
     if max_parallel_folds is not None and max_parallel_folds < 1:
         raise ConfigError(f"max_parallel_folds: expected an integer >= 1, got {max_parallel_folds!r}")
-    x, y, test, folds = _check_inputs(features, labels, test_idx, folds_idx)
+    x, y, test, folds = _check_inputs(features, labels, test_idx, folds_idx, len(class_names))
     dev = _resolve_device(device)
 
     plans = []
@@ -307,7 +331,7 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
                 val_scores[plan.fold] = multilabel_scores(y[plan.val], val_pred)
                 test_scores[plan.fold] = multilabel_scores(y[test], test_pred)
 
-    metrics = cross_validation_metrics(val_scores, test_scores, COMPARTMENTS)
+    metrics = cross_validation_metrics(val_scores, test_scores, class_names)
     details = {
         "effective_lr": cfg.effective_lr,
         "n_train": [int(p.train.size) for p in plans],
@@ -321,7 +345,10 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
         task=cfg.name,
         protocol_version=cfg.protocol_version,
         config=cfg.to_dict(),
-        metrics=metrics,
+        scores=metrics["scores"],
+        per_class=metrics["per_class"],
+        per_class_values=metrics["per_class_values"],
+        class_names=tuple(class_names),
         seed=int(seed),
         device=str(dev),
         wall_time_s=time.perf_counter() - started,

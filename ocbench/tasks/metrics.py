@@ -1,26 +1,32 @@
-"""Multi-label classification scores and their cross-validation summary (torch-free).
+"""Multi-label classification scores and their summary over folds (torch-free).
 
 Conventions, fixed here so every entry means the same thing:
 
-- scores come from scikit-learn with ``zero_division=0``: a class with no positive prediction
-  (or no positive example) scores 0, which is what the paper's ``f1_score`` call does;
-- macro-F1 is the unweighted mean of the per-class F1 over all label columns (17 compartments);
-- aggregates over folds are mean and sample standard deviation (``ddof=1``), with ``n`` the
-  number of folds; ``std`` is ``None`` when ``n < 2`` (undefined, and JSON has no NaN).
+- per-class precision, recall and F1 come from scikit-learn with ``zero_division=0``;
+- ``macro_f1`` (the main score) is the mean F1 over the classes that have at least one positive
+  item in the evaluated set, as the Dino4Cells evaluation the seed paper builds on computes it: a
+  class absent from a fold or test part cannot be scored there, and counting it as 0 would cap the
+  score by how many rare classes a part happens to lack. Which classes were scored is recorded
+  (``support``, the number of positive items per class, in ``per_class_values``);
+- ``macro_f1_all`` is the mean over all classes, absent ones scoring 0 (scikit-learn's default
+  ``average="macro"``), kept as a secondary score;
+- summaries over folds come from :func:`ocbench.summaries.summarize` (mean, std with ``ddof=1``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 
 from ocbench.errors import DataError
+from ocbench.summaries import summarize
 
-__all__ = ["STD_DDOF", "multilabel_scores", "summarize", "cross_validation_metrics"]
+__all__ = ["MAIN_METRIC", "SCORE_KINDS", "multilabel_scores", "cross_validation_metrics"]
 
-STD_DDOF = 1
+MAIN_METRIC = "macro_f1"
+#: Per-class scores kept per fold, besides ``support``.
+SCORE_KINDS: tuple[str, ...] = ("f1", "precision", "recall")
 
 
 def _as_binary(name: str, y: Any) -> np.ndarray:
@@ -35,9 +41,10 @@ def _as_binary(name: str, y: Any) -> np.ndarray:
 def multilabel_scores(y_true: Any, y_pred: Any) -> dict[str, Any]:
     """Scores of one set of binary predictions.
 
-    Returns ``{"macro_f1": float, "f1": [per class], "precision": [...], "recall": [...]}``.
+    Returns ``{"macro_f1", "macro_f1_all", "f1": [per class], "precision", "recall",
+    "support": [positives per class]}``.
     """
-    from sklearn.metrics import f1_score, precision_recall_fscore_support
+    from sklearn.metrics import precision_recall_fscore_support
 
     t = _as_binary("y_true", y_true)
     p = _as_binary("y_pred", y_pred)
@@ -45,25 +52,18 @@ def multilabel_scores(y_true: Any, y_pred: Any) -> dict[str, Any]:
         raise DataError(f"y_pred: shape {p.shape} does not match y_true {t.shape}")
     if t.shape[0] == 0:
         raise DataError("y_true: no items to score")
-    precision, recall, f1, _ = precision_recall_fscore_support(t, p, average=None, zero_division=0)
-    macro = f1_score(t, p, average="macro", zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(t, p, average=None, zero_division=0)
+    present = support > 0
+    if not present.any():
+        raise DataError("y_true: no item has a positive label, so no class can be scored")
     return {
-        "macro_f1": float(macro),
+        "macro_f1": float(np.mean(f1[present])),
+        "macro_f1_all": float(np.mean(f1)),
         "f1": [float(v) for v in f1],
         "precision": [float(v) for v in precision],
         "recall": [float(v) for v in recall],
+        "support": [int(v) for v in support],
     }
-
-
-def summarize(values: Sequence[float]) -> dict[str, Any]:
-    """``{"per_fold": [...], "mean", "std" (ddof=1, None if n < 2), "ddof": 1, "n"}``."""
-    vals = [float(v) for v in values]
-    n = len(vals)
-    if n == 0:
-        raise DataError("no fold scores to summarize")
-    mean = math.fsum(vals) / n
-    std = float(np.std(vals, ddof=STD_DDOF)) if n > STD_DDOF else None
-    return {"per_fold": vals, "mean": mean, "std": std, "ddof": STD_DDOF, "n": n}
 
 
 def cross_validation_metrics(
@@ -71,24 +71,34 @@ def cross_validation_metrics(
     test_scores: Sequence[dict[str, Any]],
     class_names: Sequence[str],
 ) -> dict[str, Any]:
-    """Combine per-fold :func:`multilabel_scores` into the entry's ``metrics`` block.
+    """Combine per-fold :func:`multilabel_scores` into the entry's score blocks.
 
     ``val_scores[k]``: fold ``k``'s model on validation fold ``k``; ``test_scores[k]``: the same
-    model on the held-out test set. Per-class values in ``per_class`` are means over folds;
-    ``per_fold_per_class`` keeps every fold's per-class F1, precision and recall (17 per row).
+    model on the held-out test set. Returns ``{"scores", "per_class", "per_class_values"}``:
+    ``scores[set]`` holds ``macro_f1`` and ``macro_f1_all`` summaries; ``per_class[set][kind]``
+    the mean over folds of each class's score, over the folds where the class had positives
+    (classes never present are left out); ``per_class_values[set][kind]`` every fold's row.
     """
     names = list(class_names)
-    out: dict[str, Any] = {"macro_f1": {}, "per_class": {}, "per_fold_per_class": {}}
+    out: dict[str, Any] = {"scores": {}, "per_class": {}, "per_class_values": {}}
     for part, scores in (("val", val_scores), ("test", test_scores)):
         for s in scores:
             if len(s["f1"]) != len(names):
                 raise DataError(f"{part} scores have {len(s['f1'])} classes, expected {len(names)}")
-        out["macro_f1"][part] = summarize([s["macro_f1"] for s in scores])
-        out["per_class"][part] = {
-            kind: {c: float(np.mean([s[kind][i] for s in scores])) for i, c in enumerate(names)}
-            for kind in ("f1", "precision", "recall")
+        out["scores"][part] = {
+            "macro_f1": summarize([s["macro_f1"] for s in scores]),
+            "macro_f1_all": summarize([s["macro_f1_all"] for s in scores]),
         }
-        out["per_fold_per_class"][part] = {
-            kind: [list(s[kind]) for s in scores] for kind in ("f1", "precision", "recall")
+        support = np.array([s["support"] for s in scores])
+        means: dict[str, dict[str, float]] = {}
+        for kind in SCORE_KINDS:
+            values = np.array([s[kind] for s in scores], dtype=float)
+            means[kind] = {
+                c: float(values[support[:, i] > 0, i].mean()) for i, c in enumerate(names) if (support[:, i] > 0).any()
+            }
+        out["per_class"][part] = means
+        out["per_class_values"][part] = {
+            **{kind: [list(map(float, s[kind])) for s in scores] for kind in SCORE_KINDS},
+            "support": [list(map(float, s["support"])) for s in scores],
         }
     return out

@@ -1,0 +1,75 @@
+"""What a task receives: the run context (dataset, split, backbone, cached embeddings, device, seed).
+
+The runner builds one :class:`RunContext` per grid cell from objects it resolved once (dataset
+card, backbone card, channel adapter, split) and hands it to ``task.evaluate(context)``. A task asks
+the context for what it needs: ``context.embed()`` for the FOV embeddings (cached and resumable,
+the backbone is loaded only on a cache miss), ``context.dataset`` for images and labels,
+``context.split`` for the test part and folds. Whatever the task fetched is noted in
+``context.inputs`` so the entry records it (weights sha256 and revision, precision, extraction
+time, cache hit), whichever kind of input the task used.
+
+No torch here: the embedding function is the runner's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = ["RunContext", "Progress"]
+
+
+class Progress:
+    """Where a task reports progress: ``progress.bar(total, desc)`` returns a tqdm-like object
+    (a no-op when progress is off) and ``progress.note(text)`` prints a line to stderr."""
+
+    def __init__(self, enabled: bool = True, prefix: str = "") -> None:
+        self.enabled = enabled
+        self.prefix = prefix
+
+    def describe(self, what: str) -> str:
+        return f"{self.prefix} · {what}" if self.prefix else what
+
+    def bar(self, total: int, desc: str, unit: str = "it"):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=self.describe(desc), unit=unit, leave=False, disable=not self.enabled)
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            import sys
+
+            print(self.describe(text), file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunContext:
+    """Everything a task may ask for in one grid cell."""
+
+    #: Dataset object: ``.card`` (DatasetCard), ``.name``, ``.version``, ``.labels`` (N, C) 0/1,
+    #: ``.fov_ids``, ``.manifest``, ``.read(i)`` -> (channels, H, W) in ``card.channel_names`` order.
+    dataset: Any
+    #: Split: ``.track``, ``.seed``, ``.sha256``, ``.indices(ids) -> (test_idx, [fold_idx, ...])``.
+    split: Any
+    #: BackboneCard and the ChannelAdapter placing the dataset's channels into its inputs.
+    backbone: Any
+    adapter: Any
+    #: ``embed()`` -> Embeddings (``features`` (N, D) float32, ``fov_ids``, ``meta``) of every item.
+    embed_fn: Callable[["RunContext"], Any]
+    device: str = "cpu"
+    seed: int = 0
+    progress: Progress = field(default_factory=lambda: Progress(False))
+    #: Provenance of the inputs the task fetched (filled by ``embed``; read by the entry writer).
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.dataset.card.class_names)
+
+    @property
+    def labels(self):
+        return self.dataset.labels
+
+    def embed(self):
+        """The backbone's embeddings of every item (cached by key; see ``ocbench embed``)."""
+        return self.embed_fn(self)
