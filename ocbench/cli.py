@@ -139,12 +139,15 @@ def _run_options(fn):
 # ocbench run / demo / sweep-channels / embed
 
 
+def _say_done(outcome) -> None:
+    """Printed as each cell finishes, so a later failure never hides what was already written."""
+    click.echo(f"{'skipped (exists)' if outcome.skipped else 'wrote'}: {outcome.path}")
+
+
 def _print_outcomes(outcomes) -> None:
     from ocbench.leaderboard.summary import format_run_table
 
     click.echo(format_run_table([o.entry for o in outcomes]))
-    for o in outcomes:
-        click.echo(f"{'skipped (exists)' if o.skipped else 'wrote'}: {o.path}")
 
 
 @cli.command()
@@ -180,7 +183,7 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
         output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, split_file=Path(split_file) if split_file else None,
     )
-    _print_outcomes(run_grid(specs, ds, options))
+    _print_outcomes(run_grid(specs, ds, options, on_done=_say_done))
 
 
 @cli.command("sweep-channels")
@@ -210,7 +213,7 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
         output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite,
     )
-    outcomes = run_grid(specs, ds, options)
+    outcomes = run_grid(specs, ds, options, on_done=_say_done)
     click.echo(format_sweep_table(card.name, [o.entry for o in outcomes]))
 
 
@@ -232,7 +235,7 @@ def demo(output, device, overwrite):
     ds = _open_dataset("demo", None, 1)
     out = Path(output)
     options = RunOptions(output_dir=out / "entries", device=device, overwrite=overwrite)
-    outcomes = run_grid(demo_specs(), ds, options)
+    outcomes = run_grid(demo_specs(), ds, options, on_done=_say_done)
     _print_outcomes(outcomes)
     click.echo(
         f"note: the demo overrides {', '.join(DEMO_OVERRIDES)} (the protocol is tuned for ~5,500 training "

@@ -214,10 +214,17 @@ def off_protocol_reasons(cell: Cell, dataset: Any) -> list[str]:
     default_grade = dataset.card.default_min_grade
     if dataset.min_grade != default_grade:
         reasons.append(f"labels from grade >= {dataset.min_grade} only (the protocol counts grades >= {default_grade})")
-    unused = cell.adapter.unused_channels() if hasattr(cell.adapter, "unused_channels") else ()
+    unused = _unused_channels(cell.adapter, dataset.card.channel_names)
     if unused:
         reasons.append(f"channel map leaves out the {' and '.join(unused)} channel")
     return reasons
+
+
+def _unused_channels(adapter: Any, channel_names: Sequence[str]) -> tuple[str, ...]:
+    """Dataset channels a ``map`` adapter leaves out (the protocol's maps place every channel)."""
+    if adapter.strategy != "map":
+        return ()
+    return tuple(name for name, target in zip(channel_names, adapter.targets) if target is None)
 
 
 def _dataset_block(dataset: Any) -> dict[str, Any]:
