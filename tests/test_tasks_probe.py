@@ -344,3 +344,12 @@ def test_dropout_masks_keep_the_right_fraction(p):
     kept = (words.view(dtype) >= threshold).double().mean().item()
     assert kept == pytest.approx(1 - p, abs=3e-3)
     assert scale == pytest.approx(1 / (1 - p), rel=1e-4)
+
+
+def test_progress_without_a_terminal_prints_a_line_per_fold(problem, capsys):
+    from ocbench.tasks.context import Progress
+
+    fast_task("fov-linear", "epochs=2").run(*problem, progress=Progress(True, prefix="cell 3/8 · demo-bb"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "fold" in line]
+    assert len(lines) == 5  # pytest's stderr is not a terminal: one line per finished fold
+    assert lines[0].startswith("cell 3/8 · demo-bb · fov-linear fold 1/5 done: val macro-F1 ")
