@@ -139,13 +139,13 @@ def example_entry_dict(
         created=created,
         task_config=task_config,
     )
+    # every field written out, defaults included, so the dict equals the loaded entry's dump
     data["off_protocol"] = bool(overrides) or bool(reasons)
-    data["dataset"]["synthetic"] = dataset_name == "demo" if synthetic is None else synthetic
-    data["environment"]["precision"] = precision
-    if weights_verified is not None or weights_note is not None:
+    data["dataset"].update(card=None, synthetic=dataset_name == "demo" if synthetic is None else synthetic)
+    data["environment"].update(precision=precision, threads=None)
+    data["backbone"].update(weights_verified=weights_verified, weights_note=weights_note)
+    if weights_verified is not None:
         data["backbone"]["weights_sha256"] = _fake_sha(f"weights {backbone}")
-        data["backbone"]["weights_verified"] = weights_verified
-        data["backbone"]["weights_note"] = weights_note
 
     names = list(class_names)
     scores = _scores(val_folds, test_folds)
