@@ -122,7 +122,9 @@ def example_entry_dict(
     test_folds = val_folds if test_folds is None else test_folds
     overrides = dict(overrides or {})
     reasons = list(off_protocol_reasons) if off_protocol_reasons is not None else (
-        ["settings given with --set: " + ", ".join(sorted(overrides))] if overrides else []
+        ["settings differ from the protocol: " + ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))]
+        if overrides
+        else []
     )
     data = _common(
         backbone,
