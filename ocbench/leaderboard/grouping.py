@@ -14,12 +14,13 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from ocbench.reported import not_comparable_reason
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ocbench.leaderboard.collect import LoadedEntry
+#: A ``collect.LoadedEntry`` (not imported: collect imports this module). Used: ``.entry``,
+#: ``.sha256``, ``.name``.
+LoadedEntry = Any
 
 __all__ = [
     "GroupKey",
@@ -80,9 +81,9 @@ def created_time(entry: Any) -> datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
 
-def dedupe_entries(entries: Sequence["LoadedEntry"]) -> tuple[list["LoadedEntry"], list[str]]:
+def dedupe_entries(entries: Sequence[LoadedEntry]) -> tuple[list[LoadedEntry], list[str]]:
     """Keep one entry per (table, key): the newest by ``created``; report the others."""
-    by_identity: dict[tuple, list["LoadedEntry"]] = defaultdict(list)
+    by_identity: dict[tuple, list[LoadedEntry]] = defaultdict(list)
     for loaded in entries:
         by_identity[(GroupKey.of(loaded.entry), loaded.entry.key)].append(loaded)
     kept, problems = [], []
@@ -100,15 +101,15 @@ def dedupe_entries(entries: Sequence["LoadedEntry"]) -> tuple[list["LoadedEntry"
     return kept, problems
 
 
-def group_entries(entries: Iterable["LoadedEntry"]) -> dict[GroupKey, list["LoadedEntry"]]:
+def group_entries(entries: Iterable[LoadedEntry]) -> dict[GroupKey, list[LoadedEntry]]:
     """Entries by table, in key order (members keep their order)."""
-    groups: dict[GroupKey, list["LoadedEntry"]] = defaultdict(list)
+    groups: dict[GroupKey, list[LoadedEntry]] = defaultdict(list)
     for loaded in entries:
         groups[GroupKey.of(loaded.entry)].append(loaded)
     return {key: groups[key] for key in sorted(groups)}
 
 
-def board_file_names(entries: Sequence["LoadedEntry"]) -> dict[str, str]:
+def board_file_names(entries: Sequence[LoadedEntry]) -> dict[str, str]:
     """sha256 -> file name in a board's ``entries/`` copy: ``<key>.json``, with the sha256 prefix
     added when two shown entries share a key (they sit in different tables)."""
     counts: dict[str, int] = defaultdict(int)

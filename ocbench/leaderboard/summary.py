@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ocbench.leaderboard.channels import entry_channel_map, map_label
-from ocbench.leaderboard.formatting import SYNTHETIC_NOTE, WEIGHTS_UNVERIFIED, fmt_axis_value, fmt_score, score_label
+from ocbench.leaderboard.formatting import SYNTHETIC_NOTE, WEIGHTS_UNVERIFIED, fmt_axis_value, fmt_score, metric_label, score_label
 from ocbench.leaderboard.grouping import dataset_block
 from ocbench.leaderboard.ranking import Score
 from ocbench.reported import not_comparable_reason, reported_for
@@ -75,6 +75,7 @@ def format_run_table(entries: Sequence[Any]) -> str:
     for e in entries:
         channel_map = entry_channel_map(e)
         prefix = "" if shared else f"{score_label(e.main_score.eval_set, e.main_score.metric)} "
+        test_prefix = "" if shared else f"{metric_label(e.main_score.metric)} "
         test = e.test if e.main_score.eval_set != "test" else None
         rows.append([
             e.backbone.name,
@@ -83,13 +84,13 @@ def format_run_table(entries: Sequence[Any]) -> str:
             e.split.track,
             e.dataset.name + (" (synthetic)" if e.dataset.synthetic else ""),
             _score_cell(e, e.main, prefix),
-            _score_cell(e, test, prefix) if test is not None else "-",
+            _score_cell(e, test, test_prefix) if test is not None else "-",
             _reported_cell(e, channel_map),
         ])
     headers = ["backbone", "channels", "task", "split", "data", *headers_score, "paper (reported)"]
     notes = ["mean ± std (ddof 1) over n folds; test = each fold's model scored on the held-out 10% test set"]
     if any(e.dataset.synthetic for e in entries):
-        notes.append(f"rows on (synthetic) data: {SYNTHETIC_NOTE}")
+        notes.append(f"(synthetic) = {SYNTHETIC_NOTE}")
     reasons: dict[tuple[str, ...], int] = {}
     for e in entries:
         if e.off_protocol:
