@@ -1,7 +1,8 @@
 """The repository's published board (top-level ``leaderboard/``) is up to date with its entries.
 
-It is rebuilt with ``ocbench leaderboard build leaderboard/entries --out leaderboard`` (the same
-as ``build_board(["leaderboard/entries"], "leaderboard")``), which leaves ``leaderboard/entries``
+It is rebuilt with ``ocbench leaderboard build leaderboard/entries --out leaderboard --allow-empty`` (the same
+as ``build_board(["leaderboard/entries"], "leaderboard", allow_empty=True)``; ``--allow-empty``
+because the board may hold the paper's reported rows alone), which leaves ``leaderboard/entries``
 as it is and links to the entry files there. Until entries computed on the real data are added,
 it holds the paper's reported rows only.
 """

@@ -127,7 +127,8 @@ def _per_class(table: Table, path: Path) -> None:
         for j in range(data.shape[1]):
             if not np.isnan(data[i, j]):
                 ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white" if data[i, j] < 0.6 else "black")
-    fig.colorbar(image, ax=ax, label="F1 (val)")
+    eval_set = table.group.main_eval_set if table.group else "val"
+    fig.colorbar(image, ax=ax, label=f"F1 ({eval_set})")
     ax.set_title(f"Per-class F1 — {table.title}", fontsize=9)
     _save(fig, path)
 
