@@ -287,3 +287,15 @@ def test_stale_build_folders_are_removed_and_only_those(tmp_path):
     assert any("interrupted builds" in n for n in report.notes)
     assert remove_stale_builds(out) == []
     assert not [p for p in out.iterdir() if p.name.startswith(".ocbench-build-") and p not in (alive, elsewhere, foreign)]
+
+
+def test_a_task_name_cannot_inject_a_link_through_the_plot_file_names(tmp_path):
+    pytest.importorskip("matplotlib")
+    d = example_entry_dict("model-a", task="x)![y](javascript:alert(1)")
+    e = example_entry_dict("model-b", task="x)![y](javascript:alert(1)", val_folds=FOLDS)
+    report = build_board([_entries(tmp_path, d, e)], tmp_path / "board", include_reported=False)
+    table_id = report.board.tables[0].id
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", table_id), table_id
+    md = (tmp_path / "board" / "LEADERBOARD.md").read_text()
+    assert not re.search(r"(?<!\\)\]\(javascript:", md)
+    assert all(p.parent == tmp_path / "board" / "plots" for p in (tmp_path / "board" / "plots").rglob("*.png"))

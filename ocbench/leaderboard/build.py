@@ -75,9 +75,9 @@ _MARKER_TEXT = "Written by `ocbench leaderboard build`; the next build into this
 
 #: What identifies each board file written by ocbench 0.1, which wrote no manifest.
 _LEGACY_STAMPS = {
-    "LEADERBOARD.md": "Built by `ocbench leaderboard build`",
-    "index.html": "Built by <code>ocbench leaderboard build</code>",
-    "leaderboard.csv": "table_id,table,task,track,",
+    "LEADERBOARD.md": ("Built by `ocbench leaderboard build`",),
+    "index.html": ("Built by <code>ocbench leaderboard build</code>",),
+    "leaderboard.csv": ("table_id,table,task,track,", "table_id,kind,backbone\n"),  # the second: a board without rows
 }
 
 _STAGING_PREFIX = ".ocbench-build-"
@@ -152,13 +152,13 @@ def _manifest_files(out: Path) -> set[str]:
 
 
 def _written_by_old_build(path: Path) -> bool:
-    stamp = _LEGACY_STAMPS.get(path.name)
+    stamps = _LEGACY_STAMPS.get(path.name, ())
     try:
         with path.open("r", encoding="utf-8", errors="replace") as fh:
             head = fh.read(1 << 16)
     except OSError:
         return False
-    return stamp is not None and (head.startswith(stamp) if path.suffix == ".csv" else stamp in head)
+    return any(head.startswith(s) if path.suffix == ".csv" else s in head for s in stamps)
 
 
 def _ensure_files_ours(out: Path) -> None:

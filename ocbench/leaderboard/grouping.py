@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ __all__ = [
     "dedupe_entries",
     "board_file_names",
     "created_time",
+    "safe_id",
     "dataset_block",
     "paper_incomparability",
 ]
@@ -69,11 +71,17 @@ class GroupKey:
     def slug(self) -> str:
         """A stable table id: ``<task>-<track>-<8 hex of the whole key>``."""
         digest = hashlib.sha256(json.dumps(list(self.__dict__.values())).encode()).hexdigest()[:8]
-        return f"{self.task}-{self.track}-{digest}"
+        return f"{safe_id(self.task)}-{safe_id(self.track)}-{digest}"
 
     @property
     def reasons(self) -> list[str]:
         return json.loads(self.off_protocol_reasons)
+
+
+def safe_id(text: str) -> str:
+    """``text`` with anything but letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``: table
+    ids become plot file names and Markdown link targets, and a task name comes from an entry."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 def created_time(entry: Any) -> datetime:

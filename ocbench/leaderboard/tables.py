@@ -30,6 +30,7 @@ from ocbench.leaderboard.grouping import (
     dedupe_entries,
     group_entries,
     paper_incomparability,
+    safe_id,
 )
 from ocbench.leaderboard.ranking import ALPHA, Score, assign_ranks, paired_t_test_p, rank_rule_text
 from ocbench.reported import PAPER, REPORTED, ReportedResult, not_comparable_reason, reported_for
@@ -393,7 +394,7 @@ def _reported_table(task: str, track: str, results: list[ReportedResult], *, ran
             else "The paper's numbers, sorted by mean; not ranked (they were not computed by ocbench)."
         )
     return Table(
-        id=f"{task}-{track}-reported",
+        id=f"{safe_id(task)}-{safe_id(track)}-reported",
         title=f"{task} · {track} track · reported by the paper",
         details=(
             f"{PAPER}: numbers as published, computed on the paper's own split by its own code; "
