@@ -25,7 +25,8 @@ from ocbench.benchmark.entry import (
     write_entry,
 )
 from ocbench.errors import DataError
-from ocbench.leaderboard.examples import example_entry_dict
+from ocbench.data.compartments import COMPARTMENTS
+from ocbench.leaderboard.examples import example_entry_dict, example_entry_dict_v1
 
 
 def _write_json(path, data):
@@ -55,8 +56,8 @@ def test_a_new_entry_dict_may_omit_the_schema_version(tmp_path):
 
 def test_invalid_entry_is_not_written(tmp_path):
     data = example_entry_dict()
-    data["metrics"]["macro_f1"]["val"]["mean"] = 0.9  # folds average 0.62
-    with pytest.raises(DataError, match=r"metrics\.macro_f1\.val: mean 0\.9 does not match"):
+    data["scores"]["val"]["macro_f1"]["mean"] = 0.9  # folds average 0.62
+    with pytest.raises(DataError, match=r"scores\.val\.macro_f1: mean 0\.9 does not match"):
         write_entry(data, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
@@ -66,16 +67,18 @@ def test_invalid_entry_is_not_written(tmp_path):
     [
         (lambda d: d.update(colour="blue"), "colour: unknown field"),
         (lambda d: d["backbone"].update(weights="x"), "backbone.weights: unknown field"),
-        (lambda d: d["metrics"]["macro_f1"]["val"].update(median=0.5), "metrics.macro_f1.val.median: unknown field"),
+        (lambda d: d["scores"]["val"]["macro_f1"].update(median=0.5), "scores.val.macro_f1.median: unknown field"),
         (lambda d: d["dataset"].pop("version"), "dataset.version: missing"),
         (lambda d: d["split"].update(sha256="abc"), "split.sha256"),
-        (lambda d: d["metrics"]["macro_f1"].pop("test"), r"field metrics: macro_f1 lacks the evaluation set\(s\) \['test'\]"),
-        (lambda d: d["metrics"]["per_class"]["val"]["f1"].update(nucleus=0.5), "unknown compartment"),
-        (lambda d: d["metrics"]["macro_f1"]["val"].update(n=4), "n is 4 but per_fold has 5"),
+        (lambda d: d["scores"].pop("val"), "main_score val/macro_f1 is not in scores"),
+        (lambda d: d["per_class"]["val"]["f1"].update(nucleus=0.5), r"unknown class\(es\) \['nucleus'\]"),
+        (lambda d: d["scores"]["val"]["macro_f1"].update(n=4), "n is 4 but values has 5 items"),
         (lambda d: d.update(overrides={"epochs": 5}), "off_protocol is false"),
+        (lambda d: d.update(off_protocol_reasons=["bf16"]), "off_protocol_reasons are given but off_protocol is false"),
         (lambda d: d.update(key="something-else"), "does not match its parts"),
         (lambda d: d.update(created="yesterday"), "created: .*not an ISO 8601"),
-        (lambda d: d["metrics"]["per_fold_per_class"]["val"]["f1"][0].pop(), r"has 16 values, expected 17"),
+        (lambda d: d["per_class_values"]["val"]["f1"][0].pop(), r"has 16 values, expected 17"),
+        (lambda d: d["main_score"].update(metric="accuracy"), "main_score val/accuracy is not in scores"),
     ],
 )
 def test_bad_fields_are_named(tmp_path, mutate, field):
@@ -103,7 +106,7 @@ def test_unknown_schema_version_errors(tmp_path):
     data = example_entry_dict()
     data["schema_version"] = SCHEMA_VERSION + 6
     path = _write_json(tmp_path / "future.json", data)
-    with pytest.raises(DataError, match=r"future\.json: field schema_version: unknown version 7 .*newer ocbench"):
+    with pytest.raises(DataError, match=rf"future\.json: field schema_version: unknown version {SCHEMA_VERSION + 6} .*newer ocbench"):
         load_entry(path)
     data["schema_version"] = "1"
     with pytest.raises(DataError, match="unknown version '1'"):
@@ -152,26 +155,43 @@ def _as_version_0(v1: dict) -> dict:
 
 
 def test_version_0_entry_is_upgraded(tmp_path):
-    assert known_schema_versions() == [0, 1]
-    v1 = example_entry_dict("hpa-fov-vitb8", channels_key="natural", strategy="map", overrides={"epochs": 50})
+    assert known_schema_versions() == [0, 1, 2]
+    v1 = example_entry_dict_v1("hpa-fov-vitb8", channels_key="natural", strategy="map", overrides={"epochs": 50})
     old = _as_version_0(v1)
     loaded = load_entry(_write_json(tmp_path / "old.json", old))
-    assert loaded.schema_version == 1
+    assert loaded.schema_version == SCHEMA_VERSION
     assert loaded.protocol_version == "fov-probe/1"
     assert loaded.off_protocol is True  # implied by the overrides in version 0
+    assert loaded.off_protocol_reasons == ["settings changed: epochs"]
     assert loaded.key == v1["key"]
     assert loaded.backbone.source == v1["backbone"]["source"]
     assert loaded.channels.strategy == "map" and loaded.channels.key == "natural"
+    assert (loaded.main_score.eval_set, loaded.main_score.metric) == ("val", "macro_f1_all")
     for part in ("val", "test"):
-        got, want = loaded.metrics.macro_f1[part], v1["metrics"]["macro_f1"][part]
-        assert got.per_fold == want["per_fold"] and got.n == 5 and got.ddof == 1
+        got, want = loaded.scores[part]["macro_f1_all"], v1["metrics"]["macro_f1"][part]
+        assert got.values == want["per_fold"] and got.n == 5 and got.ddof == 1
         assert got.mean == pytest.approx(want["mean"]) and got.std == pytest.approx(want["std"])
-    assert loaded.metrics.per_class["val"].f1 == v1["metrics"]["per_class"]["val"]["f1"]
+    assert loaded.per_class["val"]["f1"] == v1["metrics"]["per_class"]["val"]["f1"]
     assert loaded.created == v1["created"]
 
 
+def test_version_1_entry_is_upgraded(tmp_path):
+    """Schema 1 (ocbench 0.1): the all-17-classes macro-F1 keeps its numbers under its honest
+    name and still ranks; the demo's old dataset name becomes "demo", marked synthetic."""
+    v1 = example_entry_dict_v1("model-a", overrides={"epochs": 5})
+    loaded = load_entry(_write_json(tmp_path / "v1.json", v1))
+    assert loaded.schema_version == SCHEMA_VERSION and loaded.protocol_version == "fov-probe/1"
+    assert loaded.main.values == v1["metrics"]["macro_f1"]["val"]["per_fold"]
+    assert loaded.val == loaded.main and loaded.test.values == v1["metrics"]["macro_f1"]["test"]["per_fold"]
+    assert loaded.class_names == list(COMPARTMENTS)
+    assert loaded.per_class_values["val"]["f1"] == v1["metrics"]["per_fold_per_class"]["val"]["f1"]
+    assert loaded.dataset.name == "demo" and loaded.dataset.synthetic is True
+    assert loaded.off_protocol_reasons == ["settings changed: epochs"]
+    assert loaded.axis is None and loaded.environment.precision == "fp32"
+
+
 def test_upgrade_keeps_unknown_old_fields_visible(tmp_path):
-    old = _as_version_0(example_entry_dict())
+    old = _as_version_0(example_entry_dict_v1())
     old["gpu_hours"] = 3
     with pytest.raises(DataError, match="field gpu_hours: unknown field"):
         load_entry(_write_json(tmp_path / "old.json", old))
@@ -185,7 +205,7 @@ def test_upgrader_registry_refuses_duplicates_and_current_version():
 
 
 def test_entry_from_dict_does_not_mutate_input():
-    old = _as_version_0(example_entry_dict())
+    old = _as_version_0(example_entry_dict_v1())
     snapshot = copy.deepcopy(old)
     entry_from_dict(old)
     assert old == snapshot
@@ -201,7 +221,7 @@ def test_published_json_schema_is_up_to_date(tmp_path):
     assert schema == entry_json_schema()
     assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION
     assert schema["additionalProperties"] is False
-    assert set(schema["required"]) >= {"protocol_version", "metrics", "backbone", "dataset", "split", "key"}
+    assert set(schema["required"]) >= {"protocol_version", "main_score", "scores", "class_names", "backbone", "dataset", "split", "key"}
 
 
 def test_json_schema_validates_entries_when_jsonschema_is_installed():

@@ -16,8 +16,10 @@ from ocbench.benchmark.entry import write_entry
 from ocbench.errors import ConfigError, DataError
 from ocbench.leaderboard import build_board, collect_entries, publish, validate_entries
 from ocbench.leaderboard.examples import example_entry_dict
+from ocbench.leaderboard.formatting import md_escape
 from ocbench.leaderboard.ranking import Score, assign_ranks, intervals_overlap, paired_t_test_p, student_t_two_sided_p
-from ocbench.leaderboard.tables import build_tables, resolve_channel_map
+from ocbench.leaderboard.channels import resolve_channel_map
+from ocbench.leaderboard.tables import build_tables
 from ocbench.reported import REPORTED
 
 FOLDS = [0.70, 0.72, 0.69, 0.71, 0.73]
@@ -125,7 +127,7 @@ def test_corrupt_and_foreign_files_are_reported_and_skipped(tmp_path):
     (folder / "corrupt.json").write_text('{"schema_version": 1, "task": ')
     (folder / "foreign.json").write_text(json.dumps({"model": "resnet50", "accuracy": 0.91}))
     bad = example_entry_dict("model-c")
-    bad["metrics"]["macro_f1"]["val"]["per_fold"][0] = 1.5
+    bad["scores"]["val"]["macro_f1"]["values"][0] = 1.5
     (folder / "sub").mkdir()
     (folder / "sub" / "bad-value.json").write_text(json.dumps(bad))
     (folder / ".hidden.json").write_text("not json")  # editor/temp files are ignored
@@ -136,7 +138,7 @@ def test_corrupt_and_foreign_files_are_reported_and_skipped(tmp_path):
     assert len(problems) == 3
     assert any("corrupt.json: not valid JSON" in p for p in problems)
     assert any("foreign.json: field schema_version: missing" in p for p in problems)
-    assert any("sub/bad-value.json: field metrics.macro_f1.val.per_fold: fold 0 score 1.5" in p for p in problems)
+    assert any("sub/bad-value.json: field scores.val.macro_f1: mean 0.62 does not match" in p for p in problems)
 
     assert collect_entries(folder).ignored == (f"{folder}/splits/paper-seed0.json",)
     report = build_board([folder], tmp_path / "board", include_reported=False, plots=False)
@@ -168,7 +170,7 @@ def test_duplicate_key_keeps_newest_and_reports_the_other(tmp_path):
     assert len(problems) == 1 and "run1/model-a__replicate__fov-mlp__paper.json: same key" in problems[0]
     board = build_tables(collect_entries([tmp_path / "run1", tmp_path / "run2"]).entries, include_reported=False)
     (row,) = _computed_rows(board)
-    assert row.val.mean == pytest.approx(sum(FOLDS) / 5 - 0.1)
+    assert row.score.mean == pytest.approx(sum(FOLDS) / 5 - 0.1)
 
 
 def test_entries_differing_in_dataset_split_or_protocol_get_separate_tables(tmp_path):
@@ -178,7 +180,7 @@ def test_entries_differing_in_dataset_split_or_protocol_get_separate_tables(tmp_
         example_entry_dict("model-b", dataset_version="a" * 64),
         example_entry_dict("model-a", dataset_version="b" * 64, channels_key="replicate2", spec="replicate"),
         example_entry_dict("model-c", dataset_version="a" * 64, split_sha256="c" * 64),
-        example_entry_dict("model-d", dataset_version="a" * 64, protocol_version="fov-probe/2"),
+        example_entry_dict("model-d", dataset_version="a" * 64, protocol_version="fov-probe/1"),
         example_entry_dict("model-e", dataset_version="a" * 64, overrides={"epochs": 5}),
         example_entry_dict("model-f", dataset_version="a" * 64, track="protein"),
     )
@@ -188,8 +190,8 @@ def test_entries_differing_in_dataset_split_or_protocol_get_separate_tables(tmp_
     details = [" ".join(t.details) for t in board.tables]
     assert sum("version aaaaaaaaaaaa" in d for d in details) == 5
     assert sum("version bbbbbbbbbbbb" in d for d in details) == 1
-    assert any("protocol fov-probe/2" in d for d in details)
-    assert any("off-protocol: epochs=5" in d for d in details)
+    assert any("protocol fov-probe/1" in d for d in details)
+    assert any("off-protocol: settings differ from the protocol: epochs=5" in d for d in details)
     assert len({t.id for t in board.tables}) == len(board.tables)
 
 
@@ -235,8 +237,8 @@ def test_reported_rows_show_what_the_paper_leaves_open(tmp_path):
         assert row.notes.endswith(row.source.note) and ("note", row.source.note) in row.provenance
     plain = next(r for r in rows if r.backbone == "hpa-fov-vitb8" and r.source.task == "fov-mlp" and r.source.natural)
     assert plain.notes == "paper Table 1; appendix D Table 8" and "note" not in dict(plain.provenance)
-    md = (build_board([], tmp_path / "board", plots=False).out_dir / "LEADERBOARD.md").read_text()
-    assert "the paper does not say which map; [G, B] assumed" in md
+    md = (build_board([], tmp_path / "board", plots=False, allow_empty=True).out_dir / "LEADERBOARD.md").read_text()
+    assert md_escape("the paper does not say which map; [G, B] assumed") in md
 
 
 @pytest.mark.parametrize(
@@ -352,13 +354,13 @@ def test_board_files_markdown_csv(tmp_path):
     md = (out / "LEADERBOARD.md").read_text()
     assert "| rank " in md and "|--" in md  # tabulate github style
     assert "model-a" in md and "hpa-fov-vitb8 *(reported)*" in md
-    assert "paired t-test" in md and "Per-class F1" in md and "Best backbone per compartment" in md
+    assert "paired t-test" in md and "Per-class F1" in md and "Best backbone per class" in md
     frame = pd.read_csv(out / "leaderboard.csv")
     computed = frame[frame.kind == "computed"].set_index("backbone")
     assert list(computed.loc[["model-a", "model-b", "model-c"], "rank"]) == [1, 1, 3]
-    assert computed.loc["model-a", "val_mean"] == pytest.approx(sum(FOLDS) / 5)
-    assert json.loads(computed.loc["model-a", "val_per_fold"]) == FOLDS
-    assert "val_f1_nucleolus_gc" in frame.columns
+    assert computed.loc["model-a", "score_mean"] == pytest.approx(sum(FOLDS) / 5)
+    assert json.loads(computed.loc["model-a", "score_values"]) == FOLDS
+    assert "per_class_f1_nucleolus_gc" in frame.columns
     reported = frame[frame.kind == "reported"]
     assert len(reported) == len(REPORTED) and reported["rank"].isna().all()
     assert not set(reported.table_id) & set(computed.table_id)  # demo data: the paper's rows stand apart
@@ -490,26 +492,26 @@ def test_build_does_not_replace_a_plots_folder_it_did_not_write(tmp_path):
     (out / "plots").mkdir(parents=True)
     (out / "plots" / "my-figure.png").write_bytes(b"\x89PNG mine")
     with pytest.raises(ConfigError, match=r"results/plots: holds files"):
-        build_board([], out)  # the paper's rows alone already make plots
+        build_board([], out, allow_empty=True)  # the paper's rows alone already make plots
     assert sorted(p.name for p in out.iterdir()) == ["plots"]
-    build_board([], out, plots=False)  # no plots to write: the folder is left alone
+    build_board([], out, plots=False, allow_empty=True)  # no plots to write: the folder is left alone
     assert [p.name for p in (out / "plots").iterdir()] == ["my-figure.png"]
 
     pytest.importorskip("matplotlib")
     board = tmp_path / "board"
-    build_board([], board)
+    build_board([], board, allow_empty=True)
     assert (board / "plots" / "finetune_fraction.png").is_file()
-    build_board([], board, plots=False)  # its own plots of an earlier build no longer apply
+    build_board([], board, plots=False, allow_empty=True)  # its own plots of an earlier build no longer apply
     assert not (board / "plots").exists()
 
 
 def test_reported_only_board_when_there_are_no_entries(tmp_path):
-    report = build_board([], tmp_path / "board", plots=False)
+    report = build_board([], tmp_path / "board", plots=False, allow_empty=True)
     assert report.n_entries == 0 and report.n_tables == 3
     md = (tmp_path / "board" / "LEADERBOARD.md").read_text()
     assert "fov-mlp · paper track · reported by the paper" in md
     assert "k#5" in md and "0.796" in md  # Table 4 rows
-    report = build_board([], tmp_path / "empty", include_reported=False)
+    report = build_board([], tmp_path / "empty", include_reported=False, allow_empty=True)
     assert report.n_tables == 0 and "No entries yet." in (tmp_path / "empty" / "LEADERBOARD.md").read_text()
 
 
@@ -519,7 +521,7 @@ def test_publish_dry_run_and_upload(tmp_path, monkeypatch):
     folder = _entries_dir(tmp_path, example_entry_dict("model-a"))
     out = tmp_path / "board"
     build_board([folder], out, include_reported=False, plots=False)
-    files = publish(out, "org/ocbench-board", dry_run=True)
+    files = publish(out, "org/ocbench-board", dry_run=True, allow_synthetic=True)
     assert files[:3] == ["LEADERBOARD.md", "leaderboard.csv", "index.html"]
     assert "entries/model-a__replicate__fov-mlp__paper.json" in files and "entries/README.md" in files
 
@@ -536,7 +538,7 @@ def test_publish_dry_run_and_upload(tmp_path, monkeypatch):
             calls["upload"] = kwargs
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    assert publish(out, "org/ocbench-board", dry_run=False, token="t") == files
+    assert publish(out, "org/ocbench-board", dry_run=False, token="t", allow_synthetic=True) == files
     assert calls["create"] == ("org/ocbench-board", "dataset", True)
     assert calls["upload"]["allow_patterns"] == files and calls["upload"]["repo_type"] == "dataset"
 
@@ -546,7 +548,7 @@ def test_publish_dry_run_and_upload(tmp_path, monkeypatch):
         publish(tmp_path, "org/x", dry_run=True)
     (out / "entries" / "junk.json").write_text("{}")
     with pytest.raises(DataError, match="1 invalid entry, nothing uploaded"):
-        publish(out, "org/x", dry_run=True)
+        publish(out, "org/x", dry_run=True, allow_synthetic=True)
 
 
 def test_leaderboard_imports_and_builds_without_torch(tmp_path):

@@ -142,13 +142,13 @@ def test_clicking_headers_sorts(board, tmp_path):
     page, table_id = board
     scope = f"&table={table_id}"
 
-    dom = _dom(page, f"#sort=val{scope}", tmp_path)  # one click on a score: best first
-    assert dom.body_attrs["data-sort-state"] == f"{table_id}:val:descending"
+    dom = _dom(page, f"#sort=score{scope}", tmp_path)  # one click on a score: best first
+    assert dom.body_attrs["data-sort-state"] == f"{table_id}:score:descending"
     values = [float(cells[3].split(" ")[0]) for _, cells in dom.tables[table_id]]
     assert values == sorted(values, reverse=True)
 
-    dom = _dom(page, f"#sort=val,val{scope}", tmp_path)  # a second click reverses
-    assert dom.body_attrs["data-sort-state"] == f"{table_id}:val:ascending"
+    dom = _dom(page, f"#sort=score,score{scope}", tmp_path)  # a second click reverses
+    assert dom.body_attrs["data-sort-state"] == f"{table_id}:score:ascending"
     values = [float(cells[3].split(" ")[0]) for _, cells in dom.tables[table_id]]
     assert values == sorted(values)
     assert _backbones(dom.tables[table_id])[0] == "model-b"

@@ -24,8 +24,17 @@ from typing import Iterable, Sequence
 from ocbench._io import sha256_bytes
 from ocbench.benchmark.entry import Entry, entry_from_dict
 from ocbench.errors import DataError
+from ocbench.leaderboard.grouping import dedupe_entries
 
-__all__ = ["LoadedEntry", "Collection", "collect_entries", "validate_entries", "parse_hub_source"]
+__all__ = [
+    "LoadedEntry",
+    "Collection",
+    "collect_entries",
+    "validate_entries",
+    "duplicate_problems",
+    "no_entries_message",
+    "parse_hub_source",
+]
 
 Source = str | os.PathLike
 #: JSON files of this format (ocbench split files, ``benchmark/splits.py``) are skipped silently.
@@ -155,18 +164,34 @@ def collect_entries(sources: Sequence[Source] | Source) -> Collection:
     return Collection(tuple(entries), tuple(problems), n_files, tuple(ignored))
 
 
+def no_entries_message(sources: Sequence[Source] | Source, collection: Collection) -> str:
+    """The one-line error for sources holding no entry at all (an empty or wrong folder)."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    where = ", ".join(os.fspath(s) for s in sources) or "(no sources given)"
+    seen = f"{collection.files_seen} JSON file{'s' if collection.files_seen != 1 else ''}"
+    if collection.problems:
+        return f"{where}: no valid entry ({seen}, all invalid; first: {collection.problems[0]})"
+    split_note = f", {len(collection.ignored)} of them split files" if collection.ignored else ""
+    return (
+        f"{where}: no entries found ({seen}{split_note}); give the folder `ocbench run --output` wrote "
+        "its entry JSON files into"
+    )
+
+
 def validate_entries(sources: Sequence[Source] | Source) -> list[str]:
     """Problem lines for every invalid file under ``sources`` (empty: all valid).
 
     Besides per-file problems, entries that would collide on a board (same key, dataset, split and
-    protocol) are reported, since only one of them can be shown.
+    protocol) are reported, since only one of them can be shown. Sources holding no file at all
+    that could be an entry are a DataError: "all valid" would hide a wrong path.
     """
     collection = collect_entries(sources)
+    if not collection.entries and not collection.problems:
+        raise DataError(no_entries_message(sources, collection))
     return [*collection.problems, *duplicate_problems(collection.entries)]
 
 
 def duplicate_problems(entries: Iterable[LoadedEntry]) -> list[str]:
     """One line per entry that is shadowed by a newer one with the same identity."""
-    from ocbench.leaderboard.tables import dedupe_entries
-
     return dedupe_entries(list(entries))[1]

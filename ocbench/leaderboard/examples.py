@@ -1,59 +1,49 @@
-"""A complete, valid example entry (for documentation, tests and trying the board out).
+"""Complete, valid example entries (for documentation, tests and trying the board out).
 
-``example_entry_dict`` builds the dict ``ocbench run`` would write for made-up fold scores, so a
-board can be built and its ranking checked without running any model.
+:func:`example_entry_dict` builds the dict ``ocbench run`` would write (schema version 2) for
+made-up fold scores, so a board can be built and its ranking checked without running any model.
+:func:`example_entry_dict_v1` builds the same result in the layout ocbench 0.1 wrote (schema
+version 1), for upgrade tests.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ocbench.benchmark.entry import SCHEMA_VERSION, entry_key
 from ocbench.data.compartments import COMPARTMENTS
+from ocbench.summaries import summarize
 
-__all__ = ["example_entry_dict"]
+__all__ = ["example_entry_dict", "example_entry_dict_v1"]
 
 
 def _fake_sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _summary(values: Sequence[float]) -> dict[str, Any]:
-    vals = [float(v) for v in values]
-    mean = math.fsum(vals) / len(vals)
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
-    return {"per_fold": vals, "mean": mean, "std": std, "ddof": 1, "n": len(vals)}
+def _per_class(mean: float, class_names: Sequence[str]) -> dict[str, float]:
+    """Made-up per-class scores spread around ``mean`` (clipped to [0, 1])."""
+    return {c: round(min(1.0, max(0.0, mean + 0.01 * (i % 5 - 2))), 6) for i, c in enumerate(class_names)}
 
 
-def example_entry_dict(
-    backbone: str = "classical-stats",
+def _common(
+    backbone: str,
     *,
-    val_folds: Sequence[float] = (0.61, 0.63, 0.60, 0.64, 0.62),
-    test_folds: Sequence[float] | None = None,
-    channels_key: str = "replicate",
-    strategy: str = "replicate",
-    spec: str | None = None,
-    task: str = "fov-mlp",
-    track: str = "paper",
-    protocol_version: str = "fov-probe/1",
-    dataset_name: str = "demo",
-    dataset_version: str | None = None,
-    split_sha256: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    input_channels: Sequence[str] = ("R", "G", "B"),
-    created: str = "2025-01-01T00:00:00+00:00",
-    task_config: dict[str, Any] | None = None,
+    channels_key: str,
+    strategy: str,
+    spec: str | None,
+    task: str,
+    track: str,
+    dataset_name: str,
+    dataset_version: str | None,
+    split_sha256: str | None,
+    overrides: dict[str, Any],
+    input_channels: Sequence[str],
+    created: str,
+    task_config: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """A schema-valid entry dict; per-class F1 of every compartment is derived from the val mean."""
-    test_folds = val_folds if test_folds is None else test_folds
-    val, test = _summary(val_folds), _summary(test_folds)
-    per_class = {c: round(min(1.0, max(0.0, val["mean"] + 0.01 * (i % 5 - 2))), 6) for i, c in enumerate(COMPARTMENTS)}
-    overrides = dict(overrides or {})
     return {
-        "schema_version": SCHEMA_VERSION,
-        "protocol_version": protocol_version,
         "task": task,
         "task_config": dict(task_config or {"epochs": 300, "batch_size": 512}),
         "overrides": overrides,
@@ -76,7 +66,174 @@ def example_entry_dict(
             "annotations_sha256": _fake_sha("annotations"),
         },
         "split": {"track": track, "seed": 0, "sha256": split_sha256 or _fake_sha(f"split {dataset_name} {track}")},
-        "metrics": {
+        "seed": 0,
+        "environment": {"ocbench": "0.1.0", "torch": None, "timm": None, "python": "3.11.7", "platform": "Linux", "device": "cpu"},
+        "timings": {"extraction_s": 1.0, "extraction_cached": False, "task_s": 2.0},
+        "created": created,
+        "key": entry_key(backbone, channels_key, task, track),
+    }
+
+
+def _scores(val_folds: Sequence[float], test_folds: Sequence[float], shift: float = 0.0) -> dict[str, Any]:
+    """``macro_f1`` and ``macro_f1_all`` (a little lower, as absent classes count 0) per set."""
+    out = {}
+    for part, folds in (("val", val_folds), ("test", test_folds)):
+        present = [round(f + shift, 6) for f in folds]
+        out[part] = {
+            "macro_f1": summarize(present),
+            "macro_f1_all": summarize([round(max(0.0, f - 0.02), 6) for f in present]),
+        }
+    return out
+
+
+def example_entry_dict(
+    backbone: str = "classical-stats",
+    *,
+    val_folds: Sequence[float] = (0.61, 0.63, 0.60, 0.64, 0.62),
+    test_folds: Sequence[float] | None = None,
+    channels_key: str = "replicate",
+    strategy: str = "replicate",
+    spec: str | None = None,
+    task: str = "fov-mlp",
+    track: str = "paper",
+    protocol_version: str = "fov-probe/2",
+    dataset_name: str = "demo",
+    dataset_version: str | None = None,
+    split_sha256: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    off_protocol_reasons: Sequence[str] | None = None,
+    input_channels: Sequence[str] = ("R", "G", "B"),
+    created: str = "2025-01-01T00:00:00+00:00",
+    task_config: dict[str, Any] | None = None,
+    class_names: Sequence[str] = COMPARTMENTS,
+    main_metric: str = "macro_f1",
+    synthetic: bool | None = None,
+    precision: str = "fp32",
+    weights_verified: bool | None = None,
+    weights_note: str | None = None,
+    axis: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A schema-2 entry dict; per-class F1 of every class is derived from the val mean.
+
+    ``synthetic`` defaults to ``dataset_name == "demo"``. ``axis``: ``{"name": "k", "values":
+    [5, 10, 20], "main": 10}``; the score at each value is ``val_folds`` shifted by -0.02 per
+    step away from the main value (the main point's scores are the entry's scores).
+    """
+    test_folds = val_folds if test_folds is None else test_folds
+    overrides = dict(overrides or {})
+    reasons = list(off_protocol_reasons) if off_protocol_reasons is not None else (
+        ["settings differ from the protocol: " + ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))]
+        if overrides
+        else []
+    )
+    data = _common(
+        backbone,
+        channels_key=channels_key,
+        strategy=strategy,
+        spec=spec,
+        task=task,
+        track=track,
+        dataset_name=dataset_name,
+        dataset_version=dataset_version,
+        split_sha256=split_sha256,
+        overrides=overrides,
+        input_channels=input_channels,
+        created=created,
+        task_config=task_config,
+    )
+    # every field written out, defaults included, so the dict equals the loaded entry's dump
+    data["off_protocol"] = bool(overrides) or bool(reasons)
+    data["dataset"].update(card=None, synthetic=dataset_name == "demo" if synthetic is None else synthetic)
+    data["environment"].update(precision=precision, threads=None)
+    data["backbone"].update(weights_verified=weights_verified, weights_note=weights_note)
+    if weights_verified is not None:
+        data["backbone"]["weights_sha256"] = _fake_sha(f"weights {backbone}")
+
+    names = list(class_names)
+    scores = _scores(val_folds, test_folds)
+    per_class = {part: _per_class(scores[part]["macro_f1"]["mean"], names) for part in ("val", "test")}
+    axis_block = None
+    if axis is not None:
+        values = [float(v) for v in axis["values"]]
+        main = float(axis["main"])
+        points = []
+        for i, value in enumerate(values):
+            steps = abs(i - values.index(main))
+            point_scores = scores if steps == 0 else _scores(val_folds, test_folds, shift=-0.02 * steps)
+            points.append({
+                "value": value,
+                "scores": point_scores,
+                "per_class": {"val": {"f1": _per_class(point_scores["val"]["macro_f1"]["mean"], names)}},
+            })
+        axis_block = {"name": axis["name"], "main": main, "points": points}
+    data.update(
+        schema_version=SCHEMA_VERSION,
+        protocol_version=protocol_version,
+        off_protocol_reasons=reasons,
+        main_score={"eval_set": "val", "metric": main_metric},
+        scores=scores,
+        class_names=names,
+        per_class={part: {"f1": dict(pc), "precision": dict(pc), "recall": dict(pc)} for part, pc in per_class.items()},
+        per_class_values={
+            part: {
+                "f1": [[per_class[part][c] for c in names] for _ in folds],
+                "support": [[3.0 for _ in names] for _ in folds],
+            }
+            for part, folds in (("val", val_folds), ("test", test_folds))
+        },
+        axis=axis_block,
+    )
+    return data
+
+
+def example_entry_dict_v1(
+    backbone: str = "classical-stats",
+    *,
+    val_folds: Sequence[float] = (0.61, 0.63, 0.60, 0.64, 0.62),
+    test_folds: Sequence[float] | None = None,
+    channels_key: str = "replicate",
+    strategy: str = "replicate",
+    spec: str | None = None,
+    task: str = "fov-mlp",
+    track: str = "paper",
+    dataset_name: str = "ocbench-demo",
+    dataset_version: str | None = None,
+    split_sha256: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    input_channels: Sequence[str] = ("R", "G", "B"),
+    created: str = "2025-01-01T00:00:00+00:00",
+    task_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The same made-up result in the schema-1 layout of ocbench 0.1 (``metrics.macro_f1``,
+    ``per_fold``, the 17 compartments implied, the demo called ``ocbench-demo``)."""
+    test_folds = val_folds if test_folds is None else test_folds
+    overrides = dict(overrides or {})
+
+    def v1_summary(values: Sequence[float]) -> dict[str, Any]:
+        out = summarize([float(v) for v in values])
+        return {"per_fold": out.pop("values"), **out}
+
+    val, test = v1_summary(val_folds), v1_summary(test_folds)
+    per_class = _per_class(val["mean"], COMPARTMENTS)
+    data = _common(
+        backbone,
+        channels_key=channels_key,
+        strategy=strategy,
+        spec=spec,
+        task=task,
+        track=track,
+        dataset_name=dataset_name,
+        dataset_version=dataset_version,
+        split_sha256=split_sha256,
+        overrides=overrides,
+        input_channels=input_channels,
+        created=created,
+        task_config=task_config,
+    )
+    data.update(
+        schema_version=1,
+        protocol_version="fov-probe/1",
+        metrics={
             "macro_f1": {"val": val, "test": test},
             "per_class": {
                 part: {"f1": dict(per_class), "precision": dict(per_class), "recall": dict(per_class)} for part in ("val", "test")
@@ -86,9 +243,5 @@ def example_entry_dict(
                 for part, folds in (("val", val_folds), ("test", test_folds))
             },
         },
-        "seed": 0,
-        "environment": {"ocbench": "0.1.0", "torch": None, "timm": None, "python": "3.11.7", "platform": "Linux", "device": "cpu"},
-        "timings": {"extraction_s": 1.0, "extraction_cached": False, "task_s": 2.0},
-        "created": created,
-        "key": entry_key(backbone, channels_key, task, track),
-    }
+    )
+    return data

@@ -10,9 +10,21 @@ After sorting, ``<body data-sort-state="TABLE:COL:DIRECTION">`` says what was do
 from __future__ import annotations
 
 from html import escape
+from typing import Sequence
 
-from ocbench.leaderboard.render import INTRO, REPORTED_NOTE, cell, columns_of
-from ocbench.leaderboard.tables import Board, Row, Table, best_per_compartment
+from ocbench.leaderboard.formatting import CHANNEL_LEGEND
+from ocbench.leaderboard.plots import PlotSpec
+from ocbench.leaderboard.render import (
+    INTRO,
+    REPORTED_NOTE,
+    SYNTHETIC_BANNER,
+    TITLE,
+    axis_cell,
+    axis_columns,
+    cell,
+    columns_of,
+)
+from ocbench.leaderboard.tables import Board, Row, Table, best_per_class
 
 __all__ = ["render_html"]
 
@@ -41,6 +53,11 @@ tr.reported td { background: var(--rep); font-style: italic; }
 details summary { cursor: pointer; color: var(--accent); }
 dl.prov { margin: .3rem 0; display: grid; grid-template-columns: max-content auto; gap: .1rem .6rem; font-size: .85em; }
 dl.prov dt { color: var(--muted); } dl.prov dd { margin: 0; word-break: break-all; }
+.banner { background: #fff4d6; border-left: 4px solid #d9a400; padding: .4rem .7rem; }
+.synthetic-tag { font-size: .75em; padding: 0 .4em; border-radius: .6em; background: #ffe08a; margin-left: .4em; }
+figure { margin: .6rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
+figcaption { color: var(--muted); font-size: .85em; }
+td.unclear { color: var(--muted); font-style: italic; }
 """
 
 _JS = r"""
@@ -142,64 +159,115 @@ def _main_table(table: Table) -> str:
     )
 
 
-def _per_class_table(table: Table) -> str:
-    comps = table.compartments
-    head = '<th data-col="backbone" data-type="text" tabindex="0" aria-sort="none">backbone</th>'
-    head += '<th data-col="channels" data-type="text" tabindex="0" aria-sort="none">channels</th>'
-    head += "".join(f'<th data-col="{c}" data-type="num" tabindex="0" aria-sort="none">{escape(c)}</th>' for c in comps)
+def _simple_table(table_id: str, css: str, columns: list[tuple[str, str, bool]], rows: list[tuple[list[tuple[str, object, str]], str]]) -> str:
+    """A sortable table: ``columns`` = (id, header, numeric); each row = ([(text, sort value, class)], title)."""
+    head = "".join(
+        f'<th data-col="{_attr(cid)}" data-type="{"num" if numeric else "text"}" tabindex="0" aria-sort="none">{escape(header)}</th>'
+        for cid, header, numeric in columns
+    )
     body = []
-    for order, row in enumerate(r for r in table.computed_rows if r.per_class_f1):
-        tds = [f'<td class="txt">{escape(row.backbone)}</td>', f'<td class="txt">{escape(row.channels)}</td>']
-        for c in comps:
-            v = row.per_class_f1.get(c)
-            tds.append(f'<td class="num" data-value="{"" if v is None else v}">{"" if v is None else f"{v:.3f}"}</td>')
-        body.append(f'<tr data-order="{order}" title="{_attr(_provenance_text(row))}">{"".join(tds)}</tr>')
+    for order, (cells, title) in enumerate(rows):
+        tds = "".join(
+            f'<td class="{klass}" data-value="{_attr("" if value is None else value)}">{escape(text)}</td>'
+            for text, value, klass in cells
+        )
+        title_attr = f' title="{_attr(title)}"' if title else ""
+        body.append(f'<tr data-order="{order}"{title_attr}>{tds}</tr>')
     return (
-        f'<div class="wrap"><table class="perclass sortable" id="{_attr(table.id)}-per-class">'
+        f'<div class="wrap"><table class="{css} sortable" id="{_attr(table_id)}">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
-def _best_table(table: Table) -> str:
+def _per_class_table(table: Table) -> str:
+    names = table.class_names
+    columns = [("backbone", "backbone", False), ("channels", "channels", False)]
+    columns += [(f"c{i}", name, True) for i, name in enumerate(names)]
     rows = []
-    for order, b in enumerate(best_per_compartment(table)):
+    for row in table.computed_rows:
+        if not row.per_class:
+            continue
+        cells: list[tuple[str, object, str]] = [(row.backbone, row.backbone, "txt"), (row.channels, row.channels, "txt")]
+        for name in names:
+            v = row.per_class.get(name)
+            cells.append(("" if v is None else f"{v:.3f}", v, "num"))
+        rows.append((cells, _provenance_text(row)))
+    return _simple_table(f"{table.id}-per-class", "perclass", columns, rows)
+
+
+def _best_table(table: Table) -> str:
+    columns = [
+        ("class", "class", False),
+        ("best", "best (backbone · channels)", False),
+        ("best_f1", "F1", True),
+        ("runner_up", "runner-up", False),
+        ("runner_up_f1", "F1", True),
+        ("why", "why", False),
+    ]
+    rows = []
+    for b in best_per_class(table):
+        best = b.best.label if b.best else "no clear best"
         runner = b.runner_up.label if b.runner_up else ""
-        runner_f1 = "" if b.runner_up_f1 is None else f"{b.runner_up_f1:.3f}"
-        rows.append(
-            f'<tr data-order="{order}"><td class="txt">{escape(b.compartment)}</td>'
-            f'<td class="txt">{escape("; ".join(r.label for r in b.best))}</td>'
-            f'<td class="num" data-value="{b.best_f1}">{b.best_f1:.3f}</td>'
-            f'<td class="txt">{escape(runner)}</td>'
-            f'<td class="num" data-value="{"" if b.runner_up_f1 is None else b.runner_up_f1}">{runner_f1}</td></tr>'
-        )
-    head = (
-        '<th data-col="compartment" data-type="text" tabindex="0" aria-sort="none">compartment</th>'
-        '<th data-col="best" data-type="text" tabindex="0" aria-sort="none">best (backbone · channels)</th>'
-        '<th data-col="best_f1" data-type="num" tabindex="0" aria-sort="none">F1</th>'
-        '<th data-col="runner_up" data-type="text" tabindex="0" aria-sort="none">runner-up</th>'
-        '<th data-col="runner_up_f1" data-type="num" tabindex="0" aria-sort="none">F1</th>'
-    )
+        runner_f1 = "" if b.runner_up_value is None else f"{b.runner_up_value:.3f}"
+        cells: list[tuple[str, object, str]] = [
+            (b.class_name, b.class_name, "txt"),
+            (best, best, "txt" if b.best else "txt unclear"),
+            (f"{b.top_value:.3f}", b.top_value, "num"),
+            (runner, runner, "txt"),
+            (runner_f1, b.runner_up_value, "num"),
+            (b.note, b.note, "txt"),
+        ]
+        rows.append((cells, ""))
+    return _simple_table(f"{table.id}-best", "best", columns, rows)
+
+
+def _axis_table(table: Table) -> str:
+    columns = axis_columns(table)
+    rows = []
+    for row in table.computed_rows:
+        if not row.axis_points:
+            continue
+        cells: list[tuple[str, object, str]] = []
+        for c in columns:
+            text, value = axis_cell(table, row, c)
+            cells.append((text, value, "num" if c.numeric else "txt"))
+        rows.append((cells, _provenance_text(row)))
+    return _simple_table(f"{table.id}-axis", "axis", [(c.id, c.header, c.numeric) for c in columns], rows)
+
+
+def _figure(plan: PlotSpec) -> str:
+    src = _attr(f"plots/{plan.filename}")
     return (
-        f'<div class="wrap"><table class="best sortable" id="{_attr(table.id)}-best">'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        f'<figure><a href="{src}"><img src="{src}" alt="{_attr(plan.title)}" loading="lazy"></a>'
+        f"<figcaption>{escape(plan.title)}</figcaption></figure>"
     )
 
 
-def render_html(board: Board, plot_files: list[str]) -> str:
+def render_html(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
+    by_table: dict[str | None, dict[str, PlotSpec]] = {}
+    for plan in plots:
+        by_table.setdefault(plan.table_id, {})[plan.kind] = plan
     n = len(board.entries)
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<title>OpenCell benchmark leaderboard</title>",
+        '<meta name="generator" content="ocbench leaderboard build">',
+        f"<title>{escape(TITLE)}</title>",
         f"<style>{_CSS}</style></head>",
         '<body data-sort-state="">',
-        "<h1>OpenCell benchmark leaderboard</h1>",
+        f"<h1>{escape(TITLE)}</h1>",
         f"<p>{escape(INTRO)}</p>",
     ]
+    if board.synthetic:
+        parts.append(f'<p class="banner" id="synthetic-banner">{escape(SYNTHETIC_BANNER).replace("*synthetic data*", "<em>synthetic data</em>")}</p>')
     if board.include_reported:
         note = escape(REPORTED_NOTE).replace("*reported*", "<em>reported</em>")
         parts.append(f"<p>{note.replace('`rank_reported=True`', '<code>rank_reported=True</code>')}</p>")
+    legend = escape(CHANNEL_LEGEND)
+    while "`" in legend:  # `x` -> <code>x</code> (our own text: backticks come in pairs)
+        legend = legend.replace("`", "<code>", 1).replace("`", "</code>", 1)
+    parts.append(f'<p class="legend" id="channel-legend">{legend}</p>')
     parts.append(
         f'<p class="muted">Built by <code>ocbench leaderboard build</code> from {n} entr{"y" if n == 1 else "ies"} '
         f"(fingerprint <code>{board.fingerprint[:16]}</code>); entry files in <code>entries/</code>. "
@@ -211,20 +279,33 @@ def render_html(board: Board, plot_files: list[str]) -> str:
         links = "".join(f'<li><a href="#{_attr("s-" + t.id)}">{escape(t.title)}</a></li>' for t in board.tables)
         parts.append(f"<nav><ul>{links}</ul></nav>")
     for table in board.tables:
-        parts.append(f'<section id="{_attr("s-" + table.id)}">')
-        parts.append(f"<h2>{escape(table.title)}</h2>")
+        table_plots = by_table.get(table.id, {})
+        parts.append(f'<section id="{_attr("s-" + table.id)}"' + (' data-synthetic="1"' if table.synthetic else "") + ">")
+        tag = '<span class="synthetic-tag">synthetic data</span>' if table.synthetic else ""
+        parts.append(f"<h2>{escape(table.title)}{tag}</h2>")
         parts.append(f'<p class="details">{escape(" · ".join(table.details))}</p>')
         parts.append(_main_table(table))
         parts.append(f'<p class="rule">{escape(table.rule)}</p>')
-        if table.compartments:
-            parts.append("<h3>Per-class F1 (validation, mean over folds)</h3>")
+        if "channel_sweep" in table_plots:
+            parts.append(_figure(table_plots["channel_sweep"]))
+        if any(r.axis_points for r in table.computed_rows):
+            parts.append(f"<h3>{escape(table.score_label)} per {escape(table.axis_name or 'axis')}</h3>")
+            parts.append(_axis_table(table))
+            parts.append('<p class="rule">* marks the value each entry is ranked at.</p>')
+            if "axis" in table_plots:
+                parts.append(_figure(table_plots["axis"]))
+        if table.class_names:
+            parts.append(f"<h3>Per-class {escape(table.per_class_label)}</h3>")
             parts.append(_per_class_table(table))
-            parts.append("<h3>Best backbone per compartment</h3>")
-            parts.append(_best_table(table))
+            if "per_class" in table_plots:
+                parts.append(_figure(table_plots["per_class"]))
+            if best_per_class(table):
+                parts.append("<h3>Best backbone per class</h3>")
+                parts.append(_best_table(table))
         parts.append("</section>")
-    if plot_files:
-        links = "".join(f'<li><a href="plots/{_attr(name)}">{escape(name)}</a></li>' for name in plot_files)
-        parts.append(f"<h2>Plots</h2><p class=\"muted\">Written when matplotlib is installed.</p><ul>{links}</ul>")
+    general = by_table.get(None, {})
+    if general:
+        parts.append("<section id=\"plots\"><h2>Plots</h2>" + "".join(_figure(p) for p in general.values()) + "</section>")
     parts.append(f"<script>{_JS}</script>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

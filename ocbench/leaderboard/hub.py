@@ -1,4 +1,10 @@
-"""Publish a built board (tables, plots and entries) to a Hugging Face Hub dataset repo (`publish`)."""
+"""Publish a built board (tables, plots and entries) to a Hugging Face Hub dataset repo (`publish`).
+
+A public board is read as evidence, so entries on synthetic data (the demo) or run off-protocol
+are refused unless the caller says so (``allow_synthetic`` / ``allow_off_protocol``, the CLI's
+``--allow-synthetic`` / ``--allow-off-protocol``); a dry run checks the same, so it rehearses the
+real upload.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from pathlib import Path
 
 from ocbench.errors import ConfigError, DataError
 
-__all__ = ["publish", "board_files"]
+__all__ = ["publish", "board_files", "publish_refusals"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -29,6 +35,25 @@ def board_files(out_dir: str | os.PathLike) -> list[str]:
     return files
 
 
+def publish_refusals(entries: list, *, allow_synthetic: bool, allow_off_protocol: bool) -> list[str]:
+    """Why these entries (LoadedEntry) may not be published as they are; empty: they may."""
+    reasons = []
+    synthetic = [e.name for e in entries if e.entry.dataset.synthetic]
+    if synthetic and not allow_synthetic:
+        reasons.append(
+            f"{len(synthetic)} entr{'y is' if len(synthetic) == 1 else 'ies are'} on synthetic data (first: {synthetic[0]}); "
+            "pass --allow-synthetic to publish them anyway"
+        )
+    off = [e for e in entries if e.entry.off_protocol]
+    if off and not allow_off_protocol:
+        why = "; ".join(off[0].entry.off_protocol_reasons) or "settings differ from the protocol"
+        reasons.append(
+            f"{len(off)} entr{'y is' if len(off) == 1 else 'ies are'} off-protocol (first: {off[0].name}: {why}); "
+            "pass --allow-off-protocol to publish them anyway"
+        )
+    return reasons
+
+
 def publish(
     out_dir: str | os.PathLike,
     repo_id: str,
@@ -36,26 +61,35 @@ def publish(
     dry_run: bool = False,
     token: str | None = None,
     commit_message: str = "Update the ocbench leaderboard",
+    allow_synthetic: bool = False,
+    allow_off_protocol: bool = False,
 ) -> list[str]:
     """Upload a built board to the Hub dataset repo ``repo_id``; return the uploaded paths.
 
-    The board's entries are validated first (an invalid entry stops the upload). With
-    ``dry_run`` nothing is contacted and the list says what would be uploaded. Entries and plots
-    that are on the Hub but no longer in the board are deleted in the same commit.
+    The board's entries are validated first (an invalid entry stops the upload), and entries on
+    synthetic data or off-protocol stop it unless allowed. With ``dry_run`` nothing is contacted
+    and the list says what would be uploaded. Entries and plots that are on the Hub but no longer
+    in the board are deleted in the same commit.
     """
     if not _REPO_ID.match(repo_id):
         raise ConfigError(f"--repo-id {repo_id!r}: expected ORG/NAME of a Hub dataset repo")
     files = board_files(out_dir)
     entries_dir = Path(out_dir) / "entries"
     if entries_dir.is_dir():
-        from ocbench.leaderboard.collect import validate_entries
+        from ocbench.leaderboard.collect import collect_entries, duplicate_problems
 
-        problems = validate_entries([entries_dir])
+        collection = collect_entries([entries_dir])
+        problems = [*collection.problems, *duplicate_problems(collection.entries)]
         if problems:
             raise DataError(
                 f"{entries_dir}: {len(problems)} invalid entr{'y' if len(problems) == 1 else 'ies'}, nothing uploaded "
                 f"(first: {problems[0]}); fix them and rebuild the board"
             )
+        refusals = publish_refusals(
+            list(collection.entries), allow_synthetic=allow_synthetic, allow_off_protocol=allow_off_protocol
+        )
+        if refusals:
+            raise ConfigError(f"{out_dir}: nothing uploaded: " + "; ".join(refusals))
     if dry_run:
         return files
 

@@ -1,9 +1,11 @@
-"""Board plots (matplotlib, the optional ``plots`` extra): per-class F1 heatmaps, channel-sweep
-bars, and the fine-tuning fraction curve.
+"""Board plots (matplotlib): per-class F1 heatmaps, channel-sweep bars, score-vs-axis curves
+(e.g. macro-F1 per k) and the fine-tuning fraction curve.
 
-Which plots a board has depends only on its data (:func:`plan_plots`), so the Markdown and HTML
-list the same files whether or not matplotlib is installed; :func:`write_plots` draws them and
-raises ``ModuleNotFoundError`` when matplotlib is missing (the builder turns that into a note).
+Which plots a board has depends only on its data (:func:`plan_plots`); the Markdown and HTML show
+them beside their tables. :func:`write_plots` draws them and raises ``ModuleNotFoundError`` when
+matplotlib is missing (the builder then leaves the plots out and says so).
+
+Bars and curves of scores start their score axis at 0, so a bar's length is its score.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocbench.reported import REPORTED
+from ocbench.leaderboard.formatting import fmt_axis_value
 from ocbench.leaderboard.tables import Board, Row, Table
+from ocbench.reported import REPORTED
 
 __all__ = ["PlotSpec", "FRACTION_KEYS", "plan_plots", "write_plots"]
 
@@ -24,15 +27,16 @@ FRACTION_KEYS = ("fraction", "train_fraction", "finetune_fraction")
 @dataclass(frozen=True)
 class PlotSpec:
     filename: str
-    kind: str  # per_class | channel_sweep | finetune_fraction
+    kind: str  # per_class | channel_sweep | axis | finetune_fraction
     table_id: str | None
+    title: str = ""
 
 
 def _sweep_rows(table: Table) -> dict[str, list[Row]]:
     """Backbones with at least two channel configurations in one table (a channel sweep)."""
     by_backbone: dict[tuple[str, str], list[Row]] = defaultdict(list)
     for row in table.rows:
-        if row.val is not None:
+        if row.score is not None:
             by_backbone[(row.backbone, row.kind)].append(row)
     return {
         f"{name} ({kind})": rows
@@ -56,11 +60,11 @@ def _fraction_series(board: Board) -> dict[str, list[tuple[float, float, float |
     for table in board.tables:
         for row in table.rows:
             fraction = _fraction_of(row)
-            if fraction is None or row.val is None:
+            if fraction is None or row.score is None:
                 continue
             epochs = row.source.config.get("epochs") if row.source else None
             tag = "reported" if row.kind == "reported" else (table.group.dataset_version[:8] if table.group else "")
-            series[(row.backbone, row.channels, epochs, tag)][fraction] = (row.val.mean, row.val.std)
+            series[(row.backbone, row.channels, epochs, tag)][fraction] = (row.score.mean, row.score.std)
     out = {}
     for (backbone, channels, epochs, tag), points in series.items():
         if len(points) < 2:
@@ -74,16 +78,23 @@ def _fraction_series(board: Board) -> dict[str, list[tuple[float, float, float |
     return out
 
 
+def _axis_rows(table: Table) -> list[Row]:
+    return [r for r in table.computed_rows if len(r.axis_points) >= 2]
+
+
 def plan_plots(board: Board) -> list[PlotSpec]:
     plans = []
     for table in board.tables:
-        if table.compartments:
-            plans.append(PlotSpec(f"per_class_f1__{table.id}.png", "per_class", table.id))
+        if table.class_names:
+            plans.append(PlotSpec(f"per_class_f1__{table.id}.png", "per_class", table.id, f"Per-class F1, {table.title}"))
     for table in board.tables:
         if table.kind == "scores" and _sweep_rows(table):
-            plans.append(PlotSpec(f"channel_sweep__{table.id}.png", "channel_sweep", table.id))
+            plans.append(PlotSpec(f"channel_sweep__{table.id}.png", "channel_sweep", table.id, f"Channel configurations, {table.title}"))
+    for table in board.tables:
+        if _axis_rows(table):
+            plans.append(PlotSpec(f"axis__{table.id}.png", "axis", table.id, f"{table.score_label} per {table.axis_name}, {table.title}"))
     if _fraction_series(board):
-        plans.append(PlotSpec("finetune_fraction.png", "finetune_fraction", None))
+        plans.append(PlotSpec("finetune_fraction.png", "finetune_fraction", None, "Fine-tuning data fraction"))
     return plans
 
 
@@ -97,18 +108,16 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> None:
-    from ocbench._io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
+    # written into the build's private staging folder, which is moved into place as a whole
+    fig.savefig(path, format="png", metadata={"Software": None})
 
 
 def _per_class(table: Table, path: Path) -> None:
     import numpy as np
 
-    rows = [r for r in table.computed_rows if r.per_class_f1]
-    comps = table.compartments
-    data = np.array([[r.per_class_f1.get(c, np.nan) for c in comps] for r in rows], dtype=float)
+    rows = [r for r in table.computed_rows if r.per_class]
+    comps = table.class_names
+    data = np.array([[r.per_class.get(c, np.nan) for c in comps] for r in rows], dtype=float)
     fig = _figure(1.0 + 0.45 * len(comps), 1.6 + 0.35 * len(rows))
     ax = fig.add_subplot()
     image = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
@@ -118,7 +127,8 @@ def _per_class(table: Table, path: Path) -> None:
         for j in range(data.shape[1]):
             if not np.isnan(data[i, j]):
                 ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white" if data[i, j] < 0.6 else "black")
-    fig.colorbar(image, ax=ax, label="F1 (val)")
+    eval_set = table.group.main_eval_set if table.group else "val"
+    fig.colorbar(image, ax=ax, label=f"F1 ({eval_set})")
     ax.set_title(f"Per-class F1 — {table.title}", fontsize=9)
     _save(fig, path)
 
@@ -128,18 +138,41 @@ def _channel_sweep(table: Table, path: Path) -> None:
     fig = _figure(7.5, 1.2 + 2.3 * len(groups))
     axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
     for ax, (name, rows) in zip(axes, groups.items()):
-        rows = sorted(rows, key=lambda r: -r.val.mean)  # type: ignore[union-attr]
-        means = [r.val.mean for r in rows]  # type: ignore[union-attr]
-        stds = [r.val.std or 0.0 for r in rows]  # type: ignore[union-attr]
+        rows = sorted(rows, key=lambda r: -r.score.mean)  # type: ignore[union-attr]
+        means = [r.score.mean for r in rows]  # type: ignore[union-attr]
+        stds = [r.score.std or 0.0 for r in rows]  # type: ignore[union-attr]
         reported = name.endswith("(reported)")
         ax.barh(range(len(rows)), means, xerr=stds, color="#c9b98f" if reported else "#4c78a8", hatch="//" if reported else None, capsize=2)
         ax.set_yticks(range(len(rows)), [r.channels for r in rows], fontsize=7)
         ax.invert_yaxis()
-        low = min(m - s for m, s in zip(means, stds))
-        ax.set_xlim(max(0.0, low - 0.05), min(1.0, max(m + s for m, s in zip(means, stds)) + 0.02))
+        # from 0: a cut axis would make small differences look large
+        ax.set_xlim(0.0, min(1.0, max(m + s for m, s in zip(means, stds)) + 0.02) or 1.0)
         ax.set_title(name, fontsize=8)
-        ax.set_xlabel("macro-F1 (mean ± std)", fontsize=7)
+        ax.set_xlabel(f"{table.score_label} (mean ± std)", fontsize=7)
     fig.suptitle(f"Channel configurations — {table.title}", fontsize=9)
+    _save(fig, path)
+
+
+def _axis_plot(table: Table, path: Path) -> None:
+    fig = _figure(6.5, 4.0)
+    ax = fig.add_subplot()
+    top = 0.0
+    for row in _axis_rows(table):
+        xs = [v for v, _ in row.axis_points]
+        ys = [s.mean for _, s in row.axis_points]
+        errs = [s.std or 0.0 for _, s in row.axis_points]
+        top = max(top, *(y + e for y, e in zip(ys, errs)))
+        line = ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=row.label)
+        if row.axis_main in xs:  # the value the row is ranked at
+            i = xs.index(row.axis_main)
+            ax.plot([xs[i]], [ys[i]], marker="*", markersize=12, color=line[0].get_color())
+    values = table.axis_values
+    ax.set_xticks(values, [fmt_axis_value(v) for v in values])
+    ax.set_ylim(0.0, min(1.0, top + 0.05) if top > 0 else 1.0)
+    ax.set_xlabel(table.axis_name or "axis")
+    ax.set_ylabel(f"{table.score_label} (mean ± std)")
+    ax.set_title(f"{table.title} (star: ranked value)", fontsize=9)
+    ax.legend(fontsize=7)
     _save(fig, path)
 
 
@@ -150,6 +183,7 @@ def _finetune_fraction(board: Board, path: Path) -> None:
     for label, points in series.items():
         xs, ys, errs = zip(*points)
         ax.errorbar(xs, ys, yerr=[e or 0.0 for e in errs], marker="o", capsize=3, label=label, linestyle="--" if label.endswith("(reported)") else "-")
+    ax.set_ylim(bottom=0.0)
     ax.set_xlabel("fraction of the train split used for fine-tuning (0 = none)")
     ax.set_ylabel("macro-F1 (mean ± std)")
     ax.set_title("Fine-tuning data fraction", fontsize=9)
@@ -170,6 +204,8 @@ def write_plots(board: Board, plots_dir: Path, plans: list[PlotSpec] | None = No
             _per_class(tables[plan.table_id], path)  # type: ignore[index]
         elif plan.kind == "channel_sweep":
             _channel_sweep(tables[plan.table_id], path)  # type: ignore[index]
+        elif plan.kind == "axis":
+            _axis_plot(tables[plan.table_id], path)  # type: ignore[index]
         else:
             _finetune_fraction(board, path)
         written.append(path)

@@ -31,6 +31,11 @@ class Score:
     n: int
     per_fold: tuple[float, ...] | None = None
 
+    @classmethod
+    def of(cls, summary) -> "Score":
+        """From an entry's metric summary (``values``, ``mean``, ``std``, ``n``)."""
+        return cls(summary.mean, summary.std, summary.n, tuple(summary.values))
+
 
 @dataclass(frozen=True)
 class RankDecision:
@@ -133,15 +138,24 @@ def assign_ranks(scores: Sequence[Score], *, paired: bool, alpha: float = ALPHA)
 
 
 def rank_rule_text(
-    *, paired: bool, n_folds: int | None, alpha: float = ALPHA, ranked_reported: bool = False, has_reported: bool = True
+    *,
+    paired: bool,
+    n_folds: int | None,
+    alpha: float = ALPHA,
+    ranked_reported: bool = False,
+    has_reported: bool = True,
+    label: str = "cross-validation macro-F1",
+    folds: str = "validation folds",
 ) -> str:
-    """The sentence printed under a table saying how its ranks were decided."""
-    order = "Rows are ranked by mean cross-validation macro-F1."
+    """The sentence printed under a table saying how its ranks were decided.
+
+    ``label``: the ranked score (``val macro-F1``); ``folds``: what its repetitions are."""
+    order = f"Rows are ranked by mean {label}."
     if paired:
-        folds = f"{n_folds} " if n_folds else ""
+        n = f"{n_folds} " if n_folds else ""
         rule = (
-            f" A row shares the rank of the row above when a two-sided paired t-test over the same {folds}"
-            f"validation folds (same split) cannot separate them (p >= {alpha:g})"
+            f" A row shares the rank of the row above when a two-sided paired t-test over the same {n}"
+            f"{folds} (same split) cannot separate them (p >= {alpha:g})"
         )
         rule += "; rows without paired folds share a rank when their mean ± std intervals overlap."
     else:

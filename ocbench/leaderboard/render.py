@@ -1,31 +1,63 @@
 """Markdown (tabulate, GitHub style) and CSV (pandas) renderings of a board.
 
 Both are deterministic functions of the board (no dates, no machine paths), so a committed board
-can be checked for being up to date by rebuilding it.
+can be checked for being up to date by rebuilding it. Every text that comes from an entry is
+escaped for Markdown (:func:`~ocbench.leaderboard.formatting.md_escape`) and made inert for
+spreadsheets in the CSV (:func:`~ocbench.leaderboard.formatting.csv_safe`).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
+from ocbench.leaderboard.formatting import (
+    CHANNEL_LEGEND,
+    csv_safe,
+    fmt_axis_value,
+    fmt_score,
+    md_escape,
+)
+from ocbench.leaderboard.plots import PlotSpec
 from ocbench.leaderboard.ranking import Score
+from ocbench.leaderboard.tables import Board, Row, Table, best_per_class
 from ocbench.reported import PAPER
-from ocbench.leaderboard.tables import Board, Row, Table, best_per_compartment
 
-__all__ = ["Column", "columns_of", "cell", "fmt_score", "render_markdown", "board_dataframe", "INTRO"]
+__all__ = [
+    "Column",
+    "columns_of",
+    "cell",
+    "axis_columns",
+    "axis_cell",
+    "render_markdown",
+    "board_dataframe",
+    "INTRO",
+    "REPORTED_NOTE",
+    "SYNTHETIC_BANNER",
+    "TITLE",
+]
 
+TITLE = "OpenCell benchmark leaderboard"
 INTRO = (
-    "Macro-F1 over the 17 OpenCell compartments (threshold 0.5 on sigmoid outputs), as mean ± std "
-    "(sample std, ddof 1) over n cross-validation folds; the test column scores each fold's model on "
-    "the held-out test set. Each table holds only entries with the same task, split track, dataset "
-    "version, split file and protocol version; anything else goes to its own table."
+    "Each table ranks its rows by its task's main score, named in the table's header. For the FOV "
+    "probes (protocol fov-probe/2) that is the validation macro-F1 over the classes with at least one "
+    "positive in the evaluated fold (threshold 0.5 on sigmoid outputs), as the Dino4Cells evaluation "
+    "the paper builds on computes it; tables of entries written by ocbench 0.1 (protocol fov-probe/1) "
+    "rank by the macro-F1 over all 17 compartments, a class without positives scoring 0 (\"macro-F1 "
+    "(all classes)\"). Scores are mean ± std (sample std, ddof 1) over n cross-validation folds; the "
+    "test column scores each fold's model on the held-out test set. Each table holds only entries "
+    "with the same task, main score, split track, dataset version, split file, protocol version and "
+    "protocol deviations; anything else goes to its own table."
 )
 REPORTED_NOTE = (
     f"Rows marked *reported* are the numbers published in {PAPER}, computed on the paper's own split "
     "by its own code. They are shown for reference, never mixed into the computed rows' ranks unless "
     "the board is built with `rank_reported=True`."
+)
+SYNTHETIC_BANNER = (
+    "Tables marked *synthetic data* hold results on the generated demo dataset: they show that the "
+    "pipeline runs, and say nothing about how a backbone does on real cells."
 )
 
 
@@ -34,14 +66,6 @@ class Column:
     id: str
     header: str
     numeric: bool
-
-
-def fmt_score(score: Score | None, *, with_n: bool = True) -> str:
-    if score is None:
-        return ""
-    std = f" ± {score.std:.3f}" if score.std is not None else ""
-    n = f" (n={score.n})" if with_n else ""
-    return f"{score.mean:.3f}{std}{n}"
 
 
 def columns_of(table: Table) -> list[Column]:
@@ -59,16 +83,17 @@ def columns_of(table: Table) -> list[Column]:
             *([Column("rank", "rank", True)] if ranked else []),
             Column("backbone", "backbone", False),
             Column("channels", "channels", False),
-            Column("val", "CV macro-F1 (mean ± std, n)", True),
+            Column("score", f"{table.score_label} (mean ± std, n)", True),
             Column("notes", "notes", False),
         ]
+    has_test = any(r.test is not None for r in table.rows)
     has_paper = any(r.reported is not None for r in table.rows)  # none on demo or other data
     return [
         Column("rank", "rank", True),
         Column("backbone", "backbone", False),
         Column("channels", "channels", False),
-        Column("val", "CV macro-F1 (mean ± std, n)", True),
-        Column("test", "test macro-F1 (mean ± std, n)", True),
+        Column("score", f"{table.score_label} (mean ± std, n)", True),
+        *([Column("test", f"{table.test_label} (mean ± std, n)", True)] if has_test else []),
         *([Column("paper", "paper reported", True)] if has_paper else []),
         Column("notes", "notes", False),
     ]
@@ -83,8 +108,10 @@ def cell(row: Row, column: Column) -> tuple[str, Any]:
         return row.backbone, row.backbone
     if cid == "channels":
         return row.channels, row.channels
-    if cid == "val":
-        return fmt_score(row.val), row.val.mean if row.val else None
+    if cid == "score":
+        if row.score is None and row.per_k:
+            return "per k: " + " ".join(f"{v:.3f}" for v in row.per_k), None
+        return fmt_score(row.score), row.score.mean if row.score else None
     if cid == "test":
         return fmt_score(row.test), row.test.mean if row.test else None
     if cid == "paper":
@@ -100,71 +127,114 @@ def cell(row: Row, column: Column) -> tuple[str, Any]:
     raise KeyError(cid)
 
 
+def axis_columns(table: Table) -> list[Column]:
+    """The sweep table of an axis table: one column per axis value."""
+    name = table.axis_name or "axis"
+    return [
+        Column("backbone", "backbone", False),
+        Column("channels", "channels", False),
+        *[Column(f"a{i}", f"{name}={fmt_axis_value(v)}", True) for i, v in enumerate(table.axis_values)],
+    ]
+
+
+def axis_cell(table: Table, row: Row, column: Column) -> tuple[str, Any]:
+    if not column.id.startswith("a") or not column.id[1:].isdigit():
+        return cell(row, column)
+    value = table.axis_values[int(column.id[1:])]
+    score = dict(row.axis_points).get(value)
+    if score is None:
+        return "", None
+    mark = " *" if row.axis_main == value else ""
+    return fmt_score(score, with_n=False) + mark, score.mean
+
+
 # ---------------------------------------------------------------------------------------------
 # Markdown
 # ---------------------------------------------------------------------------------------------
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def _md_table(headers: list[str], rows: list[list[str]]) -> str:
     from tabulate import tabulate
 
     return tabulate(
-        [[_md_escape(c) for c in r] for r in rows],
-        headers=[_md_escape(h) for h in headers],
+        [[md_escape(c) for c in r] for r in rows],
+        headers=[md_escape(h) for h in headers],
         tablefmt="github",
         disable_numparse=True,
     )
 
 
 def _md_main_table(table: Table) -> str:
+    """The ranked table; "*(reported)*" is our own Markdown, added after escaping the name."""
     columns = columns_of(table)
-    rows = []
+    body = []
     for row in table.rows:
-        cells = [cell(row, c)[0] for c in columns]
+        cells = [md_escape(cell(row, c)[0]) for c in columns]
         if row.kind == "reported":
-            cells[[c.id for c in columns].index("backbone")] = f"{row.backbone} *(reported)*"
-        rows.append(cells)
+            i = [c.id for c in columns].index("backbone")
+            cells[i] += " *(reported)*"
+        body.append(cells)
+    from tabulate import tabulate
+
+    return tabulate(body, headers=[md_escape(c.header) for c in columns], tablefmt="github", disable_numparse=True)
+
+
+def _md_axis(table: Table) -> str:
+    columns = axis_columns(table)
+    rows = [[axis_cell(table, r, c)[0] for c in columns] for r in table.computed_rows if r.axis_points]
     return _md_table([c.header for c in columns], rows)
 
 
 def _md_per_class(table: Table) -> str:
-    comps = table.compartments
-    rows = [[r.backbone, r.channels, *[f"{r.per_class_f1[c]:.3f}" if c in r.per_class_f1 else "" for c in comps]] for r in table.computed_rows if r.per_class_f1]
-    return _md_table(["backbone", "channels", *comps], rows)
+    names = table.class_names
+    rows = [
+        [r.backbone, r.channels, *[f"{r.per_class[c]:.3f}" if c in r.per_class else "" for c in names]]
+        for r in table.computed_rows
+        if r.per_class
+    ]
+    return _md_table(["backbone", "channels", *names], rows)
 
 
 def _md_best(table: Table) -> str:
     rows = []
-    for b in best_per_compartment(table):
+    for b in best_per_class(table):
         rows.append(
             [
-                b.compartment,
-                "; ".join(r.label for r in b.best),
-                f"{b.best_f1:.3f}",
+                b.class_name,
+                b.best.label if b.best else "no clear best",
+                f"{b.top_value:.3f}",
                 b.runner_up.label if b.runner_up else "",
-                f"{b.runner_up_f1:.3f}" if b.runner_up_f1 is not None else "",
+                f"{b.runner_up_value:.3f}" if b.runner_up_value is not None else "",
+                b.note,
             ]
         )
-    return _md_table(["compartment", "best (backbone · channels)", "F1", "runner-up", "F1 "], rows)
+    return _md_table(["class", "best (backbone · channels)", "F1", "runner-up", "F1 ", "why"], rows)
 
 
 def _md_provenance(table: Table) -> str:
     lines = []
     for row in table.computed_rows:
         facts = dict(row.provenance)
+        extra = "".join(f" · {k} {md_escape(facts[k])}" for k in ("off-protocol",) if k in facts)
         lines.append(
-            f"- **{_md_escape(row.label)}**: `{facts['entry'].split(' ')[0]}` · created {facts['created']} · "
-            f"weights {facts['weights']} · {facts['software']} · {facts['machine']}"
+            f"- **{md_escape(row.label)}**: {md_escape(facts['entry'].split(' ')[0])} · created {md_escape(facts['created'])} · "
+            f"weights {md_escape(facts['weights'])} · {md_escape(facts['software'])} · {md_escape(facts['machine'])}{extra}"
         )
     return "\n".join(lines)
 
 
-def render_markdown(board: Board, plot_files: list[str]) -> str:
-    parts = ["# OpenCell benchmark leaderboard", "", INTRO, ""]
+def _md_image(plan: PlotSpec) -> str:
+    return f"![{md_escape(plan.title)}](plots/{plan.filename})"
+
+
+def render_markdown(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
+    by_table: dict[str | None, list[PlotSpec]] = {}
+    for plan in plots:
+        by_table.setdefault(plan.table_id, []).append(plan)
+    parts = [f"# {TITLE}", "", INTRO, ""]
+    if board.synthetic:
+        parts += [f"**{SYNTHETIC_BANNER}**", ""]
     if board.include_reported:
         parts += [REPORTED_NOTE, ""]
+    parts += [CHANNEL_LEGEND, ""]
     n = len(board.entries)
     parts += [
         f"Built by `ocbench leaderboard build` from {n} entr{'y' if n == 1 else 'ies'} "
@@ -175,31 +245,52 @@ def render_markdown(board: Board, plot_files: list[str]) -> str:
     if not board.tables:
         parts += ["No entries yet.", ""]
     for table in board.tables:
-        parts += [f"## {table.title}", ""]
-        parts += [" · ".join(table.details), ""]
+        table_plots = {p.kind: p for p in by_table.get(table.id, [])}
+        parts += [f"## {md_escape(table.title)}", ""]
+        parts += [md_escape(" · ".join(table.details)), ""]
         parts += [_md_main_table(table), ""]
-        parts += [f"*{table.rule}*", ""]
-        if table.compartments:
-            parts += ["### Per-class F1 (validation, mean over folds)", "", _md_per_class(table), ""]
-            parts += ["### Best backbone per compartment", "", _md_best(table), ""]
+        parts += [f"*{md_escape(table.rule)}*", ""]
+        if "channel_sweep" in table_plots:
+            parts += [_md_image(table_plots["channel_sweep"]), ""]
+        if any(r.axis_points for r in table.computed_rows):
+            parts += [f"### {md_escape(table.score_label)} per {md_escape(table.axis_name or 'axis')}", ""]
+            parts += [_md_axis(table), "", "(* marks the value each entry is ranked at.)", ""]
+            if "axis" in table_plots:
+                parts += [_md_image(table_plots["axis"]), ""]
+        if table.class_names:
+            parts += [f"### Per-class {md_escape(table.per_class_label)}", "", _md_per_class(table), ""]
+            if "per_class" in table_plots:
+                parts += [_md_image(table_plots["per_class"]), ""]
+            best = best_per_class(table)
+            if best:
+                parts += ["### Best backbone per class", "", _md_best(table), ""]
         if table.computed_rows:
             parts += ["<details><summary>Provenance of the computed rows</summary>", "", _md_provenance(table), "", "</details>", ""]
-    if plot_files:
-        parts += ["## Plots", "", "(Written when matplotlib is installed: `pip install 'ocbench[plots]'`.)", ""]
-        parts += [f"- [{name}](plots/{name})" for name in plot_files]
-        parts += [""]
+    general = by_table.get(None, [])
+    if general:
+        parts += ["## Plots", ""]
+        for plan in general:
+            parts += [_md_image(plan), ""]
     return "\n".join(parts).rstrip("\n") + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
 # CSV
 # ---------------------------------------------------------------------------------------------
+def _board_class_names(board: Board) -> list[str]:
+    names: list[str] = []
+    for table in board.tables:
+        names += [c for c in table.class_names if c not in names]
+    return names
+
+
 def board_dataframe(board: Board):
-    """One line per row of every table (pandas DataFrame), with the numbers unrounded."""
+    """One line per row of every table (pandas DataFrame), with the numbers unrounded.
+
+    Text cells go through :func:`csv_safe` (no spreadsheet formulas)."""
     import pandas as pd
 
-    from ocbench.data.compartments import COMPARTMENTS
-
+    class_names = _board_class_names(board)
     records = []
     for table in board.tables:
         g = table.group
@@ -214,6 +305,7 @@ def board_dataframe(board: Board):
                 "dataset_name": g.dataset_name if g else "opencell (paper)",
                 "dataset_version": g.dataset_version if g else "",
                 "split_sha256": g.split_sha256 if g else "",
+                "main_score": f"{g.main_eval_set}/{g.main_metric}" if g else "val/macro_f1 (paper)",
                 "kind": row.kind,
                 "rank": row.rank,
                 "tied_with_above": row.tied_with_above,
@@ -222,10 +314,10 @@ def board_dataframe(board: Board):
                 "channels_strategy": row.strategy,
                 "channels_key": e.channels.key if e else "",
                 "channel_map": json.dumps(list(row.channel_map)) if row.channel_map else "",
-                "val_mean": row.val.mean if row.val else None,
-                "val_std": row.val.std if row.val else None,
-                "val_n": row.val.n if row.val else None,
-                "val_per_fold": json.dumps(list(row.val.per_fold)) if row.val and row.val.per_fold else "",
+                "score_mean": row.score.mean if row.score else None,
+                "score_std": row.score.std if row.score else None,
+                "score_n": row.score.n if row.score else None,
+                "score_values": json.dumps(list(row.score.per_fold)) if row.score and row.score.per_fold else "",
                 "test_mean": row.test.mean if row.test else None,
                 "test_std": row.test.std if row.test else None,
                 "test_n": row.test.n if row.test else None,
@@ -233,8 +325,15 @@ def board_dataframe(board: Board):
                 "paper_std": row.reported.std if row.reported else None,
                 "paper_source": row.reported.source if row.reported else (row.source.source if row.source else ""),
                 "per_k": json.dumps(list(row.per_k)) if row.per_k else "",
+                "axis_name": e.axis.name if e and e.axis else "",
+                "axis_main": e.axis.main if e and e.axis else None,
+                "axis_scores": json.dumps({fmt_axis_value(v): s.mean for v, s in row.axis_points}) if row.axis_points else "",
+                "synthetic": row.synthetic if e else "",
                 "off_protocol": e.off_protocol if e else "",
+                "off_protocol_reasons": json.dumps(e.off_protocol_reasons) if e else "",
                 "overrides": json.dumps(e.overrides, sort_keys=True) if e else "",
+                "precision": e.environment.precision if e else "",
+                "weights_verified": ("" if e.backbone.weights_verified is None else e.backbone.weights_verified) if e else "",
                 "notes": row.notes,
                 "entry_file": f"entries/{row.board_file}" if row.board_file else "",
                 "entry_sha256": row.entry.sha256 if row.entry else "",
@@ -243,12 +342,12 @@ def board_dataframe(board: Board):
                 "revision": (e.backbone.revision or "") if e else "",
                 "ocbench_version": e.environment.ocbench if e else "",
             }
-            for comp in COMPARTMENTS:
-                rec[f"val_f1_{comp}"] = row.per_class_f1.get(comp)
-            records.append(rec)
+            for name in class_names:
+                rec[f"per_class_f1_{name}"] = row.per_class.get(name)
+            records.append({k: csv_safe(v) for k, v in rec.items()})
     columns = list(records[0]) if records else ["table_id", "kind", "backbone"]
     frame = pd.DataFrame.from_records(records, columns=columns)
-    for col in ("rank", "val_n", "test_n"):
+    for col in ("rank", "score_n", "test_n"):
         if col in frame:
             frame[col] = frame[col].astype("Int64")
     return frame

@@ -1,29 +1,29 @@
-"""Terminal tables printed at the end of ``ocbench run`` and ``ocbench sweep-channels``.
+"""Terminal tables printed at the end of ``ocbench run``, ``ocbench sweep-channels`` and ``ocbench demo``.
 
-Each computed row shows the paper's reported number for the same configuration beside it, when
-the paper has one and the entry's data are comparable with the paper's (the full OpenCell set,
-all grades: ``ocbench.reported.not_comparable_reason``); otherwise the cell says why not, e.g.
-``n/a (subset: 15 of ~6120 FOVs)`` or ``n/a (not OpenCell (ocbench-demo))``.
+Each row shows the entry's main score (``entry.main_score``, e.g. val macro-F1) and the same
+metric on the test set, and the paper's reported number for the same configuration when the
+paper has one and the entry's data are comparable with the paper's (the full OpenCell set, all
+grades: ``ocbench.reported.not_comparable_reason``); otherwise the cell says why not, e.g.
+``n/a (subset: 15 of ~6120 FOVs)`` or ``n/a (not OpenCell (demo))``. Rows on synthetic data
+(the demo) say so, and a note under the table says what that means.
+
+Uses only the leaf helpers of the board (channels, formatting, grouping, ranking): no renderer.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+from ocbench.leaderboard.channels import entry_channel_map, map_label
+from ocbench.leaderboard.formatting import SYNTHETIC_NOTE, WEIGHTS_UNVERIFIED, fmt_axis_value, fmt_score, metric_label, score_label
+from ocbench.leaderboard.grouping import dataset_block
 from ocbench.leaderboard.ranking import Score
-from ocbench.leaderboard.render import fmt_score
-from ocbench.leaderboard.tables import _map_label, _score, dataset_block, resolve_channel_map
 from ocbench.reported import not_comparable_reason, reported_for
 
 __all__ = ["format_run_table", "format_sweep_table"]
 
 
-def _channel_map(entry) -> tuple[int, int] | None:
-    """The entry's (protein, nucleus) input indices in the paper's notation; None for replicate."""
-    return resolve_channel_map(entry.channels.strategy, entry.channels.spec, entry.channels.key, entry.backbone.card)
-
-
-def _reported_cell(entry, channel_map) -> str:
+def _reported_cell(entry: Any, channel_map: tuple[int, int] | None) -> str:
     reason = not_comparable_reason(dataset_block(entry))
     if reason is not None:
         return f"n/a ({reason})"
@@ -35,33 +35,76 @@ def _reported_cell(entry, channel_map) -> str:
     return fmt_score(Score(found.mean, found.std, found.n))
 
 
-def _channels_label(entry, channel_map) -> str:
+def _channels_label(entry: Any, channel_map: tuple[int, int] | None) -> str:
     key = entry.channels.key
-    return key if channel_map is None else f"{key} {_map_label(entry.backbone.card, channel_map)}"
+    return key if channel_map is None else f"{key} {map_label(entry.backbone.card, channel_map)}"
 
 
-def format_run_table(entries: Sequence) -> str:
-    """One row per entry: val and test macro-F1 (mean ± std over n folds) and the paper's value."""
+def _task_label(entry: Any) -> str:
+    marks = []
+    if entry.off_protocol:
+        marks.append("off-protocol")
+    if entry.environment.precision != "fp32":
+        marks.append(entry.environment.precision)
+    return entry.task + (f" ({', '.join(marks)})" if marks else "")
+
+
+def _score_cell(entry: Any, summary: Any, prefix: str) -> str:
+    if summary is None:
+        return "-"
+    text = prefix + fmt_score(Score.of(summary))
+    if entry.axis is not None:
+        text += f" at {entry.axis.name}={fmt_axis_value(entry.axis.main)}"
+    return text
+
+
+def format_run_table(entries: Sequence[Any]) -> str:
+    """One row per entry: its main score and the same metric on test (mean ± std over n folds),
+    and the paper's value; notes below for synthetic data, off-protocol and unverified weights."""
     from tabulate import tabulate
+
+    mains = {(e.main_score.eval_set, e.main_score.metric) for e in entries}
+    shared = len(mains) == 1
+    if shared:
+        ((eval_set, metric),) = mains
+        headers_score = [score_label(eval_set, metric), score_label("test", metric) if eval_set != "test" else "test"]
+    else:  # several tasks with different main scores: each cell names its metric
+        headers_score = ["main score", "test (same metric)"]
 
     rows = []
     for e in entries:
-        channel_map = _channel_map(e)
+        channel_map = entry_channel_map(e)
+        prefix = "" if shared else f"{score_label(e.main_score.eval_set, e.main_score.metric)} "
+        test_prefix = "" if shared else f"{metric_label(e.main_score.metric)} "
+        test = e.test if e.main_score.eval_set != "test" else None
         rows.append([
             e.backbone.name,
             _channels_label(e, channel_map),
-            e.task + (" (off-protocol)" if e.off_protocol else ""),
+            _task_label(e),
             e.split.track,
-            fmt_score(_score(e.val)),
-            fmt_score(_score(e.test)),
+            e.dataset.name + (" (synthetic)" if e.dataset.synthetic else ""),
+            _score_cell(e, e.main, prefix),
+            _score_cell(e, test, test_prefix) if test is not None else "-",
             _reported_cell(e, channel_map),
         ])
-    headers = ["backbone", "channels", "task", "split", "val macro-F1", "test macro-F1", "paper (reported)"]
-    note = "mean ± std (ddof 1) over n folds; test = each fold's model scored on the held-out 10% test set"
-    return tabulate(rows, headers=headers, tablefmt="simple") + "\n" + note
+    headers = ["backbone", "channels", "task", "split", "data", *headers_score, "paper (reported)"]
+    notes = ["mean ± std (ddof 1) over n folds; test = each fold's model scored on the held-out 10% test set"]
+    if any(e.dataset.synthetic for e in entries):
+        notes.append(f"(synthetic) = {SYNTHETIC_NOTE}")
+    reasons: dict[tuple[str, ...], int] = {}
+    for e in entries:
+        if e.off_protocol:
+            why = tuple(e.off_protocol_reasons) or ("no reason recorded",)
+            reasons[why] = reasons.get(why, 0) + 1
+    for why, count in reasons.items():
+        notes.append(f"off-protocol ({count} row{'s' if count > 1 else ''}): {'; '.join(why)}")
+    for e in entries:
+        if e.backbone.weights_verified is False:
+            notes.append(f"{e.key}: {WEIGHTS_UNVERIFIED}" + (f" ({e.backbone.weights_note})" if e.backbone.weights_note else ""))
+    return tabulate(rows, headers=headers, tablefmt="simple") + "\n" + "\n".join(notes)
 
 
-def format_sweep_table(backbone: str, entries: Sequence) -> str:
-    """The channel sweep, best map first, shaped like the paper's appendix D lists."""
-    ordered = sorted(entries, key=lambda e: -e.val.mean)
+def format_sweep_table(backbone: str, entries: Sequence[Any]) -> str:
+    """The channel sweep, best map first (by the main score), shaped like the paper's appendix D lists."""
+    ordered = sorted(entries, key=lambda e: -e.main.mean)
     return f"channel sweep of {backbone} (best first)\n" + format_run_table(ordered)

@@ -1,73 +1,52 @@
-"""From entries to board tables: grouping, reported rows, ranks, per-class views.
+"""From entries to board tables: rows, reported rows, ranks, per-class views, axis sweeps.
 
-A table holds only entries that can be compared number for number: same task, split track,
-protocol version, dataset version, split sha256 and protocol deviations (overrides). Entries that
-differ in any of these go to separate, labelled tables. The paper's numbers join the tables of
-their task and track whose entries are comparable with them (``not_comparable_reason`` of the
-entries' dataset block: the full OpenCell set, all grades) as separate rows marked "reported";
-a table that is not comparable says why in its details. Where no comparable table exists (e.g. a
-board of demo-data entries, or of a subset of OpenCell) the paper's numbers get a table of their own.
+Grouping (which entries share a table) is :mod:`ocbench.leaderboard.grouping`. Every table ranks
+by its entries' ``main_score`` (the key holds it, so a table never mixes main scores); the test
+column shows the same metric on eval set ``test``. Per-class views use the entries' own
+``class_names``. An entry with an ``axis`` (k of a k-NN, a data fraction) is ranked at its main
+point, and the table gets a sweep over the axis values.
+
+The paper's numbers join the tables of their task and track whose entries are comparable with
+them (``not_comparable_reason`` of the entries' dataset block: the full OpenCell set, all grades)
+as separate rows marked "reported"; a table that is not comparable says why in its details. Where
+no comparable table exists (e.g. a board of demo-data entries, or of a subset of OpenCell) the
+paper's numbers get a table of their own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import defaultdict
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-from ocbench.data.compartments import COMPARTMENTS
-from ocbench.leaderboard.collect import LoadedEntry
-from ocbench.leaderboard.ranking import ALPHA, Score, assign_ranks, rank_rule_text
+from ocbench.leaderboard.channels import channels_label, entry_channel_map
+from ocbench.leaderboard.formatting import SYNTHETIC_NOTE, WEIGHTS_UNVERIFIED, fmt_axis_value, metric_label, score_label
+from ocbench.leaderboard.grouping import (
+    GroupKey,
+    board_file_names,
+    dataset_block,
+    dedupe_entries,
+    group_entries,
+    paper_incomparability,
+    safe_id,
+)
+from ocbench.leaderboard.ranking import ALPHA, Score, assign_ranks, paired_t_test_p, rank_rule_text
 from ocbench.reported import PAPER, REPORTED, ReportedResult, not_comparable_reason, reported_for
 
 __all__ = [
-    "GroupKey",
     "Row",
     "Table",
     "Board",
+    "ClassBest",
     "build_tables",
-    "dedupe_entries",
-    "resolve_channel_map",
-    "best_per_compartment",
-    "dataset_block",
-    "paper_incomparability",
+    "best_per_class",
+    "per_class_metric",
 ]
 
-
-@dataclass(frozen=True, order=True)
-class GroupKey:
-    """What entries must share to sit in one table."""
-
-    task: str
-    track: str
-    protocol_version: str
-    dataset_name: str
-    dataset_version: str
-    split_sha256: str
-    off_protocol: bool
-    overrides: str  # canonical JSON of the overrides ("{}" on protocol)
-
-    @classmethod
-    def of(cls, entry) -> "GroupKey":
-        return cls(
-            task=entry.task,
-            track=entry.split.track,
-            protocol_version=entry.protocol_version,
-            dataset_name=entry.dataset.name,
-            dataset_version=entry.dataset.version,
-            split_sha256=entry.split.sha256,
-            off_protocol=entry.off_protocol,
-            overrides=json.dumps(entry.overrides, sort_keys=True),
-        )
-
-    @property
-    def slug(self) -> str:
-        digest = hashlib.sha256(json.dumps(list(self.__dict__.values())).encode()).hexdigest()[:8]
-        return f"{self.task}-{self.track}-{digest}"
+#: The per-class score shown in per-class views (when an entry has it).
+PER_CLASS_METRIC = "f1"
 
 
 @dataclass(frozen=True)
@@ -77,19 +56,23 @@ class Row:
     channels: str  # shown label
     strategy: str
     channel_map: tuple[int, int] | None
-    val: Score | None  # the ranked score (reported rows: the paper's mean +- std)
-    test: Score | None = None
+    score: Score | None  # the ranked (main) score; reported rows: the paper's mean +- std
+    test: Score | None = None  # the main metric on eval set "test"
     reported: ReportedResult | None = None  # computed rows: the paper's number for this configuration
     notes: str = ""
     provenance: tuple[tuple[str, str], ...] = ()
-    per_class_f1: dict[str, float] = field(default_factory=dict)  # validation, mean over folds
+    per_class: dict[str, float] = field(default_factory=dict)  # F1 on the main eval set, mean over folds
+    per_class_folds: dict[str, tuple[float, ...]] = field(default_factory=dict)  # folds where the class was present
+    axis_points: tuple[tuple[float, Score], ...] = ()  # (axis value, main score there)
+    axis_main: float | None = None
     per_k: tuple[float, ...] = ()
     source: ReportedResult | None = None  # reported rows: the paper row itself
-    entry: LoadedEntry | None = None
+    entry: Any = None  # LoadedEntry of computed rows
     board_file: str | None = None  # entries/<file> inside the board
     rank: int | None = None
     tied_with_above: bool = False
     rank_reason: str = ""
+    synthetic: bool = False
 
     @property
     def label(self) -> str:
@@ -103,10 +86,16 @@ class Table:
     details: tuple[str, ...]
     task: str
     track: str
-    kind: str  # "scores" | "knn"
+    kind: str  # "scores" | "knn" (the paper's per-k numbers alone)
     rows: tuple[Row, ...]
     rule: str
     group: GroupKey | None  # None for a table of reported rows only
+    score_label: str = "val macro-F1"  # the ranked score
+    test_label: str = "test macro-F1"
+    class_names: tuple[str, ...] = ()  # per-class columns (classes some row has a score for)
+    per_class_label: str = ""
+    axis_name: str | None = None
+    synthetic: bool = False
 
     @property
     def computed_rows(self) -> tuple[Row, ...]:
@@ -117,191 +106,153 @@ class Table:
         return tuple(r for r in self.rows if r.kind == "reported")
 
     @property
-    def compartments(self) -> tuple[str, ...]:
-        present = {c for r in self.computed_rows for c in r.per_class_f1}
-        return tuple(c for c in COMPARTMENTS if c in present)
+    def axis_values(self) -> tuple[float, ...]:
+        return tuple(sorted({v for r in self.computed_rows for v, _ in r.axis_points}))
 
 
 @dataclass(frozen=True)
 class Board:
     tables: tuple[Table, ...]
-    entries: tuple[LoadedEntry, ...]  # the entries shown (after de-duplication)
+    entries: tuple[Any, ...]  # LoadedEntry shown (after de-duplication)
     entry_files: dict[str, str]  # sha256 -> file path inside the board's entries/
     problems: tuple[str, ...]  # duplicates skipped while building
     fingerprint: str  # sha256 over the shown entries' sha256 and file names
     include_reported: bool
     rank_reported: bool
 
+    @property
+    def synthetic(self) -> bool:
+        return any(t.synthetic for t in self.tables)
+
 
 # ---------------------------------------------------------------------------------------------
-def _created(entry) -> datetime:
-    stamp = datetime.fromisoformat(entry.created.replace("Z", "+00:00"))
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+# computed rows
+# ---------------------------------------------------------------------------------------------
+def per_class_metric(entry: Any) -> tuple[dict[str, float], dict[str, tuple[float, ...]]]:
+    """The entry's per-class F1 on its main eval set: ``({class: mean}, {class: fold values})``.
+
+    Fold values keep only the folds where the class had positives when ``support`` is recorded
+    (protocol fov-probe/2 scores a class only where it is present)."""
+    eval_set = entry.main_score.eval_set
+    means = dict(entry.per_class.get(eval_set, {}).get(PER_CLASS_METRIC, {}))
+    rows = entry.per_class_values.get(eval_set, {})
+    values, support = rows.get(PER_CLASS_METRIC), rows.get("support")
+    folds: dict[str, tuple[float, ...]] = {}
+    if values:
+        for i, name in enumerate(entry.class_names):
+            kept = [
+                row[i] for k, row in enumerate(values) if support is None or (k < len(support) and support[k][i] > 0)
+            ]
+            if kept:
+                folds[name] = tuple(kept)
+    return means, folds
 
 
-def dedupe_entries(entries: Sequence[LoadedEntry]) -> tuple[list[LoadedEntry], list[str]]:
-    """Keep one entry per (table, key): the newest by ``created``; report the others."""
-    by_identity: dict[tuple, list[LoadedEntry]] = defaultdict(list)
-    for loaded in entries:
-        by_identity[(GroupKey.of(loaded.entry), loaded.entry.key)].append(loaded)
-    kept, problems = [], []
-    for (_, key), same in by_identity.items():
-        if len({e.sha256 for e in same}) < len(same):  # byte-identical copies: silently one
-            same = list({e.sha256: e for e in same}.values())
-        same.sort(key=lambda e: (_created(e.entry), e.sha256), reverse=True)
-        kept.append(same[0])
-        for older in same[1:]:
-            problems.append(
-                f"{older.name}: same key {key}, dataset, split and protocol as {same[0].name}; "
-                "skipped (the newer entry is shown); delete one of them"
-            )
-    kept.sort(key=lambda e: (GroupKey.of(e.entry), e.entry.key))
-    return kept, problems
-
-
-_LETTERS = "RGBY"
-
-
-def _target_index(token: str, input_channels: Sequence[str]) -> int | None:
-    token = token.strip().strip("'\"")
-    if token.isdigit():
-        return int(token)
-    lowered = [c.lower() for c in input_channels]
-    if token.lower() in lowered:
-        return lowered.index(token.lower())
-    if len(token) == 1 and token.upper() in _LETTERS and len(input_channels) in (3, 4):
-        return _LETTERS.index(token.upper())
-    return None
-
-
-def resolve_channel_map(strategy: str, spec: str | None, key: str, card: dict[str, Any]) -> tuple[int, int] | None:
-    """Model input index of (protein, nucleus) for a ``map`` entry, when it can be read off.
-
-    Understands the presets ``natural`` (inputs named protein and nucleus) and ``best-imagenet``
-    (G, B), ``protein:G,nucleus:B`` / ``protein=1,nucleus=2`` / ``protein->1`` forms and a bare
-    pair ``[1, 2] -> [G, B]`` or ``G,B``. Returns None when it cannot tell (no paper value shown).
-    """
-    if strategy == "replicate":
-        return None
-    inputs = [str(c) for c in card.get("input_channels") or ()]
-    keyed = re.fullmatch(r"map-p(\d+)-n(\d+)", key or "")  # the adapter key names the indices
-    if keyed:
-        return int(keyed.group(1)), int(keyed.group(2))
-    for text in (spec, key):
-        if not text:
-            continue
-        low = text.strip().lower()
-        if low in ("natural", "map:natural"):
-            names = [c.lower() for c in inputs]
-            if "protein" in names and "nucleus" in names:
-                return names.index("protein"), names.index("nucleus")
-            continue
-        if low in ("best-imagenet", "imagenet-best", "map:best-imagenet", "map:imagenet-best"):
-            return (1, 2) if len(inputs) == 3 else None
-        named = {
-            name: re.search(rf"{name}\s*(?:->|[:=>])\s*([A-Za-z0-9_]+)", text, flags=re.IGNORECASE)
-            for name in ("protein", "nucleus")
-        }
-        if named["protein"] and named["nucleus"]:
-            pair = [_target_index(m.group(1), inputs) for m in named.values()]  # type: ignore[union-attr]
-        else:
-            target = text.split("->")[-1]
-            tokens = [t for t in re.split(r"[\s,\[\]()]+", target) if t]
-            pair = [_target_index(t, inputs) for t in tokens] if len(tokens) == 2 else [None]
-        if len(pair) == 2 and None not in pair:
-            return pair[0], pair[1]  # type: ignore[return-value]
-    return None
-
-
-def _map_label(backbone_card: dict[str, Any], channel_map: tuple[int, int]) -> str:
-    """``[1, 2] -> [a, b]`` as the paper writes it (letters for RGB models), ``natural`` when the
-    inputs are the like-named channels."""
-    inputs = [str(c).lower() for c in backbone_card.get("input_channels") or ()]
-    if len(inputs) == 3 and max(channel_map) < 3:
-        label = f"[1, 2] -> [{_LETTERS[channel_map[0]]}, {_LETTERS[channel_map[1]]}]"
-    else:
-        label = f"[1, 2] -> [{channel_map[0]}, {channel_map[1]}]"
-    natural = "protein" in inputs and "nucleus" in inputs and channel_map == (inputs.index("protein"), inputs.index("nucleus"))
-    return label + (" natural" if natural else "")
-
-
-def _score(summary) -> Score:
-    return Score(summary.mean, summary.std, summary.n, tuple(summary.per_fold))
-
-
-def dataset_block(entry) -> dict[str, Any]:
-    """The entry's ``dataset`` block as a dict (optional fields such as ``min_grade`` included
-    when the entry model has them)."""
-    dataset = entry.dataset
-    if hasattr(dataset, "model_dump"):
-        return dataset.model_dump()
-    return {name: getattr(dataset, name) for name in ("name", "version", "n_items") if hasattr(dataset, name)}
-
-
-def paper_incomparability(entries: Iterable[Any]) -> str | None:
-    """Why the paper's numbers cannot stand beside these entries (the first reason found), or None."""
-    for entry in entries:
-        reason = not_comparable_reason(dataset_block(entry))
-        if reason is not None:
-            return reason
-    return None
-
-
-def _short(text: str | None, n: int = 12) -> str:
-    return text[:n] if text else "-"
-
-
-def _computed_row(loaded: LoadedEntry, board_file: str) -> Row:
+def _row_flags(loaded: Any) -> list[str]:
+    """Short notes a reader must see beside the number (also in the CSV and tooltips)."""
     e = loaded.entry
-    card = e.backbone.card
-    channel_map = resolve_channel_map(e.channels.strategy, e.channels.spec, e.channels.key, card)
-    if channel_map is not None:  # the paper's notation, so computed and reported rows line up
-        channels = _map_label(card, channel_map)
-    else:
-        shown = e.channels.spec or e.channels.key
-        channels = shown if shown.startswith(e.channels.strategy) else f"{e.channels.strategy} {shown}"
+    notes = []
+    if e.dataset.synthetic:
+        notes.append("synthetic data")
+    if e.off_protocol:
+        reasons = e.off_protocol_reasons or [f"{k}={v}" for k, v in e.overrides.items()]
+        notes.append("off-protocol" + (": " + "; ".join(reasons) if reasons else ""))
+    if e.environment.precision != "fp32":
+        notes.append(f"precision {e.environment.precision}")
+    if e.backbone.weights_verified is False:
+        notes.append(WEIGHTS_UNVERIFIED)
+    if e.axis is not None:
+        notes.append(f"ranked at {e.axis.name}={fmt_axis_value(e.axis.main)}")
+    if loaded.schema_version != e.schema_version:
+        notes.append(f"upgraded from schema {loaded.schema_version}")
+    return notes
+
+
+def _provenance(loaded: Any, board_file: str) -> tuple[tuple[str, str], ...]:
+    e = loaded.entry
+    env = e.environment
+    b = e.backbone
+    verified = {True: "matched the card's published checksum", False: WEIGHTS_UNVERIFIED, None: "not checked"}[b.weights_verified]
+    weights = f"sha256 {b.weights_sha256 or '- (no weights)'}; revision {b.revision or '-'}"
+    if b.weights_sha256:
+        weights += f"; {verified}"
+    if b.weights_note:
+        weights += f" ({b.weights_note})"
+    facts = [
+        ("entry", f"entries/{board_file} (sha256 {loaded.sha256})"),
+        ("created", e.created),
+        ("backbone", f"{b.name} ({b.arch}) from {b.source}"),
+        ("weights", weights),
+        ("channels", f"strategy {e.channels.strategy}, key {e.channels.key}, spec {e.channels.spec or '-'}"),
+        (
+            "dataset",
+            f"{e.dataset.name} version {e.dataset.version} ({e.dataset.n_items} items)"
+            + (f"; {SYNTHETIC_NOTE}" if e.dataset.synthetic else ""),
+        ),
+        ("split", f"{e.split.track} seed {e.split.seed} sha256 {e.split.sha256}"),
+        ("task", f"{e.task} ({e.protocol_version}); overrides {json.dumps(e.overrides, sort_keys=True)}; seed {e.seed}"),
+        ("main score", f"{score_label(e.main_score.eval_set, e.main_score.metric)} ({e.main_score.eval_set}/{e.main_score.metric})"),
+    ]
+    if e.off_protocol:
+        facts.append(("off-protocol", "; ".join(e.off_protocol_reasons) or "yes (no reason recorded)"))
+    if e.axis is not None:
+        values = ", ".join(fmt_axis_value(p.value) for p in e.axis.points)
+        facts.append(("axis", f"{e.axis.name} in [{values}]; ranked at {e.axis.name}={fmt_axis_value(e.axis.main)}"))
+    threads = f", {env.threads} threads" if env.threads else ""
+    facts += [
+        ("software", f"ocbench {env.ocbench}, torch {env.torch or '-'}, timm {env.timm or '-'}, python {env.python}"),
+        ("machine", f"{env.device} on {env.platform}; precision {env.precision}{threads}"),
+        ("time", f"extraction {e.timings.extraction_s if e.timings.extraction_s is not None else '-'} s, task {e.timings.task_s} s"),
+    ]
+    return tuple(facts)
+
+
+def _axis_points(entry: Any) -> tuple[tuple[float, Score], ...]:
+    if entry.axis is None:
+        return ()
+    main = entry.main_score
+    points = []
+    for p in sorted(entry.axis.points, key=lambda p: p.value):
+        summary = p.scores.get(main.eval_set, {}).get(main.metric)
+        if summary is not None:
+            points.append((p.value, Score.of(summary)))
+    return tuple(points)
+
+
+def _computed_row(loaded: Any, board_file: str) -> Row:
+    e = loaded.entry
+    channel_map = entry_channel_map(e)
     reported = (
         reported_for(e.backbone.name, e.task, e.split.track, e.channels.strategy, channel_map, e.task_config)
         if not_comparable_reason(dataset_block(e)) is None
         else None
     )
-    notes = []
-    if e.off_protocol:
-        notes.append("off-protocol" + (": " + ", ".join(f"{k}={v}" for k, v in e.overrides.items()) if e.overrides else ""))
-    if loaded.schema_version != e.schema_version:
-        notes.append(f"upgraded from schema {loaded.schema_version}")
-    env = e.environment
-    provenance = (
-        ("entry", f"entries/{board_file} (sha256 {loaded.sha256})"),
-        ("created", e.created),
-        ("backbone", f"{e.backbone.name} ({e.backbone.arch}) from {e.backbone.source}"),
-        ("weights", f"sha256 {e.backbone.weights_sha256 or '- (no weights)'}; revision {e.backbone.revision or '-'}"),
-        ("channels", f"strategy {e.channels.strategy}, key {e.channels.key}, spec {e.channels.spec or '-'}"),
-        ("dataset", f"{e.dataset.name} version {e.dataset.version} ({e.dataset.n_items} items)"),
-        ("split", f"{e.split.track} seed {e.split.seed} sha256 {e.split.sha256}"),
-        ("task", f"{e.task} ({e.protocol_version}); overrides {json.dumps(e.overrides, sort_keys=True)}; seed {e.seed}"),
-        ("software", f"ocbench {env.ocbench}, torch {env.torch or '-'}, timm {env.timm or '-'}, python {env.python}"),
-        ("machine", f"{env.device} on {env.platform}"),
-        ("time", f"extraction {e.timings.extraction_s if e.timings.extraction_s is not None else '-'} s, task {e.timings.task_s} s"),
-    )
-    per_class = e.metrics.per_class.get("val")
+    per_class, per_class_folds = per_class_metric(e)
+    test = e.test
     return Row(
         kind="computed",
         backbone=e.backbone.name,
-        channels=channels,
+        channels=channels_label(e, channel_map),
         strategy=e.channels.strategy,
         channel_map=channel_map,
-        val=_score(e.val),
-        test=_score(e.test),
+        score=Score.of(e.main),
+        test=Score.of(test) if test is not None and e.main_score.eval_set != "test" else None,
         reported=reported,
-        notes="; ".join(notes),
-        provenance=provenance,
-        per_class_f1=dict(per_class.f1) if per_class else {},
+        notes="; ".join(_row_flags(loaded)),
+        provenance=_provenance(loaded, board_file),
+        per_class=per_class,
+        per_class_folds=per_class_folds,
+        axis_points=_axis_points(e),
+        axis_main=e.axis.main if e.axis is not None else None,
         entry=loaded,
         board_file=board_file,
+        synthetic=bool(e.dataset.synthetic),
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# reported rows
+# ---------------------------------------------------------------------------------------------
 def _reported_row(r: ReportedResult) -> Row:
     notes = f"paper {r.source}" + (f"; {r.config_label}" if r.config else "") + (f"; {r.note}" if r.note else "")
     provenance = (
@@ -309,7 +260,7 @@ def _reported_row(r: ReportedResult) -> Row:
         ("configuration", f"{r.task}, {r.channels_label}" + (f", {r.config_label}" if r.config else "")),
         (
             "aggregation",
-            f"macro-F1 per k (k#1..k#{len(r.per_k)}, increasing; the paper's k values are not legible), {r.n} cells"
+            f"macro-F1 per k (k#1..k#{len(r.per_k)}, increasing; the paper does not print the k values), {r.n} cells"
             if r.per_k
             else f"macro-F1 mean ± std over {r.n} folds of the paper's own by-image split",
         ),
@@ -321,7 +272,7 @@ def _reported_row(r: ReportedResult) -> Row:
         channels=r.channels_label,
         strategy=r.strategy,
         channel_map=r.channel_map,
-        val=Score(r.mean, r.std, r.n) if r.mean is not None else None,
+        score=Score(r.mean, r.std, r.n) if r.mean is not None else None,
         notes=notes,
         provenance=provenance,
         per_k=r.per_k,
@@ -329,135 +280,166 @@ def _reported_row(r: ReportedResult) -> Row:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# ranks
+# ---------------------------------------------------------------------------------------------
 def _sort_key(row: Row) -> tuple:
-    mean = row.val.mean if row.val else (max(row.per_k) if row.per_k else float("-inf"))
+    mean = row.score.mean if row.score else (max(row.per_k) if row.per_k else float("-inf"))
     return (-mean, row.kind != "computed", row.backbone, row.channels, row.notes)
 
 
 def _ranked(rows: Iterable[Row], *, paired: bool, alpha: float) -> list[Row]:
-    from dataclasses import replace
-
     ordered = sorted(rows, key=_sort_key)
-    decisions = assign_ranks([r.val for r in ordered], paired=paired, alpha=alpha)  # type: ignore[misc]
+    decisions = assign_ranks([r.score for r in ordered], paired=paired, alpha=alpha)  # type: ignore[misc]
     return [replace(r, rank=d.rank, tied_with_above=d.tied_with_above, rank_reason=d.reason) for r, d in zip(ordered, decisions)]
 
 
 def _assemble(rows_computed: list[Row], rows_reported: list[Row], *, paired: bool, rank_reported: bool, alpha: float) -> tuple[list[Row], bool]:
     """Rows in display order with ranks; returns (rows, reported rows were ranked)."""
-    rankable_reported = [r for r in rows_reported if r.val is not None]
+    rankable_reported = [r for r in rows_reported if r.score is not None]
     if rank_reported and rankable_reported:
         ranked = _ranked([*rows_computed, *rankable_reported], paired=paired, alpha=alpha)
-        rest = [r for r in rows_reported if r.val is None]
+        rest = [r for r in rows_reported if r.score is None]
         return ranked + rest, True
     ranked = _ranked(rows_computed, paired=paired, alpha=alpha) if rows_computed else []
     return ranked + sorted(rows_reported, key=_sort_key), False
 
 
-def _group_details(key: GroupKey, n_items: int, split_seed: int) -> tuple[str, ...]:
-    deviation = (
-        "off-protocol: " + ", ".join(f"{k}={v}" for k, v in json.loads(key.overrides).items())
-        if key.off_protocol and key.overrides != "{}"
-        else ("off-protocol" if key.off_protocol else "on protocol (no overrides)")
-    )
-    return (
-        f"dataset {key.dataset_name} version {key.dataset_version[:12]} ({n_items} items)",
-        f"split {key.track} seed {split_seed} sha256 {key.split_sha256[:12]}",
+# ---------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------
+def _group_details(key: GroupKey, first: Any, label: str, synthetic: bool) -> tuple[str, ...]:
+    if key.off_protocol:
+        reasons = key.reasons or [f"{k}={v}" for k, v in json.loads(key.overrides).items()]
+        deviation = "off-protocol" + (": " + "; ".join(reasons) if reasons else "")
+    else:
+        deviation = "on protocol (no overrides)"
+    dataset = f"dataset {key.dataset_name} version {key.dataset_version[:12]} ({first.dataset.n_items} items)"
+    details = [
+        dataset + (f": {SYNTHETIC_NOTE}" if synthetic else ""),
+        f"split {key.track} seed {first.split.seed} sha256 {key.split_sha256[:12]}",
         f"protocol {key.protocol_version}; {deviation}",
+        f"ranked by {label} ({key.main_eval_set}/{key.main_metric})",
+    ]
+    if first.axis is not None:
+        details.append(
+            f"each entry sweeps {first.axis.name} and is ranked at its main value; the sweep is shown below the table"
+        )
+    return tuple(details)
+
+
+def _class_names(rows: Sequence[Row], members: Sequence[Any]) -> tuple[str, ...]:
+    """Per-class columns: the entries' class names in their order, those some row has a score for."""
+    present = {c for r in rows for c in r.per_class}
+    ordered: list[str] = []
+    for loaded in members:
+        ordered += [c for c in loaded.entry.class_names if c in present and c not in ordered]
+    return tuple(ordered)
+
+
+def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str], reported_rows: list[ReportedResult], *, rank_reported: bool, alpha: float) -> Table:
+    computed = [_computed_row(m, files[m.sha256]) for m in members]
+    first = members[0].entry
+    not_comparable = paper_incomparability(m.entry for m in members)  # the paper's numbers only beside comparable results
+    reported = [_reported_row(r) for r in reported_rows] if not_comparable is None else []
+    rows, ranked_reported = _assemble(computed, reported, paired=True, rank_reported=rank_reported, alpha=alpha)
+    label = score_label(key.main_eval_set, key.main_metric)
+    synthetic = any(r.synthetic for r in computed)
+    eval_set = key.main_eval_set
+    folds = "validation folds" if eval_set == "val" else f"fold models scored on {eval_set}"
+    details = _group_details(key, first, label, synthetic)
+    if reported_rows and not_comparable:
+        details += (f"the paper's numbers are not shown here: {not_comparable}",)
+    title = f"{key.task} · {key.track} track · {key.dataset_name} {key.dataset_version[:8]}" + (
+        " · synthetic data" if synthetic else ""
+    )
+    return Table(
+        id=key.slug,
+        title=title,
+        details=details,
+        task=key.task,
+        track=key.track,
+        kind="scores",
+        rows=tuple(rows),
+        rule=rank_rule_text(
+            paired=True,
+            n_folds=first.main.n,
+            alpha=alpha,
+            ranked_reported=ranked_reported,
+            has_reported=bool(reported),
+            label=label,
+            folds=folds,
+        ),
+        group=key,
+        score_label=label,
+        test_label=score_label("test", key.main_metric),
+        class_names=_class_names(computed, members),
+        per_class_label=f"{metric_label(PER_CLASS_METRIC)} ({eval_set}, mean over folds where the class is present)",
+        axis_name=first.axis.name if first.axis is not None else None,
+        synthetic=synthetic,
     )
 
 
-def _board_file_names(entries: Sequence[LoadedEntry]) -> dict[str, str]:
-    counts: dict[str, int] = defaultdict(int)
-    for loaded in entries:
-        counts[loaded.entry.key] += 1
-    return {
-        loaded.sha256: f"{loaded.entry.key}.json" if counts[loaded.entry.key] == 1 else f"{loaded.entry.key}__{loaded.sha256[:12]}.json"
-        for loaded in entries
-    }
+def _reported_table(task: str, track: str, results: list[ReportedResult], *, rank_reported: bool, alpha: float) -> Table:
+    rows = [_reported_row(r) for r in results]
+    knn = any(r.per_k for r in results)
+    if knn:
+        ordered, ranked = rows, False  # per-k rows: no single score to rank by
+        rule = "Macro-F1 for increasing k (the paper does not print the k values); not ranked."
+    else:
+        ordered, ranked = _assemble([], rows, paired=False, rank_reported=rank_reported, alpha=alpha)
+        rule = (
+            rank_rule_text(paired=False, n_folds=None, alpha=alpha, ranked_reported=True)
+            if ranked
+            else "The paper's numbers, sorted by mean; not ranked (they were not computed by ocbench)."
+        )
+    return Table(
+        id=f"{safe_id(task)}-{safe_id(track)}-reported",
+        title=f"{task} · {track} track · reported by the paper",
+        details=(
+            f"{PAPER}: numbers as published, computed on the paper's own split by its own code; "
+            "no ocbench entry comparable with them (full OpenCell set, all grades) for this task and track yet",
+        ),
+        task=task,
+        track=track,
+        kind="knn" if knn else "scores",
+        rows=tuple(ordered),
+        rule=rule,
+        group=None,
+        score_label="CV macro-F1",
+    )
 
 
 def build_tables(
-    entries: Sequence[LoadedEntry],
+    entries: Sequence[Any],
     *,
     include_reported: bool = True,
     rank_reported: bool = False,
     alpha: float = ALPHA,
     entry_files: Mapping[str, str] | None = None,
 ) -> Board:
-    """Group, rank and label the entries; add the paper's reported rows.
+    """Group, rank and label the entries (LoadedEntry); add the paper's reported rows.
 
     ``entry_files``: sha256 -> the entry's path inside the board's ``entries/`` (POSIX), for a
     board that links to its entries where they are; default: ``<key>.json`` copies."""
     kept, problems = dedupe_entries(entries)
-    files = {e.sha256: entry_files[e.sha256] for e in kept} if entry_files is not None else _board_file_names(kept)
-    groups: dict[GroupKey, list[LoadedEntry]] = defaultdict(list)
-    for loaded in kept:
-        groups[GroupKey.of(loaded.entry)].append(loaded)
+    files = {e.sha256: entry_files[e.sha256] for e in kept} if entry_files is not None else board_file_names(kept)
 
     reported_by_task: dict[tuple[str, str], list[ReportedResult]] = defaultdict(list)
     if include_reported:
         for r in REPORTED:
             reported_by_task[(r.task, r.track)].append(r)
 
-    tables: list[Table] = []
-    for key in sorted(groups):
-        members = groups[key]
-        computed = [_computed_row(m, files[m.sha256]) for m in members]
-        not_comparable = paper_incomparability(m.entry for m in members)  # the paper's numbers only beside comparable results
-        paper_rows = reported_by_task.get((key.task, key.track), [])
-        reported = [_reported_row(r) for r in paper_rows] if not_comparable is None else []
-        rows, ranked_reported = _assemble(computed, reported, paired=True, rank_reported=rank_reported, alpha=alpha)
-        n_folds = members[0].entry.val.n
-        first = members[0].entry
-        tables.append(
-            Table(
-                id=key.slug,
-                title=f"{key.task} · {key.track} track · {key.dataset_name} {key.dataset_version[:8]}",
-                details=_group_details(key, first.dataset.n_items, first.split.seed)
-                + ((f"the paper's numbers are not shown here: {not_comparable}",) if paper_rows and not_comparable else ()),
-                task=key.task,
-                track=key.track,
-                kind="scores",
-                rows=tuple(rows),
-                rule=rank_rule_text(
-                    paired=True, n_folds=n_folds, alpha=alpha, ranked_reported=ranked_reported, has_reported=bool(reported)
-                ),
-                group=key,
-            )
+    tables = [
+        _computed_table(
+            key, members, files, reported_by_task.get((key.task, key.track), []), rank_reported=rank_reported, alpha=alpha
         )
-
+        for key, members in group_entries(kept).items()
+    ]
     covered = {(t.task, t.track) for t in tables if t.reported_rows}
     for (task, track), results in reported_by_task.items():
-        if (task, track) in covered:
-            continue
-        rows = [_reported_row(r) for r in results]
-        knn = any(r.per_k for r in results)
-        if knn:
-            ordered, ranked = rows, False  # per-k rows: no single score to rank by
-            rule = "Macro-F1 for increasing k (the paper's five k values are not legible); not ranked."
-        else:
-            ordered, ranked = _assemble([], rows, paired=False, rank_reported=rank_reported, alpha=alpha)
-            rule = (
-                rank_rule_text(paired=False, n_folds=None, alpha=alpha, ranked_reported=True)
-                if ranked
-                else "The paper's numbers, sorted by mean; not ranked (they were not computed by ocbench)."
-            )
-        tables.append(
-            Table(
-                id=f"{task}-{track}-reported",
-                title=f"{task} · {track} track · reported by the paper",
-                details=(
-                    f"{PAPER}: numbers as published, computed on the paper's own split by its own code; "
-                    "no ocbench entry comparable with them (full OpenCell set, all grades) for this task and track yet",
-                ),
-                task=task,
-                track=track,
-                kind="knn" if knn else "scores",
-                rows=tuple(ordered),
-                rule=rule,
-                group=None,
-            )
-        )
+        if (task, track) not in covered:
+            tables.append(_reported_table(task, track, results, rank_reported=rank_reported, alpha=alpha))
 
     fingerprint_lines = sorted(f"{e.sha256}  {files[e.sha256]}" for e in kept)
     fingerprint = hashlib.sha256("\n".join(fingerprint_lines).encode()).hexdigest()
@@ -472,25 +454,58 @@ def build_tables(
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# best per class
+# ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class CompartmentBest:
-    compartment: str
-    best: tuple[Row, ...]  # every row reaching the best score (ties)
-    best_f1: float
+class ClassBest:
+    class_name: str
+    best: Row | None  # None: no clear best
+    top: tuple[Row, ...]  # the row(s) with the highest score (several when tied)
+    top_value: float
     runner_up: Row | None
-    runner_up_f1: float | None
+    runner_up_value: float | None
+    note: str  # why there is no clear best, or how the best was separated
+
+    @property
+    def clear(self) -> bool:
+        return self.best is not None
 
 
-def best_per_compartment(table: Table) -> list[CompartmentBest]:
-    """For each compartment, the computed row(s) with the highest validation F1, and the next one."""
+_EPS = 1e-12
+
+
+def best_per_class(table: Table, *, alpha: float = ALPHA) -> list[ClassBest]:
+    """For each class, the computed row with the highest score on it, awarded only when it is
+    clear: above 0, not tied, and (when both rows have fold values of the class on the same folds)
+    separated from the runner-up by a two-sided paired t-test (p < alpha). Needs >= 2 rows."""
+    rows = [r for r in table.computed_rows if r.per_class]
+    if len(rows) < 2:
+        return []
     out = []
-    rows = [r for r in table.computed_rows if r.per_class_f1]
-    for comp in table.compartments:
-        scored = sorted(((r.per_class_f1[comp], r) for r in rows if comp in r.per_class_f1), key=lambda t: (-t[0], t[1].label))
-        if not scored:
+    for name in table.class_names:
+        scored = sorted(((r.per_class[name], r) for r in rows if name in r.per_class), key=lambda t: (-t[0], t[1].label))
+        if len(scored) < 2:
             continue
-        top = scored[0][0]
-        best = tuple(r for s, r in scored if abs(s - top) <= 1e-12)
-        rest = [(s, r) for s, r in scored if abs(s - top) > 1e-12]
-        out.append(CompartmentBest(comp, best, top, rest[0][1] if rest else None, rest[0][0] if rest else None))
+        top_value = scored[0][0]
+        top = tuple(r for v, r in scored if abs(v - top_value) <= _EPS)
+        rest = [(v, r) for v, r in scored if abs(v - top_value) > _EPS]
+        runner_value, runner = (rest[0] if rest else (None, None))
+        best: Row | None = None
+        if top_value <= _EPS:
+            note = "no clear best: the best score is 0"
+        elif len(top) > 1:
+            note = f"no clear best: {len(top)} rows tied at {top_value:.3f}"
+        else:
+            assert runner is not None and runner_value is not None
+            a, b = top[0].per_class_folds.get(name), runner.per_class_folds.get(name)
+            if a and b and len(a) == len(b) >= 2:
+                p = paired_t_test_p(a, b)
+                if p >= alpha:
+                    note = f"no clear best: a paired t-test over {len(a)} folds cannot separate the top two (p = {p:.3g})"
+                else:
+                    best, note = top[0], f"paired t-test over {len(a)} folds vs the runner-up: p = {p:.3g}"
+            else:
+                best, note = top[0], "highest score (no paired folds to test the gap)"
+        out.append(ClassBest(name, best, top, top_value, runner, runner_value, note))
     return out
