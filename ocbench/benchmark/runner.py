@@ -289,24 +289,28 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
         )
 
 
-def _embed(options: RunOptions, recomputed: set, context) -> Any:
-    """The context's cached ``embed``: FOV embeddings of the dataset (one extraction per cell;
-    ``--recompute`` discards a key's cache once per grid, not once per cell)."""
-    cached = context.inputs.get("_embeddings")
-    if cached is not None:
-        return cached
+def _embed(options: RunOptions, recomputed: set, context, items=None) -> Any:
+    """The context's cached ``embed``: embeddings of the dataset's FOVs (or of ``items``), computed
+    once per cell; ``--recompute`` discards a key's cache once per grid, not once per cell."""
+    memo = context.inputs.setdefault("_embeddings", {})
+    source = context.dataset if items is None else items
+    if id(source) in memo:
+        return memo[id(source)]
     from ocbench.benchmark.embeddings import extract_embeddings
 
-    key = (context.backbone.name, context.adapter.key)
+    key = (context.backbone.name, context.adapter.key, source.version)
     embeddings = extract_embeddings(
-        context.dataset, context.backbone, context.adapter,
+        source, context.backbone, context.adapter,
         batch_size=options.batch_size, device=options.device, num_workers=options.num_workers,
         cache_dir=options.cache_dir, progress=options.progress,
         recompute=options.recompute and key not in recomputed,
     )
     recomputed.add(key)
-    context.inputs["_embeddings"] = embeddings
-    context.inputs["embeddings"] = dict(embeddings.meta)
+    memo[id(source)] = embeddings
+    if items is None:
+        context.inputs["embeddings"] = dict(embeddings.meta)
+    else:
+        context.inputs.setdefault("item_embeddings", []).append(dict(embeddings.meta))
     return embeddings
 
 

@@ -70,8 +70,8 @@ class RunContext:
     #: BackboneCard and the ChannelAdapter placing the dataset's channels into its inputs.
     backbone: Any
     adapter: Any
-    #: ``embed()`` -> Embeddings (``features`` (N, D) float32, ``fov_ids``, ``meta``) of every item.
-    embed_fn: Callable[["RunContext"], Any]
+    #: ``embed_fn(context, items)`` -> Embeddings (``features`` (N, D) float32, ``fov_ids``, ``meta``).
+    embed_fn: Callable[["RunContext", Any], Any]
     device: str = "cpu"
     seed: int = 0
     progress: Progress = field(default_factory=lambda: Progress(False))
@@ -86,6 +86,9 @@ class RunContext:
     def labels(self):
         return self.dataset.labels
 
-    def embed(self):
-        """The backbone's embeddings of every item (cached by key; see ``ocbench embed``)."""
-        return self.embed_fn(self)
+    def embed(self, items: Any = None):
+        """The backbone's embeddings (cached by key; see ``ocbench embed``) of every FOV of the
+        dataset, or of ``items``: any dataset-like object (``version``, ``fov_ids`` = item ids,
+        ``read(i)`` -> (channels, H, W) in the dataset card's channel order, ``len``), e.g. cell
+        crops cut on the fly; its ``version`` must change whenever its pixels would."""
+        return self.embed_fn(self, items)
