@@ -1,0 +1,460 @@
+"""Task C: leave-one-out soft-vote k-NN on single-cell embeddings (``sc-knn``; paper Table 4).
+
+Protocol (PROTOCOL.md section 6), over the evaluation cells (:mod:`ocbench.data.cells`: weak
+labels of grade-3 FOVs by default, or an expert file):
+
+1. every cell is a query once; its candidates are all *other* evaluation cells (``exclude="self"``,
+   the paper) or all cells of *other FOVs* (``exclude="fov"``: cells of one FOV share their weak
+   labels and their imaging context, so the ``self`` track flatters every backbone);
+2. cosine similarity, the ``k`` most similar candidates, weights ``exp(sim / T)`` with
+   ``T = temperature`` (0.07, DINO's);
+3. class scores = the weighted sum of the neighbours' label vectors, normalised per query to
+   [0, 1] (``normalization``):
+
+   - ``weight-sum`` (default): divided by the sum of the weights, so a class's score is the
+     weighted fraction of the neighbours that carry it; ``>= 0.5`` is then a weighted majority
+     vote *for each class on its own*. Chosen because labels are multi-label: a cell's two
+     compartments do not compete for one unit of score, a class's score does not depend on the
+     other classes, and k = 1 copies the neighbour's labels exactly. It is DINO's k-NN vote
+     (weighted class sums) made a per-class probability;
+   - ``max``: divided by the largest class score, so the top class always scores 1 and classes at
+     least half as supported follow; every query then predicts at least one class;
+4. positive where the score ``>= threshold`` (0.5); macro-F1 per k over the classes present
+   (:mod:`ocbench.tasks.metrics`), one entry with the k axis (``main_k`` ranks).
+
+Computation is blocked: queries in chunks of rows, each chunk's similarity rows (chunk x N) in one
+reused buffer, the top-k kept per chunk and the vote done on the chunk, so memory is
+O(N * (D + k) + chunk * N), never N x N. On a GPU it runs there (TF32 off: fp32 similarities, so
+neighbours do not depend on the device's matmul mode). Ties at the k-th place (identical
+embeddings) are broken by ``torch.topk``; any choice gives the same similarities, so the vote only
+changes through the tied neighbours' labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from ocbench.errors import ConfigError, DataError
+from ocbench.summaries import summarize
+from ocbench.tasks.base import TaskConfig, TaskResult, register_task
+from ocbench.tasks.context import Progress
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "EVAL_SET",
+    "NORMALIZATIONS",
+    "EXCLUSIONS",
+    "KnnOutput",
+    "knn_predict",
+    "knn_chunk_rows",
+    "ScKnn",
+    "ScKnnFov",
+]
+
+PROTOCOL_VERSION = "sc-knn/1"
+#: The entry's eval set: leave-one-out over the evaluation cells.
+EVAL_SET = "loo"
+NORMALIZATIONS: tuple[str, ...] = ("weight-sum", "max")
+EXCLUSIONS: tuple[str, ...] = ("self", "fov")
+#: Scores within this of the threshold count as on it: cumulative sums may round an exact 1/2 down.
+_TIE_TOLERANCE = 1e-9
+_MiB = 1 << 20
+
+
+@dataclass
+class KnnOutput:
+    """What :func:`knn_predict` returns.
+
+    ``predictions[k]``: (N, C) uint8; ``scores[k]`` (N, C) float64 when asked for; ``neighbours``
+    (N, k_max) int64 row positions (-1 where a query had fewer candidates) and ``similarities``
+    (N, k_max) float32 (-inf there), most similar first; ``n_candidates`` (N,) candidates per query.
+    """
+
+    ks: tuple[int, ...]
+    predictions: dict[int, np.ndarray]
+    neighbours: np.ndarray | None
+    similarities: np.ndarray | None
+    n_candidates: np.ndarray
+    scores: dict[int, np.ndarray] = field(default_factory=dict)
+    chunk_rows: int = 0
+    device: str = "cpu"
+
+
+def knn_chunk_rows(n: int, memory_bytes: int) -> int:
+    """Query rows per chunk so that one chunk's similarity rows (rows x n float32) fit ``memory_bytes``."""
+    return int(max(1, min(n, memory_bytes // max(1, 4 * n))))
+
+
+@contextlib.contextmanager
+def _fp32_matmul(device):
+    import torch
+
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _group_index(groups: Sequence[Any], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(code per row, rows sorted by code, start of each code's run, size of each code's run)."""
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise DataError(f"groups: expected one group per row ({n}), got shape {groups.shape}")
+    _, codes = np.unique(groups, return_inverse=True)
+    codes = codes.astype(np.int64).ravel()
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return codes, order, starts, counts
+
+
+def knn_predict(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    ks: Sequence[int] = (1, 5, 10, 20, 50),
+    temperature: float = 0.07,
+    threshold: float = 0.5,
+    normalization: str = "weight-sum",
+    exclude: str = "self",
+    groups: Sequence[Any] | None = None,
+    device: str = "cpu",
+    chunk_rows: int | None = None,
+    memory_mb: int | None = None,
+    keep_neighbours: bool = True,
+    return_scores: bool = False,
+    progress: Progress | bool = False,
+) -> KnnOutput:
+    """Leave-one-out soft-vote k-NN of every row against the others (see the module docstring).
+
+    ``features`` (N, D); ``labels`` (N, C) 0/1; ``groups`` (N,) (the FOV of each cell) is needed
+    for ``exclude="fov"``. ``chunk_rows`` (query rows per block) or ``memory_mb`` (budget for one
+    block's similarity rows; default 256 MiB on CPU, 1 GiB on GPU) only change speed and memory.
+    """
+    import torch
+
+    x = np.asarray(features)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"features: expected a numeric (items x dims) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise DataError("features: NaN/inf values; re-extract the embeddings (--recompute)")
+    n = x.shape[0]
+    y = np.asarray(labels)
+    if y.ndim != 2 or y.shape[0] != n or not np.isin(y, (0, 1)).all():
+        raise DataError(f"labels: expected ({n}, classes) 0/1 values, got shape {y.shape}")
+    if n < 2:
+        raise DataError(f"leave-one-out k-NN needs at least 2 items, got {n}")
+    if exclude not in EXCLUSIONS:
+        raise ConfigError(f"exclude must be one of {', '.join(EXCLUSIONS)}, got {exclude!r}")
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+    ks = tuple(int(k) for k in ks)
+    if not ks or any(k < 1 for k in ks):
+        raise ConfigError(f"ks must be integers >= 1, got {ks}")
+    if exclude == "fov" and groups is None:
+        raise ConfigError("exclude='fov' needs the group (FOV) of every item")
+
+    dev = torch.device(device)
+    k_max = min(max(ks), n)  # masked candidates come back as -inf and carry no weight
+    if chunk_rows is None:
+        budget = (memory_mb if memory_mb is not None else (1024 if dev.type == "cuda" else 256)) * _MiB
+        chunk_rows = knn_chunk_rows(n, budget)
+    chunk_rows = int(max(1, min(chunk_rows, n)))
+
+    if exclude == "fov":
+        codes, order, starts, counts = _group_index(groups, n)  # type: ignore[arg-type]
+    out_idx = np.empty((n, k_max), np.int64) if keep_neighbours else None
+    out_sim = np.empty((n, k_max), np.float32) if keep_neighbours else None
+    predictions = {k: np.empty(y.shape, np.uint8) for k in ks}
+    scores: dict[int, np.ndarray] = {k: np.empty(y.shape, np.float64) for k in ks} if return_scores else {}
+
+    report = progress if isinstance(progress, Progress) else Progress(bool(progress))
+    with torch.inference_mode(), _fp32_matmul(dev):
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+        xt = torch.nn.functional.normalize(xt, dim=1, eps=1e-12)
+        yt = torch.from_numpy(y.astype(np.float64)).to(dev)
+        buffer = torch.empty((chunk_rows, n), dtype=torch.float32, device=dev)
+        minus_inf = float("-inf")
+        with report.bar(n, "k-NN", unit="cell") as bar:
+            for a in range(0, n, chunk_rows):
+                b = min(n, a + chunk_rows)
+                m = b - a
+                sims = buffer[:m]
+                torch.mm(xt[a:b], xt.T, out=sims)
+                rows = torch.arange(m, device=dev)
+                sims[rows, rows + a] = minus_inf
+                if exclude == "fov":
+                    c = codes[a:b]
+                    size = counts[c]
+                    rep_rows = np.repeat(np.arange(m), size)
+                    within = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+                    cols = order[np.repeat(starts[c], size) + within]
+                    sims[torch.from_numpy(rep_rows).to(dev), torch.from_numpy(cols).to(dev)] = minus_inf
+                top_sim, top_idx = torch.topk(sims, k_max, dim=1, largest=True, sorted=True)
+                valid = torch.isfinite(top_sim)
+                # exp((s - s_max) / T): the common factor cancels in every normalization; no overflow.
+                s64 = top_sim.double()
+                best = torch.where(valid[:, :1], s64[:, :1], torch.zeros_like(s64[:, :1]))
+                weights = torch.where(valid, torch.exp((s64 - best) / float(temperature)), torch.zeros_like(s64))
+                votes = torch.cumsum(weights.unsqueeze(2) * yt[top_idx], dim=1)  # (m, k_max, C)
+                total = torch.cumsum(weights, dim=1)
+                for k in ks:
+                    kk = min(k, k_max) - 1
+                    class_sum = votes[:, kk]
+                    if normalization == "weight-sum":
+                        denom = total[:, kk : kk + 1]
+                    else:
+                        denom = class_sum.max(dim=1, keepdim=True).values
+                    score = torch.where(denom > 0, class_sum / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(class_sum))
+                    predictions[k][a:b] = (score >= float(threshold) - _TIE_TOLERANCE).to(torch.uint8).cpu().numpy()
+                    if return_scores:
+                        scores[k][a:b] = score.cpu().numpy()
+                if keep_neighbours:
+                    out_idx[a:b] = torch.where(valid, top_idx, torch.full_like(top_idx, -1)).cpu().numpy()  # type: ignore[index]
+                    out_sim[a:b] = top_sim.cpu().numpy()  # type: ignore[index]
+                bar.update(m)
+    n_candidates = np.full(n, n - 1, np.int64) if exclude == "self" else (n - counts[codes]).astype(np.int64)
+    return KnnOutput(ks, predictions, out_idx, out_sim, n_candidates, scores, chunk_rows, str(dev))
+
+
+# -- the task -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScKnn(TaskConfig):
+    """Single-cell embeddings scored by leave-one-out soft-vote k-NN (paper Table 4)."""
+
+    name: ClassVar[str] = "sc-knn"
+    protocol_version: ClassVar[str] = PROTOCOL_VERSION
+    main_score: ClassVar[tuple[str, str]] = (EVAL_SET, "macro_f1")
+    axis: ClassVar[str | None] = "k"
+    extra: ClassVar[str | None] = "singlecell"
+    description: ClassVar[str] = (
+        "Leave-one-out soft-vote k-NN on single-cell crops (Cellpose masks), macro-F1 per k (paper Table 4)"
+    )
+
+    #: neighbourhood sizes (the axis of the entry)
+    ks: tuple[int, ...] = field(default=(1, 5, 10, 20, 50), metadata={"help": "neighbourhood sizes k (the entry's axis)"})
+    #: the k whose score ranks the entry: the largest, as the paper's abstract quotes it (0.796)
+    main_k: int = field(default=50, metadata={"help": "the k that ranks the entry (the paper's abstract quotes the largest)"})
+    temperature: float = field(default=0.07, metadata={"help": "T of the neighbour weights exp(similarity / T) (DINO's)"})
+    threshold: float = field(default=0.5, metadata={"help": "a class is predicted where its normalised score >= this"})
+    normalization: str = field(
+        default="weight-sum",
+        metadata={"help": "weight-sum: score = weighted fraction of neighbours with the class; max: divided by the top class"},
+    )
+    exclude: str = field(default="self", metadata={"help": "self: the query only (paper); fov: all cells of the query's FOV"})
+    segmentation: str = field(
+        default="auto",
+        metadata={"help": "cellpose (paper), classical, or auto: cellpose for real data, classical for synthetic data"},
+    )
+    crop_size: int = field(default=512, metadata={"help": "crop cut and output size, px"})
+    zoom: float = field(default=2.0, metadata={"help": "zoom about the crop centre"})
+    mask_crops: bool = field(default=True, metadata={"help": "zero the pixels outside the cell's own mask"})
+    black_percentile: float = field(
+        default=99.7, metadata={"help": "drop crops whose black-pixel fraction is above this percentile"}
+    )
+    label_grade: int = field(default=3, metadata={"help": "weak labels: FOV compartments annotated at this grade or higher"})
+    omit_fovs_with: tuple[str, ...] = field(
+        default=("big_aggregates",), metadata={"help": "FOVs annotated with these classes are not evaluated"}
+    )
+    cell_labels: str = field(default="", metadata={"help": "expert cell labels CSV (see ocbench data cells --help); '' = weak labels"})
+
+    def __post_init__(self) -> None:
+        def bad(key: str, what: str) -> ConfigError:
+            return ConfigError(f"task {self.name}: {key} must be {what}, got {getattr(self, key)!r}")
+
+        if not self.ks or not all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 100_000 for k in self.ks):
+            raise bad("ks", "integers between 1 and 100,000")
+        if len(set(self.ks)) != len(self.ks):
+            raise bad("ks", "distinct values")
+        if self.main_k not in self.ks:
+            raise bad("main_k", f"one of ks {self.ks}")
+        if not (math.isfinite(self.temperature) and 1e-4 <= self.temperature <= 100):
+            raise bad("temperature", "in [0.0001, 100]")
+        if not 0 < self.threshold <= 1:
+            raise bad("threshold", "in (0, 1]")
+        if self.normalization not in NORMALIZATIONS:
+            raise bad("normalization", f"one of {', '.join(NORMALIZATIONS)}")
+        if self.exclude not in EXCLUSIONS:
+            raise bad("exclude", f"one of {', '.join(EXCLUSIONS)}")
+        if self.segmentation != "auto":
+            from ocbench.data.cells import SEGMENTATION_BACKENDS
+
+            if self.segmentation not in SEGMENTATION_BACKENDS:
+                raise bad("segmentation", f"auto or one of {', '.join(sorted(SEGMENTATION_BACKENDS.names()))}")
+        if not 0 < self.black_percentile <= 100:
+            raise bad("black_percentile", "in (0, 100]")
+        if self.label_grade not in (1, 2, 3):
+            raise bad("label_grade", "1, 2 or 3")
+        self.crop_settings()  # checks crop_size and zoom
+
+    # -- settings as objects -------------------------------------------------------------------
+    def crop_settings(self):
+        from ocbench.data.cells import CropSettings
+
+        return CropSettings(size=self.crop_size, zoom=self.zoom, mask_outside=self.mask_crops)
+
+    def label_policy(self):
+        from ocbench.data.cells import LabelPolicy
+
+        return LabelPolicy(grade=self.label_grade, omit_fovs_with=tuple(self.omit_fovs_with))
+
+    def backend_for(self, dataset_card: Any):
+        """The segmentation backend: ``auto`` is cellpose (the paper's) for real data and classical for
+        synthetic datasets (the demo's drawn cells; no model download, so the demo runs offline)."""
+        from ocbench.data.cells import get_backend
+
+        name = self.segmentation
+        if name == "auto":
+            name = "classical" if getattr(dataset_card, "synthetic", False) else "cellpose"
+        return get_backend(name)
+
+    def validate_for(self, dataset_card: Any) -> None:
+        classes = tuple(dataset_card.class_names)
+        unknown = sorted(set(self.omit_fovs_with) - set(classes))
+        if unknown:
+            raise ConfigError(f"task {self.name}: omit_fovs_with names unknown class(es) {unknown}; the dataset's are {', '.join(classes)}")
+        backend = self.backend_for(dataset_card)
+        backend.check_channels(tuple(dataset_card.channel_names))
+        backend.check_available()
+        if self.cell_labels:
+            from pathlib import Path
+
+            if not Path(self.cell_labels).expanduser().is_file():
+                raise ConfigError(f"task {self.name}: cell_labels file {self.cell_labels} does not exist")
+
+    # -- running -------------------------------------------------------------------------------
+    def evaluate(self, context) -> TaskResult:
+        """Segment (or reuse masks), cut and embed the evaluation cells, score them by k-NN."""
+        from ocbench.data import cells
+
+        started = time.perf_counter()
+        dataset = context.dataset
+        backend = self.backend_for(dataset.card)
+        table = cells.prepare_cells(
+            dataset, backend, crop=self.crop_settings(), black_percentile=self.black_percentile,
+            labels=self.label_policy(), progress=context.progress,
+        )
+        evaluation = cells.evaluation_set(dataset, table, self.cell_labels or None)
+        context.progress.step(
+            f"{len(evaluation):,} evaluation cells ({evaluation.source} labels) of {len(table):,} masks "
+            f"({table.meta['n_dropped']:,} dropped)"
+        )
+        embeddings = context.embed(evaluation.crops)
+        if list(embeddings.fov_ids) != list(evaluation.ids):
+            raise DataError("the cell embeddings do not line up with the evaluation cells; rerun with --recompute")
+        result = self.run(
+            embeddings.features, evaluation.labels, evaluation.groups,
+            class_names=context.class_names, device=context.device, seed=context.seed, progress=context.progress,
+        )
+        details = {
+            **result.details,
+            "segmentation": backend.describe(),
+            "mask_store": table.meta.get("masks_dir"),
+            "n_masks": int(len(table)),
+            "n_dropped": int(table.meta["n_dropped"]),
+            "black_threshold": float(table.meta["black_threshold"]),
+            "labels": evaluation.source,
+            **{f"labels_{k}": v for k, v in evaluation.notes.items()},
+        }
+        return _replace(result, wall_time_s=time.perf_counter() - started, details=details)
+
+    def run(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        groups: Sequence[Any] | None = None,
+        *,
+        class_names: Sequence[str],
+        device: str = "cpu",
+        seed: int = 0,
+        progress: Progress | bool = False,
+        chunk_rows: int | None = None,
+    ) -> TaskResult:
+        """Score ``features`` (N, D) with ``labels`` (N, C) by leave-one-out k-NN; ``groups``: FOV per row."""
+        from ocbench.tasks.metrics import SCORE_KINDS, multilabel_scores
+
+        started = time.perf_counter()
+        names = tuple(class_names)
+        y = np.asarray(labels)
+        if y.ndim != 2 or y.shape[1] != len(names):
+            raise DataError(f"labels: expected (cells, {len(names)}) for the classes {', '.join(names)}, got {y.shape}")
+        if not y.any():
+            raise DataError("no evaluation cell has a positive label, so no class can be scored")
+        out = knn_predict(
+            features, y, ks=self.ks, temperature=self.temperature, threshold=self.threshold,
+            normalization=self.normalization, exclude=self.exclude, groups=groups, device=device,
+            chunk_rows=chunk_rows, keep_neighbours=False, progress=progress,
+        )
+        points = []
+        main = None
+        for k in self.ks:
+            s = multilabel_scores(y, out.predictions[k])
+            present = np.asarray(s["support"]) > 0
+            scores = {EVAL_SET: {"macro_f1": summarize([s["macro_f1"]]), "macro_f1_all": summarize([s["macro_f1_all"]])}}
+            per_class = {EVAL_SET: {kind: {c: float(v) for c, v, p in zip(names, s[kind], present) if p} for kind in SCORE_KINDS}}
+            points.append({"value": k, "scores": scores, "per_class": per_class})
+            if k == self.main_k:
+                main = (s, scores, per_class)
+        assert main is not None
+        s, scores, per_class = main
+        per_class_values = {EVAL_SET: {**{kind: [list(map(float, s[kind]))] for kind in SCORE_KINDS},
+                                       "support": [list(map(float, s["support"]))]}}
+        fewer = {str(k): int((out.n_candidates < k).sum()) for k in self.ks if (out.n_candidates < k).any()}
+        details = {
+            "n_cells": int(y.shape[0]),
+            "feature_dim": int(np.asarray(features).shape[1]),
+            "n_groups": int(len(set(np.asarray(groups).tolist()))) if groups is not None else None,
+            "macro_f1_by_k": {str(p["value"]): p["scores"][EVAL_SET]["macro_f1"]["mean"] for p in points},
+            "chunk_rows": out.chunk_rows,
+            "min_candidates": int(out.n_candidates.min()),
+        }
+        if fewer:
+            details["queries_with_fewer_candidates_than_k"] = fewer
+        return TaskResult(
+            task=self.name,
+            protocol_version=self.protocol_version,
+            config=self.to_dict(),
+            scores=scores,
+            class_names=names,
+            seed=int(seed),
+            device=out.device,
+            wall_time_s=time.perf_counter() - started,
+            per_class=per_class,
+            per_class_values=per_class_values,
+            axis={"name": "k", "main": self.main_k, "points": points},
+            details=details,
+        )
+
+
+def _replace(result: TaskResult, **changes: Any) -> TaskResult:
+    import dataclasses
+
+    return dataclasses.replace(result, **changes)
+
+
+@dataclass(frozen=True)
+class ScKnnFov(ScKnn):
+    """``sc-knn`` with the neighbours of the query's own FOV left out (its own entry key and board row)."""
+
+    name: ClassVar[str] = "sc-knn-fov"
+    description: ClassVar[str] = (
+        "sc-knn without neighbours from the query's own FOV (same-FOV cells share weak labels and context)"
+    )
+    exclude: str = field(default="fov", metadata={"help": "self: the query only; fov: all cells of the query's FOV (this task's default)"})
+
+
+register_task(ScKnn)
+register_task(ScKnnFov)
