@@ -1,0 +1,75 @@
+"""sc-knn end to end on a small demo, offline: segmentation, crops, cached embeddings, k-NN, entry."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image (pip install 'ocbench[singlecell]')")
+
+from ocbench.benchmark.entry import load_entry  # noqa: E402
+from ocbench.benchmark.runner import RunOptions, RunSpec, run_grid  # noqa: E402
+from ocbench.data import cells as C  # noqa: E402
+from ocbench.data.cards import open_dataset  # noqa: E402
+from ocbench.data.demo import DemoConfig, write_demo  # noqa: E402
+from ocbench.tasks import get_task_class  # noqa: E402
+from ocbench.tasks.sc_knn import EVAL_SET  # noqa: E402
+
+SMALL = ("crop_size=48", "ks=1,3,10", "main_k=10")
+
+
+@pytest.fixture(scope="module")
+def demo_dataset(module_cache, tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "demo"
+    config = DemoConfig(proteins=8, fovs_per_protein=2, size=96, unlabelled_proteins=0, annotation_only_proteins=0,
+                        name_joined_proteins=0)
+    write_demo(root, config)
+    return open_dataset(str(root))
+
+
+def test_sc_knn_runs_offline_end_to_end_and_writes_an_entry(demo_dataset, module_cache, tmp_path):
+    import ocbench.tasks.sc_knn  # noqa: F401  (registers sc-knn and sc-knn-fov)
+
+    assert get_task_class("sc-knn").name == "sc-knn"
+    options = RunOptions(output_dir=tmp_path / "results", device="cpu", progress=False)
+    specs = [RunSpec(backbone="classical-stats", task=task, overrides=SMALL) for task in ("sc-knn", "sc-knn-fov")]
+    outcomes = run_grid(specs, demo_dataset, options)
+    entries = [load_entry(o.path) for o in outcomes]  # schema-valid entries
+    for entry, outcome in zip(entries, outcomes):
+        assert entry.main_score.eval_set == EVAL_SET and entry.main_score.metric == "macro_f1"
+        assert entry.axis is not None and entry.axis.name == "k" and entry.axis.main == 10
+        assert [p.value for p in entry.axis.points] == [1, 3, 10]
+        assert entry.axis.point(10).scores == entry.scores
+        assert 0 <= entry.main.mean <= 1 and entry.main.n == 1
+        assert entry.dataset.synthetic and entry.protocol_version == "sc-knn/1"
+        assert entry.off_protocol  # smaller crops and ks than the protocol's
+        assert "big_aggregates" not in entry.per_class[EVAL_SET]["f1"]  # its FOVs are not evaluated
+        assert outcome.details["labels"] == "weak" and outcome.details["segmentation"].startswith("classical")
+        assert outcome.details["n_cells"] >= 40
+    assert entries[0].task_config["exclude"] == "self" and entries[1].task_config["exclude"] == "fov"
+    # The crops were embedded once: the second task found them in the cache.
+    assert [o.details["item_embeddings"][0]["cache_hit"] for o in outcomes] == [False, True]
+    # The self track flatters: cells of one FOV share weak labels and look alike.
+    assert entries[0].main.mean >= entries[1].main.mean
+
+
+def test_cells_table_contact_sheet_and_export_on_the_demo(demo_dataset, module_cache, tmp_path):
+    from ocbench.backbones.adapters import parse_channels
+    from ocbench.backbones.cards import get_card
+    from ocbench.benchmark.embeddings import extract_embeddings
+
+    table = C.prepare_cells(demo_dataset, "classical", crop=C.CropSettings(48, 2.0))
+    assert table.meta["n_fovs"] == 16 and len(table) >= 100
+    per_fov = table.cells.groupby("fov_id").size()
+    assert per_fov.min() >= 4  # the demo draws 8-10 cells per 96 px field
+    summary = C.format_cells_summary(table)
+    assert "cells per FOV" in summary and "evaluation cells per class" in summary
+    sheet = C.write_contact_sheet(tmp_path / "cells.png", demo_dataset, table, n=6)
+    assert sheet.stat().st_size > 1000
+    evaluation = C.evaluation_set(demo_dataset, table)
+    card = get_card("classical-stats")
+    embeddings = extract_embeddings(evaluation.crops, card, parse_channels(None, card), device="cpu", progress=False)
+    path = C.export_embeddings(tmp_path / "cells.npz", embeddings.features, embeddings.fov_ids, evaluation.labels,
+                               evaluation.groups, demo_dataset.card.class_names)
+    with np.load(path) as z:
+        assert z["features"].shape == (len(evaluation), card.feature_dim)
+        assert z["ids"].tolist() == evaluation.ids and z["labels"].shape == (len(evaluation), 17)
+        assert set(z["groups"]) <= set(demo_dataset.fov_ids)
