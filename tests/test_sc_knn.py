@@ -176,3 +176,26 @@ def test_fov_task_is_its_own_on_protocol_task():
     assert task.exclude == "fov" and task.name == "sc-knn-fov"
     assert task.protocol_deviations() == {}
     assert ScKnn().exclude == "self"
+
+
+def test_callers_features_are_never_written_and_both_paths_agree(small):
+    features, labels, groups = small
+    mine = features.copy()
+    shared = knn_predict(mine, labels, ks=(1, 5), groups=groups, exclude="fov", chunk_rows=4)
+    np.testing.assert_array_equal(mine, features)
+    copied = knn_predict(features.astype(np.float64), labels, ks=(1, 5), groups=groups, exclude="fov", chunk_rows=4)
+    for k in (1, 5):
+        np.testing.assert_array_equal(shared.predictions[k], copied.predictions[k])
+    np.testing.assert_array_equal(shared.neighbours, copied.neighbours)
+
+
+def test_gpu_gives_the_cpu_predictions(small):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    features, labels, groups = small
+    cpu = knn_predict(features, labels, ks=(1, 5, 9), groups=groups, exclude="fov")
+    gpu = knn_predict(features, labels, ks=(1, 5, 9), groups=groups, exclude="fov", device="cuda")
+    for k in (1, 5, 9):
+        np.testing.assert_array_equal(cpu.predictions[k], gpu.predictions[k])
+    np.testing.assert_array_equal(cpu.neighbours, gpu.neighbours)

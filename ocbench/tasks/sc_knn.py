@@ -147,8 +147,6 @@ def knn_predict(
     x = np.asarray(features)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise DataError(f"features: expected a numeric (items x dims) array, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise DataError("features: NaN/inf values; re-extract the embeddings (--recompute)")
     n = x.shape[0]
     y = np.asarray(labels)
     if y.ndim != 2 or y.shape[0] != n or not np.isin(y, (0, 1)).all():
@@ -181,8 +179,18 @@ def knn_predict(
 
     report = progress if isinstance(progress, Progress) else Progress(bool(progress))
     with torch.inference_mode(), _fp32_matmul(dev):
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
-        xt = torch.nn.functional.normalize(xt, dim=1, eps=1e-12)
+        host = np.ascontiguousarray(x, dtype=np.float32)
+        xt = torch.from_numpy(host).to(dev)
+        norms = torch.linalg.vector_norm(xt, dim=1)
+        if not bool(torch.isfinite(norms).all()):  # a NaN/inf anywhere in a row makes its norm NaN/inf
+            raise DataError("features: NaN/inf values; re-extract the embeddings (--recompute)")
+        inv_norm = 1.0 / norms.clamp_min(1e-12)
+        # Our own copy (on the GPU, or converted on the host) is normalised in place; the caller's
+        # array is never written to, and no second copy is made (it would double the memory):
+        # then the queries are scaled before the product and the columns after it.
+        owned = dev.type != "cpu" or host is not x
+        if owned:
+            xt.mul_(inv_norm[:, None])
         yt = torch.from_numpy(y.astype(np.float64)).to(dev)
         buffer = torch.empty((chunk_rows, n), dtype=torch.float32, device=dev)
         minus_inf = float("-inf")
@@ -191,7 +199,11 @@ def knn_predict(
                 b = min(n, a + chunk_rows)
                 m = b - a
                 sims = buffer[:m]
-                torch.mm(xt[a:b], xt.T, out=sims)
+                if owned:
+                    torch.mm(xt[a:b], xt.T, out=sims)
+                else:
+                    torch.mm(xt[a:b] * inv_norm[a:b, None], xt.T, out=sims)
+                    sims.mul_(inv_norm[None, :])
                 rows = torch.arange(m, device=dev)
                 sims[rows, rows + a] = minus_inf
                 if exclude == "fov":
@@ -202,11 +214,11 @@ def knn_predict(
                     cols = order[np.repeat(starts[c], size) + within]
                     sims[torch.from_numpy(rep_rows).to(dev), torch.from_numpy(cols).to(dev)] = minus_inf
                 top_sim, top_idx = torch.topk(sims, k_max, dim=1, largest=True, sorted=True)
-                valid = torch.isfinite(top_sim)
-                # exp((s - s_max) / T): the common factor cancels in every normalization; no overflow.
+                # exp((s - s_best) / T): the common factor cancels in every normalization, nothing
+                # overflows, and masked candidates (-inf) get weight exactly 0. Cosines are >= -1, so
+                # clamping s_best there only matters for a query without any candidate (all -inf).
                 s64 = top_sim.double()
-                best = torch.where(valid[:, :1], s64[:, :1], torch.zeros_like(s64[:, :1]))
-                weights = torch.where(valid, torch.exp((s64 - best) / float(temperature)), torch.zeros_like(s64))
+                weights = torch.exp((s64 - s64[:, :1].clamp_min(-1.0)) / float(temperature))
                 votes = torch.cumsum(weights.unsqueeze(2) * yt[top_idx], dim=1)  # (m, k_max, C)
                 total = torch.cumsum(weights, dim=1)
                 for k in ks:
@@ -215,13 +227,15 @@ def knn_predict(
                     if normalization == "weight-sum":
                         denom = total[:, kk : kk + 1]
                     else:
-                        denom = class_sum.max(dim=1, keepdim=True).values
-                    score = torch.where(denom > 0, class_sum / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(class_sum))
-                    predictions[k][a:b] = (score >= float(threshold) - _TIE_TOLERANCE).to(torch.uint8).cpu().numpy()
+                        denom = class_sum.amax(dim=1, keepdim=True)
+                    # A zero denominator has zero class sums: the score is 0, not NaN.
+                    score = class_sum / denom.clamp_min(1e-300)
+                    predictions[k][a:b] = (score >= float(threshold) - _TIE_TOLERANCE).cpu().numpy()
                     if return_scores:
                         scores[k][a:b] = score.cpu().numpy()
                 if keep_neighbours:
-                    out_idx[a:b] = torch.where(valid, top_idx, torch.full_like(top_idx, -1)).cpu().numpy()  # type: ignore[index]
+                    finite = torch.isfinite(top_sim)
+                    out_idx[a:b] = torch.where(finite, top_idx, torch.full_like(top_idx, -1)).cpu().numpy()  # type: ignore[index]
                     out_sim[a:b] = top_sim.cpu().numpy()  # type: ignore[index]
                 bar.update(m)
     n_candidates = np.full(n, n - 1, np.int64) if exclude == "self" else (n - counts[codes]).astype(np.int64)
