@@ -73,3 +73,24 @@ def test_cells_table_contact_sheet_and_export_on_the_demo(demo_dataset, module_c
         assert z["features"].shape == (len(evaluation), card.feature_dim)
         assert z["ids"].tolist() == evaluation.ids and z["labels"].shape == (len(evaluation), 17)
         assert set(z["groups"]) <= set(demo_dataset.fov_ids)
+
+
+def test_cells_command_and_expert_labels_on_the_demo(demo_dataset, module_cache, tmp_path):
+    from ocbench.tasks.sc_knn import ScKnn
+
+    text = C.cells_command(demo_dataset, crop=C.CropSettings(48, 2.0), contact_sheet=tmp_path / "sheet.png", progress=False)
+    assert "masks" in text and "contact sheet:" in text and (tmp_path / "sheet.png").is_file()
+    task, _ = ScKnn().with_overrides(["crop_size=48", "ks=1,3", "main_k=3"])
+    table, weak = task.evaluation_cells(demo_dataset)
+    expert_file = C.synthetic_expert_labels(table, tmp_path / "expert.csv", per_fov=3)
+    text = C.cells_command(demo_dataset, crop=C.CropSettings(48, 2.0), cell_labels=expert_file, progress=False)
+    assert "expert labels (expert.csv)" in text
+    task, _ = task.with_overrides([f"cell_labels={expert_file}"])
+    _, expert = task.evaluation_cells(demo_dataset)
+    assert expert.source == "expert:expert.csv" and len(expert) <= 3 * len(set(weak.groups))
+    assert set(expert.ids) <= set(weak.ids)  # the synthetic expert picked evaluation cells, labels unchanged
+    position = {cid: i for i, cid in enumerate(weak.ids)}
+    np.testing.assert_array_equal(expert.labels, weak.labels[[position[c] for c in expert.ids]])
+    rng = np.random.default_rng(0)
+    result = task.run(rng.normal(size=(len(expert), 8)), expert.labels, expert.groups, class_names=demo_dataset.card.class_names)
+    assert result.axis["main"] == 3

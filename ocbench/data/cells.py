@@ -89,6 +89,9 @@ __all__ = [
     "format_cells_summary",
     "write_contact_sheet",
     "export_embeddings",
+    "export_cell_embeddings",
+    "synthetic_expert_labels",
+    "cells_command",
     "cells_cache_dir",
 ]
 
@@ -1311,3 +1314,67 @@ def export_embeddings(
     else:
         raise ConfigError(f"{path}: export format must be .npz or .parquet (from the file name)")
     return path
+
+
+def export_cell_embeddings(path: str | os.PathLike, evaluation: EvaluationSet, embed: Any) -> Path:
+    """Embed ``evaluation``'s crops with ``embed(items) -> Embeddings`` (e.g. a partial of
+    ``extract_embeddings`` with the backbone and channel adapter) and write them with
+    :func:`export_embeddings`: ids are the cell ids, groups their FOV ids."""
+    embeddings = embed(evaluation.crops)
+    if list(embeddings.fov_ids) != list(evaluation.ids):
+        raise DataError("the cell embeddings do not line up with the evaluation cells; rerun with --recompute")
+    return export_embeddings(
+        path, embeddings.features, evaluation.ids, evaluation.labels, evaluation.groups, evaluation.crops.card.class_names
+    )
+
+
+def synthetic_expert_labels(table: CellTable, path: str | os.PathLike, *, per_fov: int = 5, seed: int = 0) -> Path:
+    """A stand-in for the paper's expert file on data without one (the demo): up to ``per_fov``
+    evaluation cells of each eligible FOV, each identified by its FOV and centroid, with its weak
+    labels. It exercises ``--cell-labels``; it is not an expert's judgement."""
+    rng = np.random.default_rng(seed)
+    cells = table.cells
+    records = []
+    for fov, rows in cells[table.evaluated].groupby("fov_id", sort=True).groups.items():
+        chosen = sorted(rng.choice(np.asarray(rows), size=min(per_fov, len(rows)), replace=False))
+        mask = table.mask(str(fov))
+        for r in chosen:
+            # The cell's pixel nearest its centroid: a point inside the cell even when it is not convex.
+            ys, xs = np.nonzero(mask == int(cells.at[r, "mask_label"]))
+            j = int(np.argmin((ys - cells.at[r, "centroid_y"]) ** 2 + (xs - cells.at[r, "centroid_x"]) ** 2))
+            records.append({"fov_id": fov, "y": ys[j], "x": xs[j], "labels": cells.at[r, "labels"]})
+    if not records:
+        raise DataError("no evaluation cells to draw synthetic expert labels from")
+    return write_cell_labels(path, records)
+
+
+def cells_command(
+    dataset: Any,
+    *,
+    backend: str | SegmentationBackend = "classical",
+    crop: CropSettings | None = None,
+    black_percentile: float = 99.7,
+    labels: LabelPolicy | None = None,
+    cell_labels: str | os.PathLike | None = None,
+    contact_sheet: str | os.PathLike | None = None,
+    sheet_cells: int = 16,
+    progress: Any = True,
+    recompute: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> str:
+    """What ``ocbench data cells`` does: segment (resuming), build the table, check an expert file,
+    draw the contact sheet; returns the summary to print."""
+    table = prepare_cells(
+        dataset, backend, crop=crop, black_percentile=black_percentile, labels=labels, cache_dir=cache_dir,
+        progress=progress, recompute=recompute,
+    )
+    text = format_cells_summary(table)
+    if cell_labels:
+        evaluation = evaluation_set(dataset, table, cell_labels)
+        dropped = evaluation.notes.get("listed_but_dropped_by_filter", 0)
+        text += (f"\nexpert labels ({Path(cell_labels).name}): {len(evaluation):,} cells in "
+                 f"{len(set(evaluation.groups)):,} FOVs" + (f", {dropped} of them dropped by the filter" if dropped else ""))
+    if contact_sheet:
+        sheet = write_contact_sheet(contact_sheet, dataset, table, n=sheet_cells)
+        text += f"\ncontact sheet: {sheet}"
+    return text

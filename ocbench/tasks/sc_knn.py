@@ -349,19 +349,24 @@ class ScKnn(TaskConfig):
             if not Path(self.cell_labels).expanduser().is_file():
                 raise ConfigError(f"task {self.name}: cell_labels file {self.cell_labels} does not exist")
 
+    def evaluation_cells(self, dataset: Any, *, progress: Any = None, cache_dir: Any = None):
+        """The cell table (segmenting what is not saved yet) and the cells this task evaluates, with
+        this task's settings: what ``ocbench embed --cells`` exports and ``evaluate`` scores."""
+        from ocbench.data import cells
+
+        table = cells.prepare_cells(
+            dataset, self.backend_for(dataset.card), crop=self.crop_settings(), black_percentile=self.black_percentile,
+            labels=self.label_policy(), progress=progress, cache_dir=cache_dir,
+        )
+        return table, cells.evaluation_set(dataset, table, self.cell_labels or None)
+
     # -- running -------------------------------------------------------------------------------
     def evaluate(self, context) -> TaskResult:
         """Segment (or reuse masks), cut and embed the evaluation cells, score them by k-NN."""
-        from ocbench.data import cells
-
         started = time.perf_counter()
         dataset = context.dataset
         backend = self.backend_for(dataset.card)
-        table = cells.prepare_cells(
-            dataset, backend, crop=self.crop_settings(), black_percentile=self.black_percentile,
-            labels=self.label_policy(), progress=context.progress,
-        )
-        evaluation = cells.evaluation_set(dataset, table, self.cell_labels or None)
+        table, evaluation = self.evaluation_cells(dataset, progress=context.progress)
         context.progress.step(
             f"{len(evaluation):,} evaluation cells ({evaluation.source} labels) of {len(table):,} masks "
             f"({table.meta['n_dropped']:,} dropped)"
