@@ -3,7 +3,6 @@
 import sys
 import types
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -41,7 +40,7 @@ class FakeDataset:
             rows.append(row)
         self.manifest = pd.DataFrame(rows)
         self.version = "f" * 64
-        self.reads = 0
+        self.brightness = [1000] * len(grades)
 
     @property
     def fov_ids(self):
@@ -55,8 +54,7 @@ class FakeDataset:
         return len(self.manifest)
 
     def read(self, i):
-        self.reads += 1
-        return np.full((2, *self.shape), 1000, np.uint16)
+        return np.full((2, *self.shape), self.brightness[i], np.uint16)
 
 
 def _backend_for(dataset, tag="v1"):
@@ -185,6 +183,11 @@ def test_masks_are_saved_reused_and_a_killed_run_resumes(cache):
     third = C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0))
     assert calls == [0, 1, 2, 1]
     pd.testing.assert_frame_equal(third.cells, first.cells)
+    # A FOV whose pixels changed is segmented again (no file here: the pixels' sha256 is the check).
+    dataset.brightness[2] = 900
+    order[:] = [2]
+    C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0))
+    assert calls == [0, 1, 2, 1, 2]
     # Other settings: another store.
     other, other_calls, other_order = _backend_for(dataset, tag="v2")
     assert C.mask_key(dataset, other) != C.mask_key(dataset, backend)

@@ -94,3 +94,14 @@ def test_cells_command_and_expert_labels_on_the_demo(demo_dataset, module_cache,
     rng = np.random.default_rng(0)
     result = task.run(rng.normal(size=(len(expert), 8)), expert.labels, expert.groups, class_names=demo_dataset.card.class_names)
     assert result.axis["main"] == 3
+
+
+def test_touched_fov_file_with_the_same_bytes_keeps_its_mask(demo_dataset, module_cache):
+    import os
+
+    first = C.prepare_cells(demo_dataset, "classical", crop=C.CropSettings(48, 2.0))
+    path = demo_dataset.path(0)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # copied or touched: new mtime, same bytes
+    again = C.prepare_cells(demo_dataset, "classical", crop=C.CropSettings(48, 2.0))
+    assert again.meta["n_fovs_segmented_now"] == 0 and again.path == first.path

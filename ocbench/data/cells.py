@@ -416,7 +416,7 @@ class CellposeBackend(SegmentationBackend):
         nucleus = _channel(image, channel_names, self.nucleus_channel, self.name)
         stacked = np.stack([protein, nucleus], axis=-1).astype(np.float32)
         # channels=[1, 2]: segment on the first channel with the second as the nucleus channel.
-        result = model.eval(stacked, channels=[1, 2], diameter=self.diameter or None)
+        result = model.eval(stacked, channels=[1, 2], channel_axis=2, diameter=self.diameter or None)
         return np.asarray(result[0]).astype(np.int32)
 
 
@@ -773,11 +773,10 @@ class CellTable:
         return _read_mask(_mask_file(self.masks_dir, fov_id))
 
 
-def _table_columns(class_names: Sequence[str]) -> list[str]:
-    return [
-        "cell_id", "fov_id", "fov_index", "protein", "group", "mask_label", "centroid_y", "centroid_x",
-        "area", "black_fraction", "kept", "dropped", "evaluated", "labels",
-    ]
+#: Cell table columns computed from the masks (then kept, dropped, evaluated, labels).
+_GEOMETRY_COLUMNS = (
+    "cell_id", "fov_id", "fov_index", "protein", "group", "mask_label", "centroid_y", "centroid_x", "area", "black_fraction",
+)
 
 
 def _cell_id(fov_id: str, label: int) -> str:
@@ -916,7 +915,7 @@ def prepare_cells(
         raise DataError(
             f"segmentation ({backend.describe()}) found no cells in {n_fovs} FOVs; check the images or try another backend"
         )
-    cells = pd.DataFrame(rows, columns=_table_columns(class_names)[:10])
+    cells = pd.DataFrame(rows, columns=list(_GEOMETRY_COLUMNS))
     fractions = cells["black_fraction"].to_numpy()
     threshold = float(np.percentile(fractions, black_percentile))
     over = fractions > threshold
@@ -997,7 +996,8 @@ class CellCrops:
         self.name = getattr(dataset, "name", None)
         self.version: str = _hash(
             {"kind": "cell-crops", "format": CELLS_FORMAT, "dataset_version": str(dataset.version),
-             "mask_key": table.meta.get("mask_key"), "crop": table.crop.to_dict(), "cells": _hash(self.ids)}
+             "mask_key": table.meta.get("mask_key"), "table": table.meta.get("table_sha256"),
+             "crop": table.crop.to_dict(), "cells": _hash(self.ids)}
         )
         self._cached: tuple[int, np.ndarray, np.ndarray] | None = None
 
