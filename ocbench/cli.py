@@ -270,29 +270,68 @@ def demo(output, device, overwrite):
 
 @cli.command()
 @click.option("--backbone", required=True, help="Backbone card name.")
-@click.option("--channels", default=None, help="Channel strategy (default: the card's).")
+@click.option("--channels", default=None, help="Channel strategy (default: the card's); see `ocbench run --help`.")
 @click.option("--recompute", is_flag=True, help="Discard this key's cached embeddings and extract again.")
+@click.option("--cells", is_flag=True, help="Embed the single-cell evaluation crops (as the sc-knn task selects them) instead of FOVs.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="With --cells: sc-knn settings that choose the cells (segmentation, crop_size, zoom, label_grade, ...).",
+)
+@click.option(
+    "--export", "export_path", type=click.Path(dir_okay=False), default=None,
+    help="Also write the embeddings to FILE.npz (or .parquet): features (N, D), ids, labels (N, classes), "
+    "groups (FOV id for cells, protein for FOVs), class_names.",
+)
 @_dataset_options()
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Extraction batch size.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader workers decoding TIFFs.")
-def embed(backbone, channels, recompute, dataset, annotations, min_grade, device, batch_size, workers):
-    """Extract (or find cached) embeddings of every FOV.
+def embed(backbone, channels, recompute, cells, overrides, export_path, dataset, annotations, min_grade, device, batch_size, workers):
+    """Extract (or find cached) embeddings of every FOV, or of the evaluation cells, and export them.
 
     \b
-    Example:
+    Examples:
       ocbench embed --backbone classical-stats --dataset demo
+      ocbench embed --backbone classical-stats --dataset demo --cells --export cells.npz
     """
+    from functools import partial
+
     from ocbench.backbones.adapters import parse_channels
     from ocbench.backbones.cards import get_card
     from ocbench.benchmark.embeddings import extract_embeddings
+    from ocbench.data.cards import dataset_card_for
 
     card = get_card(backbone)
-    adapter = parse_channels(channels, card)
+    adapter = parse_channels(channels, card, dataset_card_for(dataset).channel_names)
+    task = None
+    if cells:
+        from ocbench.tasks import get_task
+
+        task, _ = get_task("sc-knn").with_overrides(overrides)
+    elif overrides:
+        raise click.UsageError("--set applies to --cells (the settings that choose the cells)")
     ds = _open_dataset(dataset, annotations, min_grade)
-    emb = extract_embeddings(
-        ds, card, adapter, batch_size=batch_size, device=device, num_workers=workers, recompute=recompute
+    extract = partial(
+        extract_embeddings, backbone=card, adapter=adapter, batch_size=batch_size, device=device,
+        num_workers=workers, recompute=recompute,
     )
+    if task is not None:
+        from ocbench.data import cells as cell_data
+        from ocbench.tasks import Progress
+
+        _, evaluation = task.evaluation_cells(ds, progress=Progress(True))
+        if export_path:
+            click.echo(f"wrote {cell_data.export_cell_embeddings(export_path, evaluation, extract)}")
+            return
+        emb = extract(evaluation.crops)
+    else:
+        emb = extract(ds)
+        if export_path:
+            from ocbench.data import cells as cell_data
+
+            groups = ds.manifest[ds.card.group_column].astype(str).tolist()
+            path = cell_data.export_embeddings(export_path, emb.features, emb.fov_ids, ds.labels, groups, ds.card.class_names)
+            click.echo(f"wrote {path}")
     m = emb.meta
     state = "cache hit" if m.get("cache_hit") else f"extracted in {m.get('wall_time_s', 0):.1f} s ({m.get('images_per_s', 0):.1f} images/s)"
     click.echo(f"{len(emb)} x {emb.dim} embeddings, {state}; key {emb.key}")
@@ -399,6 +438,39 @@ def data_download(collection, root, targets, limit, workers, endpoint, no_annota
         workers=workers,
     )
     click.echo(report.summary())
+
+
+@data.command("cells")
+@_dataset_options()
+@click.option(
+    "--backend", type=click.Choice(["auto", "classical", "cellpose"]), default="auto", show_default=True,
+    help="Segmentation: cellpose (Cellpose v3 cyto3, as the paper; pip install 'ocbench[singlecell]'), classical "
+    "(nucleus seeds + watershed, no download), auto (cellpose for real data, classical for synthetic).",
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="sc-knn settings that choose the cells: crop_size, zoom, mask_crops, black_percentile, label_grade.")
+@click.option("--cell-labels", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Expert labels CSV (cell_id,labels or fov_id,y,x,labels; labels separated by ';') to check against the table.")
+@click.option("--contact-sheet", type=click.Path(dir_okay=False), default="cells.png", show_default=True,
+              help="PNG of a few crops with their mask outlines, to see that the segmentation is sane.")
+@click.option("--recompute", is_flag=True, help="Segment every FOV again instead of reusing saved masks.")
+def data_cells(dataset, annotations, min_grade, backend, overrides, cell_labels, contact_sheet, recompute):
+    """Segment cells (resumable), build the cell table, draw a contact sheet.
+
+    \b
+    Example:
+      ocbench data cells --dataset demo --backend classical
+    """
+    from ocbench.data import cells as cell_data
+    from ocbench.tasks import Progress, get_task
+
+    task, _ = get_task("sc-knn").with_overrides([f"segmentation={backend}", *overrides])
+    ds = _open_dataset(dataset, annotations, min_grade)
+    click.echo(cell_data.cells_command(
+        ds, backend=task.backend_for(ds.card), crop=task.crop_settings(), black_percentile=task.black_percentile,
+        labels=task.label_policy(), cell_labels=cell_labels, contact_sheet=contact_sheet, progress=Progress(True),
+        recompute=recompute,
+    ))
 
 
 @data.command("split")

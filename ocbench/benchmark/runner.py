@@ -141,7 +141,7 @@ def resolve_cells(specs: Sequence[RunSpec], dataset_card: Any) -> list[Cell]:
             cards[spec.backbone] = get_card(spec.backbone)
         card = cards[spec.backbone]
         if (spec.backbone, spec.channels) not in adapters:
-            adapters[(spec.backbone, spec.channels)] = parse_channels(spec.channels, card)
+            adapters[(spec.backbone, spec.channels)] = parse_channels(spec.channels, card, dataset_card.channel_names)
         if (spec.task, spec.overrides) not in tasks:
             task, overrides = get_task_class(spec.task)().with_overrides(spec.overrides)
             task.validate_for(dataset_card)
@@ -341,7 +341,8 @@ def run_cell(
         progress=Progress(options.progress, prefix=" · ".join(p for p in (position, cell.label()) if p)),
     )
     result = cell.task.evaluate(context)
-    meta = context.inputs.get("embeddings", {})
+    # FOV embeddings, else the items the task embedded (cell crops)
+    meta = context.inputs.get("embeddings") or (context.inputs.get("item_embeddings") or [{}])[-1]
     environment = environment_info(result.device)
     environment["precision"] = options.precision
     environment["threads"] = _torch_threads()

@@ -225,6 +225,8 @@ def _register_builtin_tasks() -> None:
     # Lazy: a task's module (and its dependencies) is imported when the task is first used.
     TASKS.register("fov-mlp", "ocbench.tasks.fov_probe:FovMlpProbe")
     TASKS.register("fov-linear", "ocbench.tasks.fov_probe:FovLinearProbe")
+    TASKS.register("sc-knn", "ocbench.tasks.sc_knn:ScKnn")
+    TASKS.register("sc-knn-fov", "ocbench.tasks.sc_knn:ScKnnFov")
 
 
 TASKS: Registry[type[TaskConfig]] = Registry(
