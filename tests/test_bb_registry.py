@@ -155,5 +155,8 @@ def test_plugin_card_for_another_dataset_may_default_to_its_channels():
     try:
         assert register_card(card) is card
         assert get_card("three-channel-plugin") is card
+        shown = cards_module.format_card("three-channel-plugin")
+        assert "key map-p1-n2-m0" in shown and "sweep = 6 injective maps" in shown
+        assert "three-channel-plugin" in cards_module.format_cards_table()
     finally:
         cards_module.BACKBONES.unregister("three-channel-plugin")

@@ -33,15 +33,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ocbench.backbones.card import BackboneCard, channel_aliases
-from ocbench.backbones.specs import CHANNEL_PRESETS, CHANNEL_STRATEGIES, parse_channel_spec
+from ocbench.backbones.specs import CHANNEL_PRESETS, CHANNEL_STRATEGIES, parse_channel_spec, spec_channel_names
 from ocbench.data.compartments import CHANNELS
 from ocbench.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["ChannelAdapter", "parse_channels", "sweep_adapters", "available_presets", "channel_abbreviations",
-           "STRATEGIES", "PRESETS"]
+__all__ = ["ChannelAdapter", "parse_channels", "default_adapter", "sweep_adapters", "available_presets",
+           "channel_abbreviations", "STRATEGIES", "PRESETS"]
 
 STRATEGIES: tuple[str, ...] = CHANNEL_STRATEGIES
 PRESETS: tuple[str, ...] = CHANNEL_PRESETS
@@ -244,6 +244,14 @@ def parse_channels(spec: str | None, card: BackboneCard, channels: tuple[str, ..
             )
         used[target] = name
     return ChannelAdapter("map", card.in_chans, tuple(resolved.get(name) for name in lowered), channels=channels)
+
+
+def default_adapter(card: BackboneCard, channels: tuple[str, ...] | None = None) -> ChannelAdapter:
+    """The card's default channel spec as an adapter: for ``channels`` when given, else for the
+    channels an explicit default map names (a card written for another dataset), else OpenCell's."""
+    if channels is None:
+        channels = spec_channel_names(card.default_channels) or CHANNELS
+    return parse_channels(None, card, channels)
 
 
 def sweep_adapters(card: BackboneCard, channels: tuple[str, ...] = CHANNELS) -> list[ChannelAdapter]:

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ocbench.backbones.adapters import parse_channels
+from ocbench.backbones.adapters import default_adapter
 from ocbench.backbones.card import NORMALIZATIONS, SOURCE_KINDS, BackboneCard, WeightsSource, channel_aliases
-from ocbench.data.compartments import CHANNELS
 from ocbench.errors import ConfigError
 from ocbench.registry import Registry
 
@@ -44,14 +43,8 @@ def _check_card(card: Any) -> BackboneCard:
         raise ConfigError(f"register_card expects a BackboneCard, got {type(card).__name__}")
     # The default spec is checked for OpenCell's channels, unless it is an explicit map, which
     # names the dataset channels it is written for (a card for another dataset).
-    spec = card.default_channels
-    channels = CHANNELS
-    if "=" in spec:
-        named = tuple(part.split("=", 1)[0].strip().lower() for part in spec.removeprefix("map:").split(",") if "=" in part)
-        if named and all(named) and len(set(named)) == len(named):
-            channels = named
     try:
-        parse_channels(spec, card, channels)
+        default_adapter(card)
     except ConfigError as exc:
         raise ConfigError(f"backbone card '{card.name}': field default_channels: {exc}") from None
     return card

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from ocbench.backbones.adapters import available_presets, parse_channels, sweep_adapters
+from ocbench.backbones.adapters import available_presets, default_adapter, parse_channels, sweep_adapters
 from ocbench.backbones.card import BackboneCard
 from ocbench.backbones.preprocess import describe_preprocess, preprocess_key
 from ocbench.reported import ReportedResult, headline, reported_for_backbone
@@ -76,7 +76,7 @@ def format_cards_table(cards: list[BackboneCard]) -> str:
 
 def format_card(card: BackboneCard) -> str:
     """The ``ocbench backbones show NAME`` text: every card field, preprocessing and channel options."""
-    default = parse_channels(card.default_channels, card)
+    default = default_adapter(card)
     channels = ", ".join(
         f"{i} {name}" + (f" ({card.channel_letters[i]})" if card.channel_letters and card.channel_letters[i] != name else "")
         for i, name in enumerate(card.input_channels)
@@ -104,8 +104,8 @@ def format_card(card: BackboneCard) -> str:
         f"feature dim:     {card.feature_dim} per view",
         f"default channels: {card.default_channels} -> {default.describe(card)} (key {default.key}, "
         f"dim {card.feature_dim * default.n_views})",
-        f"presets:         {', '.join(available_presets(card)) or '-'}; replicate; sweep = "
-        f"{len(sweep_adapters(card))} injective maps",
+        f"presets:         {', '.join(available_presets(card, default.channels)) or '-'}; replicate; sweep = "
+        f"{len(sweep_adapters(card, default.channels))} injective maps",
         f"preprocessing:   {describe_preprocess(card)}",
         f"preprocess key:  {preprocess_key(card)}",
         f"license:         {card.license or '-'}",

@@ -23,6 +23,7 @@ __all__ = [
     "parse_resize",
     "ChannelSpec",
     "parse_channel_spec",
+    "spec_channel_names",
     "CHANNEL_STRATEGIES",
     "CHANNEL_PRESETS",
 ]
@@ -176,3 +177,10 @@ def parse_channel_spec(spec: str) -> ChannelSpec:
     if not pairs:
         raise ConfigError(f"channel spec '{original}' maps no channel; write e.g. protein=1,nucleus=2")
     return ChannelSpec("map", original, pairs=tuple(pairs))
+
+
+def spec_channel_names(spec: str) -> tuple[str, ...] | None:
+    """The dataset channel names an explicit map names (``protein=1,membrane=2`` -> (protein,
+    membrane)), or None for replicate and presets (they fit any dataset's names)."""
+    parsed = parse_channel_spec(spec)
+    return tuple(name for name, _ in parsed.pairs) if parsed.kind == "map" else None
