@@ -84,7 +84,7 @@ def test_sweep_contains_the_papers_hpa_maps():
         (HPA, "protein=-1,nucleus=2", "out of range"),
         (HPA, "protein=1,nucleus=1", "protein and nucleus both go to input channel 1"),
         (IMAGENET, "protein=G,nucleus=1", "protein and nucleus both go to input channel 1"),
-        (HPA, "prot=1,nucleus=2", "unknown OpenCell channel 'prot' (did you mean protein?)"),
+        (HPA, "prot=1,nucleus=2", "unknown dataset channel 'prot' (did you mean protein?); the dataset's channels are protein, nucleus"),
         (HPA, "protein=1,protein=2", "protein is given twice"),
         (RGB, "protein=X,nucleus=B", "unknown input channel 'X' for tiny-vit-random"),
         (RGB, "natural", "preset 'natural' needs input channels named protein and nucleus"),
@@ -126,3 +126,96 @@ def test_replicate_apply_copies_each_channel_to_all_inputs():
 def test_apply_rejects_wrong_channel_count():
     with pytest.raises(Exception, match=r"expects \(N, 2, H, W\)"):
         ChannelAdapter("map", 3, (1, 2)).apply(torch.zeros(1, 3, 4, 4))
+
+
+# ------------------------------------------------------------------------------------------------
+# Adapters take the dataset's channel names (a made-up 3-channel dataset)
+
+THREE = ("protein", "nucleus", "membrane")
+
+
+def test_opencell_keys_are_unchanged_by_the_channels_argument():
+    from ocbench.data.compartments import CHANNELS
+
+    for card in (HPA, RGB, IMAGENET, OPENCELL, CLASSICAL):
+        for spec in ["replicate", None, *available_presets(card)]:
+            assert parse_channels(spec, card, CHANNELS) == parse_channels(spec, card)
+    assert [a.key for a in sweep_adapters(RGB, CHANNELS)] == [
+        "map-p0-n1", "map-p0-n2", "map-p1-n0", "map-p1-n2", "map-p2-n0", "map-p2-n1",
+    ]
+    assert ChannelAdapter("map", 3, (1, 2)).channels == CHANNELS
+
+
+def test_three_channel_dataset_map_replicate_and_sweep():
+    adapter = parse_channels("protein=G,nucleus=B,membrane=R", RGB, THREE)
+    assert adapter.channels == THREE and adapter.targets == (1, 2, 0)
+    assert adapter.key == "map-p1-n2-m0" and adapter.spec == "protein=1,nucleus=2,membrane=0"
+    assert parse_channels(adapter.spec, RGB, THREE) == adapter
+    assert adapter.describe(RGB) == "protein->G, nucleus->B, membrane->R"
+    x = torch.rand(2, 3, 8, 8)
+    (view,) = adapter.apply(x)
+    assert torch.equal(view[:, 1], x[:, 0]) and torch.equal(view[:, 2], x[:, 1]) and torch.equal(view[:, 0], x[:, 2])
+
+    replicate = parse_channels("replicate", HPA, THREE)
+    assert replicate.n_views == 3 and replicate.key == "replicate"
+    views = replicate.apply(x)
+    assert len(views) == 3 and all(v.shape == (2, 4, 8, 8) for v in views)
+    assert torch.equal(views[2][:, 3], x[:, 2])
+
+    maps = sweep_adapters(RGB, THREE)
+    assert len(maps) == 6 and len({m.key for m in maps}) == 6
+    assert all(parse_channels(m.spec, RGB, THREE) == m for m in maps)
+    assert len(sweep_adapters(HPA, THREE)) == 24
+    assert sweep_adapters(OPENCELL, THREE) == []  # 3 channels do not fit 2 inputs injectively
+
+    partial = parse_channels("membrane=1", HPA, THREE)
+    assert partial.targets == (None, None, 1) and partial.key == "map-m1"
+    assert parse_channels("imagenet-best", RGB, THREE).targets == (1, 2, None)  # membrane unused
+
+
+def test_three_channel_errors_name_the_datasets_channels():
+    with pytest.raises(ConfigError) as info:
+        parse_channels("protein=1,dna=2", HPA, THREE)
+    message = str(info.value)
+    assert "unknown dataset channel 'dna'" in message and "protein, nucleus, membrane" in message
+    with pytest.raises(ConfigError, match="needs input channels named protein, nucleus and membrane"):
+        parse_channels("natural", HPA, THREE)
+    assert available_presets(HPA, THREE) == []
+    with pytest.raises(ConfigError, match="both go to input channel 1"):
+        parse_channels("protein=1,membrane=1", HPA, THREE)
+    with pytest.raises(Exception, match=r"expects \(N, 3, H, W\) in order protein, nucleus, membrane"):
+        parse_channels("replicate", HPA, THREE).apply(torch.zeros(1, 2, 4, 4))
+    with pytest.raises(ConfigError, match="preset 'imagenet-best' places protein and nucleus"):
+        parse_channels("imagenet-best", RGB, ("dapi", "gfp"))
+
+
+def test_natural_preset_and_keys_for_another_vocabulary():
+    from ocbench.backbones.adapters import channel_abbreviations
+
+    card = _three_input_card()
+    natural = parse_channels("natural", card, ("dapi", "gfp", "actin"))
+    assert natural.targets == (2, 0, 1) and natural.key == "map-d2-g0-a1"
+    assert channel_abbreviations(("ch1", "ch2", "ch10")) == ("ch1_", "ch2_", "ch10_")
+    assert channel_abbreviations(("nucleus", "nuclear-membrane")) == ("nucleu", "nuclea")
+    with pytest.raises(ConfigError, match="unique"):
+        parse_channels("replicate", card, ("dapi", "DAPI"))
+
+
+def test_preprocessing_checks_the_adapters_channels():
+    from ocbench.backbones.preprocess import model_inputs
+
+    batch = torch.randint(0, 1000, (2, 3, 16, 16)).to(torch.int32)
+    views = model_inputs(batch, RGB, parse_channels("replicate", RGB, THREE))
+    assert len(views) == 3 and views[0].shape == (2, 3, 16, 16)
+    with pytest.raises(Exception, match=r"\(N, 2, H, W\) in channel order protein, nucleus"):
+        model_inputs(batch, RGB, parse_channels(None, RGB))
+
+
+def _three_input_card():
+    from ocbench.backbones.card import BackboneCard
+
+    return BackboneCard(
+        name="gfp-actin-dapi", source="builtin:random-init", init_seed=0, arch="vit_small_patch8_224",
+        feature_dim=64, in_chans=3, input_channels=("gfp", "actin", "dapi"), default_channels="replicate",
+        normalization="self",
+    )

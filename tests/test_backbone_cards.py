@@ -40,10 +40,14 @@ OFFLINE_BACKBONES = {"classical-stats", "tiny-vit-random"}
 @pytest.fixture
 def clean_registry():
     """Undo any registration a test makes."""
-    before = dict(cards_module._REGISTRY)
+    registry = cards_module.BACKBONES
+    before = dict(registry.items())
     yield
-    cards_module._REGISTRY.clear()
-    cards_module._REGISTRY.update(before)
+    for name in registry.names():
+        if name not in before:
+            registry.unregister(name)
+    for name, card in before.items():
+        registry.register(name, card, overwrite=True)
 
 
 def _card(**overrides) -> BackboneCard:

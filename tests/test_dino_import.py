@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from ocbench._io import sha256_file
-from ocbench.backbones.cards import BackboneCard
-from ocbench.backbones.dino_import import import_backbone, import_dino_checkpoint
+from ocbench.backbones.card import BackboneCard
+from ocbench.backbones.dino_import import import_backbone, import_dino_checkpoint, refused_global
 from ocbench.backbones.vit import build_vit, vit_cls_features
 from ocbench.errors import ConfigError, DataError
 
@@ -163,6 +163,39 @@ def test_pickle_with_other_class_is_refused(tmp_path):
     message = one_line_message(excinfo, str(pth), "refused to unpickle", "NotAllowedDict")
     assert "weights_only" not in message and "download it again" not in message
     assert not out.exists()
+
+
+class _RunsCode:
+    """A pickle payload: unpickling it would call os.system (module level so torch.save pickles it)."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def test_code_payload_names_the_refused_global_not_a_download_error(tmp_path):
+    checkpoint = dino_checkpoint(tiny_vit())
+    checkpoint["args"] = _RunsCode()
+    pth = tmp_path / "payload.pth"
+    torch.save(checkpoint, pth)
+    with pytest.raises(DataError) as excinfo:
+        import_dino_checkpoint(pth, tiny_card(), tmp_path / "out")
+    message = one_line_message(excinfo, str(pth), "refused to unpickle", "system")
+    assert "download it again" not in message and "truncated" not in message and "weights_only" not in message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("WeightsUnpickler error: Unsupported global: GLOBAL __main__.Foo was not an allowed global by default.", "__main__.Foo"),
+        ("Trying to load unsupported GLOBAL posix.system whose module posix is blocked.", "posix.system"),
+        ("Trying to call reduce for unrecognized function <built-in function system>", "<built-in function system>"),
+        ("Can only build Tensor, Parameter, OrderedDict or types allowlisted via add_safe_globals, but got <class 'mymod.Evil'>", "mymod.Evil"),
+        ("WeightsUnpickler error: Unsupported operand 149", None),
+    ],
+)
+def test_refused_global_is_read_from_each_torch_wording(message, expected):
+    assert refused_global(message) == expected
 
 
 @pytest.mark.parametrize(
@@ -422,3 +455,30 @@ def test_push_backbone(tmp_path, monkeypatch):
     with pytest.raises(DataError) as excinfo:
         push_backbone(folder, "ocbench-test/tiny-dino", dry_run=True)
     one_line_message(excinfo, str(weights), "weights_sha256")
+
+
+def test_import_records_the_file_and_whether_a_published_checksum_matched(tmp_path, monkeypatch):
+    """`backbones import CARD --checkpoint ANY.pth` for a card without a published sha256 installs
+    the file, recorded by name and sha256, and entries say it is not matched to a published checksum."""
+    from ocbench.backbones.loader import resolve_identity
+    from ocbench.backbones.sources import UNVERIFIED_NOTE
+
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    pth = tmp_path / "ANY.pth"
+    torch.save(dino_checkpoint(tiny_vit(seed=8)), pth)
+    have = sha256_file(pth)
+    unpublished = tiny_card(name="tiny-unpublished")
+    folder = import_backbone(unpublished, pth)
+    meta = json.loads((folder / "config.json").read_text())["ocbench"]
+    assert (meta["source_filename"], meta["source_sha256"], meta["source_verified"]) == ("ANY.pth", have, False)
+    identity = resolve_identity(unpublished)
+    assert identity.weights_verified is False and identity.weights_note == UNVERIFIED_NOTE
+    assert (identity.source_filename, identity.source_sha256) == ("ANY.pth", have)
+    assert "ANY.pth" in (folder / "README.md").read_text()
+
+    published = tiny_card(name="tiny-published", sha256=have)
+    folder = import_backbone(published, pth)
+    assert json.loads((folder / "config.json").read_text())["ocbench"]["source_verified"] is True
+    identity = resolve_identity(published)
+    assert identity.weights_verified is True and identity.weights_note is None
+    assert identity.provenance()["weights_source_file"] == "ANY.pth"

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from ocbench.backbones.adapters import ChannelAdapter  # noqa: E402
+from ocbench.backbones.card import BackboneCard  # noqa: E402
+from ocbench.backbones.loader import Backbone  # noqa: E402
 from ocbench.benchmark import embeddings as emb  # noqa: E402
 from ocbench.errors import ConfigError, DataError  # noqa: E402
+
+FAKE_CARD = BackboneCard(
+    name="fake-net", source="builtin:fake", arch="fake", feature_dim=3, in_chans=2,
+    input_channels=("protein", "nucleus"), default_channels="natural", normalization="none",
+)
 
 
 class FakeDataset:
@@ -36,17 +44,16 @@ class FakeDataset:
         return image
 
 
-class FakeBackbone:
-    """Counts embed_raw calls; can raise or return NaN after a number of calls."""
+class FakeBackbone(Backbone):
+    """A loaded Backbone whose embed_raw counts calls; can raise or return NaN after a number of calls."""
 
-    def __init__(self, name="fake-net", raise_after=None, nan_at_call=None, exc=KeyboardInterrupt):
-        self.card = SimpleNamespace(
-            name=name, feature_dim=3, source="builtin:fake", to_dict=lambda: {"name": name, "feature_dim": 3}
+    preprocess_key = "scale-p99"  # shadows the card-derived property
+
+    def __init__(self, name="fake-net", raise_after=None, nan_at_call=None, exc=KeyboardInterrupt, feature_dim=3):
+        super().__init__(
+            card=dataclasses.replace(FAKE_CARD, name=name, feature_dim=feature_dim), model=torch.nn.Identity(),
+            device=torch.device("cpu"), weights_sha256="ab" * 32, revision=None,
         )
-        self.weights_sha256 = "ab" * 32
-        self.revision = None
-        self.preprocess_key = "scale-p99"
-        self.device = torch.device("cpu")
         self.calls = 0
         self.raise_after = raise_after
         self.nan_at_call = nan_at_call
@@ -65,7 +72,7 @@ class FakeBackbone:
         return out
 
 
-ADAPTER = SimpleNamespace(key="protein-only", n_views=1)
+ADAPTER = ChannelAdapter("map", 2, (0, None))  # protein only: key map-p0
 
 
 def expected_features(n: int) -> np.ndarray:
@@ -73,9 +80,14 @@ def expected_features(n: int) -> np.ndarray:
     return np.stack([protein, np.full(n, 7, np.float32), 2 * protein], axis=1)
 
 
-def run(dataset, backbone, cache, **kw):
+def run(dataset, backbone, cache, adapter=ADAPTER, **kw):
     kw = {"batch_size": 2, "shard_size": 4, "progress": False, "cache_dir": cache, "device": "cpu", **kw}
-    return emb.extract_embeddings(dataset, backbone, ADAPTER, **kw)
+    return emb.extract_embeddings(dataset, backbone, adapter, **kw)
+
+
+def key_dirs(cache: Path) -> list[Path]:
+    """The key folders of an embeddings cache (not its .locks folder)."""
+    return sorted(p for p in cache.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def shard_files(key_dir: Path) -> list[str]:
@@ -119,7 +131,7 @@ def test_extract_writes_shards_and_manifest_in_dataset_order(tmp_path):
     assert [s["start"] for s in manifest["shards"]] == [0, 4, 8]
     assert manifest["fov_ids"] == ds.fov_ids
     meta = out.meta
-    assert meta["backbone"] == "fake-net" and meta["adapter"] == "protein-only"
+    assert meta["backbone"] == "fake-net" and meta["adapter"] == "map-p0"
     assert meta["weights_sha256"] == "ab" * 32 and meta["preprocess"] == "scale-p99"
     assert meta["dataset_version"] == "v1" and meta["n"] == 10 and meta["dim"] == 3
     assert meta["cache_hit"] is False and meta["device"] == "cpu" and meta["images_per_s"] > 0
@@ -145,7 +157,7 @@ def test_killed_run_resumes_at_first_missing_shard(tmp_path):
     dying = FakeBackbone(raise_after=4)
     with pytest.raises(KeyboardInterrupt):
         run(ds, dying, tmp_path)
-    key_dir = next(tmp_path.iterdir())
+    key_dir = key_dirs(tmp_path)[0]
     assert shard_files(key_dir) == ["shard-00000000.safetensors", "shard-00000004.safetensors"]
     assert not (key_dir / "manifest.json").exists()
     assert not [p for p in key_dir.iterdir() if p.name.endswith(".tmp")]
@@ -176,9 +188,12 @@ def test_corrupt_shard_is_reported_and_recompute_repairs_it(tmp_path):
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF  # flip one feature byte: header still parses
     shard.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=r"shard-00000004\.safetensors is corrupt.*recompute=True") as info:
+    with pytest.raises(DataError, match=r"shard-00000004\.safetensors is corrupt") as info:
         run(ds, FakeBackbone(), tmp_path)
-    assert "\n" not in str(info.value)
+    message = str(info.value)
+    # true for `embed` and `run` alike: the folder to delete, or --recompute; no Python keyword
+    assert "\n" not in message and f"delete the folder {tmp_path / out.key} (or pass --recompute)" in message
+    assert "recompute=True" not in message
     fresh = FakeBackbone()
     repaired = run(ds, fresh, tmp_path, recompute=True)
     assert fresh.calls == 3 and repaired.meta["cache_hit"] is False
@@ -193,7 +208,7 @@ def test_unreadable_manifest_or_missing_shard_is_reported(tmp_path):
     with pytest.raises(DataError, match=r"shard-00000000\.safetensors is corrupt \(missing\)"):
         run(ds, FakeBackbone(), tmp_path)
     (key_dir / "manifest.json").write_text("{not json")
-    with pytest.raises(DataError, match=r"manifest.json is unreadable.*recompute=True"):
+    with pytest.raises(DataError, match=r"manifest.json is unreadable.*delete the folder .*--recompute"):
         run(ds, FakeBackbone(), tmp_path)
 
 
@@ -201,7 +216,7 @@ def test_truncated_shard_during_resume_is_reported(tmp_path):
     ds = FakeDataset(n=10)
     with pytest.raises(KeyboardInterrupt):
         run(ds, FakeBackbone(raise_after=2), tmp_path)
-    shard = next(tmp_path.iterdir()) / "shard-00000000.safetensors"
+    shard = key_dirs(tmp_path)[0] / "shard-00000000.safetensors"
     shard.write_bytes(shard.read_bytes()[:-5])
     with pytest.raises(DataError, match="shard-00000000.safetensors is corrupt"):
         run(ds, FakeBackbone(), tmp_path)
@@ -211,7 +226,7 @@ def test_non_finite_features_name_the_backbone_and_are_not_cached(tmp_path):
     ds = FakeDataset(n=10)
     with pytest.raises(DataError, match=r"backbone fake-net produced NaN/inf .*FOV OC-FOV_G06"):
         run(ds, FakeBackbone(nan_at_call=4), tmp_path)  # call 4 = FOVs 6-7, inside shard [4,8)
-    key_dir = next(tmp_path.iterdir())
+    key_dir = key_dirs(tmp_path)[0]
     assert shard_files(key_dir) == ["shard-00000000.safetensors"]
     assert not (key_dir / "manifest.json").exists()
 
@@ -229,9 +244,11 @@ def test_bad_arguments_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
         run(FakeDataset(), FakeBackbone(), tmp_path, batch_size=0)
     with pytest.raises(ConfigError, match="card says|card and adapter say"):
-        backbone = FakeBackbone()
-        backbone.card.feature_dim = 5
-        run(FakeDataset(), backbone, tmp_path)
+        run(FakeDataset(), FakeBackbone(feature_dim=5), tmp_path)
+    with pytest.raises(ConfigError, match="must be a BackboneCard or a loaded Backbone"):
+        emb.extract_embeddings(FakeDataset(), object(), ADAPTER, cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match="for 3 input channels"):
+        run(FakeDataset(), FakeBackbone(), tmp_path, adapter=ChannelAdapter("map", 3, (0, 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +281,7 @@ def test_offline_backbones_end_to_end_then_cache_hit_without_loading(demo_datase
     assert first.meta["dataset_version"] == demo_dataset.version and first.meta["device"] == "cpu"
 
     # Same numbers as calling the backbone directly on the images in dataset order.
-    backbone = loader.load_backbone(card_name)
+    backbone = loader.load_backbone(card)
     images = torch.from_numpy(np.stack([demo_dataset.read(i) for i in range(n)]))
     direct = backbone.embed_raw(images, parse_channels(None, card)).numpy()
     np.testing.assert_allclose(first.features, direct, rtol=1e-5, atol=1e-5)
@@ -278,13 +295,15 @@ def test_offline_backbones_end_to_end_then_cache_hit_without_loading(demo_datase
     assert again.meta["cache_hit"] is True and again.key == first.key
     np.testing.assert_array_equal(again.features, first.features)
     with pytest.raises(AssertionError, match="must not load"):  # another adapter is another key
-        emb.extract_embeddings(demo_dataset, card, "replicate", progress=False)
+        emb.extract_embeddings(demo_dataset, card, parse_channels("replicate", card), progress=False)
 
 
 def test_replicate_views_decoded_in_workers_match_embed_raw(demo_dataset, tmp_path):
     from ocbench.backbones import loader
 
-    backbone = loader.load_backbone("tiny-vit-random")
+    from ocbench.backbones.cards import get_card
+
+    backbone = loader.load_backbone(get_card("tiny-vit-random"))
     adapter = backbone.adapter("replicate")
     out = emb.extract_embeddings(demo_dataset, backbone, adapter, num_workers=1, batch_size=4, cache_dir=tmp_path, progress=False)
     assert out.features.shape == (len(demo_dataset), 2 * 64)

@@ -19,6 +19,7 @@ from ocbench.backbones.vit import build_vit, vit_cls_features
 from ocbench.errors import ConfigError, DataError, OcbenchError
 
 TINY = get_card("tiny-vit-random")
+CLASSICAL = get_card("classical-stats")
 
 
 @pytest.fixture(autouse=True)
@@ -65,13 +66,13 @@ def _one_line_error(excinfo) -> str:
 
 
 def test_classical_backbone_embeds_uint16_fovs():
-    backbone = load_backbone("classical-stats")
+    backbone = load_backbone(CLASSICAL)
     assert (backbone.weights_sha256, backbone.revision) == (None, "classical-v1")
     assert backbone.preprocess_key == "pp1_percentile-0.1-99.9_none_none"
     batch = _batch()
     features = backbone.embed_raw(batch, parse_channels(None, backbone.card))
     assert features.shape == (3, 92) and features.dtype == torch.float32
-    replicated = backbone.embed_raw(batch, "replicate")
+    replicated = backbone.embed_raw(batch, backbone.adapter("replicate"))
     assert replicated.shape == (3, 184)
     # int32 input (e.g. from a loader that widened uint16) gives the same numbers
     assert torch.equal(backbone.embed_raw(batch.to(torch.int32)), features)
@@ -81,7 +82,7 @@ def test_tiny_vit_is_seeded_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     expected_next = torch.rand(3)
     torch.manual_seed(123)
-    first = load_backbone("tiny-vit-random")
+    first = load_backbone(TINY)
     assert torch.equal(torch.rand(3), expected_next)
     second = load_backbone(TINY)
     assert first.weights_sha256 is None  # no weights file: the seed and the versions identify the init
@@ -91,7 +92,7 @@ def test_tiny_vit_is_seeded_and_leaves_the_global_rng_alone():
 
 
 def test_embed_raw_is_preprocess_then_cls_features():
-    backbone = load_backbone("tiny-vit-random")
+    backbone = load_backbone(TINY)
     batch = _batch(2, 48)
     adapter = parse_channels("protein=R,nucleus=G", TINY)
     (view,) = model_inputs(batch, TINY, adapter)
@@ -102,10 +103,11 @@ def test_embed_raw_is_preprocess_then_cls_features():
 
 
 def test_replicate_concatenates_the_views_in_channel_order():
-    backbone = load_backbone("tiny-vit-random")
+    backbone = load_backbone(TINY)
     batch = _batch(2)
-    both = backbone.embed_raw(batch, "replicate")
-    protein_view, nucleus_view = backbone.prepare(batch, "replicate")
+    replicate = backbone.adapter("replicate")
+    both = backbone.embed_raw(batch, replicate)
+    protein_view, nucleus_view = backbone.prepare(batch, replicate)
     assert both.shape == (2, 128)
     assert torch.equal(both[:, :64], backbone.embed(protein_view))
     assert torch.equal(both[:, 64:], backbone.embed(nucleus_view))
@@ -140,7 +142,7 @@ def test_identity_is_known_without_building_the_model(tmp_path, monkeypatch):
     _save_tiny_weights(folder / "model.safetensors")
     card = _tiny_card(source=f"local:{folder}")
     loaded = load_backbone(card)
-    for name_or_card in (card, "classical-stats", "tiny-vit-random"):
+    for name_or_card in (card, CLASSICAL, TINY):
         expected = loaded if name_or_card is card else load_backbone(name_or_card)
 
         def no_build(*args, **kwargs):
@@ -272,10 +274,14 @@ def test_missing_weights_file(tmp_path):
 # Bad input
 
 
-def test_unknown_backbone_name_suggests():
-    with pytest.raises(ConfigError) as info:
-        load_backbone("tiny-vit-randm")
-    assert _one_line_error(info).startswith("unknown backbone 'tiny-vit-randm'; did you mean: tiny-vit-random")
+def test_names_are_resolved_at_the_edge_not_here():
+    for call in (load_backbone, resolve_identity):
+        with pytest.raises(ConfigError) as info:
+            call("tiny-vit-random")
+        assert "expects a BackboneCard" in _one_line_error(info) and "get_card" in str(info.value)
+    backbone = load_backbone(TINY)
+    with pytest.raises(ConfigError, match="must be a ChannelAdapter"):
+        backbone.embed_raw(_batch(1), "replicate")
 
 
 @pytest.mark.parametrize(
@@ -283,19 +289,19 @@ def test_unknown_backbone_name_suggests():
     [
         ("protein=7", "out of range"),
         ("protein=G,nucleus=G", "both go to input channel 1"),
-        ("dna=B", "unknown OpenCell channel 'dna'"),
+        ("dna=B", "unknown dataset channel 'dna'"),
         ("natural", "needs input channels named protein and nucleus"),
     ],
 )
 def test_bad_channel_spec(spec, expected):
-    backbone = load_backbone("tiny-vit-random")
+    backbone = load_backbone(TINY)
     with pytest.raises(ConfigError) as info:
-        backbone.embed_raw(_batch(1), spec)
+        backbone.embed_raw(_batch(1), backbone.adapter(spec))
     assert expected in _one_line_error(info)
 
 
 def test_bad_batch_shapes():
-    backbone = load_backbone("classical-stats")
+    backbone = load_backbone(CLASSICAL)
     with pytest.raises(DataError, match=r"\(N, 2, H, W\)"):
         backbone.embed_raw(torch.zeros(1, 3, 32, 32, dtype=torch.int32))
     with pytest.raises(DataError, match=r"expects model input \(N, 2, H, W\)"):
@@ -312,12 +318,58 @@ def test_cuda_without_cuda_is_a_config_error():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_features_match_cpu_within_bf16_tolerance():
+def test_cuda_features_match_cpu_in_fp32_and_within_bf16_tolerance():
     batch = _batch(2, 64)
-    cpu = load_backbone("tiny-vit-random", device="cpu").embed_raw(batch)
-    gpu = load_backbone("tiny-vit-random", device="cuda").embed_raw(batch).cpu()
+    cpu = load_backbone(TINY, device="cpu").embed_raw(batch)
+    gpu32 = load_backbone(TINY, device="cuda").embed_raw(batch).cpu()
+    assert gpu32.dtype == torch.float32
+    assert (gpu32 - cpu).abs().max() <= 1e-3 * cpu.abs().max()  # fp32 is the default on CUDA too
+    bf16 = load_backbone(TINY, device="cuda", precision="bf16")
+    assert bf16.precision == "bf16" and bf16.autocast_bf16
+    gpu = bf16.embed_raw(batch).cpu()
     assert gpu.dtype == torch.float32
     assert (gpu - cpu).abs().max() <= 0.05 * cpu.abs().max()
-    classical_cpu = load_backbone("classical-stats", device="cpu").embed_raw(batch)
-    classical_gpu = load_backbone("classical-stats", device="cuda").embed_raw(batch).cpu()
+    classical_cpu = load_backbone(CLASSICAL, device="cpu").embed_raw(batch)
+    classical_gpu = load_backbone(CLASSICAL, device="cuda").embed_raw(batch).cpu()
     np.testing.assert_allclose(classical_gpu.numpy(), classical_cpu.numpy(), rtol=1e-3, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Precision and provenance
+
+
+def test_precision_defaults_to_fp32_and_bf16_is_cuda_only():
+    from ocbench.backbones.loader import PRECISIONS, effective_precision
+
+    assert PRECISIONS == ("fp32", "bf16")
+    backbone = load_backbone(TINY)
+    assert backbone.precision == "fp32" and not backbone.autocast_bf16
+    with pytest.raises(ConfigError) as info:
+        load_backbone(TINY, device="cpu", precision="bf16")
+    assert "precision bf16 runs on CUDA only" in _one_line_error(info)
+    with pytest.raises(ConfigError, match="precision 'fp16' is not one of fp32, bf16"):
+        load_backbone(TINY, precision="fp16")
+    # the classical statistics always compute in float32, and say so
+    assert effective_precision(CLASSICAL, "cuda", "bf16") == "fp32"
+    assert effective_precision(TINY, "cuda", "bf16") == "bf16"
+    assert effective_precision(TINY, "cuda") == "fp32"
+
+
+def test_identity_says_whether_weights_match_a_published_checksum(tmp_path):
+    from ocbench.backbones.sources import UNVERIFIED_NOTE
+
+    assert UNVERIFIED_NOTE == "weights not matched to a published checksum"
+    builtin = resolve_identity(TINY)
+    assert builtin.weights_verified is None and builtin.weights_note is None
+    path = tmp_path / "mine.safetensors"
+    _save_tiny_weights(path)
+    given = resolve_identity(_tiny_card(), weights=path)
+    assert (given.weights_verified, given.weights_note, given.source_filename) == (False, UNVERIFIED_NOTE, "mine.safetensors")
+    assert given.provenance() == {
+        "weights_verified": False, "weights_note": UNVERIFIED_NOTE,
+        "weights_source_sha256": None, "weights_source_file": "mine.safetensors",
+    }
+    folder = _imported_folder(tmp_path, _tiny_card())
+    local = load_backbone(_tiny_card(source=f"local:{folder}")).identity
+    assert local.weights_verified is False and local.source_filename == "ckpt.pth"
+    assert local.source_sha256 == hashlib.sha256((tmp_path / "ckpt.pth").read_bytes()).hexdigest()

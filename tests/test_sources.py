@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ocbench._io import sha256_file
 from ocbench.backbones.cards import BackboneCard
-from ocbench.backbones.sources import ResolvedWeights, parse_source, resolve_weights
+from ocbench.backbones.sources import UNVERIFIED_NOTE, ResolvedWeights, resolve_weights
 from ocbench.backbones.vit import build_vit
 from ocbench.errors import ConfigError, DataError
 
@@ -111,6 +111,8 @@ def test_hf_hub_from_prefilled_offline_cache(tmp_path, offline_hub):
 
     resolved = resolve_weights(tiny_card("hf-hub:ocbench-test/tiny-vit"))
     assert resolved.revision == COMMIT
+    # the cache keeps the file under the sha256 the Hub publishes for it: these are the published bytes
+    assert (resolved.verified, resolved.note) == (True, None)
     assert resolved.path.parent == offline_hub / "models--ocbench-test--tiny-vit" / "snapshots" / COMMIT
     assert resolved.sha256 == hashlib.sha256(main_bytes).hexdigest()
     assert torch.equal(outputs_with(resolved.path, x), main(x))
@@ -258,7 +260,10 @@ def test_url_checkpoint_downloaded_verified_converted_once(tmp_path, http_server
 
     resolved = resolve_weights(card, progress=False)
     weights = tmp_path / "ocbench-cache" / "weights" / card.name / "model.safetensors"
-    assert resolved == ResolvedWeights(path=weights, sha256=sha256_file(weights), revision=pth_sha)
+    assert resolved == ResolvedWeights(
+        path=weights, sha256=sha256_file(weights), revision=pth_sha,
+        verified=True, note=None, source_sha256=pth_sha, source_filename="DINO_FOV_checkpoint.pth",
+    )
     (download,) = (tmp_path / "ocbench-cache" / "downloads").glob("*/DINO_FOV_checkpoint.pth")
     assert sha256_file(download) == pth_sha
     x = torch.randn(2, 4, 40, 32)
@@ -295,6 +300,8 @@ def test_url_without_published_sha_is_recorded_then_reused(tmp_path, http_server
     card = tiny_card(f"url:{http_server.url}/ckpt.pth")
     first = resolve_weights(card, progress=False)
     assert first.revision == pth_sha
+    # no published checksum: recorded and enforced, but said to be unverified
+    assert (first.verified, first.note, first.source_sha256, first.source_filename) == (False, UNVERIFIED_NOTE, pth_sha, "ckpt.pth")
     second = resolve_weights(card, progress=False)
     assert second == first and len(http_server.requests) == 1
 
@@ -309,11 +316,23 @@ def test_url_safetensors_file_and_http_errors(tmp_path, http_server):
     assert resolved.sha256 == resolved.revision == digest
     assert resolved.path.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not mkstemp's 0600
 
+    assert resolved.verified is True
+
     with pytest.raises(ConfigError) as excinfo:
         resolve_weights(tiny_card(f"url:{http_server.url}/missing.pth"), progress=False)
     message = one_line(excinfo)
     assert "404" in message and "ocbench backbones import tiny-source-test --checkpoint PATH" in message
     assert not any(name.endswith(".part") for name in cache_files(tmp_path))
+    # the failed download leaves no empty folder behind (the successful one's folder stays)
+    downloads = tmp_path / "ocbench-cache" / "downloads"
+    assert [p.parent for p in downloads.glob("*/*")] == [resolved.path.parent]
+    assert sorted(p.name for p in downloads.iterdir()) == [resolved.path.parent.name]
+
+
+def test_failed_first_download_removes_the_folders_it_made(tmp_path, http_server):
+    with pytest.raises(ConfigError):
+        resolve_weights(tiny_card(f"url:{http_server.url}/missing.safetensors"), progress=False)
+    assert not (tmp_path / "ocbench-cache" / "downloads").exists()
 
 
 def test_url_offline_mode_refuses_to_download(tmp_path, http_server, monkeypatch):
@@ -343,7 +362,9 @@ def test_local_folder_and_corrupt_file(tmp_path):
     (folder / "model.safetensors").write_bytes(data)
     (folder / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224"}))
     resolved = resolve_weights(tiny_card(f"local:{folder}"))
-    assert resolved == ResolvedWeights(folder / "model.safetensors", hashlib.sha256(data).hexdigest(), None)
+    assert resolved == ResolvedWeights(
+        folder / "model.safetensors", hashlib.sha256(data).hexdigest(), None, verified=False, note=UNVERIFIED_NOTE
+    )
 
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
     with pytest.raises(DataError) as excinfo:
@@ -394,6 +415,30 @@ def test_builtin_and_unknown_sources():
     card = tiny_card("builtin:random-init", init_seed=0)
     assert resolve_weights(card) == ResolvedWeights(None, None, None)
     with pytest.raises(ConfigError) as excinfo:
-        parse_source(SimpleNamespace(name="odd", source="ftp:somewhere"))
-    assert "odd" in one_line(excinfo)
+        tiny_card("ftp:somewhere", name="odd")
+    assert "odd" in one_line(excinfo) and "source" in str(excinfo.value)
+    with pytest.raises(ConfigError) as excinfo:
+        resolve_weights("tiny-vit-random")  # names are resolved at the edge
+    assert "expects a BackboneCard" in one_line(excinfo)
     assert dataclasses.is_dataclass(ResolvedWeights)
+
+
+@pytest.mark.parametrize(
+    "header, why",
+    [
+        (b"[1, 2, 3]", "header is a JSON list, not an object"),
+        (b'"text"', "header is a JSON str, not an object"),
+        (b'{"w": [0, 4]}', "entry 'w' of the header is not an object"),
+        (b'{"w": {"dtype": "F32"}}', "data_offsets"),
+    ],
+)
+def test_foreign_safetensors_header_is_one_line(tmp_path, header, why):
+    import struct
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+    with pytest.raises(DataError) as excinfo:
+        resolve_weights(tiny_card(f"local:{folder}"))
+    message = one_line(excinfo)
+    assert str(folder / "model.safetensors") in message and "not a valid safetensors file" in message and why in message

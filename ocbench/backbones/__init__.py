@@ -2,11 +2,19 @@
 
 Importing this package is cheap (no torch): cards and adapters are torch-free, and the loader and
 the conformance check are imported on first use. The seed paper's numbers per backbone are in
-``ocbench.reported`` (``reported_for_backbone(name)``, ``headline(name)``)::
+``ocbench.reported`` (``reported_for_backbone(name)``, ``headline(name)``). Names are resolved
+once, at the edge; everything below takes card and adapter objects::
 
     from ocbench.backbones import get_card, parse_channels, load_backbone
-    backbone = load_backbone("classical-stats")
-    features = backbone.embed_raw(batch_uint16, parse_channels(None, backbone.card))
+    card = get_card("classical-stats")
+    backbone = load_backbone(card)
+    features = backbone.embed_raw(batch_uint16, parse_channels(None, card, dataset.card.channel_names))
+
+Modules, lowest first (an import only goes down this list): ``specs`` (spec and source parsers),
+``weights_folder`` (the weights folder layout), ``model_card``; ``card`` (the card type);
+``adapters``; ``preprocess``; ``describe`` (text); ``zoo`` (built-in cards); ``cards`` (the
+registry); ``download``; ``vit``, ``classical``; ``dino_import`` (checkpoint conversion);
+``sources`` (weights); ``hub`` (publishing); ``loader``; ``check``.
 """
 
 from __future__ import annotations
@@ -14,8 +22,10 @@ from __future__ import annotations
 from typing import Any
 
 from ocbench.backbones.adapters import ChannelAdapter, available_presets, parse_channels, sweep_adapters
+from ocbench.backbones.card import BackboneCard, WeightsSource
 from ocbench.backbones.cards import (
-    BackboneCard,
+    BACKBONES,
+    card_names,
     format_card,
     format_cards_table,
     get_card,
@@ -26,7 +36,9 @@ from ocbench.backbones.cards import (
 
 _LAZY = {
     "Backbone": "ocbench.backbones.loader",
+    "BackboneIdentity": "ocbench.backbones.loader",
     "load_backbone": "ocbench.backbones.loader",
+    "resolve_identity": "ocbench.backbones.loader",
     "CheckReport": "ocbench.backbones.check",
     "check_backbone": "ocbench.backbones.check",
     "format_check": "ocbench.backbones.check",
@@ -34,6 +46,9 @@ _LAZY = {
 
 __all__ = [
     "BackboneCard",
+    "WeightsSource",
+    "BACKBONES",
+    "card_names",
     "register_card",
     "get_card",
     "list_cards",

@@ -1,20 +1,25 @@
-"""Channel adapters: how OpenCell's two named channels (protein, nucleus) enter a model's inputs.
+"""Channel adapters: how a dataset's named channels (OpenCell: protein, nucleus) enter a model's inputs.
 
-- ``replicate``: each OpenCell channel alone, copied into every input channel; the two views'
-  features are concatenated (dim D x 2). Paper: "channel replication".
-- ``map``: each OpenCell channel into one chosen input channel, the other inputs zero (dim D).
+- ``replicate``: each dataset channel alone, copied into every input channel; the views'
+  features are concatenated (dim D x number of channels). Paper: "channel replication".
+- ``map``: each dataset channel into one chosen input channel, the other inputs zero (dim D).
   Paper: "channel-wise embedding", written ``[1, 2] -> [a, b]``.
 
 Channel specs (``--channels``)::
 
     replicate
-    natural                  protein and nucleus into the input channels of the same name (HPA: 1, 2)
+    natural                  every dataset channel into the input channel of the same name (HPA: 1, 2)
     imagenet-best            protein -> G, nucleus -> B (RGB cards; alias best-imagenet)
     protein=1,nucleus=2      explicit; a target is a 0-based index, an input channel name or letter
     map:<any of the above maps>
 
+The form of a spec is checked by :func:`ocbench.backbones.specs.parse_channel_spec`; here it is
+resolved against a card (which input index a name or letter is) and the dataset's channel names
+(``channels``, default OpenCell's :data:`~ocbench.data.compartments.CHANNELS`).
+
 :func:`sweep_adapters` lists every injective map. Keys (``map-p1-n2``, ``replicate``) use indices
-only, so the same placement always has the same key whichever way it was written.
+and a short unique prefix of each channel name (OpenCell: ``p``, ``n``), so the same placement
+always has the same key whichever way it was written.
 
 No torch import here: ``apply`` only uses tensor methods.
 """
@@ -23,45 +28,77 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ocbench.backbones.card import BackboneCard, channel_aliases
+from ocbench.backbones.specs import CHANNEL_PRESETS, CHANNEL_STRATEGIES, parse_channel_spec, spec_channel_names
 from ocbench.data.compartments import CHANNELS
 from ocbench.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ocbench.backbones.cards import BackboneCard
+__all__ = ["ChannelAdapter", "parse_channels", "default_adapter", "sweep_adapters", "available_presets",
+           "channel_abbreviations", "STRATEGIES", "PRESETS"]
 
-STRATEGIES: tuple[str, ...] = ("replicate", "map")
-PRESETS: tuple[str, ...] = ("natural", "imagenet-best")
-_PRESET_ALIASES = {"best-imagenet": "imagenet-best"}
-#: One-letter abbreviations used in keys: map-p1-n2.
-_CHANNEL_ABBREV = {"protein": "p", "nucleus": "n"}
+STRATEGIES: tuple[str, ...] = CHANNEL_STRATEGIES
+PRESETS: tuple[str, ...] = CHANNEL_PRESETS
+
+
+def channel_abbreviations(channels: tuple[str, ...]) -> tuple[str, ...]:
+    """Short names used in keys: the shortest common prefix length that keeps every channel apart
+    (OpenCell: ``p``, ``n``), lower case, letters and digits only."""
+    cleaned = [re.sub(r"[^a-z0-9]", "", name.lower()) or f"c{i}" for i, name in enumerate(channels)]
+    longest = max((len(name) for name in cleaned), default=1)
+    for length in range(1, longest + 1):
+        short = [name[:length] for name in cleaned]
+        if len(set(short)) == len(short):
+            break
+    else:
+        short = [f"{name}{i}" for i, name in enumerate(cleaned)]  # names equal once cleaned
+    # An abbreviation ending in a digit would run into its target index: separate them.
+    return tuple(f"{name}_" if name[-1].isdigit() else name for name in short)
+
+
+def _words(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _check_channels(channels: tuple[str, ...]) -> tuple[str, ...]:
+    channels = tuple(channels)
+    if not channels or not all(isinstance(name, str) and name for name in channels):
+        raise ConfigError(f"dataset channel names must be non-empty strings, got {channels!r}")
+    if len({name.lower() for name in channels}) != len(channels):
+        raise ConfigError(f"dataset channel names must be unique (case-insensitive), got {', '.join(channels)}")
+    return channels
 
 
 @dataclass(frozen=True)
 class ChannelAdapter:
-    """A validated placement of OpenCell channels into ``in_chans`` model inputs."""
+    """A validated placement of a dataset's channels into ``in_chans`` model inputs."""
 
     strategy: str
     in_chans: int
-    #: For ``map``: the input index of each OpenCell channel in CHANNELS order (None: channel unused).
+    #: For ``map``: the input index of each dataset channel in ``channels`` order (None: channel unused).
     targets: tuple[int | None, ...] = ()
     #: The preset it was written as, if any (informational: not part of the key).
     preset: str | None = None
+    #: The dataset's channel names, in the order its images hold them.
+    channels: tuple[str, ...] = CHANNELS
 
     @property
     def n_views(self) -> int:
-        return len(CHANNELS) if self.strategy == "replicate" else 1
+        return len(self.channels) if self.strategy == "replicate" else 1
 
     @property
     def key(self) -> str:
         """Stable, filesystem-safe: ``replicate`` or ``map-p1-n2``."""
         if self.strategy == "replicate":
             return "replicate"
-        parts = [f"{_CHANNEL_ABBREV[name]}{target}" for name, target in zip(CHANNELS, self.targets) if target is not None]
+        abbrev = channel_abbreviations(self.channels)
+        parts = [f"{short}{target}" for short, target in zip(abbrev, self.targets) if target is not None]
         return "map-" + "-".join(parts)
 
     @property
@@ -69,9 +106,9 @@ class ChannelAdapter:
         """Canonical channel spec that parses back to this adapter: ``replicate`` or ``protein=1,nucleus=2``."""
         if self.strategy == "replicate":
             return "replicate"
-        return ",".join(f"{name}={target}" for name, target in zip(CHANNELS, self.targets) if target is not None)
+        return ",".join(f"{name}={target}" for name, target in zip(self.channels, self.targets) if target is not None)
 
-    def describe(self, card: "BackboneCard | None" = None) -> str:
+    def describe(self, card: BackboneCard | None = None) -> str:
         """Human form, e.g. ``protein->G, nucleus->B`` (names from the card when given)."""
         if self.strategy == "replicate":
             return "each channel copied to all inputs, features concatenated"
@@ -82,19 +119,22 @@ class ChannelAdapter:
             name = card.input_channels[index]
             return name if len(name) == 1 else f"{index} ({name})"
 
-        return ", ".join(f"{name}->{label(t)}" for name, t in zip(CHANNELS, self.targets) if t is not None)
+        return ", ".join(f"{name}->{label(t)}" for name, t in zip(self.channels, self.targets) if t is not None)
 
     def to_dict(self) -> dict[str, Any]:
         """The entry's ``channels`` field."""
         return {"strategy": self.strategy, "key": self.key, "spec": self.spec}
 
     def apply(self, x: "torch.Tensor") -> "list[torch.Tensor]":
-        """(N, 2, H, W) float in CHANNELS order -> list of n_views model inputs (N, in_chans, H, W)."""
-        if x.ndim != 4 or x.shape[1] != len(CHANNELS):
-            raise DataError(f"channel adapter expects (N, {len(CHANNELS)}, H, W) in order {', '.join(CHANNELS)}; got {tuple(x.shape)}")
+        """(N, C, H, W) float in ``channels`` order -> list of n_views model inputs (N, in_chans, H, W)."""
+        if x.ndim != 4 or x.shape[1] != len(self.channels):
+            raise DataError(
+                f"channel adapter expects (N, {len(self.channels)}, H, W) in order {', '.join(self.channels)}; "
+                f"got {tuple(x.shape)}"
+            )
         n, _, h, w = x.shape
         if self.strategy == "replicate":
-            return [x[:, i : i + 1].expand(n, self.in_chans, h, w).contiguous() for i in range(len(CHANNELS))]
+            return [x[:, i : i + 1].expand(n, self.in_chans, h, w).contiguous() for i in range(len(self.channels))]
         out = x.new_zeros((n, self.in_chans, h, w))
         for source, target in enumerate(self.targets):
             if target is not None:
@@ -103,50 +143,56 @@ class ChannelAdapter:
 
 
 # ------------------------------------------------------------------------------------------------
-# Parsing
+# Resolving a spec against a card and a dataset's channels
 
 
-def _card_channels(card: "BackboneCard") -> str:
+def _card_channels(card: BackboneCard) -> str:
     return ", ".join(
         f"{i} {name}" + (f"/{card.channel_letters[i]}" if card.channel_letters and card.channel_letters[i] != name else "")
         for i, name in enumerate(card.input_channels)
     )
 
 
-def _preset_targets(preset: str, card: "BackboneCard") -> tuple[int, ...]:
-    """Input indices for a preset on this card, or ConfigError saying why it does not apply."""
-    if preset == "natural":
-        wanted = CHANNELS  # the input channels named like the OpenCell channels
-        applies = all(name in card.input_channels for name in CHANNELS)
-    else:  # imagenet-best: the paper's best map for RGB models
-        wanted = ("G", "B")
-        applies = tuple(name.upper() for name in card.input_channels) == ("R", "G", "B")
-    if not applies:
-        need = "input channels named protein and nucleus" if preset == "natural" else "RGB input channels"
-        raise ConfigError(
-            f"channel preset '{preset}' needs {need}; {card.name} has {_card_channels(card)}: "
-            f"use replicate or an explicit map such as protein=0,nucleus=1"
-        )
+def _preset_targets(preset: str, card: BackboneCard, channels: tuple[str, ...]) -> tuple[int | None, ...]:
+    """Input indices for a preset on this card and dataset, or ConfigError saying why it does not apply."""
     upper = [name.upper() for name in card.input_channels]
-    return tuple(upper.index(w.upper()) for w in wanted)
+    lowered = [name.lower() for name in channels]
+    if preset == "natural":  # every dataset channel into the input channel of the same name
+        if all(name.upper() in upper for name in channels):
+            return tuple(upper.index(name.upper()) for name in channels)
+        raise ConfigError(
+            f"channel preset 'natural' needs input channels named {_words(channels)}; {card.name} has "
+            f"{_card_channels(card)}: use replicate or an explicit map such as {channels[0]}=0"
+        )
+    # imagenet-best: the paper's best map for RGB models, protein -> G, nucleus -> B
+    if upper != ["R", "G", "B"]:
+        raise ConfigError(
+            f"channel preset '{preset}' needs RGB input channels; {card.name} has {_card_channels(card)}: "
+            f"use replicate or an explicit map such as {channels[0]}=0"
+        )
+    if not {"protein", "nucleus"} <= set(lowered):
+        raise ConfigError(
+            f"channel preset '{preset}' places protein and nucleus; the dataset's channels are "
+            f"{', '.join(channels)}: use replicate or an explicit map such as {channels[0]}=G"
+        )
+    wanted = {"protein": upper.index("G"), "nucleus": upper.index("B")}
+    return tuple(wanted.get(name) for name in lowered)
 
 
-def available_presets(card: "BackboneCard") -> list[str]:
-    """Presets that apply to this card."""
+def available_presets(card: BackboneCard, channels: tuple[str, ...] = CHANNELS) -> list[str]:
+    """Presets that apply to this card and dataset."""
+    channels = _check_channels(channels)
     valid = []
     for preset in PRESETS:
         try:
-            _preset_targets(preset, card)
+            _preset_targets(preset, card, channels)
         except ConfigError:
             continue
         valid.append(preset)
     return valid
 
 
-def _parse_target(token: str, channel: str, card: "BackboneCard", spec: str) -> int:
-    from ocbench.backbones.cards import channel_aliases
-
-    token = token.strip()
+def _parse_target(token: str, channel: str, card: BackboneCard, spec: str) -> int:
     if token.lstrip("-").isdigit():
         index = int(token)
         if not 0 <= index < card.in_chans:
@@ -166,63 +212,53 @@ def _parse_target(token: str, channel: str, card: "BackboneCard", spec: str) -> 
     )
 
 
-def parse_channels(spec: str | None, card: "BackboneCard") -> ChannelAdapter:
-    """Validate a channel spec against a card (None -> the card's default). Errors are one line."""
-    if spec is None:
-        spec = card.default_channels
-    original = spec
-    text = str(spec).strip()
-    if text.startswith("map:"):
-        text = text[len("map:") :].strip()
-    lowered = text.lower()
-    if lowered == "replicate":
-        if original.strip().startswith("map:"):
-            raise ConfigError(f"channel spec '{original}': replicate is a strategy of its own, not a map")
-        return ChannelAdapter("replicate", card.in_chans)
-    preset = _PRESET_ALIASES.get(lowered, lowered)
-    if preset in PRESETS:
-        targets = _preset_targets(preset, card)
-        return ChannelAdapter("map", card.in_chans, tuple(targets), preset=preset)
-    if "=" not in text:
-        options = ", ".join(["replicate", *PRESETS])
-        close = difflib.get_close_matches(lowered, ["replicate", *PRESETS, *_PRESET_ALIASES], n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise ConfigError(
-            f"channel spec '{original}' not understood; {hint}use {options} or an explicit map like protein=1,nucleus=2"
-        )
-    targets: dict[str, int] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise ConfigError(f"channel spec '{original}': '{part.strip()}' is not of the form channel=input")
-        name, token = (piece.strip() for piece in part.split("=", 1))
-        name = name.lower()
-        if name not in CHANNELS:
-            close = difflib.get_close_matches(name, CHANNELS, n=1, cutoff=0.5)
+def parse_channels(spec: str | None, card: BackboneCard, channels: tuple[str, ...] = CHANNELS) -> ChannelAdapter:
+    """Validate a channel spec against a card and the dataset's channel names (None -> the card's
+    default). Errors are one line and name the dataset's channels."""
+    if not isinstance(card, BackboneCard):
+        raise ConfigError(f"parse_channels expects a BackboneCard, got {type(card).__name__}; resolve names with get_card(name)")
+    channels = _check_channels(channels)
+    parsed = parse_channel_spec(card.default_channels if spec is None else spec)
+    if parsed.kind == "replicate":
+        return ChannelAdapter("replicate", card.in_chans, channels=channels)
+    if parsed.kind == "preset":
+        targets = _preset_targets(parsed.preset, card, channels)
+        return ChannelAdapter("map", card.in_chans, targets, preset=parsed.preset, channels=channels)
+    lowered = [name.lower() for name in channels]
+    resolved: dict[str, int] = {}
+    for name, token in parsed.pairs:
+        if name not in lowered:
+            close = difflib.get_close_matches(name, lowered, n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(
-                f"channel spec '{original}': unknown OpenCell channel '{name}'{hint}; channels are {', '.join(CHANNELS)}"
+                f"channel spec '{parsed.text}': unknown dataset channel '{name}'{hint}; "
+                f"the dataset's channels are {', '.join(channels)}"
             )
-        if name in targets:
-            raise ConfigError(f"channel spec '{original}': {name} is given twice")
-        targets[name] = _parse_target(token, name, card, original)
-    if not targets:
-        raise ConfigError(f"channel spec '{original}' maps no channel; write e.g. protein=1,nucleus=2")
+        resolved[name] = _parse_target(token, name, card, parsed.text)
     used: dict[int, str] = {}
-    for name, target in targets.items():
+    for name, target in resolved.items():
         if target in used:
             raise ConfigError(
-                f"channel spec '{original}': {used[target]} and {name} both go to input channel {target}; "
-                f"each input channel takes one OpenCell channel"
+                f"channel spec '{parsed.text}': {used[target]} and {name} both go to input channel {target}; "
+                f"each input channel takes one dataset channel"
             )
         used[target] = name
-    return ChannelAdapter("map", card.in_chans, tuple(targets.get(name) for name in CHANNELS))
+    return ChannelAdapter("map", card.in_chans, tuple(resolved.get(name) for name in lowered), channels=channels)
 
 
-def sweep_adapters(card: "BackboneCard") -> list[ChannelAdapter]:
-    """Every injective map of (protein, nucleus) into the card's inputs, in index order."""
+def default_adapter(card: BackboneCard, channels: tuple[str, ...] | None = None) -> ChannelAdapter:
+    """The card's default channel spec as an adapter: for ``channels`` when given, else for the
+    channels an explicit default map names (a card written for another dataset), else OpenCell's."""
+    if channels is None:
+        channels = spec_channel_names(card.default_channels) or CHANNELS
+    return parse_channels(None, card, channels)
+
+
+def sweep_adapters(card: BackboneCard, channels: tuple[str, ...] = CHANNELS) -> list[ChannelAdapter]:
+    """Every injective map of the dataset's channels into the card's inputs, in index order
+    (none when the dataset has more channels than the card has inputs)."""
+    channels = _check_channels(channels)
     return [
-        ChannelAdapter("map", card.in_chans, targets)
-        for targets in itertools.permutations(range(card.in_chans), len(CHANNELS))
+        ChannelAdapter("map", card.in_chans, targets, channels=channels)
+        for targets in itertools.permutations(range(card.in_chans), len(channels))
     ]

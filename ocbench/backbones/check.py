@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
+from ocbench.backbones.card import BackboneCard
 from ocbench.errors import OcbenchError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ocbench.backbones.cards import BackboneCard
 
 #: Models with fewer parameters than this get the full sweep of channel maps in ``adapters``.
 SMALL_MODEL_PARAMETERS = 5_000_000
@@ -100,26 +98,33 @@ def _relative_difference(a, b) -> float:
 
 
 def check_backbone(
-    name: "str | BackboneCard",
+    name: str | BackboneCard,
     *,
     device: str = "cpu",
     cache_dir=None,
     image_size: int = 64,
     batch_size: int = 4,
     full_sweep: bool | None = None,
+    precision: str = "fp32",
 ) -> CheckReport:
     """Run the named checks; never raises for a misbehaving backbone (it shows up as FAIL).
 
-    An unknown name still raises ConfigError (with the closest names), like every command.
+    The command line's entry point: a name is resolved here, once (an unknown name raises
+    ConfigError with the closest names, like every command). ``precision``: see ``load_backbone``.
     """
     import torch
 
     from ocbench.backbones.adapters import available_presets, parse_channels, sweep_adapters
-    from ocbench.backbones.cards import get_card
-    from ocbench.backbones.loader import load_backbone, resolve_device
+    from ocbench.backbones.loader import effective_precision, load_backbone, resolve_device
 
-    card = get_card(name)
+    if isinstance(name, BackboneCard):
+        card = name
+    else:
+        from ocbench.backbones.cards import get_card
+
+        card = get_card(name)
     target = resolve_device(device)
+    effective_precision(card, target, precision)  # a bad precision is a usage error, not a FAIL
     results: list[CheckResult] = []
 
     def run(check_name: str, body: Callable[[], tuple[bool, str]]) -> bool:
@@ -136,7 +141,7 @@ def check_backbone(
     state: dict = {}
 
     def loads():
-        state["backbone"] = backbone = load_backbone(card, device=target, cache_dir=cache_dir)
+        state["backbone"] = backbone = load_backbone(card, device=target, cache_dir=cache_dir, precision=precision)
         sha = (backbone.weights_sha256 or "-")[:12]
         return True, f"weights sha256 {sha}, revision {backbone.revision or '-'}"
 

@@ -3,7 +3,8 @@
 A DINO checkpoint is a torch pickle: ``{"student", "teacher", "optimizer", "epoch", "args",
 "dino_loss"}`` where ``args`` is an ``argparse.Namespace``. It is read with
 ``torch.load(weights_only=True)`` with exactly one extra class allowed, ``argparse.Namespace``; a
-file that needs any other class is refused (unpickling arbitrary classes can run code).
+file that needs any other class is refused, naming the class or function it asked for
+(unpickling arbitrary classes can run code).
 
 The backbone is the ``teacher`` entry (what DINO evaluates); its keys carry the
 ``MultiCropWrapper`` prefix ``backbone.`` (and ``module.`` when saved from DDP), and ``head.*`` is
@@ -16,9 +17,17 @@ name) and must match the card; then every key and shape must match ``build_vit(c
 
 Output folder (written atomically): ``model.safetensors``, ``config.json`` (timm's Hub config
 format plus an ``ocbench`` section with the provenance and the weights' sha256, which the loader
-verifies) and ``README.md`` (the Hub model card). An existing folder is replaced only when it is
+verifies) and ``README.md`` (the Hub model card). The provenance names the converted file
+(``source_filename``, ``source_sha256``) and says whether its sha256 is the checksum the card
+publishes (``source_verified``): a card without one accepts any checkpoint, and entries then say
+"weights not matched to a published checksum". An existing folder is replaced only when it is
 empty or an earlier import (nothing but those three files, ``config.json`` with an ``ocbench``
 section); anything else is refused, so a mistyped ``--out`` never deletes someone's files.
+
+The converter takes card objects and imports neither the registry nor ``sources``; the layout
+comes from ``weights_folder``, downloads from ``download``. :func:`import_backbone` is
+``ocbench backbones import`` (it resolves a name once); :func:`fetch_and_convert` is what
+``sources`` calls for a ``url:`` checkpoint.
 """
 
 from __future__ import annotations
@@ -31,26 +40,37 @@ from typing import Any
 
 from ocbench import __version__
 from ocbench._io import atomic_dir, sha256_file
-from ocbench.backbones.sources import (
+from ocbench.backbones.card import BackboneCard
+from ocbench.backbones.download import download_file, download_target
+from ocbench.backbones.weights_folder import (
     CONFIG_FILENAME,
+    IMPORT_FILES,
+    README_FILENAME,
     WEIGHTS_FILENAME,
     default_file_mode,
-    expected_sha256,
-    parse_source,
-    weights_dir,
+    file_sha256,
+    folder_for,
+    read_import_record,
+    recorded_sha256,
 )
 from ocbench.errors import ConfigError, DataError
 
 DEFAULT_CHECKPOINT_KEY = "teacher"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt")
 _STRIPPED_PREFIXES = ("module.", "backbone.")
-_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-_README_FILENAME = "README.md"
-_IMPORT_FILES = frozenset({WEIGHTS_FILENAME, CONFIG_FILENAME, _README_FILENAME})
+# What torch's weights-only unpickler names when it refuses something (its wording has changed
+# across releases: "Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y whose module x is
+# blocked", "unrecognized function <...>", "but got <class 'x.y'>").
+_REFUSALS = (
+    re.compile(r"\bGLOBAL\s+([A-Za-z_][\w.]*)"),
+    re.compile(r"reduce for unrecognized function\s+(<[^>]*>|[\w.]+)"),
+    re.compile(r"but got <class '([\w.]+)'>"),
+)
 
 
 def import_dino_checkpoint(
     pth_path: str | os.PathLike,
-    card: Any,
+    card: BackboneCard,
     out_dir: str | os.PathLike | None = None,
     *,
     checkpoint_key: str = DEFAULT_CHECKPOINT_KEY,
@@ -58,11 +78,17 @@ def import_dino_checkpoint(
     source_sha256: str | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Convert ``pth_path`` for ``card``; returns the folder (default ``<cache>/weights/<card name>``)."""
+    """Convert ``pth_path`` for ``card``; returns the folder (default ``<cache>/weights/<card name>``).
+
+    ``config.json`` records the converted file's sha256 and name, and whether that sha256 is the
+    checksum the card publishes (``source_verified``), so a checkpoint imported under a card without
+    a published checksum stays marked as such.
+    """
+    _require_card(card)
     pth_path = Path(pth_path).expanduser()
     if not pth_path.is_file():
         raise ConfigError(f"{pth_path}: checkpoint file not found; pass --checkpoint PATH to the downloaded .pth")
-    folder = Path(out_dir).expanduser() if out_dir is not None else weights_dir(card, cache_dir)
+    folder = Path(out_dir).expanduser() if out_dir is not None else folder_for(card.name, cache_dir)
     check_replaceable(folder)
     source_sha256 = source_sha256 or sha256_file(pth_path)
 
@@ -72,13 +98,61 @@ def import_dino_checkpoint(
     state = strip_backbone_prefixes(state, pth_path)
     patch_size, in_chans, dim = check_against_card(state, card, pth_path)
 
-    config = _hub_config(card, patch_size, in_chans, dim, used_key, source_url, source_sha256)
+    config = _hub_config(card, patch_size, in_chans, dim, used_key, source_url, source_sha256, pth_path.name)
     _write_folder(folder, state, config)
     return folder
 
 
+def converted_source_sha(card: BackboneCard, folder: Path, url: str) -> str | None:
+    """The source checksum recorded by an earlier conversion in ``folder``, if that conversion is of
+    this card's checkpoint and for its architecture (a card edited since then converts again)."""
+    meta = read_import_record(folder)
+    if meta is None or not (folder / WEIGHTS_FILENAME).is_file():
+        return None
+    weights_recorded = recorded_sha256(folder / WEIGHTS_FILENAME)
+    if weights_recorded is not None and file_sha256(folder / WEIGHTS_FILENAME) != weights_recorded:
+        return None  # damaged since: convert again (from the verified download)
+    same_model = (meta.get("arch"), meta.get("arch_kwargs"), meta.get("in_chans")) == (
+        card.arch, dict(card.arch_kwargs or {}), card.in_chans)
+    if not same_model:
+        return None
+    recorded = meta.get("source_sha256")
+    expected = card.weights_source.sha256
+    if expected is not None:
+        return recorded if recorded == expected else None
+    # Without a published checksum, trust a conversion of the same address.
+    return recorded if meta.get("source_url") == url else None
+
+
+def is_checkpoint_url(url: str) -> bool:
+    """True when a ``url:`` source names a training checkpoint (converted), not a safetensors file."""
+    return download_target(url, ".").name.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def fetch_and_convert(
+    card: BackboneCard, *, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> tuple[Path, str]:
+    """The card's ``url:`` checkpoint, converted into ``<cache>/weights/<card name>``: downloaded
+    (verified against the card's ``sha256`` when it has one) and converted at most once.
+    Returns ``(folder, sha256 of the checkpoint)``."""
+    from ocbench.paths import cache_dir as default_cache_dir
+
+    source = card.weights_source
+    if source.kind != "url" or not is_checkpoint_url(source.target):
+        raise ConfigError(f"backbone '{card.name}': {card.source} is not a .pth checkpoint; nothing to convert")
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = folder_for(card.name, root)
+    source_sha = converted_source_sha(card, folder, source.target)
+    if source_sha is not None:  # converted before: no network, no re-conversion
+        return folder, source_sha
+    target = download_target(source.target, root)
+    source_sha = download_file(source.target, target, source.sha256, progress=progress, card_name=card.name)
+    import_dino_checkpoint(target, card, folder, source_url=source.target, source_sha256=source_sha)
+    return folder, source_sha
+
+
 def import_backbone(
-    name_or_card: Any,
+    name_or_card: str | BackboneCard,
     checkpoint: str | os.PathLike | None = None,
     *,
     out_dir: str | os.PathLike | None = None,
@@ -90,37 +164,39 @@ def import_backbone(
 
     Without ``checkpoint`` the card's ``url:`` checkpoint is downloaded (once) and converted. With
     it, that file is converted; when it goes to the card's default folder (``out_dir`` not given)
-    its sha256 must equal the card's published ``sha256``, because the loader trusts that folder as
-    the card's weights. A different checkpoint can still be converted with an explicit ``out_dir``
-    (and then used through a ``local:<out_dir>`` card).
-    """
-    from ocbench.backbones.cards import get_card
+    its sha256 must equal the card's published ``sha256`` (when the card has one), because the
+    loader trusts that folder as the card's weights. A different checkpoint can still be converted
+    with an explicit ``out_dir`` (and then used through a ``local:<out_dir>`` card). A card without
+    a published checksum accepts any checkpoint, recorded as not matched to one.
 
-    card = get_card(name_or_card)
-    kind, target = parse_source(card)
-    if kind == "none":
+    The command line's entry point: a name is resolved here, once.
+    """
+    if isinstance(name_or_card, BackboneCard):
+        card = name_or_card
+    else:
+        from ocbench.backbones.cards import get_card
+
+        card = get_card(name_or_card)
+    source = card.weights_source
+    if not source.needs_weights:
         raise ConfigError(
             f"backbone '{card.name}' has no weights to import (source {card.source}); to convert a checkpoint, "
             "use a card with a url: or local: source"
         )
     if checkpoint is None:
-        if kind != "url":
+        if source.kind != "url":
             raise ConfigError(
                 f"backbone '{card.name}' has source {card.source}: only url: checkpoints are imported "
                 "(hf-hub/timm weights load directly); pass --checkpoint PATH to convert a local .pth"
             )
-        from ocbench.backbones.sources import resolve_weights
-
-        resolved = resolve_weights(card, cache_dir=cache_dir, progress=progress)
-        if resolved.path is None or resolved.path.parent != weights_dir(card, cache_dir):
-            raise ConfigError(f"backbone '{card.name}': {card.source} is not a .pth checkpoint; nothing to convert")
-        return resolved.path.parent
+        folder, _ = fetch_and_convert(card, cache_dir=cache_dir, progress=progress)
+        return folder
 
     checkpoint = Path(checkpoint).expanduser()
     if not checkpoint.is_file():
         raise ConfigError(f"--checkpoint {checkpoint}: file not found")
     have = sha256_file(checkpoint)
-    published = expected_sha256(card)
+    published = source.sha256
     if out_dir is None and published is not None and have != published:
         raise DataError(
             f"{checkpoint}: sha256 {have} differs from the published {published} of '{card.name}'; pass the published "
@@ -131,10 +207,24 @@ def import_backbone(
         card,
         out_dir,
         checkpoint_key=checkpoint_key,
-        source_url=target if kind == "url" else None,
+        source_url=source.target if source.kind == "url" else None,
         source_sha256=have,
         cache_dir=cache_dir,
     )
+
+
+def _require_card(card: object) -> None:
+    if not isinstance(card, BackboneCard):
+        raise ConfigError(f"expected a BackboneCard, got {type(card).__name__}; resolve names with get_card(name)")
+
+
+def refused_global(message: str) -> str | None:
+    """The global (class or function) torch's weights-only unpickler refused, named in ``message``."""
+    for pattern in _REFUSALS:
+        found = pattern.search(message)
+        if found:
+            return found.group(1)
+    return None
 
 
 def load_dino_checkpoint(path: Path) -> Any:
@@ -151,10 +241,10 @@ def load_dino_checkpoint(path: Path) -> Any:
         with safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        refused = _REFUSED_GLOBAL.search(str(exc))
+        refused = refused_global(str(exc))
         if refused:
             raise DataError(
-                f"{path}: refused to unpickle {refused.group(1)}; a DINO checkpoint may hold only tensors, plain "
+                f"{path}: refused to unpickle {refused}; a DINO checkpoint may hold only tensors, plain "
                 "containers and argparse.Namespace (nothing else is loaded, as unpickling other classes can run code)"
             ) from exc
         raise _unreadable_checkpoint(path, exc) from exc
@@ -222,7 +312,7 @@ def strip_backbone_prefixes(state: dict, path: Path) -> dict:
     return cleaned
 
 
-def check_against_card(state: dict, card: Any, path: Path) -> tuple[int, int, int]:
+def check_against_card(state: dict, card: BackboneCard, path: Path) -> tuple[int, int, int]:
     """Patch size, in_chans and dim read from the weights, checked against the card and its timm model."""
     from ocbench.backbones.vit import build_vit, shape_mismatches
 
@@ -230,7 +320,7 @@ def check_against_card(state: dict, card: Any, path: Path) -> tuple[int, int, in
     if proj is None or proj.ndim != 4 or proj.shape[-1] != proj.shape[-2]:
         raise DataError(f"{path}: no square patch_embed.proj.weight; this is not a ViT backbone checkpoint")
     dim, in_chans, patch_size = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
-    card_patch, card_chans = getattr(card, "patch_size", None), getattr(card, "in_chans", None)
+    card_patch, card_chans = card.patch_size, card.in_chans
     found = []
     if card_patch is not None and patch_size != card_patch:
         found.append(f"patch size {patch_size} (card: {card_patch})")
@@ -249,16 +339,16 @@ def check_against_card(state: dict, card: Any, path: Path) -> tuple[int, int, in
     return patch_size, in_chans, dim
 
 
-def _hub_config(card: Any, patch_size: int, in_chans: int, dim: int, used_key: str | None,
-                source_url: str | None, source_sha256: str) -> dict[str, Any]:
+def _hub_config(card: BackboneCard, patch_size: int, in_chans: int, dim: int, used_key: str | None,
+                source_url: str | None, source_sha256: str, source_filename: str) -> dict[str, Any]:
     import timm
     import torch
 
-    model_args = {**dict(getattr(card, "arch_kwargs", {}) or {}), "in_chans": in_chans}
+    model_args = {**dict(card.arch_kwargs or {}), "in_chans": in_chans}
     pretrained_cfg: dict[str, Any] = {"num_classes": 0, "first_conv": "patch_embed.proj", "classifier": "head"}
-    if getattr(card, "license", ""):
+    if card.license:
         pretrained_cfg["license"] = card.license
-    if getattr(card, "normalization", None) == "imagenet":
+    if card.normalization == "imagenet":
         pretrained_cfg.update(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
     return {
         # timm's Hub format: timm.create_model("hf-hub:<repo>", pretrained=True) rebuilds the model.
@@ -270,21 +360,25 @@ def _hub_config(card: Any, patch_size: int, in_chans: int, dim: int, used_key: s
         "ocbench": {
             "card": card.name,
             "arch": card.arch,
-            "arch_kwargs": dict(getattr(card, "arch_kwargs", {}) or {}),
+            "arch_kwargs": dict(card.arch_kwargs or {}),
             "in_chans": in_chans,
             "patch_size": patch_size,
             "feature_dim": dim,
-            "input_channels": list(getattr(card, "input_channels", ()) or ()),
-            "normalization": getattr(card, "normalization", None),
-            "input_size": getattr(card, "input_size", None),
-            "pretraining": getattr(card, "pretraining", ""),
-            "source": getattr(card, "source", None),
+            "input_channels": list(card.input_channels),
+            "normalization": card.normalization,
+            "input_size": card.input_size,
+            "pretraining": card.pretraining,
+            "source": card.source,
             "source_url": source_url,
             "source_sha256": source_sha256,
+            # The converted file's name and whether its sha256 is the one the card publishes: an
+            # import under a card without a published checksum accepts any checkpoint.
+            "source_filename": source_filename,
+            "source_verified": card.sha256 is not None and source_sha256 == card.sha256,
             "checkpoint_key": used_key,
             "position_embedding": "dino-bicubic-scale-factor",
-            "license": getattr(card, "license", ""),
-            "citation": getattr(card, "citation", ""),
+            "license": card.license,
+            "citation": card.citation,
             "ocbench_version": __version__,
             "torch_version": torch.__version__.split("+")[0],
             "timm_version": timm.__version__,
@@ -313,7 +407,7 @@ def check_replaceable(folder: Path) -> None:
 
 def _not_an_import(folder: Path, entries: list[str]) -> str | None:
     """Why ``folder`` is not an earlier import's output, or None when it is one (and may be replaced)."""
-    others = [name for name in entries if name not in _IMPORT_FILES]
+    others = [name for name in entries if name not in IMPORT_FILES]
     if others:
         more = f" and {len(others) - 1} more" if len(others) > 1 else ""
         return f"it holds {others[0]}{more}"
@@ -331,7 +425,7 @@ def _not_an_import(folder: Path, entries: list[str]) -> str | None:
 def _write_folder(folder: Path, state: dict, config: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    from ocbench.backbones.hub import render_model_card
+    from ocbench.backbones.model_card import render_model_card
 
     with atomic_dir(folder) as tmp:
         # Fixed metadata (no timestamps): the same .pth always gives byte-identical safetensors.
@@ -339,5 +433,5 @@ def _write_folder(folder: Path, state: dict, config: dict[str, Any]) -> None:
         os.chmod(tmp / WEIGHTS_FILENAME, default_file_mode())  # safetensors writes 0600 files
         config["ocbench"]["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILENAME)
         (tmp / CONFIG_FILENAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        (tmp / _README_FILENAME).write_text(render_model_card(config), encoding="utf-8")
+        (tmp / README_FILENAME).write_text(render_model_card(config), encoding="utf-8")
 

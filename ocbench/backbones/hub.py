@@ -14,9 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ocbench.backbones.download import offline_mode
+from ocbench.backbones.model_card import render_model_card
+from ocbench.backbones.weights_folder import (
+    CONFIG_FILENAME,
+    README_FILENAME,
+    WEIGHTS_FILENAME,
+    check_recorded_sha256,
+    check_safetensors_header,
+    file_sha256,
+)
 from ocbench.errors import ConfigError, DataError
 
-REQUIRED_FILES = ("model.safetensors", "config.json")
+__all__ = ["PushResult", "push_backbone", "read_config", "render_model_card"]
+
+REQUIRED_FILES = (WEIGHTS_FILENAME, CONFIG_FILENAME)
 
 
 @dataclass(frozen=True)
@@ -63,13 +75,11 @@ def push_backbone(
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ConfigError(f"--repo-id {repo_id!r} must look like ORG/NAME")
     config = read_config(folder)
-    from ocbench.backbones.sources import check_recorded_sha256, check_safetensors_header, file_sha256
-
-    weights = folder / "model.safetensors"
+    weights = folder / WEIGHTS_FILENAME
     check_safetensors_header(weights)
     # Never publish weights damaged since the import (config.json records their sha256).
     check_recorded_sha256(weights, file_sha256(weights), config.get("ocbench", {}).get("card") or folder.name)
-    readme = folder / "README.md"
+    readme = folder / README_FILENAME
     if not readme.is_file() and not dry_run:
         from ocbench._io import atomic_write
 
@@ -85,8 +95,6 @@ def push_backbone(
 
     from huggingface_hub import HfApi
     from huggingface_hub.utils import HfHubHTTPError
-
-    from ocbench.backbones.sources import offline_mode
 
     if offline_mode():
         raise ConfigError("HF_HUB_OFFLINE is set; unset it to push to the Hub")
@@ -122,7 +130,7 @@ def push_backbone(
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
+    path = Path(folder) / CONFIG_FILENAME
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -130,84 +138,6 @@ def read_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or "architecture" not in config:
         raise DataError(f"{path}: field architecture is missing; re-run `ocbench backbones import NAME`")
     return config
-
-
-def render_model_card(config: dict[str, Any]) -> str:
-    """Hub README (YAML front matter + text) for a converted backbone, from its ``config.json``."""
-    meta = config.get("ocbench", {})
-    name = meta.get("card", "backbone")
-    license_id = _hub_license(meta.get("license", ""))
-    channels = meta.get("input_channels") or []
-    arch = config.get("architecture", "?")
-    model_args = config.get("model_args", {})
-    lines = [
-        "---",
-        f"license: {license_id}",
-        "library_name: timm",
-        "pipeline_tag: image-feature-extraction",
-        "tags:",
-        "- ocbench",
-        "- image-feature-extraction",
-        "- microscopy",
-        "- dino",
-        "- vision-transformer",
-        "---",
-        "",
-        f"# {name}",
-        "",
-        meta.get("pretraining") or "Self-supervised DINO Vision Transformer backbone.",
-        "",
-        f"Converted by ocbench {meta.get('ocbench_version', '')} from the original checkpoint "
-        "to safetensors; the weights are the DINO *teacher* backbone, the DINO projection head is dropped. "
-        "Nothing was retrained.",
-        "",
-        "## Model",
-        "",
-        f"- architecture: timm `{arch}` with {json.dumps(model_args)}",
-        f"- patch size: {meta.get('patch_size')}, embedding (CLS feature) dim: {config.get('num_features')}",
-        f"- input normalization: {meta.get('normalization', '-')}",
-        "- position embeddings: for inputs other than the pretraining size, resize them the way the original "
-        "DINO code does (bicubic, scale factor (n + 0.1) / sqrt(N)); ocbench does this, timm's own resize differs slightly",
-        "",
-        "## Input channels",
-        "",
-        "| index | channel |",
-        "|---|---|",
-    ]
-    lines += [f"| {i} | {channel} |" for i, channel in enumerate(channels)]
-    lines += [
-        "",
-        "## Provenance",
-        "",
-        f"- original checkpoint: {meta.get('source_url') or meta.get('source') or '-'}",
-        f"- sha256 of the original checkpoint: `{meta.get('source_sha256', '-')}`",
-        f"- entry used: `{meta.get('checkpoint_key') or 'bare state dict'}`",
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "import timm",
-        f'model = timm.create_model("hf-hub:<this repo>", pretrained=True)  # {arch}, num_classes=0',
-        "```",
-        "",
-        "With ocbench, point a backbone card's `source` at `hf-hub:<this repo>@<commit>` and run "
-        "`ocbench embed --backbone NAME ...`.",
-        "",
-        "## License",
-        "",
-        f"{meta.get('license') or 'See the original release.'}",
-    ]
-    citation = meta.get("citation")
-    if citation:
-        lines += ["", "## Citation", "", "```bibtex" if citation.lstrip().startswith("@") else "```", citation.strip(), "```"]
-    return "\n".join(lines) + "\n"
-
-
-def _hub_license(text: str) -> str:
-    """Hub license id: known ids pass through, anything else is 'other'."""
-    known = {"apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-nc-4.0", "cc-by-sa-4.0", "cc0-1.0", "gpl-3.0"}
-    value = (text or "").strip().lower()
-    return value if value in known else "other"
 
 
 def _first_line(exc: object) -> str:

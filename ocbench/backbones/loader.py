@@ -7,8 +7,15 @@ sha256 differs from the ``weights_sha256`` its folder's ``config.json`` records 
 damaged since). ``builtin:`` cards need no file: the
 classical baseline has no weights, the random-init control is built under a fixed torch seed.
 
-:func:`resolve_identity` gives the same weights sha256 / revision / preprocess key without
-building the model, so an embedding cache hit never loads it.
+:func:`resolve_identity` gives the same weights sha256 / revision / preprocess key (and the
+weights' provenance: matched to a published checksum or not) without building the model, so an
+embedding cache hit never loads it.
+
+Precision (``precision=``): ``"fp32"`` (the default everywhere, so numbers compare across
+hardware) or ``"bf16"``: bf16 autocast around the ViT forward, on CUDA only. On CPU, bf16 is
+refused in one line (CPU autocast is slow without bf16 hardware and would only change the
+numbers); the classical baseline always computes in float32 (percentiles, histograms) and is
+recorded as ``fp32`` whatever was asked.
 """
 
 from __future__ import annotations
@@ -21,9 +28,15 @@ from pathlib import Path
 import torch
 
 from ocbench.backbones.adapters import ChannelAdapter, parse_channels
-from ocbench.backbones.cards import BackboneCard, get_card
+from ocbench.backbones.card import BackboneCard
 from ocbench.backbones.preprocess import model_inputs, preprocess_key
+from ocbench.backbones.sources import UNVERIFIED_NOTE, resolve_weights
+from ocbench.backbones.weights_folder import check_recorded_sha256, file_sha256, read_import_record
+from ocbench.data.compartments import CHANNELS
 from ocbench.errors import ConfigError, DataError
+
+#: ``precision=`` values: float32, or bf16 autocast (CUDA only).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 @dataclass(eq=False)
@@ -37,12 +50,18 @@ class Backbone:
     revision: str | None  # resolved Hub commit, url checkpoint sha256, builtin version string, or None
     weights_path: Path | None = None
     load_time_s: float = 0.0
-    #: bf16 autocast around the forward (CUDA ViTs); CPU and the classical baseline stay float32.
-    autocast_bf16: bool = False
+    #: "fp32", or "bf16" (autocast around the forward; CUDA ViTs only, see :func:`effective_precision`).
+    precision: str = "fp32"
+    #: Provenance of the weights (see :class:`BackboneIdentity`).
+    identity: "BackboneIdentity | None" = None
 
     @property
     def name(self) -> str:
         return self.card.name
+
+    @property
+    def autocast_bf16(self) -> bool:
+        return self.precision == "bf16"
 
     @property
     def preprocess_key(self) -> str:
@@ -52,9 +71,9 @@ class Backbone:
     def feature_dim(self) -> int:
         return self.card.feature_dim
 
-    def adapter(self, spec: str | None = None) -> ChannelAdapter:
-        """Parse a channel spec for this backbone (None: the card's default)."""
-        return parse_channels(spec, self.card)
+    def adapter(self, spec: str | None = None, channels: tuple[str, ...] = CHANNELS) -> ChannelAdapter:
+        """Parse a channel spec for this backbone and a dataset's channels (None: the card's default)."""
+        return parse_channels(spec, self.card, channels)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Model input (N, in_chans, H, W), already normalized -> (N, feature_dim) float32."""
@@ -62,16 +81,22 @@ class Backbone:
             raise DataError(f"{self.card.name} expects model input (N, {self.card.in_chans}, H, W); got {tuple(x.shape)}")
         with torch.inference_mode():
             x = x.to(self.device, dtype=torch.float32, non_blocking=True)
-            # bf16 autocast on CUDA only: CPU features stay float32 (and bit-reproducible).
+            # bf16 autocast only when asked for (CUDA only): fp32 features compare across hardware.
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.autocast_bf16):
                 features = self.model(x).float()
         # A clone made outside inference mode is an ordinary tensor: callers may modify it in place.
         return features.clone()
 
-    def prepare(self, batch: torch.Tensor, adapter: ChannelAdapter | str | None = None) -> list[torch.Tensor]:
-        """uint16 FOVs (N, 2, H, W) in CHANNELS order -> normalized model inputs, one per adapter view."""
-        if not isinstance(adapter, ChannelAdapter):
-            adapter = parse_channels(adapter, self.card)
+    def prepare(self, batch: torch.Tensor, adapter: ChannelAdapter | None = None) -> list[torch.Tensor]:
+        """uint16 images (N, C, H, W) in the adapter's channel order -> normalized model inputs, one
+        per adapter view. ``adapter`` None: the card's default for OpenCell's channels."""
+        if adapter is None:
+            adapter = parse_channels(None, self.card)
+        elif not isinstance(adapter, ChannelAdapter):
+            raise ConfigError(
+                f"channel adapter must be a ChannelAdapter, not {type(adapter).__name__}; "
+                "use backbone.adapter(spec) or parse_channels(spec, card, channels)"
+            )
         if not isinstance(batch, torch.Tensor):
             batch = torch.as_tensor(batch)
         if batch.dtype == torch.uint16 and self.device.type != "cpu":
@@ -79,11 +104,11 @@ class Backbone:
         with torch.inference_mode():
             return model_inputs(batch.to(self.device, non_blocking=True), self.card, adapter)
 
-    def embed_raw(self, batch: torch.Tensor, adapter: ChannelAdapter | str | None = None) -> torch.Tensor:
-        """uint16 FOVs (N, 2, H, W) in CHANNELS order -> (N, feature_dim * adapter.n_views) float32.
+    def embed_raw(self, batch: torch.Tensor, adapter: ChannelAdapter | None = None) -> torch.Tensor:
+        """uint16 images (N, C, H, W) in the adapter's channel order -> (N, feature_dim * adapter.n_views) float32.
 
         Intensity rule, resize policy, channel adapter and normalization of the card, then the
-        model under ``torch.inference_mode``; views (replicate) are concatenated in CHANNELS order.
+        model under ``torch.inference_mode``; views (replicate) are concatenated in channel order.
         """
         views = self.prepare(batch, adapter)
         features = [self.embed(view) for view in views]
@@ -91,7 +116,7 @@ class Backbone:
 
     def describe(self) -> str:
         sha = (self.weights_sha256 or "-")[:12]
-        return f"{self.card.name} on {self.device} (weights sha256 {sha}, revision {self.revision or '-'})"
+        return f"{self.card.name} on {self.device}, {self.precision} (weights sha256 {sha}, revision {self.revision or '-'})"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,12 +168,31 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], pa
 
 @dataclass(frozen=True)
 class BackboneIdentity:
-    """What identifies a backbone's numbers, known without building the model (embedding cache keys)."""
+    """What identifies a backbone's numbers, known without building the model (embedding cache keys).
+
+    Provenance: ``weights_verified`` is True when the weights match a checksum their publisher
+    published (the Hub's sha256, a card's ``sha256``), False when nothing published vouches for
+    them (then ``weights_note`` says so in words, for entries and the board), None without weights.
+    ``source_sha256``/``source_filename``: the downloaded or imported file the weights came from.
+    """
 
     weights_sha256: str | None
     revision: str | None
     preprocess_key: str
     weights_path: Path | None = None
+    weights_verified: bool | None = None
+    weights_note: str | None = None
+    source_sha256: str | None = None
+    source_filename: str | None = None
+
+    def provenance(self) -> dict:
+        """The keys embeddings' meta (and entries) record about where the weights came from."""
+        return {
+            "weights_verified": self.weights_verified,
+            "weights_note": self.weights_note,
+            "weights_source_sha256": self.source_sha256,
+            "weights_source_file": self.source_filename,
+        }
 
 
 def _random_init_revision(card: BackboneCard) -> str:
@@ -158,41 +202,54 @@ def _random_init_revision(card: BackboneCard) -> str:
     return f"random-init-seed{card.init_seed}-timm{version('timm')}-torch{torch.__version__}"
 
 
+def _require_card(card: object, what: str) -> BackboneCard:
+    if not isinstance(card, BackboneCard):
+        raise ConfigError(
+            f"{what} expects a BackboneCard, got {type(card).__name__}; resolve a name once with get_card(name)"
+        )
+    return card
+
+
 def resolve_identity(
-    name_or_card: str | BackboneCard,
+    card: BackboneCard,
     *,
     cache_dir: str | os.PathLike | None = None,
     weights: str | os.PathLike | None = None,
 ) -> BackboneIdentity:
-    """weights sha256, revision and preprocess key of a backbone, fetching weights if needed but
-    never building the model. ``load_backbone`` reports exactly these values."""
-    card = get_card(name_or_card)
+    """weights sha256, revision, preprocess key and provenance of a backbone, fetching weights if
+    needed but never building the model. ``load_backbone`` reports exactly these values."""
+    card = _require_card(card, "resolve_identity")
     key = preprocess_key(card)
     if weights is not None:
-        from ocbench.backbones.sources import check_recorded_sha256, file_sha256
-
         path = Path(weights).expanduser()
         if not path.is_file():
             raise DataError(f"weights file {path} does not exist")
         sha256 = file_sha256(path)
         check_recorded_sha256(path, sha256, card.name)  # an imported folder's model.safetensors
-        return BackboneIdentity(sha256, None, key, path)
-    if card.source_kind == "builtin":
-        if card.source_target == "classical-stats":
+        record = read_import_record(path.parent) or {}
+        return BackboneIdentity(
+            sha256, None, key, path, weights_verified=False, weights_note=UNVERIFIED_NOTE,
+            source_sha256=record.get("source_sha256"), source_filename=record.get("source_filename") or path.name,
+        )
+    source = card.weights_source
+    if source.kind == "builtin":
+        if source.target == "classical-stats":
             from ocbench.backbones.classical import CLASSICAL_VERSION
 
             return BackboneIdentity(None, f"classical-v{CLASSICAL_VERSION}", key)
-        if card.source_target == "random-init":
+        if source.target == "random-init":
             return BackboneIdentity(None, _random_init_revision(card), key)
         raise ConfigError(
             f"backbone card '{card.name}': unknown builtin source '{card.source}' (known: builtin:classical-stats, builtin:random-init)"
         )
-    from ocbench.backbones.sources import resolve_weights
-
     resolved = resolve_weights(card, cache_dir=cache_dir)
     if resolved.path is None:
         raise ConfigError(f"backbone '{card.name}': source {card.source} gave no weights file")
-    return BackboneIdentity(resolved.sha256, resolved.revision, key, Path(resolved.path))
+    return BackboneIdentity(
+        resolved.sha256, resolved.revision, key, Path(resolved.path),
+        weights_verified=resolved.verified, weights_note=resolved.note,
+        source_sha256=resolved.source_sha256, source_filename=resolved.source_filename,
+    )
 
 
 def _build_builtin(card: BackboneCard) -> torch.nn.Module:
@@ -214,27 +271,38 @@ def _build_builtin(card: BackboneCard) -> torch.nn.Module:
     return ViTCLSFeatures(vit)
 
 
-def uses_bf16_autocast(card: BackboneCard, device: str | torch.device) -> bool:
-    """ViTs run under bf16 autocast on GPU; the classical statistics need float32 (percentiles,
-    histograms). Part of the embedding cache key, since it changes the numbers."""
-    return torch.device(device).type == "cuda" and card.source != "builtin:classical-stats"
+def effective_precision(card: BackboneCard, device: str | torch.device, precision: str = "fp32") -> str:
+    """The precision a run of ``card`` on ``device`` computes in: ``precision`` checked, with the
+    classical baseline always ``fp32``. Part of the embedding cache key, since it changes the numbers."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or card.source == "builtin:classical-stats":
+        return "fp32"
+    if torch.device(device).type != "cuda":
+        raise ConfigError(
+            f"precision bf16 runs on CUDA only (bf16 autocast); this run is on {device}: use precision fp32 (the default)"
+        )
+    return "bf16"
 
 
 def load_backbone(
-    name_or_card: str | BackboneCard,
+    card: BackboneCard,
     *,
     device: str | torch.device | None = "cpu",
     cache_dir: str | os.PathLike | None = None,
     weights: str | os.PathLike | None = None,
+    precision: str = "fp32",
 ) -> Backbone:
     """Build the card's model on ``device`` with its weights; see :class:`Backbone`.
 
     ``weights`` loads this safetensors file instead of the card's source (e.g. a checkpoint you
-    trained); it must fit the card's architecture exactly.
+    trained); it must fit the card's architecture exactly. ``precision``: "fp32" or "bf16" (see
+    the module docstring).
     """
     started = time.perf_counter()
-    card = get_card(name_or_card)
+    card = _require_card(card, "load_backbone")
     target = resolve_device(device)
+    used_precision = effective_precision(card, target, precision)
     identity = resolve_identity(card, cache_dir=cache_dir, weights=weights)
     if identity.weights_path is None:
         model = _build_builtin(card)
@@ -258,5 +326,6 @@ def load_backbone(
         revision=identity.revision,
         weights_path=identity.weights_path,
         load_time_s=time.perf_counter() - started,
-        autocast_bf16=uses_bf16_autocast(card, target),
+        precision=used_precision,
+        identity=identity,
     )

@@ -1,33 +1,37 @@
-"""From uint16 OpenCell FOVs to what a backbone sees: intensity rule, resize policy, normalization.
+"""From uint16 dataset images (OpenCell FOVs) to what a backbone sees: intensity rule, resize policy, normalization.
 
 Order (fixed, and part of :func:`preprocess_key`):
 
-1. **intensity** (per image and per OpenCell channel, on the raw counts):
+1. **intensity** (per image and per dataset channel, on the raw counts):
    ``percentile-<lo>-<hi>`` maps the lo-th percentile to 0 and the hi-th to 1, clipped to [0, 1]
    (numpy's linear percentile); a channel whose percentiles coincide becomes all zero.
    ``raw`` keeps counts as float32; ``unit`` divides by 65535.
-2. **resize** on the two channels: ``none`` (native size, e.g. 600 px), ``resize-<S>`` (bilinear,
+2. **resize** on the dataset's channels: ``none`` (native size, e.g. 600 px), ``resize-<S>`` (bilinear,
    antialiased, to SxS) or ``center-crop-<S>``.
 3. the **channel adapter** places the channels into the model's inputs; unused inputs are zero.
 4. **normalization** of the model input: ``imagenet`` ((x - mean) / std per RGB channel),
    ``self`` (per-image per-channel z-score as in Dino4Cells: (x - mean) / (std + 1e-7), population
    std, so an all-zero input channel stays zero) or ``none``.
 
-Only the parsers are needed by the (torch-free) cards; torch is imported inside the tensor functions.
+The rule parsers live in :mod:`ocbench.backbones.specs`; torch is imported inside the tensor functions.
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
+from ocbench.backbones.adapters import ChannelAdapter
+from ocbench.backbones.card import BackboneCard
+from ocbench.backbones.specs import parse_intensity, parse_resize
 from ocbench.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ocbench.backbones.adapters import ChannelAdapter
-    from ocbench.backbones.cards import BackboneCard
+__all__ = [
+    "PREPROCESS_VERSION", "preprocess_key", "describe_preprocess", "model_inputs", "scale_intensity",
+    "resize_images", "normalize", "quantiles", "parse_intensity", "parse_resize",
+]
 
 #: Bump when the meaning of any rule below changes: cached embeddings then become misses.
 PREPROCESS_VERSION = 1
@@ -36,37 +40,13 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 SELF_NORM_EPS = 1e-7
 
-_NUMBER = r"(\d+(?:\.\d+)?)"
 
-
-def parse_intensity(rule: str) -> tuple:
-    """``("percentile", lo, hi)``, ``("raw",)`` or ``("unit",)``; ConfigError otherwise."""
-    if rule in ("raw", "unit"):
-        return (rule,)
-    match = re.fullmatch(rf"percentile-{_NUMBER}-{_NUMBER}", str(rule))
-    if match:
-        lo, hi = float(match.group(1)), float(match.group(2))
-        if 0.0 <= lo < hi <= 100.0:
-            return ("percentile", lo, hi)
-    raise ConfigError(f"intensity rule '{rule}' is not one of: raw, unit, percentile-<lo>-<hi> with 0 <= lo < hi <= 100")
-
-
-def parse_resize(policy: str) -> tuple:
-    """``("none",)``, ``("resize", size)`` or ``("center-crop", size)``; ConfigError otherwise."""
-    if policy == "none":
-        return ("none",)
-    match = re.fullmatch(r"(resize|center-crop)-(\d+)", str(policy))
-    if match and int(match.group(2)) > 0:
-        return (match.group(1), int(match.group(2)))
-    raise ConfigError(f"resize policy '{policy}' is not one of: none, resize-<size>, center-crop-<size>")
-
-
-def preprocess_key(card: "BackboneCard") -> str:
+def preprocess_key(card: BackboneCard) -> str:
     """Stable, filesystem-safe string of everything here that changes the features (cache keys)."""
     return f"pp{PREPROCESS_VERSION}_{card.intensity}_{card.normalization}_{card.resize}"
 
 
-def describe_preprocess(card: "BackboneCard") -> str:
+def describe_preprocess(card: BackboneCard) -> str:
     """One human line, e.g. for ``ocbench backbones show``."""
     intensity = parse_intensity(card.intensity)
     if intensity[0] == "percentile":
@@ -186,13 +166,12 @@ def normalize(x: "torch.Tensor", normalization: str) -> "torch.Tensor":
     raise ConfigError(f"unknown normalization '{normalization}'")
 
 
-def model_inputs(batch: "torch.Tensor", card: "BackboneCard", adapter: "ChannelAdapter") -> "list[torch.Tensor]":
-    """uint16 batch (N, 2, H, W) in CHANNELS order -> one normalized model input per adapter view."""
-    from ocbench.data.compartments import CHANNELS
-
-    if batch.ndim != 4 or batch.shape[1] != len(CHANNELS):
+def model_inputs(batch: "torch.Tensor", card: BackboneCard, adapter: ChannelAdapter) -> "list[torch.Tensor]":
+    """uint16 batch (N, C, H, W) in the adapter's channel order -> one normalized model input per view."""
+    channels = adapter.channels
+    if batch.ndim != 4 or batch.shape[1] != len(channels):
         raise DataError(
-            f"expected a batch of shape (N, {len(CHANNELS)}, H, W) in channel order {', '.join(CHANNELS)}; "
+            f"expected a batch of shape (N, {len(channels)}, H, W) in channel order {', '.join(channels)}; "
             f"got {tuple(batch.shape)}"
         )
     if adapter.in_chans != card.in_chans:

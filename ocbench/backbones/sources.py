@@ -26,173 +26,147 @@ A card's ``source`` is one of
 ``<cache>`` is ``cache_dir`` when given, else :func:`ocbench.paths.cache_dir`. ``HF_HUB_OFFLINE=1``
 also stops ``url:`` downloads. Failures are one-line :class:`ConfigError`/:class:`DataError`
 messages that say what to do.
+
+Provenance (:class:`ResolvedWeights` ``verified``/``note``): weights match a published checksum
+when a Hub file's sha256 is the one the Hub publishes for it, or a ``url:`` file's is the card's
+``sha256``. A ``url:`` card without ``sha256`` (trusted on first download), a checkpoint imported
+under such a card, and local weights are "weights not matched to a published checksum".
+
+The folder layout and checksums are :mod:`~ocbench.backbones.weights_folder`, downloads
+:mod:`~ocbench.backbones.download`, checkpoint conversion :mod:`~ocbench.backbones.dino_import`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import re
 import socket
-import struct
-import tempfile
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from ocbench import __version__
-from ocbench._io import sha256_file
-from ocbench.errors import ConfigError, DataError
+from ocbench.backbones.card import BackboneCard
+from ocbench.backbones.dino_import import fetch_and_convert, is_checkpoint_url
+from ocbench.backbones.download import download_file, download_target, first_line, offline_mode
+from ocbench.backbones.weights_folder import (
+    CONFIG_FILENAME,
+    WEIGHTS_FILENAME,
+    check_recorded_sha256,
+    check_safetensors_header,
+    file_sha256,
+    folder_for,
+    read_import_record,
+    recorded_sha256,
+)
+from ocbench.errors import ConfigError
 from ocbench.paths import cache_dir as default_cache_dir
 
-WEIGHTS_FILENAME = "model.safetensors"
-CONFIG_FILENAME = "config.json"
+__all__ = [
+    "ResolvedWeights",
+    "resolve_weights",
+    "weights_dir",
+    "UNVERIFIED_NOTE",
+    # the layout helpers, re-exported for callers that used them from here
+    "WEIGHTS_FILENAME",
+    "CONFIG_FILENAME",
+    "file_sha256",
+    "recorded_sha256",
+    "check_recorded_sha256",
+    "check_safetensors_header",
+    "offline_mode",
+    "download_file",
+]
+
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt")
+
+#: What an entry (and the board) says about weights no published checksum vouches for.
+UNVERIFIED_NOTE = "weights not matched to a published checksum"
 
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    """Weights of one backbone on local disk (all None for a card without weights)."""
+    """Weights of one backbone on local disk (path, sha256 and revision None for a card without weights).
+
+    Provenance: ``verified`` is True when the weights match a checksum their publisher published
+    (the Hub's sha256 of the file, or the card's ``sha256`` of a ``url:`` download), False when
+    nothing published vouches for them (a ``url:`` card without ``sha256``, a checkpoint imported
+    under such a card, local weights), None without weights. ``note`` says it in words when False.
+    ``source_sha256``/``source_filename``: the file the weights came from (the downloaded or
+    imported checkpoint before conversion), when known.
+    """
 
     path: Path | None  # a safetensors file
     sha256: str | None  # of that safetensors file
     revision: str | None  # resolved Hub commit sha, or the sha256 of the downloaded url file
+    verified: bool | None = None
+    note: str | None = None
+    source_sha256: str | None = None
+    source_filename: str | None = None
 
 
-def resolve_weights(card: Any, *, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> ResolvedWeights:
+def _provenance(verified: bool, **source) -> dict:
+    return {"verified": verified, "note": None if verified else UNVERIFIED_NOTE, **source}
+
+
+def resolve_weights(
+    card: BackboneCard, *, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> ResolvedWeights:
     """Make the card's weights available locally (downloading/converting at most once)."""
-    kind, value = parse_source(card)
+    if not isinstance(card, BackboneCard):
+        raise ConfigError(f"resolve_weights expects a BackboneCard, got {type(card).__name__}; resolve names with get_card(name)")
+    source = card.weights_source
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if kind == "none":
+    if source.kind == "builtin":
         return ResolvedWeights(path=None, sha256=None, revision=None)
-    if kind == "hf-hub":
-        path, revision = _resolve_hf_hub(card, value)
-    elif kind == "timm":
-        path, revision = _resolve_hf_hub(card, _timm_hub_id(card, value))
-    elif kind == "url":
-        path, revision = _resolve_url(card, value, root, progress)
+    if source.kind == "hf-hub":
+        path, revision = _resolve_hf_hub(card, source.target, source.revision)
+    elif source.kind == "timm":
+        path, revision = _resolve_hf_hub(card, _timm_hub_id(card, source.target), None)
+    elif source.kind == "url":
+        path, revision = _resolve_url(card, root, progress)
     else:  # local
-        path, revision = _resolve_local(card, value, root), None
+        path, revision = _resolve_local(card, source.target, root), None
     check_safetensors_header(path)
     sha256 = file_sha256(path)
-    if kind in ("url", "local"):  # Hub files are checked by huggingface_hub
-        check_recorded_sha256(path, sha256, _name(card))
-    return ResolvedWeights(path=path, sha256=sha256, revision=revision)
+    if source.kind in ("url", "local"):  # Hub files are checked by huggingface_hub
+        check_recorded_sha256(path, sha256, card.name)
+    return ResolvedWeights(path=path, sha256=sha256, revision=revision, **_weights_provenance(card, path, sha256, revision))
 
 
-def parse_source(card: Any) -> tuple[str, str]:
-    """``(kind, value)`` with kind one of ``hf-hub``, ``timm``, ``url``, ``local``, ``none``."""
-    source = getattr(card, "source", None)
-    text = (source or "").strip()
-    kind, sep, value = text.partition(":")
-    if not text or kind == "builtin":
-        return "none", value.strip()
-    if sep and kind in ("hf-hub", "timm", "url", "local") and value.strip():
-        return kind, value.strip()
-    raise ConfigError(
-        f"card {_name(card)!r}: source {source!r} is not one of hf-hub:<org>/<name>[@rev], timm:<model>, "
-        "url:<address>, local:<dir>, builtin:<what>; fix the card"
+def _weights_provenance(card: BackboneCard, path: Path, sha256: str, revision: str | None) -> dict:
+    source = card.weights_source
+    if source.kind in ("hf-hub", "timm"):
+        # The Hub cache stores a file as blobs/<etag>, and an LFS file's etag is the sha256 the Hub
+        # publishes for it: equal means these are the published bytes.
+        blob = Path(os.path.realpath(path)).name
+        return _provenance(bool(_SHA256.fullmatch(blob)) and blob == sha256)
+    if source.kind == "url":
+        record = read_import_record(path.parent) if path.name == WEIGHTS_FILENAME else None
+        if record is not None and record.get("source_sha256") == revision:  # a converted checkpoint
+            filename = record.get("source_filename") or download_target(source.target, ".").name
+        else:
+            filename = path.name
+        # revision is the sha256 of the downloaded (or imported) file; download_file and the
+        # conversion check hold it to the card's sha256 when the card publishes one.
+        return _provenance(source.sha256 is not None and revision == source.sha256,
+                           source_sha256=revision, source_filename=filename)
+    record = read_import_record(path.parent) if path.name == WEIGHTS_FILENAME else None
+    return _provenance(
+        False,
+        source_sha256=(record or {}).get("source_sha256"),
+        source_filename=(record or {}).get("source_filename"),
     )
 
 
-def weights_dir(card: Any, cache_dir: str | os.PathLike | None = None) -> Path:
+def weights_dir(card: BackboneCard, cache_dir: str | os.PathLike | None = None) -> Path:
     """Hub-style folder where converted weights of ``card`` live: ``<cache>/weights/<card name>``."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / "weights" / _name(card)
-
-
-def expected_sha256(card: Any) -> str | None:
-    """The published checksum the card gives for a ``url:`` checkpoint (lower-case hex), if any."""
-    value = getattr(card, "sha256", None)
-    if not value:
-        return None
-    value = str(value).strip().lower()
-    if not _SHA256.fullmatch(value):
-        raise ConfigError(f"card {_name(card)!r}: sha256 {value!r} is not 64 hex digits; fix the card")
-    return value
-
-
-def offline_mode() -> bool:
-    """``HF_HUB_OFFLINE`` as set now (huggingface_hub itself reads it once, at import)."""
-    from_env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-    try:
-        from huggingface_hub import constants
-
-        return from_env or bool(constants.HF_HUB_OFFLINE)
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        return from_env
-
-
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, remembered per (real path, size, mtime) so repeated loads hash once."""
-    real = os.path.realpath(path)
-    stat = os.stat(real)
-    key = (real, stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_MEMO:
-        _SHA_MEMO[key] = sha256_file(real)
-    return _SHA_MEMO[key]
-
-
-def recorded_sha256(path: str | os.PathLike) -> str | None:
-    """The ``ocbench.weights_sha256`` that ``config.json`` beside a ``model.safetensors`` records, if any."""
-    path = Path(path)
-    if path.name != WEIGHTS_FILENAME:
-        return None
-    try:
-        meta = json.loads((path.parent / CONFIG_FILENAME).read_text(encoding="utf-8")).get("ocbench")
-    except (OSError, ValueError, AttributeError):
-        return None  # no config (or not ours): nothing recorded
-    value = meta.get("weights_sha256") if isinstance(meta, dict) else None
-    return value.lower() if isinstance(value, str) and _SHA256.fullmatch(value.lower()) else None
-
-
-def check_recorded_sha256(path: str | os.PathLike, sha256: str, card_name: str | None = None) -> None:
-    """Refuse weights whose sha256 differs from the one their folder's ``config.json`` records."""
-    recorded = recorded_sha256(path)
-    if recorded is not None and sha256 != recorded:
-        path = Path(path)
-        raise DataError(
-            f"{path}: sha256 {sha256[:12]}... differs from weights_sha256 {recorded[:12]}... recorded in {path.parent / CONFIG_FILENAME} "
-            f"(damaged or changed after the import); re-import it with `ocbench backbones import {card_name or 'NAME'}` "
-            "(same --checkpoint/--out as before)"
-        )
-
-
-def default_file_mode() -> int:
-    """The mode a plain ``open(..., "w")`` gives a new file (0666 less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def check_safetensors_header(path: Path) -> None:
-    """Cheap integrity check (header only): a truncated or foreign file fails here, not deep in torch."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ValueError("file shorter than the 8-byte header length")
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > size - 8 or header_len > 100_000_000:
-                raise ValueError(f"header length {header_len} exceeds the file size {size}")
-            header = json.loads(fh.read(header_len))
-        ends = [info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"]
-        if ends and max(ends) > size - 8 - header_len:
-            raise ValueError("tensor data runs past the end of the file (truncated?)")
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: not a valid safetensors file ({reason}); delete it and fetch/import the weights again") from exc
+    return folder_for(card.name, cache_dir)
 
 
 # --------------------------------------------------------------------------------------- hf-hub
@@ -257,7 +231,7 @@ def _quiet_hub_logging() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _resolve_hf_hub(card: Any, repo_ref: str) -> tuple[Path, str | None]:
+def _resolve_hf_hub(card: BackboneCard, repo_id: str, revision: str | None) -> tuple[Path, str | None]:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.utils import (
         EntryNotFoundError,
@@ -268,8 +242,9 @@ def _resolve_hf_hub(card: Any, repo_ref: str) -> tuple[Path, str | None]:
         RevisionNotFoundError,
     )
 
-    repo_id, _, revision = repo_ref.partition("@")
-    where = f"card {_name(card)!r}: hf-hub:{repo_ref}"
+    revision = revision or ""
+    repo_ref = f"{repo_id}@{revision}" if revision else repo_id
+    where = f"card {card.name!r}: hf-hub:{repo_ref}"
     offline = offline_mode()
     unreachable = None  # the address that refused us, when the quick probe failed
     try:
@@ -308,7 +283,7 @@ def _resolve_hf_hub(card: Any, repo_ref: str) -> tuple[Path, str | None]:
             "(convert with `ocbench backbones import` and push with `ocbench backbones push`)"
         ) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise ConfigError(f"{where}: could not fetch {WEIGHTS_FILENAME} ({_first_line(exc)}); check the network or pre-fill the cache") from exc
+        raise ConfigError(f"{where}: could not fetch {WEIGHTS_FILENAME} ({first_line(exc)}); check the network or pre-fill the cache") from exc
     path = Path(found)
     # hf_hub_download returns <cache>/models--org--name/snapshots/<commit sha>/<file>.
     snapshot = path.parent
@@ -316,16 +291,16 @@ def _resolve_hf_hub(card: Any, repo_ref: str) -> tuple[Path, str | None]:
     return path, resolved
 
 
-def _timm_hub_id(card: Any, model_name: str) -> str:
+def _timm_hub_id(card: BackboneCard, model_name: str) -> str:
     import timm
 
     try:
         cfg = timm.models.get_pretrained_cfg(model_name)
     except RuntimeError as exc:  # unknown tag
-        raise ConfigError(f"card {_name(card)!r}: timm has no pretrained weights {model_name!r} ({_first_line(exc)})") from exc
+        raise ConfigError(f"card {card.name!r}: timm has no pretrained weights {model_name!r} ({first_line(exc)})") from exc
     if cfg is None or not getattr(cfg, "hf_hub_id", None):
         raise ConfigError(
-            f"card {_name(card)!r}: timm's pretrained config for {model_name!r} names no Hugging Face Hub repo; "
+            f"card {card.name!r}: timm's pretrained config for {model_name!r} names no Hugging Face Hub repo; "
             "use an hf-hub: or url: source"
         )
     return cfg.hf_hub_id
@@ -334,126 +309,19 @@ def _timm_hub_id(card: Any, model_name: str) -> str:
 # ------------------------------------------------------------------------------------------ url
 
 
-def _resolve_url(card: Any, url: str, root: Path, progress: bool) -> tuple[Path, str | None]:
-    expected = expected_sha256(card)
-    url_path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
-    filename = Path(url_path).name or "download"
-    is_checkpoint = filename.lower().endswith(_CHECKPOINT_SUFFIXES)
-
-    if is_checkpoint:
-        folder = weights_dir(card, root)
-        source_sha = _converted_source_sha(card, folder, url, expected)
-        if source_sha is not None:  # converted before: no network, no re-conversion
-            return folder / WEIGHTS_FILENAME, source_sha
-
-    # One folder per address, so two sources with the same file name never share a download.
-    target = root / "downloads" / hashlib.sha256(url.encode("utf-8")).hexdigest()[:16] / filename
-    source_sha = download_file(url, target, expected, progress=progress, card_name=_name(card))
-    if not is_checkpoint:
-        return target, source_sha
-
-    from ocbench.backbones.dino_import import import_dino_checkpoint
-
-    folder = import_dino_checkpoint(target, card, weights_dir(card, root), source_url=url, source_sha256=source_sha)
-    return folder / WEIGHTS_FILENAME, source_sha
-
-
-def _converted_source_sha(card: Any, folder: Path, url: str, expected: str | None) -> str | None:
-    """The source checksum recorded in an earlier conversion, if that conversion is of this checkpoint
-    and for this card's architecture (a card edited since then converts again)."""
-    config_path = folder / CONFIG_FILENAME
-    if not (config_path.is_file() and (folder / WEIGHTS_FILENAME).is_file()):
-        return None
-    try:
-        meta = json.loads(config_path.read_text(encoding="utf-8")).get("ocbench", {})
-    except (OSError, ValueError, AttributeError):
-        return None
-    weights_recorded = recorded_sha256(folder / WEIGHTS_FILENAME)
-    if weights_recorded is not None and file_sha256(folder / WEIGHTS_FILENAME) != weights_recorded:
-        return None  # damaged since: convert again (from the verified download)
-    recorded = meta.get("source_sha256")
-    same_model = (meta.get("arch"), meta.get("arch_kwargs"), meta.get("in_chans")) == (
-        getattr(card, "arch", None), dict(getattr(card, "arch_kwargs", {}) or {}), getattr(card, "in_chans", None))
-    if not same_model:
-        return None
-    if expected is not None:
-        return recorded if recorded == expected else None
-    # Without a published checksum, trust a conversion of the same address.
-    return recorded if meta.get("source_url") == url else None
-
-
-def download_file(
-    url: str,
-    target: Path,
-    expected_sha256: str | None = None,
-    *,
-    progress: bool = True,
-    card_name: str | None = None,
-    timeout: float = 60.0,
-) -> str:
-    """Download ``url`` to ``target`` once; returns the file's sha256.
-
-    An existing ``target`` with the right checksum is reused. The download goes to a ``.part``
-    file beside ``target`` that is renamed only after the checksum matched; on any failure nothing
-    is left behind.
-    """
-    import urllib.error
-    import urllib.request
-
-    from tqdm.auto import tqdm
-
-    target = Path(target)
-    if target.is_file():
-        have = sha256_file(target)
-        if expected_sha256 is None or have == expected_sha256:
-            return have
-        target.unlink()  # stale or corrupted copy: fetch again
-    hint = f"`ocbench backbones import {card_name} --checkpoint PATH`" if card_name else f"put the file at {target}"
-    if offline_mode():
-        raise ConfigError(f"{url}: not downloaded yet and HF_HUB_OFFLINE is set; unset it, or pre-fill the cache with {hint}")
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; a shared cache needs the usual mode
-    part = Path(tmp_name)
-    digest = hashlib.sha256()
-    request = urllib.request.Request(url, headers={"User-Agent": f"ocbench/{__version__}"})
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            written = 0
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name,
-                      disable=None if progress else True) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    written += len(chunk)
-                    bar.update(len(chunk))
-            if total is not None and written != total:
-                raise ConfigError(f"{url}: download stopped after {written} of {total} bytes; run the command again")
-        got = digest.hexdigest()
-        if expected_sha256 is not None and got != expected_sha256:
-            raise DataError(
-                f"{url}: downloaded file has sha256 {got} but the card expects {expected_sha256}; nothing was cached "
-                "(the file changed upstream or the download was corrupted)"
-            )
-        os.replace(part, target)
-        return got
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        if isinstance(exc, urllib.error.HTTPError):
-            reason = f"HTTP {exc.code} {exc.reason}"
-        raise ConfigError(f"{url}: download failed ({_first_line(reason)}); check the network, or pre-fill the cache with {hint}") from exc
-    finally:
-        if part.exists():
-            part.unlink()
+def _resolve_url(card: BackboneCard, root: Path, progress: bool) -> tuple[Path, str | None]:
+    source = card.weights_source
+    if is_checkpoint_url(source.target):  # a training checkpoint: converted once, then read from the folder
+        folder, source_sha = fetch_and_convert(card, cache_dir=root, progress=progress)
+        return folder / WEIGHTS_FILENAME, source_sha
+    target = download_target(source.target, root)
+    return target, download_file(source.target, target, source.sha256, progress=progress, card_name=card.name)
 
 
 # ---------------------------------------------------------------------------------------- local
 
 
-def _resolve_local(card: Any, location: str, root: Path) -> Path:
+def _resolve_local(card: BackboneCard, location: str, root: Path) -> Path:
     path = Path(location).expanduser()
     if not (path.is_absolute() or location.startswith((".", "~"))):
         path = root / "weights" / location
@@ -462,21 +330,9 @@ def _resolve_local(card: Any, location: str, root: Path) -> Path:
     weights = path / WEIGHTS_FILENAME
     if not path.is_dir():
         raise ConfigError(
-            f"card {_name(card)!r}: local weights folder {path} does not exist; train the model with ocbench or run "
-            f"`ocbench backbones import {_name(card)} --checkpoint PATH`"
+            f"card {card.name!r}: local weights folder {path} does not exist; train the model with ocbench or run "
+            f"`ocbench backbones import {card.name} --checkpoint PATH`"
         )
     if not weights.is_file():
-        raise ConfigError(f"card {_name(card)!r}: {path} has no {WEIGHTS_FILENAME}; a local source is a Hub-style folder")
+        raise ConfigError(f"card {card.name!r}: {path} has no {WEIGHTS_FILENAME}; a local source is a Hub-style folder")
     return weights
-
-
-# --------------------------------------------------------------------------------------- helpers
-
-
-def _name(card: Any) -> str:
-    return str(getattr(card, "name", card))
-
-
-def _first_line(exc: object) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

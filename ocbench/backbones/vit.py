@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ocbench.backbones.card import BackboneCard
 from ocbench.errors import ConfigError
 
 # DINO adds this to the target grid before dividing by sqrt(N), see module docstring.
@@ -47,7 +48,7 @@ DINO_INTERPOLATION_OFFSET = 0.1
 
 
 def build_vit(
-    card_or_arch: Any,
+    card_or_arch: BackboneCard | str,
     arch_kwargs: Mapping[str, Any] | None = None,
     in_chans: int | None = None,
 ) -> nn.Module:
@@ -64,8 +65,8 @@ def build_vit(
     else:
         card = card_or_arch
         arch = card.arch
-        card_kwargs = dict(getattr(card, "arch_kwargs", None) or {})
-        card_in_chans = getattr(card, "in_chans", None)
+        card_kwargs = dict(card.arch_kwargs or {})
+        card_in_chans = card.in_chans
         label = f"card {card.name!r}"
     kwargs = dict(card_kwargs)
     kwargs.update(arch_kwargs or {})

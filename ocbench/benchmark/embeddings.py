@@ -1,38 +1,57 @@
-"""Cached embedding extraction: any backbone becomes a function from OpenCell FOVs to features.
+"""Cached embedding extraction: any backbone becomes a function from dataset images to features.
 
 One directory per cache key under ``<cache>/embeddings/``::
 
     <backbone>__<adapter>__<hash16>/
-        shard-00000000.safetensors   features (n, D) float32 for FOVs [start, stop) of the dataset
+        shard-00000000.safetensors   features (n, D) float32 for items [start, stop) of the dataset
         shard-00000256.safetensors   ...
         manifest.json                written last: the "complete" marker, with meta and shard hashes
+    .locks/<backbone>__<adapter>__<hash16>.lock   one process at a time per key (``ocbench._lock``)
 
 The key hashes everything that changes the numbers: dataset version, backbone name, weights
-sha256 and revision, channel adapter, preprocessing and the on-disk format version. Shards are
-written atomically as soon as they are full, so an interrupted run resumes at the first missing
-shard. Once ``manifest.json`` exists, a second call reads the shards back and never loads the model.
+sha256 and revision, channel adapter, preprocessing, precision and the on-disk format version.
+Shards are written atomically as soon as they are full, so an interrupted run resumes at the first
+missing shard. Once ``manifest.json`` exists, a second call reads the shards back and never loads
+the model.
 
-Each shard carries its FOV ids, its range and a sha256 of its feature bytes in the safetensors
+Each shard carries its item ids, its range and a sha256 of its feature bytes in the safetensors
 metadata, so a truncated or altered shard is caught with a one-line :class:`DataError`.
+
+**Image files changed since.** The dataset version covers the manifest (ids, paths, labels), not
+the pixels. So every shard also records, per item, the image file's size, mtime, ctime and the
+sha256 of its bytes, hashed while the image is read for the model. A later call compares size and
+times of every file (a ``stat``, no reading); a file whose size or times differ is hashed again,
+and if its content differs, the shards holding it are computed again, with a warning naming the
+changed files (a file only touched gets its new times recorded). A cache without these records
+(an older ocbench) is extracted again once. Datasets whose items are not files (no ``path(i)``)
+are not checked (``meta["content_checked"]`` is False).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
 import shutil
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ocbench import __version__ as _ocbench_version
 from ocbench import paths
 from ocbench._io import atomic_path, atomic_write, sha256_bytes, sha256_file
+from ocbench._lock import file_lock
+from ocbench.backbones.adapters import ChannelAdapter, parse_channels
+from ocbench.backbones.card import BackboneCard
 from ocbench.errors import ConfigError, DataError, OcbenchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ocbench.backbones.loader import Backbone
 
 #: Bump when the shard layout or the meaning of stored features changes: old caches become misses.
 EMBEDDING_FORMAT_VERSION = 1
@@ -40,18 +59,24 @@ EMBEDDING_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 _SHARD_PATTERN = re.compile(r"^shard-(\d{8})\.safetensors$")
 _FEATURES = "features"
+#: How many changed file names a warning or ``meta["changed_files"]`` lists.
+_NAMED_CHANGES = 5
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Embeddings:
-    """Features of every FOV of a dataset, in dataset order.
+    """Features of every item (FOV) of a dataset, in dataset order.
 
-    ``meta`` holds: backbone, weights_sha256, revision, adapter, preprocess, dataset_version, n,
-    dim, wall_time_s, images_per_s, device, cache_hit, plus extraction_device, n_computed,
-    n_reused, batch_size, num_workers, format_version, ocbench, created. ``device`` is where
-    this call resolved ``device`` to (where downstream work should run). On a cache hit,
-    ``wall_time_s``/``images_per_s``/``extraction_device`` describe the run that computed the
-    features and ``load_time_s`` is the time taken to read them back.
+    ``meta`` holds: backbone, weights_sha256, revision, adapter, preprocess, precision,
+    dataset_version, n, dim, wall_time_s, images_per_s, device, cache_hit, plus
+    extraction_device, n_computed, n_reused, batch_size, num_workers, format_version, ocbench,
+    created; the weights' provenance (weights_verified, weights_note, weights_source_sha256,
+    weights_source_file; see ``BackboneIdentity``); and the image-file check: content_checked
+    (False for datasets whose items are not files), n_changed_files and changed_files (the first
+    few names) for files whose content changed since their features were cached (computed again).
+    ``device`` is where this call resolved ``device`` to (where downstream work should run). On a
+    cache hit, ``wall_time_s``/``images_per_s``/``extraction_device`` describe the run that
+    computed the features and ``load_time_s`` is the time taken to read them back.
     """
 
     features: np.ndarray  # (N, D) float32, row i is fov_ids[i]
@@ -125,6 +150,94 @@ def _identity_dict(
     }
 
 
+#: ``precision`` as it enters the key: bf16 keeps the name older releases used for their (always
+#: bf16-autocast) GPU features, so those caches still hit.
+_KEY_PRECISION = {"fp32": "fp32", "bf16": "bf16-autocast"}
+
+
+# --------------------------------------------------------------------------------------------
+# Image files: what each cached item was computed from
+
+#: Per item: [size, mtime_ns, ctime_ns, sha256 of the file's bytes] (None when not a file).
+FileRecord = list
+
+
+def _file_record(path: Path, data: bytes, stat: os.stat_result) -> FileRecord:
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, hashlib.sha256(data).hexdigest()]
+
+
+def _stat_key(stat: os.stat_result) -> tuple[int, int, int]:
+    # ctime too: a tool that restores mtime after writing (cp -p, rsync -t) cannot restore ctime.
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def _read_item(dataset, index: int, hashed: bool) -> tuple[np.ndarray, FileRecord | None]:
+    """The image (via ``dataset.read``) and, for file-backed datasets, its file record.
+
+    The file's bytes are read and hashed right before the reader decodes it (so the second read
+    comes from the page cache); a file that changes in between is read again.
+    """
+    if not hashed:
+        return np.ascontiguousarray(dataset.read(index)), None
+    path = Path(dataset.path(index))
+    for _ in range(3):
+        try:
+            before = os.stat(path)
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            break  # the reader says it in its own words
+        image = np.ascontiguousarray(dataset.read(index))
+        after = os.stat(path)
+        if _stat_key(before) == _stat_key(after) and len(data) == after.st_size:
+            return image, _file_record(path, data, after)
+    image = np.ascontiguousarray(dataset.read(index))  # raises for a missing file
+    raise DataError(f"{path}: the file changed while it was being read; run again once nothing writes to it")
+
+
+def _is_file_backed(dataset) -> bool:
+    return callable(getattr(dataset, "path", None))
+
+
+def _check_files(dataset, records: Sequence[FileRecord | None], indices: Sequence[int]) -> tuple[list[int], dict[int, FileRecord]]:
+    """Items among ``indices`` whose file content differs from ``records`` (changed), and new
+    records for files only touched since (same content, other times)."""
+    changed: list[int] = []
+    refreshed: dict[int, FileRecord] = {}
+    for i in indices:
+        record = records[i]
+        path = Path(dataset.path(i))
+        try:
+            stat = os.stat(path)
+        except OSError:
+            changed.append(i)  # gone: computing it again reports the file in the reader's words
+            continue
+        if record is not None and list(_stat_key(stat)) == list(record[:3]):
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError:
+            changed.append(i)
+            continue
+        new = _file_record(path, data, stat)
+        if record is not None and new[3] == record[3]:
+            refreshed[i] = new
+        else:
+            changed.append(i)
+    return changed, refreshed
+
+
+def _warn_changed(dataset, changed: Sequence[int], key_dir: Path) -> list[str]:
+    names = [Path(dataset.path(i)).name for i in changed[:_NAMED_CHANGES]]
+    more = f" and {len(changed) - len(names)} more" if len(changed) > len(names) else ""
+    warnings.warn(
+        f"{len(changed)} image file(s) changed since their embeddings were cached in {key_dir} "
+        f"({', '.join(names)}{more}); computing those again",
+        stacklevel=3,
+    )
+    return names
+
+
 # --------------------------------------------------------------------------------------------
 # Shards
 
@@ -133,8 +246,21 @@ def _shard_name(start: int) -> str:
     return f"shard-{start:08d}.safetensors"
 
 
-def _write_shard(path: Path, features: np.ndarray, fov_ids: Sequence[str], start: int, key: str) -> str:
+def _cache_write_error(path: Path, exc: BaseException) -> OcbenchError:
+    """Disk full, read-only or vanished cache folder: one line naming the path."""
+    text = str(exc).strip()
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or (text.splitlines()[0] if text else type(exc).__name__)
+    return OcbenchError(
+        f"{path}: could not write the embedding cache ({reason}); free space on that disk, or use another cache "
+        "folder (ocbench --cache-dir DIR ...)"
+    )
+
+
+def _write_shard(
+    path: Path, features: np.ndarray, fov_ids: Sequence[str], start: int, key: str, files: Sequence[FileRecord | None]
+) -> str:
     """Write one shard atomically; returns the file's sha256 (recorded in the manifest)."""
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     features = np.ascontiguousarray(features, dtype=np.float32)
@@ -145,16 +271,20 @@ def _write_shard(path: Path, features: np.ndarray, fov_ids: Sequence[str], start
         "stop": str(start + len(fov_ids)),
         "fov_ids": json.dumps(list(fov_ids)),
         "features_sha256": sha256_bytes(features.tobytes()),
+        "files": json.dumps(list(files)),
     }
-    with atomic_path(path) as tmp:
-        save_file({_FEATURES: features}, str(tmp), metadata=metadata)
-    return sha256_file(path)
+    try:
+        with atomic_path(path) as tmp:
+            save_file({_FEATURES: features}, str(tmp), metadata=metadata)
+        return sha256_file(path)
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as a SafetensorError
+        raise _cache_write_error(path, exc) from None
 
 
-def _corrupt(path: Path, why: str) -> DataError:
+def _corrupt(path: Path, why: str, key_dir: Path | None = None) -> DataError:
+    folder = key_dir if key_dir is not None else path.parent
     return DataError(
-        f"embedding cache shard {path} is corrupt ({why}); delete {path.parent} or rerun with "
-        f"recompute=True (--recompute) to extract again"
+        f"embedding cache {path} is corrupt ({why}); delete the folder {folder} (or pass --recompute) to extract again"
     )
 
 
@@ -165,6 +295,7 @@ class _Shard:
     stop: int
     fov_ids: tuple[str, ...]
     features: np.ndarray
+    files: tuple[FileRecord | None, ...] | None  # None: written before file records existed
 
 
 def _read_shard(path: Path, key: str) -> _Shard:
@@ -182,15 +313,18 @@ def _read_shard(path: Path, key: str) -> _Shard:
         fov_ids = tuple(json.loads(metadata["fov_ids"]))
         checksum = metadata["features_sha256"]
         shard_key = metadata["key"]
+        files = tuple(json.loads(metadata["files"])) if "files" in metadata else None
     except (KeyError, ValueError, TypeError) as exc:
         raise _corrupt(path, f"bad metadata: {exc}") from None
     if shard_key != key:
         raise _corrupt(path, f"belongs to key {shard_key}")
     if features.dtype != np.float32 or features.ndim != 2 or features.shape[0] != stop - start or len(fov_ids) != stop - start:
         raise _corrupt(path, f"features {features.dtype}{tuple(features.shape)} do not match range [{start}, {stop})")
+    if files is not None and len(files) != stop - start:
+        raise _corrupt(path, f"{len(files)} file records for range [{start}, {stop})")
     if sha256_bytes(np.ascontiguousarray(features).tobytes()) != checksum:
         raise _corrupt(path, "feature checksum mismatch")
-    return _Shard(path, start, stop, fov_ids, features)
+    return _Shard(path, start, stop, fov_ids, features, files)
 
 
 def _existing_shards(key_dir: Path) -> dict[int, Path]:
@@ -229,28 +363,31 @@ def _plan_shards(n: int, reusable: dict[int, int], shard_size: int) -> list[tupl
 # Data loading
 
 
-class _FovImages:
-    """torch-style map dataset: index -> (index, uint16 array (2,H,W)) read by the OpenCell reader.
+class _Images:
+    """torch-style map dataset: index -> (index, uint16 array (C,H,W), file record or None).
 
     User errors raised while reading (a bad TIFF) are returned, not raised, so that a DataLoader
-    worker hands them back intact and the main process re-raises the one-line message.
+    worker hands them back intact and the main process re-raises the one-line message. The file's
+    bytes are hashed here, in the worker, while the image is read for the model anyway.
     """
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, hashed: bool):
         self.dataset = dataset
+        self.hashed = hashed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
         try:
-            return index, np.ascontiguousarray(self.dataset.read(index))
+            image, record = _read_item(self.dataset, index, self.hashed)
+            return index, image, record
         except OcbenchError as exc:
-            return index, exc
+            return index, exc, None
 
 
 class _MixedSizes(Exception):
-    """Two FOVs of different sizes in one batch; the main process names their files."""
+    """Two images of different sizes in one batch; the main process names their files."""
 
     def __init__(self, index_a: int, shape_a: tuple, index_b: int, image_b) -> None:
         super().__init__(index_a, shape_a, index_b, image_b.shape)
@@ -259,23 +396,24 @@ class _MixedSizes(Exception):
         index_a, shape_a, index_b, shape_b = self.args
         return DataError(
             f"{dataset.path(index_b)}: image of shape {tuple(shape_b)} while {Path(dataset.path(index_a)).name} "
-            f"in the same batch is {tuple(shape_a)}; pass --batch-size 1 for datasets with mixed FOV sizes"
+            f"in the same batch is {tuple(shape_a)}; pass --batch-size 1 for datasets with mixed image sizes"
         )
 
 
 def _collate(items):
-    """-> (indices, uint16 tensor (N,2,H,W)), or (indices, OcbenchError) for the main process to raise."""
+    """-> (indices, uint16 tensor (N,C,H,W), records), or (indices, error, records) for the main process to raise."""
     import torch
 
-    indices = [i for i, _ in items]
-    for _, image in items:
+    indices = [i for i, _, _ in items]
+    records = [record for _, _, record in items]
+    for _, image, _ in items:
         if isinstance(image, BaseException):
-            return indices, image
-    first_index, first = items[0]
-    odd = next(((i, image) for i, image in items if image.shape != first.shape), None)
+            return indices, image, records
+    first_index, first, _ = items[0]
+    odd = next(((i, image) for i, image, _ in items if image.shape != first.shape), None)
     if odd is not None:
-        return indices, _MixedSizes(first_index, first.shape, *odd)
-    return indices, torch.from_numpy(np.stack([image for _, image in items]))
+        return indices, _MixedSizes(first_index, first.shape, *odd), records
+    return indices, torch.from_numpy(np.stack([image for _, image, _ in items])), records
 
 
 def _batches(ranges: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
@@ -283,54 +421,71 @@ def _batches(ranges: Sequence[tuple[int, int]], batch_size: int) -> list[list[in
     return [list(range(b, min(b + batch_size, stop))) for start, stop in ranges for b in range(start, stop, batch_size)]
 
 
-def _resolve_device(device) -> str:
-    """"auto"/None -> "cuda" when available, else "cpu" (ConfigError for CUDA without CUDA)."""
-    from ocbench.backbones.loader import resolve_device
-
-    return str(resolve_device(device))
-
-
 # --------------------------------------------------------------------------------------------
 # Backbone, adapter and identity
 
 
-def _resolve_backbone(backbone) -> tuple[Any, Any]:
-    """-> (card, loaded Backbone or None). Accepts a card name, a card, or an already loaded Backbone."""
+def _dataset_channels(dataset) -> tuple[str, ...] | None:
+    card = getattr(dataset, "card", None)
+    names = getattr(card, "channel_names", None)
+    return tuple(names) if names else None
+
+
+def _resolve_at_the_edge(dataset, backbone, adapter) -> tuple[Any, ChannelAdapter]:
+    """Names (a card name, a channel spec string or None) resolved once, for callers that pass
+    what a user typed (``ocbench embed``); everything below takes objects."""
     if isinstance(backbone, str):
         from ocbench.backbones.cards import get_card
 
-        return get_card(backbone), None
-    if hasattr(backbone, "embed_raw"):  # a loaded Backbone (tests, benchmarks, callers that reuse a model)
-        return backbone.card, backbone
-    if hasattr(backbone, "name"):
-        return backbone, None
-    raise ConfigError(f"backbone must be a card name, a BackboneCard or a loaded Backbone, not {type(backbone).__name__}")
-
-
-def _resolve_adapter(adapter, card):
+        backbone = get_card(backbone)
     if adapter is None or isinstance(adapter, str):
-        from ocbench.backbones.adapters import parse_channels
+        card = backbone if isinstance(backbone, BackboneCard) else getattr(backbone, "card", None)
+        if not isinstance(card, BackboneCard):
+            raise ConfigError(f"backbone must be a BackboneCard or a loaded Backbone, not {type(backbone).__name__}")
+        from ocbench.data.compartments import CHANNELS
 
-        return parse_channels(adapter, card)
-    if not hasattr(adapter, "key"):
-        raise ConfigError(f"channels must be a spec string or a ChannelAdapter, not {type(adapter).__name__}")
+        adapter = parse_channels(adapter, card, _dataset_channels(dataset) or CHANNELS)
+    return backbone, adapter
+
+
+def _split_backbone(backbone) -> tuple[BackboneCard, "Backbone | None"]:
+    """-> (card, loaded Backbone or None) for a BackboneCard or an already loaded Backbone."""
+    from ocbench.backbones.loader import Backbone
+
+    if isinstance(backbone, Backbone):  # tests, benchmarks, callers that reuse a model
+        return backbone.card, backbone
+    if isinstance(backbone, BackboneCard):
+        return backbone, None
+    raise ConfigError(f"backbone must be a BackboneCard or a loaded Backbone, not {type(backbone).__name__}")
+
+
+def _check_adapter(adapter, card: BackboneCard, dataset) -> ChannelAdapter:
+    if not isinstance(adapter, ChannelAdapter):
+        raise ConfigError(f"channels must be a ChannelAdapter (see parse_channels), not {type(adapter).__name__}")
+    if adapter.in_chans != card.in_chans:
+        raise ConfigError(f"channel adapter {adapter.key} is for {adapter.in_chans} input channels; {card.name} has {card.in_chans}")
+    channels = _dataset_channels(dataset)
+    if channels is not None and tuple(c.lower() for c in channels) != tuple(c.lower() for c in adapter.channels):
+        raise ConfigError(
+            f"channel adapter {adapter.key} is for the channels {', '.join(adapter.channels)}; the dataset's are "
+            f"{', '.join(channels)}: parse the spec with the dataset's channel names"
+        )
     return adapter
 
 
-def _backbone_identity(card, loaded) -> dict[str, str | None]:
-    """weights sha256, revision and preprocessing key, without building the model when possible."""
-    if loaded is not None:
-        return {
-            "weights_sha256": loaded.weights_sha256,
-            "revision": loaded.revision,
-            "preprocess": loaded.preprocess_key,
-        }
+def _backbone_identity(card: BackboneCard, loaded: "Backbone | None") -> dict[str, Any]:
+    """weights sha256, revision, preprocessing key and provenance, without building the model."""
     from ocbench.backbones import loader
 
-    # The loader resolves these from the card and the local weight files only (no model build),
-    # which is what lets a cache hit skip loading the model.
+    if loaded is not None:
+        ident = loaded.identity
+        provenance = ident.provenance() if ident is not None else loader.BackboneIdentity(None, None, "").provenance()
+        return {"weights_sha256": loaded.weights_sha256, "revision": loaded.revision,
+                "preprocess": loaded.preprocess_key, "provenance": provenance}
+    # From the card and the local weight files only (no model build): a cache hit never loads it.
     ident = loader.resolve_identity(card)
-    return {"weights_sha256": ident.weights_sha256, "revision": ident.revision, "preprocess": ident.preprocess_key}
+    return {"weights_sha256": ident.weights_sha256, "revision": ident.revision, "preprocess": ident.preprocess_key,
+            "provenance": ident.provenance()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,33 +499,75 @@ def _read_manifest(key_dir: Path) -> dict:
         manifest["shards"], manifest["meta"], manifest["fov_ids"]  # noqa: B018 - presence check
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(
-            f"embedding cache manifest {path} is unreadable ({type(exc).__name__}); delete {key_dir} or rerun "
-            f"with recompute=True (--recompute)"
+            f"embedding cache manifest {path} is unreadable ({type(exc).__name__}); delete the folder {key_dir} "
+            "(or pass --recompute) to extract again"
         ) from None
     return manifest
 
 
-def _load_complete(key_dir: Path, key: str, fov_ids: Sequence[str]) -> tuple[np.ndarray, dict]:
-    manifest = _read_manifest(key_dir)
+def _load_complete(key_dir: Path, key: str, fov_ids: Sequence[str], manifest: dict) -> np.ndarray:
     if list(manifest["fov_ids"]) != list(fov_ids):
         raise DataError(
-            f"embedding cache {key_dir} lists other FOVs than the dataset; delete it or rerun with recompute=True (--recompute)"
+            f"embedding cache {key_dir} lists other items than the dataset; delete the folder {key_dir} "
+            "(or pass --recompute) to extract again"
         )
     parts, pos = [], 0
     for entry in manifest["shards"]:
         path = key_dir / entry["file"]
         if not path.is_file():
-            raise _corrupt(path, "missing")
+            raise _corrupt(path, "missing", key_dir)
         if sha256_file(path) != entry["sha256"]:
-            raise _corrupt(path, "file sha256 differs from manifest")
+            raise _corrupt(path, "file sha256 differs from manifest", key_dir)
         shard = _read_shard(path, key)
         if shard.start != pos or list(shard.fov_ids) != list(fov_ids[shard.start : shard.stop]):
-            raise _corrupt(path, f"range [{shard.start}, {shard.stop}) does not continue at {pos}")
+            raise _corrupt(path, f"range [{shard.start}, {shard.stop}) does not continue at {pos}", key_dir)
         parts.append(shard.features)
         pos = shard.stop
     if pos != len(fov_ids):
-        raise DataError(f"embedding cache {key_dir} covers {pos} of {len(fov_ids)} FOVs; delete it or rerun with recompute=True")
-    return np.concatenate(parts, axis=0), manifest["meta"]
+        raise DataError(
+            f"embedding cache {key_dir} covers {pos} of {len(fov_ids)} items; delete the folder {key_dir} "
+            "(or pass --recompute) to extract again"
+        )
+    return np.concatenate(parts, axis=0)
+
+
+def _write_manifest(key_dir: Path, manifest: dict) -> None:
+    path = key_dir / MANIFEST_NAME
+    try:
+        with atomic_write(path) as fh:  # the "complete" marker: written last
+            json.dump(manifest, fh, indent=1)
+    except OSError as exc:
+        raise _cache_write_error(path, exc) from None
+
+
+def _drop_stale_complete(dataset, key_dir: Path, manifest: dict, n: int) -> tuple[list[int], list[str], bool]:
+    """Check a finished cache's image files. Returns (changed item indices, their first names,
+    whether the cache is still complete); removes the manifest and the shards holding changed
+    items when it is not, and records new times for files only touched."""
+    records = manifest.get("files")
+    if records is None or len(records) != n:
+        warnings.warn(
+            f"{key_dir} was cached without image-file checksums (an older ocbench); extracting again once",
+            stacklevel=3,
+        )
+        shutil.rmtree(key_dir)
+        return [], [], False
+    changed, refreshed = _check_files(dataset, records, range(n))
+    if changed:
+        names = _warn_changed(dataset, changed, key_dir)
+        (key_dir / MANIFEST_NAME).unlink()
+        hit = set(changed)
+        for entry in manifest["shards"]:
+            first = int(entry.get("start", 0))
+            stop = int(entry.get("stop", first))
+            if any(first <= i < stop for i in hit):
+                (key_dir / entry["file"]).unlink(missing_ok=True)
+        return changed, names, False
+    if refreshed:
+        for i, record in refreshed.items():
+            records[i] = record
+        _write_manifest(key_dir, manifest)
+    return [], [], True
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,8 +576,8 @@ def _load_complete(key_dir: Path, key: str, fov_ids: Sequence[str]) -> tuple[np.
 
 def extract_embeddings(
     dataset,
-    backbone,
-    adapter=None,
+    backbone: "BackboneCard | Backbone",
+    adapter: ChannelAdapter | None = None,
     *,
     batch_size: int = 16,
     device: str | None = "auto",
@@ -389,64 +586,128 @@ def extract_embeddings(
     shard_size: int = 256,
     progress: bool = True,
     recompute: bool = False,
+    precision: str = "fp32",
+    lock_timeout: float | None = None,
 ) -> Embeddings:
-    """Embed every FOV of ``dataset`` with ``backbone`` (cached; resumable); see the module docstring.
+    """Embed every item of ``dataset`` with ``backbone`` (cached; resumable); see the module docstring.
 
-    ``dataset``: an OpenCellDataset (``fov_ids``, ``version``, ``read(i)``, ``len``).
-    ``backbone``: a card name, a BackboneCard, or an already loaded Backbone.
-    ``adapter``: channel spec string, ChannelAdapter, or None for the card's default.
+    ``dataset``: ``fov_ids``, ``version``, ``read(i)``, ``len``; ``path(i)`` (the image file) for
+    the changed-file check; ``card.channel_names`` when it has a dataset card.
+    ``backbone``: a BackboneCard, or an already loaded Backbone.
+    ``adapter``: a ChannelAdapter for the dataset's channels (None: the card's default).
     ``device``: "auto" (CUDA when available), "cpu", "cuda[:i]".
-    ``num_workers``: DataLoader worker processes decoding TIFFs in parallel with the model.
+    ``num_workers``: DataLoader worker processes decoding (and hashing) images in parallel with the model.
     ``cache_dir``: folder of embedding caches (default ``<ocbench cache>/embeddings``).
-    ``shard_size``: FOVs per shard; a killed run loses at most one shard of work.
+    ``shard_size``: items per shard; a killed run loses at most one shard of work.
     ``recompute``: delete this key's cache first and extract again.
+    ``precision``: "fp32" (default) or "bf16" (autocast, CUDA only); part of the key, in ``meta``.
+    ``lock_timeout``: seconds to wait for another process extracting the same key (None: as long as it takes).
+
+    A card name or a channel spec string (what a user typed) is also accepted and resolved once,
+    here, for the command line.
     """
     started = time.perf_counter()
     for name, value, low in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1), ("num_workers", num_workers, 0)):
-        if not isinstance(value, int) or value < low:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    card, loaded = _resolve_backbone(backbone)
-    adapter = _resolve_adapter(adapter, card)
-    ident = _backbone_identity(card, loaded)
+    if isinstance(backbone, str) or adapter is None or isinstance(adapter, str):
+        backbone, adapter = _resolve_at_the_edge(dataset, backbone, adapter)
+    card, loaded = _split_backbone(backbone)
+    adapter = _check_adapter(adapter, card, dataset)
+    from ocbench.backbones.loader import effective_precision, resolve_device
+
+    device_name = str(loaded.device) if loaded is not None else str(resolve_device(device))
+    used_precision = effective_precision(card, device_name, precision)
+    if loaded is not None and loaded.precision != used_precision:
+        raise ConfigError(
+            f"backbone {card.name} was loaded with precision {loaded.precision}; pass precision={loaded.precision!r} "
+            "or load it again"
+        )
     fov_ids = list(dataset.fov_ids)
     n = len(fov_ids)
     if n == 0:
-        raise DataError("the dataset has no labelled FOVs to embed; check its annotations file")
+        raise DataError("the dataset has no labelled items to embed; check its annotations file")
+    ident = _backbone_identity(card, loaded)
     dataset_version = str(dataset.version)
-    device_name = _resolve_device(device) if loaded is None else str(loaded.device)
-    from ocbench.backbones.loader import uses_bf16_autocast
-
     identity = _identity_dict(
         dataset_version, card.name, ident["weights_sha256"], ident["revision"], adapter.key, ident["preprocess"],
         card_sha256=sha256_bytes(json.dumps(card.to_dict(), sort_keys=True, default=str).encode("utf-8")),
-        precision="bf16-autocast" if uses_bf16_autocast(card, device_name) else "fp32",
+        precision=_KEY_PRECISION[used_precision],
     )
     key = _key_of(identity)
-    key_dir = embedding_cache_dir(cache_dir) / key
+    root = embedding_cache_dir(cache_dir)
+    key_dir = root / key
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cache_write_error(root, exc) from None
+    with file_lock(root / ".locks" / f"{key}.lock", timeout=lock_timeout, what=f"the embeddings {key}"):
+        return _extract_locked(
+            dataset, card, loaded, adapter, fov_ids, key, key_dir, identity, ident,
+            started=started, batch_size=batch_size, device_name=device_name, num_workers=num_workers,
+            shard_size=shard_size, progress=progress, recompute=recompute, precision=used_precision,
+        )
 
+
+def _extract_locked(
+    dataset, card: BackboneCard, loaded, adapter: ChannelAdapter, fov_ids: list[str], key: str, key_dir: Path,
+    identity: dict, ident: dict, *, started: float, batch_size: int, device_name: str, num_workers: int,
+    shard_size: int, progress: bool, recompute: bool, precision: str,
+) -> Embeddings:
+    n = len(fov_ids)
+    hashed = _is_file_backed(dataset)
+    changed: list[int] = []
+    changed_names: list[str] = []
     if recompute and key_dir.exists():
         shutil.rmtree(key_dir)
     if (key_dir / MANIFEST_NAME).is_file():
-        features, stored_meta = _load_complete(key_dir, key, fov_ids)
-        meta = {
-            **stored_meta,
-            "cache_hit": True,
-            "load_time_s": round(time.perf_counter() - started, 4),
-            # Where downstream work (the task) should run now; the extraction's device stays recorded.
-            "device": device_name,
-        }
-        expected_dim = card.feature_dim * adapter.n_views
-        if features.shape[1] != expected_dim:
-            raise _corrupt(key_dir / MANIFEST_NAME, f"it holds {features.shape[1]}-dim features, the card gives {expected_dim}")
-        return Embeddings(features=features, fov_ids=fov_ids, key=key, meta=meta)
+        manifest = _read_manifest(key_dir)
+        complete = True
+        if hashed:
+            changed, changed_names, complete = _drop_stale_complete(dataset, key_dir, manifest, n)
+        if complete:
+            features = _load_complete(key_dir, key, fov_ids, manifest)
+            meta = {
+                **manifest["meta"],
+                **ident["provenance"],  # as known now (a card may have pinned a checksum since)
+                "precision": precision,
+                "content_checked": hashed,
+                "n_changed_files": 0,
+                "changed_files": [],
+                "cache_hit": True,
+                "load_time_s": round(time.perf_counter() - started, 4),
+                # Where downstream work (the task) should run now; the extraction's device stays recorded.
+                "device": device_name,
+            }
+            expected_dim = card.feature_dim * adapter.n_views
+            if features.shape[1] != expected_dim:
+                raise _corrupt(key_dir / MANIFEST_NAME, f"it holds {features.shape[1]}-dim features, the card gives {expected_dim}")
+            return Embeddings(features=features, fov_ids=fov_ids, key=key, meta=meta)
 
-    # Resume: shards already on disk are reused where they line up with the dataset.
+    # Resume: shards already on disk are reused where they line up with the dataset and their
+    # image files are unchanged.
     reusable: dict[int, Path] = {}
     stops: dict[int, int] = {}
-    for start, path in _existing_shards(key_dir).items():
-        stop = _shard_stop_from_header(path)
-        if 0 <= start < stop <= n:
-            reusable[start], stops[start] = path, stop
+    refreshed: dict[int, FileRecord] = {}
+    for start, path in sorted(_existing_shards(key_dir).items()):
+        stop, files = _shard_header(path)
+        if not 0 <= start < stop <= n:
+            continue
+        if hashed:
+            if files is None or len(files) != stop - start:
+                path.unlink(missing_ok=True)  # no file records (an older ocbench): compute again
+                continue
+            records: list = [None] * n
+            records[start:stop] = files
+            shard_changed, shard_refreshed = _check_files(dataset, records, range(start, stop))
+            if shard_changed:
+                changed.extend(shard_changed)
+                path.unlink(missing_ok=True)
+                continue
+            refreshed.update(shard_refreshed)
+        reusable[start], stops[start] = path, stop
+    if changed and not changed_names:
+        changed_names = _warn_changed(dataset, sorted(set(changed)), key_dir)
     todo = _plan_shards(n, stops, shard_size)
     done: dict[int, _Shard] = {}
     todo_stops = dict(todo)
@@ -457,7 +718,7 @@ def extract_embeddings(
             continue
         shard = _read_shard(reusable[pos], key)
         if list(shard.fov_ids) != fov_ids[shard.start : shard.stop]:
-            raise _corrupt(shard.path, "its FOV ids differ from the dataset's")
+            raise _corrupt(shard.path, "its item ids differ from the dataset's", key_dir)
         done[pos] = shard
         pos = shard.stop
 
@@ -467,26 +728,33 @@ def extract_embeddings(
         if loaded is None:
             from ocbench.backbones import loader as backbone_loader
 
-            loaded = backbone_loader.load_backbone(card, device=device_name)
+            loaded = backbone_loader.load_backbone(card, device=device_name, precision=precision)
         compute = _compute_shards(
             dataset, loaded, adapter, card, todo, key, key_dir, fov_ids, done,
             batch_size=batch_size, num_workers=num_workers, device=device_name,
-            progress=progress, n_already=n - n_todo,
+            progress=progress, n_already=n - n_todo, hashed=hashed,
         )
 
     shards = [done[start] for start in sorted(done)]
     dims = {s.features.shape[1] for s in shards}
     if len(dims) != 1:
-        raise DataError(f"embedding cache {key_dir} mixes feature sizes {sorted(dims)}; delete it or rerun with recompute=True")
+        raise DataError(f"embedding cache {key_dir} mixes feature sizes {sorted(dims)}; delete the folder {key_dir} (or pass --recompute)")
     features = np.concatenate([s.features for s in shards], axis=0)
+    files: list | None = None
+    if hashed:
+        files = [record for s in shards for record in s.files]
+        for i, record in refreshed.items():
+            files[i] = record
     wall = time.perf_counter() - started
     meta = {
         "backbone": card.name,
         "weights_sha256": ident["weights_sha256"],
         "revision": ident["revision"],
+        **ident["provenance"],
         "adapter": adapter.key,
         "preprocess": ident["preprocess"],
-        "dataset_version": dataset_version,
+        "precision": precision,
+        "dataset_version": str(dataset.version),
         "n": n,
         "dim": int(features.shape[1]),
         "wall_time_s": round(wall, 4),
@@ -496,6 +764,9 @@ def extract_embeddings(
         "cache_hit": False,
         "n_computed": n_todo,
         "n_reused": n - n_todo,
+        "content_checked": hashed,
+        "n_changed_files": len(set(changed)),
+        "changed_files": changed_names,
         "batch_size": batch_size,
         "num_workers": num_workers,
         "format_version": EMBEDDING_FORMAT_VERSION,
@@ -508,23 +779,25 @@ def extract_embeddings(
         "identity": identity,
         "meta": meta,
         "fov_ids": fov_ids,
+        "files": files,
         "shards": [
             {"file": s.path.name, "start": s.start, "stop": s.stop, "sha256": sha256_file(s.path)} for s in shards
         ],
     }
-    with atomic_write(key_dir / MANIFEST_NAME) as fh:  # the "complete" marker: written last
-        json.dump(manifest, fh, indent=1)
+    _write_manifest(key_dir, manifest)
     _remove_leftovers(key_dir, {s.path.name for s in shards})
     return Embeddings(features=features, fov_ids=fov_ids, key=key, meta=meta)
 
 
-def _shard_stop_from_header(path: Path) -> int:
-    """Read a shard's ``stop`` from its header only (cheap); unreadable shards are reported."""
+def _shard_header(path: Path) -> tuple[int, list | None]:
+    """A shard's ``stop`` and file records, from its header only (cheap); unreadable shards are reported."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="numpy") as fh:
-            return int((fh.metadata() or {})["stop"])
+            metadata = fh.metadata() or {}
+        files = json.loads(metadata["files"]) if "files" in metadata else None
+        return int(metadata["stop"]), files if isinstance(files, list) else None
     except Exception as exc:
         raise _corrupt(path, f"unreadable header: {type(exc).__name__}") from None
 
@@ -539,8 +812,8 @@ def _remove_leftovers(key_dir: Path, keep: set[str]) -> None:
 
 
 def _compute_shards(
-    dataset, loaded, adapter, card, todo, key, key_dir, fov_ids, done, *,
-    batch_size, num_workers, device, progress, n_already,
+    dataset, loaded, adapter: ChannelAdapter, card: BackboneCard, todo, key, key_dir, fov_ids, done, *,
+    batch_size, num_workers, device, progress, n_already, hashed,
 ) -> dict:
     """Run the model over the ranges in ``todo``, writing each shard as soon as it is full."""
     import torch
@@ -550,7 +823,7 @@ def _compute_shards(
     on_cuda = device.startswith("cuda")
     batches = _batches(todo, batch_size)
     loader = DataLoader(
-        _FovImages(dataset),
+        _Images(dataset, hashed),
         batch_sampler=batches,
         num_workers=num_workers,
         collate_fn=_collate,
@@ -558,13 +831,12 @@ def _compute_shards(
         persistent_workers=False,
         **({"prefetch_factor": 4} if num_workers > 0 else {}),
     )
-    expected_dim = None
-    if getattr(card, "feature_dim", None) and getattr(adapter, "n_views", None):
-        expected_dim = int(card.feature_dim) * int(adapter.n_views)
+    expected_dim = int(card.feature_dim) * int(adapter.n_views)
 
     shard_iter = iter(todo)
     shard_start, shard_stop = next(shard_iter)
     buffer: list[np.ndarray] = []
+    records: list[FileRecord | None] = []
     loop_started = time.perf_counter()
     bar = tqdm(
         total=len(fov_ids), initial=n_already, unit="img", desc=f"embed {card.name}",
@@ -572,7 +844,7 @@ def _compute_shards(
     )
     try:
         with torch.inference_mode():
-            for indices, images in loader:
+            for indices, images, batch_records in loader:
                 if isinstance(images, _MixedSizes):
                     raise images.to_error(dataset)
                 if isinstance(images, BaseException):
@@ -581,29 +853,30 @@ def _compute_shards(
                 features = output.detach().to("cpu", torch.float32).numpy()
                 _check_batch(features, indices, fov_ids, card, expected_dim)
                 buffer.append(features)
+                records.extend(batch_records)
                 bar.update(len(indices))
                 if indices[-1] + 1 == shard_stop:
                     shard_features = np.concatenate(buffer, axis=0)
                     path = key_dir / _shard_name(shard_start)
                     ids = fov_ids[shard_start:shard_stop]
-                    _write_shard(path, shard_features, ids, shard_start, key)
-                    done[shard_start] = _Shard(path, shard_start, shard_stop, tuple(ids), shard_features)
-                    buffer = []
+                    _write_shard(path, shard_features, ids, shard_start, key, records)
+                    done[shard_start] = _Shard(path, shard_start, shard_stop, tuple(ids), shard_features, tuple(records))
+                    buffer, records = [], []
                     shard_start, shard_stop = next(shard_iter, (None, None))
     finally:
         bar.close()
     return {"device": device, "loop_s": time.perf_counter() - loop_started}
 
 
-def _check_batch(features: np.ndarray, indices, fov_ids, card, expected_dim) -> None:
+def _check_batch(features: np.ndarray, indices, fov_ids, card: BackboneCard, expected_dim: int) -> None:
     if features.ndim != 2 or features.shape[0] != len(indices):
         raise ConfigError(
             f"backbone {card.name} returned features of shape {tuple(features.shape)} for a batch of {len(indices)}; "
             f"expected ({len(indices)}, D)"
         )
-    if expected_dim is not None and features.shape[1] != expected_dim:
+    if features.shape[1] != expected_dim:
         raise ConfigError(
-            f"backbone {card.name} returned {features.shape[1]} features per FOV, its card and adapter say {expected_dim}"
+            f"backbone {card.name} returned {features.shape[1]} features per item, its card and adapter say {expected_dim}"
         )
     finite = np.isfinite(features).all(axis=1)
     if not finite.all():

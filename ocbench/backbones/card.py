@@ -1,0 +1,176 @@
+"""The backbone card type: one frozen description per model (what :mod:`cards` registers by name).
+
+A card says everything needed to turn dataset images into that model's features reproducibly:
+where the weights come from (``source``, also as typed fields: :attr:`BackboneCard.weights_source`),
+which timm architecture to build, what each input channel means, how uint16 intensities become
+model input. What the seed paper reported for a backbone is not part of its card:
+``ocbench.reported`` keeps the paper's numbers (looked up by card name).
+
+Imports only :mod:`ocbench.backbones.specs` from this package (and no torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from ocbench.backbones.specs import SOURCE_KINDS, WeightsSource, parse_intensity, parse_resize, parse_source
+from ocbench.errors import ConfigError
+
+__all__ = ["BackboneCard", "SOURCE_KINDS", "NORMALIZATIONS", "WeightsSource", "channel_aliases"]
+
+NORMALIZATIONS: tuple[str, ...] = ("imagenet", "self", "none")
+
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class BackboneCard:
+    """Everything ocbench needs to know about one backbone.
+
+    Preprocessing, in order (see ``preprocess.py``): ``intensity`` turns uint16 counts into float
+    per image and channel, ``resize`` is applied to the dataset's channels, the channel adapter
+    places them into the model's ``in_chans`` inputs (others zero), then ``normalization`` is
+    applied to what the model sees.
+    """
+
+    name: str
+    #: ``hf-hub:<repo>[@revision]``, ``timm:<model>``, ``url:<address>``, ``local:<dir>`` or ``builtin:<what>``.
+    source: str
+    #: timm model name (ViTs) or the name of a built-in feature extractor.
+    arch: str
+    feature_dim: int
+    in_chans: int
+    #: What each model input channel carries, e.g. ("R", "G", "B") or ("microtubules", "protein", "nucleus", "er").
+    input_channels: tuple[str, ...]
+    #: Channel spec used when none is given (``adapters.parse_channels``).
+    default_channels: str
+    #: "imagenet" (ImageNet mean/std), "self" (per-image per-channel z-score, Dino4Cells) or "none".
+    normalization: str = "imagenet"
+    #: uint16 -> float rule: "percentile-<lo>-<hi>" (per image and channel, lo->0, hi->1, clipped),
+    #: "raw" (counts as float32) or "unit" (counts / 65535).
+    intensity: str = "percentile-0.1-99.9"
+    #: "none" (native size, e.g. 600 px; ViT position embeddings are interpolated), "resize-<S>", "center-crop-<S>".
+    resize: str = "none"
+    #: Pretraining resolution (size of the position-embedding grid); informational when resize is "none".
+    input_size: int | None = None
+    patch_size: int | None = None
+    #: Extra keyword arguments for ``timm.create_model`` (never in_chans / num_classes: set from the card).
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Optional one-letter aliases of the input channels, e.g. ("R", "G", "B", "Y") for HPA's RGBY.
+    channel_letters: tuple[str, ...] = ()
+    #: Expected sha256 of a ``url:`` download; None means "not known in advance: verified against
+    #: nothing on first download, then recorded and enforced from the cache".
+    sha256: str | None = None
+    #: Seed for ``builtin:random-init`` cards.
+    init_seed: int | None = None
+    pretraining: str = ""
+    license: str = ""
+    citation: str = ""
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        _validate_card(self)
+
+    def __hash__(self) -> int:  # arch_kwargs is a dict; names are unique in the registry anyway
+        return hash(self.name)
+
+    @cached_property
+    def weights_source(self) -> WeightsSource:
+        """``source`` (and ``sha256``) as typed fields: kind, target, revision, sha256.
+
+        Not a dataclass field: ``to_dict()`` (entries, cache keys) keeps the ``source`` string.
+        """
+        return parse_source(self.source, self.sha256)
+
+    @property
+    def source_kind(self) -> str:
+        return self.weights_source.kind
+
+    @property
+    def source_target(self) -> str:
+        """Everything after ``kind:`` (with ``@revision`` for a pinned Hub source), as written."""
+        return self.source.split(":", 1)[1].strip()
+
+    @property
+    def offline(self) -> bool:
+        """True when the card needs neither network nor weights that ocbench must train first."""
+        return self.source_kind == "builtin"
+
+    def unavailable_reason(self) -> str | None:
+        """Why this card cannot run on a fresh machine without network (None when it can)."""
+        if self.source_kind in ("hf-hub", "timm", "url"):
+            return f"needs network: {self.source}"
+        if self.source_kind == "local":
+            return f"needs local weights (e.g. trained by ocbench): {self.source}"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists) for result entries."""
+        return dataclasses.asdict(self)
+
+
+def _validate_card(card: BackboneCard) -> None:
+    def bad(field_name: str, why: str) -> ConfigError:
+        return ConfigError(f"backbone card '{card.name}': field {field_name} {why}")
+
+    if not isinstance(card.name, str) or not _NAME_PATTERN.match(card.name):
+        raise bad("name", "must be lower case letters, digits, '.', '_' or '-'")
+    try:
+        source = parse_source(card.source)
+    except ConfigError:
+        raise bad("source", f"'{card.source}' must start with one of {', '.join(k + ':' for k in SOURCE_KINDS)}") from None
+    if card.normalization not in NORMALIZATIONS:
+        raise bad("normalization", f"'{card.normalization}' must be one of {', '.join(NORMALIZATIONS)}")
+    if not isinstance(card.in_chans, int) or card.in_chans < 1:
+        raise bad("in_chans", "must be a positive integer")
+    if not isinstance(card.input_channels, tuple) or len(card.input_channels) != card.in_chans:
+        raise bad("input_channels", f"must be a tuple naming each of the {card.in_chans} input channels")
+    if card.channel_letters and len(card.channel_letters) != card.in_chans:
+        raise bad("channel_letters", f"must have {card.in_chans} letters or be empty")
+    if _alias_clash(card):
+        raise bad("input_channels", f"names and letters must be unique (case-insensitive): {_alias_clash(card)}")
+    if card.normalization == "imagenet" and card.in_chans != 3:
+        raise bad("normalization", "'imagenet' needs 3 input channels")
+    if not isinstance(card.feature_dim, int) or card.feature_dim < 1:
+        raise bad("feature_dim", "must be a positive integer")
+    if card.patch_size is not None and (not isinstance(card.patch_size, int) or card.patch_size < 1):
+        raise bad("patch_size", "must be a positive integer or None")
+    if card.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", card.sha256):
+        raise bad("sha256", "must be 64 lower-case hex digits or None")
+    if {"in_chans", "num_classes"} & set(card.arch_kwargs):
+        raise bad("arch_kwargs", "must not set in_chans or num_classes (they come from the card)")
+    if source.kind == "builtin" and source.target == "random-init" and card.init_seed is None:
+        raise bad("init_seed", "is required for builtin:random-init cards")
+    try:
+        parse_intensity(card.intensity)
+        parse_resize(card.resize)
+    except ConfigError as exc:
+        raise bad("intensity/resize", str(exc)) from None
+
+
+def channel_aliases(card: BackboneCard) -> dict[str, int]:
+    """Lower-case name or letter -> input channel index (what a channel spec may use besides an index)."""
+    aliases: dict[str, int] = {}
+    for index, name in enumerate(card.input_channels):
+        aliases.setdefault(name.lower(), index)
+        if card.channel_letters:
+            aliases.setdefault(card.channel_letters[index].lower(), index)
+    return aliases
+
+
+def _alias_clash(card: BackboneCard) -> str | None:
+    seen: dict[str, int] = {}
+    for index, name in enumerate(card.input_channels):
+        names = {name.lower()} | ({card.channel_letters[index].lower()} if card.channel_letters else set())
+        for alias in names:
+            if alias.isdigit():
+                return alias
+            if seen.setdefault(alias, index) != index:
+                return alias
+    return None
+
+
