@@ -136,6 +136,11 @@ def _run_options(fn):
         "--recompute", is_flag=True, help="Discard the cached embeddings of each backbone/channel key and extract again."
     )(fn)
     fn = click.option(
+        "--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+        help="Numeric precision of the backbone: fp32 (comparable across hardware) or bf16 (CUDA autocast, faster). "
+        "Part of the cache key; recorded in entries and shown on the board.",
+    )(fn)
+    fn = click.option(
         "--threads", type=click.IntRange(1), default=None,
         help="CPU threads for torch (default: the cores this process may use; fewer on a shared machine). "
         "Recorded in entries.",
@@ -183,7 +188,7 @@ def _print_outcomes(outcomes) -> None:
 @_dataset_options()
 @_run_options
 def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, annotations, min_grade,
-        seed, device, batch_size, workers, output, overwrite, recompute, threads):
+        seed, device, batch_size, workers, output, overwrite, recompute, threads, precision):
     """Benchmark backbone(s) on a task and write one entry JSON per configuration.
 
     \b
@@ -203,7 +208,7 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
     options = RunOptions(
         output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, split_file=Path(split_file) if split_file else None,
-        threads=threads or _available_cores(), recompute=recompute,
+        threads=threads or _available_cores(), recompute=recompute, precision=precision,
     )
     _print_outcomes(run_grid(cells, ds, options, on_done=_say_done))
 
@@ -216,7 +221,7 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
 @_dataset_options()
 @_run_options
 def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_grade,
-                   seed, device, batch_size, workers, output, overwrite, recompute, threads):
+                   seed, device, batch_size, workers, output, overwrite, recompute, threads, precision):
     """Probe every injective map of (protein, nucleus) into the backbone's input channels.
 
     \b
@@ -230,10 +235,10 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
 
     card = get_card(backbone)
     ds = _open_dataset(dataset, annotations, min_grade)
-    specs = [RunSpec(card.name, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card)]
+    specs = [RunSpec(card.name, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card, ds.card.channel_names)]
     options = RunOptions(
         output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
-        overwrite=overwrite, threads=threads or _available_cores(), recompute=recompute,
+        overwrite=overwrite, threads=threads or _available_cores(), recompute=recompute, precision=precision,
     )
     outcomes = run_grid(specs, ds, options, on_done=_say_done)
     click.echo(format_sweep_table(card.name, [o.entry for o in outcomes]))

@@ -243,3 +243,32 @@ def test_reused_entry_must_have_the_same_weights(env, tmp_path):
     assert first.exit_code == 0, first.output
     save(2)  # fine-tuned or re-imported weights under the same card name
     one_line_error(run(["--backbone", "tiny-local-reuse", "--set", "epochs=2"], out), "weights (sha256)")
+
+
+def test_concurrent_runs_of_one_cell_never_lose_a_result(env, tmp_path):
+    """Two `ocbench run` with other settings into one --output: one writes, the other waits for it
+    and then refuses (pass --overwrite); before the lock both said "wrote" and one result was gone."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "res"
+    warm = run(["--backbone", "classical-stats", "--set", "epochs=3"], tmp_path / "warm")
+    assert warm.exit_code == 0, warm.output  # demo data and embeddings cached for both processes
+    environ = {**os.environ, "OCBENCH_CACHE": str(env)}
+    commands = [
+        [sys.executable, "-m", "ocbench", "run", "--dataset", "demo", "--backbone", "classical-stats",
+         "--output", str(out), "--set", f"epochs={epochs}"]
+        for epochs in (30, 31)
+    ]
+    procs = [subprocess.Popen(c, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    [(_, winner_out, _)] = [r for r in results if r[0] == 0]
+    [(_, _, loser_err)] = [r for r in results if r[0] == 2]
+    assert "--overwrite" in loser_err and "wrote" not in loser_err
+    [path] = sorted(out.glob("*.json"))
+    assert f"wrote: {path}" in winner_out
+    epochs = load_entry(path).overrides["epochs"]
+    assert f"epochs={epochs}" in " ".join(commands[[30, 31].index(epochs)])

@@ -302,7 +302,7 @@ def _embed(options: RunOptions, recomputed: set, context, items=None) -> Any:
     embeddings = extract_embeddings(
         source, context.backbone, context.adapter,
         batch_size=options.batch_size, device=options.device, num_workers=options.num_workers,
-        cache_dir=options.cache_dir, progress=options.progress,
+        cache_dir=options.cache_dir, progress=options.progress, precision=options.precision,
         recompute=options.recompute and key not in recomputed,
     )
     recomputed.add(key)
@@ -322,8 +322,22 @@ def run_cell(
     from ocbench.benchmark.entry import build_entry, environment_info, load_entry, write_entry
     from ocbench.tasks.context import Progress, RunContext
 
+    from ocbench._lock import file_lock
+
     path = options.output_dir / f"{cell.key}.json"
     split = split_for(dataset, cell.track, options)
+    # One process per entry key: a concurrent run of the same cell waits here, then finds the entry
+    # (reused if it is the same run, refused otherwise), so no result is silently replaced.
+    with file_lock(options.output_dir / ".locks" / f"{cell.key}.lock", what=f"entry {cell.key}"):
+        return _run_cell_locked(cell, dataset, options, path, split, position=position, recomputed=recomputed)
+
+
+def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, split: Any, *, position: str,
+                     recomputed: set | None) -> RunOutcome:
+    from ocbench.backbones.loader import resolve_device
+    from ocbench.benchmark.entry import build_entry, environment_info, load_entry, write_entry
+    from ocbench.tasks.context import Progress, RunContext
+
     if path.exists() and not options.overwrite:
         existing = load_entry(path)
         _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split)
@@ -344,7 +358,7 @@ def run_cell(
     # FOV embeddings, else the items the task embedded (cell crops)
     meta = context.inputs.get("embeddings") or (context.inputs.get("item_embeddings") or [{}])[-1]
     environment = environment_info(result.device)
-    environment["precision"] = options.precision
+    environment["precision"] = meta.get("precision", options.precision)
     environment["threads"] = _torch_threads()
     entry = build_entry(
         result,
