@@ -270,6 +270,19 @@ def test_duplicate_fov_in_two_folders(root):
         OpenCellDataset(root)
 
 
+def test_same_cid_fid_under_a_second_protein_is_refused(root):
+    # A copy of AAMP's FOV renamed into another protein's folder would count again with that
+    # protein's labels: one FOV, two label sets.
+    src = next((root / "microscopy" / "raw" / "AAMP_ENSG00000127837").iterdir())
+    fov = opencell.parse_fov_filename(src.name)
+    copy = FovName("H1-0", "ENSG00000189060", fov.cid, fov.fid)
+    (root / copy.relpath).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, root / copy.relpath)
+    with pytest.raises(DataError) as excinfo:
+        OpenCellDataset(root)
+    one_line_message(excinfo, f"CID{fov.cid:06d}_FID{fov.fid:08d}", "another protein", src.name)
+
+
 def break_first_fov(root: Path, content: bytes | None = None, image: np.ndarray | None = None):
     ds = dataset(root)
     path = ds.path(0)
