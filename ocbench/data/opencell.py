@@ -4,7 +4,8 @@ Construction only lists file names (6,301 FOVs of 2x600x600 uint16 are about 9 G
 read one at a time by :meth:`OpenCellDataset.read`). Labels are per protein: a FOV is joined to
 the annotation table by the ENSG id in its file name, or, where that id is not in the table, by
 its gene name when exactly one annotated target has that name. OpenCell's own tables disagree on
-the ENSG id of 36 targets (data/opencell/README.md), so an ENSG-only join would silently drop them.
+the ENSG id of 36 targets (the cell-line table vs the annotation table), so an ENSG-only join would
+silently drop them.
 """
 
 from __future__ import annotations
