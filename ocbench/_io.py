@@ -5,10 +5,95 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Iterator
+
+#: Leftovers of writers that died without a process id in their name are removed after this long.
+STALE_AFTER_S = 24 * 3600
+
+
+def _host_tag() -> str:
+    # A pid only means something on the machine that wrote it (a data folder may be shared).
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _temp_prefix(path: Path) -> str:
+    """``.<name>.ocb<host>-<pid>.``: a later process can tell whether the writer is still alive."""
+    return f".{path.name}.ocb{_host_tag()}-{os.getpid()}."
+
+
+# Temp names: ours (host tag and pid), and the older form without them (mkstemp's 8 characters).
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.ocb(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+_OLD_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # exists, owned by someone else (or not a pid we can ask about: keep it)
+    return True
+
+
+def _is_stale(entry: Path, name: str | None, max_age_s: float) -> bool:
+    match = _TEMP_RE.match(entry.name)
+    if match is None:
+        match = _OLD_TEMP_RE.match(entry.name)
+        if match is None or (name is not None and match["name"] != name):
+            return False
+        pid = host = None
+    else:
+        if name is not None and match["name"] != name:
+            return False
+        pid, host = int(match["pid"]), match["host"]
+    if pid is not None and host == _host_tag():
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:  # another machine's writer, or no pid recorded: only age tells
+        return time.time() - entry.lstat().st_mtime > max_age_s
+    except OSError:
+        return False
+
+
+def clean_stale_temps(
+    folder: str | os.PathLike, name: str | None = None, *, max_age_s: float = STALE_AFTER_S
+) -> list[Path]:
+    """Remove leftovers of atomic writes into ``folder`` whose writer is gone; return what was removed.
+
+    A writer killed with ``kill -9`` (or a power cut) cannot clean up after itself; its hidden
+    ``.<name>.ocb<host>-<pid>.<random>.tmp`` file or folder stays. Such a leftover is stale when its
+    pid is no longer running on this machine; one written on another machine, or by an older
+    ocbench that recorded no pid, when it is older than ``max_age_s`` (a day). ``name`` limits the
+    cleaning to temps of that target (``folder/name``). Best effort: what cannot be removed stays.
+    The atomic helpers below call it for their own target; call it on a whole output folder at the
+    start of a command that writes several targets there.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _is_stale(entry, name, max_age_s):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:
+            pass  # another process cleaned it first
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
 
 
 def _umask() -> int:
@@ -20,7 +105,7 @@ def _umask() -> int:
 def _temp_file_beside(path: Path) -> str:
     """A temporary file in ``path``'s folder, with the permissions a plain ``open`` would give
     (mkstemp makes it 0600, which would leave published files unreadable to others)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     return tmp
@@ -31,6 +116,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path for writers that take a path (tifffile, safetensors, pandas)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path.parent, path.name)
     tmp = _temp_file_beside(path)
     try:
         yield Path(tmp)
@@ -59,13 +145,27 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    clean_stale_temps(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        aside = None
+        if path.exists() or path.is_symlink():
+            # Move the old folder aside (one rename) rather than deleting it in place, so the
+            # target is missing only between two renames; the aside folder has a temp name, so a
+            # kill before it is deleted leaves something clean_stale_temps removes.
+            aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
+            os.replace(path, aside / path.name)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if aside is not None:  # put the old one back
+                os.replace(aside / path.name, path)
+                shutil.rmtree(aside, ignore_errors=True)
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -212,3 +212,28 @@ def test_bad_config_is_a_config_error():
         DemoConfig(size=8)
     with pytest.raises(ConfigError, match="proteins"):
         DemoConfig(proteins=0)
+
+
+def test_a_killed_demo_write_is_cleaned_up_by_the_next_one(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys, tifffile\n"
+        "from ocbench.data.demo import DemoConfig, write_demo\n"
+        "real = tifffile.imwrite\n"
+        "calls = []\n"
+        "def imwrite(*a, **k):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(*a, **k)\n"
+        "tifffile.imwrite = imwrite\n"
+        "write_demo(sys.argv[1], DemoConfig(proteins=3, fovs_per_protein=1, size=32, seed=0, "
+        "unlabelled_proteins=0, annotation_only_proteins=0))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "demo")], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # what kill -9 leaves
+    write_demo(tmp_path / "demo", TINY)
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]

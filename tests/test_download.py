@@ -7,8 +7,11 @@ can fail a transfer half-way once, or serve corrupt bytes, and counts what it se
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
+import json
+import os
 from pathlib import Path
 import threading
 import urllib.parse
@@ -19,7 +22,9 @@ import numpy as np
 import pytest
 import tifffile
 
+import ocbench
 from ocbench.data import download as dl
+from ocbench.data.cards import DOWNLOAD_MARKER
 from ocbench.data.download import download_opencell
 from ocbench.errors import ConfigError, DataError
 
@@ -190,7 +195,8 @@ def test_downloads_all_projections_and_annotations_then_nothing(bucket, tmp_path
     for key in proj_keys():
         assert (tmp_path / key).read_bytes() == bucket.objects[key]
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert files == sorted(proj_keys() + ["opencell-localization-annotations.csv"])  # no stacks, strays, .part
+    # no stacks, strays, .part; the provenance marker at the root
+    assert files == sorted(proj_keys() + ["opencell-localization-annotations.csv", DOWNLOAD_MARKER])
     assert report.annotations == tmp_path / "opencell-localization-annotations.csv"
     assert report.annotations.read_bytes() == ANNOTATIONS
     assert report.annotations_url == bucket.endpoint + "/annotations.csv"
@@ -202,6 +208,41 @@ def test_downloads_all_projections_and_annotations_then_nothing(bucket, tmp_path
     assert (again.listed, again.downloaded, again.skipped, again.bytes) == (5, 0, 5, 0)
     assert bucket.sent == sent_before  # not a single image byte fetched again
     assert again.annotations_url is None  # kept the existing table
+
+
+def test_a_download_records_its_source_so_the_folder_is_opencell(bucket, tmp_path):
+    from ocbench.data.cards import recorded_name
+
+    assert recorded_name(tmp_path)[1].startswith("local:")
+    report = run(bucket, tmp_path, targets=["ATL3"])
+    assert report.marker == tmp_path / DOWNLOAD_MARKER
+    marker = json.loads(report.marker.read_text())
+    assert marker["format"] == "ocbench-download/1" and marker["dataset"] == "opencell"
+    assert marker["source"] == {"endpoint": bucket.endpoint, "bucket": None, "prefix": "microscopy/raw/"}
+    assert marker["selection"] == {"targets": ["ATL3"], "limit": None, "projections": report.listed}
+    assert marker["annotations"] == {
+        "file": "opencell-localization-annotations.csv",
+        "url": bucket.endpoint + "/annotations.csv",
+        "sha256": hashlib.sha256(ANNOTATIONS).hexdigest(),
+    }
+    assert marker["ocbench_version"] == ocbench.__version__
+    assert marker["downloaded"] == marker["first_downloaded"]
+    datetime.datetime.fromisoformat(marker["downloaded"])
+    card, name = recorded_name(tmp_path)
+    assert (card.name, name) == ("opencell", "opencell")
+    # A re-run (nothing new to fetch, table kept) keeps the first date and the table's source.
+    marker["first_downloaded"] = "2020-01-01T00:00:00+00:00"
+    report.marker.write_text(json.dumps(marker))
+    again = json.loads(run(bucket, tmp_path, targets=["ATL3"]).marker.read_text())
+    assert again["first_downloaded"] == "2020-01-01T00:00:00+00:00"
+    assert again["annotations"]["url"] == bucket.endpoint + "/annotations.csv"
+
+
+def test_bucket_is_read_from_the_endpoint():
+    assert dl.bucket_of("https://czb-opencell.s3.amazonaws.com") == "czb-opencell"
+    assert dl.bucket_of("https://czb-opencell.s3.us-west-2.amazonaws.com") == "czb-opencell"
+    assert dl.bucket_of("https://s3.amazonaws.com/czb-opencell") == "czb-opencell"
+    assert dl.bucket_of("http://127.0.0.1:9000") is None
 
 
 def test_targets_filter_by_gene_or_ensg_case_insensitive(bucket, tmp_path):
@@ -295,6 +336,7 @@ def test_wrong_size_is_detected(bucket, tmp_path):
     with pytest.raises(DataError, match="size"):
         run(bucket, tmp_path, annotations_url=None)
     assert not (tmp_path / key).exists() and not (tmp_path / (key + ".part")).exists()
+    assert not (tmp_path / DOWNLOAD_MARKER).exists()  # an incomplete download is not marked as OpenCell
 
 
 def test_unreachable_endpoint_is_one_line_data_error(tmp_path):
@@ -328,10 +370,18 @@ def test_default_annotation_sources_are_the_cited_addresses():
     assert dl.KNOWN_ANNOTATIONS_SHA256[dl.DEFAULT_ANNOTATIONS_URLS[0]]
 
 
-SHARED_FLAT = Path(__file__).resolve().parents[1].parent / "shared/data/opencell/2021-09-29-public-annotations-flat.csv"
+# OpenCell's own public files (annotation table, cell-line table, nucleus frames; not ours to
+# redistribute): read from OCBENCH_OPENCELL_SAMPLES, else from the folder kept beside the checkout.
+OPENCELL_SAMPLES = Path(
+    os.environ.get("OCBENCH_OPENCELL_SAMPLES") or Path(__file__).resolve().parents[2] / "shared" / "data" / "opencell"
+)
+SAMPLES_HINT = "set OCBENCH_OPENCELL_SAMPLES to a folder that holds it to run this test"
+REAL_FLAT = OPENCELL_SAMPLES / "2021-09-29-public-annotations-flat.csv"
 
 
-@pytest.mark.skipif(not SHARED_FLAT.is_file(), reason="../shared/data/opencell is not present in this checkout")
+@pytest.mark.skipif(
+    not REAL_FLAT.is_file(), reason=f"needs OpenCell's public annotation table {REAL_FLAT.name}: {SAMPLES_HINT}"
+)
 def test_pinned_checksum_matches_the_published_flat_table():
     expected = dl.KNOWN_ANNOTATIONS_SHA256[dl.GITHUB_FLAT_ANNOTATIONS_URL]
-    assert hashlib.sha256(SHARED_FLAT.read_bytes()).hexdigest() == expected
+    assert hashlib.sha256(REAL_FLAT.read_bytes()).hexdigest() == expected

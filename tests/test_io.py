@@ -47,3 +47,82 @@ def test_files_get_the_permissions_of_a_plain_open(tmp_path):
     assert _mode(tmp_path / "a.txt") == 0o644
     assert _mode(tmp_path / "b.bin") == 0o644
     assert _mode(tmp_path / "c") == 0o755
+
+
+# -- leftovers of killed writers (issue 17 item 12) ----------------------------------------------
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from ocbench._io import STALE_AFTER_S, clean_stale_temps
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from ocbench._io import atomic_dir, atomic_path
+    target = Path(sys.argv[1])
+    with atomic_path(target.parent / "board.csv") as f:
+        f.write_bytes(b"half")
+        with atomic_dir(target) as tmp:
+            (tmp / "half.txt").write_text("x")
+            os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def _kill_a_writer(target) -> list[str]:
+    """Run a writer that is killed with SIGKILL inside atomic_dir/atomic_path; return the leftovers."""
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(target)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return sorted(p.name for p in target.parent.iterdir())
+
+
+def test_a_killed_writers_leftovers_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "out"
+    leftovers = _kill_a_writer(target)
+    assert len(leftovers) == 2 and all(name.endswith(".tmp") for name in leftovers), leftovers
+    # The next write of each target removes the dead writer's temps (its pid is gone).
+    with atomic_dir(target) as tmp:
+        (tmp / "done.txt").write_text("ok")
+    with atomic_write(tmp_path / "board.csv") as fh:
+        fh.write("ok")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["board.csv", "out"]
+
+
+def test_clean_stale_temps_removes_dead_writers_only(tmp_path):
+    _kill_a_writer(tmp_path / "out")
+    (tmp_path / ".notes.tmp").write_text("a user's own hidden file")  # not one of ours: kept
+    with atomic_path(tmp_path / "live.bin") as live:  # this process is alive: kept
+        removed = clean_stale_temps(tmp_path)
+        assert live.exists()
+    assert len(removed) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "live.bin"]
+
+
+def test_clean_stale_temps_limits_itself_to_one_target(tmp_path):
+    _kill_a_writer(tmp_path / "out")
+    removed = clean_stale_temps(tmp_path, "out")
+    assert [p.name.startswith(".out.") for p in removed] == [True]
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith(".board.csv.")]) == 1
+
+
+def test_temps_without_a_pid_are_removed_after_a_day(tmp_path):
+    old, fresh = tmp_path / ".demo.k3j9x_2a.tmp", tmp_path / ".demo.q8w7e6r5.tmp"  # older ocbench's names
+    old.mkdir()
+    fresh.mkdir()
+    day_ago = time.time() - STALE_AFTER_S - 60
+    os.utime(old, (day_ago, day_ago))
+    assert clean_stale_temps(tmp_path) == [old]
+    assert fresh.exists()
+
+
+def test_replacing_a_folder_keeps_no_aside_copy(tmp_path):
+    for text in ("one", "two"):
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text(text)
+    assert (tmp_path / "d" / "f").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]

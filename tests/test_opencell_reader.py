@@ -24,7 +24,12 @@ from ocbench.errors import ConfigError, DataError
 
 from cli_assertions import one_line_message
 
-SHARED_OPENCELL = Path(__file__).resolve().parents[2] / "shared" / "data" / "opencell"
+# OpenCell's own public files (annotation table, cell-line table, nucleus frames; not ours to
+# redistribute): read from OCBENCH_OPENCELL_SAMPLES, else from the folder kept beside the checkout.
+OPENCELL_SAMPLES = Path(
+    os.environ.get("OCBENCH_OPENCELL_SAMPLES") or Path(__file__).resolve().parents[2] / "shared" / "data" / "opencell"
+)
+SAMPLES_HINT = "set OCBENCH_OPENCELL_SAMPLES to a folder that holds it to run this test"
 NUCLEUS, PROTEIN = 0, 1  # positions in the raw proj file
 
 ANNOTATIONS = """ensg_id,target_name,annotation_name,annotation_grade
@@ -36,10 +41,10 @@ ENSG00000000001,NOIMAGES,golgi,3
 """
 
 
-def shared_file(name: str) -> Path:
-    path = SHARED_OPENCELL / name
+def sample_file(name: str) -> Path:
+    path = OPENCELL_SAMPLES / name
     if not path.exists():
-        pytest.skip(f"real OpenCell file not present at {path} (outside contributor clone)")
+        pytest.skip(f"needs OpenCell's public file {name}: {SAMPLES_HINT}")
     return path
 
 
@@ -174,12 +179,12 @@ def test_default_annotation_file_names_and_explicit_table(root, tmp_path):
 
 
 def public_targets() -> dict[str, dict[str, str]]:
-    with open(shared_file("all-public-targets.csv"), newline="") as fh:
+    with open(sample_file("all-public-targets.csv"), newline="") as fh:
         return {row["target_name"]: row for row in csv.DictReader(fh)}
 
 
 def test_join_by_name_recovers_targets_whose_ensg_differs(tmp_path):
-    annotations = shared_file("2021-09-29-public-annotations-flat.csv")
+    annotations = sample_file("2021-09-29-public-annotations-flat.csv")
     targets = public_targets()
     root = tmp_path / "oc"
     for gene in ("CANX", "HLA-A", "AAMP"):  # CANX and HLA-A: ENSG differs between the two tables
@@ -212,7 +217,7 @@ def test_join_by_name_needs_exactly_one_target_of_that_name(tmp_path):
 
 def test_all_real_targets_join_by_ensg_or_name(tmp_path):
     """Every public target, as a folder named from the cell-line table (empty files: only names are read)."""
-    annotations = shared_file("2021-09-29-public-annotations-flat.csv")
+    annotations = sample_file("2021-09-29-public-annotations-flat.csv")
     root = tmp_path / "oc"
     for gene, row in public_targets().items():
         path = root / FovName(gene, row["ensg_id"], int(row["cell_line_id"]), 1).relpath
@@ -270,6 +275,19 @@ def test_duplicate_fov_in_two_folders(root):
         OpenCellDataset(root)
 
 
+def test_same_cid_fid_under_a_second_protein_is_refused(root):
+    # A copy of AAMP's FOV renamed into another protein's folder would count again with that
+    # protein's labels: one FOV, two label sets.
+    src = next((root / "microscopy" / "raw" / "AAMP_ENSG00000127837").iterdir())
+    fov = opencell.parse_fov_filename(src.name)
+    copy = FovName("H1-0", "ENSG00000189060", fov.cid, fov.fid)
+    (root / copy.relpath).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, root / copy.relpath)
+    with pytest.raises(DataError) as excinfo:
+        OpenCellDataset(root)
+    one_line_message(excinfo, f"CID{fov.cid:06d}_FID{fov.fid:08d}", "another protein", src.name)
+
+
 def break_first_fov(root: Path, content: bytes | None = None, image: np.ndarray | None = None):
     ds = dataset(root)
     path = ds.path(0)
@@ -323,7 +341,7 @@ def test_wrong_channel_count(root, shape, found):
 
 
 def test_real_nucleus_frame_given_as_proj_is_rejected(tmp_path):
-    frame = shared_file("nuclei/FOV_00007_RAW.tif")
+    frame = sample_file("nuclei/FOV_00007_RAW.tif")
     target = tmp_path / FovName("CANX", "ENSG00000283777", 149, 7).filename
     shutil.copy(frame, target)
     with pytest.raises(DataError) as excinfo:

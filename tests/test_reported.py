@@ -1,4 +1,4 @@
-"""ocbench.reported: the paper's numbers, one place; every PROTOCOL.md number is there, none invented."""
+"""ocbench.reported: the paper's numbers, one place; every number the paper reports is there, none invented."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from ocbench.reported import (
     reported_for_backbone,
 )
 
-# Transcribed by hand from PROTOCOL.md sections 2, 4, 5 and 6 (independently of ocbench/reported.py):
+# Transcribed by hand from the paper (channel maps, Table 1, fine-tuning, Table 4), independently of
+# ocbench/reported.py:
 # (backbone, task, strategy, map of (protein, nucleus) or None, config, mean, std).
 G, B, R = 1, 2, 0  # ImageNet RGB inputs
 _FT = {"epochs": 100, "fraction": 1.0}
@@ -69,7 +70,7 @@ PROTOCOL_KNN = [
 @pytest.mark.parametrize("backbone, task, strategy, channel_map, config, mean, std", PROTOCOL_FOV)
 def test_every_protocol_fov_number_is_reported_for_its_configuration(backbone, task, strategy, channel_map, config, mean, std):
     result = reported_for(backbone, task, "paper", strategy, channel_map, config)
-    assert result is not None, f"PROTOCOL.md number {mean} {std} missing"
+    assert result is not None, f"the paper's number {mean} {std} is missing"
     assert (result.mean, result.std, result.n) == (mean, std, 5)
     assert result.config == config
 
@@ -81,7 +82,7 @@ def test_every_protocol_knn_row_is_reported():
 
 
 def test_no_number_is_invented():
-    """REPORTED holds exactly the configurations above (rows repeated in PROTOCOL.md appear once)."""
+    """REPORTED holds exactly the configurations above (rows the paper repeats appear once)."""
     expected = {(b, t, s, m, tuple(sorted(c.items())), mean, std) for b, t, s, m, c, mean, std in PROTOCOL_FOV}
     got = {
         (r.backbone, r.task, r.strategy, r.channel_map, tuple(sorted(r.config.items())), r.mean, r.std)

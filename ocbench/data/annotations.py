@@ -1,6 +1,6 @@
 """OpenCell localization annotations: both published table formats, grades kept.
 
-Two formats are seen in the wild (PROTOCOL.md section 1); the format is detected from the header
+Two formats are published (both read here); the format is detected from the header
 and columns are found by name, because producers differ in column order:
 
 - flat: ``ensg_id, target_name, annotation_name, annotation_grade`` (one row per protein x

@@ -705,7 +705,9 @@ def write_demo(root: str | Path, config: DemoConfig = DemoConfig()) -> Path:
     """Write the synthetic demo dataset to ``root`` (replacing an earlier demo there) and return ``root``.
 
     All files are written to a temporary folder next to ``root`` that is renamed into place at the
-    end, so an error or Ctrl-C leaves nothing behind (and an earlier demo untouched).
+    end, so an error or Ctrl-C leaves nothing behind (and an earlier demo untouched); the hidden
+    temporary folder a ``kill -9`` leaves is removed by the next write (``atomic_dir`` cleans the
+    stale temps of its target first).
     """
     import tifffile
     from tqdm import tqdm

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import difflib
 import hashlib
+import json
 import os
 import threading
 import time
@@ -41,6 +43,7 @@ from typing import Sequence
 
 from ocbench import __version__
 from ocbench._io import atomic_write, sha256_bytes, sha256_file
+from ocbench.data.cards import DOWNLOAD_MARKER
 from ocbench.data.layout import RAW_DIR, parse_fov_filename
 from ocbench.errors import ConfigError, DataError
 
@@ -112,6 +115,7 @@ class DownloadReport:
     annotations: Path | None  # local annotation table, None when skipped
     annotations_url: str | None = None  # where it came from (None: already present / skipped)
     annotations_sha256: str | None = None
+    marker: Path | None = None  # the provenance file written at the root
 
     def summary(self) -> str:
         lines = [
@@ -121,6 +125,8 @@ class DownloadReport:
         if self.annotations is not None:
             source = f" from {self.annotations_url}" if self.annotations_url else " (already present)"
             lines.append(f"annotations: {self.annotations}{source}")
+        if self.marker is not None:
+            lines.append(f"source recorded in {self.marker}")
         return "\n".join(lines)
 
 
@@ -169,7 +175,7 @@ def download_opencell(
             todo.append((remote, dest))
 
     transferred = _fetch_all(endpoint, todo, workers=workers, progress=progress)
-    return DownloadReport(
+    report = DownloadReport(
         root=root,
         listed=len(selected),
         downloaded=len(todo),
@@ -179,6 +185,67 @@ def download_opencell(
         annotations_url=ann_url,
         annotations_sha256=ann_sha,
     )
+    # Written last, once every selected file is complete: a folder with it is OpenCell as fetched.
+    marker = write_download_marker(report, endpoint=endpoint, targets=targets, limit=limit)
+    return dataclasses.replace(report, marker=marker)
+
+
+#: Format of the download marker (``DOWNLOAD_MARKER`` at the data root).
+DOWNLOAD_MARKER_FORMAT = "ocbench-download/1"
+
+
+def bucket_of(endpoint: str) -> str | None:
+    """The S3 bucket an endpoint names: virtual-hosted (``https://<bucket>.s3...``) or path style."""
+    parsed = urllib.parse.urlparse(endpoint)
+    host = parsed.hostname or ""
+    if ".s3." in host or host.endswith(".s3.amazonaws.com"):
+        return host.split(".s3.", 1)[0]
+    if host.startswith("s3.") or host.startswith("s3-"):
+        first = parsed.path.strip("/").split("/", 1)[0]
+        return first or None
+    return None
+
+
+def write_download_marker(
+    report: DownloadReport, *, endpoint: str, targets: Sequence[str] | None, limit: int | None
+) -> Path:
+    """Record where the data came from in ``<root>/ocbench-download.json`` (see ``DOWNLOAD_MARKER``).
+
+    ``ocbench.data.cards.recorded_name`` reads its presence: entries computed on this folder are
+    named ``opencell``. A re-run rewrites it and keeps the date of the first download, and the
+    annotation source recorded then when this run kept the existing table.
+    """
+    path = report.root / DOWNLOAD_MARKER
+    earlier: dict = {}
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+        earlier = loaded if isinstance(loaded, dict) else {}
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    annotations = None
+    if report.annotations is not None:
+        annotations = {"file": report.annotations.name, "url": report.annotations_url, "sha256": report.annotations_sha256}
+        before = earlier.get("annotations")
+        if report.annotations_url is None and isinstance(before, dict) and before.get("sha256") == report.annotations_sha256:
+            annotations["url"] = before.get("url")  # kept the table fetched earlier: keep its source
+    elif isinstance(earlier.get("annotations"), dict) and (report.root / str(earlier["annotations"].get("file"))).is_file():
+        annotations = earlier["annotations"]  # not asked for this time; the earlier table is still there
+    marker = {
+        "format": DOWNLOAD_MARKER_FORMAT,
+        "dataset": "opencell",
+        "source": {"endpoint": endpoint, "bucket": bucket_of(endpoint), "prefix": RAW_PREFIX},
+        "selection": {
+            "targets": sorted(targets) if targets else None,
+            "limit": limit,
+            "projections": report.listed,
+        },
+        "annotations": annotations,
+        "first_downloaded": earlier.get("first_downloaded") or now,
+        "downloaded": now,
+        "ocbench_version": __version__,
+    }
+    with atomic_write(path) as fh:
+        fh.write(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 # --------------------------------------------------------------------------------------- listing

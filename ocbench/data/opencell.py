@@ -4,7 +4,8 @@ Construction only lists file names (6,301 FOVs of 2x600x600 uint16 are about 9 G
 read one at a time by :meth:`OpenCellDataset.read`). Labels are per protein: a FOV is joined to
 the annotation table by the ENSG id in its file name, or, where that id is not in the table, by
 its gene name when exactly one annotated target has that name. OpenCell's own tables disagree on
-the ENSG id of 36 targets (data/opencell/README.md), so an ENSG-only join would silently drop them.
+the ENSG id of 36 targets (the cell-line table vs the annotation table), so an ENSG-only join would
+silently drop them.
 """
 
 from __future__ import annotations
@@ -451,7 +452,7 @@ def _build_manifest(scan: RawScan, labels: pd.DataFrame) -> tuple[pd.DataFrame, 
         else:
             target_of[(gene, ensg)] = None
 
-    rows, seen = [], {}
+    rows, seen, seen_cid_fid = [], {}, {}
     fovs_per = {"none": 0, "below": 0}
     for fov, relpath in scan.fovs:
         if fov.fov_id in seen:
@@ -459,6 +460,13 @@ def _build_manifest(scan: RawScan, labels: pd.DataFrame) -> tuple[pd.DataFrame, 
                 f"{relpath}: FOV {fov.fov_id} is also at {seen[fov.fov_id]}; keep one copy of each FOV"
             )
         seen[fov.fov_id] = relpath
+        # CID+FID names one FOV; under a second protein's name it would count again with that protein's labels.
+        if (fov.cid, fov.fid) in seen_cid_fid:
+            raise DataError(
+                f"{relpath}: CID{fov.cid:06d}_FID{fov.fid:08d} is also at {seen_cid_fid[fov.cid, fov.fid]} "
+                "under another protein; one FOV belongs to one protein: keep the copy in the right folder"
+            )
+        seen_cid_fid[fov.cid, fov.fid] = relpath
         target = target_of[(fov.gene, fov.ensg)]
         if target is None:
             fovs_per["none"] += 1
