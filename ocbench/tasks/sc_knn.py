@@ -253,6 +253,7 @@ class ScKnn(TaskConfig):
     protocol_version: ClassVar[str] = PROTOCOL_VERSION
     main_score: ClassVar[tuple[str, str]] = (EVAL_SET, "macro_f1")
     axis: ClassVar[str | None] = "k"
+    requires: ClassVar[tuple[str, ...]] = ("skimage",)  # both segmentation backends use scikit-image
     extra: ClassVar[str | None] = "singlecell"
     description: ClassVar[str] = (
         "Leave-one-out soft-vote k-NN on single-cell crops (Cellpose masks), macro-F1 per k (paper Table 4)"
