@@ -132,19 +132,37 @@ def _run_options(fn):
         help="Folder for entry JSON files (and the splits they used).",
     )(fn)
     fn = click.option("--overwrite", is_flag=True, help="Recompute entries that already exist.")(fn)
+    fn = click.option(
+        "--recompute", is_flag=True, help="Discard the cached embeddings of each backbone/channel key and extract again."
+    )(fn)
+    fn = click.option(
+        "--threads", type=click.IntRange(1), default=None,
+        help="CPU threads for torch (default: the cores this process may use; fewer on a shared machine). "
+        "Recorded in entries.",
+    )(fn)
     return fn
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 # ------------------------------------------------------------------------------------------------
 # ocbench run / demo / sweep-channels / embed
 
 
+def _say_done(outcome) -> None:
+    """Printed as each cell finishes, so a later failure never hides what was already written."""
+    click.echo(f"{'skipped (exists)' if outcome.skipped else 'wrote'}: {outcome.path}")
+
+
 def _print_outcomes(outcomes) -> None:
     from ocbench.leaderboard.summary import format_run_table
 
     click.echo(format_run_table([o.entry for o in outcomes]))
-    for o in outcomes:
-        click.echo(f"{'skipped (exists)' if o.skipped else 'wrote'}: {o.path}")
 
 
 @cli.command()
@@ -152,7 +170,11 @@ def _print_outcomes(outcomes) -> None:
 @click.option("--task", "tasks", multiple=True, default=("fov-mlp",), show_default=True, help="fov-mlp, fov-linear.")
 @click.option(
     "--channels", "channels", multiple=True,
-    help="Channel strategy: replicate, a preset (natural, imagenet-best) or a map like protein=1,nucleus=2. "
+    help="Channel strategy: 'replicate' (each dataset channel alone in every model input, features "
+    "concatenated), a preset ('natural': channels into the like-named inputs, 'imagenet-best': protein->G, "
+    "nucleus->B), or a map such as protein=G,nucleus=B (target: 0-based input index, input name or letter; "
+    "inputs left out get zeros). Tables write maps as [1, 2] -> [G, B] (1 = protein, 2 = nucleus, the "
+    "paper's notation) and keys as map-p1-n2 (protein into input 1, nucleus into input 2, 0-based). "
     "Repeat the option for several. Default: the card's.",
 )
 @click.option("--split", "tracks", multiple=True, default=("paper",), show_default=True, help="Split track: paper (by FOV) or protein (grouped by protein).")
@@ -161,7 +183,7 @@ def _print_outcomes(outcomes) -> None:
 @_dataset_options()
 @_run_options
 def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, annotations, min_grade,
-        seed, device, batch_size, workers, output, overwrite):
+        seed, device, batch_size, workers, output, overwrite, recompute, threads):
     """Benchmark backbone(s) on a task and write one entry JSON per configuration.
 
     \b
@@ -170,28 +192,31 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
       ocbench run --backbone classical-stats --dataset demo --task fov-mlp,fov-linear --split paper,protein
       ocbench run --backbone imagenet-dino-vitb8 --channels protein=G,nucleus=B --set epochs=50
     """
-    from ocbench.benchmark.runner import RunOptions, expand_grid, run_grid
+    from ocbench.benchmark.runner import RunOptions, expand_grid, resolve_cells, run_grid
+    from ocbench.data.cards import dataset_card_for
 
-    ds = _open_dataset(dataset, annotations, min_grade)
     specs = expand_grid(
         _split_list(backbones), _split_list(tasks), list(channels) or [None], _split_list(tracks), overrides
     )
+    cells = resolve_cells(specs, dataset_card_for(dataset))  # names checked before the data is opened
+    ds = _open_dataset(dataset, annotations, min_grade)
     options = RunOptions(
         output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, split_file=Path(split_file) if split_file else None,
+        threads=threads or _available_cores(), recompute=recompute,
     )
-    _print_outcomes(run_grid(specs, ds, options))
+    _print_outcomes(run_grid(cells, ds, options, on_done=_say_done))
 
 
 @cli.command("sweep-channels")
 @click.option("--backbone", required=True, help="Backbone card name.")
-@click.option("--task", default="fov-mlp", show_default=True)
-@click.option("--split", "track", default="paper", show_default=True)
+@click.option("--task", default="fov-mlp", show_default=True, help="Task run for every channel map (see `ocbench tasks list`).")
+@click.option("--split", "track", default="paper", show_default=True, help="Split track: paper (by FOV) or protein (grouped by protein).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a task setting.")
 @_dataset_options()
 @_run_options
 def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_grade,
-                   seed, device, batch_size, workers, output, overwrite):
+                   seed, device, batch_size, workers, output, overwrite, recompute, threads):
     """Probe every injective map of (protein, nucleus) into the backbone's input channels.
 
     \b
@@ -208,16 +233,16 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
     specs = [RunSpec(card.name, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card)]
     options = RunOptions(
         output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
-        overwrite=overwrite,
+        overwrite=overwrite, threads=threads or _available_cores(), recompute=recompute,
     )
-    outcomes = run_grid(specs, ds, options)
+    outcomes = run_grid(specs, ds, options, on_done=_say_done)
     click.echo(format_sweep_table(card.name, [o.entry for o in outcomes]))
 
 
 @cli.command()
 @click.option("--output", type=click.Path(file_okay=False), default="ocbench-demo-results", show_default=True,
               help="Folder for the demo's entries and its leaderboard.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 @click.option("--overwrite", is_flag=True, help="Recompute entries that already exist.")
 def demo(output, device, overwrite):
     """The offline tour: demo data, two offline backbones, both probes, both split tracks, a board.
@@ -232,7 +257,7 @@ def demo(output, device, overwrite):
     ds = _open_dataset("demo", None, 1)
     out = Path(output)
     options = RunOptions(output_dir=out / "entries", device=device, overwrite=overwrite)
-    outcomes = run_grid(demo_specs(), ds, options)
+    outcomes = run_grid(demo_specs(), ds, options, on_done=_say_done)
     _print_outcomes(outcomes)
     click.echo(
         f"note: the demo overrides {', '.join(DEMO_OVERRIDES)} (the protocol is tuned for ~5,500 training "
@@ -248,9 +273,9 @@ def demo(output, device, overwrite):
 @click.option("--channels", default=None, help="Channel strategy (default: the card's).")
 @click.option("--recompute", is_flag=True, help="Discard this key's cached embeddings and extract again.")
 @_dataset_options()
-@click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--workers", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Extraction batch size.")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader workers decoding TIFFs.")
 def embed(backbone, channels, recompute, dataset, annotations, min_grade, device, batch_size, workers):
     """Extract (or find cached) embeddings of every FOV.
 
@@ -311,9 +336,9 @@ def data_list():
 @data.command("demo")
 @click.option("--root", type=click.Path(file_okay=False), default=None, help="Where to write (default: the demo cache folder).")
 @click.option("--proteins", type=click.IntRange(1), default=None, help="Number of proteins.")
-@click.option("--fovs-per-protein", type=click.IntRange(1), default=None)
+@click.option("--fovs-per-protein", type=click.IntRange(1), default=None, help="FOV images per protein (default: the demo's).")
 @click.option("--size", type=click.IntRange(32), default=None, help="FOV size in pixels.")
-@click.option("--seed", type=click.IntRange(0), default=None)
+@click.option("--seed", type=click.IntRange(0), default=None, help="Seed of the synthetic images and labels (default: the demo's).")
 def data_demo(root, proteins, fovs_per_protein, size, seed):
     """Write the synthetic demo dataset in the exact OpenCell raw layout.
 
@@ -352,7 +377,7 @@ def data_info(dataset, annotations, min_grade):
 @click.option("--root", type=click.Path(file_okay=False), default=None, help="Target folder (default: <cache>/opencell).")
 @click.option("--targets", default=None, help="Comma-separated gene names or ENSG ids to fetch (default: all).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most this many FOVs.")
-@click.option("--workers", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=8, show_default=True, help="Parallel downloads.")
 @click.option("--endpoint", default=None, help="Bucket endpoint (default: the public czb-opencell bucket).")
 @click.option("--no-annotations", is_flag=True, help="Do not fetch the annotation table (pass --annotations later).")
 def data_download(collection, root, targets, limit, workers, endpoint, no_annotations):
@@ -378,7 +403,7 @@ def data_download(collection, root, targets, limit, workers, endpoint, no_annota
 
 @data.command("split")
 @click.option("--track", type=click.Choice(["paper", "protein"]), default="paper", show_default=True, help="paper: split by FOV (as the paper); protein: grouped by protein.")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the split (same seed, same split).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Split file (default: <root>/splits/<track>-seed<seed>.json).")
 @_dataset_options()
 def data_split(track, seed, out, dataset, annotations, min_grade):
@@ -502,7 +527,7 @@ def backbones_push(name, repo_id, folder, dry_run):
 
 @backbones.command("check")
 @click.argument("name")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Where to run the checks: cpu, cuda, cuda:1, ...")
 def backbones_check(name, device):
     """Conformance check for contributors: loads, embeds, shapes, determinism, batch invariance.
 
@@ -640,6 +665,39 @@ def leaderboard_publish(board_dir, repo_id, dry_run):
 
     for line in publish(board_dir, repo_id, dry_run=dry_run):
         click.echo(line)
+
+
+def _set_cache_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        os.environ["OCBENCH_CACHE"] = str(Path(value).expanduser().resolve())
+
+
+def _load_plugins(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
+    if values:
+        from ocbench.registry import load_plugin
+
+        for module in values:
+            load_plugin(module)
+
+
+def _accept_global_options(group: click.Group) -> None:
+    """`ocbench run --cache-dir X` works like `ocbench --cache-dir X run`: users put options after the
+    command name, and click alone would answer with an unrelated "did you mean"."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _accept_global_options(command)
+            continue
+        command.params.append(click.Option(
+            ["--cache-dir"], type=click.Path(file_okay=False), default=None, expose_value=False, is_eager=True,
+            callback=_set_cache_dir, help="Same as `ocbench --cache-dir` (the cache of data, embeddings and weights).",
+        ))
+        command.params.append(click.Option(
+            ["--plugin"], multiple=True, metavar="MODULE", expose_value=False, is_eager=True, callback=_load_plugins,
+            help="Same as `ocbench --plugin`: import MODULE first (its backbones, tasks, datasets).",
+        ))
+
+
+_accept_global_options(cli)
 
 
 def main() -> None:

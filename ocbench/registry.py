@@ -194,6 +194,9 @@ def load_plugin(module: str) -> None:
         import importlib.util
 
         name = f"ocbench_plugin_{path.stem}"
+        loaded = sys.modules.get(name)
+        if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path.resolve():
+            return  # already imported in this process: its objects are registered
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise ConfigError(f"--plugin {module}: cannot load it as a Python module")

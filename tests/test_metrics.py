@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-from ocbench.tasks.metrics import cross_validation_metrics, multilabel_scores, summarize
+from ocbench.summaries import summarize
+from ocbench.tasks.metrics import cross_validation_metrics, multilabel_scores
 from ocbench.errors import DataError
 
 
@@ -22,13 +23,38 @@ def random_predictions(seed: int, n: int = 80, classes: int = 17):
 def test_scores_equal_scikit_learn(seed):
     y_true, y_pred = random_predictions(seed)
     scores = multilabel_scores(y_true, y_pred)
-    assert scores["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0), abs=1e-12)
+    # the all-classes variant is scikit-learn's macro average; the main score leaves out class 3,
+    # which has no positive item to be scored on
+    assert scores["macro_f1_all"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0), abs=1e-12)
+    present = y_true.sum(axis=0) > 0
+    assert scores["macro_f1"] == pytest.approx(
+        f1_score(y_true[:, present], y_pred[:, present], average="macro", zero_division=0), abs=1e-12
+    )
+    assert scores["support"] == [int(v) for v in y_true.sum(axis=0)]
     precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
     np.testing.assert_allclose(scores["f1"], f1)
     np.testing.assert_allclose(scores["precision"], precision)
     np.testing.assert_allclose(scores["recall"], recall)
     assert scores["f1"][3] == 0.0
-    assert scores["macro_f1"] == pytest.approx(np.mean(scores["f1"]))
+    assert scores["macro_f1_all"] == pytest.approx(np.mean(scores["f1"]))
+    assert scores["macro_f1"] == pytest.approx(np.mean(np.delete(scores["f1"], 3)))
+
+
+def test_absent_classes_do_not_cap_the_main_score():
+    # A test part that lacks 11 of 17 classes, predicted perfectly: the main score is 1, while the
+    # all-classes variant (the protocol-1 score) could not exceed 6/17.
+    y = np.zeros((30, 17), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    y[np.arange(30), rng.integers(0, 6, size=30)] = 1
+    y[:6, :6] = np.eye(6, dtype=np.uint8)
+    s = multilabel_scores(y, y)
+    assert s["macro_f1"] == 1.0
+    assert s["macro_f1_all"] == pytest.approx(6 / 17)
+
+
+def test_no_positive_at_all_is_an_error():
+    with pytest.raises(DataError, match="no item has a positive label"):
+        multilabel_scores(np.zeros((3, 4)), np.zeros((3, 4)))
 
 
 def test_perfect_and_hand_computed_scores():
@@ -42,7 +68,7 @@ def test_perfect_and_hand_computed_scores():
 
 
 def test_bad_predictions_are_rejected():
-    y = np.zeros((4, 17), dtype=np.uint8)
+    y = np.eye(4, 17, dtype=np.uint8)
     with pytest.raises(DataError, match="shape"):
         multilabel_scores(y, np.zeros((4, 16)))
     with pytest.raises(DataError, match="0/1"):
@@ -54,13 +80,15 @@ def test_bad_predictions_are_rejected():
 def test_summarize_uses_sample_std():
     values = [0.80, 0.82, 0.79, 0.85, 0.81]
     s = summarize(values)
-    assert s["per_fold"] == values and s["n"] == 5 and s["ddof"] == 1
+    assert s["values"] == values and s["n"] == 5 and s["ddof"] == 1
     assert s["mean"] == pytest.approx(np.mean(values))
     assert s["std"] == pytest.approx(np.std(values, ddof=1))
     assert s["std"] != pytest.approx(np.std(values, ddof=0))
     assert summarize([0.5])["std"] is None  # undefined with one fold, and JSON has no NaN
-    with pytest.raises(DataError):
+    with pytest.raises(ValueError):
         summarize([])
+    with pytest.raises(ValueError, match="finite"):
+        summarize([0.5, float("nan")])
 
 
 def test_cross_validation_block_shape():
@@ -69,15 +97,17 @@ def test_cross_validation_block_shape():
     val = [multilabel_scores(t, p) for t, p in folds]
     test = [multilabel_scores(p, t) for t, p in folds]
     m = cross_validation_metrics(val, test, names)
-    assert set(m) == {"macro_f1", "per_class", "per_fold_per_class"}
+    assert set(m) == {"scores", "per_class", "per_class_values"}
     for part, scores in (("val", val), ("test", test)):
-        assert m["macro_f1"][part]["per_fold"] == [s["macro_f1"] for s in scores]
-        assert m["macro_f1"][part]["n"] == 5
+        assert m["scores"][part]["macro_f1"]["values"] == [s["macro_f1"] for s in scores]
+        assert m["scores"][part]["macro_f1_all"]["values"] == [s["macro_f1_all"] for s in scores]
+        assert m["scores"][part]["macro_f1"]["n"] == 5
         assert set(m["per_class"][part]) == {"f1", "precision", "recall"}
-        assert list(m["per_class"][part]["f1"]) == names
+        # class 3 never has a positive item, so it has no per-class mean
+        assert "c3" not in m["per_class"][part]["f1"] and "c4" in m["per_class"][part]["f1"]
         assert m["per_class"][part]["recall"]["c5"] == pytest.approx(np.mean([s["recall"][5] for s in scores]))
-        for kind in ("f1", "precision", "recall"):
-            assert m["per_fold_per_class"][part][kind] == [s[kind] for s in scores]
+        for kind in ("f1", "precision", "recall", "support"):
+            assert m["per_class_values"][part][kind] == [s[kind] for s in scores]
     with pytest.raises(DataError, match="classes"):
         cross_validation_metrics(val, test, names[:-1])
 

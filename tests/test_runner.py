@@ -34,7 +34,10 @@ def test_run_writes_valid_entry_and_resumes(env, tmp_path):
     entry = load_entry(path)
     assert entry.backbone.name == "classical-stats" and entry.task == "fov-mlp"
     assert entry.off_protocol and entry.overrides == {"epochs": 40}
-    assert entry.metrics.macro_f1["val"].n == 5
+    assert entry.main.n == 5 and entry.main_score.metric == "macro_f1" and entry.main_score.eval_set == "val"
+    assert entry.scores["test"]["macro_f1_all"].n == 5 and entry.class_names[0] == "membrane"
+    assert entry.dataset.name == "demo" and entry.dataset.synthetic and entry.protocol_version == "fov-probe/2"
+    assert entry.off_protocol_reasons == ["settings differ from the protocol: epochs=40"]
     assert "val macro-F1" in first.output and str(path) in first.output
     second = run(["--backbone", "classical-stats", *FAST], out)
     assert second.exit_code == 0 and "skipped (exists)" in second.output
@@ -53,7 +56,7 @@ def test_same_seed_same_numbers_other_seed_differs(env, tmp_path):
 
     a, b, c = metrics(tmp_path / "a", 0), metrics(tmp_path / "b", 0), metrics(tmp_path / "c", 1)
     assert a == b
-    assert a["metrics"] != c["metrics"] and a["split"]["sha256"] != c["split"]["sha256"]
+    assert a["scores"] != c["scores"] and a["split"]["sha256"] != c["split"]["sha256"]
 
 
 def test_grid_and_paper_value_column(env, tmp_path):
@@ -139,7 +142,7 @@ def test_demo_folder_given_as_a_path_is_labelled_demo(env, tmp_path):
     )
     assert result.exit_code == 0, result.output
     [path] = sorted(out.glob("*.json"))
-    assert load_entry(path).dataset.name == "ocbench-demo"
+    assert load_entry(path).dataset.name == "demo"
 
 
 def test_entry_records_label_policy_and_min_grade_marks_off_protocol(env, tmp_path):
@@ -168,3 +171,75 @@ def test_negative_seed_and_unwritable_output_are_one_line(env, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     one_line_error(run(["--backbone", "classical-stats", *FAST], blocker / "res"), "file")
+
+
+def test_own_folder_in_the_opencell_layout_is_recorded_under_its_own_name(env, tmp_path):
+    import shutil
+
+    from ocbench.data.cards import DEMO_MARKER
+
+    root = tmp_path / "My Lab Screen"
+    assert CliRunner().invoke(cli, ["data", "demo", "--root", str(root), "--proteins", "8", "--size", "48"]).exit_code == 0
+    (root / DEMO_MARKER).unlink()  # now just a folder in OpenCell's layout, not known to be anything
+    out = tmp_path / "res"
+    result = CliRunner().invoke(
+        cli, ["run", "--dataset", str(root), "--output", str(out), "--backbone", "classical-stats", *FAST]
+    )
+    assert result.exit_code == 0, result.output
+    [path] = sorted(out.glob("*.json"))
+    entry = load_entry(path)
+    assert entry.dataset.name == "local:my-lab-screen" and not entry.dataset.synthetic
+    shutil.rmtree(root)
+
+
+def test_map_without_the_protein_channel_is_off_protocol(env, tmp_path):
+    out = tmp_path / "res"
+    result = run(["--backbone", "tiny-vit-random", "--channels", "nucleus=B", "--set", "epochs=2"], out)
+    assert result.exit_code == 0, result.output
+    [path] = sorted(out.glob("*.json"))
+    entry = load_entry(path)
+    assert entry.off_protocol and "channel map leaves out the protein channel" in entry.off_protocol_reasons
+
+
+def test_a_failed_cell_leaves_no_split_file_and_earlier_cells_are_reported(env, tmp_path, monkeypatch):
+    from ocbench.tasks.fov_probe import FovLinearProbe
+
+    def boom(self, context):
+        raise RuntimeError("task crashed")
+
+    monkeypatch.setattr(FovLinearProbe, "evaluate", boom)
+    out = tmp_path / "res"
+    result = run(["--backbone", "classical-stats", "--task", "fov-mlp,fov-linear", "--split", "paper", *FAST], out)
+    assert result.exit_code != 0
+    assert "wrote" in result.output  # the fov-mlp cell finished before the crash and says so
+    assert len(list(out.glob("*.json"))) == 1
+    result = run(["--backbone", "classical-stats", "--task", "fov-linear", "--split", "protein", *FAST], tmp_path / "res2")
+    assert result.exit_code != 0 and not (tmp_path / "res2" / "splits").exists()
+
+
+def test_reused_entry_must_have_the_same_weights(env, tmp_path):
+    """Register a local: card, run, change the weights file, run again: not "skipped"."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ocbench.backbones.cards import BackboneCard, get_card, register_card
+    from ocbench.backbones.vit import build_vit
+
+    tiny = get_card("tiny-vit-random")
+    folder = tmp_path / "weights"
+    folder.mkdir()
+
+    def save(seed):
+        torch.manual_seed(seed)
+        state = {k: v.contiguous() for k, v in build_vit(tiny).state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+
+    save(1)
+    fields = {k: getattr(tiny, k) for k in ("arch", "arch_kwargs", "patch_size", "feature_dim", "in_chans",
+                                             "input_channels", "default_channels", "normalization", "intensity", "resize")}
+    register_card(BackboneCard(name="tiny-local-reuse", source=f"local:{folder}", **fields), overwrite=True)
+    out = tmp_path / "res"
+    first = run(["--backbone", "tiny-local-reuse", "--set", "epochs=2"], out)
+    assert first.exit_code == 0, first.output
+    save(2)  # fine-tuned or re-imported weights under the same card name
+    one_line_error(run(["--backbone", "tiny-local-reuse", "--set", "epochs=2"], out), "weights (sha256)")

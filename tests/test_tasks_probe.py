@@ -60,7 +60,7 @@ def mlp_result(problem):
 # -- registry and config ------------------------------------------------------------------------
 def test_registry_names_and_did_you_mean():
     assert {"fov-mlp", "fov-linear"} <= set(list_tasks())
-    with pytest.raises(ConfigError, match="did you mean fov-mlp"):
+    with pytest.raises(ConfigError, match="did you mean: fov-mlp"):
         get_task("fov-mpl")
 
 
@@ -70,7 +70,7 @@ def test_defaults_are_the_protocol():
     assert mlp.effective_lr == pytest.approx(1e-4 * 512 / 256)
     assert mlp.head() == ((512, 256), 0.5)
     assert mlp.standardize and mlp.resample
-    assert mlp.protocol_version == "fov-probe/1" and mlp.inputs == "fov_embeddings"
+    assert mlp.protocol_version == "fov-probe/2" and mlp.main_score == ("val", "macro_f1")
     linear = get_task("fov-linear")
     assert linear.head() == ((), 0.0) and "hidden_dims" not in linear.keys()
     assert linear.protocol_deviations() == {} and mlp.to_dict()["hidden_dims"] == [512, 256]
@@ -98,6 +98,12 @@ def test_overrides_parse_with_field_types():
         ("betas=0.9", "betas: expected 2"),
         ("dropout=1.5", "dropout must be in"),
         ("standardize=maybe", "standardize: expected true or false"),
+        # non-finite and absurd numbers would run for minutes and record a meaningless 0.000
+        ("lr=inf", "lr: expected a finite number"),
+        ("lr=nan", "lr: expected a finite number"),
+        ("lr=1e30", "lr must be in"),
+        ("weight_decay=-1", "weight_decay must be in"),
+        ("epochs=10000000", "epochs must be at most"),
     ],
 )
 def test_bad_overrides_are_one_line_config_errors(assignment, message):
@@ -172,22 +178,22 @@ def test_test_rows_cannot_leak_into_training(problem):
     shifted = features.copy()
     shifted[test_idx] += 1000.0
     moved = task.run(shifted, labels, test_idx, folds, seed=3, progress=False)
-    assert moved.metrics["macro_f1"]["val"] == clean.metrics["macro_f1"]["val"]
-    assert moved.metrics["per_fold_per_class"]["val"] == clean.metrics["per_fold_per_class"]["val"]
-    assert moved.metrics["macro_f1"]["test"] != clean.metrics["macro_f1"]["test"]  # the offset did reach the test rows
+    assert moved.scores["val"]["macro_f1"] == clean.scores["val"]["macro_f1"]
+    assert moved.per_class_values["val"] == clean.per_class_values["val"]
+    assert moved.scores["test"]["macro_f1"] != clean.scores["test"]["macro_f1"]  # the offset did reach the test rows
 
 
 # -- training ----------------------------------------------------------------------------------
 def test_result_shape(mlp_result):
     r = mlp_result
-    assert isinstance(r, TaskResult) and r.task == "fov-mlp" and r.protocol_version == "fov-probe/1"
+    assert isinstance(r, TaskResult) and r.task == "fov-mlp" and r.protocol_version == "fov-probe/2"
     assert r.config["epochs"] == 8 and r.device == "cpu" and r.wall_time_s > 0
     for part in ("val", "test"):
-        block = r.metrics["macro_f1"][part]
-        assert len(block["per_fold"]) == 5 and block["n"] == 5 and block["ddof"] == 1
-        assert block["std"] == pytest.approx(np.std(block["per_fold"], ddof=1))
-        assert list(r.metrics["per_class"][part]["f1"]) == list(COMPARTMENTS)
-        assert np.array(r.metrics["per_fold_per_class"][part]["f1"]).shape == (5, 17)
+        block = r.scores[part]["macro_f1"]
+        assert len(block["values"]) == 5 and block["n"] == 5 and block["ddof"] == 1
+        assert block["std"] == pytest.approx(np.std(block["values"], ddof=1))
+        assert set(r.per_class[part]["f1"]) <= set(COMPARTMENTS) and r.class_names == COMPARTMENTS
+        assert np.array(r.per_class_values[part]["f1"]).shape == (5, 17)
     assert r.details["n_test"] == 40 and sum(r.details["n_val"]) == 260
 
 
@@ -198,8 +204,8 @@ def test_separable_classes_are_learned_and_shuffled_labels_are_not(problem, mlp_
     shuffled = labels[np.random.default_rng(1).permutation(len(labels))]
     chance = fast_task(name).run(features, shuffled, test_idx, folds, progress=False)
     for part in ("val", "test"):
-        assert result.metrics["macro_f1"][part]["mean"] > 0.8
-        assert result.metrics["macro_f1"][part]["mean"] - chance.metrics["macro_f1"][part]["mean"] > 0.5
+        assert result.scores[part]["macro_f1"]["mean"] > 0.8
+        assert result.scores[part]["macro_f1"]["mean"] - chance.scores[part]["macro_f1"]["mean"] > 0.5
 
 
 def test_reported_macro_f1_is_scikit_learn_on_the_predictions(problem, monkeypatch):
@@ -216,19 +222,21 @@ def test_reported_macro_f1_is_scikit_learn_on_the_predictions(problem, monkeypat
     result = fast_task("fov-linear", "epochs=2").run(*problem, progress=False)
     val_preds, test_preds = predictions[0::2], predictions[1::2]  # per fold: validation, then test
     for k in range(5):
-        expected_val = f1_score(labels[folds[k]], val_preds[k], average="macro", zero_division=0)
-        expected_test = f1_score(labels[test_idx], test_preds[k], average="macro", zero_division=0)
-        assert result.metrics["macro_f1"]["val"]["per_fold"][k] == pytest.approx(expected_val, abs=1e-12)
-        assert result.metrics["macro_f1"]["test"]["per_fold"][k] == pytest.approx(expected_test, abs=1e-12)
+        for part, truth, pred in (("val", labels[folds[k]], val_preds[k]), ("test", labels[test_idx], test_preds[k])):
+            present = truth.sum(axis=0) > 0  # the main score averages the classes present
+            expected = f1_score(truth[:, present], pred[:, present], average="macro", zero_division=0)
+            expected_all = f1_score(truth, pred, average="macro", zero_division=0)
+            assert result.scores[part]["macro_f1"]["values"][k] == pytest.approx(expected, abs=1e-12)
+            assert result.scores[part]["macro_f1_all"]["values"][k] == pytest.approx(expected_all, abs=1e-12)
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(problem, mlp_result):
     again = fast_task("fov-mlp").run(*problem, seed=0, progress=False)
-    assert again.metrics == mlp_result.metrics
+    assert again.scores == mlp_result.scores and again.per_class_values == mlp_result.per_class_values
     assert again.details["final_train_loss"] == mlp_result.details["final_train_loss"]
     other = fast_task("fov-mlp").run(*problem, seed=1, progress=False)
     assert other.details["final_train_loss"] != mlp_result.details["final_train_loss"]
-    assert other.metrics["per_fold_per_class"] != mlp_result.metrics["per_fold_per_class"]
+    assert other.per_class_values != mlp_result.per_class_values
 
 
 def test_stacking_folds_does_not_change_a_folds_numbers(problem):
@@ -336,3 +344,12 @@ def test_dropout_masks_keep_the_right_fraction(p):
     kept = (words.view(dtype) >= threshold).double().mean().item()
     assert kept == pytest.approx(1 - p, abs=3e-3)
     assert scale == pytest.approx(1 / (1 - p), rel=1e-4)
+
+
+def test_progress_without_a_terminal_prints_a_line_per_fold(problem, capsys):
+    from ocbench.tasks.context import Progress
+
+    fast_task("fov-linear", "epochs=2").run(*problem, progress=Progress(True, prefix="cell 3/8 · demo-bb"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "fold" in line]
+    assert len(lines) == 5  # pytest's stderr is not a terminal: one line per finished fold
+    assert lines[0].startswith("cell 3/8 · demo-bb · fov-linear fold 1/5 done: val macro-F1 ")

@@ -120,8 +120,13 @@ def expand_grid(
 # resolving and checking, before any work
 
 
-def _check_names(specs: Sequence[RunSpec], dataset_card: Any) -> list[tuple[RunSpec, Any, Any, Any, dict]]:
-    """Names, channel specs, settings and tracks of every cell (fast: no torch, no weights)."""
+def resolve_cells(specs: Sequence[RunSpec], dataset_card: Any) -> list[Cell]:
+    """Resolve every cell's names into objects, once, and check them (fast: no torch, no weights).
+
+    Names, channel specs (against the dataset card's channels), task settings, tracks and each
+    task's optional dependencies are checked for the whole grid before anything runs, so a typo in
+    the last cell does not surface after an hour of work on the first ones.
+    """
     from ocbench.backbones.adapters import parse_channels
     from ocbench.backbones.cards import get_card
     from ocbench.benchmark.splits import TRACKS
@@ -130,7 +135,7 @@ def _check_names(specs: Sequence[RunSpec], dataset_card: Any) -> list[tuple[RunS
     cards: dict[str, Any] = {}
     adapters: dict[tuple[str, str | None], Any] = {}
     tasks: dict[tuple[str, tuple[str, ...]], tuple[Any, dict]] = {}
-    checked = []
+    cells = []
     for spec in specs:
         if spec.backbone not in cards:
             cards[spec.backbone] = get_card(spec.backbone)
@@ -138,37 +143,33 @@ def _check_names(specs: Sequence[RunSpec], dataset_card: Any) -> list[tuple[RunS
         if (spec.backbone, spec.channels) not in adapters:
             adapters[(spec.backbone, spec.channels)] = parse_channels(spec.channels, card)
         if (spec.task, spec.overrides) not in tasks:
-            task_class = get_task_class(spec.task)
-            task, overrides = task_class().with_overrides(spec.overrides)
+            task, overrides = get_task_class(spec.task)().with_overrides(spec.overrides)
             task.validate_for(dataset_card)
             tasks[(spec.task, spec.overrides)] = (task, overrides)
         if spec.track not in TRACKS:
             raise ConfigError(f"unknown split track {spec.track!r}; valid: {', '.join(TRACKS)}")
         task, overrides = tasks[(spec.task, spec.overrides)]
-        checked.append((spec, card, adapters[(spec.backbone, spec.channels)], task, overrides))
+        cells.append(Cell(spec, card, adapters[(spec.backbone, spec.channels)], task, overrides, None))
     for task, _ in tasks.values():
         type(task).check_requirements()
-    return checked
+    return cells
 
 
-def resolve_cells(specs: Sequence[RunSpec], dataset: Any, options: RunOptions) -> list[Cell]:
-    """Resolve every cell's names into objects once and check the whole grid before any work.
+def _with_identities(cells: Sequence[Cell], options: RunOptions) -> list[Cell]:
+    """Each backbone's weights sha256 and revision, fetching weights that are missing now (before
+    the first cell), and the device checked: a missing checkpoint fails before any work."""
+    from dataclasses import replace
 
-    Order: names, channel specs, settings and tracks (instant); then the device; then each
-    backbone's weights (present, or fetched now), so a missing checkpoint for the last backbone
-    does not surface after an hour of work on the first ones.
-    """
-    checked = _check_names(specs, dataset.card)
     from ocbench.backbones.loader import resolve_device, resolve_identity
 
     resolve_device(options.device)
     identities: dict[str, Any] = {}
-    cells = []
-    for spec, card, adapter, task, overrides in checked:
-        if card.name not in identities:
-            identities[card.name] = resolve_identity(card, cache_dir=None)
-        cells.append(Cell(spec, card, adapter, task, overrides, identities[card.name]))
-    return cells
+    out = []
+    for cell in cells:
+        if cell.card.name not in identities:
+            identities[cell.card.name] = resolve_identity(cell.card)
+        out.append(replace(cell, identity=identities[cell.card.name]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,10 +215,17 @@ def off_protocol_reasons(cell: Cell, dataset: Any) -> list[str]:
     default_grade = dataset.card.default_min_grade
     if dataset.min_grade != default_grade:
         reasons.append(f"labels from grade >= {dataset.min_grade} only (the protocol counts grades >= {default_grade})")
-    unused = cell.adapter.unused_channels() if hasattr(cell.adapter, "unused_channels") else ()
+    unused = _unused_channels(cell.adapter, dataset.card.channel_names)
     if unused:
         reasons.append(f"channel map leaves out the {' and '.join(unused)} channel")
     return reasons
+
+
+def _unused_channels(adapter: Any, channel_names: Sequence[str]) -> tuple[str, ...]:
+    """Dataset channels a ``map`` adapter leaves out (the protocol's maps place every channel)."""
+    if adapter.strategy != "map":
+        return ()
+    return tuple(name for name, target in zip(channel_names, adapter.targets) if target is None)
 
 
 def _dataset_block(dataset: Any) -> dict[str, Any]:
@@ -281,24 +289,34 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
         )
 
 
-def _embed(options: RunOptions, context) -> Any:
-    """The context's cached ``embed``: FOV embeddings of the dataset (one extraction per cell)."""
-    cached = context.inputs.get("_embeddings")
-    if cached is not None:
-        return cached
+def _embed(options: RunOptions, recomputed: set, context, items=None) -> Any:
+    """The context's cached ``embed``: embeddings of the dataset's FOVs (or of ``items``), computed
+    once per cell; ``--recompute`` discards a key's cache once per grid, not once per cell."""
+    memo = context.inputs.setdefault("_embeddings", {})
+    source = context.dataset if items is None else items
+    if id(source) in memo:
+        return memo[id(source)]
     from ocbench.benchmark.embeddings import extract_embeddings
 
+    key = (context.backbone.name, context.adapter.key, source.version)
     embeddings = extract_embeddings(
-        context.dataset, context.backbone, context.adapter,
+        source, context.backbone, context.adapter,
         batch_size=options.batch_size, device=options.device, num_workers=options.num_workers,
         cache_dir=options.cache_dir, progress=options.progress,
+        recompute=options.recompute and key not in recomputed,
     )
-    context.inputs["_embeddings"] = embeddings
-    context.inputs["embeddings"] = dict(embeddings.meta)
+    recomputed.add(key)
+    memo[id(source)] = embeddings
+    if items is None:
+        context.inputs["embeddings"] = dict(embeddings.meta)
+    else:
+        context.inputs.setdefault("item_embeddings", []).append(dict(embeddings.meta))
     return embeddings
 
 
-def run_cell(cell: Cell, dataset: Any, options: RunOptions, *, position: str = "") -> RunOutcome:
+def run_cell(
+    cell: Cell, dataset: Any, options: RunOptions, *, position: str = "", recomputed: set | None = None
+) -> RunOutcome:
     """Run one resolved cell and write its entry; skip when the same run's entry exists."""
     from ocbench.backbones.loader import resolve_device
     from ocbench.benchmark.entry import build_entry, environment_info, load_entry, write_entry
@@ -317,7 +335,7 @@ def run_cell(cell: Cell, dataset: Any, options: RunOptions, *, position: str = "
         split=split,
         backbone=cell.card,
         adapter=cell.adapter,
-        embed_fn=partial(_embed, options),
+        embed_fn=partial(_embed, options, recomputed if recomputed is not None else set()),
         device=device,
         seed=options.seed,
         progress=Progress(options.progress, prefix=" · ".join(p for p in (position, cell.label()) if p)),
@@ -358,22 +376,28 @@ def _torch_threads() -> int | None:
 
 
 def run_grid(
-    specs: Iterable[RunSpec],
+    grid: Iterable[RunSpec] | Iterable[Cell],
     dataset: Any,
     options: RunOptions,
     *,
     on_done: Callable[[RunOutcome], None] | None = None,
 ) -> list[RunOutcome]:
-    """Resolve and check every spec, then run them in order; ``on_done(outcome)`` after each."""
-    specs = list(specs)
-    cells = resolve_cells(specs, dataset, options)
+    """Run a grid in order (specs are resolved here; cells from :func:`resolve_cells` are used as
+    they are); ``on_done(outcome)`` is called after each cell."""
+    grid = list(grid)
+    cells = [c for c in grid if isinstance(c, Cell)]
+    if len(cells) != len(grid):
+        cells = resolve_cells([s for s in grid if isinstance(s, RunSpec)], dataset.card)
+    cells = _with_identities(cells, options)
     if options.threads is not None:
         import torch
 
         torch.set_num_threads(options.threads)
-    outcomes = []
+    outcomes: list[RunOutcome] = []
+    recomputed: set = set()
     for i, cell in enumerate(cells, start=1):
-        outcome = run_cell(cell, dataset, options, position=f"cell {i}/{len(cells)}" if len(cells) > 1 else "")
+        position = f"cell {i}/{len(cells)}" if len(cells) > 1 else ""
+        outcome = run_cell(cell, dataset, options, position=position, recomputed=recomputed)
         outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)

@@ -38,6 +38,7 @@ __all__ = [
     "get_dataset_card",
     "list_dataset_cards",
     "open_dataset",
+    "dataset_card_for",
 ]
 
 #: Written by ``ocbench data download`` at the root of the data it fetched: the folder is OpenCell.
@@ -206,6 +207,15 @@ def recorded_name(root: Path) -> tuple[DatasetCard, str]:
         return OPENCELL, OPENCELL.name
     slug = re.sub(r"[^a-z0-9._-]+", "-", root.resolve().name.lower()).strip("-") or "folder"
     return OPENCELL, f"local:{slug}"
+
+
+def dataset_card_for(dataset: str | os.PathLike) -> DatasetCard:
+    """The card of what ``--dataset`` names, without opening the data (for checks before any work)."""
+    text = str(dataset)
+    if text in DATASETS:
+        return DATASETS.get(text)
+    root = Path(text).expanduser()
+    return recorded_name(root)[0] if root.is_dir() else OPENCELL
 
 
 def open_dataset(

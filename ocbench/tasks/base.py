@@ -24,6 +24,7 @@ value with the field's annotated type (numbers must be finite) and re-validates 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing

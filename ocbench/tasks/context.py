@@ -20,12 +20,23 @@ __all__ = ["RunContext", "Progress"]
 
 
 class Progress:
-    """Where a task reports progress: ``progress.bar(total, desc)`` returns a tqdm-like object
-    (a no-op when progress is off) and ``progress.note(text)`` prints a line to stderr."""
+    """Where a task reports progress, prefixed with the grid cell ("cell 3/8 · tiny-vit-random ·
+    map-p1-n2 · fov-mlp · protein").
+
+    On a terminal, ``bar(total, desc)`` is a live tqdm bar; without one (a log file, a batch job)
+    bars are silent and ``step(text)`` prints one line per finished step instead, so a log shows
+    how far a run got. ``note(text)`` always prints (when progress is on).
+    """
 
     def __init__(self, enabled: bool = True, prefix: str = "") -> None:
         self.enabled = enabled
         self.prefix = prefix
+
+    @property
+    def interactive(self) -> bool:
+        import sys
+
+        return self.enabled and sys.stderr.isatty()
 
     def describe(self, what: str) -> str:
         return f"{self.prefix} · {what}" if self.prefix else what
@@ -33,7 +44,12 @@ class Progress:
     def bar(self, total: int, desc: str, unit: str = "it"):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=self.describe(desc), unit=unit, leave=False, disable=not self.enabled)
+        return tqdm(total=total, desc=self.describe(desc), unit=unit, leave=False, disable=not self.interactive)
+
+    def step(self, text: str) -> None:
+        """A finished step, printed as a line only when there is no live bar to show it."""
+        if self.enabled and not self.interactive:
+            self.note(text)
 
     def note(self, text: str) -> None:
         if self.enabled:
@@ -54,8 +70,8 @@ class RunContext:
     #: BackboneCard and the ChannelAdapter placing the dataset's channels into its inputs.
     backbone: Any
     adapter: Any
-    #: ``embed()`` -> Embeddings (``features`` (N, D) float32, ``fov_ids``, ``meta``) of every item.
-    embed_fn: Callable[["RunContext"], Any]
+    #: ``embed_fn(context, items)`` -> Embeddings (``features`` (N, D) float32, ``fov_ids``, ``meta``).
+    embed_fn: Callable[["RunContext", Any], Any]
     device: str = "cpu"
     seed: int = 0
     progress: Progress = field(default_factory=lambda: Progress(False))
@@ -70,6 +86,9 @@ class RunContext:
     def labels(self):
         return self.dataset.labels
 
-    def embed(self):
-        """The backbone's embeddings of every item (cached by key; see ``ocbench embed``)."""
-        return self.embed_fn(self)
+    def embed(self, items: Any = None):
+        """The backbone's embeddings (cached by key; see ``ocbench embed``) of every FOV of the
+        dataset, or of ``items``: any dataset-like object (``version``, ``fov_ids`` = item ids,
+        ``read(i)`` -> (channels, H, W) in the dataset card's channel order, ``len``), e.g. cell
+        crops cut on the fly; its ``version`` must change whenever its pixels would."""
+        return self.embed_fn(self, items)

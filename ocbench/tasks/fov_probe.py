@@ -39,6 +39,7 @@ import numpy as np
 from ocbench.data.compartments import COMPARTMENTS
 from ocbench.errors import ConfigError, DataError
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
+from ocbench.tasks.context import Progress
 
 __all__ = [
     "FovProbe",
@@ -153,7 +154,7 @@ class FovProbe(TaskConfig):
         test_idx, folds_idx = context.split.indices(embeddings.fov_ids)
         return self.run(
             embeddings.features, context.labels, test_idx, folds_idx,
-            seed=context.seed, device=context.device, progress=context.progress.enabled,
+            seed=context.seed, device=context.device, progress=context.progress,
             class_names=context.class_names,
         )
 
@@ -166,7 +167,7 @@ class FovProbe(TaskConfig):
         *,
         seed: int = 0,
         device: str = "cpu",
-        progress: bool = True,
+        progress: bool | Progress = True,
         max_parallel_folds: int | None = None,
         class_names: Sequence[str] = COMPARTMENTS,
     ) -> TaskResult:
@@ -314,14 +315,15 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
         same = [p for p in plans if p.steps_per_epoch == steps]
         groups += [same[i : i + limit] for i in range(0, len(same), limit)]
 
-    from tqdm.auto import tqdm
 
     val_scores: list[Any] = [None] * len(plans)
     test_scores: list[Any] = [None] * len(plans)
     final_loss: list[Any] = [None] * len(plans)
-    with tqdm(total=cfg.epochs * len(groups), desc=cfg.name, unit="epoch", disable=None if progress else True) as bar:
+    report = progress if isinstance(progress, Progress) else Progress(bool(progress))
+    with report.bar(cfg.epochs * len(groups), cfg.name, unit="epoch") as bar:
         for group in groups:
-            bar.set_description(f"{cfg.name} fold{'s' if len(group) > 1 else ''} {','.join(str(p.fold + 1) for p in group)}")
+            folds_text = f"fold{'s' if len(group) > 1 else ''} {','.join(str(p.fold + 1) for p in group)}/{len(plans)}"
+            bar.set_description(report.describe(f"{cfg.name} {folds_text}"))
             params, losses = _train_group(cfg, group, x, y, dev, bar)
             for g, plan in enumerate(group):
                 final_loss[plan.fold] = losses[g]
@@ -330,6 +332,10 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
                 test_pred = _predict(cfg, fold_params, plan.standardizer.apply(x[test]), dev)
                 val_scores[plan.fold] = multilabel_scores(y[plan.val], val_pred)
                 test_scores[plan.fold] = multilabel_scores(y[test], test_pred)
+                report.step(
+                    f"{cfg.name} fold {plan.fold + 1}/{len(plans)} done: val macro-F1 "
+                    f"{val_scores[plan.fold]['macro_f1']:.3f}, test {test_scores[plan.fold]['macro_f1']:.3f}"
+                )
 
     metrics = cross_validation_metrics(val_scores, test_scores, class_names)
     details = {
