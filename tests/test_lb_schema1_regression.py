@@ -66,7 +66,7 @@ def test_schema_1_entries_validate_and_upgrade():
             assert new.values == old["per_fold"] and new.mean == old["mean"] and new.std == old["std"]
         assert entry.class_names == list(COMPARTMENTS)
         assert entry.dataset.name == "demo" and entry.dataset.synthetic
-        assert entry.off_protocol == bool(raw["overrides"]) or raw["off_protocol"]
+        assert entry.off_protocol == raw["off_protocol"]
         if raw["overrides"]:
             assert entry.off_protocol_reasons
     upgraded = [e.schema_version for e in collect_entries(SOURCES).entries]
