@@ -695,7 +695,8 @@ def leaderboard() -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--no-reported", is_flag=True, help="Leave out the paper's reported rows.")
 @click.option("--rank-reported", is_flag=True, help="Rank reported rows together with computed ones.")
-def leaderboard_build(entries, out, no_reported, rank_reported):
+@click.option("--allow-empty", is_flag=True, help="Build even with no valid entry (the paper's reported rows alone).")
+def leaderboard_build(entries, out, no_reported, rank_reported, allow_empty):
     """Build LEADERBOARD.md, leaderboard.csv, index.html and plots from entry folders/files/Hub repos.
 
     \b
@@ -704,7 +705,9 @@ def leaderboard_build(entries, out, no_reported, rank_reported):
     """
     from ocbench.leaderboard import build_board
 
-    report = build_board(list(entries), out, include_reported=not no_reported, rank_reported=rank_reported)
+    report = build_board(
+        list(entries), out, include_reported=not no_reported, rank_reported=rank_reported, allow_empty=allow_empty
+    )
     click.echo(report.summary())
 
 
@@ -731,7 +734,9 @@ def leaderboard_validate(entries):
 @click.argument("board_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--repo-id", required=True, help="Hub dataset repo, ORG/NAME.")
 @click.option("--dry-run", is_flag=True, help="Print what would be uploaded; upload nothing.")
-def leaderboard_publish(board_dir, repo_id, dry_run):
+@click.option("--allow-synthetic", is_flag=True, help="Publish entries on synthetic data (the demo) too.")
+@click.option("--allow-off-protocol", is_flag=True, help="Publish off-protocol entries too.")
+def leaderboard_publish(board_dir, repo_id, dry_run, allow_synthetic, allow_off_protocol):
     """Upload a built board (entries and tables) to a Hugging Face dataset repo.
 
     \b
@@ -740,7 +745,9 @@ def leaderboard_publish(board_dir, repo_id, dry_run):
     """
     from ocbench.leaderboard import publish
 
-    for line in publish(board_dir, repo_id, dry_run=dry_run):
+    for line in publish(
+        board_dir, repo_id, dry_run=dry_run, allow_synthetic=allow_synthetic, allow_off_protocol=allow_off_protocol
+    ):
         click.echo(line)
 
 

@@ -63,7 +63,7 @@ def test_sweep_channels_covers_every_injective_map(cache, tmp_path):
     entries = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert len(entries) == 6  # 3 RGB inputs: 3 x 2 injective maps of (protein, nucleus)
     assert len({e["channels"]["key"] for e in entries}) == 6
-    means = [e["metrics"]["macro_f1"]["val"]["mean"] for e in entries]
+    means = [e["scores"]["val"]["macro_f1"]["mean"] for e in entries]
     lines = [line for line in result.output.splitlines() if line.startswith("tiny-vit-random")]
     shown = [float(line.split("±")[0].split()[-1]) for line in lines]
     assert shown == sorted(shown, reverse=True) and len(shown) == 6
@@ -87,6 +87,9 @@ def test_leaderboard_build_validate_publish(cache, tmp_path):
     assert "classical-stats" in (tmp_path / "board" / "LEADERBOARD.md").read_text()
     (entries / "broken.json").unlink()
     built = invoke("leaderboard", "build", str(entries), "--out", str(tmp_path / "board"))
-    published = invoke("leaderboard", "publish", str(tmp_path / "board"), "--repo-id", "org/board", "--dry-run")
+    refused = invoke("leaderboard", "publish", str(tmp_path / "board"), "--repo-id", "org/board", "--dry-run")
+    assert refused.exit_code == 2 and "--allow-synthetic" in refused.output  # demo rows are not published by accident
+    published = invoke("leaderboard", "publish", str(tmp_path / "board"), "--repo-id", "org/board", "--dry-run",
+                       "--allow-synthetic", "--allow-off-protocol")
     assert published.exit_code == 0, published.output
     assert "LEADERBOARD.md" in published.output

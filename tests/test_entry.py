@@ -242,3 +242,21 @@ def test_environment_info_reads_versions_without_importing_torch():
     assert env["device"] == "cpu" and env["python"].count(".") == 2
     assert ("torch" in sys.modules) == had_torch
     entry_mod.EnvironmentInfo.model_validate(env)
+
+
+def test_fraction_scores_outside_the_unit_interval_are_refused():
+    """Schema 1 refused a fold score of 1.5; schema 2 keeps refusing it for fraction metrics."""
+    from ocbench.benchmark.entry import entry_from_dict
+    from ocbench.errors import DataError
+    from ocbench.leaderboard.examples import example_entry_dict
+
+    data = example_entry_dict()
+    bad = json.loads(json.dumps(data))
+    bad["scores"]["test"]["macro_f1"] = {"values": [1.5, 0.5], "mean": 1.0, "std": 0.7071067811865476, "ddof": 1, "n": 2}
+    with pytest.raises(DataError, match=r"scores.test.macro_f1: value 0 \(1.5\) is outside \[0, 1\]"):
+        entry_from_dict(bad)
+    bad = json.loads(json.dumps(data))
+    first = next(iter(bad["per_class"]["val"]["f1"]))
+    bad["per_class"]["val"]["f1"][first] = -0.1
+    with pytest.raises(DataError, match="outside"):
+        entry_from_dict(bad)

@@ -170,6 +170,19 @@ class Axis(_Strict):
         return next(p for p in self.points if p.value == value)
 
 
+#: Metrics that are fractions: their values (and per-class values) must lie in [0, 1].
+UNIT_INTERVAL_METRICS = frozenset({"macro_f1", "macro_f1_all", "f1", "precision", "recall", "accuracy"})
+
+
+def _check_scores_in_range(scores: Mapping[str, Mapping[str, "MetricSummary"]], where: str) -> None:
+    for part, metrics in scores.items():
+        for metric, summary in metrics.items():
+            if metric in UNIT_INTERVAL_METRICS:
+                for i, v in enumerate(summary.values):
+                    if not 0.0 <= v <= 1.0:
+                        raise ValueError(f"{where}.{part}.{metric}: value {i} ({v}) is outside [0, 1]")
+
+
 def _check_per_class(per_class: Mapping[str, Mapping[str, Mapping[str, float]]], class_names: list[str], where: str) -> None:
     known = set(class_names)
     for part, kinds in per_class.items():
@@ -180,6 +193,8 @@ def _check_per_class(per_class: Mapping[str, Mapping[str, Mapping[str, float]]],
             for name, v in scores.items():
                 if not math.isfinite(v):
                     raise ValueError(f"{where}.{part}.{kind}: {name} is not a finite number")
+                if kind in UNIT_INTERVAL_METRICS and not 0.0 <= v <= 1.0:
+                    raise ValueError(f"{where}.{part}.{kind}: {name} score {v} is outside [0, 1]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +319,7 @@ class Entry(_Strict):
             raise ValueError(f"main_score {main.eval_set}/{main.metric} is not in scores")
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError("class_names has duplicates")
+        _check_scores_in_range(self.scores, "scores")
         _check_per_class(self.per_class, self.class_names, "per_class")
         for part, kinds in self.per_class_values.items():
             for kind, rows in kinds.items():
@@ -314,6 +330,9 @@ class Entry(_Strict):
                         )
                     if any(not math.isfinite(v) for v in row):
                         raise ValueError(f"per_class_values.{part}.{kind}[{i}] has a value that is not finite")
+                    low, high = (0.0, 1.0) if kind in UNIT_INTERVAL_METRICS else (0.0 if kind == "support" else -math.inf, math.inf)
+                    if any(not low <= v <= high for v in row):
+                        raise ValueError(f"per_class_values.{part}.{kind}[{i}] has a value outside [{low}, {high}]")
                 n = self.scores.get(part, {}).get(main.metric)
                 if n is not None and len(rows) != n.n:
                     raise ValueError(f"per_class_values.{part}.{kind} has {len(rows)} rows, scores.{part}.{main.metric}.n is {n.n}")
@@ -322,6 +341,7 @@ class Entry(_Strict):
             if point.scores != self.scores:
                 raise ValueError(f"scores must equal the axis point at {self.axis.name}={self.axis.main}")
             for p in self.axis.points:
+                _check_scores_in_range(p.scores, f"axis.points[{p.value}].scores")
                 _check_per_class(p.per_class, self.class_names, f"axis.points[{p.value}].per_class")
         expected = entry_key(self.backbone.name, self.channels.key, self.task, self.split.track)
         if self.key != expected:
