@@ -24,7 +24,7 @@ import ocbench
 
 ROOT = Path(ocbench.__file__).resolve().parent
 BASE = {"ocbench", "ocbench.errors", "ocbench._io", "ocbench._lock", "ocbench.registry", "ocbench.summaries",
-        "ocbench.paths", "ocbench.reported", "ocbench.__main__"}
+        "ocbench.paths", "ocbench.reported"}
 
 
 def _module_name(path: Path) -> str:
@@ -61,7 +61,7 @@ GRAPH = {name: _imports(name) for name in MODULES}
 def _layer(name: str) -> str:
     if name in BASE:
         return "base"
-    if name == "ocbench.cli":
+    if name in ("ocbench.cli", "ocbench.__main__"):
         return "cli"
     return name.split(".")[1]
 
