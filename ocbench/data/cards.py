@@ -152,18 +152,23 @@ _OPENCELL_CITATION = (
     "Science 375, eabi6983 (2022)"
 )
 
+#: What every dataset in OpenCell's raw layout shares: channels, classes, groups, grades, reader.
+_OPENCELL_LAYOUT: dict[str, Any] = dict(
+    channel_names=CHANNELS,
+    class_names=COMPARTMENTS,
+    group_column="ensg",
+    group_name="protein",
+    reader="ocbench.data.opencell:OpenCellDataset",
+    grades=GRADES,
+    default_min_grade=1,
+)
+
 OPENCELL = register_dataset_card(
     DatasetCard(
         name="opencell",
         description="OpenCell: 1,310 endogenously tagged proteins in HEK293T, confocal FOVs "
         "(protein: mNeonGreen, nucleus: Hoechst), 17 localization compartments graded 1-3 per protein",
-        channel_names=CHANNELS,
-        class_names=COMPARTMENTS,
-        group_column="ensg",
-        group_name="protein",
-        reader="ocbench.data.opencell:OpenCellDataset",
-        grades=GRADES,
-        default_min_grade=1,
+        **_OPENCELL_LAYOUT,
         default_root="ocbench.paths:opencell_root",
         obtain_hint="run `ocbench data download opencell` first, or pass --dataset DIR (or --dataset demo for the offline demo)",
         pixel_size_um=0.206,
@@ -178,13 +183,7 @@ DEMO = register_dataset_card(
         name="demo",
         description="ocbench's synthetic demo in the exact OpenCell raw layout: drawn cells whose "
         "protein channel carries class-specific patterns (offline, written on first use)",
-        channel_names=CHANNELS,
-        class_names=COMPARTMENTS,
-        group_column="ensg",
-        group_name="protein",
-        reader="ocbench.data.opencell:OpenCellDataset",
-        grades=GRADES,
-        default_min_grade=1,
+        **_OPENCELL_LAYOUT,
         default_root="ocbench.data.demo:ensure_demo",
         synthetic=True,
         notes="Synthetic: its scores say that the pipeline works, not how a backbone does on real cells.",
