@@ -122,6 +122,8 @@ class Registry(Generic[T]):
         for ep in entry_points(group=self.entry_point_group):
             try:
                 obj = ep.load()
+                if type(obj).__name__ != "module" and ep.name not in self._entries:  # a module registered itself
+                    self.register(ep.name, obj)
             except Exception as exc:  # a broken plugin must not break every command
                 import warnings
 
@@ -130,11 +132,6 @@ class Registry(Generic[T]):
                     f"{type(exc).__name__}: {exc}; fix or uninstall it",
                     stacklevel=2,
                 )
-                continue
-            if type(obj).__name__ == "module":
-                continue  # importing the module registered its objects
-            if ep.name not in self._entries:
-                self.register(ep.name, obj)
 
     def __contains__(self, name: object) -> bool:
         self._start()

@@ -175,3 +175,21 @@ def test_every_builtin_registry_uses_the_one_registry_type():
     registries = [DATASETS, TASKS, entry.UPGRADERS] + [v for v in vars(cards).values() if isinstance(v, Registry)]
     assert all(isinstance(r, Registry) for r in registries) and len(registries) == 4
     assert json.dumps(sorted(entry.UPGRADERS.names())) == '["0", "1"]'
+
+
+def test_a_plugin_entry_point_that_fails_its_check_only_warns(tmp_path, monkeypatch):
+    dist = tmp_path / "ocbench_bad_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ocbench-bad-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ocbench.gadgets]\nbad = bad_ep_mod:BAD\ngood = bad_ep_mod:GOOD\n")
+    (tmp_path / "bad_ep_mod.py").write_text("BAD = 42\nGOOD = ('gadget',)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def must_be_tuple(obj):
+        if not isinstance(obj, tuple):
+            raise ConfigError("not a gadget")
+
+    reg = Registry("gadget", entry_point_group="ocbench.gadgets", check=must_be_tuple)
+    with pytest.warns(UserWarning, match="failed to load"):
+        assert reg.names() == ["good"]
+    assert reg.get("good") == ("gadget",)
