@@ -4,7 +4,7 @@ The DINO checkpoints we benchmark (ImageNet DINO, Dino4Cells) use timm's ``Visio
 parameter layout, so timm builds the network. What differs is the forward pass for inputs whose
 patch grid is not the pretraining grid: DINO resizes the position embedding with a *scale factor*,
 timm with an exact *size* (and anti-aliasing). The two give different numbers, and features must
-equal the original implementation's (PROTOCOL.md section 3), so :func:`vit_cls_features` does the
+equal the original implementation's (the seed paper's reference), so :func:`vit_cls_features` does the
 DINO resize itself.
 
 The DINO formula, as read in ``vision_transformer.py`` of facebookresearch/dino

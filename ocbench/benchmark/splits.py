@@ -1,6 +1,6 @@
 """Train/test splits: a held-out test part and 5 cross-validation folds over the rest.
 
-Two tracks (PROTOCOL.md section 4):
+Two tracks:
 
 - ``paper``: split by FOV, as the paper did. The FOVs of one protein share its labels, so the
   same protein usually sits on both sides; this track reproduces the paper's numbers.

@@ -1,6 +1,6 @@
 """Single cells of a dataset: segmentation masks, the cell table, crops cut on the fly, labels.
 
-The paper's single-cell track (PROTOCOL.md section 6, appendix B) in four steps:
+The paper's single-cell track (the seed paper, section 2.6.2 and appendix B) in four steps:
 
 1. **Segment** every FOV with a backend (:class:`SegmentationBackend`): ``cellpose`` (Cellpose v3
    ``cyto3``, protein as the segmentation channel and nucleus as the second one, automatic

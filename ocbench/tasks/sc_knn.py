@@ -1,6 +1,6 @@
 """Task C: leave-one-out soft-vote k-NN on single-cell embeddings (``sc-knn``; paper Table 4).
 
-Protocol (PROTOCOL.md section 6), over the evaluation cells (:mod:`ocbench.data.cells`: weak
+Protocol (the seed paper, section 2.6.2 and appendix B), over the evaluation cells (:mod:`ocbench.data.cells`: weak
 labels of grade-3 FOVs by default, or an expert file):
 
 1. every cell is a query once; its candidates are all *other* evaluation cells (``exclude="self"``,
