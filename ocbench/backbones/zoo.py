@@ -1,4 +1,4 @@
-"""The built-in backbone cards: the seed paper's backbones (the seed paper, section 2) and two offline ones.
+"""The built-in backbone cards: the seed paper's backbones (the seed paper, sections 2.3-2.5) and two offline ones.
 
 :data:`ZOO_CARDS` lists them in the curated order ``ocbench backbones list`` shows; the registry
 (:mod:`ocbench.backbones.cards`) registers them on first use. The seed paper's numbers for these

@@ -1,6 +1,6 @@
 """Task A: a probe trained on frozen FOV embeddings (``fov-mlp``, ``fov-linear``).
 
-Protocol (the seed paper, section 2.5), per cross-validation fold ``k`` of ``K``:
+Protocol (the seed paper, section 2.6.1), per cross-validation fold ``k`` of ``K``:
 
 1. train on the other ``K-1`` folds, validate on fold ``k``, and score the same model on the
    held-out test set;
