@@ -155,13 +155,19 @@ def test_registry_lazy_entries_did_you_mean_and_duplicates(tmp_path, monkeypatch
         reg.get("broken")
 
 
-def test_entry_points_add_to_a_registry(tmp_path, monkeypatch):
-    dist = tmp_path / "ocbench_toy_plugin-0.1.dist-info"
+def _installed_plugin(tmp_path, monkeypatch, name: str, group: str, entry_points: str, module: str, code: str) -> None:
+    """An installed distribution (a .dist-info on sys.path) declaring ``entry_points`` in ``group``."""
+    dist = tmp_path / f"{name}-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ocbench-toy-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[ocbench.toys]\nshiny = toy_ep_mod:SHINY\n")
-    (tmp_path / "toy_ep_mod.py").write_text("SHINY = ('shiny',)\n")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{entry_points}\n")
+    (tmp_path / f"{module}.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_entry_points_add_to_a_registry(tmp_path, monkeypatch):
+    _installed_plugin(tmp_path, monkeypatch, "ocbench_toy_plugin", "ocbench.toys", "shiny = toy_ep_mod:SHINY",
+                      "toy_ep_mod", "SHINY = ('shiny',)\n")
     reg = Registry("toy", entry_point_group="ocbench.toys")
     assert reg.names() == ["shiny"] and reg.get("shiny") == ("shiny",)
 
@@ -178,12 +184,8 @@ def test_every_builtin_registry_uses_the_one_registry_type():
 
 
 def test_a_plugin_entry_point_that_fails_its_check_only_warns(tmp_path, monkeypatch):
-    dist = tmp_path / "ocbench_bad_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ocbench-bad-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[ocbench.gadgets]\nbad = bad_ep_mod:BAD\ngood = bad_ep_mod:GOOD\n")
-    (tmp_path / "bad_ep_mod.py").write_text("BAD = 42\nGOOD = ('gadget',)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    _installed_plugin(tmp_path, monkeypatch, "ocbench_bad_plugin", "ocbench.gadgets",
+                      "bad = bad_ep_mod:BAD\ngood = bad_ep_mod:GOOD", "bad_ep_mod", "BAD = 42\nGOOD = ('gadget',)\n")
 
     def must_be_tuple(obj):
         if not isinstance(obj, tuple):

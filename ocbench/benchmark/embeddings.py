@@ -473,10 +473,16 @@ def _check_adapter(adapter, card: BackboneCard, dataset) -> ChannelAdapter:
     return adapter
 
 
-def _backbone_identity(card: BackboneCard, loaded: "Backbone | None") -> dict[str, Any]:
-    """weights sha256, revision, preprocessing key and provenance, without building the model."""
+def _backbone_identity(card: BackboneCard, loaded: "Backbone | None", known=None) -> dict[str, Any]:
+    """weights sha256, revision, preprocessing key and provenance, without building the model.
+
+    ``known``: the card's BackboneIdentity when the caller resolved it already (the runner does, once
+    per backbone), so the weights are not hashed again for every cell."""
     from ocbench.backbones import loader
 
+    if loaded is None and known is not None:
+        return {"weights_sha256": known.weights_sha256, "revision": known.revision,
+                "preprocess": known.preprocess_key, "provenance": known.provenance()}
     if loaded is not None:
         ident = loaded.identity
         provenance = ident.provenance() if ident is not None else loader.BackboneIdentity(None, None, "").provenance()
@@ -588,6 +594,7 @@ def extract_embeddings(
     recompute: bool = False,
     precision: str = "fp32",
     lock_timeout: float | None = None,
+    identity=None,
 ) -> Embeddings:
     """Embed every item of ``dataset`` with ``backbone`` (cached; resumable); see the module docstring.
 
@@ -602,6 +609,7 @@ def extract_embeddings(
     ``recompute``: delete this key's cache first and extract again.
     ``precision``: "fp32" (default) or "bf16" (autocast, CUDA only); part of the key, in ``meta``.
     ``lock_timeout``: seconds to wait for another process extracting the same key (None: as long as it takes).
+    ``identity``: the card's ``resolve_identity`` result, when already known (skips hashing the weights again).
 
     A card name or a channel spec string (what a user typed) is also accepted and resolved once,
     here, for the command line.
@@ -627,7 +635,7 @@ def extract_embeddings(
     n = len(fov_ids)
     if n == 0:
         raise DataError("the dataset has no labelled items to embed; check its annotations file")
-    ident = _backbone_identity(card, loaded)
+    ident = _backbone_identity(card, loaded, identity)
     dataset_version = str(dataset.version)
     identity = _identity_dict(
         dataset_version, card.name, ident["weights_sha256"], ident["revision"], adapter.key, ident["preprocess"],

@@ -47,7 +47,7 @@ import platform as _platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -401,8 +401,8 @@ def known_schema_versions() -> list[int]:
     return versions
 
 
-def _v1_summary(values: list[float]) -> dict[str, Any]:
-    """A schema-1 metric summary (its list was called ``per_fold``)."""
+def v1_summary(values: Sequence[float]) -> dict[str, Any]:
+    """A metric summary in the schema-1 layout (its list was called ``per_fold``), for upgrades and tests."""
     out = summarize(values)
     return {"per_fold": out.pop("values"), **out}
 
@@ -451,7 +451,7 @@ def _upgrade_0_to_1(old: dict) -> dict:
         "split": {"track": track, "seed": d.pop("split_seed", None), "sha256": d.pop("split_sha256", None)},
         "metrics": {
             **metrics,  # per_class kept as is; anything unexpected is left for validation to flag
-            "macro_f1": {part: _v1_summary(folds) if isinstance(folds, list) else folds for part, folds in macro.items()},
+            "macro_f1": {part: v1_summary(folds) if isinstance(folds, list) else folds for part, folds in macro.items()},
         },
         "seed": d.pop("seed", None),
         "environment": {

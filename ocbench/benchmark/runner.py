@@ -289,7 +289,7 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
         )
 
 
-def _embed(options: RunOptions, recomputed: set, context, items=None) -> Any:
+def _embed(options: RunOptions, recomputed: set, identity: Any, context, items=None) -> Any:
     """The context's cached ``embed``: embeddings of the dataset's FOVs (or of ``items``), computed
     once per cell; ``--recompute`` discards a key's cache once per grid, not once per cell."""
     memo = context.inputs.setdefault("_embeddings", {})
@@ -303,7 +303,7 @@ def _embed(options: RunOptions, recomputed: set, context, items=None) -> Any:
         source, context.backbone, context.adapter,
         batch_size=options.batch_size, device=options.device, num_workers=options.num_workers,
         cache_dir=options.cache_dir, progress=options.progress, precision=options.precision,
-        recompute=options.recompute and key not in recomputed,
+        recompute=options.recompute and key not in recomputed, identity=identity,
     )
     recomputed.add(key)
     memo[id(source)] = embeddings
@@ -349,7 +349,7 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
         split=split,
         backbone=cell.card,
         adapter=cell.adapter,
-        embed_fn=partial(_embed, options, recomputed if recomputed is not None else set()),
+        embed_fn=partial(_embed, options, recomputed if recomputed is not None else set(), cell.identity),
         device=device,
         seed=options.seed,
         progress=Progress(options.progress, prefix=" · ".join(p for p in (position, cell.label()) if p)),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Mapping, Sequence
 
-from ocbench.benchmark.entry import SCHEMA_VERSION, entry_key
+from ocbench.benchmark.entry import SCHEMA_VERSION, entry_key, v1_summary
 from ocbench.data.compartments import COMPARTMENTS
 from ocbench.summaries import summarize
 
@@ -208,10 +208,6 @@ def example_entry_dict_v1(
     ``per_fold``, the 17 compartments implied, the demo called ``ocbench-demo``)."""
     test_folds = val_folds if test_folds is None else test_folds
     overrides = dict(overrides or {})
-
-    def v1_summary(values: Sequence[float]) -> dict[str, Any]:
-        out = summarize([float(v) for v in values])
-        return {"per_fold": out.pop("values"), **out}
 
     val, test = v1_summary(val_folds), v1_summary(test_folds)
     per_class = _per_class(val["mean"], COMPARTMENTS)
