@@ -20,9 +20,14 @@ from typing import Any
 from ocbench.backbones.specs import SOURCE_KINDS, WeightsSource, parse_intensity, parse_resize, parse_source
 from ocbench.errors import ConfigError
 
-__all__ = ["BackboneCard", "SOURCE_KINDS", "NORMALIZATIONS", "WeightsSource", "channel_aliases"]
+__all__ = ["BackboneCard", "SOURCE_KINDS", "NORMALIZATIONS", "SUPERVISIONS", "WeightsSource", "channel_aliases"]
 
 NORMALIZATIONS: tuple[str, ...] = ("imagenet", "self", "none")
+#: Kinds of training signal a card may declare. "protein-label supervised" means trained with
+#: localization labels of proteins (which may be the benchmark's own proteins).
+SUPERVISIONS: tuple[str, ...] = (
+    "none", "self-supervised", "image-text contrastive", "class-label supervised", "protein-label supervised",
+)
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -68,6 +73,11 @@ class BackboneCard:
     #: Seed for ``builtin:random-init`` cards.
     init_seed: int | None = None
     pretraining: str = ""
+    #: Image collections the weights were trained on, in order (e.g. ("ImageNet-1k",), ("LVD-142M",),
+    #: ("HPA FOV",), ("HPA FOV", "OpenCell") for a fine-tuned card). Empty: no training (random, hand-made).
+    training_datasets: tuple[str, ...] = ()
+    #: How the weights were trained: one of :data:`SUPERVISIONS`.
+    supervision: str = "none"
     license: str = ""
     citation: str = ""
     notes: str = ""
@@ -123,6 +133,10 @@ def _validate_card(card: BackboneCard) -> None:
         source = parse_source(card.source)
     except ConfigError:
         raise bad("source", f"'{card.source}' must start with one of {', '.join(k + ':' for k in SOURCE_KINDS)}") from None
+    if not isinstance(card.training_datasets, tuple) or not all(isinstance(d, str) and d for d in card.training_datasets):
+        raise bad("training_datasets", "must be a tuple of dataset names, e.g. (\"ImageNet-1k\",)")
+    if card.supervision not in SUPERVISIONS:
+        raise bad("supervision", f"'{card.supervision}' must be one of {', '.join(SUPERVISIONS)}")
     if card.normalization not in NORMALIZATIONS:
         raise bad("normalization", f"'{card.normalization}' must be one of {', '.join(NORMALIZATIONS)}")
     if not isinstance(card.in_chans, int) or card.in_chans < 1:

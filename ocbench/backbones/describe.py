@@ -97,6 +97,7 @@ def format_card(card: BackboneCard) -> str:
     lines += [
         f"availability:    {reason or 'offline (no download)'}",
         f"pretraining:     {card.pretraining or '-'}",
+        f"training data:   {', '.join(card.training_datasets) or 'none'} ({card.supervision})",
         f"arch:            {card.arch}" + (f" {card.arch_kwargs}" if card.arch_kwargs else ""),
         f"patch size:      {card.patch_size or '-'}",
         f"input size:      {card.input_size or '-'} (resize policy: {card.resize})",

@@ -42,6 +42,8 @@ _IMAGENET_COMMON = dict(
     resize="none",
     input_size=224,
     pretraining="ImageNet-1k, DINO (self-supervised)",
+    training_datasets=("ImageNet-1k",),
+    supervision="self-supervised",
     license="apache-2.0",
     citation=_DINO,
 )
@@ -90,6 +92,7 @@ _HPA_COMMON = dict(
     # download and enforced from then on (see sources.py), and entries say the weights are not
     # matched to a published checksum.
     sha256=None,
+    supervision="self-supervised",
     license="as stated by the publisher on the Zenodo record (see source); check it before commercial use",
     citation=_DINO4CELLS,
 )
@@ -101,6 +104,7 @@ _add(BackboneCard(
     patch_size=8,
     feature_dim=768,
     pretraining="Human Protein Atlas FOV images, DINO (Dino4Cells)",
+    training_datasets=("HPA FOV",),
     notes="Zenodo record 8061392; the teacher backbone of the DINO checkpoint, DINO head dropped",
     **_HPA_COMMON,
 ))
@@ -112,6 +116,7 @@ _add(BackboneCard(
     patch_size=16,
     feature_dim=768,
     pretraining="Human Protein Atlas single-cell crops, DINO (Dino4Cells)",
+    training_datasets=("HPA single-cell",),
     notes="Zenodo record 8061426; the paper uses it for the single-cell task only",
     **_HPA_COMMON,
 ))
@@ -128,6 +133,8 @@ _OPENCELL_COMMON = dict(
     resize="none",
     input_size=224,
     pretraining="OpenCell 90% train split, DINO from scratch (trained by ocbench)",
+    training_datasets=("OpenCell",),
+    supervision="self-supervised",
     license="same as the OpenCell data it is trained on",
     citation=_SEED_PAPER,
 )
