@@ -472,7 +472,8 @@ def data_cells(dataset, annotations, min_grade, backend, overrides, cell_labels,
     ds = _open_dataset(dataset, annotations, min_grade)
     click.echo(cell_data.cells_command(
         ds, backend=task.backend_for(ds.card), crop=task.crop_settings(), black_percentile=task.black_percentile,
-        labels=task.label_policy(), cell_labels=cell_labels, contact_sheet=contact_sheet, progress=Progress(True),
+        labels=task.label_policy(), cell_labels=cell_labels or task.cell_labels or None, contact_sheet=contact_sheet,
+        progress=Progress(True),
         recompute=recompute,
     ))
 
