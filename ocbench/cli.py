@@ -149,10 +149,33 @@ def _run_options(fn):
 
 
 def _available_cores() -> int:
+    """Cores this process may use: under torchrun, the node's cores shared by its ranks."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        ranks_here = 1
+    return max(1, cores // ranks_here)
+
+
+def _is_main_rank() -> bool:
+    from ocbench.benchmark import distributed
+
+    return distributed.is_main()
+
+
+def _join_ranks(device: str) -> str:
+    """Under ``torchrun``: join the process group and return this rank's device; only rank 0 prints
+    results (every rank still reports its errors)."""
+    from ocbench.benchmark import distributed
+
+    device = distributed.setup(device)
+    if not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")
+    return device
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,11 +227,12 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
         _split_list(backbones), _split_list(tasks), list(channels) or [None], _split_list(tracks), overrides
     )
     cells = resolve_cells(specs, dataset_card_for(dataset))  # names checked before the data is opened
+    device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
     options = RunOptions(
         output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, split_file=Path(split_file) if split_file else None,
-        threads=threads or _available_cores(), recompute=recompute, precision=precision,
+        threads=threads or _available_cores(), recompute=recompute, precision=precision, progress=_is_main_rank(),
     )
     _print_outcomes(run_grid(cells, ds, options, on_done=_say_done))
 
@@ -234,11 +258,13 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
     from ocbench.benchmark.runner import RunOptions, RunSpec, run_grid
 
     card = get_card(backbone)
+    device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
     specs = [RunSpec(card.name, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card, ds.card.channel_names)]
     options = RunOptions(
         output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, threads=threads or _available_cores(), recompute=recompute, precision=precision,
+        progress=_is_main_rank(),
     )
     outcomes = run_grid(specs, ds, options, on_done=_say_done)
     click.echo(format_sweep_table(card.name, [o.entry for o in outcomes]))
@@ -314,10 +340,11 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
         task, _ = get_task("sc-knn").with_overrides(overrides)
     elif overrides:
         raise click.UsageError("--set applies to --cells (the settings that choose the cells)")
+    device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
     extract = partial(
         extract_embeddings, backbone=card, adapter=adapter, batch_size=batch_size, device=device,
-        num_workers=workers, recompute=recompute,
+        num_workers=workers, recompute=recompute, progress=_is_main_rank(),
     )
     if task is not None:
         from ocbench.data import cells as cell_data
@@ -330,7 +357,7 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
         emb = extract(evaluation.crops)
     else:
         emb = extract(ds)
-        if export_path:
+        if export_path and _is_main_rank():
             from ocbench.data import cells as cell_data
 
             groups = ds.manifest[ds.card.group_column].astype(str).tolist()

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import itertools
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ocbench.benchmark import distributed
 from ocbench.errors import ConfigError
 
 __all__ = [
@@ -327,8 +329,11 @@ def run_cell(
     path = options.output_dir / f"{cell.key}.json"
     split = split_for(dataset, cell.track, options)
     # One process per entry key: a concurrent run of the same cell waits here, then finds the entry
-    # (reused if it is the same run, refused otherwise), so no result is silently replaced.
-    with file_lock(options.output_dir / ".locks" / f"{cell.key}.lock", what=f"entry {cell.key}"):
+    # (reused if it is the same run, refused otherwise), so no result is silently replaced. Under
+    # torchrun, rank 0 stands for the whole group (the other ranks only help embedding).
+    main = distributed.world().main
+    lock = file_lock(options.output_dir / ".locks" / f"{cell.key}.lock", what=f"entry {cell.key}") if main else nullcontext()
+    with lock:
         return _run_cell_locked(cell, dataset, options, path, split, position=position, recomputed=recomputed)
 
 
@@ -338,9 +343,12 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
     from ocbench.benchmark.entry import build_entry, environment_info, load_entry, write_entry
     from ocbench.tasks.context import Progress, RunContext
 
-    if path.exists() and not options.overwrite:
+    main = distributed.world().main
+    existing = None
+    if main and path.exists() and not options.overwrite:
         existing = load_entry(path)
         _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split)
+    if distributed.broadcast(existing is not None):  # every rank skips the cell rank 0 skips
         return RunOutcome(cell.spec, path, existing, skipped=True)
 
     device = str(resolve_device(options.device))
@@ -377,6 +385,8 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
             "task_s": float(result.wall_time_s),
         },
     )
+    if not main:  # the same result as rank 0's: it alone writes
+        return RunOutcome(cell.spec, path, entry, details={"rank": distributed.world().rank})
     _save_split(split, dataset, options)
     written = write_entry(entry, options.output_dir)
     details = {k: v for k, v in context.inputs.items() if not k.startswith("_")}
