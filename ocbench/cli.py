@@ -118,15 +118,33 @@ def _split_list(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
+def _parse_workers(ctx, param, value):
+    if value is None or str(value).lower() == "auto":
+        return None
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = -1
+    if workers < 0:
+        raise click.BadParameter(f"{value!r} is not 'auto' or a whole number >= 0")
+    return workers
+
+
+def _workers_option(fn):
+    return click.option(
+        "--workers", default="auto", show_default=True, callback=_parse_workers, metavar="N|auto",
+        help="DataLoader workers decoding TIFFs; auto = up to 8 on a GPU (the cores minus one, shared by "
+        "the node's ranks), none on CPU (the model uses every core).",
+    )(fn)
+
+
 def _run_options(fn):
     fn = click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the split and the probe.")(fn)
     fn = click.option(
         "--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ..."
     )(fn)
     fn = click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Extraction batch size.")(fn)
-    fn = click.option(
-        "--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader workers decoding TIFFs."
-    )(fn)
+    fn = _workers_option(fn)
     fn = click.option(
         "--output", type=click.Path(file_okay=False), default="results", show_default=True,
         help="Folder for entry JSON files (and the splits they used).",
@@ -315,7 +333,7 @@ def demo(output, device, overwrite):
 @_dataset_options()
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Extraction batch size.")
-@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader workers decoding TIFFs.")
+@_workers_option
 def embed(backbone, channels, recompute, cells, overrides, export_path, dataset, annotations, min_grade, device, batch_size, workers):
     """Extract (or find cached) embeddings of every FOV, or of the evaluation cells, and export them.
 

@@ -582,6 +582,21 @@ def _drop_stale_complete(dataset, key_dir: Path, manifest: dict, n: int) -> tupl
 # Extraction
 
 
+def default_workers(device: str) -> int:
+    """DataLoader workers when none are asked for: on a GPU, enough CPU processes to decode and
+    scale images while the GPU runs the model (up to 8, leaving one core to the main process,
+    sharing the node's cores with the other ranks); on CPU none, because the model already uses
+    every core and a decoding process would only take one away from it."""
+    if not str(device).startswith("cuda"):
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(8, cores // ranks_here - 1))
+
+
 def extract_embeddings(
     dataset,
     backbone: "BackboneCard | Backbone",
@@ -589,7 +604,7 @@ def extract_embeddings(
     *,
     batch_size: int = 16,
     device: str | None = "auto",
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     cache_dir: str | os.PathLike | None = None,
     shard_size: int = 256,
     progress: bool = True,
@@ -605,7 +620,8 @@ def extract_embeddings(
     ``backbone``: a BackboneCard, or an already loaded Backbone.
     ``adapter``: a ChannelAdapter for the dataset's channels (None: the card's default).
     ``device``: "auto" (CUDA when available), "cpu", "cuda[:i]".
-    ``num_workers``: DataLoader worker processes decoding (and hashing) images in parallel with the model.
+    ``num_workers``: DataLoader worker processes decoding (and hashing) images in parallel with the
+    model; None: :func:`default_workers` for the device.
     ``cache_dir``: folder of embedding caches (default ``<ocbench cache>/embeddings``).
     ``shard_size``: items per shard; a killed run loses at most one shard of work.
     ``recompute``: delete this key's cache first and extract again.
@@ -618,6 +634,8 @@ def extract_embeddings(
     """
     started = time.perf_counter()
     for name, value, low in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1), ("num_workers", num_workers, 0)):
+        if name == "num_workers" and value is None:
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
     if isinstance(backbone, str) or adapter is None or isinstance(adapter, str):
@@ -628,6 +646,8 @@ def extract_embeddings(
 
     device_name = str(loaded.device) if loaded is not None else str(resolve_device(device))
     used_precision = effective_precision(card, device_name, precision)
+    if num_workers is None:
+        num_workers = default_workers(device_name)
     if loaded is not None and loaded.precision != used_precision:
         raise ConfigError(
             f"backbone {card.name} was loaded with precision {loaded.precision}; pass precision={loaded.precision!r} "

@@ -60,7 +60,7 @@ class RunOptions:
     seed: int = 0
     device: str = "auto"
     batch_size: int = 16
-    num_workers: int = 0
+    num_workers: int | None = None  # None: embeddings.default_workers for the device
     cache_dir: Path | None = None
     overwrite: bool = False
     split_file: Path | None = None
