@@ -383,6 +383,7 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
             "extraction_s": float(meta["wall_time_s"]) if "wall_time_s" in meta else None,
             "extraction_cached": bool(meta["cache_hit"]) if "cache_hit" in meta else None,
             "task_s": float(result.wall_time_s),
+            **_cost(meta),
         },
     )
     if not main:  # the same result as rank 0's: it alone writes
@@ -391,6 +392,27 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
     written = write_entry(entry, options.output_dir)
     details = {k: v for k, v in context.inputs.items() if not k.startswith("_")}
     return RunOutcome(cell.spec, written, entry, details={**details, **result.details})
+
+
+def _cost(meta: dict) -> dict[str, Any]:
+    """Extraction throughput and peak memory for the entry (what the board's cost column reads)."""
+    import resource
+    import sys
+
+    cost: dict[str, Any] = {
+        "extraction_items": int(meta["n"]) if "n" in meta else None,
+        "extraction_images_per_s": float(meta["images_per_s"]) if meta.get("images_per_s") else None,
+        "extraction_device": meta.get("extraction_device"),
+        "extraction_processes": int(meta.get("processes", 1)) if "n" in meta else None,
+        # ru_maxrss is in KiB on Linux (bytes on macOS).
+        "peak_host_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                      / (2**30 if sys.platform == "darwin" else 2**20), 3),
+        "peak_device_memory_gib": None,
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        cost["peak_device_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return cost
 
 
 def _torch_threads() -> int | None:
