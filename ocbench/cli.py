@@ -118,8 +118,34 @@ def _split_list(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
+class _SeedList(click.ParamType):
+    """``0`` or ``0,1,2``: seeds of repeated runs (each seed its own split, probe and entry)."""
+
+    name = "SEEDS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            seeds = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a seed or a comma-separated list of seeds (e.g. 0,1,2)", param, ctx)
+        if not seeds or any(v < 0 for v in seeds) or len(set(seeds)) != len(seeds):
+            self.fail(f"{value!r}: give distinct integers >= 0 (e.g. 0,1,2)", param, ctx)
+        return seeds
+
+
+def _one_seed(seeds: tuple[int, ...]) -> int:
+    if len(seeds) != 1:
+        raise click.UsageError("this command takes one --seed")
+    return seeds[0]
+
+
 def _run_options(fn):
-    fn = click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the split and the probe.")(fn)
+    fn = click.option(
+        "--seed", type=_SeedList(), default="0", show_default=True,
+        help="Seed of the split and the probe; several (0,1,2) run each cell once per seed, one entry each.",
+    )(fn)
     fn = click.option(
         "--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ..."
     )(fn)
@@ -196,7 +222,10 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
       ocbench run --backbone hpa-fov-vitb8
       ocbench run --backbone classical-stats --dataset demo --task fov-mlp,fov-linear --split paper,protein
       ocbench run --backbone imagenet-dino-vitb8 --channels protein=G,nucleus=B --set epochs=50
+      ocbench run --backbone classical-stats --dataset demo --seed 0,1,2   # repeated splits and probe seeds
     """
+    from dataclasses import replace
+
     from ocbench.benchmark.runner import RunOptions, expand_grid, resolve_cells, run_grid
     from ocbench.data.cards import dataset_card_for
 
@@ -206,11 +235,14 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
     cells = resolve_cells(specs, dataset_card_for(dataset))  # names checked before the data is opened
     ds = _open_dataset(dataset, annotations, min_grade)
     options = RunOptions(
-        output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
+        output_dir=Path(output), seed=seed[0], device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, split_file=Path(split_file) if split_file else None,
         threads=threads or _available_cores(), recompute=recompute, precision=precision,
     )
-    _print_outcomes(run_grid(cells, ds, options, on_done=_say_done))
+    outcomes = []
+    for one in seed:  # each seed: its own split (unless --split-file) and probe seed, its own entries
+        outcomes += run_grid(cells, ds, replace(options, seed=one), on_done=_say_done)
+    _print_outcomes(outcomes)
 
 
 @cli.command("sweep-channels")
@@ -237,7 +269,7 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
     ds = _open_dataset(dataset, annotations, min_grade)
     specs = [RunSpec(card.name, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card, ds.card.channel_names)]
     options = RunOptions(
-        output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
+        output_dir=Path(output), seed=_one_seed(seed), device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, threads=threads or _available_cores(), recompute=recompute, precision=precision,
     )
     outcomes = run_grid(specs, ds, options, on_done=_say_done)

@@ -89,6 +89,12 @@ class Cell:
 
         return entry_key(self.card.name, self.adapter.key, self.task.name, self.track)
 
+    def key_for(self, seed: int) -> str:
+        """The entry key of this cell run with ``seed`` (seeds other than 0 end in ``__seed<N>``)."""
+        from ocbench.benchmark.entry import entry_key
+
+        return entry_key(self.card.name, self.adapter.key, self.task.name, self.track, seed)
+
     def label(self) -> str:
         return f"{self.card.name} · {self.adapter.key} · {self.task.name} · {self.track}"
 
@@ -324,11 +330,12 @@ def run_cell(
 
     from ocbench._lock import file_lock
 
-    path = options.output_dir / f"{cell.key}.json"
+    key = cell.key_for(options.seed)
+    path = options.output_dir / f"{key}.json"
     split = split_for(dataset, cell.track, options)
     # One process per entry key: a concurrent run of the same cell waits here, then finds the entry
     # (reused if it is the same run, refused otherwise), so no result is silently replaced.
-    with file_lock(options.output_dir / ".locks" / f"{cell.key}.lock", what=f"entry {cell.key}"):
+    with file_lock(options.output_dir / ".locks" / f"{key}.lock", what=f"entry {key}"):
         return _run_cell_locked(cell, dataset, options, path, split, position=position, recomputed=recomputed)
 
 
@@ -376,11 +383,28 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
             "extraction_cached": bool(meta["cache_hit"]) if "cache_hit" in meta else None,
             "task_s": float(result.wall_time_s),
         },
+        predictions=_write_predictions(result, options.output_dir, path.stem),
     )
     _save_split(split, dataset, options)
     written = write_entry(entry, options.output_dir)
     details = {k: v for k, v in context.inputs.items() if not k.startswith("_")}
     return RunOutcome(cell.spec, written, entry, details={**details, **result.details})
+
+
+def _write_predictions(result: Any, output_dir: Path, key: str) -> dict[str, Any] | None:
+    """Write the task's per-item predictions beside the entry (atomically, before the entry that
+    names them); return the entry's reference to them, or None when the task kept none."""
+    predictions = getattr(result, "predictions", None)
+    if predictions is None:
+        return None
+    from ocbench.predictions import predictions_file_name, write_predictions
+
+    name = predictions_file_name(key)
+    sha256 = write_predictions(predictions, output_dir / name)
+    return {
+        "file": name, "sha256": sha256, "eval_set": predictions.eval_set, "n_items": int(predictions.y_true.shape[0]),
+        "n_groups": predictions.n_groups, "group": predictions.group_name,
+    }
 
 
 def _torch_threads() -> int | None:

@@ -1,6 +1,6 @@
 """Complete, valid example entries (for documentation, tests and trying the board out).
 
-:func:`example_entry_dict` builds the dict ``ocbench run`` would write (schema version 2) for
+:func:`example_entry_dict` builds the dict ``ocbench run`` would write (the current schema) for
 made-up fold scores, so a board can be built and its ranking checked without running any model.
 :func:`example_entry_dict_v1` builds the same result in the layout ocbench 0.1 wrote (schema
 version 1), for upgrade tests.
@@ -112,8 +112,13 @@ def example_entry_dict(
     weights_verified: bool | None = None,
     weights_note: str | None = None,
     axis: Mapping[str, Any] | None = None,
+    not_zero_shot: Sequence[str] | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """A schema-2 entry dict; per-class F1 of every class is derived from the val mean.
+    """An entry dict of the current schema; per-class F1 of every class is derived from the val mean.
+
+    ``not_zero_shot``: the backbone's reasons (``[]`` = zero-shot; None leaves the field out:
+    unknown). ``seed``: the run's seed (its split has that seed too, and the key says so).
 
     ``synthetic`` defaults to ``dataset_name == "demo"``. ``axis``: ``{"name": "k", "values":
     [5, 10, 20], "main": 10}``; the score at each value is ``val_folds`` shifted by -0.02 per
@@ -146,6 +151,14 @@ def example_entry_dict(
     data["dataset"].update(card=None, synthetic=dataset_name == "demo" if synthetic is None else synthetic)
     data["environment"].update(precision=precision, threads=None)
     data["backbone"].update(weights_verified=weights_verified, weights_note=weights_note)
+    if not_zero_shot is not None:
+        data["backbone"]["not_zero_shot"] = list(not_zero_shot)
+    if seed:
+        data["seed"] = seed
+        data["split"]["seed"] = seed
+        if split_sha256 is None:
+            data["split"]["sha256"] = _fake_sha(f"split {dataset_name} {track} seed {seed}")
+        data["key"] = entry_key(backbone, channels_key, task, track, seed)
     if weights_verified is not None:
         data["backbone"]["weights_sha256"] = _fake_sha(f"weights {backbone}")
 

@@ -147,6 +147,11 @@ def _main_table(table: Table) -> str:
             if c.id == "backbone" and row.kind == "reported":
                 content += '<span class="badge">reported</span>'
             title = f' title="{_attr(row.rank_reason)}"' if c.id == "rank" and row.rank_reason else ""
+            if c.id == "interval":
+                tip = row.interval.describe() if row.interval is not None else row.no_interval
+                title = f' title="{_attr(tip)}"' if tip else ""
+            if c.id == "notes" and row.not_zero_shot:
+                title = f' title="{_attr("not zero-shot: " + "; ".join(row.not_zero_shot))}"'
             tds.append(f'<td class="{"num" if c.numeric else "txt"}" data-value="{_attr(value_attr)}"{title}>{content}</td>')
         tds.append(_provenance_cell(row))
         body.append(

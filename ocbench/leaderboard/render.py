@@ -89,11 +89,12 @@ def columns_of(table: Table) -> list[Column]:
     has_test = any(r.test is not None for r in table.rows)
     has_paper = any(r.reported is not None for r in table.rows)  # none on demo or other data
     return [
-        Column("rank", "rank", True),
+        Column("rank", "rank (tie group)", True),
         Column("backbone", "backbone", False),
         Column("channels", "channels", False),
         Column("score", f"{table.score_label} (mean ± std, n)", True),
         *([Column("test", f"{table.test_label} (mean ± std, n)", True)] if has_test else []),
+        *([Column("interval", table.interval_label, True)] if table.interval_label else []),
         *([Column("paper", "paper reported", True)] if has_paper else []),
         Column("notes", "notes", False),
     ]
@@ -114,6 +115,11 @@ def cell(row: Row, column: Column) -> tuple[str, Any]:
         return fmt_score(row.score), row.score.mean if row.score else None
     if cid == "test":
         return fmt_score(row.test), row.test.mean if row.test else None
+    if cid == "interval":
+        i = row.interval
+        if i is None:
+            return ("—" if row.kind == "computed" else ""), None
+        return f"{i.estimate:.3f} [{i.low:.3f}, {i.high:.3f}]", i.estimate
     if cid == "paper":
         r = row.reported
         if r is None or r.mean is None:
@@ -321,6 +327,17 @@ def board_dataframe(board: Board):
                 "test_mean": row.test.mean if row.test else None,
                 "test_std": row.test.std if row.test else None,
                 "test_n": row.test.n if row.test else None,
+                "interval_set": row.interval_set,
+                "interval_estimate": row.interval.estimate if row.interval else None,
+                "interval_low": row.interval.low if row.interval else None,
+                "interval_high": row.interval.high if row.interval else None,
+                "interval_level": row.interval.level if row.interval else None,
+                "interval_method": f"{row.interval.method} over {row.interval.group}" if row.interval else "",
+                "interval_n_groups": row.interval.n_groups if row.interval else None,
+                "interval_n_resamples": row.interval.n_resamples if row.interval else None,
+                "no_interval_reason": row.no_interval,
+                "seed": row.seed if row.entry else None,
+                "not_zero_shot": ("" if row.not_zero_shot is None else json.dumps(list(row.not_zero_shot))) if row.entry else "",
                 "paper_mean": row.reported.mean if row.reported else None,
                 "paper_std": row.reported.std if row.reported else None,
                 "paper_source": row.reported.source if row.reported else (row.source.source if row.source else ""),
@@ -347,7 +364,7 @@ def board_dataframe(board: Board):
             records.append({k: csv_safe(v) for k, v in rec.items()})
     columns = list(records[0]) if records else ["table_id", "kind", "backbone"]
     frame = pd.DataFrame.from_records(records, columns=columns)
-    for col in ("rank", "score_n", "test_n"):
+    for col in ("rank", "score_n", "test_n", "interval_n_groups", "interval_n_resamples", "seed"):
         if col in frame:
             frame[col] = frame[col].astype("Int64")
     return frame

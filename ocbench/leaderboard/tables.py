@@ -19,6 +19,7 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ocbench.leaderboard.channels import channels_label, entry_channel_map
@@ -32,7 +33,14 @@ from ocbench.leaderboard.grouping import (
     paper_incomparability,
     safe_id,
 )
-from ocbench.leaderboard.ranking import ALPHA, Score, assign_ranks, paired_t_test_p, rank_rule_text
+from ocbench.leaderboard.ranking import (
+    ALPHA,
+    Score,
+    assign_tie_groups,
+    corrected_t_test_p,
+    intervals_overlap,
+    rank_rule_text,
+)
 from ocbench.reported import PAPER, REPORTED, ReportedResult, not_comparable_reason, reported_for
 
 __all__ = [
@@ -73,10 +81,16 @@ class Row:
     tied_with_above: bool = False
     rank_reason: str = ""
     synthetic: bool = False
+    interval: Any = None  # IntervalInfo of the main metric on the predictions' set, at the main point
+    interval_set: str = ""  # the eval set the interval is on (test, loo)
+    predictions: Any = None  # ocbench.predictions.Predictions kept beside the entry
+    no_interval: str = ""  # why there is no interval (old entry, file missing)
+    seed: int | None = None
+    not_zero_shot: tuple[str, ...] | None = None  # None: unknown
 
     @property
     def label(self) -> str:
-        return f"{self.backbone} · {self.channels}"
+        return f"{self.backbone} · {self.channels}" + (f" · seed {self.seed}" if self.seed else "")
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,8 @@ class Table:
     per_class_label: str = ""
     axis_name: str | None = None
     synthetic: bool = False
+    interval_label: str = ""  # header of the interval column ("" when no row has one)
+    seeds: tuple[Any, ...] = ()  # SeedRow aggregates (kind "seeds" tables)
 
     @property
     def computed_rows(self) -> tuple[Row, ...]:
@@ -119,6 +135,8 @@ class Board:
     fingerprint: str  # sha256 over the shown entries' sha256 and file names
     include_reported: bool
     rank_reported: bool
+    hidden_not_zero_shot: int = 0  # entries left out by zero_shot_only
+    zero_shot_only: bool = False
 
     @property
     def synthetic(self) -> bool:
@@ -165,7 +183,27 @@ def _row_flags(loaded: Any) -> list[str]:
         notes.append(f"ranked at {e.axis.name}={fmt_axis_value(e.axis.main)}")
     if loaded.schema_version != e.schema_version:
         notes.append(f"upgraded from schema {loaded.schema_version}")
+    if e.backbone.not_zero_shot:
+        notes.append("not zero-shot: " + "; ".join(e.backbone.not_zero_shot))
+    if e.seed:
+        notes.append(f"seed {e.seed}")
     return notes
+
+
+def _predictions_of(loaded: Any) -> tuple[Any, str]:
+    """The entry's kept predictions, or None and why there are none (said on the board)."""
+    from ocbench.errors import DataError
+    from ocbench.predictions import load_predictions
+
+    ref = loaded.entry.predictions
+    if ref is None:
+        if loaded.schema_version < 3:
+            return None, f"no interval: entries of schema {loaded.schema_version} kept no per-item predictions"
+        return None, "no interval: the task kept no per-item predictions"
+    try:
+        return load_predictions(Path(loaded.path).parent / ref.file, ref.sha256), ""
+    except DataError as exc:
+        return None, f"no interval: {exc}"
 
 
 def _provenance(loaded: Any, board_file: str) -> tuple[tuple[str, str], ...]:
@@ -229,6 +267,13 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
     )
     per_class, per_class_folds = per_class_metric(e)
     test = e.test
+    predictions, no_interval = _predictions_of(loaded)
+    interval_set = e.predictions.eval_set if e.predictions is not None else ""
+    summary = e.scores.get(interval_set, {}).get(e.main_score.metric) if interval_set else None
+    interval = summary.interval if summary is not None else None
+    if interval is None and not no_interval:
+        no_interval = "no interval recorded for the main metric"
+    notes = _row_flags(loaded) + ([no_interval] if no_interval else [])
     return Row(
         kind="computed",
         backbone=e.backbone.name,
@@ -238,8 +283,8 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
         score=Score.of(e.main),
         test=Score.of(test) if test is not None and e.main_score.eval_set != "test" else None,
         reported=reported,
-        notes="; ".join(_row_flags(loaded)),
-        provenance=_provenance(loaded, board_file),
+        notes="; ".join(notes),
+        provenance=_provenance(loaded, board_file) + ((("interval", interval.describe()),) if interval is not None else ()),
         per_class=per_class,
         per_class_folds=per_class_folds,
         axis_points=_axis_points(e),
@@ -247,6 +292,12 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
         entry=loaded,
         board_file=board_file,
         synthetic=bool(e.dataset.synthetic),
+        interval=interval,
+        interval_set=interval_set if interval is not None else "",
+        predictions=predictions,
+        no_interval=no_interval,
+        seed=e.seed,
+        not_zero_shot=tuple(e.backbone.not_zero_shot) if e.backbone.not_zero_shot is not None else None,
     )
 
 
@@ -288,9 +339,51 @@ def _sort_key(row: Row) -> tuple:
     return (-mean, row.kind != "computed", row.backbone, row.channels, row.notes)
 
 
+#: Resamples of each pairwise comparison on the board (entries' own intervals use 2,000).
+PAIR_RESAMPLES = 1000
+
+
+def separable(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA) -> tuple[bool, str]:
+    """Whether ``a`` (ranked above) is better than ``b`` at the ``1 - alpha`` level, and why.
+
+    Every test the two rows allow must agree: the corrected resampled t-test over paired folds,
+    and the paired cluster bootstrap of the difference on the same kept items; without either,
+    non-overlapping mean ± std intervals."""
+    from ocbench.stats import paired_bootstrap
+
+    decisions: list[bool] = []
+    reasons: list[str] = []
+    sa, sb = a.score, b.score
+    if paired and sa and sb and sa.per_fold and sb.per_fold and len(sa.per_fold) == len(sb.per_fold) >= 2:
+        p = corrected_t_test_p(sa.per_fold, sb.per_fold)
+        decisions.append(p < alpha)
+        reasons.append(f"corrected t-test over {len(sa.per_fold)} folds p = {p:.3g}")
+    pa, pb = a.predictions, b.predictions
+    if paired and pa is not None and pb is not None and pa.eval_set == pb.eval_set and pa.same_items(pb):
+        try:
+            result = paired_bootstrap(
+                pa.y_true, pa.at(a.axis_main), pb.at(b.axis_main), pa.groups,
+                n_resamples=PAIR_RESAMPLES, level=1 - alpha, group_name=pa.group_name,
+            )
+        except Exception as exc:  # a malformed file must not stop the board; the row says so
+            reasons.append(f"paired bootstrap not possible ({exc})")
+        else:
+            d = result.difference
+            decisions.append(d.low > 0)
+            reasons.append(f"paired {d.group} bootstrap of the {pa.eval_set} difference {d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]")
+    if not decisions and sa and sb:
+        overlap = intervals_overlap(sa, sb)
+        decisions.append(not overlap)
+        reasons.append(f"mean ± std intervals {'overlap' if overlap else 'do not overlap'}")
+    return (bool(decisions) and all(decisions)), "; ".join(reasons)
+
+
 def _ranked(rows: Iterable[Row], *, paired: bool, alpha: float) -> list[Row]:
     ordered = sorted(rows, key=_sort_key)
-    decisions = assign_ranks([r.score for r in ordered], paired=paired, alpha=alpha)  # type: ignore[misc]
+    decisions = assign_tie_groups(
+        [r.score for r in ordered],  # type: ignore[misc]
+        lambda i, j: separable(ordered[i], ordered[j], paired=paired and ordered[i].kind == ordered[j].kind == "computed", alpha=alpha),
+    )
     return [replace(r, rank=d.rank, tied_with_above=d.tied_with_above, rank_reason=d.reason) for r, d in zip(ordered, decisions)]
 
 
@@ -348,6 +441,18 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
     eval_set = key.main_eval_set
     folds = "validation folds" if eval_set == "val" else f"fold models scored on {eval_set}"
     details = _group_details(key, first, label, synthetic)
+    with_interval = [r for r in computed if r.interval is not None]
+    interval_label = ""
+    if with_interval:
+        i0 = with_interval[0].interval
+        groups = {r.interval.n_groups for r in with_interval}
+        n_groups = f", {i0.n_groups} {_plural(i0.group, i0.n_groups)}" if len(groups) == 1 else ""
+        interval_label = f"{score_label(with_interval[0].interval_set, key.main_metric)}, {i0.level:.0%} CI ({i0.group} bootstrap{n_groups})"
+    without = [r for r in computed if r.interval is None]
+    if without and with_interval:
+        details += (f"{len(without)} row{'s' if len(without) > 1 else ''} without an interval (see notes)",)
+    elif without:
+        details += ("no intervals: these entries kept no per-item predictions (written before schema 3, or by a task that keeps none)",)
     if reported_rows and not_comparable:
         details += (f"the paper's numbers are not shown here: {not_comparable}",)
     title = f"{key.task} · {key.track} track · {key.dataset_name} {key.dataset_version[:8]}" + (
@@ -369,6 +474,7 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
             has_reported=bool(reported),
             label=label,
             folds=folds,
+            predictions=f"{i0.group} bootstrap" if with_interval else None,
         ),
         group=key,
         score_label=label,
@@ -377,7 +483,14 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
         per_class_label=f"{metric_label(PER_CLASS_METRIC)} ({eval_set}, mean over folds where the class is present)",
         axis_name=first.axis.name if first.axis is not None else None,
         synthetic=synthetic,
+        interval_label=interval_label,
     )
+
+
+def _plural(name: str, n: int) -> str:
+    from ocbench.stats import plural
+
+    return plural(name, n)
 
 
 def _reported_table(task: str, track: str, results: list[ReportedResult], *, rank_reported: bool, alpha: float) -> Table:
@@ -417,11 +530,18 @@ def build_tables(
     rank_reported: bool = False,
     alpha: float = ALPHA,
     entry_files: Mapping[str, str] | None = None,
+    zero_shot_only: bool = False,
 ) -> Board:
     """Group, rank and label the entries (LoadedEntry); add the paper's reported rows.
 
     ``entry_files``: sha256 -> the entry's path inside the board's ``entries/`` (POSIX), for a
-    board that links to its entries where they are; default: ``<key>.json`` copies."""
+    board that links to its entries where they are; default: ``<key>.json`` copies.
+    ``zero_shot_only``: leave out entries whose backbone records reasons it is not zero-shot
+    (``backbone.not_zero_shot`` non-empty; entries that do not say are kept, marked unknown)."""
+    hidden = 0
+    if zero_shot_only:
+        shown = [e for e in entries if not e.entry.backbone.not_zero_shot]
+        hidden, entries = len(entries) - len(shown), shown
     kept, problems = dedupe_entries(entries)
     files = {e.sha256: entry_files[e.sha256] for e in kept} if entry_files is not None else board_file_names(kept)
 
@@ -451,6 +571,8 @@ def build_tables(
         fingerprint=fingerprint,
         include_reported=include_reported,
         rank_reported=rank_reported,
+        hidden_not_zero_shot=hidden,
+        zero_shot_only=zero_shot_only,
     )
 
 
@@ -478,7 +600,7 @@ _EPS = 1e-12
 def best_per_class(table: Table, *, alpha: float = ALPHA) -> list[ClassBest]:
     """For each class, the computed row with the highest score on it, awarded only when it is
     clear: above 0, not tied, and (when both rows have fold values of the class on the same folds)
-    separated from the runner-up by a two-sided paired t-test (p < alpha). Needs >= 2 rows."""
+    separated from the runner-up by the corrected resampled t-test (p < alpha). Needs >= 2 rows."""
     rows = [r for r in table.computed_rows if r.per_class]
     if len(rows) < 2:
         return []
@@ -500,11 +622,11 @@ def best_per_class(table: Table, *, alpha: float = ALPHA) -> list[ClassBest]:
             assert runner is not None and runner_value is not None
             a, b = top[0].per_class_folds.get(name), runner.per_class_folds.get(name)
             if a and b and len(a) == len(b) >= 2:
-                p = paired_t_test_p(a, b)
+                p = corrected_t_test_p(a, b)
                 if p >= alpha:
-                    note = f"no clear best: a paired t-test over {len(a)} folds cannot separate the top two (p = {p:.3g})"
+                    note = f"no clear best: a corrected t-test over {len(a)} folds cannot separate the top two (p = {p:.3g})"
                 else:
-                    best, note = top[0], f"paired t-test over {len(a)} folds vs the runner-up: p = {p:.3g}"
+                    best, note = top[0], f"corrected t-test over {len(a)} folds vs the runner-up: p = {p:.3g}"
             else:
                 best, note = top[0], "highest score (no paired folds to test the gap)"
         out.append(ClassBest(name, best, top, top_value, runner, runner_value, note))
