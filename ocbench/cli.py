@@ -711,6 +711,24 @@ def tasks_show(name):
     click.echo("\nAny --set that changes a default marks the entry off-protocol.")
 
 
+@cli.command()
+@click.argument("entry_a", type=click.Path(dir_okay=False))
+@click.argument("entry_b", type=click.Path(dir_okay=False))
+def compare(entry_a, entry_b):
+    """Compare two entries on the same items: difference of main scores, paired intervals, verdict.
+
+    Uses the corrected resampled t-test over the paired folds and the paired protein bootstrap on
+    the predictions kept beside the entries; refuses entries of different tasks or splits.
+
+    \b
+    Example:
+      ocbench compare results/hpa-fov-vitb8__natural__fov-mlp__paper.json results/imagenet-dino-vitb8__map-p1-n2__fov-mlp__paper.json
+    """
+    from ocbench.leaderboard.compare import compare_entries
+
+    click.echo(compare_entries(entry_a, entry_b).text)
+
+
 @cli.group(cls=_Group)
 def leaderboard() -> None:
     """Validate entries, build the board (Markdown, CSV, HTML, plots), publish it to the Hub.
@@ -727,17 +745,23 @@ def leaderboard() -> None:
 @click.option("--no-reported", is_flag=True, help="Leave out the paper's reported rows.")
 @click.option("--rank-reported", is_flag=True, help="Rank reported rows together with computed ones.")
 @click.option("--allow-empty", is_flag=True, help="Build even with no valid entry (the paper's reported rows alone).")
-def leaderboard_build(entries, out, no_reported, rank_reported, allow_empty):
+@click.option(
+    "--zero-shot-only", is_flag=True,
+    help="Leave out entries whose backbone was trained on the evaluated data or its labels (backbone.not_zero_shot).",
+)
+def leaderboard_build(entries, out, no_reported, rank_reported, allow_empty, zero_shot_only):
     """Build LEADERBOARD.md, leaderboard.csv, index.html and plots from entry folders/files/Hub repos.
 
     \b
     Example:
       ocbench leaderboard build results --out board
+      ocbench leaderboard build results --out board-zero-shot --zero-shot-only
     """
     from ocbench.leaderboard import build_board
 
     report = build_board(
-        list(entries), out, include_reported=not no_reported, rank_reported=rank_reported, allow_empty=allow_empty
+        list(entries), out, include_reported=not no_reported, rank_reported=rank_reported, allow_empty=allow_empty,
+        zero_shot_only=zero_shot_only,
     )
     click.echo(report.summary())
 

@@ -100,7 +100,7 @@ class Predictions:
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 info.compress_type = zipfile.ZIP_DEFLATED
                 member = io.BytesIO()
-                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+                np.lib.format.write_array(member, np.array(array, order="C"), allow_pickle=False)
                 zf.writestr(info, member.getvalue())
         return buf.getvalue()
 

@@ -284,7 +284,7 @@ def test_entry_keeps_its_test_predictions_and_interval(env, tmp_path):
     assert result.exit_code == 0, result.output
     paths = sorted(out.glob("*.json"))
     assert [p.name for p in paths] == [
-        "classical-stats__replicate__fov-mlp__protein.json", "classical-stats__replicate__fov-mlp__protein__seed1.json",
+        "classical-stats__map-p0-n1__fov-mlp__protein.json", "classical-stats__map-p0-n1__fov-mlp__protein__seed1.json",
     ]
     entries = [load_entry(p) for p in paths]
     assert [e.seed for e in entries] == [0, 1] and entries[0].split.sha256 != entries[1].split.sha256
