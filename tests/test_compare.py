@@ -132,3 +132,42 @@ def test_zero_shot_marker_and_filter(tmp_path):
     assert result.exit_code == 0, result.output
     assert "hpa-like" not in (tmp_path / "b" / "LEADERBOARD.md").read_text()
     assert "not zero-shot" in result.output
+
+
+def test_several_seeds_are_aggregated_and_labelled(tmp_path):
+    folder = tmp_path / "entries"
+    for seed, shift in ((0, 0.0), (1, 0.01), (2, -0.01)):
+        write_entry(example_entry_dict("model-a", val_folds=[0.80 + shift, 0.81 + shift, 0.79 + shift, 0.80 + shift, 0.82 + shift], seed=seed), folder)
+    write_entry(example_entry_dict("model-b", val_folds=[0.70, 0.71, 0.69, 0.70, 0.72]), folder)  # one seed only
+    board = build_tables(collect_entries([folder]).entries, include_reported=False)
+    assert len(board.tables) == 3  # one table per split (each seed its own split)
+    [seeds] = board.seed_tables
+    rows = {r.backbone: r for r in seeds.rows}
+    assert rows["model-a"].n == 3 and rows["model-a"].mean == pytest.approx(0.804)
+    assert rows["model-a"].std == pytest.approx(0.01)  # std of the per-seed means 0.804, 0.814, 0.794
+    assert rows["model-b"].n == 1 and rows["model-b"].std is None and "1 seed" in rows["model-b"].notes
+    assert seeds.mixed and "labelled" in seeds.rule
+    report = build_board([folder], tmp_path / "board", include_reported=False, plots=False)
+    md = (tmp_path / "board" / "LEADERBOARD.md").read_text()
+    assert "over seeds" in md and "0.804 ± 0.010" in md and "(1 seed)" in md
+    import pandas as pd
+
+    csv = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
+    seeds_rows = csv[csv["kind"] == "seeds"].set_index("backbone")
+    assert seeds_rows.loc["model-a", "n_seeds"] == 3 and seeds_rows.loc["model-a", "seed_std"] == pytest.approx(0.01)
+    assert report.board.seed_tables[0].rows[0].backbone == "model-a"
+
+
+def test_critical_difference_across_tables(tmp_path):
+    folder = tmp_path / "entries"
+    for t, (task, track) in enumerate([("fov-mlp", "paper"), ("fov-mlp", "protein"), ("fov-linear", "paper"), ("fov-linear", "protein")]):
+        for name, base in (("model-a", 0.80), ("model-b", 0.75 + 0.001 * t), ("model-c", 0.70)):
+            write_entry(example_entry_dict(name, task=task, track=track, val_folds=[base, base + 0.01, base - 0.01, base, base]), folder)
+    write_entry(example_entry_dict("model-d", val_folds=[0.5] * 5), folder)  # on one table only
+    report = build_board([folder], tmp_path / "board", include_reported=False)
+    cd = report.board.critical_difference
+    assert cd.result.names == ("model-a", "model-b", "model-c") and cd.result.average_ranks == pytest.approx((1, 2, 3))
+    assert cd.result.n_tables == 4 and cd.result.p_value < 0.05
+    assert (tmp_path / "board" / "plots" / "critical_difference.png").stat().st_size > 1000
+    md = (tmp_path / "board" / "LEADERBOARD.md").read_text()
+    assert "critical difference" in md and "critical_difference.png" in md and "Friedman test p" in md

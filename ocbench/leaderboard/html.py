@@ -15,6 +15,8 @@ from typing import Sequence
 from ocbench.leaderboard.formatting import CHANNEL_LEGEND
 from ocbench.leaderboard.plots import PlotSpec
 from ocbench.leaderboard.render import (
+    seed_cell,
+    seed_columns,
     INTRO,
     REPORTED_NOTE,
     SYNTHETIC_BANNER,
@@ -308,7 +310,19 @@ def render_html(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
                 parts.append("<h3>Best backbone per class</h3>")
                 parts.append(_best_table(table))
         parts.append("</section>")
-    general = by_table.get(None, {})
+    for seeds in board.seed_tables:
+        columns = seed_columns(seeds)
+        rows = [([(*seed_cell(r, c), "num" if c.numeric else "txt") for c in columns], r.notes) for r in seeds.rows]
+        parts.append(f'<section id="{_attr("s-" + seeds.id)}"><h2>{escape(seeds.title)}</h2>')
+        parts.append(_simple_table(seeds.id, "seeds", [(c.id, c.header, c.numeric) for c in columns], rows))
+        parts.append(f'<p class="rule">{escape(seeds.rule)}</p></section>')
+    general = dict(by_table.get(None, {}))
+    if board.critical_difference is not None:
+        parts.append('<section id="critical-difference"><h2>Across tables: critical difference</h2>')
+        parts.append(f"<p>{escape(board.critical_difference.text)}</p>")
+        if "critical_difference" in general:
+            parts.append(_figure(general.pop("critical_difference")))
+        parts.append("</section>")
     if general:
         parts.append("<section id=\"plots\"><h2>Plots</h2>" + "".join(_figure(p) for p in general.values()) + "</section>")
     parts.append(f"<script>{_JS}</script>")

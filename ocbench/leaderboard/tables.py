@@ -44,6 +44,12 @@ from ocbench.leaderboard.ranking import (
 from ocbench.reported import PAPER, REPORTED, ReportedResult, not_comparable_reason, reported_for
 
 __all__ = [
+    "SeedRow",
+    "SeedTable",
+    "CriticalDifference",
+    "seed_tables",
+    "critical_difference",
+    "separable",
     "Row",
     "Table",
     "Board",
@@ -137,6 +143,8 @@ class Board:
     rank_reported: bool
     hidden_not_zero_shot: int = 0  # entries left out by zero_shot_only
     zero_shot_only: bool = False
+    seed_tables: tuple["SeedTable", ...] = ()
+    critical_difference: Any = None  # CriticalDifference across tables, or None
 
     @property
     def synthetic(self) -> bool:
@@ -539,6 +547,7 @@ def build_tables(
     ``zero_shot_only``: leave out entries whose backbone records reasons it is not zero-shot
     (``backbone.not_zero_shot`` non-empty; entries that do not say are kept, marked unknown)."""
     hidden = 0
+    entries = list(entries)
     if zero_shot_only:
         shown = [e for e in entries if not e.entry.backbone.not_zero_shot]
         hidden, entries = len(entries) - len(shown), shown
@@ -573,7 +582,153 @@ def build_tables(
         rank_reported=rank_reported,
         hidden_not_zero_shot=hidden,
         zero_shot_only=zero_shot_only,
+        seed_tables=seed_tables(tables),
+        critical_difference=critical_difference(tables),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# several seeds
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SeedRow:
+    """One configuration over the seeds it was run with (each seed its own split and probe seed)."""
+
+    backbone: str
+    channels: str
+    seeds: tuple[int, ...]
+    means: tuple[float, ...]  # each seed's mean main score (over its folds)
+    test_means: tuple[float, ...]
+    notes: str = ""
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def mean(self) -> float:
+        from ocbench.summaries import summary_mean
+
+        return summary_mean(self.means)
+
+    @property
+    def std(self) -> float | None:
+        from ocbench.summaries import summary_std
+
+        return summary_std(self.means)
+
+    @property
+    def test_mean(self) -> float | None:
+        from ocbench.summaries import summary_mean
+
+        return summary_mean(self.test_means) if len(self.test_means) == len(self.means) else None
+
+
+@dataclass(frozen=True)
+class SeedTable:
+    id: str
+    title: str
+    score_label: str
+    rows: tuple[SeedRow, ...]
+    rule: str
+    mixed: bool  # rows with different numbers of seeds
+
+
+def seed_tables(tables: Sequence[Table]) -> tuple[SeedTable, ...]:
+    """Tables of configurations run with several seeds: the tables that differ only in split (one per
+    split seed) are pooled, and each configuration's per-seed means are summarized (mean, seed std
+    with ddof 1, n seeds). Rows with fewer seeds than others are labelled, never silently mixed."""
+    families: dict[GroupKey, list[Table]] = defaultdict(list)
+    for table in tables:
+        if table.group is not None:
+            families[replace(table.group, split_sha256="")].append(table)
+    out = []
+    for family, members in sorted(families.items()):
+        per_config: dict[tuple[str, str], dict[int, Row]] = defaultdict(dict)
+        for table in members:
+            for row in table.computed_rows:
+                seed = row.seed or 0
+                per_config[(row.backbone, row.channels)][seed] = row
+        if not any(len(by_seed) > 1 for by_seed in per_config.values()):
+            continue
+        most = max(len(by_seed) for by_seed in per_config.values())
+        rows = []
+        for (backbone, channels), by_seed in per_config.items():
+            seeds = tuple(sorted(by_seed))
+            means = tuple(by_seed[s].score.mean for s in seeds if by_seed[s].score is not None)
+            tests = tuple(by_seed[s].test.mean for s in seeds if by_seed[s].test is not None)
+            note = "1 seed: no seed spread, not comparable with the many-seed rows" if len(seeds) == 1 else (
+                f"{len(seeds)} of {most} seeds" if len(seeds) < most else "")
+            rows.append(SeedRow(backbone, channels, seeds, means, tests, note))
+        rows.sort(key=lambda r: (-r.n, -r.mean, r.backbone, r.channels))  # many-seed rows first, then by mean
+        label = members[0].score_label
+        mixed = len({r.n for r in rows}) > 1
+        rule = (
+            f"Each seed is its own split (unless a split file was given) and probe seed; the score is the mean over seeds of "
+            f"each seed's mean {label}, and seed std is the sample std (ddof 1) of those per-seed means. Rows are sorted "
+            "by number of seeds, then mean; they are not ranked."
+        ) + (" Rows with fewer seeds are labelled." if mixed else "")
+        digest = members[0].group.slug.rsplit("-", 1)[0] if members[0].group else "seeds"
+        out.append(SeedTable(
+            id=f"{digest}-seeds-{hashlib.sha256(repr(family).encode()).hexdigest()[:8]}",
+            title=f"{family.task} · {family.track} track · {family.dataset_name} {family.dataset_version[:8]} · over seeds",
+            score_label=label, rows=tuple(rows), rule=rule, mixed=mixed,
+        ))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# across tables: critical difference
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CriticalDifference:
+    result: Any  # ocbench.stats.FriedmanResult
+    tables: tuple[str, ...]  # titles of the tables used
+    left_out: tuple[str, ...]  # backbones on several tables but not on all of the ones used
+
+    @property
+    def text(self) -> str:
+        r = self.result
+        ranks = ", ".join(f"{n} {v:.2f}" for n, v in sorted(zip(r.names, r.average_ranks), key=lambda t: t[1]))
+        out = (
+            f"Average rank over {r.n_tables} tables (1 = best; each backbone's best row per table): {ranks}. Friedman test "
+            f"p = {r.p_value:.3g}; Nemenyi critical difference at {r.level:.0%}: {r.critical_difference:.2f} ranks "
+            "(backbones whose average ranks differ by less are joined by a bar in the diagram)."
+        )
+        if self.left_out:
+            out += f" Left out (not on every one of these tables): {', '.join(self.left_out)}."
+        return out
+
+
+def critical_difference(tables: Sequence[Table]) -> CriticalDifference | None:
+    """Friedman + Nemenyi over the computed tables, for backbones with entries on several tables
+    (each backbone's best row per table). None when fewer than 2 backbones share 2 tables."""
+    scores: dict[str, dict[str, float]] = defaultdict(dict)  # table id -> backbone -> best mean
+    titles = {}
+    for table in tables:
+        if table.group is None:
+            continue
+        titles[table.id] = table.title
+        for row in table.computed_rows:
+            if row.score is not None:
+                scores[table.id][row.backbone] = max(row.score.mean, scores[table.id].get(row.backbone, float("-inf")))
+    counts: dict[str, int] = defaultdict(int)
+    for by_backbone in scores.values():
+        for name in by_backbone:
+            counts[name] += 1
+    names = sorted(n for n, c in counts.items() if c >= 2)
+    candidates = list(names)
+    while len(candidates) >= 2:
+        used = [t for t, by in scores.items() if all(n in by for n in candidates)]
+        if len(used) >= 2:
+            from ocbench.stats import friedman_nemenyi
+
+            matrix = [[scores[t][n] for n in candidates] for t in used]
+            result = friedman_nemenyi(matrix, candidates)
+            left = tuple(n for n in names if n not in candidates)
+            return CriticalDifference(result, tuple(titles[t] for t in used), left)
+        candidates.remove(min(candidates, key=lambda n: (counts[n], n)))  # the one on fewest tables
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
