@@ -335,7 +335,7 @@ class PredictionsRef(_Strict):
 
 
 class Entry(_OmitsUnset):
-    """One benchmark result (schema version 2). Build with ``Entry.model_validate(dict)``."""
+    """One benchmark result (schema version 3). Build with ``Entry.model_validate(dict)``."""
 
     model_config = ConfigDict(
         extra="forbid",
