@@ -48,6 +48,8 @@ __all__ = [
     "resample_weights",
     "bootstrap_interval",
     "paired_bootstrap",
+    "bootstrap_distribution",
+    "paired_from_distributions",
     "corrected_resampled_t_test",
     "friedman_nemenyi",
     "plural",
@@ -90,10 +92,11 @@ def group_counts(y_true: Any, y_pred: Any, codes: np.ndarray, n_groups: int) -> 
     """Counts per group: ``(..., G, 3, C)`` for ``y_pred`` (..., N, C); ``codes`` (N,) in [0, G)."""
     t = _binary("y_true", y_true)
     p = _binary("y_pred", y_pred)
-    per_item = np.stack([p & t, p & ~t, ~p & t], axis=-2).astype(np.int64)  # (..., N, 3, C)
-    onehot = np.zeros((n_groups, codes.size), np.int64)
-    onehot[codes, np.arange(codes.size)] = 1
-    return np.einsum("gn,...nkc->...gkc", onehot, per_item)
+    per_item = np.concatenate([p & t, p & ~t, ~p & t], axis=-1).astype(np.float64)  # (..., N, 3C)
+    onehot = np.zeros((n_groups, codes.size))
+    onehot[codes, np.arange(codes.size)] = 1.0
+    summed = np.matmul(onehot, per_item)  # (..., G, 3C): a matrix product, fast for any N
+    return np.rint(summed).astype(np.int64).reshape(*summed.shape[:-1], 3, t.shape[-1])
 
 
 def macro_f1_from_counts(counts: Any) -> np.ndarray:
@@ -185,8 +188,9 @@ def _as_repeats(y_pred: Any, n_classes: int) -> np.ndarray:
 
 def _resampled_scores(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Mean over repeats of macro-F1 per resample: counts (R, G, 3, C), weights (B, G) -> (B,)."""
-    summed = np.einsum("bg,rgkc->brkc", weights, counts)
-    return macro_f1_from_counts(summed).mean(axis=1)
+    r, g, k, c = counts.shape
+    summed = np.matmul(weights, counts.reshape(r, g, k * c).astype(np.float64))  # (R, B, 3C)
+    return macro_f1_from_counts(summed.reshape(r, -1, k, c)).mean(axis=0)
 
 
 def bootstrap_interval(
@@ -231,6 +235,50 @@ class PairedResult:
         return bool(d.low > 0 or d.high < 0)
 
 
+def bootstrap_distribution(
+    y_true: Any, y_pred: Any, groups: Sequence[Any], *, n_resamples: int = N_RESAMPLES, seed: int = SEED
+) -> tuple[float, np.ndarray]:
+    """``(score, score in each resample)`` with groups resampled as in :func:`bootstrap_interval`.
+
+    Two systems scored on the same items (same groups) get the same resamples for the same
+    ``n_resamples`` and ``seed``, so the difference of their distributions is the paired bootstrap
+    (:func:`paired_from_distributions`); a board computes one distribution per row, not per pair."""
+    t = np.asarray(y_true)
+    p = _as_repeats(y_pred, t.shape[1])
+    codes, n_groups = group_codes(groups)
+    if codes.size != t.shape[0]:
+        raise ValueError(f"groups: {codes.size} labels for {t.shape[0]} items")
+    counts = group_counts(t, p, codes, n_groups)
+    estimate = float(macro_f1_from_counts(counts.sum(1)).mean())
+    return estimate, _resampled_scores(counts, resample_weights(n_groups, n_resamples, seed))
+
+
+def paired_from_distributions(
+    a: tuple[float, np.ndarray],
+    b: tuple[float, np.ndarray],
+    *,
+    n_groups: int,
+    level: float = LEVEL,
+    group_name: str = "protein",
+    seed: int = SEED,
+) -> PairedResult:
+    """The paired bootstrap of ``a - b`` from two :func:`bootstrap_distribution` results computed
+    on the same items with the same resamples."""
+    (est_a, dist_a), (est_b, dist_b) = a, b
+    if dist_a.shape != dist_b.shape:
+        raise ValueError("the two distributions come from different numbers of resamples")
+    estimate = est_a - est_b
+    diffs = dist_a - dist_b
+    low, high = _percentiles(diffs, level)
+    finite = diffs[np.isfinite(diffs)]
+    if estimate == 0 or finite.size == 0:
+        p = 1.0
+    else:
+        p = min(1.0, 2.0 * float(np.mean(np.sign(finite) != np.sign(estimate))))
+    interval = Interval(estimate, low, high, level, "paired cluster bootstrap", group_name, n_groups, int(diffs.size), seed)
+    return PairedResult(interval, p)
+
+
 def paired_bootstrap(
     y_true: Any,
     pred_a: Any,
@@ -248,19 +296,10 @@ def paired_bootstrap(
     pa, pb = _as_repeats(pred_a, t.shape[1]), _as_repeats(pred_b, t.shape[1])
     if pa.shape[1:] != pb.shape[1:]:
         raise ValueError(f"pred_a and pred_b cover different items: {pa.shape} vs {pb.shape}")
-    codes, n_groups = group_codes(groups)
-    ca, cb = group_counts(t, pa, codes, n_groups), group_counts(t, pb, codes, n_groups)
-    estimate = float(macro_f1_from_counts(ca.sum(1)).mean() - macro_f1_from_counts(cb.sum(1)).mean())
-    w = resample_weights(n_groups, n_resamples, seed)
-    diffs = _resampled_scores(ca, w) - _resampled_scores(cb, w)
-    low, high = _percentiles(diffs, level)
-    finite = diffs[np.isfinite(diffs)]
-    if estimate == 0 or finite.size == 0:
-        p = 1.0
-    else:
-        p = min(1.0, 2.0 * float(np.mean(np.sign(finite) != np.sign(estimate))))
-    interval = Interval(estimate, low, high, level, "paired cluster bootstrap", group_name, n_groups, int(w.shape[0]), seed)
-    return PairedResult(interval, p)
+    _, n_groups = group_codes(groups)
+    a = bootstrap_distribution(t, pa, groups, n_resamples=n_resamples, seed=seed)
+    b = bootstrap_distribution(t, pb, groups, n_resamples=n_resamples, seed=seed)
+    return paired_from_distributions(a, b, n_groups=n_groups, level=level, group_name=group_name, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -351,13 +351,28 @@ def _sort_key(row: Row) -> tuple:
 PAIR_RESAMPLES = 1000
 
 
-def separable(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA) -> tuple[bool, str]:
+def _distribution(row: Row, cache: dict | None) -> tuple[float, Any]:
+    """The row's bootstrap distribution on its kept items (computed once per row and board)."""
+    from ocbench.stats import bootstrap_distribution
+
+    key = id(row.predictions)
+    if cache is not None and key in cache:
+        return cache[key]
+    p = row.predictions
+    out = bootstrap_distribution(p.y_true, p.at(row.axis_main), p.groups, n_resamples=PAIR_RESAMPLES)
+    if cache is not None:
+        cache[key] = out
+    return out
+
+
+def separable(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA, cache: dict | None = None) -> tuple[bool, str]:
     """Whether ``a`` (ranked above) is better than ``b`` at the ``1 - alpha`` level, and why.
 
     Every test the two rows allow must agree: the corrected resampled t-test over paired folds,
     and the paired cluster bootstrap of the difference on the same kept items; without either,
-    non-overlapping mean ± std intervals."""
-    from ocbench.stats import paired_bootstrap
+    non-overlapping mean ± std intervals. ``cache``: one dict per table, so each row's bootstrap
+    distribution is computed once."""
+    from ocbench.stats import paired_from_distributions
 
     decisions: list[bool] = []
     reasons: list[str] = []
@@ -369,9 +384,9 @@ def separable(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA) -> tuple[bo
     pa, pb = a.predictions, b.predictions
     if paired and pa is not None and pb is not None and pa.eval_set == pb.eval_set and pa.same_items(pb):
         try:
-            result = paired_bootstrap(
-                pa.y_true, pa.at(a.axis_main), pb.at(b.axis_main), pa.groups,
-                n_resamples=PAIR_RESAMPLES, level=1 - alpha, group_name=pa.group_name,
+            result = paired_from_distributions(
+                _distribution(a, cache), _distribution(b, cache), n_groups=pa.n_groups, level=1 - alpha,
+                group_name=pa.group_name,
             )
         except Exception as exc:  # a malformed file must not stop the board; the row says so
             reasons.append(f"paired bootstrap not possible ({exc})")
@@ -388,9 +403,12 @@ def separable(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA) -> tuple[bo
 
 def _ranked(rows: Iterable[Row], *, paired: bool, alpha: float) -> list[Row]:
     ordered = sorted(rows, key=_sort_key)
+    cache: dict = {}
     decisions = assign_tie_groups(
         [r.score for r in ordered],  # type: ignore[misc]
-        lambda i, j: separable(ordered[i], ordered[j], paired=paired and ordered[i].kind == ordered[j].kind == "computed", alpha=alpha),
+        lambda i, j: separable(
+            ordered[i], ordered[j], paired=paired and ordered[i].kind == ordered[j].kind == "computed", alpha=alpha, cache=cache,
+        ),
     )
     return [replace(r, rank=d.rank, tied_with_above=d.tied_with_above, rank_reason=d.reason) for r, d in zip(ordered, decisions)]
 
