@@ -171,3 +171,15 @@ def test_critical_difference_across_tables(tmp_path):
     assert (tmp_path / "board" / "plots" / "critical_difference.png").stat().st_size > 1000
     md = (tmp_path / "board" / "LEADERBOARD.md").read_text()
     assert "critical difference" in md and "critical_difference.png" in md and "Friedman test p" in md
+
+
+def test_provenance_says_whether_the_backbone_is_zero_shot_and_what_it_saw(tmp_path):
+    folder = tmp_path / "entries"
+    data = example_entry_dict("hpa-like", not_zero_shot=["trained on OpenCell images"])
+    data["backbone"]["card"].update(training_datasets=["HPA", "OpenCell"], supervision="self-supervised (DINO)")
+    write_entry(data, folder)
+    write_entry(example_entry_dict("old-like"), folder)
+    rows = {r.backbone: dict(r.provenance) for r in build_tables(collect_entries([folder]).entries, include_reported=False).tables[0].rows}
+    assert rows["hpa-like"]["zero-shot"] == "no: trained on OpenCell images"
+    assert rows["hpa-like"]["pretraining"] == "data HPA, OpenCell; supervision self-supervised (DINO)"
+    assert rows["old-like"]["zero-shot"] == "unknown (not recorded)" and "pretraining" not in rows["old-like"]

@@ -300,3 +300,10 @@ def test_entry_keeps_its_test_predictions_and_interval(env, tmp_path):
         interval = entry.test.interval
         assert interval.low <= entry.test.mean <= interval.high and interval.n_groups == ref.n_groups
         assert interval.group == "protein" and interval.n_resamples == 2000
+
+
+@pytest.mark.parametrize("seeds", ["0,a", "1,1", "-1,2", ","])
+def test_bad_seed_lists_are_one_line(env, tmp_path, seeds):
+    result = run(["--backbone", "classical-stats", "--seed", seeds], tmp_path / "res")
+    assert result.exit_code == 2 and "Traceback" not in result.output and "--seed" in result.output
+    assert not (tmp_path / "res").exists()

@@ -271,6 +271,11 @@ def render_html(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
     if board.include_reported:
         note = escape(REPORTED_NOTE).replace("*reported*", "<em>reported</em>")
         parts.append(f"<p>{note.replace('`rank_reported=True`', '<code>rank_reported=True</code>')}</p>")
+    if board.hidden_not_zero_shot:
+        parts.append(
+            f'<p class="muted">Built with <code>--zero-shot-only</code>: {board.hidden_not_zero_shot} entries whose '
+            "backbone is not zero-shot are left out.</p>"
+        )
     legend = escape(CHANNEL_LEGEND)
     while "`" in legend:  # `x` -> <code>x</code> (our own text: backticks come in pairs)
         legend = legend.replace("`", "<code>", 1).replace("`", "</code>", 1)

@@ -241,6 +241,15 @@ def _provenance(loaded: Any, board_file: str) -> tuple[tuple[str, str], ...]:
     ]
     if e.off_protocol:
         facts.append(("off-protocol", "; ".join(e.off_protocol_reasons) or "yes (no reason recorded)"))
+    card = b.card if isinstance(b.card, dict) else {}
+    if card.get("training_datasets") or card.get("supervision"):
+        trained = ", ".join(map(str, card.get("training_datasets") or [])) or "-"
+        facts.append(("pretraining", f"data {trained}; supervision {card.get('supervision') or '-'}"))
+    if b.not_zero_shot is None:
+        zero_shot = "unknown (not recorded)"
+    else:
+        zero_shot = ("no: " + "; ".join(b.not_zero_shot)) if b.not_zero_shot else "yes"
+    facts.append(("zero-shot", zero_shot))
     if e.axis is not None:
         values = ", ".join(fmt_axis_value(p.value) for p in e.axis.points)
         facts.append(("axis", f"{e.axis.name} in [{values}]; ranked at {e.axis.name}={fmt_axis_value(e.axis.main)}"))
