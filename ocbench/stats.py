@@ -133,7 +133,9 @@ def resample_weights(n_groups: int, n_resamples: int, seed: int = SEED) -> np.nd
     """How often each group is drawn in each resample: ``(n_resamples, n_groups)``, rows summing
     to ``n_groups`` (draw ``n_groups`` groups with replacement)."""
     rng = np.random.default_rng(seed)
-    return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples).astype(np.float64)
+    drawn = rng.integers(0, n_groups, size=(n_resamples, n_groups))
+    flat = (np.arange(n_resamples)[:, None] * n_groups + drawn).ravel()
+    return np.bincount(flat, minlength=n_resamples * n_groups).reshape(n_resamples, n_groups).astype(np.float64)
 
 
 def plural(name: str, n: int) -> str:
