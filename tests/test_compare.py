@@ -183,3 +183,14 @@ def test_provenance_says_whether_the_backbone_is_zero_shot_and_what_it_saw(tmp_p
     assert rows["hpa-like"]["zero-shot"] == "no: trained on OpenCell images"
     assert rows["hpa-like"]["pretraining"] == "data HPA, OpenCell; supervision self-supervised (DINO)"
     assert rows["old-like"]["zero-shot"] == "unknown (not recorded)" and "pretraining" not in rows["old-like"]
+
+
+def test_run_summary_prints_the_interval_with_what_it_is(pair):
+    from ocbench.benchmark.entry import load_entry
+    from ocbench.leaderboard.summary import format_run_table
+
+    _, good, _, _ = pair
+    entry = load_entry(good)
+    text = format_run_table([entry])
+    assert f"interval of {entry.key}: test macro-F1 {entry.test.interval.describe()}" in text
+    assert "95% CI, protein bootstrap, 120 proteins" in text
