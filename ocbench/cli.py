@@ -138,8 +138,34 @@ def _workers_option(fn):
     )(fn)
 
 
+class _SeedList(click.ParamType):
+    """``0`` or ``0,1,2``: seeds of repeated runs (each seed its own split, probe and entry)."""
+
+    name = "SEEDS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            seeds = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a seed or a comma-separated list of seeds (e.g. 0,1,2)", param, ctx)
+        if not seeds or any(v < 0 for v in seeds) or len(set(seeds)) != len(seeds):
+            self.fail(f"{value!r}: give distinct integers >= 0 (e.g. 0,1,2)", param, ctx)
+        return seeds
+
+
+def _one_seed(seeds: tuple[int, ...]) -> int:
+    if len(seeds) != 1:
+        raise click.UsageError("this command takes one --seed")
+    return seeds[0]
+
+
 def _run_options(fn):
-    fn = click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the split and the probe.")(fn)
+    fn = click.option(
+        "--seed", type=_SeedList(), default="0", show_default=True,
+        help="Seed of the split and the probe; several (0,1,2) run each cell once per seed, one entry each.",
+    )(fn)
     fn = click.option(
         "--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ..."
     )(fn)
@@ -237,7 +263,10 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
       ocbench run --backbone hpa-fov-vitb8
       ocbench run --backbone classical-stats --dataset demo --task fov-mlp,fov-linear --split paper,protein
       ocbench run --backbone imagenet-dino-vitb8 --channels protein=G,nucleus=B --set epochs=50
+      ocbench run --backbone classical-stats --dataset demo --seed 0,1,2   # repeated splits and probe seeds
     """
+    from dataclasses import replace
+
     from ocbench.benchmark.runner import RunOptions, expand_grid, resolve_cells, run_grid
     from ocbench.data.cards import dataset_card_for
 
@@ -248,11 +277,14 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
     device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
     options = RunOptions(
-        output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
+        output_dir=Path(output), seed=seed[0], device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, split_file=Path(split_file) if split_file else None,
         threads=threads or _available_cores(), recompute=recompute, precision=precision, progress=_is_main_rank(),
     )
-    _print_outcomes(run_grid(cells, ds, options, on_done=_say_done))
+    outcomes = []
+    for one in seed:  # each seed: its own split (unless --split-file) and probe seed, its own entries
+        outcomes += run_grid(cells, ds, replace(options, seed=one), on_done=_say_done)
+    _print_outcomes(outcomes)
 
 
 @cli.command("sweep-channels")
@@ -280,7 +312,7 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
     ds = _open_dataset(dataset, annotations, min_grade)
     specs = [RunSpec(card.name, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card, ds.card.channel_names)]
     options = RunOptions(
-        output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
+        output_dir=Path(output), seed=_one_seed(seed), device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, threads=threads or _available_cores(), recompute=recompute, precision=precision,
         progress=_is_main_rank(),
     )
@@ -725,6 +757,24 @@ def tasks_show(name):
     click.echo("\nAny --set that changes a default marks the entry off-protocol.")
 
 
+@cli.command()
+@click.argument("entry_a", type=click.Path(dir_okay=False))
+@click.argument("entry_b", type=click.Path(dir_okay=False))
+def compare(entry_a, entry_b):
+    """Compare two entries on the same items: difference of main scores, paired intervals, verdict.
+
+    Uses the corrected resampled t-test over the paired folds and the paired protein bootstrap on
+    the predictions kept beside the entries; refuses entries of different tasks or splits.
+
+    \b
+    Example:
+      ocbench compare results/hpa-fov-vitb8__natural__fov-mlp__paper.json results/imagenet-dino-vitb8__map-p1-n2__fov-mlp__paper.json
+    """
+    from ocbench.leaderboard.compare import compare_entries
+
+    click.echo(compare_entries(entry_a, entry_b).text)
+
+
 @cli.group(cls=_Group)
 def leaderboard() -> None:
     """Validate entries, build the board (Markdown, CSV, HTML, plots), publish it to the Hub.
@@ -741,17 +791,23 @@ def leaderboard() -> None:
 @click.option("--no-reported", is_flag=True, help="Leave out the paper's reported rows.")
 @click.option("--rank-reported", is_flag=True, help="Rank reported rows together with computed ones.")
 @click.option("--allow-empty", is_flag=True, help="Build even with no valid entry (the paper's reported rows alone).")
-def leaderboard_build(entries, out, no_reported, rank_reported, allow_empty):
+@click.option(
+    "--zero-shot-only", is_flag=True,
+    help="Leave out entries whose backbone was trained on the evaluated data or its labels (backbone.not_zero_shot).",
+)
+def leaderboard_build(entries, out, no_reported, rank_reported, allow_empty, zero_shot_only):
     """Build LEADERBOARD.md, leaderboard.csv, index.html and plots from entry folders/files/Hub repos.
 
     \b
     Example:
       ocbench leaderboard build results --out board
+      ocbench leaderboard build results --out board-zero-shot --zero-shot-only
     """
     from ocbench.leaderboard import build_board
 
     report = build_board(
-        list(entries), out, include_reported=not no_reported, rank_reported=rank_reported, allow_empty=allow_empty
+        list(entries), out, include_reported=not no_reported, rank_reported=rank_reported, allow_empty=allow_empty,
+        zero_shot_only=zero_shot_only,
     )
     click.echo(report.summary())
 

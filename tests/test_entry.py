@@ -155,7 +155,7 @@ def _as_version_0(v1: dict) -> dict:
 
 
 def test_version_0_entry_is_upgraded(tmp_path):
-    assert known_schema_versions() == [0, 1, 2]
+    assert known_schema_versions() == [0, 1, 2, 3]
     v1 = example_entry_dict_v1("hpa-fov-vitb8", channels_key="natural", strategy="map", overrides={"epochs": 50})
     old = _as_version_0(v1)
     loaded = load_entry(_write_json(tmp_path / "old.json", old))
@@ -260,3 +260,52 @@ def test_fraction_scores_outside_the_unit_interval_are_refused():
     bad["per_class"]["val"]["f1"][first] = -0.1
     with pytest.raises(DataError, match="outside"):
         entry_from_dict(bad)
+
+
+# -- schema 3: intervals, predictions beside the entry, seeds, zero-shot marker ---------------
+def _interval(estimate, **changes):
+    return {"estimate": estimate, "low": estimate - 0.02, "high": estimate + 0.02, "level": 0.95,
+            "method": "cluster bootstrap", "group": "protein", "n_groups": 23, "n_resamples": 2000, "seed": 0, **changes}
+
+
+def test_schema_3_carries_intervals_predictions_and_the_zero_shot_marker(tmp_path):
+    data = example_entry_dict("model-a", not_zero_shot=["trained on OpenCell images"], seed=2)
+    mean = data["scores"]["test"]["macro_f1"]["mean"]
+    data["scores"]["test"]["macro_f1"]["interval"] = _interval(mean)
+    data["predictions"] = {"file": f"{data['key']}.predictions.npz", "sha256": "0" * 64, "eval_set": "test",
+                           "n_items": 60, "n_groups": 23, "group": "protein"}
+    path = write_entry(data, tmp_path)
+    assert path.name == "model-a__replicate__fov-mlp__paper__seed2.json"
+    loaded = load_entry(path)
+    assert loaded.model_dump(mode="json") == data
+    assert loaded.backbone.not_zero_shot == ["trained on OpenCell images"]
+    text = loaded.test.interval.describe()
+    assert text == f"{mean:.3f} [{mean - 0.02:.3f}, {mean + 0.02:.3f}] 95% CI, protein bootstrap, 23 proteins"
+
+
+def test_interval_must_match_its_score_and_be_ordered(tmp_path):
+    data = example_entry_dict()
+    data["scores"]["test"]["macro_f1"]["interval"] = _interval(0.9)
+    with pytest.raises(DataError, match=r"scores\.test\.macro_f1: interval estimate 0\.9 does not match the mean"):
+        write_entry(data, tmp_path)
+    data["scores"]["test"]["macro_f1"]["interval"] = _interval(data["scores"]["test"]["macro_f1"]["mean"], low=0.9, high=0.1)
+    with pytest.raises(DataError, match="interval low 0.9 is above high 0.1"):
+        write_entry(data, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_version_2_entry_upgrades_without_predictions(tmp_path):
+    v2 = example_entry_dict("model-b")
+    v2["schema_version"] = 2
+    loaded = load_entry(_write_json(tmp_path / "v2.json", v2))
+    assert loaded.schema_version == SCHEMA_VERSION == 3
+    assert loaded.predictions is None and loaded.test.interval is None and loaded.backbone.not_zero_shot is None
+    dumped = json.loads(entry_to_json(loaded))
+    assert "predictions" not in dumped and "interval" not in dumped["scores"]["test"]["macro_f1"]
+
+
+def test_key_with_a_seed_other_than_its_own_is_refused(tmp_path):
+    data = example_entry_dict(seed=1)
+    data["key"] = data["key"].replace("seed1", "seed4")
+    with pytest.raises(DataError, match="does not match its parts"):
+        write_entry(data, tmp_path)

@@ -111,5 +111,11 @@ def test_board_of_schema_1_entries_equals_the_old_board(tmp_path):
 
     old_md = (DATA / "board" / "LEADERBOARD.md").read_text()
     new_md = (tmp_path / "board" / "LEADERBOARD.md").read_text()
-    assert old_md.count("\n## ") == new_md.count("\n## ")  # one section per table
+    # one section per table; boards now add one across tables (critical difference: both backbones
+    # sit on all four tables)
+    assert old_md.count("\n## ") + 1 == new_md.count("\n## ")
+    assert "\n## Across tables: critical difference" in new_md
     assert "upgraded from schema 1" in new_md
+    # schema-1 entries kept no predictions: shown without intervals, and the board says so
+    assert "no interval: entries of schema 1 kept no per-item predictions" in new_md
+    assert new["interval_low"].isna().all()

@@ -106,7 +106,7 @@ def test_identical_folds_tie_and_separated_rows_do_not(tmp_path):
     assert rows["model-a"].rank == rows["model-b"].rank == 1
     assert rows["model-c"].rank == 3 and not rows["model-c"].tied_with_above
     assert "p = 0" in rows["model-c"].rank_reason
-    assert "paired t-test" in board.tables[0].rule and "0.05" in board.tables[0].rule
+    assert "corrected resampled t-test" in board.tables[0].rule and "0.05" in board.tables[0].rule
 
 
 def test_paired_test_ties_rows_whose_intervals_do_not_overlap(tmp_path):
@@ -354,7 +354,7 @@ def test_board_files_markdown_csv(tmp_path):
     md = (out / "LEADERBOARD.md").read_text()
     assert "| rank " in md and "|--" in md  # tabulate github style
     assert "model-a" in md and "hpa-fov-vitb8 *(reported)*" in md
-    assert "paired t-test" in md and "Per-class F1" in md and "Best backbone per class" in md
+    assert "corrected resampled t-test" in md and "Per-class F1" in md and "Best backbone per class" in md
     frame = pd.read_csv(out / "leaderboard.csv")
     computed = frame[frame.kind == "computed"].set_index("backbone")
     assert list(computed.loc[["model-a", "model-b", "model-c"], "rank"]) == [1, 1, 3]
@@ -563,7 +563,7 @@ def test_leaderboard_imports_and_builds_without_torch(tmp_path):
         from ocbench.benchmark.entry import load_entry
         report = ocbench.leaderboard.build_board([{str(folder)!r}], {str(tmp_path / "board")!r}, plots=False)
         assert report.n_entries == 2, report
-        assert "paired t-test" in report.board.tables[0].computed_rows[1].rank_reason
+        assert "corrected t-test" in report.board.tables[0].computed_rows[1].rank_reason
         print("ok")
         """
     )

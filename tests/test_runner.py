@@ -276,3 +276,38 @@ def test_concurrent_runs_of_one_cell_never_lose_a_result(env, tmp_path):
     assert f"wrote: {path}" in winner_out
     epochs = load_entry(path).overrides["epochs"]
     assert f"epochs={epochs}" in " ".join(commands[[30, 31].index(epochs)])
+
+
+def test_entry_keeps_its_test_predictions_and_interval(env, tmp_path):
+    from ocbench._io import sha256_file
+    from ocbench.predictions import load_predictions
+    from ocbench.stats import macro_f1
+
+    out = tmp_path / "res"
+    result = run(["--backbone", "classical-stats", "--split", "protein", "--seed", "0,1", "--set", "epochs=5"], out)
+    assert result.exit_code == 0, result.output
+    paths = sorted(out.glob("*.json"))
+    assert [p.name for p in paths] == [
+        "classical-stats__map-p0-n1__fov-mlp__protein.json", "classical-stats__map-p0-n1__fov-mlp__protein__seed1.json",
+    ]
+    entries = [load_entry(p) for p in paths]
+    assert [e.seed for e in entries] == [0, 1] and entries[0].split.sha256 != entries[1].split.sha256
+    for path, entry in zip(paths, entries):
+        ref = entry.predictions
+        file = path.parent / ref.file
+        assert ref.file == f"{entry.key}.predictions.npz" and sha256_file(file) == ref.sha256
+        preds = load_predictions(file, ref.sha256)
+        assert preds.y_pred.shape[:2] == (1, 5) and ref.group == "protein" and ref.n_groups == preds.n_groups
+        # the kept predictions reproduce every fold model's test score
+        for k, value in enumerate(entry.test.values):
+            assert macro_f1(preds.y_true, preds.y_pred[0, k]) == pytest.approx(value)
+        interval = entry.test.interval
+        assert interval.low <= entry.test.mean <= interval.high and interval.n_groups == ref.n_groups
+        assert interval.group == "protein" and interval.n_resamples == 2000
+
+
+@pytest.mark.parametrize("seeds", ["0,a", "1,1", "-1,2", ","])
+def test_bad_seed_lists_are_one_line(env, tmp_path, seeds):
+    result = run(["--backbone", "classical-stats", "--seed", seeds], tmp_path / "res")
+    assert result.exit_code == 2 and "Traceback" not in result.output and "--seed" in result.output
+    assert not (tmp_path / "res").exists()

@@ -169,6 +169,11 @@ def test_task_run_gives_the_k_axis_in_entry_shape(small):
 
     assert result.scores[EVAL_SET]["macro_f1"]["mean"] == pytest.approx(multilabel_scores(labels, preds)["macro_f1"])
     assert result.config["normalization"] == "weight-sum" and result.config["temperature"] == 0.07
+    # per-item predictions per k are kept, grouped by FOV when no protein is given
+    kept = result.predictions
+    assert kept.axis_values == (1.0, 3.0, 9.0) and kept.y_pred.shape == (3, 1, *labels.shape)
+    assert np.array_equal(kept.at(3)[0], preds) and kept.group_name == "FOV"
+    assert list(kept.groups) == [str(g) for g in groups]
 
 
 def test_fov_task_is_its_own_on_protocol_task():

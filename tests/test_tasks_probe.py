@@ -195,6 +195,12 @@ def test_result_shape(mlp_result):
         assert set(r.per_class[part]["f1"]) <= set(COMPARTMENTS) and r.class_names == COMPARTMENTS
         assert np.array(r.per_class_values[part]["f1"]).shape == (5, 17)
     assert r.details["n_test"] == 40 and sum(r.details["n_val"]) == 260
+    # each fold model's test predictions are kept and give its test score
+    from ocbench.stats import macro_f1
+
+    kept = r.predictions
+    assert kept.eval_set == "test" and kept.y_pred.shape == (1, 5, 40, 17) and kept.group_name == "item"
+    assert [macro_f1(kept.y_true, kept.y_pred[0, k]) for k in range(5)] == pytest.approx(r.scores["test"]["macro_f1"]["values"])
 
 
 @pytest.mark.parametrize("name", ["fov-mlp", "fov-linear"])

@@ -36,6 +36,13 @@ Schema version history
   ``per_class`` / ``per_class_values`` keyed by them, an optional ``axis`` (k, fraction), and
   provenance added for trust: ``off_protocol_reasons``, ``backbone.weights_verified`` /
   ``weights_note``, ``dataset.card`` / ``synthetic``, ``environment.precision`` / ``threads``.
+- **3**: per-item predictions kept beside the entry (``predictions``: file name and sha256 of
+  ``<key>.predictions.npz``, see :mod:`ocbench.predictions`); the evaluated set's main score
+  carries its 95% interval by cluster bootstrap over the dataset's groups (``scores.<set>.<metric>
+  .interval``, per axis point too); ``backbone.not_zero_shot`` (reasons the backbone saw the
+  evaluation data or its labels in training; empty = zero-shot, absent = unknown); ``key`` ends
+  in ``__seed<N>`` for seeds other than 0, so repeated seeds are separate entries. Version-2
+  entries upgrade unchanged: they have no predictions and no intervals, and boards say so.
 """
 
 from __future__ import annotations
@@ -47,9 +54,9 @@ import platform as _platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from ocbench._io import atomic_write
 from ocbench.data.compartments import COMPARTMENTS
@@ -76,7 +83,7 @@ __all__ = [
     "now_iso",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Where the published JSON Schema of the current version lives (package data, committed).
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "leaderboard" / "entry.schema.json"
@@ -91,21 +98,68 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class _OmitsUnset(_Strict):
+    """Leaves the optional fields of newer schema versions (``_OMIT_NONE``) out of the file while
+    they are null, so an entry without them reads the same as before they existed."""
+
+    _OMIT_NONE: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_nulls(self, handler: Any) -> Any:
+        data = handler(self)
+        for name in self._OMIT_NONE:
+            if isinstance(data, dict) and data.get(name, 0) is None:
+                del data[name]
+        return data
+
+
 # ---------------------------------------------------------------------------------------------
 # scores
 # ---------------------------------------------------------------------------------------------
-class MetricSummary(_Strict):
+class IntervalInfo(_Strict):
+    """A confidence interval of a score, and what it is (see :mod:`ocbench.stats`)."""
+
+    estimate: float = Field(description="the score the interval is about (equals the summary's mean)")
+    low: float
+    high: float
+    level: float = Field(gt=0, lt=1, description="confidence level, e.g. 0.95")
+    method: str = Field(min_length=1, description="e.g. cluster bootstrap (percentile)")
+    group: str = Field(min_length=1, description="what one resampled unit is (protein)")
+    n_groups: int = Field(ge=1, description="number of groups in the evaluated set")
+    n_resamples: int = Field(ge=1)
+    seed: int = Field(ge=0, description="seed of the resampling")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "IntervalInfo":
+        if not self.low <= self.high:
+            raise ValueError(f"interval low {self.low} is above high {self.high}")
+        return self
+
+    def describe(self, digits: int = 3) -> str:
+        """``0.822 [0.801, 0.843] 95% CI, protein bootstrap, 131 proteins``."""
+        from ocbench.stats import Interval
+
+        return Interval(**self.model_dump()).describe(digits)
+
+
+class MetricSummary(_OmitsUnset):
     """One score over repetitions (cross-validation folds, fold models on the test set, seeds):
-    the values and their mean and sample std (see :mod:`ocbench.summaries`)."""
+    the values and their mean and sample std (see :mod:`ocbench.summaries`), and where per-item
+    predictions were kept, the interval of the mean."""
 
     values: list[float] = Field(min_length=1, description="one score per repetition (fold), in order")
     mean: float
     std: float | None = Field(description="standard deviation with `ddof`; null when n <= ddof")
     ddof: int = Field(ge=0, le=1)
     n: int = Field(ge=1, description="number of values")
+    interval: IntervalInfo | None = Field(default=None, description="95% interval of the mean on the evaluated items")
+
+    _OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"interval"})
 
     @model_validator(mode="after")
     def _aggregates_match_values(self) -> "MetricSummary":
+        if self.interval is not None and abs(self.interval.estimate - self.mean) > _AGGREGATE_TOLERANCE:
+            raise ValueError(f"interval estimate {self.interval.estimate} does not match the mean {self.mean}")
         if self.n != len(self.values):
             raise ValueError(f"n is {self.n} but values has {len(self.values)} items")
         mean = summary_mean(self.values)
@@ -200,7 +254,7 @@ def _check_per_class(per_class: Mapping[str, Mapping[str, Mapping[str, float]]],
 # ---------------------------------------------------------------------------------------------
 # provenance blocks
 # ---------------------------------------------------------------------------------------------
-class BackboneInfo(_Strict):
+class BackboneInfo(_OmitsUnset):
     name: str = Field(min_length=1, description="card name, e.g. hpa-fov-vitb8")
     source: str = Field(min_length=1, description="where the weights come from (hf-hub:, timm:, url:, local:, builtin:)")
     arch: str = Field(min_length=1)
@@ -213,6 +267,13 @@ class BackboneInfo(_Strict):
         "checkpoint imported for a card without a published checksum); null: weight-free or unknown",
     )
     weights_note: str | None = Field(default=None, description="what a reader should know about the weights' provenance")
+    not_zero_shot: list[str] | None = Field(
+        default=None,
+        description="why the backbone is not zero-shot on this dataset (it was trained on these images or "
+        "their labels), in words; [] = zero-shot; null = unknown (entries written before this was recorded)",
+    )
+
+    _OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"not_zero_shot"})
 
 
 class ChannelsInfo(_Strict):
@@ -262,13 +323,26 @@ class Timings(_Strict):
     peak_device_memory_gib: float | None = Field(default=None, ge=0, description="peak GPU memory allocated by torch, GiB")
 
 
-def entry_key(backbone: str, channels_key: str, task: str, track: str) -> str:
-    """The entry's key and file stem: ``<backbone>__<channels>__<task>__<track>``."""
-    return f"{backbone}__{channels_key}__{task}__{track}"
+def entry_key(backbone: str, channels_key: str, task: str, track: str, seed: int = 0) -> str:
+    """The entry's key and file stem: ``<backbone>__<channels>__<task>__<track>``, with
+    ``__seed<N>`` appended for seeds other than 0 (each seed of a repeated run is its own entry)."""
+    base = f"{backbone}__{channels_key}__{task}__{track}"
+    return base if not seed else f"{base}__seed{seed}"
 
 
-class Entry(_Strict):
-    """One benchmark result (schema version 2). Build with ``Entry.model_validate(dict)``."""
+class PredictionsRef(_Strict):
+    """The per-item predictions file kept beside the entry (:mod:`ocbench.predictions`)."""
+
+    file: str = Field(pattern=r"^[^/\\\s]+\.npz$", description="file name, in the entry's folder")
+    sha256: str = Field(pattern=_SHA256)
+    eval_set: str = Field(min_length=1, description="the scored set the predictions are of (test, loo)")
+    n_items: int = Field(ge=1)
+    n_groups: int = Field(ge=1)
+    group: str = Field(min_length=1, description="the group the interval resamples (protein)")
+
+
+class Entry(_OmitsUnset):
+    """One benchmark result (schema version 3). Build with ``Entry.model_validate(dict)``."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -277,7 +351,7 @@ class Entry(_Strict):
         title=f"ocbench entry (schema_version {SCHEMA_VERSION})",
     )
 
-    schema_version: Literal[2] = SCHEMA_VERSION
+    schema_version: Literal[3] = SCHEMA_VERSION
     protocol_version: str = Field(pattern=r"^[a-z0-9-]+/[0-9]+$", description="e.g. fov-probe/2")
     task: str = Field(min_length=1)
     task_config: dict[str, Any]
@@ -304,7 +378,10 @@ class Entry(_Strict):
     environment: EnvironmentInfo
     timings: Timings
     created: str = Field(description="ISO 8601 date-time of the run")
-    key: str = Field(description="<backbone>__<channels>__<task>__<track>; the file is <key>.json")
+    key: str = Field(description="<backbone>__<channels>__<task>__<track>[__seed<N>]; the file is <key>.json")
+    predictions: PredictionsRef | None = Field(default=None, description="per-item predictions beside the entry")
+
+    _OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"predictions"})
 
     @field_validator("created")
     @classmethod
@@ -350,8 +427,9 @@ class Entry(_Strict):
             for p in self.axis.points:
                 _check_scores_in_range(p.scores, f"axis.points[{p.value}].scores")
                 _check_per_class(p.per_class, self.class_names, f"axis.points[{p.value}].per_class")
-        expected = entry_key(self.backbone.name, self.channels.key, self.task, self.split.track)
-        if self.key != expected:
+        expected = entry_key(self.backbone.name, self.channels.key, self.task, self.split.track, self.seed)
+        # entries of schema <= 2 had no seed in their key
+        if self.key not in (expected, entry_key(self.backbone.name, self.channels.key, self.task, self.split.track)):
             raise ValueError(f"key {self.key!r} does not match its parts; expected {expected!r}")
         if any(c in self.key for c in "/\\ ") or self.key.startswith("."):
             raise ValueError(f"key {self.key!r} cannot be a file name")
@@ -528,6 +606,13 @@ def _upgrade_1_to_2(old: dict) -> dict:
     return d
 
 
+@register_upgrader(2)
+def _upgrade_2_to_3(old: dict) -> dict:
+    """Schema 2 -> 3: nothing moves. Version-2 entries kept no per-item predictions, so they have
+    no intervals (boards show them without and say so) and do not record ``not_zero_shot``."""
+    return dict(old)
+
+
 def upgrade_entry_data(data: Mapping[str, Any], *, source: str = "entry") -> dict:
     """Return ``data`` upgraded to :data:`SCHEMA_VERSION` (a new dict); DataError if impossible."""
     if "schema_version" not in data:
@@ -687,12 +772,18 @@ def build_entry(
     seed: int,
     environment: Mapping[str, Any],
     timings: Mapping[str, Any],
+    predictions: Mapping[str, Any] | None = None,
 ) -> Entry:
     """Assemble and validate the entry of one run from a task's result and the run's provenance.
 
     ``result`` is a ``TaskResult``; ``task`` the task config (its ``main_score`` ranks the entry).
+    ``predictions``: the reference to the predictions file written beside the entry (file name,
+    sha256); with ``result.predictions`` the scored set's main metric gets its interval.
     """
     eval_set, metric = task.main_score
+    scores, axis = result.scores, result.axis
+    if result.predictions is not None:
+        scores, axis = _with_intervals(result.predictions, scores, axis, metric)
     data = {
         "schema_version": SCHEMA_VERSION,
         "protocol_version": result.protocol_version,
@@ -702,11 +793,11 @@ def build_entry(
         "off_protocol": bool(off_protocol_reasons),
         "off_protocol_reasons": list(off_protocol_reasons),
         "main_score": {"eval_set": eval_set, "metric": metric},
-        "scores": result.scores,
+        "scores": scores,
         "class_names": list(result.class_names),
         "per_class": result.per_class,
         "per_class_values": result.per_class_values,
-        "axis": result.axis,
+        "axis": axis,
         "backbone": dict(backbone),
         "channels": dict(channels),
         "dataset": dict(dataset),
@@ -715,6 +806,36 @@ def build_entry(
         "environment": dict(environment),
         "timings": dict(timings),
         "created": now_iso(),
-        "key": entry_key(backbone["name"], channels["key"], task.name, split["track"]),
+        "key": entry_key(backbone["name"], channels["key"], task.name, split["track"], seed),
+        "predictions": dict(predictions) if predictions is not None else None,
     }
     return entry_from_dict(data, source=f"entry {data['key']}")
+
+
+def _with_intervals(predictions: Any, scores: Mapping, axis: Mapping | None, metric: str) -> tuple[dict, dict | None]:
+    """``scores`` (and each axis point's) with the interval of ``metric`` on the predictions' set.
+
+    Every point uses the same resampled groups (one seed), so intervals at different k agree in
+    how lucky the draw was."""
+    from ocbench.stats import N_RESAMPLES, SEED, bootstrap_interval, group_codes, resample_weights
+
+    eval_set = predictions.eval_set
+    _, n_groups = group_codes(predictions.groups)
+    weights = resample_weights(n_groups, N_RESAMPLES, SEED)
+
+    def attach(point_scores: Mapping, value: float | None) -> dict:
+        out = {part: dict(metrics) for part, metrics in point_scores.items()}
+        summary = out.get(eval_set, {}).get(metric)
+        if summary is None:
+            return out
+        interval = bootstrap_interval(
+            predictions.y_true, predictions.at(value), predictions.groups, weights=weights, group_name=predictions.group_name,
+        )
+        out[eval_set][metric] = {**summary, "interval": interval.to_dict()}
+        return out
+
+    if axis is None:
+        return attach(scores, None), None
+    points = [{**p, "scores": attach(p["scores"], p["value"])} for p in axis["points"]]
+    main = next(p for p in points if p["value"] == axis["main"])
+    return main["scores"], {**axis, "points": points}

@@ -91,6 +91,12 @@ class Cell:
 
         return entry_key(self.card.name, self.adapter.key, self.task.name, self.track)
 
+    def key_for(self, seed: int) -> str:
+        """The entry key of this cell run with ``seed`` (seeds other than 0 end in ``__seed<N>``)."""
+        from ocbench.benchmark.entry import entry_key
+
+        return entry_key(self.card.name, self.adapter.key, self.task.name, self.track, seed)
+
     def label(self) -> str:
         return f"{self.card.name} · {self.adapter.key} · {self.task.name} · {self.track}"
 
@@ -326,13 +332,14 @@ def run_cell(
 
     from ocbench._lock import file_lock
 
-    path = options.output_dir / f"{cell.key}.json"
+    key = cell.key_for(options.seed)
+    path = options.output_dir / f"{key}.json"
     split = split_for(dataset, cell.track, options)
     # One process per entry key: a concurrent run of the same cell waits here, then finds the entry
     # (reused if it is the same run, refused otherwise), so no result is silently replaced. Under
     # torchrun, rank 0 stands for the whole group (the other ranks only help embedding).
     main = distributed.world().main
-    lock = file_lock(options.output_dir / ".locks" / f"{cell.key}.lock", what=f"entry {cell.key}") if main else nullcontext()
+    lock = file_lock(options.output_dir / ".locks" / f"{key}.lock", what=f"entry {key}") if main else nullcontext()
     with lock:
         return _run_cell_locked(cell, dataset, options, path, split, position=position, recomputed=recomputed)
 
@@ -385,6 +392,8 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
             "task_s": float(result.wall_time_s),
             **_cost(meta),
         },
+        # rank 0 alone writes (under torchrun the other ranks computed the same result)
+        predictions=_write_predictions(result, options.output_dir, path.stem) if main else None,
     )
     if not main:  # the same result as rank 0's: it alone writes
         return RunOutcome(cell.spec, path, entry, details={"rank": distributed.world().rank})
@@ -413,6 +422,22 @@ def _cost(meta: dict) -> dict[str, Any]:
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         cost["peak_device_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return cost
+
+
+def _write_predictions(result: Any, output_dir: Path, key: str) -> dict[str, Any] | None:
+    """Write the task's per-item predictions beside the entry (atomically, before the entry that
+    names them); return the entry's reference to them, or None when the task kept none."""
+    predictions = getattr(result, "predictions", None)
+    if predictions is None:
+        return None
+    from ocbench.predictions import predictions_file_name, write_predictions
+
+    name = predictions_file_name(key)
+    sha256 = write_predictions(predictions, output_dir / name)
+    return {
+        "file": name, "sha256": sha256, "eval_set": predictions.eval_set, "n_items": int(predictions.y_true.shape[0]),
+        "n_groups": predictions.n_groups, "group": predictions.group_name,
+    }
 
 
 def _torch_threads() -> int | None:

@@ -254,6 +254,19 @@ def _matplotlib_missing() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+def _copy_predictions(loaded: LoadedEntry, entries_dir: Path) -> None:
+    """Copy the entry's predictions file (checked against its sha256) beside its copy in the board,
+    so a published board carries what its intervals and comparisons are computed from."""
+    from ocbench._io import sha256_file
+
+    ref = loaded.entry.predictions
+    if ref is None:
+        return
+    source = Path(loaded.path).parent / ref.file
+    if source.is_file() and sha256_file(source) == ref.sha256:
+        shutil.copyfile(source, entries_dir / ref.file)
+
+
 def build_board(
     sources: Sequence[str | os.PathLike] | str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -263,6 +276,7 @@ def build_board(
     alpha: float = ALPHA,
     plots: bool = True,
     allow_empty: bool = False,
+    zero_shot_only: bool = False,
 ) -> BuildReport:
     """Collect, validate and rank the entries under ``sources``; write the board into ``out_dir``.
 
@@ -272,6 +286,7 @@ def build_board(
     ``include_reported``: add the paper's numbers as marked rows; ``rank_reported``: rank them
     together with the computed rows (interval rule) instead of showing them unranked.
     ``plots=False`` leaves plots out (faster; the Markdown and HTML then show none).
+    ``zero_shot_only``: leave out entries whose backbone records why it is not zero-shot.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -293,7 +308,8 @@ def build_board(
         _ensure_ours(out / "entries", ENTRIES_MARKER, "to show the entries in it, give it as a source; else ")
     _ensure_files_ours(out)
     board = build_tables(
-        collection.entries, include_reported=include_reported, rank_reported=rank_reported, alpha=alpha, entry_files=names
+        collection.entries, include_reported=include_reported, rank_reported=rank_reported, alpha=alpha, entry_files=names,
+        zero_shot_only=zero_shot_only,
     )
     notes: list[str] = []
     plans = plan_plots(board) if plots else []
@@ -325,6 +341,7 @@ def build_board(
                 target = entries_dir / board.entry_files[loaded.sha256]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(loaded.raw)
+                _copy_predictions(loaded, entries_dir)
             (entries_dir / "README.md").write_text(_ENTRIES_README, encoding="utf-8")
             (entries_dir / ENTRIES_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
         (staging / "LEADERBOARD.md").write_text(markdown, encoding="utf-8")
@@ -358,6 +375,8 @@ def build_board(
         notes.insert(0, f"{out / 'entries'} is a source: left as it is; the board links to the entry files there")
     if not include_reported:
         notes.append("reported paper rows left out (include_reported=False)")
+    if board.hidden_not_zero_shot:
+        notes.append(f"{board.hidden_not_zero_shot} entries left out: their backbone is not zero-shot (--zero-shot-only)")
 
     return BuildReport(
         out_dir=out,

@@ -75,10 +75,11 @@ def parse_hub_source(source: str) -> tuple[str, str | None] | None:
 
 
 def _snapshot(source: str, repo_id: str, revision: str | None) -> Path:
-    """Local folder of the repo's JSON files; falls back to the cached snapshot when offline."""
+    """Local folder of the repo's JSON files (and the predictions kept beside entries, which the
+    board's intervals and tie groups read); falls back to the cached snapshot when offline."""
     from huggingface_hub import snapshot_download
 
-    kwargs = dict(repo_id=repo_id, repo_type="dataset", revision=revision, allow_patterns=["*.json"])
+    kwargs = dict(repo_id=repo_id, repo_type="dataset", revision=revision, allow_patterns=["*.json", "*.predictions.npz"])
     try:
         return Path(snapshot_download(**kwargs))
     except Exception as exc:  # network down, repo missing, auth: try the cache before giving up

@@ -1,6 +1,6 @@
 """Complete, valid example entries (for documentation, tests and trying the board out).
 
-:func:`example_entry_dict` builds the dict ``ocbench run`` would write (schema version 2) for
+:func:`example_entry_dict` builds the dict ``ocbench run`` would write (the current schema) for
 made-up fold scores, so a board can be built and its ranking checked without running any model.
 :func:`example_entry_dict_v1` builds the same result in the layout ocbench 0.1 wrote (schema
 version 1), for upgrade tests.
@@ -15,7 +15,7 @@ from ocbench.benchmark.entry import SCHEMA_VERSION, entry_key, v1_summary
 from ocbench.data.compartments import COMPARTMENTS
 from ocbench.summaries import summarize
 
-__all__ = ["example_entry_dict", "example_entry_dict_v1"]
+__all__ = ["example_entry_dict", "example_entry_dict_v1", "write_example_with_predictions"]
 
 
 def _fake_sha(text: str) -> str:
@@ -116,8 +116,13 @@ def example_entry_dict(
     weights_verified: bool | None = None,
     weights_note: str | None = None,
     axis: Mapping[str, Any] | None = None,
+    not_zero_shot: Sequence[str] | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """A schema-2 entry dict; per-class F1 of every class is derived from the val mean.
+    """An entry dict of the current schema; per-class F1 of every class is derived from the val mean.
+
+    ``not_zero_shot``: the backbone's reasons (``[]`` = zero-shot; None leaves the field out:
+    unknown). ``seed``: the run's seed (its split has that seed too, and the key says so).
 
     ``synthetic`` defaults to ``dataset_name == "demo"``. ``axis``: ``{"name": "k", "values":
     [5, 10, 20], "main": 10}``; the score at each value is ``val_folds`` shifted by -0.02 per
@@ -150,6 +155,14 @@ def example_entry_dict(
     data["dataset"].update(card=None, synthetic=dataset_name == "demo" if synthetic is None else synthetic)
     data["environment"].update(precision=precision, threads=None)
     data["backbone"].update(weights_verified=weights_verified, weights_note=weights_note)
+    if not_zero_shot is not None:
+        data["backbone"]["not_zero_shot"] = list(not_zero_shot)
+    if seed:
+        data["seed"] = seed
+        data["split"]["seed"] = seed
+        if split_sha256 is None:
+            data["split"]["sha256"] = _fake_sha(f"split {dataset_name} {track} seed {seed}")
+        data["key"] = entry_key(backbone, channels_key, task, track, seed)
     if weights_verified is not None:
         data["backbone"]["weights_sha256"] = _fake_sha(f"weights {backbone}")
 
@@ -245,3 +258,50 @@ def example_entry_dict_v1(
         },
     )
     return data
+
+
+def write_example_with_predictions(
+    folder: Any,
+    backbone: str,
+    y_true: Any,
+    y_pred: Any,
+    groups: Sequence[Any],
+    *,
+    class_names: Sequence[str] | None = None,
+    group_name: str = "protein",
+    n_resamples: int = 500,
+    **kwargs: Any,
+) -> Any:
+    """Write an example entry whose test scores come from real predictions kept beside it.
+
+    ``y_pred`` (R, N, C): one row of predictions per fold model on the same test items; the
+    entry's ``test`` scores are their macro-F1, with the protein-bootstrap interval, and the
+    ``.npz`` is written next to the entry as ``ocbench run`` does. ``kwargs`` go to
+    :func:`example_entry_dict` (``val_folds``, ``seed``, ``split_sha256``, ...). Returns the path.
+    """
+    from pathlib import Path
+
+    import numpy as np
+
+    from ocbench.benchmark.entry import write_entry
+    from ocbench.predictions import Predictions, predictions_file_name, write_predictions
+    from ocbench.stats import bootstrap_interval, macro_f1
+
+    y = np.asarray(y_true)
+    p = np.asarray(y_pred)
+    names = list(class_names) if class_names is not None else [f"class{i}" for i in range(y.shape[1])]
+    test_folds = [macro_f1(y, p[r]) for r in range(p.shape[0])]
+    data = example_entry_dict(backbone, test_folds=test_folds, class_names=names, **kwargs)
+    preds = Predictions.build(
+        eval_set="test", item_ids=[f"fov{i}" for i in range(y.shape[0])], groups=groups, group_name=group_name,
+        y_true=y, y_pred=p, class_names=names,
+    )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = predictions_file_name(data["key"])
+    sha256 = write_predictions(preds, folder / name)
+    interval = bootstrap_interval(y, p, groups, n_resamples=n_resamples, group_name=group_name)
+    data["scores"]["test"]["macro_f1"]["interval"] = interval.to_dict()
+    data["predictions"] = {"file": name, "sha256": sha256, "eval_set": "test", "n_items": int(y.shape[0]),
+                           "n_groups": preds.n_groups, "group": group_name}
+    return write_entry(data, folder)

@@ -15,6 +15,8 @@ from typing import Sequence
 from ocbench.leaderboard.formatting import CHANNEL_LEGEND
 from ocbench.leaderboard.plots import PlotSpec
 from ocbench.leaderboard.render import (
+    seed_cell,
+    seed_columns,
     INTRO,
     REPORTED_NOTE,
     SYNTHETIC_BANNER,
@@ -147,6 +149,11 @@ def _main_table(table: Table) -> str:
             if c.id == "backbone" and row.kind == "reported":
                 content += '<span class="badge">reported</span>'
             title = f' title="{_attr(row.rank_reason)}"' if c.id == "rank" and row.rank_reason else ""
+            if c.id == "interval":
+                tip = row.interval.describe() if row.interval is not None else row.no_interval
+                title = f' title="{_attr(tip)}"' if tip else ""
+            if c.id == "notes" and row.not_zero_shot:
+                title = f' title="{_attr("not zero-shot: " + "; ".join(row.not_zero_shot))}"'
             tds.append(f'<td class="{"num" if c.numeric else "txt"}" data-value="{_attr(value_attr)}"{title}>{content}</td>')
         tds.append(_provenance_cell(row))
         body.append(
@@ -264,6 +271,11 @@ def render_html(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
     if board.include_reported:
         note = escape(REPORTED_NOTE).replace("*reported*", "<em>reported</em>")
         parts.append(f"<p>{note.replace('`rank_reported=True`', '<code>rank_reported=True</code>')}</p>")
+    if board.hidden_not_zero_shot:
+        parts.append(
+            f'<p class="muted">Built with <code>--zero-shot-only</code>: {board.hidden_not_zero_shot} entries whose '
+            "backbone is not zero-shot are left out.</p>"
+        )
     legend = escape(CHANNEL_LEGEND)
     while "`" in legend:  # `x` -> <code>x</code> (our own text: backticks come in pairs)
         legend = legend.replace("`", "<code>", 1).replace("`", "</code>", 1)
@@ -303,7 +315,19 @@ def render_html(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
                 parts.append("<h3>Best backbone per class</h3>")
                 parts.append(_best_table(table))
         parts.append("</section>")
-    general = by_table.get(None, {})
+    for seeds in board.seed_tables:
+        columns = seed_columns(seeds)
+        rows = [([(*seed_cell(r, c), "num" if c.numeric else "txt") for c in columns], r.notes) for r in seeds.rows]
+        parts.append(f'<section id="{_attr("s-" + seeds.id)}"><h2>{escape(seeds.title)}</h2>')
+        parts.append(_simple_table(seeds.id, "seeds", [(c.id, c.header, c.numeric) for c in columns], rows))
+        parts.append(f'<p class="rule">{escape(seeds.rule)}</p></section>')
+    general = dict(by_table.get(None, {}))
+    if board.critical_difference is not None:
+        parts.append('<section id="critical-difference"><h2>Across tables: critical difference</h2>')
+        parts.append(f"<p>{escape(board.critical_difference.text)}</p>")
+        if "critical_difference" in general:
+            parts.append(_figure(general.pop("critical_difference")))
+        parts.append("</section>")
     if general:
         parts.append("<section id=\"plots\"><h2>Plots</h2>" + "".join(_figure(p) for p in general.values()) + "</section>")
     parts.append(f"<script>{_JS}</script>")

@@ -27,7 +27,7 @@ FRACTION_KEYS = ("fraction", "train_fraction", "finetune_fraction")
 @dataclass(frozen=True)
 class PlotSpec:
     filename: str
-    kind: str  # per_class | channel_sweep | axis | finetune_fraction
+    kind: str  # per_class | channel_sweep | axis | finetune_fraction | critical_difference
     table_id: str | None
     title: str = ""
 
@@ -95,6 +95,11 @@ def plan_plots(board: Board) -> list[PlotSpec]:
             plans.append(PlotSpec(f"axis__{table.id}.png", "axis", table.id, f"{table.score_label} per {table.axis_name}, {table.title}"))
     if _fraction_series(board):
         plans.append(PlotSpec("finetune_fraction.png", "finetune_fraction", None, "Fine-tuning data fraction"))
+    if board.critical_difference is not None:
+        plans.append(PlotSpec(
+            "critical_difference.png", "critical_difference", None,
+            "Critical-difference diagram: average rank across tables (Friedman + Nemenyi, 95%)",
+        ))
     return plans
 
 
@@ -191,6 +196,37 @@ def _finetune_fraction(board: Board, path: Path) -> None:
     _save(fig, path)
 
 
+def _critical_difference(board: Board, path: Path) -> None:
+    """Average ranks on one axis (1 = best, at the left); a bar joins backbones whose average ranks
+    differ by less than the Nemenyi critical difference (not separable at 95%); the CD is drawn above."""
+    cd = board.critical_difference
+    r = cd.result
+    k = len(r.names)
+    order = sorted(range(k), key=lambda i: r.average_ranks[i])
+    fig = _figure(7.0, 1.6 + 0.28 * k)
+    ax = fig.add_subplot()
+    ax.set_xlim(0.5, k + 0.5)
+    ax.set_ylim(-(k + 1) * 0.5 - 0.5 * len(r.cliques), 1.6)
+    ax.axhline(0, color="black", lw=1)
+    for tick in range(1, k + 1):
+        ax.plot([tick, tick], [0, 0.12], color="black", lw=1)
+        ax.text(tick, 0.22, str(tick), ha="center", va="bottom", fontsize=8)
+    ax.plot([1, 1 + r.critical_difference], [1.15, 1.15], color="black", lw=2)
+    ax.text(1 + r.critical_difference / 2, 1.25, f"CD = {r.critical_difference:.2f}", ha="center", va="bottom", fontsize=8)
+    for pos, i in enumerate(order):
+        y = -0.5 * (pos + 1)
+        rank = r.average_ranks[i]
+        ax.plot([rank, rank], [0, y], color="gray", lw=0.8)
+        ax.text(rank + 0.05, y, f"{r.names[i]} ({rank:.2f})", va="center", fontsize=8)
+    for c, members in enumerate(r.cliques):
+        ranks = [r.average_ranks[i] for i in members]
+        y = -0.5 * (k + 1) - 0.4 * c
+        ax.plot([min(ranks) - 0.03, max(ranks) + 0.03], [y, y], color="tab:red", lw=3, solid_capstyle="round")
+    ax.axis("off")
+    ax.set_title(f"Average rank over {r.n_tables} tables (1 = best); Friedman p = {r.p_value:.3g}", fontsize=9)
+    _save(fig, path)
+
+
 def write_plots(board: Board, plots_dir: Path, plans: list[PlotSpec] | None = None) -> list[Path]:
     """Draw every planned plot into ``plots_dir``; ModuleNotFoundError when matplotlib is missing."""
     import matplotlib  # noqa: F401  (fail early, before anything is written)
@@ -206,6 +242,8 @@ def write_plots(board: Board, plots_dir: Path, plans: list[PlotSpec] | None = No
             _channel_sweep(tables[plan.table_id], path)  # type: ignore[index]
         elif plan.kind == "axis":
             _axis_plot(tables[plan.table_id], path)  # type: ignore[index]
+        elif plan.kind == "critical_difference":
+            _critical_difference(board, path)
         else:
             _finetune_fraction(board, path)
         written.append(path)

@@ -1,23 +1,33 @@
 """Ranks with honest ties.
 
-Rows are sorted by their mean score, best first. Going down the list, a row shares the rank of the
-row above when the data cannot separate the two:
+Rows are sorted by their mean score, best first. A row's rank is 1 + the number of rows above it
+that are *better at the 95% level* (so rank 1 means no row is surely better; rows sharing a rank
+form a tie group; ranks never go down the list). Whether a better row ``a`` separates from ``b``
+(:func:`assign_tie_groups` takes the pairwise decision from the caller, see ``tables.py``):
 
-- when both rows carry fold scores on the same split (the folds pair up), by a two-sided paired
-  t-test over the folds: p >= alpha (0.05) means "cannot separate";
-- otherwise (different splits, reported numbers without folds) when their mean ± std intervals
-  overlap.
+- cross-validation folds on the same split pair up: the corrected resampled t-test (Nadeau &
+  Bengio) over the folds, p < alpha (0.05). The plain paired t-test over folds (kept as
+  :func:`paired_t_test_p`) is over-confident: fold models share most of their training data;
+- per-item predictions kept on the same items: the paired cluster bootstrap (resampling
+  proteins) of the difference must exclude 0;
+- neither (different splits, reported numbers without folds): mean ± std intervals do not overlap.
 
-Ranks follow the competition convention: after two rows sharing rank 1 comes rank 3.
+:func:`assign_ranks` is the older rule (row above only), kept for callers that have no pairwise
+evidence.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
-__all__ = ["ALPHA", "Score", "RankDecision", "paired_t_test_p", "student_t_two_sided_p", "intervals_overlap", "assign_ranks", "rank_rule_text"]
+from ocbench.stats import student_t_two_sided_p
+
+__all__ = [
+    "ALPHA", "Score", "RankDecision", "paired_t_test_p", "corrected_t_test_p", "student_t_two_sided_p",
+    "intervals_overlap", "assign_ranks", "assign_tie_groups", "rank_rule_text",
+]
 
 ALPHA = 0.05
 
@@ -44,48 +54,6 @@ class RankDecision:
     reason: str  # why it shares (or does not share) the rank of the row above; "" for the first row
 
 
-def _continued_fraction(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz method)."""
-    tiny, eps = 1e-300, 1e-15
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        for numerator in (
-            m * (b - m) * x / ((a - 1.0 + 2 * m) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 1.0 + 2 * m)),
-        ):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
-
-
-def _regularized_incomplete_beta(a: float, b: float, x: float) -> float:
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _continued_fraction(a, b, x) / a
-    return 1.0 - front * _continued_fraction(b, a, 1.0 - x) / b
-
-
-def student_t_two_sided_p(t: float, df: int) -> float:
-    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom.
-
-    Own implementation (no scipy) so ranking works wherever the board builds.
-    """
-    if math.isinf(t):
-        return 0.0
-    return _regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
-
-
 def paired_t_test_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided p-value of the paired t-test of ``a`` against ``b`` (same folds, same order).
 
@@ -103,6 +71,36 @@ def paired_t_test_p(a: Sequence[float], b: Sequence[float]) -> float:
         return 1.0 if abs(mean) <= 1e-12 * scale else 0.0
     t = mean / math.sqrt(var / n)
     return student_t_two_sided_p(t, n - 1)
+
+
+def corrected_t_test_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of the corrected resampled t-test (Nadeau & Bengio) of K-fold
+    cross-validation scores ``a`` against ``b`` (same folds): ``n_test / n_train = 1 / (K - 1)``."""
+    from ocbench.stats import corrected_resampled_t_test
+
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError("a corrected t-test needs two equally long lists of at least 2 scores")
+    return corrected_resampled_t_test(a, b, test_train_ratio=1.0 / (len(a) - 1)).p_value
+
+
+def assign_tie_groups(scores: Sequence[Score], separable: Callable[[int, int], tuple[bool, str]]) -> list[RankDecision]:
+    """Ranks for ``scores`` sorted best first: 1 + the number of better rows that ``separable(i, j)``
+    (i above j) says are better at the 95% level; never lower than the rank above."""
+    decisions: list[RankDecision] = []
+    for j in range(len(scores)):
+        if j == 0:
+            decisions.append(RankDecision(1, False, ""))
+            continue
+        verdicts = [separable(i, j) for i in range(j)]
+        better = sum(1 for ok, _ in verdicts if ok)
+        rank = max(decisions[-1].rank, 1 + better)
+        above_ok, above_reason = verdicts[-1]
+        reason = (
+            f"{better} better row{'s' if better != 1 else ''} at the 95% level; vs the row above: {above_reason} "
+            f"({'separable' if above_ok else 'not separable'})"
+        )
+        decisions.append(RankDecision(rank, rank == decisions[-1].rank, reason))
+    return decisions
 
 
 def intervals_overlap(a: Score, b: Score) -> bool:
@@ -146,20 +144,26 @@ def rank_rule_text(
     has_reported: bool = True,
     label: str = "cross-validation macro-F1",
     folds: str = "validation folds",
+    predictions: str | None = None,
 ) -> str:
-    """The sentence printed under a table saying how its ranks were decided.
+    """The sentence printed under a table saying how its ranks (tie groups) were decided.
 
-    ``label``: the ranked score (``val macro-F1``); ``folds``: what its repetitions are."""
-    order = f"Rows are ranked by mean {label}."
+    ``label``: the ranked score (``val macro-F1``); ``folds``: what its repetitions are;
+    ``predictions``: what the paired bootstrap compares (``test macro-F1, protein bootstrap``)
+    when some rows kept per-item predictions."""
+    level = f"{1 - alpha:.0%}"
+    order = f"Rows are ranked by mean {label}; rank = 1 + the number of rows better at the {level} level (rows sharing a rank are a tie group)."
     if paired:
         n = f"{n_folds} " if n_folds else ""
         rule = (
-            f" A row shares the rank of the row above when a two-sided paired t-test over the same {n}"
-            f"{folds} (same split) cannot separate them (p >= {alpha:g})"
+            f" A better row counts when the corrected resampled t-test (Nadeau & Bengio) over the same {n}{folds} "
+            f"gives p < {alpha:g}"
         )
-        rule += "; rows without paired folds share a rank when their mean ± std intervals overlap."
+        if predictions:
+            rule += f" and, where both rows kept per-item predictions, the paired {predictions} {level} interval of the difference excludes 0"
+        rule += "; rows without paired folds count when their mean ± std intervals do not overlap."
     else:
-        rule = " A row shares the rank of the row above when their mean ± std intervals overlap."
+        rule = " A better row counts when the mean ± std intervals do not overlap."
     if not has_reported:
         reported = ""
     elif ranked_reported:

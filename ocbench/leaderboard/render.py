@@ -21,7 +21,7 @@ from ocbench.leaderboard.formatting import (
 )
 from ocbench.leaderboard.plots import PlotSpec
 from ocbench.leaderboard.ranking import Score
-from ocbench.leaderboard.tables import Board, Row, Table, best_per_class
+from ocbench.leaderboard.tables import Board, Row, SeedRow, SeedTable, Table, best_per_class
 from ocbench.reported import PAPER
 
 __all__ = [
@@ -46,7 +46,11 @@ INTRO = (
     "the paper builds on computes it; tables of entries written by ocbench 0.1 (protocol fov-probe/1) "
     "rank by the macro-F1 over all 17 compartments, a class without positives scoring 0 (\"macro-F1 "
     "(all classes)\"). Scores are mean ± std (sample std, ddof 1) over n cross-validation folds; the "
-    "test column scores each fold's model on the held-out test set. Each table holds only entries "
+    "test column scores each fold's model on the held-out test set. Where an entry kept its per-item "
+    "predictions, the interval column gives the 95% confidence interval of the evaluated set's score by "
+    "cluster bootstrap over proteins (whole proteins resampled, all their images kept: images of one "
+    "protein are not independent evidence); entries that kept none are shown without an interval. "
+    "Rows marked \"not zero-shot\" use a backbone trained on the evaluated data or its labels. Each table holds only entries "
     "with the same task, main score, split track, dataset version, split file, protocol version and "
     "protocol deviations; anything else goes to its own table."
 )
@@ -89,11 +93,12 @@ def columns_of(table: Table) -> list[Column]:
     has_test = any(r.test is not None for r in table.rows)
     has_paper = any(r.reported is not None for r in table.rows)  # none on demo or other data
     return [
-        Column("rank", "rank", True),
+        Column("rank", "rank (tie group)", True),
         Column("backbone", "backbone", False),
         Column("channels", "channels", False),
         Column("score", f"{table.score_label} (mean ± std, n)", True),
         *([Column("test", f"{table.test_label} (mean ± std, n)", True)] if has_test else []),
+        *([Column("interval", table.interval_label, True)] if table.interval_label else []),
         *([Column("paper", "paper reported", True)] if has_paper else []),
         Column("notes", "notes", False),
     ]
@@ -114,6 +119,11 @@ def cell(row: Row, column: Column) -> tuple[str, Any]:
         return fmt_score(row.score), row.score.mean if row.score else None
     if cid == "test":
         return fmt_score(row.test), row.test.mean if row.test else None
+    if cid == "interval":
+        i = row.interval
+        if i is None:
+            return ("—" if row.kind == "computed" else ""), None
+        return f"{i.estimate:.3f} [{i.low:.3f}, {i.high:.3f}]", i.estimate
     if cid == "paper":
         r = row.reported
         if r is None or r.mean is None:
@@ -225,6 +235,38 @@ def _md_image(plan: PlotSpec) -> str:
     return f"![{md_escape(plan.title)}](plots/{plan.filename})"
 
 
+def seed_columns(table: SeedTable) -> list[Column]:
+    return [
+        Column("backbone", "backbone", False),
+        Column("channels", "channels", False),
+        Column("n_seeds", "seeds (n)", True),
+        Column("mean", f"{table.score_label}: mean over seeds ± seed std", True),
+        Column("per_seed", "per seed", False),
+        Column("test", "test: mean over seeds", True),
+        Column("notes", "notes", False),
+    ]
+
+
+def seed_cell(row: SeedRow, column: Column) -> tuple[str, Any]:
+    cid = column.id
+    if cid == "backbone":
+        return row.backbone, row.backbone
+    if cid == "channels":
+        return row.channels, row.channels
+    if cid == "n_seeds":
+        return f"{row.n} ({', '.join(map(str, row.seeds))})", row.n
+    if cid == "mean":
+        std = f" ± {row.std:.3f}" if row.std is not None else " (1 seed)"
+        return f"{row.mean:.3f}{std}", row.mean
+    if cid == "per_seed":
+        return " ".join(f"{v:.3f}" for v in row.means), None
+    if cid == "test":
+        return (f"{row.test_mean:.3f}", row.test_mean) if row.test_mean is not None else ("", None)
+    if cid == "notes":
+        return row.notes, row.notes
+    raise KeyError(cid)
+
+
 def render_markdown(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
     by_table: dict[str | None, list[PlotSpec]] = {}
     for plan in plots:
@@ -234,6 +276,8 @@ def render_markdown(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
         parts += [f"**{SYNTHETIC_BANNER}**", ""]
     if board.include_reported:
         parts += [REPORTED_NOTE, ""]
+    if board.hidden_not_zero_shot:
+        parts += [f"Built with `--zero-shot-only`: {board.hidden_not_zero_shot} entries whose backbone is not zero-shot are left out.", ""]
     parts += [CHANNEL_LEGEND, ""]
     n = len(board.entries)
     parts += [
@@ -266,7 +310,17 @@ def render_markdown(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
                 parts += ["### Best backbone per class", "", _md_best(table), ""]
         if table.computed_rows:
             parts += ["<details><summary>Provenance of the computed rows</summary>", "", _md_provenance(table), "", "</details>", ""]
-    general = by_table.get(None, [])
+    for seeds in board.seed_tables:
+        columns = seed_columns(seeds)
+        parts += [f"## {md_escape(seeds.title)}", ""]
+        parts += [_md_table([c.header for c in columns], [[seed_cell(r, c)[0] for c in columns] for r in seeds.rows]), ""]
+        parts += [f"*{md_escape(seeds.rule)}*", ""]
+    if board.critical_difference is not None:
+        parts += ["## Across tables: critical difference", "", md_escape(board.critical_difference.text), ""]
+        cd_plot = next((p for p in by_table.get(None, []) if p.kind == "critical_difference"), None)
+        if cd_plot is not None:
+            parts += [_md_image(cd_plot), ""]
+    general = [p for p in by_table.get(None, []) if p.kind != "critical_difference"]
     if general:
         parts += ["## Plots", ""]
         for plan in general:
@@ -321,6 +375,17 @@ def board_dataframe(board: Board):
                 "test_mean": row.test.mean if row.test else None,
                 "test_std": row.test.std if row.test else None,
                 "test_n": row.test.n if row.test else None,
+                "interval_set": row.interval_set,
+                "interval_estimate": row.interval.estimate if row.interval else None,
+                "interval_low": row.interval.low if row.interval else None,
+                "interval_high": row.interval.high if row.interval else None,
+                "interval_level": row.interval.level if row.interval else None,
+                "interval_method": f"{row.interval.method} over {row.interval.group}" if row.interval else "",
+                "interval_n_groups": row.interval.n_groups if row.interval else None,
+                "interval_n_resamples": row.interval.n_resamples if row.interval else None,
+                "no_interval_reason": row.no_interval,
+                "seed": row.seed if row.entry else None,
+                "not_zero_shot": ("" if row.not_zero_shot is None else json.dumps(list(row.not_zero_shot))) if row.entry else "",
                 "paper_mean": row.reported.mean if row.reported else None,
                 "paper_std": row.reported.std if row.reported else None,
                 "paper_source": row.reported.source if row.reported else (row.source.source if row.source else ""),
@@ -345,9 +410,18 @@ def board_dataframe(board: Board):
             for name in class_names:
                 rec[f"per_class_f1_{name}"] = row.per_class.get(name)
             records.append({k: csv_safe(v) for k, v in rec.items()})
-    columns = list(records[0]) if records else ["table_id", "kind", "backbone"]
+    for seeds in board.seed_tables:
+        for srow in seeds.rows:
+            rec = {
+                "table_id": seeds.id, "table": seeds.title, "kind": "seeds", "backbone": srow.backbone,
+                "channels": srow.channels, "score_mean": srow.mean, "seed_std": srow.std, "n_seeds": srow.n,
+                "seeds": json.dumps(list(srow.seeds)), "score_values": json.dumps(list(srow.means)),
+                "test_mean": srow.test_mean, "notes": srow.notes,
+            }
+            records.append({k: csv_safe(v) for k, v in rec.items()})
+    columns = list(dict.fromkeys(k for r in records for k in r)) if records else ["table_id", "kind", "backbone"]
     frame = pd.DataFrame.from_records(records, columns=columns)
-    for col in ("rank", "score_n", "test_n"):
+    for col in ("rank", "score_n", "test_n", "interval_n_groups", "interval_n_resamples", "seed", "n_seeds"):
         if col in frame:
             frame[col] = frame[col].astype("Int64")
     return frame

@@ -98,6 +98,11 @@ def format_run_table(entries: Sequence[Any]) -> str:
             reasons[why] = reasons.get(why, 0) + 1
     for why, count in reasons.items():
         notes.append(f"off-protocol ({count} row{'s' if count > 1 else ''}): {'; '.join(why)}")
+    for e in entries:  # every interval says what it is
+        ref = e.predictions
+        summary = e.score(ref.eval_set) if ref is not None else None
+        if summary is not None and summary.interval is not None:
+            notes.append(f"interval of {e.key}: {score_label(ref.eval_set, e.main_score.metric)} {summary.interval.describe()}")
     for e in entries:
         if e.backbone.weights_verified is False:
             notes.append(f"{e.key}: {WEIGHTS_UNVERIFIED}" + (f" ({e.backbone.weights_note})" if e.backbone.weights_note else ""))

@@ -19,6 +19,7 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ocbench.leaderboard.channels import channels_label, entry_channel_map
@@ -32,10 +33,23 @@ from ocbench.leaderboard.grouping import (
     paper_incomparability,
     safe_id,
 )
-from ocbench.leaderboard.ranking import ALPHA, Score, assign_ranks, paired_t_test_p, rank_rule_text
+from ocbench.leaderboard.ranking import (
+    ALPHA,
+    Score,
+    assign_tie_groups,
+    corrected_t_test_p,
+    intervals_overlap,
+    rank_rule_text,
+)
 from ocbench.reported import PAPER, REPORTED, ReportedResult, not_comparable_reason, reported_for
 
 __all__ = [
+    "SeedRow",
+    "SeedTable",
+    "CriticalDifference",
+    "seed_tables",
+    "critical_difference",
+    "separable",
     "Row",
     "Table",
     "Board",
@@ -73,10 +87,16 @@ class Row:
     tied_with_above: bool = False
     rank_reason: str = ""
     synthetic: bool = False
+    interval: Any = None  # IntervalInfo of the main metric on the predictions' set, at the main point
+    interval_set: str = ""  # the eval set the interval is on (test, loo)
+    predictions: Any = None  # ocbench.predictions.Predictions kept beside the entry
+    no_interval: str = ""  # why there is no interval (old entry, file missing)
+    seed: int | None = None
+    not_zero_shot: tuple[str, ...] | None = None  # None: unknown
 
     @property
     def label(self) -> str:
-        return f"{self.backbone} · {self.channels}"
+        return f"{self.backbone} · {self.channels}" + (f" · seed {self.seed}" if self.seed else "")
 
 
 @dataclass(frozen=True)
@@ -96,6 +116,8 @@ class Table:
     per_class_label: str = ""
     axis_name: str | None = None
     synthetic: bool = False
+    interval_label: str = ""  # header of the interval column ("" when no row has one)
+    seeds: tuple[Any, ...] = ()  # SeedRow aggregates (kind "seeds" tables)
 
     @property
     def computed_rows(self) -> tuple[Row, ...]:
@@ -119,6 +141,10 @@ class Board:
     fingerprint: str  # sha256 over the shown entries' sha256 and file names
     include_reported: bool
     rank_reported: bool
+    hidden_not_zero_shot: int = 0  # entries left out by zero_shot_only
+    zero_shot_only: bool = False
+    seed_tables: tuple["SeedTable", ...] = ()
+    critical_difference: Any = None  # CriticalDifference across tables, or None
 
     @property
     def synthetic(self) -> bool:
@@ -165,7 +191,27 @@ def _row_flags(loaded: Any) -> list[str]:
         notes.append(f"ranked at {e.axis.name}={fmt_axis_value(e.axis.main)}")
     if loaded.schema_version != e.schema_version:
         notes.append(f"upgraded from schema {loaded.schema_version}")
+    if e.backbone.not_zero_shot:
+        notes.append("not zero-shot: " + "; ".join(e.backbone.not_zero_shot))
+    if e.seed:
+        notes.append(f"seed {e.seed}")
     return notes
+
+
+def _predictions_of(loaded: Any) -> tuple[Any, str]:
+    """The entry's kept predictions, or None and why there are none (said on the board)."""
+    from ocbench.errors import DataError
+    from ocbench.predictions import load_predictions
+
+    ref = loaded.entry.predictions
+    if ref is None:
+        if loaded.schema_version < 3:
+            return None, f"no interval: entries of schema {loaded.schema_version} kept no per-item predictions"
+        return None, "no interval: the task kept no per-item predictions"
+    try:
+        return load_predictions(Path(loaded.path).parent / ref.file, ref.sha256), ""
+    except DataError as exc:
+        return None, f"no interval: {exc}"
 
 
 def _provenance(loaded: Any, board_file: str) -> tuple[tuple[str, str], ...]:
@@ -195,6 +241,15 @@ def _provenance(loaded: Any, board_file: str) -> tuple[tuple[str, str], ...]:
     ]
     if e.off_protocol:
         facts.append(("off-protocol", "; ".join(e.off_protocol_reasons) or "yes (no reason recorded)"))
+    card = b.card if isinstance(b.card, dict) else {}
+    if card.get("training_datasets") or card.get("supervision"):
+        trained = ", ".join(map(str, card.get("training_datasets") or [])) or "-"
+        facts.append(("pretraining", f"data {trained}; supervision {card.get('supervision') or '-'}"))
+    if b.not_zero_shot is None:
+        zero_shot = "unknown (not recorded)"
+    else:
+        zero_shot = ("no: " + "; ".join(b.not_zero_shot)) if b.not_zero_shot else "yes"
+    facts.append(("zero-shot", zero_shot))
     if e.axis is not None:
         values = ", ".join(fmt_axis_value(p.value) for p in e.axis.points)
         facts.append(("axis", f"{e.axis.name} in [{values}]; ranked at {e.axis.name}={fmt_axis_value(e.axis.main)}"))
@@ -229,6 +284,13 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
     )
     per_class, per_class_folds = per_class_metric(e)
     test = e.test
+    predictions, no_interval = _predictions_of(loaded)
+    interval_set = e.predictions.eval_set if e.predictions is not None else ""
+    summary = e.scores.get(interval_set, {}).get(e.main_score.metric) if interval_set else None
+    interval = summary.interval if summary is not None else None
+    if interval is None and not no_interval:
+        no_interval = "no interval recorded for the main metric"
+    notes = _row_flags(loaded) + ([no_interval] if no_interval else [])
     return Row(
         kind="computed",
         backbone=e.backbone.name,
@@ -238,8 +300,8 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
         score=Score.of(e.main),
         test=Score.of(test) if test is not None and e.main_score.eval_set != "test" else None,
         reported=reported,
-        notes="; ".join(_row_flags(loaded)),
-        provenance=_provenance(loaded, board_file),
+        notes="; ".join(notes),
+        provenance=_provenance(loaded, board_file) + ((("interval", interval.describe()),) if interval is not None else ()),
         per_class=per_class,
         per_class_folds=per_class_folds,
         axis_points=_axis_points(e),
@@ -247,6 +309,12 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
         entry=loaded,
         board_file=board_file,
         synthetic=bool(e.dataset.synthetic),
+        interval=interval,
+        interval_set=interval_set if interval is not None else "",
+        predictions=predictions,
+        no_interval=no_interval,
+        seed=e.seed,
+        not_zero_shot=tuple(e.backbone.not_zero_shot) if e.backbone.not_zero_shot is not None else None,
     )
 
 
@@ -288,9 +356,69 @@ def _sort_key(row: Row) -> tuple:
     return (-mean, row.kind != "computed", row.backbone, row.channels, row.notes)
 
 
+#: Resamples of each pairwise comparison on the board (entries' own intervals use 2,000).
+PAIR_RESAMPLES = 1000
+
+
+def _distribution(row: Row, cache: dict | None) -> tuple[float, Any]:
+    """The row's bootstrap distribution on its kept items (computed once per row and board)."""
+    from ocbench.stats import bootstrap_distribution
+
+    key = id(row.predictions)
+    if cache is not None and key in cache:
+        return cache[key]
+    p = row.predictions
+    out = bootstrap_distribution(p.y_true, p.at(row.axis_main), p.groups, n_resamples=PAIR_RESAMPLES)
+    if cache is not None:
+        cache[key] = out
+    return out
+
+
+def separable(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA, cache: dict | None = None) -> tuple[bool, str]:
+    """Whether ``a`` (ranked above) is better than ``b`` at the ``1 - alpha`` level, and why.
+
+    Every test the two rows allow must agree: the corrected resampled t-test over paired folds,
+    and the paired cluster bootstrap of the difference on the same kept items; without either,
+    non-overlapping mean ± std intervals. ``cache``: one dict per table, so each row's bootstrap
+    distribution is computed once."""
+    from ocbench.stats import paired_from_distributions
+
+    decisions: list[bool] = []
+    reasons: list[str] = []
+    sa, sb = a.score, b.score
+    if paired and sa and sb and sa.per_fold and sb.per_fold and len(sa.per_fold) == len(sb.per_fold) >= 2:
+        p = corrected_t_test_p(sa.per_fold, sb.per_fold)
+        decisions.append(p < alpha)
+        reasons.append(f"corrected t-test over {len(sa.per_fold)} folds p = {p:.3g}")
+    pa, pb = a.predictions, b.predictions
+    if paired and pa is not None and pb is not None and pa.eval_set == pb.eval_set and pa.same_items(pb):
+        try:
+            result = paired_from_distributions(
+                _distribution(a, cache), _distribution(b, cache), n_groups=pa.n_groups, level=1 - alpha,
+                group_name=pa.group_name,
+            )
+        except Exception as exc:  # a malformed file must not stop the board; the row says so
+            reasons.append(f"paired bootstrap not possible ({exc})")
+        else:
+            d = result.difference
+            decisions.append(d.low > 0)
+            reasons.append(f"paired {d.group} bootstrap of the {pa.eval_set} difference {d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]")
+    if not decisions and sa and sb:
+        overlap = intervals_overlap(sa, sb)
+        decisions.append(not overlap)
+        reasons.append(f"mean ± std intervals {'overlap' if overlap else 'do not overlap'}")
+    return (bool(decisions) and all(decisions)), "; ".join(reasons)
+
+
 def _ranked(rows: Iterable[Row], *, paired: bool, alpha: float) -> list[Row]:
     ordered = sorted(rows, key=_sort_key)
-    decisions = assign_ranks([r.score for r in ordered], paired=paired, alpha=alpha)  # type: ignore[misc]
+    cache: dict = {}
+    decisions = assign_tie_groups(
+        [r.score for r in ordered],  # type: ignore[misc]
+        lambda i, j: separable(
+            ordered[i], ordered[j], paired=paired and ordered[i].kind == ordered[j].kind == "computed", alpha=alpha, cache=cache,
+        ),
+    )
     return [replace(r, rank=d.rank, tied_with_above=d.tied_with_above, rank_reason=d.reason) for r, d in zip(ordered, decisions)]
 
 
@@ -348,6 +476,18 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
     eval_set = key.main_eval_set
     folds = "validation folds" if eval_set == "val" else f"fold models scored on {eval_set}"
     details = _group_details(key, first, label, synthetic)
+    with_interval = [r for r in computed if r.interval is not None]
+    interval_label = ""
+    if with_interval:
+        i0 = with_interval[0].interval
+        groups = {r.interval.n_groups for r in with_interval}
+        n_groups = f", {i0.n_groups} {_plural(i0.group, i0.n_groups)}" if len(groups) == 1 else ""
+        interval_label = f"{score_label(with_interval[0].interval_set, key.main_metric)}, {i0.level:.0%} CI ({i0.group} bootstrap{n_groups})"
+    without = [r for r in computed if r.interval is None]
+    if without and with_interval:
+        details += (f"{len(without)} row{'s' if len(without) > 1 else ''} without an interval (see notes)",)
+    elif without:
+        details += ("no intervals: these entries kept no per-item predictions (written before schema 3, or by a task that keeps none)",)
     if reported_rows and not_comparable:
         details += (f"the paper's numbers are not shown here: {not_comparable}",)
     title = f"{key.task} · {key.track} track · {key.dataset_name} {key.dataset_version[:8]}" + (
@@ -369,6 +509,7 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
             has_reported=bool(reported),
             label=label,
             folds=folds,
+            predictions=f"{i0.group} bootstrap" if with_interval else None,
         ),
         group=key,
         score_label=label,
@@ -377,7 +518,14 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
         per_class_label=f"{metric_label(PER_CLASS_METRIC)} ({eval_set}, mean over folds where the class is present)",
         axis_name=first.axis.name if first.axis is not None else None,
         synthetic=synthetic,
+        interval_label=interval_label,
     )
+
+
+def _plural(name: str, n: int) -> str:
+    from ocbench.stats import plural
+
+    return plural(name, n)
 
 
 def _reported_table(task: str, track: str, results: list[ReportedResult], *, rank_reported: bool, alpha: float) -> Table:
@@ -417,11 +565,19 @@ def build_tables(
     rank_reported: bool = False,
     alpha: float = ALPHA,
     entry_files: Mapping[str, str] | None = None,
+    zero_shot_only: bool = False,
 ) -> Board:
     """Group, rank and label the entries (LoadedEntry); add the paper's reported rows.
 
     ``entry_files``: sha256 -> the entry's path inside the board's ``entries/`` (POSIX), for a
-    board that links to its entries where they are; default: ``<key>.json`` copies."""
+    board that links to its entries where they are; default: ``<key>.json`` copies.
+    ``zero_shot_only``: leave out entries whose backbone records reasons it is not zero-shot
+    (``backbone.not_zero_shot`` non-empty; entries that do not say are kept, marked unknown)."""
+    hidden = 0
+    entries = list(entries)
+    if zero_shot_only:
+        shown = [e for e in entries if not e.entry.backbone.not_zero_shot]
+        hidden, entries = len(entries) - len(shown), shown
     kept, problems = dedupe_entries(entries)
     files = {e.sha256: entry_files[e.sha256] for e in kept} if entry_files is not None else board_file_names(kept)
 
@@ -451,7 +607,155 @@ def build_tables(
         fingerprint=fingerprint,
         include_reported=include_reported,
         rank_reported=rank_reported,
+        hidden_not_zero_shot=hidden,
+        zero_shot_only=zero_shot_only,
+        seed_tables=seed_tables(tables),
+        critical_difference=critical_difference(tables),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# several seeds
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SeedRow:
+    """One configuration over the seeds it was run with (each seed its own split and probe seed)."""
+
+    backbone: str
+    channels: str
+    seeds: tuple[int, ...]
+    means: tuple[float, ...]  # each seed's mean main score (over its folds)
+    test_means: tuple[float, ...]
+    notes: str = ""
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def mean(self) -> float:
+        from ocbench.summaries import summary_mean
+
+        return summary_mean(self.means)
+
+    @property
+    def std(self) -> float | None:
+        from ocbench.summaries import summary_std
+
+        return summary_std(self.means)
+
+    @property
+    def test_mean(self) -> float | None:
+        from ocbench.summaries import summary_mean
+
+        return summary_mean(self.test_means) if len(self.test_means) == len(self.means) else None
+
+
+@dataclass(frozen=True)
+class SeedTable:
+    id: str
+    title: str
+    score_label: str
+    rows: tuple[SeedRow, ...]
+    rule: str
+    mixed: bool  # rows with different numbers of seeds
+
+
+def seed_tables(tables: Sequence[Table]) -> tuple[SeedTable, ...]:
+    """Tables of configurations run with several seeds: the tables that differ only in split (one per
+    split seed) are pooled, and each configuration's per-seed means are summarized (mean, seed std
+    with ddof 1, n seeds). Rows with fewer seeds than others are labelled, never silently mixed."""
+    families: dict[GroupKey, list[Table]] = defaultdict(list)
+    for table in tables:
+        if table.group is not None:
+            families[replace(table.group, split_sha256="")].append(table)
+    out = []
+    for family, members in sorted(families.items()):
+        per_config: dict[tuple[str, str], dict[int, Row]] = defaultdict(dict)
+        for table in members:
+            for row in table.computed_rows:
+                seed = row.seed or 0
+                per_config[(row.backbone, row.channels)][seed] = row
+        if not any(len(by_seed) > 1 for by_seed in per_config.values()):
+            continue
+        most = max(len(by_seed) for by_seed in per_config.values())
+        rows = []
+        for (backbone, channels), by_seed in per_config.items():
+            seeds = tuple(sorted(by_seed))
+            means = tuple(by_seed[s].score.mean for s in seeds if by_seed[s].score is not None)
+            tests = tuple(by_seed[s].test.mean for s in seeds if by_seed[s].test is not None)
+            note = "1 seed: no seed spread, not comparable with the many-seed rows" if len(seeds) == 1 else (
+                f"{len(seeds)} of {most} seeds" if len(seeds) < most else "")
+            rows.append(SeedRow(backbone, channels, seeds, means, tests, note))
+        rows.sort(key=lambda r: (-r.n, -r.mean, r.backbone, r.channels))  # many-seed rows first, then by mean
+        label = members[0].score_label
+        mixed = len({r.n for r in rows}) > 1
+        rule = (
+            f"Each seed is its own split (unless a split file was given) and probe seed; the score is the mean over seeds of "
+            f"each seed's mean {label}, and seed std is the sample std (ddof 1) of those per-seed means. Rows are sorted "
+            "by number of seeds, then mean; they are not ranked."
+        ) + (" Rows with fewer seeds are labelled." if mixed else "")
+        digest = members[0].group.slug.rsplit("-", 1)[0] if members[0].group else "seeds"
+        out.append(SeedTable(
+            id=f"{digest}-seeds-{hashlib.sha256(repr(family).encode()).hexdigest()[:8]}",
+            title=f"{family.task} · {family.track} track · {family.dataset_name} {family.dataset_version[:8]} · over seeds",
+            score_label=label, rows=tuple(rows), rule=rule, mixed=mixed,
+        ))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# across tables: critical difference
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CriticalDifference:
+    result: Any  # ocbench.stats.FriedmanResult
+    tables: tuple[str, ...]  # titles of the tables used
+    left_out: tuple[str, ...]  # backbones on several tables but not on all of the ones used
+
+    @property
+    def text(self) -> str:
+        r = self.result
+        ranks = ", ".join(f"{n} {v:.2f}" for n, v in sorted(zip(r.names, r.average_ranks), key=lambda t: t[1]))
+        out = (
+            f"Average rank over {r.n_tables} tables (1 = best; each backbone's best row per table): {ranks}. Friedman test "
+            f"p = {r.p_value:.3g}; Nemenyi critical difference at {r.level:.0%}: {r.critical_difference:.2f} ranks "
+            "(backbones whose average ranks differ by less are joined by a bar in the diagram)."
+        )
+        if self.left_out:
+            out += f" Left out (not on every one of these tables): {', '.join(self.left_out)}."
+        return out
+
+
+def critical_difference(tables: Sequence[Table]) -> CriticalDifference | None:
+    """Friedman + Nemenyi over the computed tables, for backbones with entries on several tables
+    (each backbone's best row per table). None when fewer than 2 backbones share 2 tables."""
+    scores: dict[str, dict[str, float]] = defaultdict(dict)  # table id -> backbone -> best mean
+    titles = {}
+    for table in tables:
+        if table.group is None:
+            continue
+        titles[table.id] = table.title
+        for row in table.computed_rows:
+            if row.score is not None:
+                scores[table.id][row.backbone] = max(row.score.mean, scores[table.id].get(row.backbone, float("-inf")))
+    counts: dict[str, int] = defaultdict(int)
+    for by_backbone in scores.values():
+        for name in by_backbone:
+            counts[name] += 1
+    names = sorted(n for n, c in counts.items() if c >= 2)
+    candidates = list(names)
+    while len(candidates) >= 2:
+        used = [t for t, by in scores.items() if all(n in by for n in candidates)]
+        if len(used) >= 2:
+            from ocbench.stats import friedman_nemenyi
+
+            matrix = [[scores[t][n] for n in candidates] for t in used]
+            result = friedman_nemenyi(matrix, candidates)
+            left = tuple(n for n in names if n not in candidates)
+            return CriticalDifference(result, tuple(titles[t] for t in used), left)
+        candidates.remove(min(candidates, key=lambda n: (counts[n], n)))  # the one on fewest tables
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,7 +782,7 @@ _EPS = 1e-12
 def best_per_class(table: Table, *, alpha: float = ALPHA) -> list[ClassBest]:
     """For each class, the computed row with the highest score on it, awarded only when it is
     clear: above 0, not tied, and (when both rows have fold values of the class on the same folds)
-    separated from the runner-up by a two-sided paired t-test (p < alpha). Needs >= 2 rows."""
+    separated from the runner-up by the corrected resampled t-test (p < alpha). Needs >= 2 rows."""
     rows = [r for r in table.computed_rows if r.per_class]
     if len(rows) < 2:
         return []
@@ -500,11 +804,11 @@ def best_per_class(table: Table, *, alpha: float = ALPHA) -> list[ClassBest]:
             assert runner is not None and runner_value is not None
             a, b = top[0].per_class_folds.get(name), runner.per_class_folds.get(name)
             if a and b and len(a) == len(b) >= 2:
-                p = paired_t_test_p(a, b)
+                p = corrected_t_test_p(a, b)
                 if p >= alpha:
-                    note = f"no clear best: a paired t-test over {len(a)} folds cannot separate the top two (p = {p:.3g})"
+                    note = f"no clear best: a corrected t-test over {len(a)} folds cannot separate the top two (p = {p:.3g})"
                 else:
-                    best, note = top[0], f"paired t-test over {len(a)} folds vs the runner-up: p = {p:.3g}"
+                    best, note = top[0], f"corrected t-test over {len(a)} folds vs the runner-up: p = {p:.3g}"
             else:
                 best, note = top[0], "highest score (no paired folds to test the gap)"
         out.append(ClassBest(name, best, top, top_value, runner, runner_value, note))

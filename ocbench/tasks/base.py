@@ -46,7 +46,10 @@ class TaskResult:
     ``per_class``: ``{eval_set: {metric: {class: value}}}``; ``per_class_values``: ``{eval_set:
     {metric: [row per repetition]}}``; ``axis``: ``{"name", "main", "points": [{"value", "scores",
     "per_class"}]}`` for tasks that sweep a setting (then ``scores`` are the main point's);
-    ``details``: task-specific facts worth printing (sizes, final loss), not part of the entry.
+    ``details``: task-specific facts worth printing (sizes, final loss), not part of the entry;
+    ``predictions``: the per-item predictions on the evaluated items
+    (:class:`ocbench.predictions.Predictions`), written beside the entry so its interval and any
+    paired comparison can be computed without the model; None for a task that keeps none.
     """
 
     task: str
@@ -61,6 +64,7 @@ class TaskResult:
     per_class_values: dict[str, Any] = field(default_factory=dict)
     axis: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    predictions: Any = None
 
     @property
     def metrics(self) -> dict[str, Any]:

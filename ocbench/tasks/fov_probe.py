@@ -152,10 +152,17 @@ class FovProbe(TaskConfig):
         """Probe the backbone's FOV embeddings on the context's split (the paper's protocol)."""
         embeddings = context.embed()
         test_idx, folds_idx = context.split.indices(embeddings.fov_ids)
+        card = context.dataset.card
+        manifest = getattr(context.dataset, "manifest", None)
+        column = getattr(card, "group_column", None)
+        groups = None
+        if manifest is not None and column in getattr(manifest, "columns", ()) and len(manifest) == len(embeddings.fov_ids):
+            groups = manifest[column].astype(str).to_numpy()
         return self.run(
             embeddings.features, context.labels, test_idx, folds_idx,
             seed=context.seed, device=context.device, progress=context.progress,
-            class_names=context.class_names,
+            class_names=context.class_names, item_ids=list(embeddings.fov_ids), groups=groups,
+            group_name=getattr(card, "group_name", None) or "protein",
         )
 
     def run(
@@ -170,17 +177,22 @@ class FovProbe(TaskConfig):
         progress: bool | Progress = True,
         max_parallel_folds: int | None = None,
         class_names: Sequence[str] = COMPARTMENTS,
+        item_ids: Sequence[Any] | None = None,
+        groups: Sequence[Any] | None = None,
+        group_name: str = "protein",
     ) -> TaskResult:
         """Cross-validate the probe on ``features`` (N, D) and ``labels`` (N, classes).
 
         ``test_idx``/``folds_idx`` are row positions (``Split.indices``). ``max_parallel_folds``
         only changes how many folds are stacked into one model (results agree up to float
         rounding); ``None``: one at a time on CPU, else all folds with the same steps per epoch.
+        ``item_ids``/``groups`` (N,) name the rows and the group each belongs to (``group_name``,
+        the unit the test-set interval resamples); without ``groups`` each item is its own group.
         """
         return _run_probe(
             self, features, labels, test_idx, folds_idx,
             seed=seed, device=device, progress=progress, max_parallel_folds=max_parallel_folds,
-            class_names=tuple(class_names),
+            class_names=tuple(class_names), item_ids=item_ids, item_groups=groups, group_name=group_name,
         )
 
 
@@ -283,7 +295,9 @@ class _FoldPlan:
     steps_per_epoch: int
 
 
-def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, device, progress, max_parallel_folds, class_names):
+def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, device, progress, max_parallel_folds, class_names,
+               item_ids=None, item_groups=None, group_name="protein"):
+    from ocbench.predictions import Predictions
     from ocbench.tasks.metrics import cross_validation_metrics, multilabel_scores
 
     started = time.perf_counter()
@@ -318,6 +332,7 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
 
     val_scores: list[Any] = [None] * len(plans)
     test_scores: list[Any] = [None] * len(plans)
+    test_preds: list[Any] = [None] * len(plans)
     final_loss: list[Any] = [None] * len(plans)
     report = progress if isinstance(progress, Progress) else Progress(bool(progress))
     with report.bar(cfg.epochs * len(groups), cfg.name, unit="epoch") as bar:
@@ -332,6 +347,7 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
                 test_pred = _predict(cfg, fold_params, plan.standardizer.apply(x[test]), dev)
                 val_scores[plan.fold] = multilabel_scores(y[plan.val], val_pred)
                 test_scores[plan.fold] = multilabel_scores(y[test], test_pred)
+                test_preds[plan.fold] = test_pred
                 report.step(
                     f"{cfg.name} fold {plan.fold + 1}/{len(plans)} done: val macro-F1 "
                     f"{val_scores[plan.fold]['macro_f1']:.3f}, test {test_scores[plan.fold]['macro_f1']:.3f}"
@@ -347,6 +363,17 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
         "final_train_loss": final_loss,
         "fold_groups": [[p.fold for p in grp] for grp in groups],
     }
+    ids = np.asarray([str(i) for i in item_ids]) if item_ids is not None else np.arange(x.shape[0]).astype(str)
+    if item_groups is None:
+        group_of, group_name = ids, "item"
+    else:
+        group_of = np.asarray([str(g) for g in item_groups])
+    if ids.size != x.shape[0] or group_of.size != x.shape[0]:
+        raise DataError(f"item_ids/groups: expected {x.shape[0]} values each, got {ids.size} and {group_of.size}")
+    predictions = Predictions.build(
+        eval_set="test", item_ids=ids[test], groups=group_of[test], group_name=group_name,
+        y_true=y[test], y_pred=np.stack(test_preds), class_names=class_names,
+    )
     return TaskResult(
         task=cfg.name,
         protocol_version=cfg.protocol_version,
@@ -359,6 +386,7 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
         device=str(dev),
         wall_time_s=time.perf_counter() - started,
         details=details,
+        predictions=predictions,
     )
 
 

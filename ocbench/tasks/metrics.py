@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ocbench.errors import DataError
+from ocbench.stats import class_counts, macro_f1_from_counts
 from ocbench.summaries import summarize
 
 __all__ = ["MAIN_METRIC", "SCORE_KINDS", "multilabel_scores", "cross_validation_metrics"]
@@ -57,7 +58,8 @@ def multilabel_scores(y_true: Any, y_pred: Any) -> dict[str, Any]:
     if not present.any():
         raise DataError("y_true: no item has a positive label, so no class can be scored")
     return {
-        "macro_f1": float(np.mean(f1[present])),
+        # one definition of the main score, shared with the bootstrap intervals (ocbench.stats)
+        "macro_f1": float(macro_f1_from_counts(class_counts(t, p))),
         "macro_f1_all": float(np.mean(f1)),
         "f1": [float(v) for v in f1],
         "precision": [float(v) for v in precision],

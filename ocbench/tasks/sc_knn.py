@@ -375,9 +375,18 @@ class ScKnn(TaskConfig):
         embeddings = context.embed(evaluation.crops)
         if list(embeddings.fov_ids) != list(evaluation.ids):
             raise DataError("the cell embeddings do not line up with the evaluation cells; rerun with --recompute")
+        # The interval resamples proteins (the dataset card's group): cells of one protein share its labels.
+        crops = evaluation.crops
+        cells_table = getattr(getattr(crops, "table", None), "cells", None)
+        if cells_table is not None and "group" in cells_table.columns:
+            proteins = cells_table["group"].astype(str).to_numpy()[crops.rows]
+            group_name = getattr(dataset.card, "group_name", None) or "protein"
+        else:
+            proteins, group_name = np.asarray(evaluation.groups).astype(str), "FOV"
         result = self.run(
             embeddings.features, evaluation.labels, evaluation.groups,
             class_names=context.class_names, device=context.device, seed=context.seed, progress=context.progress,
+            item_ids=list(evaluation.ids), interval_groups=proteins, group_name=group_name,
         )
         details = {
             **result.details,
@@ -402,8 +411,15 @@ class ScKnn(TaskConfig):
         seed: int = 0,
         progress: Progress | bool = False,
         chunk_rows: int | None = None,
+        item_ids: Sequence[Any] | None = None,
+        interval_groups: Sequence[Any] | None = None,
+        group_name: str | None = None,
     ) -> TaskResult:
-        """Score ``features`` (N, D) with ``labels`` (N, C) by leave-one-out k-NN; ``groups``: FOV per row."""
+        """Score ``features`` (N, D) with ``labels`` (N, C) by leave-one-out k-NN; ``groups``: FOV per row.
+
+        ``interval_groups`` (N,): the unit the interval resamples (protein per cell; default the
+        FOVs of ``groups``, else each cell), named ``group_name``; ``item_ids``: cell ids."""
+        from ocbench.predictions import Predictions
         from ocbench.tasks.metrics import SCORE_KINDS, multilabel_scores
 
         started = time.perf_counter()
@@ -432,6 +448,18 @@ class ScKnn(TaskConfig):
         s, scores, per_class = main
         per_class_values = {EVAL_SET: {**{kind: [list(map(float, s[kind]))] for kind in SCORE_KINDS},
                                        "support": [list(map(float, s["support"]))]}}
+        n = y.shape[0]
+        if interval_groups is not None:
+            unit, unit_name = np.asarray(interval_groups).astype(str), group_name or "protein"
+        elif groups is not None:
+            unit, unit_name = np.asarray(groups).astype(str), group_name or "FOV"
+        else:
+            unit, unit_name = np.arange(n).astype(str), group_name or "cell"
+        predictions = Predictions.build(
+            eval_set=EVAL_SET, item_ids=item_ids if item_ids is not None else np.arange(n), groups=unit,
+            group_name=unit_name, y_true=y, y_pred=np.stack([out.predictions[k][None] for k in self.ks]),
+            class_names=names, axis_name="k", axis_values=self.ks,
+        )
         fewer = {str(k): int((out.n_candidates < k).sum()) for k in self.ks if (out.n_candidates < k).any()}
         details = {
             "n_cells": int(y.shape[0]),
@@ -456,6 +484,7 @@ class ScKnn(TaskConfig):
             per_class_values=per_class_values,
             axis={"name": "k", "main": self.main_k, "points": points},
             details=details,
+            predictions=predictions,
         )
 
 

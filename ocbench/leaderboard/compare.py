@@ -1,0 +1,153 @@
+"""``ocbench compare A.json B.json``: how sure are we that one entry beats the other?
+
+Two entries are compared only on the same items: same task and main score, same dataset version
+and same split file (anything else is refused with the reason). The report gives the difference
+of the main scores (A - B) and the evidence the two entries allow:
+
+- their cross-validation folds pair up (same split): the corrected resampled t-test of Nadeau &
+  Bengio over the folds (the plain paired t-test is over-confident: fold models share most of
+  their training data);
+- both kept per-item predictions on the same items: the paired cluster bootstrap of the difference
+  (resampling the dataset's groups, proteins for OpenCell, the same draws for both entries).
+
+The verdict says "A is better" (or B) only when every available test agrees at the 95% level.
+No torch: it reads entry JSON and the ``.npz`` predictions beside them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ocbench.benchmark.entry import Entry, load_entry
+from ocbench.errors import DataError
+from ocbench.leaderboard.formatting import fmt_score, score_label
+
+__all__ = ["Comparison", "compare_entries"]
+
+
+@dataclass
+class Comparison:
+    a: Entry
+    b: Entry
+    label: str  # the main score's label (val macro-F1)
+    difference: float  # of the main score's means, A - B
+    lines: list[str] = field(default_factory=list)
+    t_test: Any = None  # ocbench.stats.TTestResult
+    bootstrap: Any = None  # ocbench.stats.PairedResult
+    verdict: str = ""
+
+    @property
+    def text(self) -> str:
+        return "\n".join([*self.lines, f"verdict: {self.verdict}"])
+
+
+def _name(entry: Entry) -> str:
+    return f"{entry.backbone.name} · {entry.channels.key} · {entry.task} · {entry.split.track}" + (
+        f" · seed {entry.seed}" if entry.seed else ""
+    )
+
+
+def _predictions(entry: Entry, path: Path) -> tuple[Any, str]:
+    from ocbench.predictions import load_predictions
+
+    ref = entry.predictions
+    if ref is None:
+        return None, f"{path.name} kept no per-item predictions (schema 3 entries written by ocbench run do)"
+    return load_predictions(path.parent / ref.file, ref.sha256), ""
+
+
+def _comparable(a: Entry, b: Entry, pa: Path, pb: Path) -> None:
+    checks = (
+        ("task", a.task, b.task),
+        ("main score", f"{a.main_score.eval_set}/{a.main_score.metric}", f"{b.main_score.eval_set}/{b.main_score.metric}"),
+        ("protocol", a.protocol_version, b.protocol_version),
+        ("dataset version", a.dataset.version[:12], b.dataset.version[:12]),
+    )
+    for what, x, y in checks:
+        if x != y:
+            raise DataError(f"{pa.name} and {pb.name} are not comparable: different {what} ({x} vs {y})")
+    if a.split.sha256 != b.split.sha256:
+        raise DataError(
+            f"{pa.name} and {pb.name} were scored on different splits (sha256 {a.split.sha256[:12]} vs "
+            f"{b.split.sha256[:12]}): a paired comparison needs the same items; run both with one --split-file and seed"
+        )
+
+
+def compare_entries(path_a: str | os.PathLike, path_b: str | os.PathLike, *, alpha: float = 0.05) -> Comparison:
+    """Compare two entry files (see the module docstring); DataError with one line if impossible."""
+    from ocbench.stats import N_RESAMPLES, corrected_resampled_t_test, paired_bootstrap
+
+    pa, pb = Path(path_a), Path(path_b)
+    a, b = load_entry(pa), load_entry(pb)
+    _comparable(a, b, pa, pb)
+    main = a.main_score
+    label = score_label(main.eval_set, main.metric)
+    level = f"{1 - alpha:.0%}"
+    sa, sb = a.main, b.main
+    out = Comparison(a, b, label, sa.mean - sb.mean)
+    for tag, entry, path in (("A", a, pa), ("B", b, pb)):
+        line = f"{tag}: {_name(entry)} ({path.name}): {label} {fmt_score(entry.main)}"
+        ref = entry.predictions
+        summary = entry.score(ref.eval_set) if ref is not None else None
+        if summary is not None and summary.interval is not None:
+            line += f"; {score_label(ref.eval_set, main.metric)} {summary.interval.describe()}"
+        out.lines.append(line)
+    out.lines.append(f"difference A - B in mean {label}: {out.difference:+.4f}")
+
+    separated: list[int] = []  # +1: A better, -1: B better, 0: cannot tell, per test
+    if sa.n == sb.n >= 2:
+        t = corrected_resampled_t_test(sa.values, sb.values, test_train_ratio=1.0 / (sa.n - 1), level=1 - alpha)
+        out.t_test = t
+        out.lines.append(
+            f"  corrected resampled t-test (Nadeau & Bengio) over the {sa.n} paired folds: t = {t.t:.3g}, "
+            f"p = {t.p_value:.3g}; {level} CI of the difference [{t.low:+.4f}, {t.high:+.4f}]"
+        )
+        separated.append(0 if t.p_value >= alpha else (1 if t.mean_difference > 0 else -1))
+    else:
+        out.lines.append(f"  no paired folds ({sa.n} and {sb.n} values): no t-test over folds")
+
+    pred_a, why_a = _predictions(a, pa)
+    pred_b, why_b = _predictions(b, pb)
+    if pred_a is None or pred_b is None:
+        out.lines.append(f"  no paired bootstrap: {why_a or why_b}")
+    elif pred_a.eval_set != pred_b.eval_set or not pred_a.same_items(pred_b):
+        raise DataError(f"{pa.name} and {pb.name}: their predictions are not on the same items; re-run both on one split")
+    else:
+        axis_a = a.axis.main if a.axis is not None else None
+        axis_b = b.axis.main if b.axis is not None else None
+        r = paired_bootstrap(
+            pred_a.y_true, pred_a.at(axis_a), pred_b.at(axis_b), pred_a.groups,
+            n_resamples=N_RESAMPLES, level=1 - alpha, group_name=pred_a.group_name,
+        )
+        out.bootstrap = r
+        d = r.difference
+        out.lines.append(
+            f"  paired {d.group} bootstrap on the {pred_a.eval_set} items ({d.n_groups} {_plural(d.group, d.n_groups)}, "
+            f"{d.n_resamples} resamples): {score_label(pred_a.eval_set, main.metric)} difference {d.estimate:+.4f} "
+            f"[{d.low:+.4f}, {d.high:+.4f}] {level} CI"
+        )
+        separated.append(0 if not r.separable else (1 if d.estimate > 0 else -1))
+
+    if not separated:
+        out.verdict = "no paired evidence (no folds, no predictions): the difference of means alone cannot say how sure we are"
+    elif all(s == 1 for s in separated):
+        out.verdict = f"A is better than B at the {level} level on every test"
+    elif all(s == -1 for s in separated):
+        out.verdict = f"B is better than A at the {level} level on every test"
+    elif any(s != 0 for s in separated) and len(set(separated)) > 1 and 0 not in separated:
+        out.verdict = "the tests disagree on which is better: treat A and B as not separable"
+    else:
+        out.verdict = (
+            f"cannot tell A and B apart at the {level} level: the difference is within what another split of "
+            "proteins or another probe seed could give"
+        )
+    return out
+
+
+def _plural(name: str, n: int) -> str:
+    from ocbench.stats import plural
+
+    return plural(name, n)
