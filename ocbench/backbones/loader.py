@@ -307,12 +307,12 @@ def load_backbone(
     if identity.weights_path is None:
         model = _build_builtin(card)
     else:
-        from ocbench.backbones.vit import ViTCLSFeatures, build_vit
+        from ocbench.backbones.vit import build_features, drop_unused_classifier
 
         state = load_safetensors(identity.weights_path)
-        vit = build_vit(card)
-        load_state_strict(vit, state, identity.weights_path, f"backbone '{card.name}' ({card.arch}, in_chans={card.in_chans})")
-        model = ViTCLSFeatures(vit)
+        model, network = build_features(card)
+        state = drop_unused_classifier(network, state)
+        load_state_strict(network, state, identity.weights_path, f"backbone '{card.name}' ({card.arch}, in_chans={card.in_chans})")
         if model.feature_dim != card.feature_dim:
             raise ConfigError(f"backbone card '{card.name}': feature_dim {card.feature_dim} but the model gives {model.feature_dim}")
     model = model.eval().to(target)

@@ -128,7 +128,7 @@ def resolve_cells(specs: Sequence[RunSpec], dataset_card: Any) -> list[Cell]:
     the last cell does not surface after an hour of work on the first ones.
     """
     from ocbench.backbones.adapters import parse_channels
-    from ocbench.backbones.cards import get_card
+    from ocbench.backbones.derive import resolve_backbone
     from ocbench.benchmark.splits import TRACKS
     from ocbench.tasks import get_task_class
 
@@ -138,7 +138,7 @@ def resolve_cells(specs: Sequence[RunSpec], dataset_card: Any) -> list[Cell]:
     cells = []
     for spec in specs:
         if spec.backbone not in cards:
-            cards[spec.backbone] = get_card(spec.backbone)
+            cards[spec.backbone] = resolve_backbone(spec.backbone)
         card = cards[spec.backbone]
         if (spec.backbone, spec.channels) not in adapters:
             adapters[(spec.backbone, spec.channels)] = parse_channels(spec.channels, card, dataset_card.channel_names)
