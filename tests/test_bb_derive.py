@@ -71,18 +71,19 @@ def test_run_timm_backbone_on_the_demo_offline_end_to_end(offline_hub, module_ca
     monkeypatch.setenv("OCBENCH_CACHE", str(module_cache))
     _tiny_timm_repo(offline_hub, tmp_path)
     out = tmp_path / "out"
-    result = invoke("run", "--backbone", f"timm:{TEST_VIT}", "--dataset", "demo", "--task", "fov-linear", "--output", str(out))
+    command = ["run", "--backbone", f"timm:{TEST_VIT}", "--dataset", "demo", "--set", "epochs=5", "--output", str(out)]
+    result = invoke(*command)
     assert result.exit_code == 0, result.output
     (path,) = out.glob("*.json")
     entry = json.loads(path.read_text())
-    assert path.name == f"timm-{TEST_VIT}__map-p1-n2__fov-linear__paper.json"
+    assert path.name == f"timm-{TEST_VIT}__map-p1-n2__fov-mlp__paper.json"
     backbone = entry["backbone"]
     assert backbone["source"] == f"timm:{TEST_VIT}" and backbone["revision"] == COMMIT
     assert backbone["card"]["training_datasets"] == ["ImageNet-1k"] and backbone["weights_verified"] is True
     assert 0.0 <= entry["scores"]["test"]["macro_f1"]["mean"] <= 1.0
     # the same command again reuses the entry (same derived card, same weights)
-    again = invoke("run", "--backbone", f"timm:{TEST_VIT}", "--dataset", "demo", "--task", "fov-linear", "--output", str(out))
-    assert again.exit_code == 0, again.output
+    again = invoke(*command)
+    assert again.exit_code == 0 and "skipped" in again.output.lower() + again.stderr.lower(), again.output
 
 
 def test_hf_hub_repo_card_comes_from_its_config_json(offline_hub, tmp_path, monkeypatch):
