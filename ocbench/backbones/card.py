@@ -46,7 +46,8 @@ class BackboneCard:
     """
 
     name: str
-    #: ``hf-hub:<repo>[@revision]``, ``timm:<model>``, ``url:<address>``, ``local:<dir>`` or ``builtin:<what>``.
+    #: ``hf-hub:<repo>[@revision]``, ``timm:<model>``, ``url:<address>``, ``local:<dir>``, ``builtin:<what>``
+    #: or ``memory:<token>`` (a model handed to ``ocbench.evaluate``).
     source: str
     #: timm model name (ViTs) or the name of a built-in feature extractor.
     arch: str
@@ -121,6 +122,8 @@ class BackboneCard:
             return f"needs network: {self.source}"
         if self.source_kind == "local":
             return f"needs local weights (e.g. trained by ocbench): {self.source}"
+        if self.source_kind == "memory":
+            return "an in-memory model: exists only in the Python process that evaluates it"
         return None
 
     def to_dict(self) -> dict[str, Any]:

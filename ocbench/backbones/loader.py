@@ -232,6 +232,12 @@ def resolve_identity(
             source_sha256=record.get("source_sha256"), source_filename=record.get("source_filename") or path.name,
         )
     source = card.weights_source
+    if source.kind == "memory":
+        from ocbench.backbones.memory import MEMORY_NOTE, MEMORY_NOTE_CALLABLE, lookup
+
+        _, sha, revision = lookup(card)
+        return BackboneIdentity(sha, revision, key, weights_verified=False,
+                                weights_note=MEMORY_NOTE if sha else MEMORY_NOTE_CALLABLE)
     if source.kind == "builtin":
         if source.target == "classical-stats":
             from ocbench.backbones.classical import CLASSICAL_VERSION
@@ -253,6 +259,10 @@ def resolve_identity(
 
 
 def _build_builtin(card: BackboneCard) -> torch.nn.Module:
+    if card.source_kind == "memory":
+        from ocbench.backbones.memory import CallableFeatures, lookup
+
+        return CallableFeatures(lookup(card)[0], card)
     if card.source_target == "classical-stats":
         from ocbench.backbones.classical import ClassicalFeatures, feature_dim
 

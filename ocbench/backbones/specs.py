@@ -31,8 +31,9 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # Weights source
 
-#: Source prefixes a card may use. ``builtin:`` needs no download (classical baseline, random init).
-SOURCE_KINDS: tuple[str, ...] = ("hf-hub", "timm", "url", "local", "builtin")
+#: Source prefixes a card may use. ``builtin:`` needs no download (classical baseline, random init);
+#: ``memory:`` is a model handed to ``ocbench.evaluate`` in this process (never in a registered card).
+SOURCE_KINDS: tuple[str, ...] = ("hf-hub", "timm", "url", "local", "builtin", "memory")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

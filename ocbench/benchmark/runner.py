@@ -246,8 +246,15 @@ def _dataset_block(dataset: Any) -> dict[str, Any]:
     }
 
 
-def _backbone_block(cell: Cell) -> dict[str, Any]:
+def _backbone_block(cell: Cell, dataset_card: Any = None) -> dict[str, Any]:
+    from ocbench.backbones.provenance import not_zero_shot_reasons
+    from ocbench.benchmark.entry import BackboneInfo
+
     ident = cell.identity
+    # not_zero_shot: why the backbone is not zero-shot on this dataset ([] when it is); written once
+    # the entry schema has the field
+    zero_shot = {"not_zero_shot": not_zero_shot_reasons(cell.card, dataset_card)} if (
+        dataset_card is not None and "not_zero_shot" in BackboneInfo.model_fields) else {}
     return {
         "name": cell.card.name,
         "source": cell.card.source,
@@ -257,6 +264,7 @@ def _backbone_block(cell: Cell) -> dict[str, Any]:
         "revision": ident.revision,
         "weights_verified": getattr(ident, "weights_verified", None),
         "weights_note": getattr(ident, "weights_note", None),
+        **zero_shot,
     }
 
 
@@ -266,7 +274,7 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
     The same run means the same card, weights (sha256 and revision: converted, imported or
     fine-tuned weights change under the same card name), protocol, settings, seed, data and split.
     """
-    backbone_now = _backbone_block(cell)
+    backbone_now = _backbone_block(cell, dataset.card)
     differences = [
         what
         for what, have, want in (
@@ -365,7 +373,7 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
         task=cell.task,
         overrides=cell.overrides,
         off_protocol_reasons=off_protocol_reasons(cell, dataset),
-        backbone=_backbone_block(cell),
+        backbone=_backbone_block(cell, dataset.card),
         channels=cell.adapter.to_dict(),
         dataset=_dataset_block(dataset),
         split={"track": split.track, "seed": split.seed, "sha256": split.sha256},
