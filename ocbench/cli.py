@@ -574,15 +574,21 @@ def backbones_show(name):
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: the card's weights cache).")
 @click.option("--checkpoint-key", default="teacher", show_default=True, help="Which network of the checkpoint to convert.")
 def backbones_import(name, checkpoint, out, checkpoint_key):
-    """Convert a Dino4Cells/DINO .pth checkpoint to safetensors + config (Hub-style folder).
+    """Convert a Dino4Cells/DINO (or SubCell encoder) .pth checkpoint to safetensors + config (Hub-style folder).
 
     \b
     Example:
       ocbench backbones import hpa-fov-vitb8 --checkpoint DINO_FOV_checkpoint.pth
     """
+    from ocbench.backbones.derive import resolve_backbone
     from ocbench.backbones.dino_import import import_backbone
+    from ocbench.backbones.subcell import import_subcell, is_subcell
 
-    folder = import_backbone(name, checkpoint, out_dir=out, checkpoint_key=checkpoint_key)
+    card = resolve_backbone(name)
+    if is_subcell(card):  # SubCell's own checkpoint layout
+        folder = import_subcell(card, checkpoint, out_dir=out)
+    else:
+        folder = import_backbone(card, checkpoint, out_dir=out, checkpoint_key=checkpoint_key)
     click.echo(f"wrote {folder}")
 
 

@@ -22,7 +22,7 @@ from ocbench.errors import ConfigError
 
 __all__ = ["BackboneCard", "SOURCE_KINDS", "NORMALIZATIONS", "SUPERVISIONS", "WeightsSource", "channel_aliases"]
 
-NORMALIZATIONS: tuple[str, ...] = ("imagenet", "clip", "inception", "self", "none")
+NORMALIZATIONS: tuple[str, ...] = ("imagenet", "clip", "inception", "self", "min-max", "none")
 #: Normalizations with fixed per-channel RGB numbers (need 3 input channels).
 RGB_NORMALIZATIONS: tuple[str, ...] = ("imagenet", "clip")
 #: Kinds of training signal a card may declare. "protein-label supervised" means trained with
@@ -58,7 +58,8 @@ class BackboneCard:
     #: Channel spec used when none is given (``adapters.parse_channels``).
     default_channels: str
     #: "imagenet" (ImageNet mean/std), "clip" (OpenAI CLIP mean/std), "inception" (0.5/0.5), "self"
-    #: (per-image per-channel z-score, Dino4Cells) or "none".
+    #: (per-image per-channel z-score, Dino4Cells), "min-max" (per image over all inputs jointly, SubCell)
+    #: or "none".
     normalization: str = "imagenet"
     #: uint16 -> float rule: "percentile-<lo>-<hi>" (per image and channel, lo->0, hi->1, clipped),
     #: "raw" (counts as float32) or "unit" (counts / 65535).

@@ -281,6 +281,18 @@ def _build_builtin(card: BackboneCard) -> torch.nn.Module:
     return ViTCLSFeatures(vit)
 
 
+def _build_network(card: BackboneCard) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(features module, the module whose state dict the weights file holds)`` for a card with weights."""
+    from ocbench.backbones.subcell import build_subcell, is_subcell
+
+    if is_subcell(card):
+        model = build_subcell(card)
+        return model, model
+    from ocbench.backbones.vit import build_features
+
+    return build_features(card)
+
+
 def effective_precision(card: BackboneCard, device: str | torch.device, precision: str = "fp32") -> str:
     """The precision a run of ``card`` on ``device`` computes in: ``precision`` checked, with the
     classical baseline always ``fp32``. Part of the embedding cache key, since it changes the numbers."""
@@ -317,11 +329,14 @@ def load_backbone(
     if identity.weights_path is None:
         model = _build_builtin(card)
     else:
-        from ocbench.backbones.vit import build_features, drop_unused_classifier
-
         state = load_safetensors(identity.weights_path)
-        model, network = build_features(card)
-        state = drop_unused_classifier(network, state)
+        model, network = _build_network(card)
+        if network is not model:  # timm: a published classifier head is not part of the features
+            from ocbench.backbones.vit import drop_unused_classifier
+
+            state = drop_unused_classifier(network, state)
+        elif not getattr(network, "pool", True):  # SubCell's class-token variant reads the pooled folder
+            state = {k: v for k, v in state.items() if not k.startswith("pool.")}
         load_state_strict(network, state, identity.weights_path, f"backbone '{card.name}' ({card.arch}, in_chans={card.in_chans})")
         if model.feature_dim != card.feature_dim:
             raise ConfigError(f"backbone card '{card.name}': feature_dim {card.feature_dim} but the model gives {model.feature_dim}")

@@ -14,7 +14,8 @@ Order (fixed, and part of :func:`preprocess_key`):
 4. **normalization** of the model input: ``imagenet`` ((x - mean) / std per RGB channel), ``clip``
    (OpenAI CLIP's mean/std), ``inception`` (mean 0.5, std 0.5 per channel),
    ``self`` (per-image per-channel z-score as in Dino4Cells: (x - mean) / (std + 1e-7), population
-   std, so an all-zero input channel stays zero) or ``none``.
+   std, so an all-zero input channel stays zero), ``min-max`` (per image over all input channels
+   jointly: (x - min) / (max - min + 1e-6), as SubCell scales its input) or ``none``.
 
 The rule parsers live in :mod:`ocbench.backbones.specs`; torch is imported inside the tensor functions.
 """
@@ -49,6 +50,7 @@ MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "inception": ((0.5,), (0.5,)),
 }
 SELF_NORM_EPS = 1e-7
+MIN_MAX_EPS = 1e-6
 
 
 def preprocess_key(card: BackboneCard) -> str:
@@ -77,6 +79,7 @@ def describe_preprocess(card: BackboneCard) -> str:
         "clip": "OpenAI CLIP mean/std",
         "inception": "mean 0.5, std 0.5",
         "self": "per-image per-channel z-score (self-normalization)",
+        "min-max": "per-image min-max over all input channels jointly",
         "none": "no normalization",
     }[card.normalization]
     return f"{first}; {second}; channel adapter (unused inputs zero); {third}"
@@ -183,6 +186,10 @@ def normalize(x: "torch.Tensor", normalization: str) -> "torch.Tensor":
         mean = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
+    if normalization == "min-max":
+        low = x.amin(dim=(-3, -2, -1), keepdim=True)
+        high = x.amax(dim=(-3, -2, -1), keepdim=True)
+        return (x - low) / (high - low + MIN_MAX_EPS)
     if normalization == "self":
         mean = x.mean(dim=(-2, -1), keepdim=True)
         std = x.std(dim=(-2, -1), keepdim=True, unbiased=False)

@@ -103,5 +103,62 @@ _CARDS.append(BackboneCard(
     **_RGB,
 ))
 
+# ------------------------------------------------------------------------------------------------
+# SubCell (microscopy): HPA single-cell ViT-B/16, the bg variants (nucleus + protein, OpenCell's channels)
+
+_SUBCELL = (
+    "Gupta et al., SubCell: Vision foundation models for microscopy capture single-cell biology, "
+    "bioRxiv 2024.12.06.627299"
+)
+_SUBCELL_COMMON = dict(
+    in_chans=2,
+    input_channels=("nucleus", "protein"),  # bg: blue (DNA) then green (protein), SubCell's order
+    default_channels="natural",
+    normalization="min-max",
+    intensity="raw",  # the min-max scaling per image makes the counts' scale irrelevant
+    resize="fit-16",
+    input_size=448,
+    patch_size=16,
+    training_datasets=("HPA single-cell",),
+    # Pretext tasks only: masked reconstruction, cell- and protein-specific consistency (which images
+    # show the same protein, not where it localizes); HPA's localization labels trained only the
+    # release's MLP classifiers, which ocbench does not use.
+    supervision="self-supervised",
+    license="code MIT (CellProfiling/SubCellPortable); weights as stated by the SubCell release, check before use",
+    citation=_SUBCELL,
+)
+_SUBCELL_IMPORT = (
+    "weights: the release's bg encoder.pth, converted once with "
+    "`ocbench backbones import {name} --checkpoint encoder.pth` (safe load, sha256 recorded)"
+)
+
+_CARDS.append(BackboneCard(
+    name="subcell-bg-mae-pool",
+    source="local:subcell-bg-mae-pool",
+    arch="subcell-vit-b16-pool",
+    feature_dim=1536,
+    pretraining="HPA single-cell crops, MAE + cell- and protein-specific contrastive (SubCell MAE-CellS-ProtS-Pool)",
+    notes="gated-attention pooling (2 heads x 768); 600 px FOVs resized to 608 px; " + _SUBCELL_IMPORT.format(name="subcell-bg-mae-pool"),
+    **_SUBCELL_COMMON,
+))
+_CARDS.append(BackboneCard(
+    name="subcell-bg-mae-cls",
+    source="local:subcell-bg-mae-pool",  # the same weights, read from the pooled card's folder
+    arch="subcell-vit-b16-cls",
+    feature_dim=768,
+    pretraining="HPA single-cell crops, MAE + cell- and protein-specific contrastive (SubCell MAE-CellS-ProtS-Pool)",
+    notes="class token after the final norm, pooling unused; reads subcell-bg-mae-pool's weights folder",
+    **_SUBCELL_COMMON,
+))
+_CARDS.append(BackboneCard(
+    name="subcell-bg-vit-pool",
+    source="local:subcell-bg-vit-pool",
+    arch="subcell-vit-b16-pool",
+    feature_dim=1536,
+    pretraining="HPA single-cell crops, protein-specific contrastive (SubCell ViT-ProtS-Pool)",
+    notes="gated-attention pooling (2 heads x 768); 600 px FOVs resized to 608 px; " + _SUBCELL_IMPORT.format(name="subcell-bg-vit-pool"),
+    **_SUBCELL_COMMON,
+))
+
 #: Recent backbones, in the order ``ocbench backbones list`` shows them (after the seed paper's).
 MODERN_CARDS: tuple[BackboneCard, ...] = tuple(_CARDS)
