@@ -331,11 +331,13 @@ def load_backbone(
     else:
         state = load_safetensors(identity.weights_path)
         model, network = _build_network(card)
-        if network is not model:  # timm: a published classifier head is not part of the features
+        if network is not model and weights is None and card.source_kind in ("hf-hub", "timm"):
+            # a Hub checkpoint's classifier head (or CLIP's projection) is not part of the features;
+            # any other file must fit the architecture exactly
             from ocbench.backbones.vit import drop_unused_classifier
 
             state = drop_unused_classifier(network, state)
-        elif not getattr(network, "pool", True):  # SubCell's class-token variant reads the pooled folder
+        elif card.arch == "subcell-vit-b16-cls":  # reads the pooled card's folder and leaves the pooling out
             state = {k: v for k, v in state.items() if not k.startswith("pool.")}
         load_state_strict(network, state, identity.weights_path, f"backbone '{card.name}' ({card.arch}, in_chans={card.in_chans})")
         if model.feature_dim != card.feature_dim:
