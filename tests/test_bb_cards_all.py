@@ -54,3 +54,29 @@ def test_recent_cards_pass_backbones_check_with_tiny_published_weights(name, off
     tiny = dataclasses.replace(card, arch_kwargs=kwargs, feature_dim=32)
     report = check_backbone(tiny)
     assert report.ok, [(r.name, r.detail) for r in report.results if r.passed is not True]
+
+
+def test_fit_resize_makes_each_side_the_nearest_multiple_of_the_patch():
+    from ocbench.backbones.preprocess import resize_images
+
+    image = torch.rand(1, 2, 600, 600)
+    assert resize_images(image, "fit-14").shape[-2:] == (602, 602)
+    assert resize_images(image, "fit-16").shape[-2:] == (608, 608)
+    assert resize_images(image, "fit-8") is image  # 600 is a multiple of 8: untouched
+    assert resize_images(torch.rand(1, 2, 64, 40), "fit-14").shape[-2:] == (70, 42)
+    constant = torch.full((1, 1, 600, 600), 0.25)
+    assert torch.allclose(resize_images(constant, "fit-14"), torch.full((1, 1, 602, 602), 0.25))
+
+
+def test_backbones_list_shows_sources_training_data_and_licences():
+    from click.testing import CliRunner
+
+    from ocbench.cli import cli
+
+    result = CliRunner().invoke(cli, ["backbones", "list"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()[2:]}
+    assert "timm:vit_small_patch14_dinov2.lvd142m" in rows["dinov2-vits14"] and "LVD-142M (SSL)" in rows["dinov2-vits14"]
+    assert "DINOv3 License" in rows["dinov3-vitb16"] and "apache-2.0" in rows["dinov2-vitl14-reg4"]
+    assert "OpenAI WIT-400M (image-text)" in rows["clip-vitb16-openai"] and "HPA single-cell (SSL)" in rows["subcell-bg-mae-pool"]
+    assert "OpenCell (SSL)" in rows["opencell-dino-vits8"]
