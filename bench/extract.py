@@ -9,6 +9,12 @@ the same image count and the same input shapes (one model call per adapter view)
     .venv/bin/python bench/extract.py                          # ViT-S/16 layout, 64 FOVs of 256 px
     .venv/bin/python bench/extract.py --model tiny-vit-random  # the 2-block width-64 control
     .venv/bin/python bench/extract.py --workers 2 --fovs 128 --size 512
+    .venv/bin/python bench/extract.py --model imagenet-dino-vitb8 --size 600 --device cuda --precision bf16
+
+``--size 600`` is OpenCell's real field (2-channel uint16 TIFFs written to disk, read back through
+the real reader). Besides the ratio it prints the model's FLOP per image (counted by torch's
+FlopCounterMode on one batch) and the achieved FLOP/s; with ``--peak-tflops`` (or on a GPU whose
+peak it knows) also the model-FLOP utilization (MFU) of the bare model and end to end.
 
 The fixed per-image cost (TIFF decode, percentile scaling, normalization) is the same for every
 model, so the ratio depends on how heavy the model is: ViT-S/16 (~50 ms per 256 px image on 2 CPU
@@ -55,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fovs", type=int, default=64)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding TIFFs")
+    parser.add_argument("--workers", default="auto",
+                        help="DataLoader workers decoding TIFFs: a number, or auto (what `ocbench run` uses)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak dense TFLOP/s at the chosen precision, for MFU (default: known GPUs)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -77,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     card_name = _register_vit_small() if args.model == "vit-small" else args.model
     backbone = load_backbone(get_card(card_name), device=args.device, precision=args.precision)
+    workers = embeddings_module.default_workers(str(backbone.device)) if args.workers == "auto" else int(args.workers)
     adapter = parse_channels(args.channels, backbone.card)
 
     with tempfile.TemporaryDirectory(prefix="ocbench-bench-") as tmp:
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         def end_to_end() -> float:
             started = time.perf_counter()
             extract_embeddings(
-                dataset, backbone, adapter, batch_size=args.batch_size, num_workers=args.workers,
+                dataset, backbone, adapter, batch_size=args.batch_size, num_workers=workers,
                 cache_dir=tmp / "cache", recompute=True, progress=False, precision=backbone.precision,
             )
             return n / (time.perf_counter() - started)
@@ -117,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             step()
             return 1000 * (time.perf_counter() - started) / n
 
+        flop_per_image = _model_flop(backbone, batches[0]) / len(batches[0][0])
         bare(), end_to_end()  # warm-up (allocator, thread pools, page cache)
         bare_runs, e2e_runs = [], []
         for _ in range(args.repeats):  # interleaved, so a burst of load from elsewhere hits both
@@ -131,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     print(f"backbone {card_name} ({backbone.card.arch}), adapter {adapter.key} ({adapter.n_views} view(s)), "
-          f"model input {shapes}, {n} FOVs of {args.size} px, batch {args.batch_size}, workers {args.workers}, "
+          f"model input {shapes}, {n} FOVs of {args.size} px, batch {args.batch_size}, workers {workers}, "
           f"torch threads {torch.get_num_threads()}, {args.repeats} runs")
     for label, runs in (("bare model(x)", bare_runs), ("end-to-end", e2e_runs)):
         print(f"{label + ':':15s} median {statistics.median(runs):7.1f} images/s, best {max(runs):7.1f}  "
@@ -146,7 +157,42 @@ def main(argv: list[str] | None = None) -> int:
     paired = statistics.median(e / b for e, b in zip(e2e_runs, bare_runs))
     print(f"ratio end-to-end / bare: {paired:.3f} (median of paired runs), "
           f"{statistics.median(e2e_runs) / statistics.median(bare_runs):.3f} (of medians)  (target >= 0.9)")
+    peak = args.peak_tflops or _known_peak_tflops(backbone)
+    for label, runs in (("bare", bare_runs), ("end-to-end", e2e_runs)):
+        achieved = flop_per_image * statistics.median(runs) / 1e12
+        mfu = f", MFU {100 * achieved / peak:.1f}% of {peak:g} TFLOP/s" if peak else ""
+        print(f"model FLOP: {flop_per_image / 1e9:.3g} GFLOP per image; {label}: {achieved:.3f} TFLOP/s{mfu}")
+    print("reproduce: python bench/extract.py " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0
+
+
+def _model_flop(backbone, views) -> float:
+    """FLOP of the model on one batch (all adapter views), counted by torch (a multiply-add is 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        for view in views:
+            backbone.model(view)
+    return float(counter.get_total_flops())
+
+
+#: Dense peak TFLOP/s (no sparsity) by GPU name fragment and precision, from the vendors' data sheets.
+_PEAK_TFLOPS = {"H200": {"bf16": 989.0, "fp32": 67.0}, "H100": {"bf16": 989.0, "fp32": 67.0},
+                "A100": {"bf16": 312.0, "fp32": 19.5}}
+
+
+def _known_peak_tflops(backbone) -> float | None:
+    import torch
+
+    if backbone.device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(backbone.device)
+    for fragment, peaks in _PEAK_TFLOPS.items():
+        if fragment in name:
+            return peaks.get(backbone.precision)
+    return None
 
 
 if __name__ == "__main__":

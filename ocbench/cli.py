@@ -118,15 +118,33 @@ def _split_list(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
+def _parse_workers(ctx, param, value):
+    if value is None or str(value).lower() == "auto":
+        return None
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = -1
+    if workers < 0:
+        raise click.BadParameter(f"{value!r} is not 'auto' or a whole number >= 0")
+    return workers
+
+
+def _workers_option(fn):
+    return click.option(
+        "--workers", default="auto", show_default=True, callback=_parse_workers, metavar="N|auto",
+        help="DataLoader workers decoding TIFFs; auto = up to 8 on a GPU (the cores minus one, shared by "
+        "the node's ranks), none on CPU (the model uses every core).",
+    )(fn)
+
+
 def _run_options(fn):
     fn = click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the split and the probe.")(fn)
     fn = click.option(
         "--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ..."
     )(fn)
     fn = click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Extraction batch size.")(fn)
-    fn = click.option(
-        "--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader workers decoding TIFFs."
-    )(fn)
+    fn = _workers_option(fn)
     fn = click.option(
         "--output", type=click.Path(file_okay=False), default="results", show_default=True,
         help="Folder for entry JSON files (and the splits they used).",
@@ -149,10 +167,33 @@ def _run_options(fn):
 
 
 def _available_cores() -> int:
+    """Cores this process may use: under torchrun, the node's cores shared by its ranks."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        ranks_here = 1
+    return max(1, cores // ranks_here)
+
+
+def _is_main_rank() -> bool:
+    from ocbench.benchmark import distributed
+
+    return distributed.is_main()
+
+
+def _join_ranks(device: str) -> str:
+    """Under ``torchrun``: join the process group and return this rank's device; only rank 0 prints
+    results (every rank still reports its errors)."""
+    from ocbench.benchmark import distributed
+
+    device = distributed.setup(device)
+    if not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")
+    return device
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,11 +249,12 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
         _split_list(backbones), _split_list(tasks), list(channels) or [None], _split_list(tracks), overrides
     )
     cells = resolve_cells(specs, dataset_card_for(dataset))  # names checked before the data is opened
+    device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
     options = RunOptions(
         output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, split_file=Path(split_file) if split_file else None,
-        threads=threads or _available_cores(), recompute=recompute, precision=precision,
+        threads=threads or _available_cores(), recompute=recompute, precision=precision, progress=_is_main_rank(),
     )
     _print_outcomes(run_grid(cells, ds, options, on_done=_say_done))
 
@@ -238,12 +280,14 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
     from ocbench.benchmark.runner import RunOptions, RunSpec, run_grid
 
     card = resolve_backbone(backbone)
+    device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
     # the spec as typed (a card name, or timm:/hf-hub:/local:), resolved again by the runner
     specs = [RunSpec(backbone, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card, ds.card.channel_names)]
     options = RunOptions(
         output_dir=Path(output), seed=seed, device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, threads=threads or _available_cores(), recompute=recompute, precision=precision,
+        progress=_is_main_rank(),
     )
     outcomes = run_grid(specs, ds, options, on_done=_say_done)
     click.echo(format_sweep_table(card.name, [o.entry for o in outcomes]))
@@ -294,7 +338,7 @@ def demo(output, device, overwrite):
 @_dataset_options()
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Extraction batch size.")
-@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader workers decoding TIFFs.")
+@_workers_option
 def embed(backbone, channels, recompute, cells, overrides, export_path, dataset, annotations, min_grade, device, batch_size, workers):
     """Extract (or find cached) embeddings of every FOV, or of the evaluation cells, and export them.
 
@@ -319,10 +363,11 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
         task, _ = get_task("sc-knn").with_overrides(overrides)
     elif overrides:
         raise click.UsageError("--set applies to --cells (the settings that choose the cells)")
+    device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
     extract = partial(
         extract_embeddings, backbone=card, adapter=adapter, batch_size=batch_size, device=device,
-        num_workers=workers, recompute=recompute,
+        num_workers=workers, recompute=recompute, progress=_is_main_rank(),
     )
     if task is not None:
         from ocbench.data import cells as cell_data
@@ -335,7 +380,7 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
         emb = extract(evaluation.crops)
     else:
         emb = extract(ds)
-        if export_path:
+        if export_path and _is_main_rank():
             from ocbench.data import cells as cell_data
 
             groups = ds.manifest[ds.card.group_column].astype(str).tolist()
@@ -477,7 +522,8 @@ def data_cells(dataset, annotations, min_grade, backend, overrides, cell_labels,
     ds = _open_dataset(dataset, annotations, min_grade)
     click.echo(cell_data.cells_command(
         ds, backend=task.backend_for(ds.card), crop=task.crop_settings(), black_percentile=task.black_percentile,
-        labels=task.label_policy(), cell_labels=cell_labels, contact_sheet=contact_sheet, progress=Progress(True),
+        labels=task.label_policy(), cell_labels=cell_labels or task.cell_labels or None, contact_sheet=contact_sheet,
+        progress=Progress(True),
         recompute=recompute,
     ))
 

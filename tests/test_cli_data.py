@@ -119,3 +119,19 @@ def test_wrong_channel_count_is_one_line(runner, demo_root):
     tifffile.imwrite(bad, tifffile.imread(bad)[:1])
     result = runner.invoke(cli, ["embed", "--backbone", "classical-stats", "--dataset", str(demo_root)])
     one_line_error(result, bad.name)
+
+
+def test_data_cells_checks_expert_labels_given_either_way(runner, demo_root, tmp_path):
+    pytest.importorskip("skimage", reason="the classical segmentation backend needs scikit-image (pip install 'ocbench[singlecell]')")
+    from ocbench.data.demo import EXPERT_CELL_LABELS_FILE
+
+    expert = demo_root / EXPERT_CELL_LABELS_FILE
+    sheet = str(tmp_path / "sheet.png")
+    for how in (["--cell-labels", str(expert)], ["--set", f"cell_labels={expert}"]):
+        result = runner.invoke(cli, ["data", "cells", "--dataset", str(demo_root), "--contact-sheet", sheet, *how])
+        assert result.exit_code == 0, result.output
+        assert f"expert labels ({EXPERT_CELL_LABELS_FILE})" in result.output
+    # A file named through --set is checked too, not ignored.
+    result = runner.invoke(cli, ["data", "cells", "--dataset", str(demo_root), "--contact-sheet", sheet,
+                                 "--set", f"cell_labels={tmp_path / 'missing.csv'}"])
+    one_line_error(result, "missing.csv")

@@ -345,3 +345,24 @@ def test_mixed_fov_sizes_in_a_batch_name_the_file(tmp_path, monkeypatch):
         emb.extract_embeddings(ds, "classical-stats", batch_size=8, progress=False)
     assert "--batch-size 1" in str(excinfo.value)
     assert emb.extract_embeddings(ds, "classical-stats", batch_size=1, progress=False).features.shape[0] == len(ds)
+
+
+def test_default_workers_decode_beside_a_gpu_and_leave_the_cpu_to_the_model(monkeypatch):
+    monkeypatch.setattr(emb.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert emb.default_workers("cpu") == 0
+    assert emb.default_workers("cuda:0") == 8  # capped
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 ranks share the node's 16 cores
+    assert emb.default_workers("cuda:3") == 3
+    monkeypatch.setattr(emb.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert emb.default_workers("cuda") == 0
+
+
+def test_workers_option_takes_auto_or_a_count():
+    from click.testing import CliRunner
+
+    from ocbench.cli import cli
+
+    result = CliRunner().invoke(cli, ["embed", "--backbone", "classical-stats", "--dataset", "demo", "--workers", "-1"])
+    assert result.exit_code == 2 and "not 'auto' or a whole number" in result.output

@@ -38,6 +38,10 @@ def test_run_writes_valid_entry_and_resumes(env, tmp_path):
     assert entry.scores["test"]["macro_f1_all"].n == 5 and entry.class_names[0] == "membrane"
     assert entry.dataset.name == "demo" and entry.dataset.synthetic and entry.protocol_version == "fov-probe/2"
     assert entry.off_protocol_reasons == ["settings differ from the protocol: epochs=40"]
+    # What it cost: every FOV embedded on one CPU process, at a measured rate, in measured memory.
+    t = entry.timings
+    assert t.extraction_items == entry.dataset.n_items and t.extraction_processes == 1 and t.extraction_device == "cpu"
+    assert t.extraction_images_per_s > 0 and 0.05 < t.peak_host_memory_gib < 64 and t.peak_device_memory_gib is None
     assert "val macro-F1" in first.output and str(path) in first.output
     second = run(["--backbone", "classical-stats", *FAST], out)
     assert second.exit_code == 0 and "skipped (exists)" in second.output

@@ -219,7 +219,8 @@ def test_expert_labels_by_cell_id_and_by_point(cache, tmp_path):
     table = _prepare(dataset, backend, order)
     by_id = tmp_path / "by_id.csv"
     by_id.write_text("cell_id,labels\nFOV01#c0001,er;golgi\nFOV00#c0002,nucleoplasm\n")
-    rows, labels = C.read_cell_labels(by_id, table)
+    rows, labels, skipped = C.read_cell_labels(by_id, table)
+    assert skipped == {"outside_every_mask": 0, "in_a_merged_cell": 0}
     assert table.cells["cell_id"].iloc[rows].tolist() == ["FOV00#c0002", "FOV01#c0001"]  # table order
     assert labels[1, CLASSES.index("er")] == labels[1, CLASSES.index("golgi")] == 1
     by_point = C.write_cell_labels(tmp_path / "by_point.csv", [
@@ -228,11 +229,24 @@ def test_expert_labels_by_cell_id_and_by_point(cache, tmp_path):
     ])
     evaluation = C.evaluation_set(dataset, table, by_point)
     assert evaluation.ids == ["FOV00#c0002", "FOV02#c0001"] and evaluation.source == "expert:by_point.csv"
+    # Points the segmentation cannot attribute to one cell are left out and counted, not fatal:
+    # one outside every mask, two in one mask (cells the segmentation merged).
+    partly = C.write_cell_labels(tmp_path / "partly.csv", [
+        {"fov_id": "FOV02", "y": 16.0, "x": 14.0, "labels": ["golgi"]},
+        {"fov_id": "FOV00", "y": 0.0, "x": 39.0, "labels": ["er"]},
+        {"fov_id": "FOV00", "y": 27.0, "x": 29.0, "labels": ["er"]},
+        {"fov_id": "FOV00", "y": 28.0, "x": 29.0, "labels": ["golgi"]},
+    ])
+    rows, labels, skipped = C.read_cell_labels(partly, table)
+    assert table.cells["cell_id"].iloc[rows].tolist() == ["FOV02#c0001"]
+    assert skipped == {"outside_every_mask": 1, "in_a_merged_cell": 2}
+    notes = C.evaluation_set(dataset, table, partly).notes
+    assert notes["points_outside_every_mask"] == 1 and notes["points_in_merged_cells"] == 2
     bad = tmp_path / "bad.csv"
     for body, message in [
         ("cell_id,labels\nFOV00#c0001,nucleus\n", "unknown class"),
         ("cell_id,labels\nFOV00#c0001,er\nFOV00#c0001,er\n", "already listed on line 2"),
-        ("fov_id,y,x,labels\nFOV00,0,39,er\n", "not inside any cell mask"),
+        ("fov_id,y,x,labels\nFOV00,0,39,er\n", "none of the 1 listed cells matched this segmentation"),
         ("cell_id,labels\nFOV09#c0001,er\n", "unknown cell id"),
         ("cell,labels\nx,er\n", "expected the columns"),
         ("cell_id,labels\nFOV00#c0001,\n", "no labels"),

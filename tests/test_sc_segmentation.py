@@ -17,10 +17,8 @@ NUCLEI = Path(__file__).resolve().parents[2] / "shared" / "data" / "opencell" / 
 
 def _demo_fov(config, protein, fov_index):
     """The rendered FOV (CHANNELS order) and its true layout, drawn the way render_fov draws it."""
-    raw = demo.render_fov(protein, fov_index, config)
+    raw, field = demo._render(protein, fov_index, config)
     image = np.stack([raw[RAW_CHANNEL_INDEX[name]] for name in CHANNELS])
-    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xF0F, protein.index, fov_index]))
-    field = demo._build_field(rng, config.size, config.cell_radius)
     nucleus = image[CHANNELS.index("nucleus")].astype(float)
     # Precondition: this is the layout of the rendered image (the demo's generator may change).
     assert nucleus[field.nucleus].mean() > 3 * nucleus[~field.cell].mean(), "demo layout no longer matches render_fov"

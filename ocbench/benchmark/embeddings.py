@@ -37,6 +37,7 @@ import re
 import shutil
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -48,6 +49,7 @@ from ocbench._io import atomic_path, atomic_write, sha256_bytes, sha256_file
 from ocbench._lock import file_lock
 from ocbench.backbones.adapters import ChannelAdapter, parse_channels
 from ocbench.backbones.card import BackboneCard
+from ocbench.benchmark import distributed
 from ocbench.errors import ConfigError, DataError, OcbenchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -580,6 +582,21 @@ def _drop_stale_complete(dataset, key_dir: Path, manifest: dict, n: int) -> tupl
 # Extraction
 
 
+def default_workers(device: str) -> int:
+    """DataLoader workers when none are asked for: on a GPU, enough CPU processes to decode and
+    scale images while the GPU runs the model (up to 8, leaving one core to the main process,
+    sharing the node's cores with the other ranks); on CPU none, because the model already uses
+    every core and a decoding process would only take one away from it."""
+    if not str(device).startswith("cuda"):
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(8, cores // ranks_here - 1))
+
+
 def extract_embeddings(
     dataset,
     backbone: "BackboneCard | Backbone",
@@ -587,7 +604,7 @@ def extract_embeddings(
     *,
     batch_size: int = 16,
     device: str | None = "auto",
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     cache_dir: str | os.PathLike | None = None,
     shard_size: int = 256,
     progress: bool = True,
@@ -603,7 +620,8 @@ def extract_embeddings(
     ``backbone``: a BackboneCard, or an already loaded Backbone.
     ``adapter``: a ChannelAdapter for the dataset's channels (None: the card's default).
     ``device``: "auto" (CUDA when available), "cpu", "cuda[:i]".
-    ``num_workers``: DataLoader worker processes decoding (and hashing) images in parallel with the model.
+    ``num_workers``: DataLoader worker processes decoding (and hashing) images in parallel with the
+    model; None: :func:`default_workers` for the device.
     ``cache_dir``: folder of embedding caches (default ``<ocbench cache>/embeddings``).
     ``shard_size``: items per shard; a killed run loses at most one shard of work.
     ``recompute``: delete this key's cache first and extract again.
@@ -616,6 +634,8 @@ def extract_embeddings(
     """
     started = time.perf_counter()
     for name, value, low in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1), ("num_workers", num_workers, 0)):
+        if name == "num_workers" and value is None:
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
     if isinstance(backbone, str) or adapter is None or isinstance(adapter, str):
@@ -626,6 +646,8 @@ def extract_embeddings(
 
     device_name = str(loaded.device) if loaded is not None else str(resolve_device(device))
     used_precision = effective_precision(card, device_name, precision)
+    if num_workers is None:
+        num_workers = default_workers(device_name)
     if loaded is not None and loaded.precision != used_precision:
         raise ConfigError(
             f"backbone {card.name} was loaded with precision {loaded.precision}; pass precision={loaded.precision!r} "
@@ -649,7 +671,11 @@ def extract_embeddings(
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _cache_write_error(root, exc) from None
-    with file_lock(root / ".locks" / f"{key}.lock", timeout=lock_timeout, what=f"the embeddings {key}"):
+    # Under torchrun only rank 0 takes the lock: it alone reads and changes the cache's state; the
+    # other ranks write the shards rank 0 hands them (see ocbench.benchmark.distributed).
+    main = distributed.world().main
+    lock = file_lock(root / ".locks" / f"{key}.lock", timeout=lock_timeout, what=f"the embeddings {key}") if main else nullcontext()
+    with lock:
         return _extract_locked(
             dataset, card, loaded, adapter, fov_ids, key, key_dir, identity, ident,
             started=started, batch_size=batch_size, device_name=device_name, num_workers=num_workers,
@@ -664,85 +690,43 @@ def _extract_locked(
 ) -> Embeddings:
     n = len(fov_ids)
     hashed = _is_file_backed(dataset)
-    changed: list[int] = []
-    changed_names: list[str] = []
-    if recompute and key_dir.exists():
-        shutil.rmtree(key_dir)
-    if (key_dir / MANIFEST_NAME).is_file():
-        manifest = _read_manifest(key_dir)
-        complete = True
-        if hashed:
-            changed, changed_names, complete = _drop_stale_complete(dataset, key_dir, manifest, n)
-        if complete:
-            features = _load_complete(key_dir, key, fov_ids, manifest)
-            meta = {
-                **manifest["meta"],
-                **ident["provenance"],  # as known now (a card may have pinned a checksum since)
-                "precision": precision,
-                "content_checked": hashed,
-                "n_changed_files": 0,
-                "changed_files": [],
-                "cache_hit": True,
-                "load_time_s": round(time.perf_counter() - started, 4),
-                # Where downstream work (the task) should run now; the extraction's device stays recorded.
-                "device": device_name,
-            }
-            expected_dim = card.feature_dim * adapter.n_views
-            if features.shape[1] != expected_dim:
-                raise _corrupt(key_dir / MANIFEST_NAME, f"it holds {features.shape[1]}-dim features, the card gives {expected_dim}")
-            return Embeddings(features=features, fov_ids=fov_ids, key=key, meta=meta)
+    world = distributed.world()
+    scan = _scan_cache(dataset, key, key_dir, fov_ids, hashed, recompute, shard_size) if world.main else None
+    # What the other ranks need to know from rank 0: is the cache complete, and what is left to do.
+    complete, todo = distributed.broadcast((scan.complete is not None, scan.todo) if scan is not None else None)
+    result = dict(dataset=dataset, card=card, adapter=adapter, fov_ids=fov_ids, key=key, key_dir=key_dir,
+                  ident=ident, started=started, device_name=device_name, precision=precision, hashed=hashed)
+    if complete:
+        return _cached_result(scan.complete if scan is not None else _read_manifest(key_dir), **result)
 
-    # Resume: shards already on disk are reused where they line up with the dataset and their
-    # image files are unchanged.
-    reusable: dict[int, Path] = {}
-    stops: dict[int, int] = {}
-    refreshed: dict[int, FileRecord] = {}
-    for start, path in sorted(_existing_shards(key_dir).items()):
-        stop, files = _shard_header(path)
-        if not 0 <= start < stop <= n:
-            continue
-        if hashed:
-            if files is None or len(files) != stop - start:
-                path.unlink(missing_ok=True)  # no file records (an older ocbench): compute again
-                continue
-            records: list = [None] * n
-            records[start:stop] = files
-            shard_changed, shard_refreshed = _check_files(dataset, records, range(start, stop))
-            if shard_changed:
-                changed.extend(shard_changed)
-                path.unlink(missing_ok=True)
-                continue
-            refreshed.update(shard_refreshed)
-        reusable[start], stops[start] = path, stop
-    if changed and not changed_names:
-        changed_names = _warn_changed(dataset, sorted(set(changed)), key_dir)
-    todo = _plan_shards(n, stops, shard_size)
-    done: dict[int, _Shard] = {}
-    todo_stops = dict(todo)
-    pos = 0
-    while pos < n:  # load (and verify) exactly the shards the plan reuses
-        if pos in todo_stops:
-            pos = todo_stops[pos]
-            continue
-        shard = _read_shard(reusable[pos], key)
-        if list(shard.fov_ids) != fov_ids[shard.start : shard.stop]:
-            raise _corrupt(shard.path, "its item ids differ from the dataset's", key_dir)
-        done[pos] = shard
-        pos = shard.stop
-
+    mine = distributed.rank_share(todo)
     n_todo = sum(stop - start for start, stop in todo)
+    computed: dict[int, _Shard] = {}
     compute = {"device": device_name, "loop_s": 0.0}
-    if todo:
+    compute_started = time.perf_counter()
+    if mine:
         if loaded is None:
             from ocbench.backbones import loader as backbone_loader
 
             loaded = backbone_loader.load_backbone(card, device=device_name, precision=precision)
         compute = _compute_shards(
-            dataset, loaded, adapter, card, todo, key, key_dir, fov_ids, done,
+            dataset, loaded, adapter, card, mine, key, key_dir, fov_ids, computed,
             batch_size=batch_size, num_workers=num_workers, device=device_name,
-            progress=progress, n_already=n - n_todo, hashed=hashed,
+            progress=progress and world.main, n_already=n - sum(stop - start for start, stop in mine), hashed=hashed,
         )
+    distributed.barrier()  # every rank's shards are on disk
+    if not world.main:
+        distributed.barrier()  # rank 0 has written the manifest
+        return _cached_result(_read_manifest(key_dir), **result)
+    loop_s = time.perf_counter() - compute_started if world.active else compute["loop_s"]
 
+    done = {**scan.done, **computed}
+    for start, stop in todo:  # the other ranks' shards
+        if start not in done:
+            shard = _read_shard(key_dir / _shard_name(start), key)
+            if (shard.start, shard.stop) != (start, stop) or list(shard.fov_ids) != fov_ids[start:stop]:
+                raise _corrupt(shard.path, "it does not hold the items it was planned for", key_dir)
+            done[start] = shard
     shards = [done[start] for start in sorted(done)]
     dims = {s.features.shape[1] for s in shards}
     if len(dims) != 1:
@@ -751,7 +735,7 @@ def _extract_locked(
     files: list | None = None
     if hashed:
         files = [record for s in shards for record in s.files]
-        for i, record in refreshed.items():
+        for i, record in scan.refreshed.items():
             files[i] = record
     wall = time.perf_counter() - started
     meta = {
@@ -766,15 +750,16 @@ def _extract_locked(
         "n": n,
         "dim": int(features.shape[1]),
         "wall_time_s": round(wall, 4),
-        "images_per_s": round(n_todo / compute["loop_s"], 3) if compute["loop_s"] > 0 else 0.0,
+        "images_per_s": round(n_todo / loop_s, 3) if loop_s > 0 else 0.0,
         "device": compute["device"],
         "extraction_device": compute["device"],
+        "processes": world.size,
         "cache_hit": False,
         "n_computed": n_todo,
         "n_reused": n - n_todo,
         "content_checked": hashed,
-        "n_changed_files": len(set(changed)),
-        "changed_files": changed_names,
+        "n_changed_files": len(set(scan.changed)),
+        "changed_files": scan.changed_names,
         "batch_size": batch_size,
         "num_workers": num_workers,
         "format_version": EMBEDDING_FORMAT_VERSION,
@@ -794,6 +779,96 @@ def _extract_locked(
     }
     _write_manifest(key_dir, manifest)
     _remove_leftovers(key_dir, {s.path.name for s in shards})
+    distributed.barrier()
+    return Embeddings(features=features, fov_ids=fov_ids, key=key, meta=meta)
+
+
+@dataclasses.dataclass
+class _CacheScan:
+    """What rank 0 found in a key's cache folder: a complete manifest, or the shards it reuses and
+    the ranges still to compute."""
+
+    complete: dict | None = None
+    todo: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    done: dict[int, "_Shard"] = dataclasses.field(default_factory=dict)
+    refreshed: dict[int, FileRecord] = dataclasses.field(default_factory=dict)
+    changed: list[int] = dataclasses.field(default_factory=list)
+    changed_names: list[str] = dataclasses.field(default_factory=list)
+
+
+def _scan_cache(dataset, key: str, key_dir: Path, fov_ids: list[str], hashed: bool, recompute: bool,
+                shard_size: int) -> _CacheScan:
+    n = len(fov_ids)
+    scan = _CacheScan()
+    if recompute and key_dir.exists():
+        shutil.rmtree(key_dir)
+    if (key_dir / MANIFEST_NAME).is_file():
+        manifest = _read_manifest(key_dir)
+        complete = True
+        if hashed:
+            scan.changed, scan.changed_names, complete = _drop_stale_complete(dataset, key_dir, manifest, n)
+        if complete:
+            scan.complete = manifest
+            return scan
+
+    # Resume: shards already on disk are reused where they line up with the dataset and their
+    # image files are unchanged.
+    reusable: dict[int, Path] = {}
+    stops: dict[int, int] = {}
+    for start, path in sorted(_existing_shards(key_dir).items()):
+        stop, files = _shard_header(path)
+        if not 0 <= start < stop <= n:
+            continue
+        if hashed:
+            if files is None or len(files) != stop - start:
+                path.unlink(missing_ok=True)  # no file records (an older ocbench): compute again
+                continue
+            records: list = [None] * n
+            records[start:stop] = files
+            shard_changed, shard_refreshed = _check_files(dataset, records, range(start, stop))
+            if shard_changed:
+                scan.changed.extend(shard_changed)
+                path.unlink(missing_ok=True)
+                continue
+            scan.refreshed.update(shard_refreshed)
+        reusable[start], stops[start] = path, stop
+    if scan.changed and not scan.changed_names:
+        scan.changed_names = _warn_changed(dataset, sorted(set(scan.changed)), key_dir)
+    scan.todo = _plan_shards(n, stops, shard_size)
+    todo_stops = dict(scan.todo)
+    pos = 0
+    while pos < n:  # load (and verify) exactly the shards the plan reuses
+        if pos in todo_stops:
+            pos = todo_stops[pos]
+            continue
+        shard = _read_shard(reusable[pos], key)
+        if list(shard.fov_ids) != fov_ids[shard.start : shard.stop]:
+            raise _corrupt(shard.path, "its item ids differ from the dataset's", key_dir)
+        scan.done[pos] = shard
+        pos = shard.stop
+    return scan
+
+
+def _cached_result(manifest: dict, *, dataset, card: BackboneCard, adapter: ChannelAdapter, fov_ids: list[str],
+                   key: str, key_dir: Path, ident: dict, started: float, device_name: str, precision: str,
+                   hashed: bool) -> Embeddings:
+    """The embeddings a complete manifest lists (a cache hit)."""
+    features = _load_complete(key_dir, key, fov_ids, manifest)
+    meta = {
+        **manifest["meta"],
+        **ident["provenance"],  # as known now (a card may have pinned a checksum since)
+        "precision": precision,
+        "content_checked": hashed,
+        "n_changed_files": 0,
+        "changed_files": [],
+        "cache_hit": True,
+        "load_time_s": round(time.perf_counter() - started, 4),
+        # Where downstream work (the task) should run now; the extraction's device stays recorded.
+        "device": device_name,
+    }
+    expected_dim = card.feature_dim * adapter.n_views
+    if features.shape[1] != expected_dim:
+        raise _corrupt(key_dir / MANIFEST_NAME, f"it holds {features.shape[1]}-dim features, the card gives {expected_dim}")
     return Embeddings(features=features, fov_ids=fov_ids, key=key, meta=meta)
 
 

@@ -253,6 +253,13 @@ class Timings(_Strict):
     extraction_s: float | None = Field(default=None, ge=0, description="embedding extraction, as first computed")
     extraction_cached: bool | None = Field(default=None, description="true when this run reused cached embeddings")
     task_s: float = Field(ge=0)
+    # What the extraction cost, for the board's cost column (as first computed, like extraction_s).
+    extraction_items: int | None = Field(default=None, ge=0, description="items (FOVs or cell crops) embedded")
+    extraction_images_per_s: float | None = Field(default=None, ge=0, description="images per second over all processes")
+    extraction_device: str | None = Field(default=None, description="device the embeddings were computed on")
+    extraction_processes: int | None = Field(default=None, ge=1, description="processes (torchrun ranks) that shared the extraction")
+    peak_host_memory_gib: float | None = Field(default=None, ge=0, description="peak resident memory of the process, GiB")
+    peak_device_memory_gib: float | None = Field(default=None, ge=0, description="peak GPU memory allocated by torch, GiB")
 
 
 def entry_key(backbone: str, channels_key: str, task: str, track: str) -> str:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import itertools
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ocbench.benchmark import distributed
 from ocbench.errors import ConfigError
 
 __all__ = [
@@ -58,7 +60,7 @@ class RunOptions:
     seed: int = 0
     device: str = "auto"
     batch_size: int = 16
-    num_workers: int = 0
+    num_workers: int | None = None  # None: embeddings.default_workers for the device
     cache_dir: Path | None = None
     overwrite: bool = False
     split_file: Path | None = None
@@ -335,8 +337,11 @@ def run_cell(
     path = options.output_dir / f"{cell.key}.json"
     split = split_for(dataset, cell.track, options)
     # One process per entry key: a concurrent run of the same cell waits here, then finds the entry
-    # (reused if it is the same run, refused otherwise), so no result is silently replaced.
-    with file_lock(options.output_dir / ".locks" / f"{cell.key}.lock", what=f"entry {cell.key}"):
+    # (reused if it is the same run, refused otherwise), so no result is silently replaced. Under
+    # torchrun, rank 0 stands for the whole group (the other ranks only help embedding).
+    main = distributed.world().main
+    lock = file_lock(options.output_dir / ".locks" / f"{cell.key}.lock", what=f"entry {cell.key}") if main else nullcontext()
+    with lock:
         return _run_cell_locked(cell, dataset, options, path, split, position=position, recomputed=recomputed)
 
 
@@ -346,9 +351,12 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
     from ocbench.benchmark.entry import build_entry, environment_info, load_entry, write_entry
     from ocbench.tasks.context import Progress, RunContext
 
-    if path.exists() and not options.overwrite:
+    main = distributed.world().main
+    existing = None
+    if main and path.exists() and not options.overwrite:
         existing = load_entry(path)
         _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split)
+    if distributed.broadcast(existing is not None):  # every rank skips the cell rank 0 skips
         return RunOutcome(cell.spec, path, existing, skipped=True)
 
     device = str(resolve_device(options.device))
@@ -383,12 +391,36 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
             "extraction_s": float(meta["wall_time_s"]) if "wall_time_s" in meta else None,
             "extraction_cached": bool(meta["cache_hit"]) if "cache_hit" in meta else None,
             "task_s": float(result.wall_time_s),
+            **_cost(meta),
         },
     )
+    if not main:  # the same result as rank 0's: it alone writes
+        return RunOutcome(cell.spec, path, entry, details={"rank": distributed.world().rank})
     _save_split(split, dataset, options)
     written = write_entry(entry, options.output_dir)
     details = {k: v for k, v in context.inputs.items() if not k.startswith("_")}
     return RunOutcome(cell.spec, written, entry, details={**details, **result.details})
+
+
+def _cost(meta: dict) -> dict[str, Any]:
+    """Extraction throughput and peak memory for the entry (what the board's cost column reads)."""
+    import resource
+    import sys
+
+    cost: dict[str, Any] = {
+        "extraction_items": int(meta["n"]) if "n" in meta else None,
+        "extraction_images_per_s": float(meta["images_per_s"]) if meta.get("images_per_s") else None,
+        "extraction_device": meta.get("extraction_device"),
+        "extraction_processes": int(meta.get("processes", 1)) if "n" in meta else None,
+        # ru_maxrss is in KiB on Linux (bytes on macOS).
+        "peak_host_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                      / (2**30 if sys.platform == "darwin" else 2**20), 3),
+        "peak_device_memory_gib": None,
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        cost["peak_device_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return cost
 
 
 def _torch_threads() -> int | None:

@@ -90,7 +90,6 @@ __all__ = [
     "write_contact_sheet",
     "export_embeddings",
     "export_cell_embeddings",
-    "synthetic_expert_labels",
     "cells_command",
     "cells_cache_dir",
 ]
@@ -108,9 +107,10 @@ or by its FOV and a point inside the cell (pixel row y and column x of the FOV i
 whose mask contains the point is taken, so the file does not depend on the segmentation backend):
     fov_id,y,x,labels
     OC-FOV_..._FID00030311,212.5,388,nucleoplasm
-labels: the cell's compartments, separated by ';', from the dataset's class names. A cell listed
-twice, an unknown FOV, cell id or class, or a point outside every cell mask is an error. Only the
-listed cells are evaluated.""".strip()
+labels: the cell's compartments, separated by ';', from the dataset's class names. A cell id listed
+twice, an unknown FOV, cell id or class is an error. A point outside every cell mask, or a point
+whose mask also holds another listed point (the segmentation merged cells the expert told apart),
+is left out and counted in the summary. Only the listed cells are evaluated.""".strip()
 
 _LABEL_SEP = ";"
 
@@ -1052,9 +1052,11 @@ def evaluation_set(dataset: Any, table: CellTable, cell_labels: str | os.PathLik
     """The default evaluation cells (kept cells of eligible FOVs, weak labels), or the cells of an
     expert file (:data:`CELL_LABELS_FORMAT`) with its labels."""
     if cell_labels:
-        rows, labels = read_cell_labels(cell_labels, table)
+        rows, labels, skipped = read_cell_labels(cell_labels, table)
         dropped = int((~table.kept[rows]).sum())
-        notes = {"cells_listed": int(len(rows)), "listed_but_dropped_by_filter": dropped}
+        notes = {"cells_listed": int(len(rows)), "listed_but_dropped_by_filter": dropped,
+                 "points_outside_every_mask": skipped["outside_every_mask"],
+                 "points_in_merged_cells": skipped["in_a_merged_cell"]}
         source = f"expert:{Path(cell_labels).name}"
     else:
         rows = np.flatnonzero(table.evaluated)
@@ -1071,8 +1073,9 @@ def evaluation_set(dataset: Any, table: CellTable, cell_labels: str | os.PathLik
     return EvaluationSet(crops, np.asarray(labels, dtype=np.uint8), groups, source, notes)
 
 
-def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndarray, np.ndarray]:
-    """Read an expert label file (:data:`CELL_LABELS_FORMAT`): (table rows, labels (n, C) uint8)."""
+def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Read an expert label file (:data:`CELL_LABELS_FORMAT`): table rows, labels (n, C) uint8 and
+    how many listed points were left out (``outside_every_mask``, ``in_a_merged_cell``)."""
     path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -1096,16 +1099,29 @@ def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndar
     for r, fov in enumerate(cells["fov_id"]):
         fov_rows.setdefault(fov, []).append(r)
     masks: dict[str, np.ndarray] = {}
-    rows: list[int] = []
-    labels: list[np.ndarray] = []
-    seen: dict[int, int] = {}
+    listed: dict[int, tuple[int, np.ndarray, bool]] = {}  # table row -> (line, labels, listed by point)
+    merged: set[int] = set()
+    skipped = {"outside_every_mask": 0, "in_a_merged_cell": 0}
+    lines = 0
     for line_no, record in enumerate(reader, start=2):
+        lines += 1
         where = f"{path}: line {line_no}"
+        names = [n.strip() for n in (record.get("labels") or "").split(_LABEL_SEP) if n.strip()]
+        if not names:
+            raise DataError(f"{where}: no labels; leave cells without a confirmed label out of the file")
+        bad = [n for n in names if n not in class_index]
+        if bad:
+            raise DataError(f"{where}: unknown class(es) {bad}; valid: {', '.join(class_names)}")
+        vector = np.zeros(len(class_names), np.uint8)
+        vector[[class_index[n] for n in names]] = 1
         if by_id and (record.get("cell_id") or "").strip():
             cid = record["cell_id"].strip()
             if cid not in row_of_id:
                 raise DataError(f"{where}: unknown cell id {cid!r} (not in the cell table of this segmentation)")
             r = row_of_id[cid]
+            if r in listed:
+                raise DataError(f"{where}: cell {cid} is already listed on line {listed[r][0]}")
+            listed[r] = (line_no, vector, False)
         elif by_point:
             fov = (record.get("fov_id") or "").strip()
             if fov not in fov_rows:
@@ -1121,32 +1137,32 @@ def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndar
             label = int(mask[yi, xi]) if 0 <= yi < mask.shape[0] and 0 <= xi < mask.shape[1] else 0
             match = [r for r in fov_rows[fov] if int(cells.at[r, "mask_label"]) == label] if label else []
             if not match:
-                raise DataError(f"{where}: the point (y={y:g}, x={x:g}) of FOV {fov} is not inside any cell mask")
+                skipped["outside_every_mask"] += 1
+                continue
             r = match[0]
+            if r in listed:
+                if not listed[r][2]:
+                    raise DataError(f"{where}: cell {cells.at[r, 'cell_id']} is already listed by id on line {listed[r][0]}")
+                merged.add(r)  # two reviewed cells in one mask: neither label can be trusted for it
+                skipped["in_a_merged_cell"] += 1
+                continue
+            listed[r] = (line_no, vector, True)
         else:
             raise DataError(f"{where}: no cell_id and no fov_id,y,x given")
-        names = [n.strip() for n in (record.get("labels") or "").split(_LABEL_SEP) if n.strip()]
-        if not names:
-            raise DataError(f"{where}: no labels; leave cells without a confirmed label out of the file")
-        bad = [n for n in names if n not in class_index]
-        if bad:
-            raise DataError(f"{where}: unknown class(es) {bad}; valid: {', '.join(class_names)}")
-        if r in seen:
-            raise DataError(f"{where}: cell {cells.at[r, 'cell_id']} is already listed on line {seen[r]}")
-        seen[r] = line_no
-        vector = np.zeros(len(class_names), np.uint8)
-        vector[[class_index[n] for n in names]] = 1
-        rows.append(r)
-        labels.append(vector)
+    skipped["in_a_merged_cell"] += len(merged)
+    rows = sorted(r for r in listed if r not in merged)  # table order: cells of one FOV stay together
     if not rows:
-        raise DataError(f"{path}: no cells listed")
-    order = np.argsort(rows, kind="stable")  # table order: cells of one FOV stay together
-    return np.asarray(rows, dtype=np.int64)[order], np.stack(labels)[order]
+        raise DataError(
+            f"{path}: none of the {lines} listed cells matched this segmentation "
+            f"({skipped['outside_every_mask']} points outside every cell mask, {skipped['in_a_merged_cell']} in merged cells)"
+            if lines else f"{path}: no cells listed"
+        )
+    return np.asarray(rows, dtype=np.int64), np.stack([listed[r][1] for r in rows]), skipped
 
 
 def write_cell_labels(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> Path:
     """Write a cell labels file; each record has ``cell_id`` or ``fov_id, y, x``, and ``labels``
-    (a list of class names or a ';'-separated string). Used by the demo for its synthetic expert file."""
+    (a list of class names or a ';'-separated string). The demo writes its synthetic expert file with it."""
     records = list(records)
     by_id = all("cell_id" in r for r in records)
     columns = ["cell_id", "labels"] if by_id else ["fov_id", "y", "x", "labels"]
@@ -1328,26 +1344,6 @@ def export_cell_embeddings(path: str | os.PathLike, evaluation: EvaluationSet, e
     )
 
 
-def synthetic_expert_labels(table: CellTable, path: str | os.PathLike, *, per_fov: int = 5, seed: int = 0) -> Path:
-    """A stand-in for the paper's expert file on data without one (the demo): up to ``per_fov``
-    evaluation cells of each eligible FOV, each identified by its FOV and centroid, with its weak
-    labels. It exercises ``--cell-labels``; it is not an expert's judgement."""
-    rng = np.random.default_rng(seed)
-    cells = table.cells
-    records = []
-    for fov, rows in cells[table.evaluated].groupby("fov_id", sort=True).groups.items():
-        chosen = sorted(rng.choice(np.asarray(rows), size=min(per_fov, len(rows)), replace=False))
-        mask = table.mask(str(fov))
-        for r in chosen:
-            # The cell's pixel nearest its centroid: a point inside the cell even when it is not convex.
-            ys, xs = np.nonzero(mask == int(cells.at[r, "mask_label"]))
-            j = int(np.argmin((ys - cells.at[r, "centroid_y"]) ** 2 + (xs - cells.at[r, "centroid_x"]) ** 2))
-            records.append({"fov_id": fov, "y": ys[j], "x": xs[j], "labels": cells.at[r, "labels"]})
-    if not records:
-        raise DataError("no evaluation cells to draw synthetic expert labels from")
-    return write_cell_labels(path, records)
-
-
 def cells_command(
     dataset: Any,
     *,
@@ -1371,9 +1367,13 @@ def cells_command(
     text = format_cells_summary(table)
     if cell_labels:
         evaluation = evaluation_set(dataset, table, cell_labels)
-        dropped = evaluation.notes.get("listed_but_dropped_by_filter", 0)
+        notes = evaluation.notes
+        dropped = notes["listed_but_dropped_by_filter"]
+        left_out = [f"{n} points outside every cell mask" for n in [notes["points_outside_every_mask"]] if n]
+        left_out += [f"{n} points in cells the segmentation merged" for n in [notes["points_in_merged_cells"]] if n]
         text += (f"\nexpert labels ({Path(cell_labels).name}): {len(evaluation):,} cells in "
-                 f"{len(set(evaluation.groups)):,} FOVs" + (f", {dropped} of them dropped by the filter" if dropped else ""))
+                 f"{len(set(evaluation.groups)):,} FOVs" + (f", {dropped} of them dropped by the filter" if dropped else "")
+                 + (f"; left out: {', '.join(left_out)}" if left_out else ""))
     if contact_sheet:
         sheet = write_contact_sheet(contact_sheet, dataset, table, n=sheet_cells)
         text += f"\ncontact sheet: {sheet}"

@@ -19,6 +19,9 @@ Its size is set by what the benchmark needs at the protocol's own settings (no o
 - 64 px fields (cells of radius 13 px, about 6 per field): writing and embedding stay a few
   seconds. Demo pixels are about 3x larger than OpenCell's 0.2 um.
 
+The demo also writes a synthetic expert cell-label file (:data:`EXPERT_CELL_LABELS_FILE`) for
+the single-cell task's ``cell_labels`` option.
+
 Everything is deterministic from ``DemoConfig.seed``.
 """
 
@@ -42,13 +45,21 @@ from ocbench.data.layout import FovName
 from ocbench.errors import ConfigError, DataError
 
 #: Bumped whenever the generator's output changes, so ``ensure_demo`` rewrites stale demos.
-DEMO_FORMAT = "ocbench-demo/2"
+DEMO_FORMAT = "ocbench-demo/3"
 
 #: Written at the demo root; marks a folder that ``write_demo`` may replace (and, for
 #: ``recorded_name``, a synthetic dataset).
 MARKER_FILE = DEMO_MARKER
 
 ANNOTATIONS_FILE = "annotations.csv"
+
+#: A stand-in for the paper's expert-labelled cells (``--cell-labels``), written from the
+#: generator's own cell layout: a point inside each listed cell (its nucleus centre) and the
+#: protein's grade-3 compartments. Synthetic: it exercises the expert path, it is not an expert.
+EXPERT_CELL_LABELS_FILE = "synthetic_expert_cell_labels.csv"
+
+#: Cells listed per eligible FOV in the synthetic expert file.
+_EXPERT_CELLS_PER_FOV = 2
 
 #: Pattern strength per annotation grade (3 prominent, 2 less pronounced, 1 weak). Weak labels
 #: still count as positives (min_grade 1), so they stay visible.
@@ -672,6 +683,11 @@ def _camera(rng: np.random.Generator, signal: np.ndarray, background: float, sca
 
 def render_fov(protein: DemoProtein, fov_index: int, config: DemoConfig) -> np.ndarray:
     """One FOV as the raw file stores it: CYX uint16 (2, size, size), channel 0 Hoechst, 1 protein."""
+    return _render(protein, fov_index, config)[0]
+
+
+def _render(protein: DemoProtein, fov_index: int, config: DemoConfig) -> tuple[np.ndarray, _Field]:
+    """The FOV image and the cell layout it was drawn from."""
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xF0F, protein.index, fov_index]))
     protein_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x9E0, protein.index]))
     f = _build_field(rng, config.size, config.cell_radius)
@@ -696,7 +712,27 @@ def render_fov(protein: DemoProtein, fov_index: int, config: DemoConfig) -> np.n
     image = np.empty((2, f.size, f.size), np.uint16)
     image[RAW_CHANNEL_INDEX["nucleus"]] = _camera(rng, hoechst, rng.uniform(230, 280), f.scale)
     image[RAW_CHANNEL_INDEX["protein"]] = _camera(rng, protein_signal, rng.uniform(160, 220), f.scale)
-    return image
+    return image, f
+
+
+def _expert_records(protein: DemoProtein, fov_id: str, f: _Field, config: DemoConfig) -> list[dict]:
+    """Synthetic expert rows for one FOV: up to ``_EXPERT_CELLS_PER_FOV`` interphase cells whose
+    nucleus centre lies inside the frame and inside the cell, labelled with the protein's grade-3
+    compartments. FOVs the paper's selection leaves out (no grade-3 label, or big aggregates) get none."""
+    labels = sorted(c for c, grade in protein.labels.items() if grade == 3)
+    if not labels or "big_aggregates" in protein.labels:
+        return []
+    margin = 0.5 * config.cell_radius  # away from the border, where a cut cell may not be segmented
+    records = []
+    for k, cell in enumerate(f.cells):
+        y, x = (int(round(v)) for v in cell.nucleus_center)
+        inside = margin <= y < f.size - margin and margin <= x < f.size - margin
+        if cell.mitotic or not inside or f.labels[y, x] != k + 1 or not f.nucleus[y, x]:
+            continue
+        records.append({"fov_id": fov_id, "y": y, "x": x, "labels": labels})
+        if len(records) == _EXPERT_CELLS_PER_FOV:
+            break
+    return records
 
 
 # --------------------------------------------------------------------------------------------
@@ -737,13 +773,18 @@ def write_demo(root: str | Path, config: DemoConfig = DemoConfig()) -> Path:
         if protein.has_images
         for j, name in enumerate(protein.fov_names(config.fovs_per_protein))
     ]
+    from ocbench.data.cells import write_cell_labels
+
+    expert: list[dict] = []
     with atomic_dir(root) as tmp:
         for protein, fov_index, name in tqdm(jobs, desc="demo FOVs", unit="fov", disable=None):
             path = tmp / name.relpath
             path.parent.mkdir(parents=True, exist_ok=True)
+            image, layout = _render(protein, fov_index, config)
+            expert += _expert_records(protein, name.fov_id, layout, config)
             tifffile.imwrite(
                 path,
-                render_fov(protein, fov_index, config),
+                image,
                 photometric="minisblack",
                 metadata={"axes": "CYX"},
                 resolution=(50_000.0, 50_000.0),  # 5 px/um, as OpenCell writes it (unit: cm)
@@ -755,6 +796,8 @@ def write_demo(root: str | Path, config: DemoConfig = DemoConfig()) -> Path:
             for protein in proteins:
                 for compartment, grade in sorted(protein.labels.items(), key=lambda kv: (-kv[1], kv[0])):
                     writer.writerow([protein.annotation_ensg, protein.gene, compartment, grade])
+        if expert:
+            write_cell_labels(tmp / EXPERT_CELL_LABELS_FILE, expert)
         marker = {"format": DEMO_FORMAT, "config": asdict(config), "n_fovs": len(jobs)}
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return root

@@ -68,7 +68,11 @@ def _common(
         "split": {"track": track, "seed": 0, "sha256": split_sha256 or _fake_sha(f"split {dataset_name} {track}")},
         "seed": 0,
         "environment": {"ocbench": "0.1.0", "torch": None, "timm": None, "python": "3.11.7", "platform": "Linux", "device": "cpu"},
-        "timings": {"extraction_s": 1.0, "extraction_cached": False, "task_s": 2.0},
+        "timings": {
+            "extraction_s": 1.0, "extraction_cached": False, "task_s": 2.0, "extraction_items": 40,
+            "extraction_images_per_s": 40.0, "extraction_device": "cpu", "extraction_processes": 1,
+            "peak_host_memory_gib": 1.5, "peak_device_memory_gib": None,
+        },
         "created": created,
         "key": entry_key(backbone, channels_key, task, track),
     }
