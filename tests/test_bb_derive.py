@@ -153,3 +153,16 @@ def test_bad_card_file_is_one_line_naming_the_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_card_file(path)
     one_line_message(info, str(path), "sorce", "did you mean source")
+
+
+def test_check_and_embed_take_a_timm_spec_like_a_card_name(offline_hub, module_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("OCBENCH_CACHE", str(module_cache))
+    _tiny_timm_repo(offline_hub, tmp_path, seed=2)
+    checked = invoke("backbones", "check", f"timm:{TEST_VIT}")
+    assert checked.exit_code == 0 and "FAIL" not in checked.output, checked.output
+    embedded = invoke("embed", "--backbone", f"timm:{TEST_VIT}", "--dataset", "demo", "--export", str(tmp_path / "e.npz"))
+    assert embedded.exit_code == 0, embedded.output
+    import numpy as np
+
+    with np.load(tmp_path / "e.npz") as saved:
+        assert saved["features"].shape[1] == 64 and np.isfinite(saved["features"]).all()
