@@ -238,7 +238,11 @@ def _print_outcomes(outcomes) -> None:
 
 
 @cli.command()
-@click.option("--backbone", "backbones", multiple=True, required=True, help="Backbone card name(s); see `ocbench backbones list`.")
+@click.option(
+    "--backbone", "backbones", multiple=True, required=True,
+    help="Backbone card name(s) (see `ocbench backbones list`), or weights named directly: timm:NAME[.TAG], "
+    "hf-hub:ORG/NAME[@REV], local:DIR (a card is derived from their config).",
+)
 @click.option("--task", "tasks", multiple=True, default=("fov-mlp",), show_default=True, help="fov-mlp, fov-linear.")
 @click.option(
     "--channels", "channels", multiple=True,
@@ -288,7 +292,7 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
 
 
 @cli.command("sweep-channels")
-@click.option("--backbone", required=True, help="Backbone card name.")
+@click.option("--backbone", required=True, help="Backbone card name, or timm:NAME[.TAG], hf-hub:ORG/NAME[@REV], local:DIR.")
 @click.option("--task", default="fov-mlp", show_default=True, help="Task run for every channel map (see `ocbench tasks list`).")
 @click.option("--split", "track", default="paper", show_default=True, help="Split track: paper (by FOV) or protein (grouped by protein).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a task setting.")
@@ -303,14 +307,15 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
       ocbench sweep-channels --backbone tiny-vit-random --dataset demo
     """
     from ocbench.backbones.adapters import sweep_adapters
-    from ocbench.backbones.cards import get_card
+    from ocbench.backbones.derive import resolve_backbone
     from ocbench.leaderboard.summary import format_sweep_table
     from ocbench.benchmark.runner import RunOptions, RunSpec, run_grid
 
-    card = get_card(backbone)
+    card = resolve_backbone(backbone)
     device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
-    specs = [RunSpec(card.name, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card, ds.card.channel_names)]
+    # the spec as typed (a card name, or timm:/hf-hub:/local:), resolved again by the runner
+    specs = [RunSpec(backbone, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card, ds.card.channel_names)]
     options = RunOptions(
         output_dir=Path(output), seed=_one_seed(seed), device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, threads=threads or _available_cores(), recompute=recompute, precision=precision,
@@ -349,7 +354,7 @@ def demo(output, device, overwrite):
 
 
 @cli.command()
-@click.option("--backbone", required=True, help="Backbone card name.")
+@click.option("--backbone", required=True, help="Backbone card name, or timm:NAME[.TAG], hf-hub:ORG/NAME[@REV], local:DIR.")
 @click.option("--channels", default=None, help="Channel strategy (default: the card's); see `ocbench run --help`.")
 @click.option("--recompute", is_flag=True, help="Discard this key's cached embeddings and extract again.")
 @click.option("--cells", is_flag=True, help="Embed the single-cell evaluation crops (as the sc-knn task selects them) instead of FOVs.")
@@ -377,11 +382,11 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
     from functools import partial
 
     from ocbench.backbones.adapters import parse_channels
-    from ocbench.backbones.cards import get_card
+    from ocbench.backbones.derive import resolve_backbone
     from ocbench.benchmark.embeddings import extract_embeddings
     from ocbench.data.cards import dataset_card_for
 
-    card = get_card(backbone)
+    card = resolve_backbone(backbone)
     adapter = parse_channels(channels, card, dataset_card_for(dataset).channel_names)
     task = None
     if cells:
@@ -636,8 +641,9 @@ def backbones_show(name):
       ocbench backbones show hpa-fov-vitb8
     """
     from ocbench.backbones.cards import format_card
+    from ocbench.backbones.derive import resolve_backbone
 
-    click.echo(format_card(name))
+    click.echo(format_card(resolve_backbone(name)))
 
 
 @backbones.command("import")
@@ -646,15 +652,21 @@ def backbones_show(name):
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: the card's weights cache).")
 @click.option("--checkpoint-key", default="teacher", show_default=True, help="Which network of the checkpoint to convert.")
 def backbones_import(name, checkpoint, out, checkpoint_key):
-    """Convert a Dino4Cells/DINO .pth checkpoint to safetensors + config (Hub-style folder).
+    """Convert a Dino4Cells/DINO (or SubCell encoder) .pth checkpoint to safetensors + config (Hub-style folder).
 
     \b
     Example:
       ocbench backbones import hpa-fov-vitb8 --checkpoint DINO_FOV_checkpoint.pth
     """
+    from ocbench.backbones.derive import resolve_backbone
     from ocbench.backbones.dino_import import import_backbone
+    from ocbench.backbones.subcell import import_subcell, is_subcell
 
-    folder = import_backbone(name, checkpoint, out_dir=out, checkpoint_key=checkpoint_key)
+    card = resolve_backbone(name)
+    if is_subcell(card):  # SubCell's own checkpoint layout
+        folder = import_subcell(card, checkpoint, out_dir=out)
+    else:
+        folder = import_backbone(card, checkpoint, out_dir=out, checkpoint_key=checkpoint_key)
     click.echo(f"wrote {folder}")
 
 

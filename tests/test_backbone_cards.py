@@ -68,7 +68,7 @@ def _card(**overrides) -> BackboneCard:
 
 def test_registry_has_every_seed_and_offline_backbone():
     names = [card.name for card in list_cards()]
-    assert SEED_BACKBONES | OFFLINE_BACKBONES == set(names)
+    assert SEED_BACKBONES | OFFLINE_BACKBONES <= set(names)  # and the recent backbones (zoo_modern, subcell)
     assert len(names) == len(set(names))
 
 

@@ -61,7 +61,7 @@ GRAPH = {name: _imports(name) for name in MODULES}
 def _layer(name: str) -> str:
     if name in BASE:
         return "base"
-    if name in ("ocbench.cli", "ocbench.__main__"):
+    if name in ("ocbench.cli", "ocbench.__main__", "ocbench.api"):  # the Python API stands beside the CLI
         return "cli"
     return name.split(".")[1]
 

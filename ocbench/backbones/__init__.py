@@ -10,11 +10,17 @@ once, at the edge; everything below takes card and adapter objects::
     backbone = load_backbone(card)
     features = backbone.embed_raw(batch_uint16, parse_channels(None, card, dataset.card.channel_names))
 
+A ``--backbone`` value that is not a card name (``timm:NAME[.TAG]``, ``hf-hub:ORG/NAME@REV``,
+``local:DIR``, or a trained-weights folder's name) resolves to a card derived at the edge:
+:func:`resolve_backbone` (``derive``). Trained-weights folders carry their card as
+``ocbench_card.json`` (:func:`load_card_file`, :func:`write_card_file`).
+
 Modules, lowest first (an import only goes down this list): ``specs`` (spec and source parsers),
 ``weights_folder`` (the weights folder layout), ``model_card``; ``card`` (the card type);
-``adapters``; ``preprocess``; ``describe`` (text); ``zoo`` (built-in cards); ``cards`` (the
-registry); ``download``; ``vit``, ``classical``; ``dino_import`` (checkpoint conversion);
-``sources`` (weights); ``hub`` (publishing); ``loader``; ``check``.
+``provenance`` (zero-shot or not); ``adapters``; ``preprocess``; ``describe`` (text); ``zoo`` and
+``zoo_modern`` (built-in cards); ``cards`` (the registry); ``download``; ``vit``, ``classical``,
+``subcell``, ``memory`` (in-memory models); ``dino_import`` (checkpoint conversion); ``sources``
+(weights); ``derive`` (cards from timm/Hub/local configs); ``hub`` (publishing); ``loader``; ``check``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from ocbench.backbones.cards import (
     register_card,
     reported_channels,
 )
+from ocbench.backbones.derive import CARD_FILENAME, load_card_file, resolve_backbone, write_card_file
+from ocbench.backbones.provenance import not_zero_shot_reasons
 
 _LAZY = {
     "Backbone": "ocbench.backbones.loader",
@@ -55,6 +63,11 @@ __all__ = [
     "format_cards_table",
     "format_card",
     "reported_channels",
+    "resolve_backbone",
+    "load_card_file",
+    "write_card_file",
+    "CARD_FILENAME",
+    "not_zero_shot_reasons",
     "ChannelAdapter",
     "parse_channels",
     "sweep_adapters",

@@ -22,11 +22,14 @@ from ocbench.errors import ConfigError
 
 __all__ = ["BackboneCard", "SOURCE_KINDS", "NORMALIZATIONS", "SUPERVISIONS", "WeightsSource", "channel_aliases"]
 
-NORMALIZATIONS: tuple[str, ...] = ("imagenet", "self", "none")
+NORMALIZATIONS: tuple[str, ...] = ("imagenet", "clip", "inception", "self", "min-max", "none")
+#: Normalizations with fixed per-channel RGB numbers (need 3 input channels).
+RGB_NORMALIZATIONS: tuple[str, ...] = ("imagenet", "clip")
 #: Kinds of training signal a card may declare. "protein-label supervised" means trained with
 #: localization labels of proteins (which may be the benchmark's own proteins).
 SUPERVISIONS: tuple[str, ...] = (
     "none", "self-supervised", "image-text contrastive", "class-label supervised", "protein-label supervised",
+    "unknown",
 )
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -43,7 +46,8 @@ class BackboneCard:
     """
 
     name: str
-    #: ``hf-hub:<repo>[@revision]``, ``timm:<model>``, ``url:<address>``, ``local:<dir>`` or ``builtin:<what>``.
+    #: ``hf-hub:<repo>[@revision]``, ``timm:<model>``, ``url:<address>``, ``local:<dir>``, ``builtin:<what>``
+    #: or ``memory:<token>`` (a model handed to ``ocbench.evaluate``).
     source: str
     #: timm model name (ViTs) or the name of a built-in feature extractor.
     arch: str
@@ -53,12 +57,15 @@ class BackboneCard:
     input_channels: tuple[str, ...]
     #: Channel spec used when none is given (``adapters.parse_channels``).
     default_channels: str
-    #: "imagenet" (ImageNet mean/std), "self" (per-image per-channel z-score, Dino4Cells) or "none".
+    #: "imagenet" (ImageNet mean/std), "clip" (OpenAI CLIP mean/std), "inception" (0.5/0.5), "self"
+    #: (per-image per-channel z-score, Dino4Cells), "min-max" (per image over all inputs jointly, SubCell)
+    #: or "none".
     normalization: str = "imagenet"
     #: uint16 -> float rule: "percentile-<lo>-<hi>" (per image and channel, lo->0, hi->1, clipped),
     #: "raw" (counts as float32) or "unit" (counts / 65535).
     intensity: str = "percentile-0.1-99.9"
-    #: "none" (native size, e.g. 600 px; ViT position embeddings are interpolated), "resize-<S>", "center-crop-<S>".
+    #: "none" (native size, e.g. 600 px; ViT position embeddings are interpolated), "resize-<S>", "center-crop-<S>",
+    #: "fit-<P>" (each side to the nearest multiple of P: patch-14 ViTs).
     resize: str = "none"
     #: Pretraining resolution (size of the position-embedding grid); informational when resize is "none".
     input_size: int | None = None
@@ -116,6 +123,8 @@ class BackboneCard:
             return f"needs network: {self.source}"
         if self.source_kind == "local":
             return f"needs local weights (e.g. trained by ocbench): {self.source}"
+        if self.source_kind == "memory":
+            return "an in-memory model: exists only in the Python process that evaluates it"
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,8 +156,8 @@ def _validate_card(card: BackboneCard) -> None:
         raise bad("channel_letters", f"must have {card.in_chans} letters or be empty")
     if _alias_clash(card):
         raise bad("input_channels", f"names and letters must be unique (case-insensitive): {_alias_clash(card)}")
-    if card.normalization == "imagenet" and card.in_chans != 3:
-        raise bad("normalization", "'imagenet' needs 3 input channels")
+    if card.normalization in RGB_NORMALIZATIONS and card.in_chans != 3:
+        raise bad("normalization", f"'{card.normalization}' needs 3 input channels")
     if not isinstance(card.feature_dim, int) or card.feature_dim < 1:
         raise bad("feature_dim", "must be a positive integer")
     if card.patch_size is not None and (not isinstance(card.patch_size, int) or card.patch_size < 1):

@@ -52,8 +52,9 @@ def _check_card(card: Any) -> BackboneCard:
 
 def _register_zoo() -> None:
     from ocbench.backbones.zoo import ZOO_CARDS
+    from ocbench.backbones.zoo_modern import MODERN_CARDS
 
-    for card in ZOO_CARDS:
+    for card in (*ZOO_CARDS, *MODERN_CARDS):
         BACKBONES.register(card.name, card)
 
 

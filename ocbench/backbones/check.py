@@ -120,9 +120,9 @@ def check_backbone(
     if isinstance(name, BackboneCard):
         card = name
     else:
-        from ocbench.backbones.cards import get_card
+        from ocbench.backbones.derive import resolve_backbone
 
-        card = get_card(name)
+        card = resolve_backbone(name, cache_dir=cache_dir)
     target = resolve_device(device)
     effective_precision(card, target, precision)  # a bad precision is a usage error, not a FAIL
     results: list[CheckResult] = []

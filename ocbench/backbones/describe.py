@@ -70,8 +70,30 @@ def format_cards_table(cards: list[BackboneCard]) -> str:
     rows = []
     for card in cards:
         reported = _headline_cell(card)
-        rows.append([card.name, _short_source(card.source), card.arch, _channels_cell(card), card.feature_dim, reported])
-    return tabulate(rows, headers=["name", "source", "arch", "channels", "dim", "reported (paper)"], tablefmt="simple")
+        rows.append([card.name, _short_source(card.source), card.arch, _channels_cell(card), card.feature_dim,
+                     _training_cell(card), _licence_cell(card), reported])
+    headers = ["name", "source", "arch", "channels", "dim", "trained on", "licence", "reported (paper)"]
+    return tabulate(rows, headers=headers, tablefmt="simple")
+
+
+_SUPERVISION_SHORT = {
+    "self-supervised": "SSL", "image-text contrastive": "image-text", "class-label supervised": "class labels",
+    "protein-label supervised": "protein labels", "unknown": "?",
+}
+
+
+def _training_cell(card: BackboneCard) -> str:
+    """``LVD-142M (SSL)``; ``-`` for cards without training (random init, hand-made features)."""
+    if not card.training_datasets:
+        return "-"
+    how = _SUPERVISION_SHORT.get(card.supervision)
+    return "+".join(card.training_datasets) + (f" ({how})" if how else "")
+
+
+def _licence_cell(card: BackboneCard, width: int = 28) -> str:
+    """The licence's first clause, cut to ``width`` characters (``show`` prints it whole)."""
+    text = re.split(r"[(;]", card.license or "-", maxsplit=1)[0].strip() or "-"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def format_card(card: BackboneCard) -> str:

@@ -232,6 +232,12 @@ def resolve_identity(
             source_sha256=record.get("source_sha256"), source_filename=record.get("source_filename") or path.name,
         )
     source = card.weights_source
+    if source.kind == "memory":
+        from ocbench.backbones.memory import MEMORY_NOTE, MEMORY_NOTE_CALLABLE, lookup
+
+        _, sha, revision = lookup(card)
+        return BackboneIdentity(sha, revision, key, weights_verified=False,
+                                weights_note=MEMORY_NOTE if sha else MEMORY_NOTE_CALLABLE)
     if source.kind == "builtin":
         if source.target == "classical-stats":
             from ocbench.backbones.classical import CLASSICAL_VERSION
@@ -253,6 +259,10 @@ def resolve_identity(
 
 
 def _build_builtin(card: BackboneCard) -> torch.nn.Module:
+    if card.source_kind == "memory":
+        from ocbench.backbones.memory import CallableFeatures, lookup
+
+        return CallableFeatures(lookup(card)[0], card)
     if card.source_target == "classical-stats":
         from ocbench.backbones.classical import ClassicalFeatures, feature_dim
 
@@ -269,6 +279,18 @@ def _build_builtin(card: BackboneCard) -> torch.nn.Module:
         torch.manual_seed(int(card.init_seed or 0))
         vit = build_vit(card)
     return ViTCLSFeatures(vit)
+
+
+def _build_network(card: BackboneCard) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(features module, the module whose state dict the weights file holds)`` for a card with weights."""
+    from ocbench.backbones.subcell import build_subcell, is_subcell
+
+    if is_subcell(card):
+        model = build_subcell(card)
+        return model, model
+    from ocbench.backbones.vit import build_features
+
+    return build_features(card)
 
 
 def effective_precision(card: BackboneCard, device: str | torch.device, precision: str = "fp32") -> str:
@@ -307,12 +329,17 @@ def load_backbone(
     if identity.weights_path is None:
         model = _build_builtin(card)
     else:
-        from ocbench.backbones.vit import ViTCLSFeatures, build_vit
-
         state = load_safetensors(identity.weights_path)
-        vit = build_vit(card)
-        load_state_strict(vit, state, identity.weights_path, f"backbone '{card.name}' ({card.arch}, in_chans={card.in_chans})")
-        model = ViTCLSFeatures(vit)
+        model, network = _build_network(card)
+        if network is not model and weights is None and card.source_kind in ("hf-hub", "timm"):
+            # a Hub checkpoint's classifier head (or CLIP's projection) is not part of the features;
+            # any other file must fit the architecture exactly
+            from ocbench.backbones.vit import drop_unused_classifier
+
+            state = drop_unused_classifier(network, state)
+        elif card.arch == "subcell-vit-b16-cls":  # reads the pooled card's folder and leaves the pooling out
+            state = {k: v for k, v in state.items() if not k.startswith("pool.")}
+        load_state_strict(network, state, identity.weights_path, f"backbone '{card.name}' ({card.arch}, in_chans={card.in_chans})")
         if model.feature_dim != card.feature_dim:
             raise ConfigError(f"backbone card '{card.name}': feature_dim {card.feature_dim} but the model gives {model.feature_dim}")
     model = model.eval().to(target)

@@ -7,11 +7,15 @@ Order (fixed, and part of :func:`preprocess_key`):
    (numpy's linear percentile); a channel whose percentiles coincide becomes all zero.
    ``raw`` keeps counts as float32; ``unit`` divides by 65535.
 2. **resize** on the dataset's channels: ``none`` (native size, e.g. 600 px), ``resize-<S>`` (bilinear,
-   antialiased, to SxS) or ``center-crop-<S>``.
+   antialiased, to SxS), ``center-crop-<S>`` or ``fit-<P>`` (bilinear, antialiased, each side to the
+   nearest multiple of P, at least P: a patch-14 ViT sees OpenCell's 600 px FOVs at 602 px, 43 x 43
+   patches, instead of losing a 12 px strip to the patch grid).
 3. the **channel adapter** places the channels into the model's inputs; unused inputs are zero.
-4. **normalization** of the model input: ``imagenet`` ((x - mean) / std per RGB channel),
+4. **normalization** of the model input: ``imagenet`` ((x - mean) / std per RGB channel), ``clip``
+   (OpenAI CLIP's mean/std), ``inception`` (mean 0.5, std 0.5 per channel),
    ``self`` (per-image per-channel z-score as in Dino4Cells: (x - mean) / (std + 1e-7), population
-   std, so an all-zero input channel stays zero) or ``none``.
+   std, so an all-zero input channel stays zero), ``min-max`` (per image over all input channels
+   jointly: (x - min) / (max - min + 1e-6), as SubCell scales its input) or ``none``.
 
 The rule parsers live in :mod:`ocbench.backbones.specs`; torch is imported inside the tensor functions.
 """
@@ -38,7 +42,15 @@ PREPROCESS_VERSION = 1
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: Per-channel (mean, std) of the named normalizations (the same numbers for every input channel
+#: when one value is given).
+MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "inception": ((0.5,), (0.5,)),
+}
 SELF_NORM_EPS = 1e-7
+MIN_MAX_EPS = 1e-6
 
 
 def preprocess_key(card: BackboneCard) -> str:
@@ -56,10 +68,18 @@ def describe_preprocess(card: BackboneCard) -> str:
     else:
         first = "counts / 65535"
     resize = parse_resize(card.resize)
-    second = "native size (no resize)" if resize[0] == "none" else f"{resize[0]} to {resize[1]} px"
+    if resize[0] == "none":
+        second = "native size (no resize)"
+    elif resize[0] == "fit":
+        second = f"resize each side to the nearest multiple of {resize[1]} px"
+    else:
+        second = f"{resize[0]} to {resize[1]} px"
     third = {
         "imagenet": "ImageNet mean/std",
+        "clip": "OpenAI CLIP mean/std",
+        "inception": "mean 0.5, std 0.5",
         "self": "per-image per-channel z-score (self-normalization)",
+        "min-max": "per-image min-max over all input channels jointly",
         "none": "no normalization",
     }[card.normalization]
     return f"{first}; {second}; channel adapter (unused inputs zero); {third}"
@@ -138,6 +158,12 @@ def resize_images(x: "torch.Tensor", policy: str) -> "torch.Tensor":
     if parsed[0] == "none":
         return x
     size = parsed[1]
+    if parsed[0] == "fit":
+        h, w = x.shape[-2:]
+        target = tuple(max(size, round(side / size) * size) for side in (h, w))
+        if target == (h, w):
+            return x
+        return F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=True)
     if parsed[0] == "resize":
         if x.shape[-2:] == (size, size):
             return x
@@ -155,10 +181,15 @@ def normalize(x: "torch.Tensor", normalization: str) -> "torch.Tensor":
 
     if normalization == "none":
         return x
-    if normalization == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    if normalization in MEAN_STD:
+        mean, std = MEAN_STD[normalization]
+        mean = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
+    if normalization == "min-max":
+        low = x.amin(dim=(-3, -2, -1), keepdim=True)
+        high = x.amax(dim=(-3, -2, -1), keepdim=True)
+        return (x - low) / (high - low + MIN_MAX_EPS)
     if normalization == "self":
         mean = x.mean(dim=(-2, -1), keepdim=True)
         std = x.std(dim=(-2, -1), keepdim=True, unbiased=False)

@@ -69,6 +69,8 @@ from ocbench.paths import cache_dir as default_cache_dir
 __all__ = [
     "ResolvedWeights",
     "resolve_weights",
+    "hub_file",
+    "local_folder",
     "weights_dir",
     "UNVERIFIED_NOTE",
     # the layout helpers, re-exported for callers that used them from here
@@ -232,6 +234,15 @@ def _quiet_hub_logging() -> Iterator[None]:
 
 
 def _resolve_hf_hub(card: BackboneCard, repo_id: str, revision: str | None) -> tuple[Path, str | None]:
+    return hub_file(f"card {card.name!r}", repo_id, revision, WEIGHTS_FILENAME)
+
+
+def hub_file(label: str, repo_id: str, revision: str | None, filename: str) -> tuple[Path, str | None]:
+    """``filename`` of a Hub repo through huggingface_hub's cache -> (local path, resolved commit).
+
+    ``label`` starts every error message (e.g. ``card 'x'``). Offline, or with the Hub out of reach,
+    only the cache is used; failures are one-line ConfigErrors that name the Hub and what to do.
+    """
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.utils import (
         EntryNotFoundError,
@@ -244,12 +255,12 @@ def _resolve_hf_hub(card: BackboneCard, repo_id: str, revision: str | None) -> t
 
     revision = revision or ""
     repo_ref = f"{repo_id}@{revision}" if revision else repo_id
-    where = f"card {card.name!r}: hf-hub:{repo_ref}"
+    where = f"{label}: hf-hub:{repo_ref}"
     offline = offline_mode()
     unreachable = None  # the address that refused us, when the quick probe failed
     try:
         pinned_and_cached = bool(_COMMIT_SHA.fullmatch(revision)) and isinstance(
-            try_to_load_from_cache(repo_id, WEIGHTS_FILENAME, cache_dir=_hf_cache_dir(), revision=revision), str
+            try_to_load_from_cache(repo_id, filename, cache_dir=_hf_cache_dir(), revision=revision), str
         )
         if not offline and not pinned_and_cached:  # a pinned cached file needs no network at all
             reachable, address = _hub_reachable()
@@ -257,7 +268,7 @@ def _resolve_hf_hub(card: BackboneCard, repo_id: str, revision: str | None) -> t
         with _quiet_hub_logging():
             found = hf_hub_download(
                 repo_id,
-                WEIGHTS_FILENAME,
+                filename,
                 revision=revision or None,
                 cache_dir=_hf_cache_dir(),
                 local_files_only=offline or unreachable is not None,
@@ -266,9 +277,10 @@ def _resolve_hf_hub(card: BackboneCard, repo_id: str, revision: str | None) -> t
             )
     except LocalEntryNotFoundError as exc:
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub" + (f" ({unreachable})" if unreachable else "") + " could not be reached"
-        command = f"hf download {repo_id} {WEIGHTS_FILENAME}" + (f" --revision {revision}" if revision else "")
+        command = f"hf download {repo_id} {filename}" + (f" --revision {revision}" if revision else "")
         raise ConfigError(
-            f"{where}: {WEIGHTS_FILENAME} is not in the Hugging Face cache and {why}; connect once, or pre-fill the cache "
+            f"{where}: {filename} is not in the Hugging Face cache and {why}; connect once to the Hugging Face Hub, "
+            "or pre-fill the cache "
             f"(`{command}` on a connected machine, then copy HF_HUB_CACHE)"
         ) from exc
     except GatedRepoError as exc:
@@ -278,12 +290,14 @@ def _resolve_hf_hub(card: BackboneCard, repo_id: str, revision: str | None) -> t
     except RevisionNotFoundError as exc:
         raise ConfigError(f"{where}: revision {revision!r} not found; fix the @revision in the card source") from exc
     except EntryNotFoundError as exc:
+        if filename != WEIGHTS_FILENAME:
+            raise ConfigError(f"{where}: the repository has no {filename}; is it a timm-format model repository?") from exc
         raise ConfigError(
             f"{where}: the repository has no {WEIGHTS_FILENAME}; ocbench loads weights only from safetensors "
             "(convert with `ocbench backbones import` and push with `ocbench backbones push`)"
         ) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise ConfigError(f"{where}: could not fetch {WEIGHTS_FILENAME} ({first_line(exc)}); check the network or pre-fill the cache") from exc
+        raise ConfigError(f"{where}: could not fetch {filename} ({first_line(exc)}); check the network or pre-fill the cache") from exc
     path = Path(found)
     # hf_hub_download returns <cache>/models--org--name/snapshots/<commit sha>/<file>.
     snapshot = path.parent
@@ -321,10 +335,18 @@ def _resolve_url(card: BackboneCard, root: Path, progress: bool) -> tuple[Path, 
 # ---------------------------------------------------------------------------------------- local
 
 
-def _resolve_local(card: BackboneCard, location: str, root: Path) -> Path:
+def local_folder(location: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``local:<location>`` points: a bare relative name is a folder under ``<cache>/weights/``;
+    an absolute path or one starting with ``~`` or ``.`` is used as it is."""
     path = Path(location).expanduser()
     if not (path.is_absolute() or location.startswith((".", "~"))):
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         path = root / "weights" / location
+    return path
+
+
+def _resolve_local(card: BackboneCard, location: str, root: Path) -> Path:
+    path = local_folder(location, root)
     if path.is_file() and path.suffix == ".safetensors":
         return path
     weights = path / WEIGHTS_FILENAME

@@ -31,8 +31,9 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # Weights source
 
-#: Source prefixes a card may use. ``builtin:`` needs no download (classical baseline, random init).
-SOURCE_KINDS: tuple[str, ...] = ("hf-hub", "timm", "url", "local", "builtin")
+#: Source prefixes a card may use. ``builtin:`` needs no download (classical baseline, random init);
+#: ``memory:`` is a model handed to ``ocbench.evaluate`` in this process (never in a registered card).
+SOURCE_KINDS: tuple[str, ...] = ("hf-hub", "timm", "url", "local", "builtin", "memory")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -107,13 +108,15 @@ def parse_intensity(rule: str) -> tuple:
 
 
 def parse_resize(policy: str) -> tuple:
-    """``("none",)``, ``("resize", size)`` or ``("center-crop", size)``; ConfigError otherwise."""
+    """``("none",)``, ``("resize", size)``, ``("center-crop", size)`` or ``("fit", multiple)``;
+    ConfigError otherwise. ``fit-<P>`` resizes each side to the nearest multiple of P (ViTs whose
+    patch size does not divide the image: OpenCell's 600 px becomes 602 px for patch 14)."""
     if policy == "none":
         return ("none",)
-    match = re.fullmatch(r"(resize|center-crop)-(\d+)", str(policy))
+    match = re.fullmatch(r"(resize|center-crop|fit)-(\d+)", str(policy))
     if match and int(match.group(2)) > 0:
         return (match.group(1), int(match.group(2)))
-    raise ConfigError(f"resize policy '{policy}' is not one of: none, resize-<size>, center-crop-<size>")
+    raise ConfigError(f"resize policy '{policy}' is not one of: none, resize-<size>, center-crop-<size>, fit-<multiple>")
 
 
 # ------------------------------------------------------------------------------------------------

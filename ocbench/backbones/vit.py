@@ -51,12 +51,15 @@ def build_vit(
     card_or_arch: BackboneCard | str,
     arch_kwargs: Mapping[str, Any] | None = None,
     in_chans: int | None = None,
+    *,
+    dynamic_img_size: bool | None = False,
 ) -> nn.Module:
     """Build a randomly initialised timm ViT without a classifier head.
 
     ``card_or_arch`` is a backbone card (its ``arch``, ``arch_kwargs`` and ``in_chans`` are used)
     or a timm model name; ``arch_kwargs``/``in_chans`` given here override the card's. Weights are
     never downloaded here (``pretrained=False``): they come from safetensors via ``sources``.
+    ``dynamic_img_size``: passed to timm (None: not passed, for architectures without it, e.g. CNNs).
     """
     import timm
 
@@ -81,7 +84,9 @@ def build_vit(
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(f"{label}: timm has no architecture {arch!r}{hint}")
     # dynamic_img_size=False: keep timm's fixed-size pos_embed; vit_cls_features resizes it DINO's way.
-    kwargs.update(pretrained=False, num_classes=0, in_chans=chans, dynamic_img_size=False)
+    kwargs.update(pretrained=False, num_classes=0, in_chans=chans)
+    if dynamic_img_size is not None:
+        kwargs["dynamic_img_size"] = dynamic_img_size
     try:
         model = timm.create_model(arch, **kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
@@ -145,7 +150,7 @@ def dino_interpolate_pos_embed(pos_embed: torch.Tensor, height: int, width: int,
     return torch.cat((class_pos, resized), dim=1)
 
 
-def _check_supported(model: nn.Module) -> None:
+def _plain_vit_reasons(model: nn.Module) -> list[str]:
     reasons = []
     if getattr(model, "cls_token", None) is None:
         reasons.append("no class token")
@@ -155,6 +160,19 @@ def _check_supported(model: nn.Module) -> None:
         reasons.append("no_embed_class=True")
     if getattr(model, "pos_embed", None) is None:
         reasons.append("no absolute position embedding")
+    if getattr(model, "patch_embed", None) is None or getattr(model, "blocks", None) is None:
+        reasons.append("no patch embedding and blocks")
+    return reasons
+
+
+def is_plain_vit(model: nn.Module) -> bool:
+    """A timm ViT whose CLS features :func:`vit_cls_features` computes (class token, absolute
+    position embedding, no register tokens)."""
+    return not _plain_vit_reasons(model)
+
+
+def _check_supported(model: nn.Module) -> None:
+    reasons = _plain_vit_reasons(model)
     if reasons:
         raise ConfigError(f"{type(model).__name__}: DINO-style CLS features need a plain ViT ({', '.join(reasons)})")
 
@@ -205,3 +223,41 @@ class ViTCLSFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return vit_cls_features(self.vit, x, self.patch_size)
+
+
+class TimmPooledFeatures(nn.Module):
+    """Features of timm models that are not plain ViTs (register tokens, RoPE ViTs such as DINOv3's
+    Eva, CNNs): timm's own ``forward_features`` then the pooling of ``forward_head(pre_logits=True)``
+    (the model's ``global_pool``: the class token for ``"token"``, the mean of patch tokens for
+    ``"avg"``). ViTs are built with ``dynamic_img_size=True``, so timm resizes (or, for RoPE,
+    recomputes) position encodings for the input size."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.feature_dim = int(model.num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+def build_features(card: BackboneCard) -> tuple[nn.Module, nn.Module]:
+    """``(features module, the timm model to load weights into)`` for a timm card: DINO-style CLS
+    features (:class:`ViTCLSFeatures`) for plain ViTs, :class:`TimmPooledFeatures` otherwise."""
+    with torch.device("meta"):  # which kind of model: no memory, no init
+        probe = build_vit(card, dynamic_img_size=None)
+    if is_plain_vit(probe):
+        vit = build_vit(card)
+        return ViTCLSFeatures(vit), vit
+    dynamic = True if getattr(probe, "patch_embed", None) is not None else None
+    model = build_vit(card, dynamic_img_size=dynamic)
+    return TimmPooledFeatures(model), model
+
+
+def drop_unused_classifier(model: nn.Module, state: dict) -> dict:
+    """A published checkpoint's classifier (timm's pretrained ``classifier``, e.g. ``head`` or CLIP's
+    projection) when the model was built without one (``num_classes=0``): features are taken before it."""
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    prefixes = tuple(f"{name}." for name in ((classifier,) if isinstance(classifier, str) else classifier))
+    keys = set(model.state_dict())
+    return {k: v for k, v in state.items() if k in keys or not k.startswith(prefixes)}

@@ -136,7 +136,7 @@ def resolve_cells(specs: Sequence[RunSpec], dataset_card: Any) -> list[Cell]:
     the last cell does not surface after an hour of work on the first ones.
     """
     from ocbench.backbones.adapters import parse_channels
-    from ocbench.backbones.cards import get_card
+    from ocbench.backbones.derive import resolve_backbone
     from ocbench.benchmark.splits import TRACKS
     from ocbench.tasks import get_task_class
 
@@ -146,7 +146,7 @@ def resolve_cells(specs: Sequence[RunSpec], dataset_card: Any) -> list[Cell]:
     cells = []
     for spec in specs:
         if spec.backbone not in cards:
-            cards[spec.backbone] = get_card(spec.backbone)
+            cards[spec.backbone] = resolve_backbone(spec.backbone)
         card = cards[spec.backbone]
         if (spec.backbone, spec.channels) not in adapters:
             adapters[(spec.backbone, spec.channels)] = parse_channels(spec.channels, card, dataset_card.channel_names)
@@ -254,8 +254,15 @@ def _dataset_block(dataset: Any) -> dict[str, Any]:
     }
 
 
-def _backbone_block(cell: Cell) -> dict[str, Any]:
+def _backbone_block(cell: Cell, dataset_card: Any = None) -> dict[str, Any]:
+    from ocbench.backbones.provenance import not_zero_shot_reasons
+    from ocbench.benchmark.entry import BackboneInfo
+
     ident = cell.identity
+    # not_zero_shot: why the backbone is not zero-shot on this dataset ([] when it is); written once
+    # the entry schema has the field
+    zero_shot = {"not_zero_shot": not_zero_shot_reasons(cell.card, dataset_card)} if (
+        dataset_card is not None and "not_zero_shot" in BackboneInfo.model_fields) else {}
     return {
         "name": cell.card.name,
         "source": cell.card.source,
@@ -265,6 +272,7 @@ def _backbone_block(cell: Cell) -> dict[str, Any]:
         "revision": ident.revision,
         "weights_verified": getattr(ident, "weights_verified", None),
         "weights_note": getattr(ident, "weights_note", None),
+        **zero_shot,
     }
 
 
@@ -274,7 +282,7 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
     The same run means the same card, weights (sha256 and revision: converted, imported or
     fine-tuned weights change under the same card name), protocol, settings, seed, data and split.
     """
-    backbone_now = _backbone_block(cell)
+    backbone_now = _backbone_block(cell, dataset.card)
     differences = [
         what
         for what, have, want in (
@@ -380,7 +388,7 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
         task=cell.task,
         overrides=cell.overrides,
         off_protocol_reasons=off_protocol_reasons(cell, dataset),
-        backbone=_backbone_block(cell),
+        backbone=_backbone_block(cell, dataset.card),
         channels=cell.adapter.to_dict(),
         dataset=_dataset_block(dataset),
         split={"track": split.track, "seed": split.seed, "sha256": split.sha256},
