@@ -311,3 +311,15 @@ def test_bad_seed_lists_are_one_line(env, tmp_path, seeds):
     result = run(["--backbone", "classical-stats", "--seed", seeds], tmp_path / "res")
     assert result.exit_code == 2 and "Traceback" not in result.output and "--seed" in result.output
     assert not (tmp_path / "res").exists()
+
+
+def test_entry_from_before_a_card_field_existed_is_still_reused(env, tmp_path):
+    out = tmp_path / "res"
+    assert run(["--backbone", "classical-stats", *FAST], out).exit_code == 0
+    [path] = sorted(out.glob("*.json"))
+    data = json.loads(path.read_text())
+    for later_field in ("training_datasets", "supervision"):  # fields newer ocbench versions added to cards
+        del data["backbone"]["card"][later_field]
+    path.write_text(json.dumps(data))
+    again = run(["--backbone", "classical-stats", *FAST], out)
+    assert again.exit_code == 0 and "skipped (exists)" in again.output, again.output

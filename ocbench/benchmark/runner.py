@@ -256,13 +256,10 @@ def _dataset_block(dataset: Any) -> dict[str, Any]:
 
 def _backbone_block(cell: Cell, dataset_card: Any = None) -> dict[str, Any]:
     from ocbench.backbones.provenance import not_zero_shot_reasons
-    from ocbench.benchmark.entry import BackboneInfo
 
     ident = cell.identity
-    # not_zero_shot: why the backbone is not zero-shot on this dataset ([] when it is); written once
-    # the entry schema has the field
-    zero_shot = {"not_zero_shot": not_zero_shot_reasons(cell.card, dataset_card)} if (
-        dataset_card is not None and "not_zero_shot" in BackboneInfo.model_fields) else {}
+    # not_zero_shot: why the backbone is not zero-shot on this dataset ([] when it is)
+    zero_shot = {"not_zero_shot": not_zero_shot_reasons(cell.card, dataset_card)} if dataset_card is not None else {}
     return {
         "name": cell.card.name,
         "source": cell.card.source,
@@ -286,7 +283,9 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
     differences = [
         what
         for what, have, want in (
-            ("backbone card", existing.backbone.card, backbone_now["card"]),
+            # Fields a later ocbench added to cards (absent from the older entry) are not a difference.
+            ("backbone card", existing.backbone.card, {k: v for k, v in backbone_now["card"].items()
+                                                       if existing.backbone.card is None or k in existing.backbone.card}),
             ("weights (sha256)", existing.backbone.weights_sha256, backbone_now["weights_sha256"]),
             ("weights revision", existing.backbone.revision, backbone_now["revision"]),
             ("protocol version", existing.protocol_version, cell.task.protocol_version),
