@@ -322,6 +322,13 @@ class Timings(_Strict):
     peak_host_memory_gib: float | None = Field(default=None, ge=0, description="peak resident memory of the process, GiB")
     peak_device_memory_gib: float | None = Field(default=None, ge=0, description="peak GPU memory allocated by torch, GiB")
 
+    @property
+    def device_seconds_per_1000(self) -> float | None:
+        """Extraction cost: wall time x processes per 1,000 items (None when not recorded)."""
+        if not self.extraction_s or not self.extraction_items:
+            return None
+        return 1000.0 * self.extraction_s * (self.extraction_processes or 1) / self.extraction_items
+
 
 def entry_key(backbone: str, channels_key: str, task: str, track: str, seed: int = 0) -> str:
     """The entry's key and file stem: ``<backbone>__<channels>__<task>__<track>``, with

@@ -428,6 +428,9 @@ def _cost(meta: dict) -> dict[str, Any]:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         cost["peak_device_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        device = str(cost["extraction_device"] or "")
+        if device.startswith("cuda") and not meta.get("cache_hit"):  # a cached extraction ran elsewhere maybe
+            cost["extraction_device"] = f"{device} ({torch.cuda.get_device_name(device)})"
     return cost
 
 

@@ -100,8 +100,27 @@ def columns_of(table: Table) -> list[Column]:
         *([Column("test", f"{table.test_label} (mean ± std, n)", True)] if has_test else []),
         *([Column("interval", table.interval_label, True)] if table.interval_label else []),
         *([Column("paper", "paper reported", True)] if has_paper else []),
+        *([Column("cost", COST_HEADER, True)] if any(_cost(r) for r in table.rows) else []),
         Column("notes", "notes", False),
     ]
+
+
+#: What the cost column holds: so users can weigh a score against the compute it takes.
+COST_HEADER = "extraction cost (device-s per 1k images)"
+
+
+def _cost(row: Row) -> tuple[float, str] | None:
+    """Device-seconds per 1,000 items of the row's extraction, and on what, when the entry recorded it."""
+    e = row.entry.entry if row.entry else None
+    if e is None or e.timings.device_seconds_per_1000 is None:
+        return None
+    t = e.timings
+    where = t.extraction_device or e.environment.device
+    if e.environment.precision != "fp32":
+        where += f", {e.environment.precision}"
+    if (t.extraction_processes or 1) > 1:
+        where += f", {t.extraction_processes} processes"
+    return t.device_seconds_per_1000, where
 
 
 def cell(row: Row, column: Column) -> tuple[str, Any]:
@@ -129,6 +148,9 @@ def cell(row: Row, column: Column) -> tuple[str, Any]:
         if r is None or r.mean is None:
             return "", None
         return fmt_score(Score(r.mean, r.std, r.n), with_n=False), r.mean
+    if cid == "cost":
+        cost = _cost(row)
+        return (f"{cost[0]:.3g} s ({cost[1]})", cost[0]) if cost else ("", None)
     if cid == "notes":
         return row.notes, row.notes
     if cid.startswith("k") and cid[1:].isdigit():
@@ -262,6 +284,9 @@ def seed_cell(row: SeedRow, column: Column) -> tuple[str, Any]:
         return " ".join(f"{v:.3f}" for v in row.means), None
     if cid == "test":
         return (f"{row.test_mean:.3f}", row.test_mean) if row.test_mean is not None else ("", None)
+    if cid == "cost":
+        cost = _cost(row)
+        return (f"{cost[0]:.3g} s ({cost[1]})", cost[0]) if cost else ("", None)
     if cid == "notes":
         return row.notes, row.notes
     raise KeyError(cid)
@@ -398,6 +423,12 @@ def board_dataframe(board: Board):
                 "off_protocol_reasons": json.dumps(e.off_protocol_reasons) if e else "",
                 "overrides": json.dumps(e.overrides, sort_keys=True) if e else "",
                 "precision": e.environment.precision if e else "",
+                "cost_device_s_per_1000": e.timings.device_seconds_per_1000 if e else None,
+                "extraction_device": (e.timings.extraction_device or "") if e else "",
+                "extraction_processes": e.timings.extraction_processes if e else None,
+                "extraction_images_per_s": e.timings.extraction_images_per_s if e else None,
+                "peak_host_memory_gib": e.timings.peak_host_memory_gib if e else None,
+                "peak_device_memory_gib": e.timings.peak_device_memory_gib if e else None,
                 "weights_verified": ("" if e.backbone.weights_verified is None else e.backbone.weights_verified) if e else "",
                 "notes": row.notes,
                 "entry_file": f"entries/{row.board_file}" if row.board_file else "",
