@@ -449,8 +449,6 @@ def train_dino(
     (tests stop a run early to resume it). ``precision``: "fp32" or "bf16" (CUDA autocast).
     Under ``torch.distributed`` (torchrun) each process runs this with its own device.
     """
-    import torch.distributed as dist
-
     started = time.perf_counter()
     dev = torch.device(device)
     rank, world = _world()
@@ -465,9 +463,24 @@ def train_dino(
     if precision not in ("fp32", "bf16") or (precision == "bf16" and dev.type != "cuda"):
         raise ConfigError(f"precision {precision!r}: use fp32, or bf16 on CUDA")
 
+    # The run owns its random stream (head init, drop path): seeded here, saved in checkpoints,
+    # and the caller's global RNG state is given back afterwards.
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _train(cfg, student_vit, teacher_vit, data, seed=seed, dev=dev, rank=rank, world=world, n=n, steps=steps,
+                      checkpoint=checkpoint, resume=resume, run_identity=run_identity, num_workers=num_workers,
+                      precision=precision, on_epoch=on_epoch, on_step=on_step, stop_after_epoch=stop_after_epoch,
+                      started=started)
+
+
+def _train(cfg, student_vit, teacher_vit, data, *, seed, dev, rank, world, n, steps, checkpoint, resume, run_identity,
+           num_workers, precision, on_epoch, on_step, stop_after_epoch, started) -> TrainResult:
+    import torch.distributed as dist
+
     in_dim = int(student_vit.num_features)
     student = MultiCropNet(student_vit, build_head(in_dim, cfg)).to(dev)
     teacher = MultiCropNet(teacher_vit, build_head(in_dim, cfg)).to(dev)
+    torch.manual_seed(seed + 1 + rank)  # drop-path masks: a stream of its own per process
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
