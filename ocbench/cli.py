@@ -303,14 +303,24 @@ def finetune(backbone, from_scratch, channels, epochs, fraction, resume, track, 
       ocbench finetune --from-scratch vit_small_patch8 --dataset opencell
       ocbench finetune --backbone tiny-vit-random --dataset demo --epochs 2 --set global_crop_size=64 --set local_crop_size=32
     """
-    from ocbench.tasks.finetune import finetune_command
+    from ocbench.backbones.adapters import parse_channels
+    from ocbench.backbones.cards import get_card
+    from ocbench.benchmark.runner import RunOptions, split_for
+    from ocbench.data.cards import dataset_card_for
+    from ocbench.tasks import get_task
+    from ocbench.tasks.finetune import finetune_command, scratch_card
 
     if (backbone is None) == (from_scratch is None):
         raise click.UsageError("give exactly one of --backbone NAME or --from-scratch ARCH")
     settings = [*overrides, *([f"epochs={epochs}"] if epochs else []), *([f"fraction={fraction}"] if fraction else [])]
+    get_task("finetune").with_overrides(settings)  # settings checked before the data is opened
+    dataset_card = dataset_card_for(dataset)
+    base = get_card(backbone) if backbone else scratch_card(from_scratch, dataset_card, seed)
+    adapter = parse_channels(channels, base, dataset_card.channel_names)
+    ds = _open_dataset(dataset, annotations, min_grade)
+    split = split_for(ds, track, RunOptions(output_dir=Path("."), seed=seed, split_file=Path(split_file) if split_file else None))
     outcome = finetune_command(
-        backbone=backbone, from_scratch=from_scratch, channels=channels, overrides=settings, dataset=dataset,
-        annotations=annotations, min_grade=min_grade, track=track, split_file=split_file, seed=seed, device=device,
+        base=base, adapter=adapter, dataset=ds, split=split, overrides=settings, seed=seed, device=device,
         workers=workers, precision=precision, resume=resume, threads=threads or _available_cores(),
     )
     if outcome is None:  # not rank 0 of a distributed run

@@ -485,35 +485,24 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 
 
 def finetune_command(
-    *, backbone: str | None, from_scratch: str | None, channels: str | None, overrides: Sequence[str], dataset: str,
-    annotations: str | None, min_grade: int, track: str, split_file: str | None, seed: int, device: str,
+    *, base: Any, adapter: Any, dataset: Any, split: Any, overrides: Sequence[str], seed: int, device: str,
     workers: int, precision: str, resume: bool, threads: int | None = None,
 ) -> FineTuneOutcome | None:
-    """What ``ocbench finetune`` does; returns None on processes other than rank 0."""
+    """What ``ocbench finetune`` does once names are resolved; returns None on processes other than rank 0."""
     import torch
 
-    from ocbench.backbones.adapters import parse_channels
-    from ocbench.backbones.cards import get_card
     from ocbench.backbones.loader import resolve_device
-    from ocbench.benchmark.runner import RunOptions, split_for
-    from ocbench.data.cards import dataset_card_for, open_dataset
     from ocbench.tasks.context import Progress
     from ocbench.tasks.dino_ssl import _world
 
     cfg, _ = FineTune().with_overrides(overrides)
-    dataset_card = dataset_card_for(dataset)
-    base = get_card(backbone) if backbone else scratch_card(from_scratch, dataset_card, seed)
-    adapter = parse_channels(channels, base, dataset_card.channel_names)
     device, distributed = _init_distributed(device)
     if threads:
         torch.set_num_threads(threads)
     try:
-        ds = open_dataset(dataset, annotations=annotations, min_grade=min_grade)
-        options = RunOptions(output_dir=Path("."), seed=seed, split_file=Path(split_file) if split_file else None)
-        split = split_for(ds, track, options)
         rank = _world()[0]
         outcome = finetune_backbone(
-            base, adapter, ds, split, cfg, seed=seed, device=str(resolve_device(device)), resume=resume,
+            base, adapter, dataset, split, cfg, seed=seed, device=str(resolve_device(device)), resume=resume,
             num_workers=workers, precision=precision, progress=Progress(rank == 0),
         )
         return outcome if rank == 0 else None
