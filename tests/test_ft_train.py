@@ -142,3 +142,17 @@ def test_finetune_command_bad_input_is_one_line(demo, args, fragment):
     ds, _ = demo
     result = CliRunner().invoke(cli, ["finetune", "--dataset", str(ds.root), "--workers", "0", *args])
     assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
+
+
+def test_fraction_sweep_gives_one_entry_per_fraction(demo, module_cache, tmp_path):
+    from ocbench.benchmark.entry import load_entry
+
+    ds, _ = demo
+    settings = [s for s in TINY_SET if not s.startswith(("fraction", "epochs", "probe_epochs"))]
+    settings += ["fraction=0.2,0.3", "epochs=1", "probe_epochs=5"]
+    result = CliRunner().invoke(cli, ["run", "--backbone", "tiny-vit-random", "--task", "finetune", "--dataset", str(ds.root),
+                                      "--output", str(tmp_path), "--threads", "1", *[a for s in settings for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    entries = sorted((load_entry(p) for p in tmp_path.glob("*.json")), key=lambda e: e.task_config["fraction"])
+    assert [e.task_config["fraction"] for e in entries] == [0.2, 0.3]
+    assert entries[0].backbone.name != entries[1].backbone.name and "-f0.2-" in entries[0].backbone.name

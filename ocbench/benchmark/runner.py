@@ -116,11 +116,40 @@ def expand_grid(
     tracks: Sequence[str],
     overrides: Sequence[str] = (),
 ) -> list[RunSpec]:
-    """Every combination, backbone-major (one model load and extraction per backbone/adapter)."""
+    """Every combination, backbone-major (one model load and extraction per backbone/adapter).
+
+    A comma list given to a setting that takes one value (``--set fraction=0.2,0.4,1.0``) is a
+    sweep: one cell per value (per combination of values when several settings are swept).
+    """
     return [
-        RunSpec(backbone=b, task=t, channels=c, track=tr, overrides=tuple(overrides))
+        RunSpec(backbone=b, task=t, channels=c, track=tr, overrides=swept)
         for b, c, tr, t in itertools.product(backbones, channels or [None], tracks, tasks)
+        for swept in _swept_overrides(t, overrides)
     ]
+
+
+def _swept_overrides(task: str, overrides: Sequence[str]) -> list[tuple[str, ...]]:
+    import typing
+
+    from ocbench.tasks import get_task_class
+
+    try:
+        hints = typing.get_type_hints(get_task_class(task))
+    except ConfigError:  # an unknown task name is reported (with a did-you-mean) by resolve_cells
+        return [tuple(overrides)]
+
+    def takes_many(hint: Any) -> bool:
+        return typing.get_origin(hint) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(hint))
+
+    choices = []
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        hint = hints.get(key.strip())
+        if sep and hint is not None and "," in raw and not takes_many(hint):
+            choices.append([f"{key.strip()}={value.strip()}" for value in raw.split(",") if value.strip()])
+        else:
+            choices.append([item])
+    return [tuple(combination) for combination in itertools.product(*choices)]
 
 
 # ---------------------------------------------------------------------------------------------
