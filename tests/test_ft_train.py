@@ -156,3 +156,18 @@ def test_fraction_sweep_gives_one_entry_per_fraction(demo, module_cache, tmp_pat
     entries = sorted((load_entry(p) for p in tmp_path.glob("*.json")), key=lambda e: e.task_config["fraction"])
     assert [e.task_config["fraction"] for e in entries] == [0.2, 0.3]
     assert entries[0].backbone.name != entries[1].backbone.name and "-f0.2-" in entries[0].backbone.name
+
+
+def test_finetune_command_reports_progress_and_writes_the_loss_curve(demo, module_cache):
+    ds, _ = demo
+    settings = [s for s in TINY_SET if not s.startswith(("epochs", "probe_epochs", "fraction"))]
+    args = ["finetune", "--backbone", "tiny-vit-random", "--dataset", str(ds.root), "--epochs", "2", "--fraction", "0.25",
+            "--workers", "1", "--threads", "1", *[a for s in settings for a in ("--set", s)]]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    for fragment in ("epoch 2/2 loss", " lr ", "images/s", "ETA", "trained: tiny-vit-random.dino-demo-f0.25-"):
+        assert fragment in result.output
+    curve = result.output.split("loss curve: ")[1].split()[0]
+    assert open(curve, "rb").read(4) == b"\x89PNG"
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and "already trained" in again.output

@@ -346,8 +346,12 @@ def finetune_backbone(
         )
 
     dev = torch.device(device)
-    rank, _ = _world()
+    rank, world = _world()
+    if world > 1 and rank != 0:  # rank 0 fetches or converts the base weights first; the others then read them
+        torch.distributed.barrier()
     loaded = load_backbone(base, device="cpu", cache_dir=cache_dir)
+    if world > 1 and rank == 0:
+        torch.distributed.barrier()
     state = loaded.model.vit.state_dict()
     with torch.random.fork_rng(devices=[]):
         student = build_vit(base, {"drop_path_rate": cfg.drop_path_rate})
@@ -427,10 +431,6 @@ class FineTune(DinoConfig, TaskConfig):
         DinoConfig.__post_init__(self)
         if isinstance(self.probe_epochs, bool) or not isinstance(self.probe_epochs, int) or not 1 <= self.probe_epochs <= 100_000:
             raise ConfigError(f"task {self.name}: probe_epochs must be an integer in [1, 100000], got {self.probe_epochs!r}")
-
-    def validate_for(self, dataset_card: Any) -> None:
-        if len(dataset_card.channel_names) < 1:
-            raise ConfigError(f"task {self.name}: dataset {dataset_card.name} has no channels")
 
     def derived_backbone(self, card: Any, adapter: Any, dataset: Any, split: Any, seed: int) -> Any:
         """The card the entry will record (the runner asks before any work, for the entry's key)."""
