@@ -8,6 +8,11 @@ the backbone is loaded only on a cache miss), ``context.dataset`` for images and
 ``context.inputs`` so the entry records it (weights sha256 and revision, precision, extraction
 time, cache hit), whichever kind of input the task used.
 
+A task that scores another backbone than the one it was given (``finetune`` trains one from it)
+embeds through ``context.with_backbone(card)``; the runner then records that card as the entry's
+backbone (the task names it beforehand through ``derived_backbone``, so the entry's key is known
+before any work).
+
 No torch here: the embedding function is the runner's.
 """
 
