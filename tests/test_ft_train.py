@@ -171,3 +171,10 @@ def test_finetune_command_reports_progress_and_writes_the_loss_curve(demo, modul
     assert open(curve, "rb").read(4) == b"\x89PNG"
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0 and "already trained" in again.output
+
+
+def test_dataloader_workers_do_not_change_the_result(demo, tmp_path):
+    plain = tiny_run(demo, tmp_path / "w0", cfg={"epochs": 1}, num_workers=0)
+    workers = tiny_run(demo, tmp_path / "w2", cfg={"epochs": 1}, num_workers=2)
+    a, b = load_file(plain.folder / "model.safetensors"), load_file(workers.folder / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
