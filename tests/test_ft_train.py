@@ -178,3 +178,22 @@ def test_dataloader_workers_do_not_change_the_result(demo, tmp_path):
     workers = tiny_run(demo, tmp_path / "w2", cfg={"epochs": 1}, num_workers=2)
     a, b = load_file(plain.folder / "model.safetensors"), load_file(workers.folder / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_from_scratch_on_opencell_produces_the_zoo_cards_weights():
+    from types import SimpleNamespace
+
+    from ocbench.data.cards import OPENCELL
+    from ocbench.tasks.finetune import derived_card, scratch_card
+
+    split = SimpleNamespace(sha256="0" * 64, track="paper")
+    for arch, zoo in (("vit_small_patch8", "opencell-dino-vits8"), ("vit_base_patch8", "opencell-dino-vitb8")):
+        base = scratch_card(arch, OPENCELL)
+        adapter = parse_channels(None, base, OPENCELL.channel_names)
+        for name, expected in (("opencell", zoo), ("demo", None)):
+            card = derived_card(base, adapter, FineTune(), SimpleNamespace(name=name, version="v1"), split, 0)
+            if expected:
+                assert card.name == expected and card.source == f"local:{zoo}" and card.training_datasets == ("OpenCell",)
+                assert card.arch == get_card(zoo).arch and card.feature_dim == get_card(zoo).feature_dim
+            else:  # other data never takes the OpenCell card's name
+                assert card.name.startswith(f"scratch-{arch}_224.dino-demo-f1-")

@@ -332,7 +332,10 @@ def finetune_backbone(
         raise ConfigError(f"finetune trains ViT backbones; {base.name} is a {base.arch}")
     card = derived_card(base, adapter, cfg, dataset, split, seed)
     folder = folder_for(card.name, cache_dir)
-    run_dir = Path(cache_dir if cache_dir is not None else default_cache()) / "finetune" / card.name
+    digest = json.loads(card.notes)["run_hash"]
+    # A zoo card's name (from scratch on OpenCell) carries no settings hash: the run folder must.
+    run_key = card.name if digest in card.name else f"{card.name}-{digest}"
+    run_dir = Path(cache_dir if cache_dir is not None else default_cache()) / "finetune" / run_key
     indices = train_indices(dataset, split, cfg.fraction, seed)
     if _finished(folder, card):
         history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
