@@ -1,5 +1,6 @@
 """DINO pieces against their definitions: loss, centre, EMA, schedules, head, clipping, augmentations."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -202,3 +203,18 @@ def test_crop_dataset_refuses_test_fovs():
     ok = CropDataset(Data(), [0, 1], card, adapter, DinoConfig(global_crop_size=16, local_crop_size=8, local_crops=1), 0,
                      forbidden_ids=["c"])
     assert len(ok) == 2 and [tuple(c.shape) for c in ok[(0, 1)]] == [(2, 16, 16)] * 2 + [(2, 8, 8)]
+
+
+def test_identity_settings_give_the_image_and_warps_are_smooth():
+    from ocbench.tasks.augment import MultiCropAugment
+
+    x = torch.rand(2, 32, 32)
+    plain = DinoConfig(global_crop_size=32, global_crop_scale=(1.0, 1.0), local_crops=0, flip_p=0.0, warp_p=0.0,
+                       intensity_jitter=0.0)
+    crops = MultiCropAugment(plain)(x, torch.Generator().manual_seed(0))
+    assert len(crops) == 2 and all(torch.allclose(c, x, atol=1e-6) for c in crops)
+    # a smooth ramp stays a smooth ramp under cell warping: neighbours differ little, nothing tears
+    ramp = torch.linspace(0, 1, 32).expand(32, 32).repeat(2, 1, 1)
+    warped = MultiCropAugment(dataclasses.replace(plain, warp_p=1.0, warp_strength=0.05))(ramp, torch.Generator().manual_seed(1))[0]
+    assert not torch.allclose(warped, ramp, atol=1e-3)
+    assert float((warped[:, :, 1:] - warped[:, :, :-1]).abs().max()) < 4 / 31
