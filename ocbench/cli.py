@@ -354,6 +354,67 @@ def demo(output, device, overwrite):
 
 
 @cli.command()
+@click.option("--backbone", default=None, help="Backbone card to fine-tune (see `ocbench backbones list`).")
+@click.option("--from-scratch", "from_scratch", default=None, metavar="ARCH",
+              help="Train a timm ViT (e.g. vit_small_patch8) from random weights on the dataset's channels instead.")
+@click.option("--channels", default=None, help="Channel strategy (default: the card's); see `ocbench run --help`.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs (protocol: 100; 60 for ablations).")
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Train on this fraction of the split's train part (seeded, nested: 0.2 lies inside 0.4).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same settings from its last epoch.")
+@click.option("--split", "track", default="paper", show_default=True, help="Split track whose train part is used: paper or protein.")
+@click.option("--split-file", type=click.Path(dir_okay=False, exists=True), default=None, help="Use this split file instead of making one.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other training setting (see `ocbench tasks show finetune`).")
+@_dataset_options()
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the split, the subset, the data order and augmentations.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ... (under torchrun: each process's GPU).")
+@click.option("--workers", type=click.IntRange(0), default=4, show_default=True, help="DataLoader workers decoding and augmenting images.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="bf16: CUDA autocast.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
+def finetune(backbone, from_scratch, channels, epochs, fraction, resume, track, split_file, overrides, dataset, annotations,
+             min_grade, seed, device, workers, precision, threads):
+    """DINO self-supervised training of a backbone on the train part of a split (never its test part).
+
+    Writes the teacher backbone to <cache>/weights/<derived name>/ (model.safetensors, config.json,
+    ocbench_card.json) and a loss curve; several GPUs: `torchrun --nproc-per-node N -m ocbench finetune ...`.
+
+    \b
+    Examples:
+      ocbench finetune --backbone hpa-fov-vitb8 --channels natural --epochs 100
+      ocbench finetune --from-scratch vit_small_patch8 --dataset opencell
+      ocbench finetune --backbone tiny-vit-random --dataset demo --epochs 2 --set global_crop_size=64 --set local_crop_size=32
+    """
+    from ocbench.backbones.adapters import parse_channels
+    from ocbench.backbones.derive import resolve_backbone
+    from ocbench.benchmark.runner import RunOptions, split_for
+    from ocbench.data.cards import dataset_card_for
+    from ocbench.tasks import get_task
+    from ocbench.tasks.finetune import finetune_command, scratch_card
+
+    if (backbone is None) == (from_scratch is None):
+        raise click.UsageError("give exactly one of --backbone NAME or --from-scratch ARCH")
+    settings = [*overrides, *([f"epochs={epochs}"] if epochs else []), *([f"fraction={fraction}"] if fraction else [])]
+    get_task("finetune").with_overrides(settings)  # settings checked before the data is opened
+    dataset_card = dataset_card_for(dataset)
+    base = resolve_backbone(backbone) if backbone else scratch_card(from_scratch, dataset_card, seed)
+    adapter = parse_channels(channels, base, dataset_card.channel_names)
+    ds = _open_dataset(dataset, annotations, min_grade)
+    split = split_for(ds, track, RunOptions(output_dir=Path("."), seed=seed, split_file=Path(split_file) if split_file else None))
+    outcome = finetune_command(
+        base=base, adapter=adapter, dataset=ds, split=split, overrides=settings, seed=seed, device=device,
+        workers=workers, precision=precision, resume=resume, threads=threads or _available_cores(),
+    )
+    if outcome is None:  # not rank 0 of a distributed run
+        return
+    state = "trained" if outcome.trained else "already trained (same settings)"
+    click.echo(f"{state}: {outcome.card.name}")
+    click.echo(f"weights: {outcome.folder}")
+    click.echo(f"loss curve: {outcome.run_dir / 'loss.png'}")
+    click.echo(f"probe it: ocbench run --task finetune --backbone {backbone or '<base>'} (same settings), "
+               f"or embed with the card in {outcome.folder / 'ocbench_card.json'}")
+
+
+@cli.command()
 @click.option("--backbone", required=True, help="Backbone card name, or timm:NAME[.TAG], hf-hub:ORG/NAME[@REV], local:DIR.")
 @click.option("--channels", default=None, help="Channel strategy (default: the card's); see `ocbench run --help`.")
 @click.option("--recompute", is_flag=True, help="Discard this key's cached embeddings and extract again.")

@@ -80,25 +80,30 @@ class Cell:
     task: Any  # TaskConfig with overrides applied
     overrides: dict[str, Any]
     identity: Any  # BackboneIdentity: weights sha256 and revision, known before any work
+    #: The backbone the entry records when the task derives one from ``card`` (fine-tuning): named
+    #: by the task's ``derived_backbone`` before any work, so the entry's key is known up front.
+    entry_card: Any = None
 
     @property
     def track(self) -> str:
         return self.spec.track
 
     @property
-    def key(self) -> str:
-        from ocbench.benchmark.entry import entry_key
+    def recorded_card(self) -> Any:
+        return self.entry_card if self.entry_card is not None else self.card
 
-        return entry_key(self.card.name, self.adapter.key, self.task.name, self.track)
+    @property
+    def key(self) -> str:
+        return self.key_for(0)
 
     def key_for(self, seed: int) -> str:
         """The entry key of this cell run with ``seed`` (seeds other than 0 end in ``__seed<N>``)."""
         from ocbench.benchmark.entry import entry_key
 
-        return entry_key(self.card.name, self.adapter.key, self.task.name, self.track, seed)
+        return entry_key(self.recorded_card.name, self.adapter.key, self.task.name, self.track, seed)
 
     def label(self) -> str:
-        return f"{self.card.name} · {self.adapter.key} · {self.task.name} · {self.track}"
+        return f"{self.recorded_card.name} · {self.adapter.key} · {self.task.name} · {self.track}"
 
 
 @dataclass
@@ -117,11 +122,40 @@ def expand_grid(
     tracks: Sequence[str],
     overrides: Sequence[str] = (),
 ) -> list[RunSpec]:
-    """Every combination, backbone-major (one model load and extraction per backbone/adapter)."""
+    """Every combination, backbone-major (one model load and extraction per backbone/adapter).
+
+    A comma list given to a setting that takes one value (``--set fraction=0.2,0.4,1.0``) is a
+    sweep: one cell per value (per combination of values when several settings are swept).
+    """
     return [
-        RunSpec(backbone=b, task=t, channels=c, track=tr, overrides=tuple(overrides))
+        RunSpec(backbone=b, task=t, channels=c, track=tr, overrides=swept)
         for b, c, tr, t in itertools.product(backbones, channels or [None], tracks, tasks)
+        for swept in _swept_overrides(t, overrides)
     ]
+
+
+def _swept_overrides(task: str, overrides: Sequence[str]) -> list[tuple[str, ...]]:
+    import typing
+
+    from ocbench.tasks import get_task_class
+
+    try:
+        hints = typing.get_type_hints(get_task_class(task))
+    except ConfigError:  # an unknown task name is reported (with a did-you-mean) by resolve_cells
+        return [tuple(overrides)]
+
+    def takes_many(hint: Any) -> bool:
+        return typing.get_origin(hint) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(hint))
+
+    choices = []
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        hint = hints.get(key.strip())
+        if sep and hint is not None and "," in raw and not takes_many(hint):
+            choices.append([f"{key.strip()}={value.strip()}" for value in raw.split(",") if value.strip()])
+        else:
+            choices.append([item])
+    return [tuple(combination) for combination in itertools.product(*choices)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,19 +288,44 @@ def _dataset_block(dataset: Any) -> dict[str, Any]:
     }
 
 
-def _backbone_block(cell: Cell, dataset_card: Any = None) -> dict[str, Any]:
+def _with_entry_card(cell: Cell, dataset: Any, split: Any, seed: int) -> Cell:
+    """A task that scores a backbone it derives from the cell's (fine-tuning) names it up front
+    through an optional ``derived_backbone(card, adapter, dataset, split, seed)`` method."""
+    derive = getattr(cell.task, "derived_backbone", None)
+    if derive is None:
+        return cell
+    from dataclasses import replace
+
+    return replace(cell, entry_card=derive(cell.card, cell.adapter, dataset, split, seed))
+
+
+def _recorded_identity(cell: Cell) -> Any:
+    """The identity of the backbone the entry records (a derived one is resolved from its weights;
+    None while they do not exist)."""
+    if cell.entry_card is None:
+        return cell.identity
+    from ocbench.backbones.loader import resolve_identity
+
+    try:
+        return resolve_identity(cell.entry_card)
+    except ConfigError:
+        return None
+
+
+def _backbone_block(cell: Cell, dataset_card: Any = None, ident: Any = None) -> dict[str, Any]:
     from ocbench.backbones.provenance import not_zero_shot_reasons
 
-    ident = cell.identity
+    card = cell.recorded_card
+    ident = ident if ident is not None else _recorded_identity(cell)
     # not_zero_shot: why the backbone is not zero-shot on this dataset ([] when it is)
-    zero_shot = {"not_zero_shot": not_zero_shot_reasons(cell.card, dataset_card)} if dataset_card is not None else {}
+    zero_shot = {"not_zero_shot": not_zero_shot_reasons(card, dataset_card)} if dataset_card is not None else {}
     return {
-        "name": cell.card.name,
-        "source": cell.card.source,
-        "arch": cell.card.arch,
-        "card": json.loads(json.dumps(cell.card.to_dict(), default=str)),
-        "weights_sha256": ident.weights_sha256,
-        "revision": ident.revision,
+        "name": card.name,
+        "source": card.source,
+        "arch": card.arch,
+        "card": json.loads(json.dumps(card.to_dict(), default=str)),
+        "weights_sha256": getattr(ident, "weights_sha256", None),
+        "revision": getattr(ident, "revision", None),
         "weights_verified": getattr(ident, "weights_verified", None),
         "weights_note": getattr(ident, "weights_note", None),
         **zero_shot,
@@ -304,13 +363,15 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
         )
 
 
-def _embed(options: RunOptions, recomputed: set, identity: Any, context, items=None) -> Any:
+def _embed(options: RunOptions, recomputed: set, identities: dict, context, items=None) -> Any:
     """The context's cached ``embed``: embeddings of the dataset's FOVs (or of ``items``), computed
-    once per cell; ``--recompute`` discards a key's cache once per grid, not once per cell."""
+    once per cell and backbone; ``--recompute`` discards a key's cache once per grid, not once per
+    cell. ``identities``: already resolved identities by card name (others are resolved here)."""
     memo = context.inputs.setdefault("_embeddings", {})
     source = context.dataset if items is None else items
-    if id(source) in memo:
-        return memo[id(source)]
+    memo_key = (context.backbone.name, context.adapter.key, id(source))
+    if memo_key in memo:
+        return memo[memo_key]
     from ocbench.benchmark.embeddings import extract_embeddings
 
     key = (context.backbone.name, context.adapter.key, source.version)
@@ -318,10 +379,10 @@ def _embed(options: RunOptions, recomputed: set, identity: Any, context, items=N
         source, context.backbone, context.adapter,
         batch_size=options.batch_size, device=options.device, num_workers=options.num_workers,
         cache_dir=options.cache_dir, progress=options.progress, precision=options.precision,
-        recompute=options.recompute and key not in recomputed, identity=identity,
+        recompute=options.recompute and key not in recomputed, identity=identities.get(context.backbone.name),
     )
     recomputed.add(key)
-    memo[id(source)] = embeddings
+    memo[memo_key] = embeddings
     if items is None:
         context.inputs["embeddings"] = dict(embeddings.meta)
     else:
@@ -333,15 +394,13 @@ def run_cell(
     cell: Cell, dataset: Any, options: RunOptions, *, position: str = "", recomputed: set | None = None
 ) -> RunOutcome:
     """Run one resolved cell and write its entry; skip when the same run's entry exists."""
-    from ocbench.backbones.loader import resolve_device
-    from ocbench.benchmark.entry import build_entry, environment_info, load_entry, write_entry
-    from ocbench.tasks.context import Progress, RunContext
 
     from ocbench._lock import file_lock
 
+    split = split_for(dataset, cell.track, options)
+    cell = _with_entry_card(cell, dataset, split, options.seed)
     key = cell.key_for(options.seed)
     path = options.output_dir / f"{key}.json"
-    split = split_for(dataset, cell.track, options)
     # One process per entry key: a concurrent run of the same cell waits here, then finds the entry
     # (reused if it is the same run, refused otherwise), so no result is silently replaced. Under
     # torchrun, rank 0 stands for the whole group (the other ranks only help embedding).
@@ -371,12 +430,20 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
         split=split,
         backbone=cell.card,
         adapter=cell.adapter,
-        embed_fn=partial(_embed, options, recomputed if recomputed is not None else set(), cell.identity),
+        embed_fn=partial(_embed, options, recomputed if recomputed is not None else set(), {cell.card.name: cell.identity}),
         device=device,
         seed=options.seed,
         progress=Progress(options.progress, prefix=" · ".join(p for p in (position, cell.label()) if p)),
+        num_workers=options.num_workers,
+        precision=options.precision,
     )
     result = cell.task.evaluate(context)
+    scored = context.scored_backbone
+    if (scored.name if scored is not None else cell.card.name) != cell.recorded_card.name:
+        raise RuntimeError(
+            f"task {cell.task.name} scored backbone {getattr(scored, 'name', cell.card.name)!r} but named "
+            f"{cell.recorded_card.name!r} beforehand (derived_backbone); they must agree"
+        )
     # FOV embeddings, else the items the task embedded (cell crops)
     meta = context.inputs.get("embeddings") or (context.inputs.get("item_embeddings") or [{}])[-1]
     environment = environment_info(result.device)

@@ -231,6 +231,7 @@ def _register_builtin_tasks() -> None:
     TASKS.register("fov-linear", "ocbench.tasks.fov_probe:FovLinearProbe")
     TASKS.register("sc-knn", "ocbench.tasks.sc_knn:ScKnn")
     TASKS.register("sc-knn-fov", "ocbench.tasks.sc_knn:ScKnnFov")
+    TASKS.register("finetune", "ocbench.tasks.finetune:FineTune")
 
 
 TASKS: Registry[type[TaskConfig]] = Registry(

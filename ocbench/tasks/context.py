@@ -8,11 +8,17 @@ the backbone is loaded only on a cache miss), ``context.dataset`` for images and
 ``context.inputs`` so the entry records it (weights sha256 and revision, precision, extraction
 time, cache hit), whichever kind of input the task used.
 
+A task that scores another backbone than the one it was given (``finetune`` trains one from it)
+embeds through ``context.with_backbone(card)``; the runner then records that card as the entry's
+backbone (the task names it beforehand through ``derived_backbone``, so the entry's key is known
+before any work).
+
 No torch here: the embedding function is the runner's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -77,6 +83,20 @@ class RunContext:
     progress: Progress = field(default_factory=lambda: Progress(False))
     #: Provenance of the inputs the task fetched (filled by ``embed``; read by the entry writer).
     inputs: dict[str, Any] = field(default_factory=dict)
+    #: How the run computes (tasks that train use them): DataLoader workers, "fp32" or "bf16".
+    num_workers: int = 0
+    precision: str = "fp32"
+    #: The backbone whose features the result scores, when a task derived one from ``backbone``
+    #: (fine-tuning); set by :meth:`with_backbone`. The entry records it instead of ``backbone``.
+    scored_backbone: Any = None
+
+    def with_backbone(self, card: Any, adapter: Any = None) -> "RunContext":
+        """A context that embeds with ``card`` (and ``adapter``, default this one's), e.g. a backbone
+        the task just trained. The result is then about ``card``: this context remembers it so the
+        entry records it. Both contexts share ``inputs`` (one provenance record per entry)."""
+        self.scored_backbone = card
+        return dataclasses.replace(self, backbone=card, adapter=adapter if adapter is not None else self.adapter,
+                                   scored_backbone=None)
 
     @property
     def class_names(self) -> tuple[str, ...]:
