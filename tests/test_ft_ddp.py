@@ -1,6 +1,5 @@
 """Two processes (gloo, CPU) train like one: same teacher up to float rounding, rank 0 checkpoints."""
 
-import os
 
 import pytest
 import torch

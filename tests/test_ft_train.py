@@ -16,7 +16,8 @@ from ocbench.cli import cli
 from ocbench.data.cards import open_dataset
 from ocbench.data.demo import DemoConfig, write_demo
 from ocbench.errors import ConfigError
-from ocbench.tasks.finetune import CARD_FILENAME, FineTune, _card_from_file, finetune_backbone, train_indices
+from ocbench.backbones.derive import load_card_file
+from ocbench.tasks.finetune import CARD_FILENAME, FineTune, finetune_backbone, train_indices
 
 torch.set_num_threads(1)
 
@@ -93,7 +94,7 @@ def test_finetuned_weights_load_as_a_backbone_and_probe(demo, tmp_path):
 
     ds, split = demo
     outcome = tiny_run(demo, tmp_path, cfg={"epochs": 1})
-    card = _card_from_file(outcome.folder / CARD_FILENAME)
+    card = load_card_file(outcome.folder / CARD_FILENAME)
     assert card == outcome.card and card.source == f"local:{card.name}" and card.name.startswith("tiny-vit-random.")
     assert card.training_datasets == ("demo",) and card.supervision == "self-supervised"
     assert json.loads(card.notes)["config"]["fraction"] == 0.3

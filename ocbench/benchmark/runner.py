@@ -394,7 +394,6 @@ def run_cell(
     cell: Cell, dataset: Any, options: RunOptions, *, position: str = "", recomputed: set | None = None
 ) -> RunOutcome:
     """Run one resolved cell and write its entry; skip when the same run's entry exists."""
-
     from ocbench._lock import file_lock
 
     split = split_for(dataset, cell.track, options)

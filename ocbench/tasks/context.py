@@ -84,7 +84,7 @@ class RunContext:
     #: Provenance of the inputs the task fetched (filled by ``embed``; read by the entry writer).
     inputs: dict[str, Any] = field(default_factory=dict)
     #: How the run computes (tasks that train use them): DataLoader workers, "fp32" or "bf16".
-    num_workers: int = 0
+    num_workers: int | None = None  # None: each consumer picks for its device (decoding, augmentation)
     precision: str = "fp32"
     #: The backbone whose features the result scores, when a task derived one from ``backbone``
     #: (fine-tuning); set by :meth:`with_backbone`. The entry records it instead of ``backbone``.

@@ -398,12 +398,15 @@ def finetune_backbone(
 
 
 def _workers(context: Any) -> int:
-    """DataLoader workers: as asked, else on a GPU all but one core (up to 16), so the GPU never
-    waits on augmentation. The count never changes a result: each item's views come from its own seed."""
+    """DataLoader workers: as asked, else (None) on a GPU all but one core (up to 16), so the GPU
+    never waits on augmentation, and none on CPU. The count never changes a result: each item's
+    views come from its own seed."""
     import os
 
-    if context.num_workers or not str(context.device).startswith("cuda"):
+    if context.num_workers is not None:
         return int(context.num_workers)
+    if not str(context.device).startswith("cuda"):
+        return 0
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
