@@ -198,3 +198,25 @@ def test_from_scratch_on_opencell_produces_the_zoo_cards_weights():
                 assert card.arch == get_card(zoo).arch and card.feature_dim == get_card(zoo).feature_dim
             else:  # other data never takes the OpenCell card's name
                 assert card.name.startswith(f"scratch-{arch}_224.dino-demo-f1-")
+
+
+def test_fraction_sweep_gives_one_entry_per_fraction_and_one_curve_on_the_board(demo, module_cache, tmp_path):
+    from ocbench.leaderboard import build_board, collect_entries
+    from ocbench.leaderboard.plots import _fraction_series
+    from ocbench.leaderboard.tables import build_tables
+
+    ds, _ = demo
+    settings = [s for s in TINY_SET if not s.startswith("fraction=")] + ["fraction=0.5,1.0"]
+    result = CliRunner().invoke(cli, ["run", "--backbone", "tiny-vit-random", "--task", "finetune", "--dataset",
+                                      str(ds.root), "--output", str(tmp_path / "entries"), "--threads", "1",
+                                      *[a for s in settings for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    entries = collect_entries(tmp_path / "entries").entries
+    assert sorted(e.entry.task_config["fraction"] for e in entries) == [0.5, 1.0]
+    assert len({e.entry.backbone.name for e in entries}) == 2  # each fraction trains its own backbone
+    # The board joins them by the backbone they were trained from: one curve with both fractions.
+    series = {k: v for k, v in _fraction_series(build_tables(entries, include_reported=False)).items()}
+    (label, points) = series.popitem()
+    assert label.startswith("tiny-vit-random ") and [p[0] for p in points] == [0.5, 1.0] and not series
+    report = build_board([tmp_path / "entries"], tmp_path / "board")
+    assert (tmp_path / "board" / "plots" / "finetune_fraction.png").is_file(), report.summary()

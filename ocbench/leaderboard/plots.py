@@ -10,6 +10,7 @@ Bars and curves of scores start their score axis at 0, so a bar's length is its 
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,21 @@ def _fraction_of(row: Row) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _curve_backbone(row: Row) -> str:
+    """The backbone a fraction curve is drawn for. A fine-tuned row is named per run
+    (``<base>.ft-<data>-f<fraction>-<hash>``); its card's notes name the base it was trained from."""
+    card = (row.entry.entry.backbone.card or {}) if row.kind == "computed" and row.entry else {}
+    try:
+        notes = json.loads(card.get("notes") or "")
+    except (TypeError, ValueError):
+        notes = None
+    if isinstance(notes, dict):
+        base = notes.get("fine-tuned from") or notes.get("trained from scratch as")
+        if isinstance(base, str) and base:
+            return base
+    return row.backbone
+
+
 def _fraction_series(board: Board) -> dict[str, list[tuple[float, float, float | None]]]:
     """``label -> [(fraction, mean, std)]`` for every configuration fine-tuned at >= 2 fractions."""
     series: dict[tuple, dict[float, tuple[float, float | None]]] = defaultdict(dict)
@@ -62,9 +78,10 @@ def _fraction_series(board: Board) -> dict[str, list[tuple[float, float, float |
             fraction = _fraction_of(row)
             if fraction is None or row.score is None:
                 continue
-            epochs = row.source.config.get("epochs") if row.source else None
+            config = row.source.config if row.source else (row.entry.entry.task_config if row.entry else {})
+            epochs = config.get("epochs")
             tag = "reported" if row.kind == "reported" else (table.group.dataset_version[:8] if table.group else "")
-            series[(row.backbone, row.channels, epochs, tag)][fraction] = (row.score.mean, row.score.std)
+            series[(_curve_backbone(row), row.channels, epochs, tag)][fraction] = (row.score.mean, row.score.std)
     out = {}
     for (backbone, channels, epochs, tag), points in series.items():
         if len(points) < 2:
