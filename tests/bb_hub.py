@@ -82,4 +82,5 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # huggingface_hub read the env at import
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "ocbench-cache"))
     return cache

@@ -22,6 +22,8 @@ from ocbench.backbones.sources import UNVERIFIED_NOTE, ResolvedWeights, resolve_
 from ocbench.backbones.vit import build_vit
 from ocbench.errors import ConfigError, DataError
 
+from bb_hub import offline_hub  # noqa: F401  (fixture: an empty offline Hub cache)
+
 TINY_KWARGS = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, img_size=32)
 COMMIT = "a" * 40
 OTHER_COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -87,19 +89,6 @@ def add_to_hub_cache(cache: Path, repo_id: str, commit: str, data: bytes, refs: 
     (repo / "refs").mkdir(exist_ok=True)
     for ref in refs:
         (repo / "refs" / ref).write_text(commit)
-
-
-@pytest.fixture()
-def offline_hub(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # huggingface_hub read the env at import
-    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "ocbench-cache"))
-    return cache
 
 
 def test_hf_hub_from_prefilled_offline_cache(tmp_path, offline_hub):
