@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import threading
 import time
 
@@ -157,6 +158,9 @@ def main() -> None:
     memory = report["gpu_peak_gib"] if device.type == "cuda" else report["peak_rss_gib"]
     report["targets"] = {"peak_memory_le_2gib": memory <= 2.0, "time_le_1.5x_matmul": report["ratio_to_matmul"] <= 1.5}
     print(json.dumps(report, indent=1))
+    print(f"ratio k-NN / bare matmul: {report['ratio_to_matmul']:.3f} (target <= 1.5); peak memory {memory:.2f} GiB "
+          f"(target <= 2)")
+    print("reproduce: python bench/knn.py " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,33 @@
+"""Every benchmark in bench/ still runs (at a toy size) and prints its ratio and how to reproduce it.
+
+The numbers themselves are not checked here: benchmarks measure, tests do not time."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+TOY = {
+    "probe.py": ["--n", "400", "--dim", "16", "--epochs", "2"],
+    "knn.py": ["--n", "1500", "--dim", "16", "--ks", "1,5", "--cells-per-fov", "10"],
+    "extract.py": ["--model", "tiny-vit-random", "--fovs", "4", "--size", "32", "--repeats", "1", "--batch-size", "4"],
+    "finetune.py": ["--global-crop", "32", "--local-crop", "16", "--local-crops", "2", "--out-dim", "256",
+                    "--batch-size", "2", "--steps", "1", "--fov-size", "64", "--workers", "0"],
+}
+
+
+def test_every_bench_has_a_toy_run():
+    assert {p.name for p in BENCH.glob("*.py")} == set(TOY)
+
+
+@pytest.mark.parametrize("name", sorted(TOY))
+def test_bench_runs_and_prints_its_ratio(name, tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / name), *TOY[name]], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.lower()
+    assert "ratio" in out or " x " in out or "x (" in out, done.stdout
+    assert f"bench/{name}" in done.stdout, done.stdout  # the command that reproduces it
