@@ -498,6 +498,8 @@ def _train_group(cfg: FovProbe, group: list[_FoldPlan], x: np.ndarray, y: np.nda
                 draws = torch.randperm(n, generator=gens[g], device=dev)
             epoch_idx[g, :n] += draws
         epoch_loss.zero_()
+        # The loss is only shown (every 10th epoch) and returned (last epoch): compute it then only.
+        track_loss = epoch % 10 == 0 or epoch == cfg.epochs - 1
         for step in range(steps):
             idx = epoch_idx[:, step * B : (step + 1) * B]
             rows = idx.shape[1]
@@ -528,9 +530,10 @@ def _train_group(cfg: FovProbe, group: list[_FoldPlan], x: np.ndarray, y: np.nda
 
             # loss: per fold, the mean BCE over its rows and classes (padding rows weigh 0)
             row_weight = last_weight if step == steps - 1 else 1.0 / (rows * C)
-            with torch.no_grad():
-                bce = F.binary_cross_entropy_with_logits(logits, y_b, reduction="none")
-                epoch_loss += (bce * row_weight).sum((1, 2))
+            if track_loss:
+                with torch.no_grad():
+                    bce = F.binary_cross_entropy_with_logits(logits, y_b, reduction="none")
+                    epoch_loss += (bce * row_weight).sum((1, 2))
             delta = deltas[-1][: G * rows].view(G, rows, C)
             torch.sigmoid(logits, out=delta)
             delta.sub_(y_b).mul_(row_weight)  # d loss / d logits
