@@ -193,16 +193,9 @@ def _run_options(fn):
 
 
 def _available_cores() -> int:
-    """Cores this process may use: under torchrun, the node's cores shared by its ranks."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    try:
-        ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        ranks_here = 1
-    return max(1, cores // ranks_here)
+    from ocbench._cores import available_cores
+
+    return available_cores()
 
 
 def _is_main_rank() -> bool:

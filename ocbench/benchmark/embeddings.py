@@ -589,12 +589,9 @@ def default_workers(device: str) -> int:
     every core and a decoding process would only take one away from it."""
     if not str(device).startswith("cuda"):
         return 0
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(0, min(8, cores // ranks_here - 1))
+    from ocbench._cores import available_cores
+
+    return max(0, min(8, available_cores() - 1))
 
 
 def extract_embeddings(

@@ -398,20 +398,17 @@ def finetune_backbone(
 
 
 def _workers(context: Any) -> int:
-    """DataLoader workers: as asked, else (None) on a GPU all but one core (up to 16), so the GPU
-    never waits on augmentation, and none on CPU. The count never changes a result: each item's
-    views come from its own seed."""
-    import os
+    """DataLoader workers: as asked, else (None) on a GPU all but one of this process's cores (up
+    to 16; under torchrun the node's cores are shared by its ranks), so the GPU never waits on
+    augmentation, and none on CPU. The count never changes a result: each item's views come from
+    its own seed."""
+    from ocbench._cores import available_cores
 
     if context.num_workers is not None:
         return int(context.num_workers)
     if not str(context.device).startswith("cuda"):
         return 0
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(0, min(16, cores - 1))
+    return max(0, min(16, available_cores() - 1))
 
 
 @register_task
