@@ -482,7 +482,10 @@ def _train_group(cfg: FovProbe, group: list[_FoldPlan], x: np.ndarray, y: np.nda
     epoch_idx = torch.empty(G, steps * B, dtype=torch.int64, device=dev)
     offsets = torch.tensor(starts, dtype=torch.int64, device=dev)[:, None]
     last = steps * B - B  # first position of the epoch's last batch
-    last_valid = torch.arange(B, device=dev)[None, :] < torch.tensor([n - last for n in sizes], device=dev)[:, None]
+    # The last batch is cut to the longest fold's remainder: rows past it would weigh 0 in every
+    # fold and only cost matmul time (4% of an epoch at OpenCell's size).
+    last_rows = max(n - last for n in sizes)
+    last_valid = torch.arange(last_rows, device=dev)[None, :] < torch.tensor([n - last for n in sizes], device=dev)[:, None]
     last_weight = (last_valid.float() / last_valid.sum(1, keepdim=True) / C)[:, :, None]
     epoch_loss = torch.zeros(G, device=dev)
 
@@ -501,7 +504,7 @@ def _train_group(cfg: FovProbe, group: list[_FoldPlan], x: np.ndarray, y: np.nda
         # The loss is only shown (every 10th epoch) and returned (last epoch): compute it then only.
         track_loss = epoch % 10 == 0 or epoch == cfg.epochs - 1
         for step in range(steps):
-            idx = epoch_idx[:, step * B : (step + 1) * B]
+            idx = epoch_idx[:, step * B : step * B + (last_rows if step == steps - 1 else B)]
             rows = idx.shape[1]
             flat = idx.reshape(-1)
             x_b = inputs[: G * rows]
