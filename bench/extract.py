@@ -9,7 +9,7 @@ the same image count and the same input shapes (one model call per adapter view)
     .venv/bin/python bench/extract.py                          # ViT-S/16 layout, 64 FOVs of 256 px
     .venv/bin/python bench/extract.py --model tiny-vit-random  # the 2-block width-64 control
     .venv/bin/python bench/extract.py --workers 2 --fovs 128 --size 512
-    .venv/bin/python bench/extract.py --model imagenet-dino-vitb8 --size 600 --device cuda --precision bf16
+    .venv/bin/python bench/extract.py --model vit-base8 --size 600 --device cuda --precision bf16
 
 ``--size 600`` is OpenCell's real field (2-channel uint16 TIFFs written to disk, read back through
 the real reader). Besides the ratio it prints the model's FLOP per image (counted by torch's
@@ -39,16 +39,24 @@ import time
 from pathlib import Path
 
 
-def _register_vit_small():
-    """A ViT-S/16 with random weights: the size of the real ImageNet DINO ViT-S backbones."""
+#: Random-init stand-ins with the layout of real backbones (no download needed): name -> (timm arch, patch, dim).
+_RANDOM_MODELS = {
+    "vit-small": ("vit_small_patch16_224", 16, 384),  # the ImageNet DINO ViT-S/16 layout
+    "vit-base8": ("vit_base_patch8_224", 8, 768),  # the HPA / ImageNet DINO ViT-B/8 layout (Table 1's heaviest)
+}
+
+
+def _register_random_model(model: str) -> str:
+    """Register a card for one of ``_RANDOM_MODELS``: the tiny demo ViT's card with another architecture."""
     from ocbench.backbones.cards import get_card, list_cards, register_card
 
-    name = "bench-vit-small16-random"
+    arch, patch, dim = _RANDOM_MODELS[model]
+    name = f"bench-{model}-random"
     if name not in {c.name for c in list_cards()}:
         tiny = get_card("tiny-vit-random")
         register_card(dataclasses.replace(
-            tiny, name=name, arch="vit_small_patch16_224", arch_kwargs={}, patch_size=16, feature_dim=384,
-            notes="benchmark only: ViT-S/16, random init",
+            tiny, name=name, arch=arch, arch_kwargs={}, patch_size=patch, feature_dim=dim,
+            notes=f"benchmark only: {arch}, random init",
         ))
     return name
 
@@ -56,7 +64,8 @@ def _register_vit_small():
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit-small",
-                        help="'vit-small' (ViT-S/16 layout, random init) or a card name, e.g. tiny-vit-random")
+                        help="'vit-small' (ViT-S/16 layout) or 'vit-base8' (ViT-B/8), both random init, or a card name, "
+                             "e.g. tiny-vit-random")
     parser.add_argument("--channels", default=None, help="channel spec (default: the card's)")
     parser.add_argument("--fovs", type=int, default=64)
     parser.add_argument("--size", type=int, default=256)
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    card_name = _register_vit_small() if args.model == "vit-small" else args.model
+    card_name = _register_random_model(args.model) if args.model in _RANDOM_MODELS else args.model
     backbone = load_backbone(get_card(card_name), device=args.device, precision=args.precision)
     workers = embeddings_module.default_workers(str(backbone.device)) if args.workers == "auto" else int(args.workers)
     adapter = parse_channels(args.channels, backbone.card)

@@ -17,6 +17,7 @@ during the run, which is why it is measured before and after.
 
     python bench/probe.py                 # the paper setting (a few minutes on 2 cores)
     python bench/probe.py --epochs 20     # quick look
+    python bench/probe.py --device cuda   # on a GPU the folds train together as one stacked model
 """
 
 from __future__ import annotations
@@ -70,15 +71,17 @@ def step_gemms(dims: list[int], batch: int) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def matmul_rate(shapes: list[tuple[int, int, int]], seconds: float = 3.0) -> float:
+def matmul_rate(shapes: list[tuple[int, int, int]], seconds: float = 3.0, device: str = "cpu") -> float:
     """Float32 FLOP/s of running ``shapes`` back to back with torch.mm (best of several rounds)."""
     import torch
 
-    pairs = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
-    outs = [torch.empty(m, n) for m, k, n in shapes]
+    pairs = [(torch.randn(m, k, device=device), torch.randn(k, n, device=device)) for m, k, n in shapes]
+    outs = [torch.empty(m, n, device=device) for m, k, n in shapes]
     flops = sum(2.0 * m * k * n for m, k, n in shapes)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     for (a, b), o in zip(pairs, outs):  # warm up
         torch.mm(a, b, out=o)
+    sync()
     best = math.inf
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -86,6 +89,7 @@ def matmul_rate(shapes: list[tuple[int, int, int]], seconds: float = 3.0) -> flo
         for _ in range(10):
             for (a, b), o in zip(pairs, outs):
                 torch.mm(a, b, out=o)
+        sync()
         best = min(best, (time.perf_counter() - t0) / 10)
     return flops / best
 
@@ -97,7 +101,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-parallel-folds", type=int, default=None, help="1 = train folds one at a time")
+    parser.add_argument("--max-parallel-folds", type=int, default=None,
+                        help="1 = train folds one at a time (default: one at a time on CPU, all together on CUDA)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
 
@@ -112,15 +118,16 @@ def main() -> None:
     # Warm-up: one epoch pays the one-time costs of a fresh process (torch.optim imports
     # torch._dynamo, ~1-2 s, which ``ocbench run`` has already paid when it loaded the backbone).
     warm_task, _ = task.with_overrides(["epochs=1"])
-    warm_task.run(features, labels, test_idx, folds_idx, seed=args.seed, progress=False)
-    rate_before = matmul_rate(shapes)
+    warm_task.run(features, labels, test_idx, folds_idx, seed=args.seed, device=args.device, progress=False)
+    rate_before = matmul_rate(shapes, device=args.device)
 
-    result = task.run(features, labels, test_idx, folds_idx, seed=args.seed, max_parallel_folds=args.max_parallel_folds)
+    result = task.run(features, labels, test_idx, folds_idx, seed=args.seed, device=args.device,
+                      max_parallel_folds=args.max_parallel_folds)
     wall = result.wall_time_s
 
-    rate_after = matmul_rate(shapes)
+    rate_after = matmul_rate(shapes, device=args.device)
     rate = max(rate_before, rate_after)  # the machine is shared: the faster one is what it can do
-    peak = matmul_rate([(1024, 1024, 1024)], seconds=2.0)
+    peak = matmul_rate([(1024, 1024, 1024)], seconds=2.0, device=args.device)
     examples = sum(result.details["n_train"]) * task.epochs
     evaluated = sum(result.details["n_val"]) + result.details["n_test"] * len(folds_idx)
     flops = training_flops(dims, examples, rule="exact") + forward_flops(dims, evaluated)
@@ -134,6 +141,8 @@ def main() -> None:
         "batch_size": task.batch_size,
         "folds": len(folds_idx),
         "max_parallel_folds": args.max_parallel_folds,
+        "device": result.device,
+        "fold_groups": result.details["fold_groups"],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
@@ -150,7 +159,8 @@ def main() -> None:
         "val_macro_f1_mean": result.scores["val"]["macro_f1"]["mean"],
     }
     print(f"{task.name}: {args.n} x {args.dim}, {len(folds_idx)} folds x {task.epochs} epochs, batch {task.batch_size}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {result.device}, "
+          f"folds trained as {result.details['fold_groups']}")
     print(f"  wall time            {wall:9.1f} s")
     print(f"  matmul FLOPs         {flops / 1e12:9.2f} TFLOP  (3x-forward rule: {flops_3x / 1e12:.2f})")
     print(f"  mm rate (step GEMMs) {rate / 1e9:9.1f} GFLOP/s (before {rate_before / 1e9:.1f}, after {rate_after / 1e9:.1f}; "
