@@ -28,7 +28,10 @@ import numpy as np
 from ocbench._io import atomic_write, sha256_bytes, sha256_file
 from ocbench.errors import DataError
 
-__all__ = ["Predictions", "predictions_file_name", "write_predictions", "load_predictions", "FORMAT_VERSION"]
+__all__ = [
+    "Predictions", "predictions_file_name", "write_predictions", "load_predictions", "load_kept_predictions",
+    "scores_disagreement", "FORMAT_VERSION",
+]
 
 FORMAT_VERSION = 1
 
@@ -160,3 +163,55 @@ def load_predictions(path: str | os.PathLike, sha256: str | None = None) -> Pred
         raise
     except (KeyError, ValueError, OSError) as exc:
         raise DataError(f"{path}: not an ocbench predictions file ({exc})") from None
+
+
+#: Recorded scores and the scores recomputed from the kept predictions may differ by JSON rounding only.
+_AGREEMENT_TOLERANCE = 1e-6
+
+
+def scores_disagreement(predictions: Predictions, entry: Any) -> str:
+    """'' when ``entry``'s recorded macro-F1 values on the predictions' set are what ``predictions``
+    give (per repeated model, at every axis point), else what differs, in words.
+
+    Only the main metric is checked, and only when it is ``macro_f1``: the score every interval
+    and comparison is computed from."""
+    from ocbench.stats import macro_f1
+
+    metric = entry.main_score.metric
+    if metric != "macro_f1":
+        return ""
+    points = [(None, entry.scores)] if entry.axis is None else [(p.value, p.scores) for p in entry.axis.points]
+    for value, scores in points:
+        summary = scores.get(predictions.eval_set, {}).get(metric)
+        if summary is None:
+            continue
+        try:
+            y_pred = predictions.at(value)
+        except DataError as exc:
+            return str(exc)
+        given = [macro_f1(predictions.y_true, y_pred[r]) for r in range(y_pred.shape[0])]
+        recorded = list(summary.values)
+        if len(given) != len(recorded) or any(abs(a - b) > _AGREEMENT_TOLERANCE for a, b in zip(given, recorded)):
+            where = f"{predictions.eval_set} {metric}" + ("" if value is None else f" at {entry.axis.name}={value:g}")
+            return (f"{where} is recorded as {', '.join(f'{v:.4f}' for v in recorded)} but its kept predictions give "
+                    f"{', '.join(f'{v:.4f}' for v in given)}")
+    return ""
+
+
+def load_kept_predictions(entry: Any, entry_path: str | os.PathLike) -> tuple[Predictions | None, str]:
+    """The predictions ``entry`` (read from ``entry_path``) keeps beside it, or None and why not.
+
+    DataError when they load but disagree with the entry's scores: the entry or the file was
+    edited, and neither its numbers nor an interval computed from the file can be trusted."""
+    ref = entry.predictions
+    if ref is None:
+        return None, "the task kept no per-item predictions"
+    path = Path(entry_path).parent / ref.file
+    try:
+        predictions = load_predictions(path, ref.sha256)
+    except DataError as exc:
+        return None, str(exc)
+    disagreement = scores_disagreement(predictions, entry)
+    if disagreement:
+        raise DataError(f"{entry_path}: {disagreement}; the entry or {ref.file} was edited; run `ocbench run` again")
+    return predictions, ""

@@ -162,7 +162,12 @@ class MetricSummary(_OmitsUnset):
             raise ValueError(f"interval estimate {self.interval.estimate} does not match the mean {self.mean}")
         if self.n != len(self.values):
             raise ValueError(f"n is {self.n} but values has {len(self.values)} items")
-        mean = summary_mean(self.values)
+        if not all(math.isfinite(v) for v in self.values):
+            raise ValueError("values must be finite numbers")
+        try:
+            mean = summary_mean(self.values)
+        except OverflowError:
+            raise ValueError("values are too large to be scores") from None
         if abs(mean - self.mean) > _AGGREGATE_TOLERANCE:
             raise ValueError(f"mean {self.mean} does not match the values (their mean is {mean:.6f})")
         std = summary_std(self.values, self.ddof)
@@ -226,6 +231,17 @@ class Axis(_Strict):
 
 #: Metrics that are fractions: their values (and per-class values) must lie in [0, 1].
 UNIT_INTERVAL_METRICS = frozenset({"macro_f1", "macro_f1_all", "f1", "precision", "recall", "accuracy"})
+
+
+def _recorded_not_zero_shot_reasons(card: Mapping[str, Any], dataset_card: Mapping[str, Any]) -> list[str]:
+    """The zero-shot rule (``backbones.provenance``) applied to the cards an entry records."""
+    from types import SimpleNamespace
+
+    from ocbench.backbones.provenance import not_zero_shot_reasons
+
+    backbone = SimpleNamespace(training_datasets=tuple(card.get("training_datasets") or ()), supervision=card.get("supervision"))
+    dataset = SimpleNamespace(name=dataset_card.get("name", ""), extra=dataset_card.get("extra") or {})
+    return not_zero_shot_reasons(backbone, dataset)
 
 
 def _check_scores_in_range(scores: Mapping[str, Mapping[str, "MetricSummary"]], where: str) -> None:
@@ -434,6 +450,10 @@ class Entry(_OmitsUnset):
             for p in self.axis.points:
                 _check_scores_in_range(p.scores, f"axis.points[{p.value}].scores")
                 _check_per_class(p.per_class, self.class_names, f"axis.points[{p.value}].per_class")
+        if self.backbone.not_zero_shot == [] and self.dataset.card is not None:
+            reasons = _recorded_not_zero_shot_reasons(self.backbone.card, self.dataset.card)
+            if reasons:
+                raise ValueError(f"backbone.not_zero_shot is [] (zero-shot) but the recorded card says: {'; '.join(reasons)}")
         expected = entry_key(self.backbone.name, self.channels.key, self.task, self.split.track, self.seed)
         # entries of schema <= 2 had no seed in their key
         if self.key not in (expected, entry_key(self.backbone.name, self.channels.key, self.task, self.split.track)):

@@ -19,12 +19,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from ocbench._io import sha256_bytes
 from ocbench.benchmark.entry import Entry, entry_from_dict
 from ocbench.errors import DataError
 from ocbench.leaderboard.grouping import dedupe_entries
+from ocbench.predictions import load_kept_predictions
 
 __all__ = [
     "LoadedEntry",
@@ -52,6 +53,8 @@ class LoadedEntry:
     sha256: str  # of the file's bytes
     raw: bytes  # the file's bytes, copied verbatim into a board's entries/
     schema_version: int  # the version the file was written with (before any upgrade)
+    predictions: Any = None  # ocbench.predictions.Predictions kept beside it, checked against its scores
+    predictions_note: str = ""  # why there are none, when the entry names a file it could not read
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ def _load_one(path: Path, shown: str, label: str) -> LoadedEntry | None:
     if isinstance(data, dict) and str(data.get("format", "")).startswith(_SPLIT_FORMAT_PREFIX):
         return None  # a split file the runner keeps beside its entries: evidence, not an entry
     entry = entry_from_dict(data, source=shown)
+    # scores that disagree with the entry's own predictions are a DataError: the file is refused
+    predictions, note = load_kept_predictions(entry, path) if entry.predictions is not None else (None, "")
     return LoadedEntry(
         entry=entry,
         path=path,
@@ -133,6 +138,8 @@ def _load_one(path: Path, shown: str, label: str) -> LoadedEntry | None:
         sha256=sha256_bytes(raw),
         raw=raw,
         schema_version=int(data["schema_version"]),
+        predictions=predictions,
+        predictions_note=note.replace(f"{path.parent}/", "") if note else "",
     )
 
 
@@ -190,7 +197,12 @@ def validate_entries(sources: Sequence[Source] | Source) -> list[str]:
     collection = collect_entries(sources)
     if not collection.entries and not collection.problems:
         raise DataError(no_entries_message(sources, collection))
-    return [*collection.problems, *duplicate_problems(collection.entries)]
+    unreadable = [
+        f"{e.name}: {e.predictions_note} (a board shows this entry without its interval)"
+        for e in collection.entries
+        if e.entry.predictions is not None and e.predictions is None
+    ]
+    return [*collection.problems, *unreadable, *duplicate_problems(collection.entries)]
 
 
 def duplicate_problems(entries: Iterable[LoadedEntry]) -> list[str]:

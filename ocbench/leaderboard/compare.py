@@ -23,7 +23,7 @@ from typing import Any
 
 from ocbench.benchmark.entry import Entry, load_entry
 from ocbench.errors import DataError
-from ocbench.leaderboard.formatting import fmt_score, score_label
+from ocbench.leaderboard.formatting import fmt_axis_value, fmt_score, score_label
 
 __all__ = ["Comparison", "compare_entries"]
 
@@ -47,16 +47,17 @@ class Comparison:
 def _name(entry: Entry) -> str:
     return f"{entry.backbone.name} · {entry.channels.key} · {entry.task} · {entry.split.track}" + (
         f" · seed {entry.seed}" if entry.seed else ""
-    )
+    ) + (f" · at {entry.axis.name}={fmt_axis_value(entry.axis.main)}" if entry.axis is not None else "")
 
 
 def _predictions(entry: Entry, path: Path) -> tuple[Any, str]:
-    from ocbench.predictions import load_predictions
+    from ocbench.predictions import load_kept_predictions, load_predictions
 
     ref = entry.predictions
     if ref is None:
         return None, f"{path.name} kept no per-item predictions (schema 3 entries written by ocbench run do)"
-    return load_predictions(path.parent / ref.file, ref.sha256), ""
+    load_predictions(path.parent / ref.file, ref.sha256)  # a missing or damaged file is an error here
+    return load_kept_predictions(entry, path)
 
 
 def _comparable(a: Entry, b: Entry, pa: Path, pb: Path) -> None:
@@ -96,6 +97,11 @@ def compare_entries(path_a: str | os.PathLike, path_b: str | os.PathLike, *, alp
             line += f"; {score_label(ref.eval_set, main.metric)} {summary.interval.describe()}"
         out.lines.append(line)
     out.lines.append(f"difference A - B in mean {label}: {out.difference:+.4f}")
+    if a.axis is not None and b.axis is not None and (a.axis.name, a.axis.main) != (b.axis.name, b.axis.main):
+        out.lines.append(
+            f"  note: A is scored at {a.axis.name}={fmt_axis_value(a.axis.main)}, B at {b.axis.name}={fmt_axis_value(b.axis.main)}: "
+            "this compares two settings as well as two backbones"
+        )
 
     separated: list[int] = []  # +1: A better, -1: B better, 0: cannot tell, per test
     if sa.n == sb.n >= 2:

@@ -10,13 +10,12 @@ Bars and curves of scores start their score axis at 0, so a bar's length is its 
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from ocbench.leaderboard.formatting import fmt_axis_value
-from ocbench.leaderboard.tables import Board, Row, Table
+from ocbench.leaderboard.tables import Board, Row, Table, trained_from
 from ocbench.reported import REPORTED
 
 __all__ = ["PlotSpec", "FRACTION_KEYS", "plan_plots", "write_plots"]
@@ -58,15 +57,9 @@ def _fraction_of(row: Row) -> float | None:
 def _curve_backbone(row: Row) -> str:
     """The backbone a fraction curve is drawn for. A fine-tuned row is named per run
     (``<base>.ft-<data>-f<fraction>-<hash>``); its card's notes name the base it was trained from."""
-    card = (row.entry.entry.backbone.card or {}) if row.kind == "computed" and row.entry else {}
-    try:
-        notes = json.loads(card.get("notes") or "")
-    except (TypeError, ValueError):
-        notes = None
-    if isinstance(notes, dict):
-        base = notes.get("fine-tuned from") or notes.get("trained from scratch as")
-        if isinstance(base, str) and base:
-            return base
+    notes = trained_from(row.entry.entry) if row.kind == "computed" and row.entry else None
+    if notes is not None:
+        return notes.get("fine-tuned from") or notes["trained from scratch as"]
     return row.backbone
 
 

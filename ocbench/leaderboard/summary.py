@@ -105,7 +105,8 @@ def format_run_table(entries: Sequence[Any]) -> str:
             notes.append(f"interval of {e.key}: {score_label(ref.eval_set, e.main_score.metric)} {summary.interval.describe()}")
     for e in entries:
         if e.backbone.weights_verified is False:
-            notes.append(f"{e.key}: {WEIGHTS_UNVERIFIED}" + (f" ({e.backbone.weights_note})" if e.backbone.weights_note else ""))
+            note = e.backbone.weights_note
+            notes.append(f"{e.key}: {WEIGHTS_UNVERIFIED}" + (f" ({note})" if note and note != WEIGHTS_UNVERIFIED else ""))
     return tabulate(rows, headers=headers, tablefmt="simple") + "\n" + "\n".join(notes)
 
 

@@ -19,7 +19,6 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ocbench.leaderboard.channels import channels_label, entry_channel_map
@@ -199,19 +198,15 @@ def _row_flags(loaded: Any) -> list[str]:
 
 
 def _predictions_of(loaded: Any) -> tuple[Any, str]:
-    """The entry's kept predictions, or None and why there are none (said on the board)."""
-    from ocbench.errors import DataError
-    from ocbench.predictions import load_predictions
-
-    ref = loaded.entry.predictions
-    if ref is None:
+    """The entry's kept predictions (checked when the entry was collected), or None and why there
+    are none (said on the board)."""
+    if loaded.entry.predictions is None:
         if loaded.schema_version < 3:
             return None, f"no interval: entries of schema {loaded.schema_version} kept no per-item predictions"
         return None, "no interval: the task kept no per-item predictions"
-    try:
-        return load_predictions(Path(loaded.path).parent / ref.file, ref.sha256), ""
-    except DataError as exc:
-        return None, f"no interval: {exc}"
+    if loaded.predictions is None:
+        return None, f"no interval: {loaded.predictions_note}"
+    return loaded.predictions, ""
 
 
 def _provenance(loaded: Any, board_file: str) -> tuple[tuple[str, str], ...]:
@@ -222,7 +217,7 @@ def _provenance(loaded: Any, board_file: str) -> tuple[tuple[str, str], ...]:
     weights = f"sha256 {b.weights_sha256 or '- (no weights)'}; revision {b.revision or '-'}"
     if b.weights_sha256:
         weights += f"; {verified}"
-    if b.weights_note:
+    if b.weights_note and b.weights_note not in weights:
         weights += f" ({b.weights_note})"
     facts = [
         ("entry", f"entries/{board_file} (sha256 {loaded.sha256})"),
@@ -286,7 +281,8 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
     test = e.test
     predictions, no_interval = _predictions_of(loaded)
     interval_set = e.predictions.eval_set if e.predictions is not None else ""
-    summary = e.scores.get(interval_set, {}).get(e.main_score.metric) if interval_set else None
+    summary = e.scores.get(interval_set, {}).get(e.main_score.metric) if interval_set and predictions is not None else None
+    # a recorded interval is shown only beside the predictions it was computed from
     interval = summary.interval if summary is not None else None
     if interval is None and not no_interval:
         no_interval = "no interval recorded for the main metric"
@@ -661,6 +657,34 @@ class SeedTable:
     mixed: bool  # rows with different numbers of seeds
 
 
+def trained_from(entry: Any) -> dict | None:
+    """The training record a backbone trained by ocbench (``ocbench finetune``) keeps in its card's
+    notes (base, dataset, split, seed, settings, run hash), or None for any other backbone."""
+    card = entry.backbone.card or {}
+    try:
+        notes = json.loads(card.get("notes") or "")
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(notes, dict):
+        return None
+    base = notes.get("fine-tuned from") or notes.get("trained from scratch as")
+    return notes if isinstance(base, str) and base else None
+
+
+def _config_across_seeds(row: Row) -> str:
+    """The name a row's configuration goes by across seeds. A backbone trained by ocbench is named
+    per run, seed included (``<base>.ft-<data>-f<fraction>-<run hash>``): its seeds are pooled under
+    that name with the run hash replaced by a hash of the training settings without the seed."""
+    notes = trained_from(row.entry.entry) if row.entry is not None else None
+    run_hash = str((notes or {}).get("run_hash") or "")
+    if not run_hash or not row.backbone.endswith("-" + run_hash):
+        return row.backbone
+    settings = {k: v for k, v in notes.items() if k not in ("seed", "run_hash", "split")}
+    settings["split_track"] = (notes.get("split") or {}).get("track")
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{row.backbone[: -len(run_hash)]}seeds-{digest}"
+
+
 def seed_tables(tables: Sequence[Table]) -> tuple[SeedTable, ...]:
     """Tables of configurations run with several seeds: the tables that differ only in split (one per
     split seed) are pooled, and each configuration's per-seed means are summarized (mean, seed std
@@ -675,7 +699,7 @@ def seed_tables(tables: Sequence[Table]) -> tuple[SeedTable, ...]:
         for table in members:
             for row in table.computed_rows:
                 seed = row.seed or 0
-                per_config[(row.backbone, row.channels)][seed] = row
+                per_config[(_config_across_seeds(row), row.channels)][seed] = row
         if not any(len(by_seed) > 1 for by_seed in per_config.values()):
             continue
         most = max(len(by_seed) for by_seed in per_config.values())

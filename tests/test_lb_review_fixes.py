@@ -1,0 +1,156 @@
+"""Board and entry defects found by a review: each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ocbench.benchmark.entry import entry_from_dict
+from ocbench.cli import cli
+from ocbench.errors import DataError
+from ocbench.leaderboard import build_board, collect_entries, validate_entries
+from ocbench.leaderboard.examples import example_entry_dict, write_example_with_predictions
+from ocbench.leaderboard.formatting import WEIGHTS_UNVERIFIED
+from ocbench.leaderboard.summary import format_run_table
+from ocbench.leaderboard.tables import build_tables
+
+
+def _problem(n_items=40, n_classes=5, repeats=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n_items, n_classes)) < 0.4).astype(np.uint8)
+    y[np.arange(n_items), rng.integers(0, n_classes, n_items)] = 1
+    p = np.where(rng.random((repeats, n_items, n_classes)) < 0.8, y, 1 - y).astype(np.uint8)
+    groups = [f"protein{i // 4}" for i in range(n_items)]
+    return y, p, groups
+
+
+def _write(folder, backbone="classical-stats", **kwargs):
+    y, p, groups = _problem()
+    return write_example_with_predictions(folder, backbone, y, p, groups, n_resamples=200, **kwargs)
+
+
+def _edit(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_huge_score_values_are_one_problem_line_not_a_traceback(tmp_path):
+    good = example_entry_dict()
+    good["scores"]["test"]["macro_f1"]["values"] = [1e308] * 5
+    (tmp_path / "big.json").write_text(json.dumps(good))
+    problems = validate_entries(tmp_path)
+    assert len(problems) == 1 and "big.json" in problems[0] and "too large" in problems[0]
+
+
+def test_scores_edited_after_the_run_are_refused_because_the_predictions_disagree(tmp_path):
+    path = _write(tmp_path / "entries")
+    assert validate_entries(tmp_path / "entries") == []
+
+    def inflate(data):
+        s = data["scores"]["test"]["macro_f1"]
+        s.update(values=[0.9] * len(s["values"]), mean=0.9, std=0.0)
+        s["interval"].update(estimate=0.9, low=0.88, high=0.92)
+
+    _edit(path, inflate)
+    problems = validate_entries(tmp_path / "entries")
+    assert len(problems) == 1
+    assert "recorded as 0.9000" in problems[0] and "kept predictions give" in problems[0]
+    collection = collect_entries(tmp_path / "entries")
+    assert collection.entries == () and len(collection.problems) == 1  # the board leaves it out
+
+
+def test_damaged_predictions_hide_the_recorded_interval_and_validate_says_so(tmp_path):
+    path = _write(tmp_path / "entries")
+    entry = json.loads(path.read_text())
+    (tmp_path / "entries" / entry["predictions"]["file"]).write_bytes(b"garbage")
+    problems = validate_entries(tmp_path / "entries")
+    assert len(problems) == 1 and "sha256 does not match" in problems[0] and "without its interval" in problems[0]
+    rows = [r for t in build_tables(collect_entries(tmp_path / "entries").entries).tables for r in t.rows if r.kind == "computed"]
+    assert rows
+    for row in rows:
+        assert all(name != "interval" for name, _ in row.provenance)
+        assert "no interval" in row.notes
+
+
+def test_compare_refuses_an_entry_whose_scores_disagree_with_its_predictions(tmp_path):
+    a = _write(tmp_path / "a")
+    b = _write(tmp_path / "b", backbone="tiny-vit-random")
+    _edit(b, lambda d: d["scores"]["test"]["macro_f1"].update(
+        values=[v + 0.05 for v in d["scores"]["test"]["macro_f1"]["values"]],
+        mean=d["scores"]["test"]["macro_f1"]["mean"] + 0.05,
+    ) or d["scores"]["test"]["macro_f1"].pop("interval"))
+    result = CliRunner().invoke(cli, ["compare", str(a), str(b)])
+    assert result.exit_code == 2, result.output
+    assert "kept predictions give" in result.output and "Traceback" not in result.output
+
+
+def test_an_entry_cannot_call_a_backbone_trained_on_opencell_zero_shot():
+    data = example_entry_dict(not_zero_shot=[])
+    data["backbone"]["card"]["training_datasets"] = ["HPA FOV", "OpenCell"]
+    data["dataset"]["card"] = {"name": "demo"}
+    with pytest.raises(DataError, match="not_zero_shot is \\[\\]"):
+        entry_from_dict(data, source="edited.json")
+    data["backbone"]["not_zero_shot"] = ["trained on OpenCell: the benchmark's own images (demo)"]
+    entry_from_dict(data, source="honest.json")
+    data["backbone"]["card"]["training_datasets"] = ["ImageNet-1k"]
+    data["backbone"]["not_zero_shot"] = []
+    entry_from_dict(data, source="zero-shot.json")
+
+
+def test_the_unverified_weights_note_is_said_once(tmp_path):
+    data = example_entry_dict(weights_verified=False, weights_note=WEIGHTS_UNVERIFIED)
+    (tmp_path / "entries").mkdir()
+    (tmp_path / "entries" / "e.json").write_text(json.dumps(data))
+    loaded = collect_entries(tmp_path / "entries").entries
+    build_board(tmp_path / "entries", tmp_path / "board")
+    markdown = (tmp_path / "board" / "LEADERBOARD.md").read_text()
+    assert f"({WEIGHTS_UNVERIFIED})" not in markdown
+    assert WEIGHTS_UNVERIFIED in markdown
+    assert f"({WEIGHTS_UNVERIFIED})" not in format_run_table([e.entry for e in loaded])
+
+
+def _finetuned_entry(seed, shift, *, epochs=100):
+    """An entry of a backbone fine-tuned by ocbench: named per run, the run hash covering the seed."""
+    import hashlib
+
+    notes = {"fine-tuned from": "model-a", "method": "DINO self-distillation (ocbench finetune)", "dataset": "demo",
+             "dataset_version": "v", "split": {"track": "paper", "sha256": f"split{seed}"}, "seed": seed,
+             "channels": "natural", "config": {"epochs": epochs, "fraction": 0.1}}
+    notes["run_hash"] = hashlib.sha256(json.dumps(notes, sort_keys=True).encode()).hexdigest()[:10]
+    name = f"model-a.ft-demo-f0.1-{notes['run_hash']}"
+    data = example_entry_dict(name, task="finetune", val_folds=[0.80 + shift, 0.81 + shift, 0.79 + shift, 0.80 + shift, 0.82 + shift], seed=seed)
+    data["backbone"]["card"]["notes"] = json.dumps(notes, sort_keys=True)
+    return data
+
+
+def test_seeds_of_one_fine_tuning_configuration_are_pooled_on_the_board(tmp_path):
+    from ocbench.benchmark.entry import write_entry
+
+    folder = tmp_path / "entries"
+    for seed, shift in ((0, 0.0), (1, 0.01), (2, -0.01)):
+        write_entry(_finetuned_entry(seed, shift), folder)
+    write_entry(_finetuned_entry(0, -0.1, epochs=10), folder)  # other settings: not pooled with them
+    board = build_tables(collect_entries([folder]).entries, include_reported=False)
+    [seeds] = board.seed_tables
+    by_n = sorted(seeds.rows, key=lambda r: -r.n)
+    assert [r.n for r in by_n] == [3, 1]
+    assert by_n[0].backbone.startswith("model-a.ft-demo-f0.1-seeds-") and by_n[0].mean == pytest.approx(0.804)
+    assert by_n[1].backbone != by_n[0].backbone
+
+
+def test_compare_names_the_k_each_entry_is_scored_at(tmp_path):
+    y, p, groups = _problem()
+    a = write_example_with_predictions(tmp_path / "a", "model-a", y, p, groups, n_resamples=200)
+    b = write_example_with_predictions(tmp_path / "b", "model-b", y, p[::-1], groups, n_resamples=200)
+    for path, k in ((a, 1), (b, 50)):
+        def with_axis(data, k=k):
+            point = {"value": float(k), "scores": data["scores"]}
+            data["axis"] = {"name": "k", "main": float(k), "points": [point]}
+        _edit(path, with_axis)
+    result = CliRunner().invoke(cli, ["compare", str(a), str(b)])
+    assert result.exit_code == 0, result.output
+    assert "at k=1" in result.output and "at k=50" in result.output and "two settings" in result.output
