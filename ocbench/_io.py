@@ -117,16 +117,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent, path.name)
-    tmp = _temp_file_beside(path)
+    try:
+        tmp = _temp_file_beside(path)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         yield Path(tmp)
         # Writers that recreate the file (safetensors) reset its mode to 0600: set it again.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if _names_temp(exc, path):
+            raise _naming(exc, path) from None
         raise
+
+
+def _names_temp(exc: BaseException, path: Path) -> bool:
+    """Is ``exc`` an OSError about a temp file or folder standing in for ``path`` (or inside one)?"""
+    if not isinstance(exc, OSError) or not exc.filename:
+        return False
+    return any(part.startswith(f".{path.name}.ocb") for part in Path(str(exc.filename)).parts)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same error about ``path``, the file the user asked for, not the temp file behind it."""
+    return type(exc)(exc.errno, f"could not write ({exc.strerror or exc})", str(path))
 
 
 @contextlib.contextmanager
@@ -146,7 +163,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent, path.name)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
+    except OSError as exc:
+        raise _naming(exc, path) from None
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
@@ -166,8 +186,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             raise
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _names_temp(exc, path):
+            raise _naming(exc, path) from None
         raise
 
 

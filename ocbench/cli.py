@@ -460,10 +460,11 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
         from ocbench.tasks import Progress
 
         _, evaluation = task.evaluation_cells(ds, progress=Progress(True))
+        emb = extract(evaluation.crops)  # under torchrun every rank takes part; rank 0 alone writes
         if export_path:
-            click.echo(f"wrote {cell_data.export_cell_embeddings(export_path, evaluation, extract)}")
+            if _is_main_rank():
+                click.echo(f"wrote {cell_data.export_cell_embeddings(export_path, evaluation, lambda crops: emb)}")
             return
-        emb = extract(evaluation.crops)
     else:
         emb = extract(ds)
         if export_path and _is_main_rank():

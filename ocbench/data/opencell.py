@@ -152,6 +152,8 @@ def read_fov(path: str | os.PathLike) -> np.ndarray:
         with open(path, "rb") as fh:
             magic = fh.read(4)
     except FileNotFoundError:
+        if os.path.islink(path):  # listed, but the link points nowhere: listing again would list it again
+            raise DataError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; fix or remove the link") from None
         raise DataError(
             f"{path}: file not found; the data changed since the dataset was listed, list it again"
         ) from None

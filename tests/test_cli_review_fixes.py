@@ -1,0 +1,69 @@
+"""Defects of the extraction, data and CLI paths found by a review: each test failed before its fix."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from ocbench._io import atomic_write
+from ocbench.cli import cli
+from ocbench.errors import DataError
+
+from cli_assertions import one_line_error, one_line_message
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc, where no file can be created (Linux)")
+def test_a_failed_write_names_the_users_path_not_the_temp_file():
+    with pytest.raises(OSError) as excinfo:
+        with atomic_write("/proc/ocbench-out.json") as fh:
+            fh.write("{}")
+    assert excinfo.value.filename == "/proc/ocbench-out.json"
+    assert "could not write" in excinfo.value.strerror
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc, where no file can be created (Linux)")
+def test_the_cli_reports_an_unwritable_output_in_one_line_naming_it(tmp_path):
+    (tmp_path / "a.csv").write_text("x\n")
+    result = CliRunner().invoke(cli, ["--cache-dir", str(tmp_path / "cache"), "data", "demo", "--root", "/proc/ocbench-demo"])
+    one_line_error(result, "/proc/ocbench-demo")
+    assert ".tmp" not in result.stderr
+
+
+def test_a_dangling_symbolic_link_among_the_fovs_is_named_as_such(tmp_path):
+    from ocbench.data.opencell import read_fov
+
+    link = tmp_path / "OC-FOV_ABC_ENSG00000000001_CID000001_FID00000001_proj.tif"
+    os.symlink(tmp_path / "gone.tif", link)
+    with pytest.raises(DataError) as excinfo:
+        read_fov(link)
+    one_line_message(excinfo, str(link), "symbolic link", "gone.tif", "fix or remove the link")
+    assert "list it again" not in str(excinfo.value)
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    from ocbench.data.demo import DemoConfig, write_demo
+
+    root = tmp_path_factory.mktemp("data") / "demo"
+    write_demo(root, DemoConfig(proteins=8, fovs_per_protein=2, size=96, unlabelled_proteins=0,
+                                annotation_only_proteins=0, name_joined_proteins=0))
+    return root
+
+
+def test_only_the_main_rank_writes_the_cell_embeddings_export(small_demo, tmp_path, monkeypatch):
+    pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image")
+    from ocbench.benchmark import distributed
+
+    args = ["--cache-dir", str(tmp_path / "cache"), "embed", "--backbone", "classical-stats", "--dataset", str(small_demo),
+            "--cells", "--set", "crop_size=48", "--device", "cpu", "--workers", "0"]
+    monkeypatch.setattr(distributed, "is_main", lambda: False)  # what every rank but 0 sees under torchrun
+    result = CliRunner().invoke(cli, [*args, "--export", str(tmp_path / "rank1.npz")])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "rank1.npz").exists()
+    monkeypatch.setattr(distributed, "is_main", lambda: True)
+    result = CliRunner().invoke(cli, [*args, "--export", str(tmp_path / "rank0.npz")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rank0.npz").stat().st_size > 0
