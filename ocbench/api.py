@@ -17,7 +17,9 @@ the model is (name, training data, licence); a registered card name or a ``timm:
 ``local:`` spec may be given instead, to describe the preprocessing of a known model. The result is
 a normal entry written by the runner (same checks, cache and files as ``ocbench run``); its backbone
 block says the weights are unverified in-memory weights and records the sha256 of the module's
-``state_dict`` (see :mod:`ocbench.backbones.memory`).
+``state_dict``. Cached embeddings are keyed by that sha256 plus the module's submodule classes and
+plain attributes, never by the code of ``forward``; a plain callable or a module with an empty
+``state_dict`` is never served cached embeddings (exactly what counts: :mod:`ocbench.backbones.memory`).
 
 This module sits at the top of the layers, beside the command line.
 """

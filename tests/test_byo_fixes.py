@@ -49,3 +49,68 @@ def test_plugin_module_that_does_not_exist_says_so(tmp_path, monkeypatch):
     (tmp_path / "mylab_needs_missing.py").write_text("import mylab_missing_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     one_line_error(invoke("--plugin", "mylab_needs_missing", "backbones", "list"), "mylab_missing_dependency")
+
+
+# ------------------------------------------------------------------------------------------------
+# in-memory models: behaviour outside the state_dict
+
+
+def _stat_card(**changes):
+    from ocbench.backbones.card import BackboneCard
+
+    fields = dict(name="mylab-stat", source="memory:x", arch="mylab-stat", feature_dim=6, in_chans=3,
+                  input_channels=("R", "G", "B"), default_channels="imagenet-best", training_datasets=(),
+                  supervision="none", license="MIT")
+    return BackboneCard(**dict(fields, **changes))
+
+
+def _stat_module(parameters: bool):
+    import torch
+    from torch import nn
+
+    class Stat(nn.Module):  # behaviour set by a plain attribute (like timm's global_pool)
+        def __init__(self, mode):
+            super().__init__()
+            self.mode = mode
+            if parameters:
+                self.scale = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            if self.mode == "mean":
+                out = torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
+            else:
+                out = torch.cat([x.amax((2, 3)), x.amin((2, 3))], 1)
+            return out * self.scale if parameters else out
+
+    return Stat
+
+
+def test_in_memory_modules_differing_outside_the_state_dict_get_different_tokens():
+    from ocbench.backbones.loader import resolve_identity
+    from ocbench.backbones.memory import MEMORY_NOTE_CALLABLE, in_memory_card
+
+    stateless = _stat_module(parameters=False)
+    a, b = in_memory_card(stateless("mean"), _stat_card()), in_memory_card(stateless("mean"), _stat_card())
+    assert a.source != b.source  # an empty state_dict: unique per call, like a plain callable
+    identity = resolve_identity(a)
+    assert identity.weights_sha256 is None and identity.weights_note == MEMORY_NOTE_CALLABLE
+
+    with_weights = _stat_module(parameters=True)
+    mean, same = with_weights("mean"), with_weights("mean")
+    assert in_memory_card(mean, _stat_card()).source == in_memory_card(same, _stat_card()).source  # reusable
+    assert in_memory_card(with_weights("max"), _stat_card()).source != in_memory_card(mean, _stat_card()).source
+
+
+def test_evaluate_never_serves_a_stateless_module_another_modules_embeddings(module_cache, tmp_path):
+    import torch
+
+    import ocbench
+
+    torch.manual_seed(0)
+    stateless = _stat_module(parameters=False)
+    common = dict(card=_stat_card(), task="fov-linear", dataset="demo", overrides=("epochs=5",), device="cpu",
+                  cache_dir=tmp_path / "cache")
+    first = ocbench.evaluate(stateless("mean"), output_dir=tmp_path / "a", **common)
+    shared = ocbench.evaluate(stateless("max"), output_dir=tmp_path / "b", **common)
+    fresh = ocbench.evaluate(stateless("max"), output_dir=tmp_path / "c", **dict(common, cache_dir=tmp_path / "fresh"))
+    assert shared.main.mean == fresh.main.mean != first.main.mean
