@@ -114,3 +114,28 @@ def test_evaluate_never_serves_a_stateless_module_another_modules_embeddings(mod
     shared = ocbench.evaluate(stateless("max"), output_dir=tmp_path / "b", **common)
     fresh = ocbench.evaluate(stateless("max"), output_dir=tmp_path / "c", **dict(common, cache_dir=tmp_path / "fresh"))
     assert shared.main.mean == fresh.main.mean != first.main.mean
+
+
+# ------------------------------------------------------------------------------------------------
+# malformed config.json of a local: / hf-hub: folder
+
+VIT = "vit_tiny_patch16_224"
+
+
+@pytest.mark.parametrize("config, field, advice", [
+    ({"architecture": VIT, "model_args": ["a"], "pretrained_cfg": {}}, "field model_args", "JSON object"),
+    ({"architecture": VIT, "pretrained_cfg": ["x"]}, "field pretrained_cfg", "JSON object"),
+    ({"architecture": VIT, "model_args": {"in_chans": "three"}, "pretrained_cfg": {}}, "field model_args.in_chans",
+     "positive integer"),
+    ({"architecture": VIT, "pretrained_cfg": {"mean": 0.5, "std": 0.5}}, "field pretrained_cfg.mean", "list of numbers"),
+    ({"architecture": VIT, "pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5]}}, "field pretrained_cfg.mean/std",
+     "same length"),
+    ({"architecture": VIT, "pretrained_cfg": {"input_size": "224"}}, "field pretrained_cfg.input_size",
+     "[3, 224, 224]"),
+    ({"architecture": VIT, "pretrained_cfg": {"tag": 5}}, "field pretrained_cfg.tag", "string"),
+])
+def test_malformed_config_json_is_one_line_naming_file_and_field(tmp_path, config, field, advice):
+    folder = tmp_path / "myvit"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    one_line_error(invoke("backbones", "show", f"local:{folder}"), str(folder / "config.json"), field, advice)
