@@ -139,3 +139,40 @@ def test_malformed_config_json_is_one_line_naming_file_and_field(tmp_path, confi
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(config))
     one_line_error(invoke("backbones", "show", f"local:{folder}"), str(folder / "config.json"), field, advice)
+
+
+# ------------------------------------------------------------------------------------------------
+# ocbench_card.json validation
+
+
+def _user_card_dict(**changes):
+    from ocbench.backbones.card import BackboneCard
+
+    card = BackboneCard(name="mylab-vit", source="local:placeholder", arch=VIT, feature_dim=192, in_chans=3,
+                        input_channels=("R", "G", "B"), default_channels="imagenet-best", patch_size=16,
+                        input_size=224, training_datasets=("ImageNet-1k",), supervision="self-supervised", license="MIT")
+    return dict(card.to_dict(), **changes)
+
+
+def _card_folder(tmp_path, data, name="card"):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "ocbench_card.json").write_text(json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"input_channels": [1, 2, 3]}, "field input_channels"),
+    ({"channel_letters": [1, 2, 3]}, "field channel_letters"),
+    ({"default_channels": "bogus"}, "field default_channels"),
+    ({"default_channels": "protein=Q,nucleus=B"}, "field default_channels"),  # no input channel Q
+    ({"default_channels": 3}, "field default_channels"),
+    ({"arch_kwargs": ["x"]}, "field arch_kwargs"),
+    ({"in_chans": True}, "field in_chans"),
+    ({"input_size": "224"}, "field input_size"),
+    ({"sha256": 5}, "field sha256"),
+    ({"license": ["MIT"]}, "field license"),
+])
+def test_bad_card_file_field_is_one_line_naming_file_and_field(tmp_path, change, field):
+    folder = _card_folder(tmp_path, _user_card_dict(**change))
+    one_line_error(invoke("backbones", "show", f"local:{folder}"), str(folder / "ocbench_card.json"), field)

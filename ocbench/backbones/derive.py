@@ -41,6 +41,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from ocbench.backbones.adapters import default_adapter
 from ocbench.backbones.card import BackboneCard
 from ocbench.errors import ConfigError, DataError
 
@@ -148,11 +149,16 @@ def card_from_dict(data: Any, *, where: str = "card") -> BackboneCard:
             value = tuple(value)
         values[key] = value
     try:
-        return BackboneCard(**values)
+        card = BackboneCard(**values)
     except TypeError as exc:  # a required field missing
         raise ConfigError(f"{where}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    try:  # the default channel spec must fit the card's inputs (as for a registered card)
+        default_adapter(card)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: backbone card '{card.name}': field default_channels: {exc}") from None
+    return card
 
 
 def write_card_file(card: BackboneCard, folder: str | os.PathLike) -> Path:
