@@ -176,3 +176,76 @@ def _card_folder(tmp_path, data, name="card"):
 def test_bad_card_file_field_is_one_line_naming_file_and_field(tmp_path, change, field):
     folder = _card_folder(tmp_path, _user_card_dict(**change))
     one_line_error(invoke("backbones", "show", f"local:{folder}"), str(folder / "ocbench_card.json"), field)
+
+
+# ------------------------------------------------------------------------------------------------
+# a user's card may not take a registered card's name
+
+
+def test_card_file_with_a_registered_name_is_refused(tmp_path, monkeypatch):
+    from ocbench.backbones.derive import resolve_backbone
+    from ocbench.errors import ConfigError
+
+    data = _user_card_dict(name="hpa-fov-vitb8")
+    folder = _card_folder(tmp_path, data)
+    result = invoke("backbones", "show", f"local:{folder}")
+    one_line_error(result, str(folder / "ocbench_card.json"), "'hpa-fov-vitb8'", "another name")
+    assert "0.822" not in result.output  # the paper's numbers of the real model are never shown for it
+
+    # found by name in <cache>/weights/<name>/: the same rule
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "oc"))
+    (tmp_path / "oc" / "weights").mkdir(parents=True)
+    trained = _card_folder(tmp_path / "oc" / "weights", data, name="my-trained")
+    with pytest.raises(ConfigError, match="already a registered backbone") as info:
+        resolve_backbone("my-trained")
+    assert str(trained / "ocbench_card.json") in str(info.value)
+
+
+def test_card_file_identical_to_a_registered_card_is_that_card(tmp_path):
+    from ocbench.backbones.card import BackboneCard
+    from ocbench.backbones.cards import register_card
+    from ocbench.backbones.derive import resolve_backbone
+
+    folder = tmp_path / "card"
+    card = BackboneCard(**{**_user_card_dict(name="mylab-same-card", source=f"local:{folder}"),
+                           "input_channels": ("R", "G", "B"), "training_datasets": ("ImageNet-1k",)})
+    _card_folder(tmp_path, card.to_dict())
+    register_card(card)
+    try:
+        assert resolve_backbone(f"local:{folder}") == card
+    finally:
+        BACKBONES.unregister("mylab-same-card")
+
+
+def test_derived_card_whose_name_is_registered_is_refused(tmp_path):
+    from ocbench.backbones.card import BackboneCard
+    from ocbench.backbones.cards import register_card
+
+    folder = tmp_path / "myvit"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": VIT, "pretrained_cfg": {"tag": "in1k"}}))
+    register_card(BackboneCard(**{**_user_card_dict(name="local-myvit"), "input_channels": ("R", "G", "B")}))
+    try:
+        one_line_error(invoke("backbones", "show", f"local:{folder}"), "'local-myvit'", "rename the folder")
+    finally:
+        BACKBONES.unregister("local-myvit")
+
+
+def test_evaluate_never_writes_under_a_registered_cards_name(module_cache, tmp_path):
+    import torch
+
+    import ocbench
+    from ocbench.backbones.cards import get_card
+    from ocbench.errors import ConfigError
+
+    weights = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+
+    def features(x):
+        return x.mean(dim=(2, 3)) @ weights
+
+    entry = ocbench.evaluate(features, card="tiny-vit-random", task="fov-linear", dataset="demo", output_dir=tmp_path,
+                             overrides=("epochs=5",), device="cpu")
+    assert entry.key.startswith("tiny-vit-random-in-memory__") and entry.backbone.name == "tiny-vit-random-in-memory"
+    with pytest.raises(ConfigError, match="another name"):
+        ocbench.evaluate(features, card=get_card("tiny-vit-random"), task="fov-linear", dataset="demo",
+                         output_dir=tmp_path, overrides=("epochs=5",), device="cpu")

@@ -13,7 +13,8 @@
 - ``local:DIR``: a folder in the same layout. When it holds ``ocbench_card.json`` (the
   ``BackboneCard.to_dict()`` JSON of the card to use; what ocbench's own training writes), that card
   is used as it is, with only its ``source`` pointing at DIR; otherwise the card is derived from
-  ``config.json``;
+  ``config.json``. A card file or a derived card whose name a registered card has, with another
+  definition, is refused (entries, cache keys and the paper's reported numbers go by name);
 - a name that is not registered but names a folder ``<cache>/weights/<name>/`` holding
   ``ocbench_card.json`` (weights trained by ocbench are usable by name).
 
@@ -365,10 +366,27 @@ def _local_card(target: str, cache_dir: str | os.PathLike | None) -> BackboneCar
         raise ConfigError(f"{where}: folder {folder} does not exist (a bare name is a folder under <cache>/weights/)")
     if (folder / CARD_FILENAME).is_file():
         card = load_card_file(folder / CARD_FILENAME)
-        return dataclasses.replace(card, source=f"local:{target}")
+        return _file_card(dataclasses.replace(card, source=f"local:{target}"), folder / CARD_FILENAME)
     config = _read_config(folder / "config.json", where)
-    return card_from_timm_config(config, name=_safe_name(f"local-{folder.name}"), source=f"local:{target}",
+    card = card_from_timm_config(config, name=_safe_name(f"local-{folder.name}"), source=f"local:{target}",
                                  where=f"{where}: {folder / 'config.json'}")
+    return _unregistered(card, where, "rename the folder, or give it an ocbench_card.json with another name")
+
+
+def _unregistered(card: BackboneCard, where: str, advice: str) -> BackboneCard:
+    """``card``, refused when a registered card has its name but another definition: entries, cache
+    keys and the paper's reported numbers go by name, so they would be attributed to that model."""
+    from ocbench.backbones.cards import BACKBONES
+
+    if card.name in BACKBONES and BACKBONES.get(card.name) != card:
+        raise ConfigError(
+            f"{where}: the card name '{card.name}' is already a registered backbone with a different definition; {advice}"
+        )
+    return card
+
+
+def _file_card(card: BackboneCard, path: Path) -> BackboneCard:
+    return _unregistered(card, str(path), f"set its field name to another name (e.g. '{card.name}-mine')")
 
 
 def resolve_backbone(spec: str | BackboneCard, *, cache_dir: str | os.PathLike | None = None) -> BackboneCard:
@@ -390,9 +408,9 @@ def resolve_backbone(spec: str | BackboneCard, *, cache_dir: str | os.PathLike |
         if not target:
             raise ConfigError(f"backbone {text!r}: write {kind}:<what> (e.g. timm:vit_small_patch14_dinov2.lvd142m)")
         if kind == "timm":
-            return _timm_card(target)
+            return _unregistered(_timm_card(target), f"backbone {text!r}", "unregister or rename that card")
         if kind == "hf-hub":
-            return _hub_card(target)
+            return _unregistered(_hub_card(target), f"backbone {text!r}", "unregister or rename that card")
         return _local_card(target, cache_dir)
     if text in BACKBONES:
         return BACKBONES.get(text)
@@ -401,5 +419,5 @@ def resolve_backbone(spec: str | BackboneCard, *, cache_dir: str | os.PathLike |
     trained = folder_for(text, cache_dir) / CARD_FILENAME if text and "/" not in text else None
     if trained is not None and trained.is_file():
         card = load_card_file(trained)
-        return dataclasses.replace(card, source=f"local:{text}")
+        return _file_card(dataclasses.replace(card, source=f"local:{text}"), trained)
     raise BACKBONES.unknown(text, extra="; or name weights directly: timm:NAME[.TAG], hf-hub:ORG/NAME[@REV], local:DIR")
