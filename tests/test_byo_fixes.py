@@ -249,3 +249,59 @@ def test_evaluate_never_writes_under_a_registered_cards_name(module_cache, tmp_p
     with pytest.raises(ConfigError, match="another name"):
         ocbench.evaluate(features, card=get_card("tiny-vit-random"), task="fov-linear", dataset="demo",
                          output_dir=tmp_path, overrides=("epochs=5",), device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# backbones import NAME --checkpoint for a card with a local: source
+
+
+def _tiny_dino_checkpoint(path):
+    import torch
+
+    from ocbench.backbones.vit import build_vit
+
+    torch.manual_seed(0)
+    model = build_vit(VIT, dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, img_size=32), 3)
+    torch.save({"teacher": {"backbone." + k: v for k, v in model.state_dict().items()}, "epoch": 3}, path)
+
+
+def test_import_into_a_local_cards_folder_is_where_the_card_reads(tmp_path, monkeypatch):
+    from ocbench.backbones.card import BackboneCard
+    from ocbench.backbones.cards import register_card
+    from ocbench.backbones.loader import resolve_identity
+    from ocbench.errors import ConfigError
+
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    later = tmp_path / "later"
+    card = BackboneCard(name="mylab-later", source=f"local:{later}", arch=VIT, feature_dim=32, in_chans=3,
+                        input_channels=("R", "G", "B"), default_channels="imagenet-best", patch_size=8, input_size=32,
+                        arch_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, img_size=32))
+    register_card(card)
+    try:
+        with pytest.raises(ConfigError, match="backbones import mylab-later --checkpoint") as info:
+            resolve_identity(card)  # the loader's advice ...
+        assert str(later) in str(info.value)
+        pth = tmp_path / "ck.pth"
+        _tiny_dino_checkpoint(pth)
+        result = invoke("backbones", "import", "mylab-later", "--checkpoint", str(pth))
+        assert result.exit_code == 0, result.output
+        assert f"wrote {later}" in result.output  # ... leads to the folder the card reads
+        assert not (tmp_path / "cache" / "weights" / "mylab-later").exists()
+        assert resolve_identity(card).weights_path == later / "model.safetensors"
+    finally:
+        BACKBONES.unregister("mylab-later")
+
+
+def test_import_without_out_for_a_card_that_never_reads_a_converted_folder_is_refused(tmp_path, monkeypatch):
+    from ocbench.backbones.card import BackboneCard
+    from ocbench.backbones.dino_import import import_backbone
+
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    pth = tmp_path / "ck.pth"
+    pth.write_bytes(b"not read")
+    fields = dict(name="mylab-hub", arch=VIT, feature_dim=192, in_chans=3, input_channels=("R", "G", "B"),
+                  default_channels="imagenet-best")
+    for source in ("hf-hub:org/name", f"local:{tmp_path / 'w' / 'model.safetensors'}"):
+        with pytest.raises(Exception, match="pass --out DIR"):
+            import_backbone(BackboneCard(source=source, **fields), pth)
+    assert not (tmp_path / "cache" / "weights").exists()
