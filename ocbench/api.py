@@ -14,16 +14,21 @@
 ``(N, in_chans, H, W)`` float32 and returning ``(N, card.feature_dim)`` features. ``card`` says how
 dataset images become that input (intensity rule, resize, normalization, channel default) and what
 the model is (name, training data, licence); a registered card name or a ``timm:``/``hf-hub:``/
-``local:`` spec may be given instead, to describe the preprocessing of a known model. The result is
+``local:`` spec may be given instead, to describe the preprocessing of a known model (the entry
+then names the backbone ``<that card's name>-in-memory``; a ``BackboneCard`` whose name is
+registered is refused, as entries and the paper's reported numbers go by name). The result is
 a normal entry written by the runner (same checks, cache and files as ``ocbench run``); its backbone
 block says the weights are unverified in-memory weights and records the sha256 of the module's
-``state_dict`` (see :mod:`ocbench.backbones.memory`).
+``state_dict``. Cached embeddings are keyed by that sha256 plus the module's submodule classes and
+plain attributes, never by the code of ``forward``; a plain callable or a module with an empty
+``state_dict`` is never served cached embeddings (exactly what counts: :mod:`ocbench.backbones.memory`).
 
 This module sits at the top of the layers, beside the command line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -59,6 +64,7 @@ def evaluate(
     The written file is ``<output_dir>/<entry key>.json`` (``entry.key``).
     """
     from ocbench.backbones.card import BackboneCard
+    from ocbench.backbones.cards import BACKBONES
     from ocbench.backbones.derive import resolve_backbone
     from ocbench.backbones.memory import in_memory_card
     from ocbench.benchmark.runner import RunOptions, RunSpec, run_grid
@@ -67,7 +73,17 @@ def evaluate(
 
     if card is None:
         raise ConfigError("evaluate: pass card= (a BackboneCard, or a card name / timm: spec whose preprocessing the model expects)")
-    base = card if isinstance(card, BackboneCard) else resolve_backbone(str(card))
+    if isinstance(card, BackboneCard):
+        base = card
+        if base.name in BACKBONES:
+            raise ConfigError(
+                f"evaluate: card name '{base.name}' is a registered backbone; an in-memory model is not that model "
+                f"(its entries and reported numbers go by name): give your card another name (e.g. '{base.name}-mine')"
+            )
+    else:
+        # a known model's preprocessing, under a name of its own: never the registered model's entries or numbers
+        known = resolve_backbone(str(card))
+        base = dataclasses.replace(known, name=f"{known.name}-in-memory")
     memory_card = in_memory_card(model, base)
     ds = open_dataset(dataset, annotations=annotations, min_grade=min_grade)
     options = RunOptions(

@@ -704,7 +704,8 @@ def backbones_show(name):
 @backbones.command("import")
 @click.argument("name")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="A downloaded DINO .pth (default: download the card's).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: the card's weights cache).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: where the card reads its weights: <cache>/weights/NAME for a url: card, its folder for a local: card).")
 @click.option("--checkpoint-key", default="teacher", show_default=True, help="Which network of the checkpoint to convert.")
 def backbones_import(name, checkpoint, out, checkpoint_key):
     """Convert a Dino4Cells/DINO (or SubCell encoder) .pth checkpoint to safetensors + config (Hub-style folder).

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from ocbench.errors import ConfigError
@@ -188,8 +189,6 @@ def load_plugin(module: str) -> None:
     if module.endswith(".py"):
         if not path.is_file():
             raise ConfigError(f"--plugin {module}: no such file")
-        import importlib.util
-
         name = f"ocbench_plugin_{path.stem}"
         loaded = sys.modules.get(name)
         if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path.resolve():
@@ -210,7 +209,7 @@ def load_plugin(module: str) -> None:
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):  # not a module it imports
             raise ConfigError(
                 f"--plugin {module}: no module named {module!r}; install it or pass a path to a .py file"
             ) from None

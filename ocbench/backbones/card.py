@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from ocbench.backbones.specs import SOURCE_KINDS, WeightsSource, parse_intensity, parse_resize, parse_source
+from ocbench.backbones.specs import (
+    SOURCE_KINDS,
+    WeightsSource,
+    parse_channel_spec,
+    parse_intensity,
+    parse_resize,
+    parse_source,
+)
 from ocbench.errors import ConfigError
 
 __all__ = ["BackboneCard", "SOURCE_KINDS", "NORMALIZATIONS", "SUPERVISIONS", "WeightsSource", "channel_aliases"]
@@ -148,31 +155,56 @@ def _validate_card(card: BackboneCard) -> None:
         raise bad("supervision", f"'{card.supervision}' must be one of {', '.join(SUPERVISIONS)}")
     if card.normalization not in NORMALIZATIONS:
         raise bad("normalization", f"'{card.normalization}' must be one of {', '.join(NORMALIZATIONS)}")
-    if not isinstance(card.in_chans, int) or card.in_chans < 1:
+    if not _positive_int(card.in_chans):
         raise bad("in_chans", "must be a positive integer")
-    if not isinstance(card.input_channels, tuple) or len(card.input_channels) != card.in_chans:
-        raise bad("input_channels", f"must be a tuple naming each of the {card.in_chans} input channels")
-    if card.channel_letters and len(card.channel_letters) != card.in_chans:
-        raise bad("channel_letters", f"must have {card.in_chans} letters or be empty")
+    if (
+        not isinstance(card.input_channels, tuple) or len(card.input_channels) != card.in_chans
+        or not all(isinstance(c, str) and c for c in card.input_channels)
+    ):
+        raise bad("input_channels", f"must be a tuple of {card.in_chans} names, one per input channel, e.g. (\"R\", \"G\", \"B\")")
+    if not isinstance(card.channel_letters, tuple) or (card.channel_letters and (
+        len(card.channel_letters) != card.in_chans or not all(isinstance(c, str) and c for c in card.channel_letters)
+    )):
+        raise bad("channel_letters", f"must be a tuple of {card.in_chans} letters (strings) or be empty")
     if _alias_clash(card):
         raise bad("input_channels", f"names and letters must be unique (case-insensitive): {_alias_clash(card)}")
     if card.normalization in RGB_NORMALIZATIONS and card.in_chans != 3:
         raise bad("normalization", f"'{card.normalization}' needs 3 input channels")
-    if not isinstance(card.feature_dim, int) or card.feature_dim < 1:
+    if not _positive_int(card.feature_dim):
         raise bad("feature_dim", "must be a positive integer")
-    if card.patch_size is not None and (not isinstance(card.patch_size, int) or card.patch_size < 1):
-        raise bad("patch_size", "must be a positive integer or None")
-    if card.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", card.sha256):
+    for name in ("patch_size", "input_size"):
+        if getattr(card, name) is not None and not _positive_int(getattr(card, name)):
+            raise bad(name, "must be a positive integer or None")
+    if card.init_seed is not None and (isinstance(card.init_seed, bool) or not isinstance(card.init_seed, int)):
+        raise bad("init_seed", "must be an integer or None")
+    if card.sha256 is not None and not (isinstance(card.sha256, str) and re.fullmatch(r"[0-9a-f]{64}", card.sha256)):
         raise bad("sha256", "must be 64 lower-case hex digits or None")
+    if not isinstance(card.arch, str) or not card.arch:
+        raise bad("arch", "must be a timm model name or the name of a built-in feature extractor")
+    for name in ("pretraining", "license", "citation", "notes"):
+        if not isinstance(getattr(card, name), str):
+            raise bad(name, "must be a string")
+    if not isinstance(card.arch_kwargs, dict) or not all(isinstance(k, str) for k in card.arch_kwargs):
+        raise bad("arch_kwargs", 'must be an object of timm.create_model keyword arguments, e.g. {"global_pool": "token"}')
     if {"in_chans", "num_classes"} & set(card.arch_kwargs):
         raise bad("arch_kwargs", "must not set in_chans or num_classes (they come from the card)")
     if source.kind == "builtin" and source.target == "random-init" and card.init_seed is None:
         raise bad("init_seed", "is required for builtin:random-init cards")
+    if not isinstance(card.default_channels, str):
+        raise bad("default_channels", "must be a channel spec string, e.g. \"imagenet-best\" or \"replicate\"")
+    try:  # the form here; what the names and indices mean is checked against the inputs by the adapters
+        parse_channel_spec(card.default_channels)
+    except ConfigError as exc:
+        raise bad("default_channels", f"is not a channel spec: {exc}") from None
     try:
         parse_intensity(card.intensity)
         parse_resize(card.resize)
     except ConfigError as exc:
         raise bad("intensity/resize", str(exc)) from None
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def channel_aliases(card: BackboneCard) -> dict[str, int]:

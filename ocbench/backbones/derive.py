@@ -13,7 +13,8 @@
 - ``local:DIR``: a folder in the same layout. When it holds ``ocbench_card.json`` (the
   ``BackboneCard.to_dict()`` JSON of the card to use; what ocbench's own training writes), that card
   is used as it is, with only its ``source`` pointing at DIR; otherwise the card is derived from
-  ``config.json``;
+  ``config.json``. A card file or a derived card whose name a registered card has, with another
+  definition, is refused (entries, cache keys and the paper's reported numbers go by name);
 - a name that is not registered but names a folder ``<cache>/weights/<name>/`` holding
   ``ocbench_card.json`` (weights trained by ocbench are usable by name).
 
@@ -41,6 +42,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from ocbench.backbones.adapters import default_adapter
 from ocbench.backbones.card import BackboneCard
 from ocbench.errors import ConfigError, DataError
 
@@ -148,11 +150,16 @@ def card_from_dict(data: Any, *, where: str = "card") -> BackboneCard:
             value = tuple(value)
         values[key] = value
     try:
-        return BackboneCard(**values)
+        card = BackboneCard(**values)
     except TypeError as exc:  # a required field missing
         raise ConfigError(f"{where}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    try:  # the default channel spec must fit the card's inputs (as for a registered card)
+        default_adapter(card)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: backbone card '{card.name}': field default_channels: {exc}") from None
+    return card
 
 
 def write_card_file(card: BackboneCard, folder: str | os.PathLike) -> Path:
@@ -211,20 +218,55 @@ def _inspect_architecture(arch: str, arch_kwargs: Mapping[str, Any], in_chans: i
     return int(model.num_features), (int(patch) if patch else None)
 
 
+def _checked_config(config: Mapping[str, Any], where: str) -> tuple[dict, dict]:
+    """``(pretrained_cfg, model_args)`` of a config, each field's type checked: a malformed field is
+    a one-line ConfigError naming ``where`` (the file), the field and what to write."""
+
+    def bad(field: str, why: str) -> ConfigError:
+        return ConfigError(f"{where}: field {field} {why}")
+
+    hub_layout = "pretrained_cfg" in config or "model_args" in config
+    pretrained = config.get("pretrained_cfg") if hub_layout else config
+    kwargs = config.get("model_args") if hub_layout else None
+    if pretrained is not None and not isinstance(pretrained, Mapping):
+        raise bad("pretrained_cfg", 'must be a JSON object, e.g. {"input_size": [3, 224, 224], "mean": [...], "std": [...]}')
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise bad("model_args", 'must be a JSON object of timm.create_model keyword arguments, e.g. {"in_chans": 3}')
+    pretrained, kwargs = dict(pretrained or {}), dict(kwargs or {})
+    prefix = "pretrained_cfg." if hub_layout else ""
+    in_chans = kwargs.get("in_chans")
+    if in_chans is not None and (isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1):
+        raise bad("model_args.in_chans", f"must be a positive integer (e.g. 3), got {in_chans!r}")
+    size = pretrained.get("input_size")
+    if size is not None and not (
+        isinstance(size, (list, tuple)) and len(size) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise bad(f"{prefix}input_size", f"must be [channels, height, width] of positive integers (e.g. [3, 224, 224]), got {size!r}")
+    mean, std = pretrained.get("mean"), pretrained.get("std")
+    for field, value in (("mean", mean), ("std", std)):
+        if value is not None and not (
+            isinstance(value, (list, tuple)) and value
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ):
+            raise bad(f"{prefix}{field}", f"must be a list of numbers, one per input channel (e.g. [0.485, 0.456, 0.406]), got {value!r}")
+    if mean is not None and std is not None and len(mean) != len(std):
+        raise bad(f"{prefix}mean/std", f"must have the same length (one number per input channel), got {len(mean)} and {len(std)}")
+    tag = pretrained.get("tag")
+    if tag is not None and not isinstance(tag, str):
+        raise bad(f"{prefix}tag", f"must be a string naming the pretrained weights (e.g. \"in1k\"), got {tag!r}")
+    return pretrained, kwargs
+
+
 def card_from_timm_config(
     config: Mapping[str, Any], *, name: str, source: str, where: str, arch_kwargs: Mapping[str, Any] | None = None
 ) -> BackboneCard:
     """A card from a timm pretrained config (``pretrained_cfg`` dict, or a Hub ``config.json`` with
-    ``architecture``, ``model_args`` and ``pretrained_cfg``)."""
+    ``architecture``, ``model_args`` and ``pretrained_cfg``). ``where`` names the config in errors
+    (for a file: ``<folder>/config.json``)."""
     refuse_remote_code(config, where)
-    if "pretrained_cfg" in config or "model_args" in config:  # Hub config.json layout
-        pretrained = dict(config.get("pretrained_cfg") or {})
-        arch = config.get("architecture") or pretrained.get("architecture")
-        kwargs = dict(config.get("model_args") or {})
-    else:
-        pretrained = dict(config)
-        arch = pretrained.get("architecture")
-        kwargs = {}
+    pretrained, kwargs = _checked_config(config, where)
+    arch = config.get("architecture") or pretrained.get("architecture")
     if not isinstance(arch, str) or not arch:
         raise ConfigError(f"{where}: config names no timm architecture ('architecture'); is it a timm-format model?")
     kwargs.update(arch_kwargs or {})
@@ -312,7 +354,7 @@ def _hub_card(target: str) -> BackboneCard:
     path, _ = hub_file(f"backbone {repo_id!r}", repo_id, revision or None, "config.json")
     config = _read_config(path, where)
     return card_from_timm_config(config, name=_safe_name(f"hf-hub-{repo_id.replace('/', '--')}"),
-                                 source=f"hf-hub:{target}", where=where)
+                                 source=f"hf-hub:{target}", where=f"{where}: {path}")
 
 
 def _local_card(target: str, cache_dir: str | os.PathLike | None) -> BackboneCard:
@@ -324,9 +366,27 @@ def _local_card(target: str, cache_dir: str | os.PathLike | None) -> BackboneCar
         raise ConfigError(f"{where}: folder {folder} does not exist (a bare name is a folder under <cache>/weights/)")
     if (folder / CARD_FILENAME).is_file():
         card = load_card_file(folder / CARD_FILENAME)
-        return dataclasses.replace(card, source=f"local:{target}")
+        return _file_card(dataclasses.replace(card, source=f"local:{target}"), folder / CARD_FILENAME)
     config = _read_config(folder / "config.json", where)
-    return card_from_timm_config(config, name=_safe_name(f"local-{folder.name}"), source=f"local:{target}", where=where)
+    card = card_from_timm_config(config, name=_safe_name(f"local-{folder.name}"), source=f"local:{target}",
+                                 where=f"{where}: {folder / 'config.json'}")
+    return _unregistered(card, where, "rename the folder, or give it an ocbench_card.json with another name")
+
+
+def _unregistered(card: BackboneCard, where: str, advice: str) -> BackboneCard:
+    """``card``, refused when a registered card has its name but another definition: entries, cache
+    keys and the paper's reported numbers go by name, so they would be attributed to that model."""
+    from ocbench.backbones.cards import BACKBONES
+
+    if card.name in BACKBONES and BACKBONES.get(card.name) != card:
+        raise ConfigError(
+            f"{where}: the card name '{card.name}' is already a registered backbone with a different definition; {advice}"
+        )
+    return card
+
+
+def _file_card(card: BackboneCard, path: Path) -> BackboneCard:
+    return _unregistered(card, str(path), f"set its field name to another name (e.g. '{card.name}-mine')")
 
 
 def resolve_backbone(spec: str | BackboneCard, *, cache_dir: str | os.PathLike | None = None) -> BackboneCard:
@@ -348,9 +408,9 @@ def resolve_backbone(spec: str | BackboneCard, *, cache_dir: str | os.PathLike |
         if not target:
             raise ConfigError(f"backbone {text!r}: write {kind}:<what> (e.g. timm:vit_small_patch14_dinov2.lvd142m)")
         if kind == "timm":
-            return _timm_card(target)
+            return _unregistered(_timm_card(target), f"backbone {text!r}", "unregister or rename that card")
         if kind == "hf-hub":
-            return _hub_card(target)
+            return _unregistered(_hub_card(target), f"backbone {text!r}", "unregister or rename that card")
         return _local_card(target, cache_dir)
     if text in BACKBONES:
         return BACKBONES.get(text)
@@ -359,5 +419,5 @@ def resolve_backbone(spec: str | BackboneCard, *, cache_dir: str | os.PathLike |
     trained = folder_for(text, cache_dir) / CARD_FILENAME if text and "/" not in text else None
     if trained is not None and trained.is_file():
         card = load_card_file(trained)
-        return dataclasses.replace(card, source=f"local:{text}")
+        return _file_card(dataclasses.replace(card, source=f"local:{text}"), trained)
     raise BACKBONES.unknown(text, extra="; or name weights directly: timm:NAME[.TAG], hf-hub:ORG/NAME[@REV], local:DIR")

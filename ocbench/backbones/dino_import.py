@@ -50,6 +50,7 @@ from ocbench.backbones.weights_folder import (
     default_file_mode,
     file_sha256,
     folder_for,
+    local_folder,
     read_import_record,
     recorded_sha256,
 )
@@ -163,7 +164,8 @@ def import_backbone(
     """``ocbench backbones import NAME [--checkpoint PATH]``: returns the converted folder.
 
     Without ``checkpoint`` the card's ``url:`` checkpoint is downloaded (once) and converted. With
-    it, that file is converted; when it goes to the card's default folder (``out_dir`` not given)
+    it, that file is converted into ``out_dir``, by default the folder the card's weights are read
+    from (:func:`default_import_folder`); when it goes to that folder (``out_dir`` not given)
     its sha256 must equal the card's published ``sha256`` (when the card has one), because the
     loader trusts that folder as the card's weights. A different checkpoint can still be converted
     with an explicit ``out_dir`` (and then used through a ``local:<out_dir>`` card). A card without
@@ -195,6 +197,7 @@ def import_backbone(
     checkpoint = Path(checkpoint).expanduser()
     if not checkpoint.is_file():
         raise ConfigError(f"--checkpoint {checkpoint}: file not found")
+    folder = Path(out_dir).expanduser() if out_dir is not None else default_import_folder(card, cache_dir)
     have = sha256_file(checkpoint)
     published = source.sha256
     if out_dir is None and published is not None and have != published:
@@ -205,11 +208,32 @@ def import_backbone(
     return import_dino_checkpoint(
         checkpoint,
         card,
-        out_dir,
+        folder,
         checkpoint_key=checkpoint_key,
         source_url=source.target if source.kind == "url" else None,
         source_sha256=have,
         cache_dir=cache_dir,
+    )
+
+
+def default_import_folder(card: BackboneCard, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``backbones import NAME --checkpoint PATH`` writes without ``--out``: the folder the
+    card's weights are read from (``<cache>/weights/<name>`` for a ``url:`` card, the ``local:``
+    folder for a local card). Other sources never read a converted folder: refused."""
+    source = card.weights_source
+    if source.kind == "url":
+        return folder_for(card.name, cache_dir)
+    if source.kind == "local":
+        folder = local_folder(source.target, cache_dir)
+        if folder.suffix == ".safetensors":
+            raise ConfigError(
+                f"backbone '{card.name}': its source {card.source} is a weights file, not a folder to convert into; "
+                "pass --out DIR and use the result through local:DIR"
+            )
+        return folder
+    raise ConfigError(
+        f"backbone '{card.name}' loads its weights from {card.source}, never from a converted folder; "
+        "pass --out DIR and use the result through local:DIR"
     )
 
 

@@ -4,14 +4,32 @@ A model handed to the Python API is kept here under a token, and its card's ``so
 ``memory:<token>``, so the runner, the embedding cache and the entry treat it like any other card,
 with no special case. Nothing vouches for such weights: entries say "unverified in-memory
 weights" and record, for a ``torch.nn.Module``, the sha256 of its ``state_dict`` (names, dtypes,
-shapes and bytes), which also keys the embedding cache. A plain callable has no state to hash: its
-revision is unique to the call, so its embeddings are never reused by another call.
+shapes and bytes).
+
+The token keys the embedding cache. For a module it is computed from
+
+- the ``state_dict`` (the sha256 above);
+- every submodule's path and class (module and qualified name);
+- every submodule's plain attributes: numbers, strings, booleans, None, enums, tensors (dtype, shape,
+  bytes; so also non-persistent buffers) and tuples, lists and dicts of them, e.g. timm's
+  ``global_pool``. A function-valued attribute counts by its qualified name, any other object by
+  its type only.
+
+Not covered: the source code of ``forward`` (only the class names), what such other objects hold,
+and state outside the module (globals, closures). Two modules that differ only there share cached
+embeddings: evaluate such a model under another card name, or with its own ``cache_dir``.
+
+A module with an empty ``state_dict`` (no parameters, no buffers) and a plain callable have no
+weights to hash: their token is unique to the call, so their embeddings are never reused by
+another call, and their entries record no weights sha256.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
+import json
 import uuid
 from typing import Any, Callable
 
@@ -21,11 +39,11 @@ from torch import nn
 from ocbench.backbones.card import BackboneCard
 from ocbench.errors import ConfigError, DataError
 
-__all__ = ["MEMORY_NOTE", "state_dict_sha256", "in_memory_card", "lookup", "CallableFeatures"]
+__all__ = ["MEMORY_NOTE", "state_dict_sha256", "module_config_sha256", "in_memory_card", "lookup", "CallableFeatures"]
 
 #: What entries and the board say about weights of an in-memory model.
 MEMORY_NOTE = "unverified in-memory weights (sha256 of the model's state_dict)"
-MEMORY_NOTE_CALLABLE = "unverified in-memory model (a callable without a state_dict: nothing hashed)"
+MEMORY_NOTE_CALLABLE = "unverified in-memory model (a callable or a module with an empty state_dict: nothing hashed)"
 
 _MODELS: dict[str, tuple[Any, str | None, str]] = {}
 
@@ -40,6 +58,40 @@ def state_dict_sha256(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _plain(value: Any, depth: int = 0) -> Any:
+    """A JSON-ready stand-in for an attribute value (see the module docstring for what counts)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return repr(value)
+    if isinstance(value, torch.Tensor):
+        try:
+            tensor = value.detach().to("cpu").contiguous()
+            data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        except (RuntimeError, TypeError):  # meta, sparse, ...: no bytes to read
+            return ["tensor", str(value.dtype), list(value.shape), str(value.layout), str(value.device)]
+        return ["tensor", str(tensor.dtype), list(tensor.shape), hashlib.sha256(data).hexdigest()]
+    if isinstance(value, (tuple, list)) and depth < 8:
+        return [type(value).__name__, [_plain(v, depth + 1) for v in value]]
+    if isinstance(value, dict) and depth < 8:
+        return ["dict", sorted(([str(k), _plain(v, depth + 1)] for k, v in value.items()), key=lambda kv: kv[0])]
+    if callable(value) and hasattr(value, "__qualname__"):
+        return ["callable", f"{getattr(value, '__module__', '')}.{value.__qualname__}"]
+    return ["object", f"{type(value).__module__}.{type(value).__qualname__}"]
+
+
+def module_config_sha256(module: nn.Module) -> str:
+    """sha256 over what besides the state_dict decides a module's output and can be read safely:
+    each submodule's path, class and plain attributes (non-persistent buffers included)."""
+    described = []
+    for path, sub in module.named_modules(remove_duplicate=False):
+        kind = type(sub)
+        attributes = {k: _plain(v) for k, v in vars(sub).items() if not k.startswith("_") and k != "training"}
+        buffers = {k: _plain(v) for k, v in sub._buffers.items() if k in sub._non_persistent_buffers_set}
+        described.append([path, f"{kind.__module__}.{kind.__qualname__}", sorted(attributes.items()), sorted(buffers.items())])
+    return hashlib.sha256(json.dumps(described, default=str).encode()).hexdigest()
+
+
 def in_memory_card(model: nn.Module | Callable, card: BackboneCard) -> BackboneCard:
     """``card`` with ``source="memory:<token>"`` for ``model`` (kept for the life of the process)."""
     if not callable(model):
@@ -48,8 +100,9 @@ def in_memory_card(model: nn.Module | Callable, card: BackboneCard) -> BackboneC
         raise ConfigError(f"card must be a BackboneCard, got {type(card).__name__}")
     kind = type(model)
     code = f"{kind.__module__}.{kind.__qualname__}"
-    sha = state_dict_sha256(model) if isinstance(model, nn.Module) else None
-    token = f"{sha[:16]}-{hashlib.sha256(code.encode()).hexdigest()[:8]}" if sha else uuid.uuid4().hex
+    # a module without a state_dict has nothing to hash: unique to the call, like a plain callable
+    sha = state_dict_sha256(model) if isinstance(model, nn.Module) and model.state_dict() else None
+    token = f"{sha[:16]}-{module_config_sha256(model)[:16]}" if sha else uuid.uuid4().hex
     _MODELS[token] = (model, sha, code)
     return dataclasses.replace(card, source=f"memory:{token}")
 

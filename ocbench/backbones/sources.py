@@ -60,6 +60,7 @@ from ocbench.backbones.weights_folder import (
     check_safetensors_header,
     file_sha256,
     folder_for,
+    local_folder,
     read_import_record,
     recorded_sha256,
 )
@@ -335,25 +336,17 @@ def _resolve_url(card: BackboneCard, root: Path, progress: bool) -> tuple[Path, 
 # ---------------------------------------------------------------------------------------- local
 
 
-def local_folder(location: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where ``local:<location>`` points: a bare relative name is a folder under ``<cache>/weights/``;
-    an absolute path or one starting with ``~`` or ``.`` is used as it is."""
-    path = Path(location).expanduser()
-    if not (path.is_absolute() or location.startswith((".", "~"))):
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        path = root / "weights" / location
-    return path
-
-
 def _resolve_local(card: BackboneCard, location: str, root: Path) -> Path:
     path = local_folder(location, root)
     if path.is_file() and path.suffix == ".safetensors":
         return path
     weights = path / WEIGHTS_FILENAME
+    if path.suffix == ".safetensors" and not path.exists():
+        raise ConfigError(f"card {card.name!r}: local weights file {path} does not exist; put the model's safetensors file there")
     if not path.is_dir():
         raise ConfigError(
-            f"card {card.name!r}: local weights folder {path} does not exist; train the model with ocbench or run "
-            f"`ocbench backbones import {card.name} --checkpoint PATH`"
+            f"card {card.name!r}: local weights folder {path} does not exist; put {WEIGHTS_FILENAME} and {CONFIG_FILENAME} "
+            f"there, or convert a DINO checkpoint into it with `ocbench backbones import {card.name} --checkpoint PATH`"
         )
     if not weights.is_file():
         raise ConfigError(f"card {card.name!r}: {path} has no {WEIGHTS_FILENAME}; a local source is a Hub-style folder")

@@ -36,6 +36,16 @@ def folder_for(card_name: str, cache_dir: str | os.PathLike | None = None) -> Pa
     return root / "weights" / card_name
 
 
+def local_folder(location: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``local:<location>`` points: a bare relative name is a folder under ``<cache>/weights/``;
+    an absolute path or one starting with ``~`` or ``.`` is used as it is."""
+    path = Path(location).expanduser()
+    if not (path.is_absolute() or location.startswith((".", "~"))):
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        path = root / "weights" / location
+    return path
+
+
 def default_file_mode() -> int:
     """The mode a plain ``open(..., "w")`` gives a new file (0666 less the umask)."""
     mask = os.umask(0)
