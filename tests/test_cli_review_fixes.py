@@ -67,3 +67,33 @@ def test_only_the_main_rank_writes_the_cell_embeddings_export(small_demo, tmp_pa
     result = CliRunner().invoke(cli, [*args, "--export", str(tmp_path / "rank0.npz")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "rank0.npz").stat().st_size > 0
+
+
+def test_under_torchrun_an_error_rank0_finds_is_one_line_on_every_rank(tmp_path):
+    """A damaged cache shard, which rank 0 alone inspects: every rank says the same line, none dies
+    with a traceback from a broken process group."""
+    import subprocess
+
+    pytest.importorskip("torch.distributed.run", reason="needs torch with torch.distributed")
+    from ocbench.data.demo import DemoConfig, write_demo
+
+    data = write_demo(tmp_path / "demo", DemoConfig(proteins=12, fovs_per_protein=3, size=32, unlabelled_proteins=0,
+                                                   annotation_only_proteins=0, name_joined_proteins=0))
+    cache = tmp_path / "cache"
+    embed = ["embed", "--backbone", "tiny-vit-random", "--dataset", str(data), "--workers", "0", "--device", "cpu"]
+    result = CliRunner().invoke(cli, ["--cache-dir", str(cache), *embed])
+    assert result.exit_code == 0, result.output
+    (key_dir,) = [p for p in (cache / "embeddings").glob("tiny-vit-random__*") if p.is_dir()]
+    (key_dir / "manifest.json").unlink()
+    shard = sorted(key_dir.glob("shard-*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:1000])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "ocbench", "--cache-dir", str(cache), *embed],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) >= 1 and all("is corrupt" in line and shard.name in line for line in errors), done.stderr[-3000:]
+    assert "[rank1]" not in done.stderr and "Connection closed" not in done.stderr, done.stderr[-3000:]

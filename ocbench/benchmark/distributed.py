@@ -23,9 +23,11 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
-__all__ = ["World", "world", "setup", "is_main", "barrier", "broadcast", "rank_share"]
+from ocbench.errors import OcbenchError
+
+__all__ = ["World", "world", "setup", "is_main", "barrier", "broadcast", "from_main", "rank_share"]
 
 T = TypeVar("T")
 
@@ -110,6 +112,24 @@ def broadcast(value: T) -> T:
     box: list[Any] = [value if world().main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def from_main(decide: Callable[[], T]) -> T:
+    """Run ``decide`` on rank 0 alone and return its result on every rank. An ocbench error it
+    raises (bad input, a damaged cache, an entry in the way) is raised on every rank, so each rank
+    stops with the same one-line message instead of waiting for rank 0 until the group breaks."""
+    if not (_initialized() and world().active):
+        return decide()
+    outcome: tuple[str, Any] | None = None
+    if world().main:
+        try:
+            outcome = ("value", decide())
+        except OcbenchError as exc:
+            outcome = ("error", exc)
+    kind, value = broadcast(outcome)
+    if kind == "error":
+        raise value
+    return value
 
 
 def rank_share(items: list[T]) -> list[T]:

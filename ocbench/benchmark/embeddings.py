@@ -688,9 +688,15 @@ def _extract_locked(
     n = len(fov_ids)
     hashed = _is_file_backed(dataset)
     world = distributed.world()
-    scan = _scan_cache(dataset, key, key_dir, fov_ids, hashed, recompute, shard_size) if world.main else None
+    scan = None
+
+    def plan() -> tuple[bool, list]:
+        nonlocal scan
+        scan = _scan_cache(dataset, key, key_dir, fov_ids, hashed, recompute, shard_size)
+        return scan.complete is not None, scan.todo
+
     # What the other ranks need to know from rank 0: is the cache complete, and what is left to do.
-    complete, todo = distributed.broadcast((scan.complete is not None, scan.todo) if scan is not None else None)
+    complete, todo = distributed.from_main(plan)
     result = dict(dataset=dataset, card=card, adapter=adapter, fov_ids=fov_ids, key=key, key_dir=key_dir,
                   ident=ident, started=started, device_name=device_name, precision=precision, hashed=hashed)
     if complete:
