@@ -332,13 +332,56 @@ def _backbone_block(cell: Cell, dataset_card: Any = None, ident: Any = None) -> 
     }
 
 
-def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, split) -> None:
+def _file_settings(task: Any) -> list[str]:
+    """The task's settings that name an input file (field metadata ``file``, e.g. sc-knn's cell_labels)."""
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(task) if f.metadata.get("file")]
+
+
+def _file_digests(task: Any) -> dict[str, str]:
+    """``{"<setting>_sha256": sha256}`` of each file a task setting names: the entry's ``task_config``
+    records them beside the paths, so a file whose contents changed is another run."""
+    from ocbench._io import sha256_file
+
+    digests = {}
+    for name in _file_settings(task):
+        value = getattr(task, name)
+        if not value:
+            continue
+        try:
+            digests[f"{name}_sha256"] = sha256_file(Path(str(value)).expanduser())
+        except OSError as exc:
+            raise ConfigError(f"task {task.name}: cannot read the {name} file {value} ({exc.strerror or exc})") from None
+    return digests
+
+
+def _weights_missing(path: Path, cell: Cell) -> ConfigError:
+    """The entry's backbone was trained by its run (fine-tuning) and its weights are gone (not "other")."""
+    from ocbench.backbones.sources import local_folder
+
+    source = cell.entry_card.weights_source
+    where = str(local_folder(source.target)) if source.kind == "local" else cell.entry_card.source
+    return ConfigError(
+        f"{path}: the weights of this entry's backbone {cell.entry_card.name} ({where}) are missing; restore them to "
+        "reuse the entry, or pass --overwrite to train them again and replace it, or --output DIR to keep both"
+    )
+
+
+def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, split,
+                    digests: dict[str, str] | None = None) -> None:
     """An existing entry is reused only for the very same run; anything else would be mislabelled.
 
     The same run means the same card, weights (sha256 and revision: converted, imported or
-    fine-tuned weights change under the same card name), protocol, settings, seed, data and split.
+    fine-tuned weights change under the same card name), protocol, settings (and the contents of
+    files they name), seed, data and split. ``digests``: :func:`_file_digests` of the task, if known.
     """
-    backbone_now = _backbone_block(cell, dataset.card)
+    ident = _recorded_identity(cell)
+    if ident is None and cell.entry_card is not None and existing.backbone.weights_sha256:
+        raise _weights_missing(path, cell)
+    backbone_now = _backbone_block(cell, dataset.card, ident)
+    digest_keys = {f"{name}_sha256" for name in _file_settings(cell.task)}
+    settings_then = {k: v for k, v in existing.task_config.items() if k not in digest_keys}
     differences = [
         what
         for what, have, want in (
@@ -348,7 +391,7 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
             ("weights (sha256)", existing.backbone.weights_sha256, backbone_now["weights_sha256"]),
             ("weights revision", existing.backbone.revision, backbone_now["revision"]),
             ("protocol version", existing.protocol_version, cell.task.protocol_version),
-            ("task settings", existing.task_config, cell.task.to_dict()),
+            ("task settings", settings_then, cell.task.to_dict()),
             ("overrides", existing.overrides, cell.overrides),
             ("seed", existing.seed, seed),
             ("dataset version", existing.dataset.version, dataset.version),
@@ -356,6 +399,12 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
         )
         if have != want
     ]
+    for key, now in (_file_digests(cell.task) if digests is None else digests).items():
+        then = existing.task_config.get(key)
+        if then != now:
+            name = key[: -len("_sha256")]
+            recorded = f"sha256 {then[:12]} then" if then else "no sha256 recorded then"
+            differences.append(f"{name} file contents ({getattr(cell.task, name)}: {recorded}, {now[:12]} now)")
     if differences:
         raise ConfigError(
             f"{path}: an entry with this key exists from a run with other {', '.join(differences)}; "
@@ -417,9 +466,10 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
 
     main = distributed.world().main
     existing = None
+    digests = _file_digests(cell.task)  # before the task reads the files
     if main and path.exists() and not options.overwrite:
         existing = load_entry(path)
-        _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split)
+        _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split, digests=digests)
     if distributed.broadcast(existing is not None):  # every rank skips the cell rank 0 skips
         return RunOutcome(cell.spec, path, existing, skipped=True)
 
@@ -437,6 +487,10 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
         precision=options.precision,
     )
     result = cell.task.evaluate(context)
+    if digests:
+        from dataclasses import replace
+
+        result = replace(result, config={**result.config, **digests})
     scored = context.scored_backbone
     if (scored.name if scored is not None else cell.card.name) != cell.recorded_card.name:
         raise RuntimeError(

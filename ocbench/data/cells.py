@@ -1063,14 +1063,33 @@ def evaluation_set(dataset: Any, table: CellTable, cell_labels: str | os.PathLik
         labels = table.weak_labels[rows]
         notes = {}
         source = "weak"
-    if rows.size == 0:
-        raise DataError(
-            "no cells to evaluate: no kept cell lies in a FOV with a grade-3 annotation (without big_aggregates); "
-            "check the dataset's annotations or pass --cell-labels FILE"
-        )
+    if rows.size == 0:  # weak labels only: an expert file without matching cells fails in read_cell_labels
+        raise DataError(_no_cells_message(table))
     crops = CellCrops(dataset, table, rows)
     groups = table.cells["fov_id"].to_numpy()[rows]
     return EvaluationSet(crops, np.asarray(labels, dtype=np.uint8), groups, source, notes)
+
+
+def _no_cells_message(table: CellTable) -> str:
+    """Why the weak labels leave no cell, in the terms of the settings that choose them (the same
+    ``--set`` keys in ``ocbench run``, ``embed --cells`` and ``data cells``)."""
+    meta = table.meta
+    policy = meta.get("labels") or {}
+    grade, omit = policy.get("grade", 3), list(policy.get("omit_fovs_with") or [])
+    named = "/".join(omit) if len(omit) <= 4 else f"any of {len(omit)} classes"
+    rule = f"FOVs annotated at grade >= {grade} (label_grade)" + (
+        f" and not with {named} (omit_fovs_with)" if omit else ", none omitted (omit_fovs_with)")
+    n_fovs, eligible = meta.get("n_fovs", 0), meta.get("n_fovs_eligible", 0)
+    if eligible:
+        why = f"every cell of the {eligible} such FOVs was dropped by the black-pixel filter (black_percentile)"
+    else:
+        reasons = meta.get("fovs_not_eligible") or {}
+        omitted = sum(n for reason, n in reasons.items() if reason.startswith("annotated"))
+        parts = [f"{omitted} annotated with an omitted class"] if omitted else []
+        parts += [f"{n_fovs - omitted} without a grade >= {grade} annotation"] if n_fovs - omitted else []
+        why = f"none of the {n_fovs} FOVs qualifies ({', '.join(parts)})"
+    return (f"no cells to evaluate: weak labels come from kept cells of {rule}, and {why}; change those settings "
+            "with --set KEY=VALUE, or give expert labels with --set cell_labels=FILE")
 
 
 def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
@@ -1129,7 +1148,12 @@ def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndar
             try:
                 y, x = float(record["y"]), float(record["x"])
             except (TypeError, ValueError):
-                raise DataError(f"{where}: y and x must be numbers (pixel row and column), got {record.get('y')!r}, {record.get('x')!r}") from None
+                y = x = math.nan
+            if not (math.isfinite(y) and math.isfinite(x)):  # float() also takes "nan" and "inf"
+                raise DataError(
+                    f"{where}: y and x must be finite numbers (the cell's pixel row and column, e.g. 41.5), "
+                    f"got {record.get('y')!r}, {record.get('x')!r}; fix the point or leave the line out"
+                )
             if fov not in masks:
                 masks[fov] = table.mask(fov)
             mask = masks[fov]

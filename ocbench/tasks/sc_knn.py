@@ -284,7 +284,10 @@ class ScKnn(TaskConfig):
     omit_fovs_with: tuple[str, ...] = field(
         default=("big_aggregates",), metadata={"help": "FOVs annotated with these classes are not evaluated"}
     )
-    cell_labels: str = field(default="", metadata={"help": "expert cell labels CSV (see ocbench data cells --help); '' = weak labels"})
+    # "file": the entry records the file's sha256, and other contents are another run (runner.py)
+    cell_labels: str = field(
+        default="", metadata={"help": "expert cell labels CSV (see ocbench data cells --help); '' = weak labels", "file": True}
+    )
 
     def __post_init__(self) -> None:
         def bad(key: str, what: str) -> ConfigError:
