@@ -279,8 +279,9 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
         threads=threads or _available_cores(), recompute=recompute, precision=precision, progress=_is_main_rank(),
     )
     outcomes = []
+    recomputed: set = set()  # --recompute: each embedding key once, not once per seed
     for one in seed:  # each seed: its own split (unless --split-file) and probe seed, its own entries
-        outcomes += run_grid(cells, ds, replace(options, seed=one), on_done=_say_done)
+        outcomes += run_grid(cells, ds, replace(options, seed=one), on_done=_say_done, recomputed=recomputed)
     _print_outcomes(outcomes)
 
 

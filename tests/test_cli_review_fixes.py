@@ -97,3 +97,35 @@ def test_under_torchrun_an_error_rank0_finds_is_one_line_on_every_rank(tmp_path)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) >= 1 and all("is corrupt" in line and shard.name in line for line in errors), done.stderr[-3000:]
     assert "[rank1]" not in done.stderr and "Connection closed" not in done.stderr, done.stderr[-3000:]
+
+
+def test_recompute_with_several_seeds_extracts_each_key_once(small_demo, tmp_path):
+    import json
+
+    args = ["--cache-dir", str(tmp_path / "cache"), "run", "--backbone", "tiny-vit-random", "--dataset", str(small_demo),
+            "--task", "fov-linear", "--set", "epochs=2", "--device", "cpu", "--workers", "0", "--output", str(tmp_path / "out")]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    result = CliRunner().invoke(cli, [*args, "--seed", "0,1", "--recompute", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    cached = {p.name: json.loads(p.read_text())["timings"]["extraction_cached"] for p in (tmp_path / "out").glob("*.json")
+              if "fov-linear" in p.name}
+    assert sorted(cached.values()) == [False, True], cached  # seed 0 extracted again, seed 1 reused it
+
+
+def test_under_torchrun_an_entry_in_the_way_is_one_line_on_every_rank(small_demo, tmp_path):
+    import subprocess
+
+    pytest.importorskip("torch.distributed.run", reason="needs torch with torch.distributed")
+    run = ["run", "--backbone", "classical-stats", "--dataset", str(small_demo), "--task", "fov-linear", "--device", "cpu",
+           "--workers", "0", "--output", str(tmp_path / "out")]
+    result = CliRunner().invoke(cli, ["--cache-dir", str(tmp_path / "cache"), *run, "--set", "epochs=2"])
+    assert result.exit_code == 0, result.output
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "ocbench", "--cache-dir", str(tmp_path / "cache"), *run, "--set", "epochs=3"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and all("other task settings" in line for line in errors), done.stderr[-3000:]
+    assert "[rank1]" not in done.stderr and "Connection closed" not in done.stderr, done.stderr[-3000:]

@@ -467,10 +467,16 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
     main = distributed.world().main
     existing = None
     digests = _file_digests(cell.task)  # before the task reads the files
-    if main and path.exists() and not options.overwrite:
-        existing = load_entry(path)
-        _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split, digests=digests)
-    if distributed.broadcast(existing is not None):  # every rank skips the cell rank 0 skips
+
+    def found_same_run() -> bool:
+        nonlocal existing
+        if path.exists() and not options.overwrite:
+            existing = load_entry(path)
+            _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split, digests=digests)
+        return existing is not None
+
+    # rank 0 decides; every rank skips the cell it skips, or stops with the error it found
+    if distributed.from_main(found_same_run):
         return RunOutcome(cell.spec, path, existing, skipped=True)
 
     device = str(resolve_device(options.device))
@@ -583,9 +589,12 @@ def run_grid(
     options: RunOptions,
     *,
     on_done: Callable[[RunOutcome], None] | None = None,
+    recomputed: set | None = None,
 ) -> list[RunOutcome]:
     """Run a grid in order (specs are resolved here; cells from :func:`resolve_cells` are used as
-    they are); ``on_done(outcome)`` is called after each cell."""
+    they are); ``on_done(outcome)`` is called after each cell. ``recomputed``: the embedding keys
+    ``--recompute`` has already discarded, for grids run one after another (one per seed) that
+    should extract each key once."""
     grid = list(grid)
     cells = [c for c in grid if isinstance(c, Cell)]
     if len(cells) != len(grid):
@@ -596,7 +605,7 @@ def run_grid(
 
         torch.set_num_threads(options.threads)
     outcomes: list[RunOutcome] = []
-    recomputed: set = set()
+    recomputed = set() if recomputed is None else recomputed
     for i, cell in enumerate(cells, start=1):
         position = f"cell {i}/{len(cells)}" if len(cells) > 1 else ""
         outcome = run_cell(cell, dataset, options, position=position, recomputed=recomputed)
