@@ -89,6 +89,7 @@ def evaluate(
     options = RunOptions(
         output_dir=Path(output_dir), seed=seed, device=device, batch_size=batch_size,
         cache_dir=Path(cache_dir) if cache_dir is not None else None, overwrite=overwrite, progress=progress,
+        replace_hint="pass overwrite=True to replace it or another output_dir= to keep both",
     )
     # The card object itself stands in the spec: the runner resolves a card to itself.
     spec = RunSpec(backbone=memory_card, task=task, channels=channels, track=track, overrides=tuple(overrides))

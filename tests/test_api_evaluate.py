@@ -60,7 +60,7 @@ def test_in_memory_module_writes_a_valid_entry(module_cache, tmp_path):
     assert again.key == entry.key
     with torch.no_grad():
         model[2].weight.add_(1.0)
-    with pytest.raises(Exception, match="--overwrite"):
+    with pytest.raises(Exception, match="overwrite=True"):
         ocbench.evaluate(model, card=tiny_card(), task="fov-linear", dataset="demo", output_dir=tmp_path,
                          overrides=FAST, device="cpu")
 

@@ -129,3 +129,56 @@ def test_under_torchrun_an_entry_in_the_way_is_one_line_on_every_rank(small_demo
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert errors and all("other task settings" in line for line in errors), done.stderr[-3000:]
     assert "[rank1]" not in done.stderr and "Connection closed" not in done.stderr, done.stderr[-3000:]
+
+
+def test_an_export_of_the_synthetic_demo_says_it_is_synthetic(small_demo, tmp_path):
+    pytest.importorskip("datasets")
+    from datasets import load_from_disk
+
+    from ocbench.data.cards import open_dataset
+    from ocbench.data.export import export_hf
+
+    dataset = open_dataset(str(small_demo))
+    assert dataset.card.synthetic
+    info = load_from_disk(str(export_hf(dataset, tmp_path / "hf"))).info
+    assert info.description.startswith("SYNTHETIC") and "opencell.czbiohub.org" not in info.homepage
+
+
+def test_an_offline_push_writes_nothing_into_the_folder(tmp_path, monkeypatch):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from ocbench.backbones.hub import push_backbone
+    from ocbench.errors import ConfigError
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    save_file({"w": torch.zeros(3)}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224", "num_features": 192}))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE"):
+        push_backbone(folder, "me/tiny")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_the_python_api_says_how_to_replace_an_entry_in_its_own_words(small_demo, tmp_path):
+    import torch
+
+    import ocbench
+    from ocbench.backbones import BackboneCard
+    from ocbench.errors import ConfigError
+
+    card = BackboneCard(name="mylab-stats", source="memory:x", arch="mylab-stats", feature_dim=6, in_chans=3,
+                        input_channels=("R", "G", "B"), default_channels="imagenet-best", license="MIT")
+
+    def features(x):
+        return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
+
+    kwargs = dict(card=card, task="fov-linear", dataset=str(small_demo), output_dir=tmp_path / "out",
+                  overrides=["epochs=2"], cache_dir=tmp_path / "cache", device="cpu")
+    ocbench.evaluate(features, **kwargs)
+    with pytest.raises(ConfigError) as excinfo:
+        ocbench.evaluate(features, **kwargs)
+    assert "overwrite=True" in str(excinfo.value) and "--overwrite" not in str(excinfo.value)

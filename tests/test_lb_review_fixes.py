@@ -154,3 +154,33 @@ def test_compare_names_the_k_each_entry_is_scored_at(tmp_path):
     result = CliRunner().invoke(cli, ["compare", str(a), str(b)])
     assert result.exit_code == 0, result.output
     assert "at k=1" in result.output and "at k=50" in result.output and "two settings" in result.output
+
+
+def test_two_entries_with_one_key_keep_their_own_predictions_in_the_board(tmp_path):
+    y, p, groups = _problem()
+    write_example_with_predictions(tmp_path / "a", "classical-stats", y, p, groups, n_resamples=200, overrides={"epochs": 2})
+    write_example_with_predictions(tmp_path / "b", "classical-stats", y, p[::-1], groups, n_resamples=200, overrides={"epochs": 3})
+    build_board([tmp_path / "a", tmp_path / "b"], tmp_path / "board", plots=False)
+    copies = sorted((tmp_path / "board" / "entries").rglob("*.json"))
+    assert len(copies) == 2 and len(list((tmp_path / "board" / "entries").rglob("*.predictions.npz"))) == 2
+    assert validate_entries(tmp_path / "board" / "entries") == []
+    rebuilt = build_tables(collect_entries(tmp_path / "board" / "entries").entries, include_reported=False)
+    assert all(r.interval is not None for t in rebuilt.tables for r in t.computed_rows)
+
+
+def test_a_table_of_overridden_runs_says_so_in_its_title(tmp_path):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "x.json").write_text(json.dumps(example_entry_dict(overrides={"epochs": 3})))
+    [table] = [t for t in build_tables(collect_entries(tmp_path / "e").entries, include_reported=False).tables]
+    assert "off-protocol (epochs=3)" in table.title
+
+
+def test_channel_sweep_panels_never_mix_settings():
+    from ocbench.leaderboard.plots import _sweep_rows
+
+    panels = [(name, rows) for t in build_tables([]).tables for name, rows in _sweep_rows(t).items()]
+    assert panels  # the paper's reported sweeps are drawn
+    for name, rows in panels:
+        assert len({r.channels for r in rows}) == len(rows), name  # each map once: nothing else differs
+        configs = {json.dumps(r.source.config, sort_keys=True) for r in rows if r.source is not None}
+        assert len(configs) <= 1, name

@@ -79,6 +79,8 @@ def push_backbone(
     check_safetensors_header(weights)
     # Never publish weights damaged since the import (config.json records their sha256).
     check_recorded_sha256(weights, file_sha256(weights), config.get("ocbench", {}).get("card") or folder.name)
+    if not dry_run and offline_mode():  # before anything is written into the user's folder
+        raise ConfigError("HF_HUB_OFFLINE is set; unset it to push to the Hub")
     readme = folder / README_FILENAME
     if not readme.is_file() and not dry_run:
         from ocbench._io import atomic_write
@@ -96,8 +98,6 @@ def push_backbone(
     from huggingface_hub import HfApi
     from huggingface_hub.utils import HfHubHTTPError
 
-    if offline_mode():
-        raise ConfigError("HF_HUB_OFFLINE is set; unset it to push to the Hub")
     card_name = config.get("ocbench", {}).get("card", folder.name)
     api = HfApi(token=token)
     try:

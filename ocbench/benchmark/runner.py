@@ -68,6 +68,8 @@ class RunOptions:
     precision: str = "fp32"
     recompute: bool = False
     threads: int | None = None
+    #: How a caller replaces an existing entry or keeps both, in its own words (CLI flags by default).
+    replace_hint: str = "pass --overwrite to replace it or --output DIR to keep both"
 
 
 @dataclass(frozen=True)
@@ -356,7 +358,7 @@ def _file_digests(task: Any) -> dict[str, str]:
     return digests
 
 
-def _weights_missing(path: Path, cell: Cell) -> ConfigError:
+def _weights_missing(path: Path, cell: Cell, replace_hint: str) -> ConfigError:
     """The entry's backbone was trained by its run (fine-tuning) and its weights are gone (not "other")."""
     from ocbench.backbones.sources import local_folder
 
@@ -364,12 +366,12 @@ def _weights_missing(path: Path, cell: Cell) -> ConfigError:
     where = str(local_folder(source.target)) if source.kind == "local" else cell.entry_card.source
     return ConfigError(
         f"{path}: the weights of this entry's backbone {cell.entry_card.name} ({where}) are missing; restore them to "
-        "reuse the entry, or pass --overwrite to train them again and replace it, or --output DIR to keep both"
+        f"reuse the entry, or train them again: {replace_hint}"
     )
 
 
 def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, split,
-                    digests: dict[str, str] | None = None) -> None:
+                    digests: dict[str, str] | None = None, replace_hint: str = RunOptions.replace_hint) -> None:
     """An existing entry is reused only for the very same run; anything else would be mislabelled.
 
     The same run means the same card, weights (sha256 and revision: converted, imported or
@@ -378,7 +380,7 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
     """
     ident = _recorded_identity(cell)
     if ident is None and cell.entry_card is not None and existing.backbone.weights_sha256:
-        raise _weights_missing(path, cell)
+        raise _weights_missing(path, cell, replace_hint)
     backbone_now = _backbone_block(cell, dataset.card, ident)
     digest_keys = {f"{name}_sha256" for name in _file_settings(cell.task)}
     settings_then = {k: v for k, v in existing.task_config.items() if k not in digest_keys}
@@ -408,7 +410,7 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
     if differences:
         raise ConfigError(
             f"{path}: an entry with this key exists from a run with other {', '.join(differences)}; "
-            "pass --overwrite to replace it or --output DIR to keep both"
+            f"{replace_hint}"
         )
 
 
@@ -472,7 +474,8 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
         nonlocal existing
         if path.exists() and not options.overwrite:
             existing = load_entry(path)
-            _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split, digests=digests)
+            _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split, digests=digests,
+                            replace_hint=options.replace_hint)
         return existing is not None
 
     # rank 0 decides; every rank skips the cell it skips, or stops with the error it found

@@ -122,7 +122,8 @@ def export_hf(
                 raise cause from None
             raise
         hf.info.description = _description(dataset, shape, split, split_sha)
-        hf.info.homepage = "https://opencell.czbiohub.org"
+        synthetic = bool(getattr(getattr(dataset, "card", None), "synthetic", False))
+        hf.info.homepage = "" if synthetic else "https://opencell.czbiohub.org"
         with atomic_dir(out_dir) as tmp:
             hf.save_to_disk(str(tmp))
         if push_to_hub:
@@ -182,9 +183,17 @@ def _split_parts(dataset, split) -> dict[str, str]:
 
 
 def _description(dataset, shape, split, split_sha) -> str:
+    card = getattr(dataset, "card", None)
+    if getattr(card, "synthetic", False):  # never let generated images pass for OpenCell's
+        first = (f"SYNTHETIC images in OpenCell's layout (ocbench's {card.name!r} dataset, generated, not microscopy), "
+                 "exported by ocbench: evidence that a pipeline works, not about real cells.")
+    elif getattr(card, "name", "opencell") == "opencell":
+        first = ("OpenCell FOVs exported by ocbench (https://opencell.czbiohub.org; images from the AWS open-data "
+                 "bucket czb-opencell).")
+    else:
+        first = f"FOVs of the dataset {card.name!r} in OpenCell's layout, exported by ocbench."
     lines = [
-        "OpenCell FOVs exported by ocbench (https://opencell.czbiohub.org; images from the AWS open-data "
-        "bucket czb-opencell).",
+        first,
         f"image: uint16 array of shape {list(shape)}; channel order {list(CHANNELS)} "
         "(protein = mNeonGreen-tagged protein, nucleus = Hoechst 33342). Read it with "
         "ds.with_format('numpy', dtype='uint16'): the numpy format widens integers to int64 otherwise.",

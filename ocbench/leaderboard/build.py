@@ -254,7 +254,7 @@ def _matplotlib_missing() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-def _copy_predictions(loaded: LoadedEntry, entries_dir: Path) -> None:
+def _copy_predictions(loaded: LoadedEntry, entry_copy: Path) -> None:
     """Copy the entry's predictions file (checked against its sha256) beside its copy in the board,
     so a published board carries what its intervals and comparisons are computed from."""
     from ocbench._io import sha256_file
@@ -264,7 +264,7 @@ def _copy_predictions(loaded: LoadedEntry, entries_dir: Path) -> None:
         return
     source = Path(loaded.path).parent / ref.file
     if source.is_file() and sha256_file(source) == ref.sha256:
-        shutil.copyfile(source, entries_dir / ref.file)
+        shutil.copyfile(source, entry_copy.parent / ref.file)
 
 
 def build_board(
@@ -341,7 +341,7 @@ def build_board(
                 target = entries_dir / board.entry_files[loaded.sha256]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(loaded.raw)
-                _copy_predictions(loaded, entries_dir)
+                _copy_predictions(loaded, target)
             (entries_dir / "README.md").write_text(_ENTRIES_README, encoding="utf-8")
             (entries_dir / ENTRIES_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
         (staging / "LEADERBOARD.md").write_text(markdown, encoding="utf-8")

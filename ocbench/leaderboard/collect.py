@@ -32,6 +32,7 @@ __all__ = [
     "Collection",
     "collect_entries",
     "validate_entries",
+    "unreadable_predictions",
     "duplicate_problems",
     "no_entries_message",
     "parse_hub_source",
@@ -197,12 +198,16 @@ def validate_entries(sources: Sequence[Source] | Source) -> list[str]:
     collection = collect_entries(sources)
     if not collection.entries and not collection.problems:
         raise DataError(no_entries_message(sources, collection))
-    unreadable = [
+    return [*collection.problems, *unreadable_predictions(collection.entries), *duplicate_problems(collection.entries)]
+
+
+def unreadable_predictions(entries: Iterable[LoadedEntry]) -> list[str]:
+    """One line per entry whose predictions file is missing or damaged."""
+    return [
         f"{e.name}: {e.predictions_note} (a board shows this entry without its interval)"
-        for e in collection.entries
+        for e in entries
         if e.entry.predictions is not None and e.predictions is None
     ]
-    return [*collection.problems, *unreadable, *duplicate_problems(collection.entries)]
 
 
 def duplicate_problems(entries: Iterable[LoadedEntry]) -> list[str]:

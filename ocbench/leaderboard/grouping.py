@@ -118,13 +118,14 @@ def group_entries(entries: Iterable[LoadedEntry]) -> dict[GroupKey, list[LoadedE
 
 
 def board_file_names(entries: Sequence[LoadedEntry]) -> dict[str, str]:
-    """sha256 -> file name in a board's ``entries/`` copy: ``<key>.json``, with the sha256 prefix
-    added when two shown entries share a key (they sit in different tables)."""
+    """sha256 -> path in a board's ``entries/`` copy: ``<key>.json``, or ``<sha256 prefix>/<key>.json``
+    when two shown entries share a key (they sit in different tables). The file keeps its name, so
+    the predictions file it names (``<key>.predictions.npz``) lies beside it under its own name."""
     counts: dict[str, int] = defaultdict(int)
     for loaded in entries:
         counts[loaded.entry.key] += 1
     return {
-        loaded.sha256: f"{loaded.entry.key}.json" if counts[loaded.entry.key] == 1 else f"{loaded.entry.key}__{loaded.sha256[:12]}.json"
+        loaded.sha256: f"{loaded.entry.key}.json" if counts[loaded.entry.key] == 1 else f"{loaded.sha256[:12]}/{loaded.entry.key}.json"
         for loaded in entries
     }
 

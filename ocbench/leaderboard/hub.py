@@ -76,10 +76,10 @@ def publish(
     files = board_files(out_dir)
     entries_dir = Path(out_dir) / "entries"
     if entries_dir.is_dir():
-        from ocbench.leaderboard.collect import collect_entries, duplicate_problems
+        from ocbench.leaderboard.collect import collect_entries, duplicate_problems, unreadable_predictions
 
         collection = collect_entries([entries_dir])
-        problems = [*collection.problems, *duplicate_problems(collection.entries)]
+        problems = [*collection.problems, *unreadable_predictions(collection.entries), *duplicate_problems(collection.entries)]
         if problems:
             raise DataError(
                 f"{entries_dir}: {len(problems)} invalid entr{'y' if len(problems) == 1 else 'ies'}, nothing uploaded "

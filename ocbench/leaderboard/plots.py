@@ -33,15 +33,20 @@ class PlotSpec:
 
 
 def _sweep_rows(table: Table) -> dict[str, list[Row]]:
-    """Backbones with at least two channel configurations in one table (a channel sweep)."""
-    by_backbone: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    """Backbones with at least two channel configurations and otherwise the same settings in one
+    table (a channel sweep). The rows of a computed table share their settings; reported rows of
+    one table may not (the paper's fine-tuning rows differ in epochs and data fraction), so those
+    are grouped by their settings too, which the panel title names."""
+    by_backbone: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
     for row in table.rows:
         if row.score is not None:
-            by_backbone[(row.backbone, row.kind)].append(row)
+            config = row.source.config if row.kind == "reported" and row.source is not None else {}
+            settings = ", ".join(f"{k}={v}" for k, v in sorted((config or {}).items()))
+            by_backbone[(row.backbone, row.kind, settings)].append(row)
     return {
-        f"{name} ({kind})": rows
-        for (name, kind), rows in sorted(by_backbone.items())
-        if len({r.channels for r in rows}) >= 2
+        f"{name} ({kind}{', ' + settings if settings else ''})": rows
+        for (name, kind, settings), rows in sorted(by_backbone.items())
+        if len({r.channels for r in rows}) >= 2 and len({r.channels for r in rows}) == len(rows)
     }
 
 
@@ -156,7 +161,7 @@ def _channel_sweep(table: Table, path: Path) -> None:
         rows = sorted(rows, key=lambda r: -r.score.mean)  # type: ignore[union-attr]
         means = [r.score.mean for r in rows]  # type: ignore[union-attr]
         stds = [r.score.std or 0.0 for r in rows]  # type: ignore[union-attr]
-        reported = name.endswith("(reported)")
+        reported = rows[0].kind == "reported"
         ax.barh(range(len(rows)), means, xerr=stds, color="#c9b98f" if reported else "#4c78a8", hatch="//" if reported else None, capsize=2)
         ax.set_yticks(range(len(rows)), [r.channels for r in rows], fontsize=7)
         ax.invert_yaxis()

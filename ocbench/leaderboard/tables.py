@@ -489,6 +489,9 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
     title = f"{key.task} · {key.track} track · {key.dataset_name} {key.dataset_version[:8]}" + (
         " · synthetic data" if synthetic else ""
     )
+    if key.off_protocol:  # a table of overridden runs must not read like the protocol's own
+        overrides = json.loads(key.overrides or "{}")
+        title += " · off-protocol" + (f" ({', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))})" if overrides else "")
     return Table(
         id=key.slug,
         title=title,
