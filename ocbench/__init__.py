@@ -4,7 +4,7 @@ Importing the package is cheap: torch and timm are imported only by the modules 
 ``ocbench.evaluate(model, card=...)`` (the Python API, :mod:`ocbench.api`) is loaded on first use.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__", "evaluate"]
 

@@ -236,7 +236,8 @@ def _print_outcomes(outcomes) -> None:
     help="Backbone card name(s) (see `ocbench backbones list`), or weights named directly: timm:NAME[.TAG], "
     "hf-hub:ORG/NAME[@REV], local:DIR (a card is derived from their config).",
 )
-@click.option("--task", "tasks", multiple=True, default=("fov-mlp",), show_default=True, help="fov-mlp, fov-linear.")
+@click.option("--task", "tasks", multiple=True, default=("fov-mlp",), show_default=True,
+              help="Task(s), comma-separated: fov-mlp, fov-linear, sc-knn, sc-knn-fov, finetune (`ocbench tasks list`; plugins add more).")
 @click.option(
     "--channels", "channels", multiple=True,
     help="Channel strategy: 'replicate' (each dataset channel alone in every model input, features "
@@ -341,7 +342,8 @@ def demo(output, device, overwrite):
     _print_outcomes(outcomes)
     click.echo(
         "note: the demo runs the protocol's own settings on synthetic images: its scores show that the "
-        "pipeline works and that the probes find real signal, not how a backbone does on real cells."
+        "pipeline works and that the classical baseline's features carry the classes (tiny-vit-random is an "
+        "untrained control), not how a backbone does on real cells."
     )
     report = build_board([out / "entries"], out / "board")
     click.echo(report.summary())
@@ -837,7 +839,7 @@ def compare(entry_a, entry_b):
 
     \b
     Example:
-      ocbench compare results/hpa-fov-vitb8__natural__fov-mlp__paper.json results/imagenet-dino-vitb8__map-p1-n2__fov-mlp__paper.json
+      ocbench compare results/hpa-fov-vitb8__map-p1-n2__fov-mlp__paper.json results/imagenet-dino-vitb8__map-p1-n2__fov-mlp__paper.json
     """
     from ocbench.leaderboard.compare import compare_entries
 
@@ -934,6 +936,11 @@ def _load_plugins(ctx: click.Context, param: click.Parameter, values: tuple[str,
             load_plugin(module)
 
 
+def _set_debug(ctx: click.Context, _param, value: bool) -> None:
+    if value:  # the error handler reads it from the root context
+        ctx.find_root().params["debug"] = True
+
+
 def _accept_global_options(group: click.Group) -> None:
     """`ocbench run --cache-dir X` works like `ocbench --cache-dir X run`: users put options after the
     command name, and click alone would answer with an unrelated "did you mean"."""
@@ -948,6 +955,10 @@ def _accept_global_options(group: click.Group) -> None:
         command.params.append(click.Option(
             ["--plugin"], multiple=True, metavar="MODULE", expose_value=False, is_eager=True, callback=_load_plugins,
             help="Same as `ocbench --plugin`: import MODULE first (its backbones, tasks, datasets).",
+        ))
+        command.params.append(click.Option(
+            ["--debug"], is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+            help="Same as `ocbench --debug`: show full tracebacks for errors.",
         ))
 
 

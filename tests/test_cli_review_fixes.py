@@ -182,3 +182,20 @@ def test_the_python_api_says_how_to_replace_an_entry_in_its_own_words(small_demo
     with pytest.raises(ConfigError) as excinfo:
         ocbench.evaluate(features, **kwargs)
     assert "overwrite=True" in str(excinfo.value) and "--overwrite" not in str(excinfo.value)
+
+
+def test_debug_after_the_command_name_shows_the_traceback_like_before_it():
+    from ocbench.errors import ConfigError
+
+    for args in (["--debug", "run", "--backbone", "nope"], ["run", "--backbone", "nope", "--debug"]):
+        result = CliRunner().invoke(cli, args)
+        assert isinstance(result.exception, ConfigError), (args, result.output)
+    one_line_error(CliRunner().invoke(cli, ["run", "--backbone", "nope"]), "unknown backbone 'nope'")
+
+
+def test_run_help_names_every_registered_task():
+    from ocbench.tasks import list_tasks
+
+    text = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
+    for task in list_tasks():
+        assert getattr(task, "name", task) in text

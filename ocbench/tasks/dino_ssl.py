@@ -2,7 +2,7 @@
 
 Pieces, each testable on its own:
 
-- :class:`DinoConfig`: every training number, defaults from ``PROTOCOL.md`` section 5 (the DINO
+- :class:`DinoConfig`: every training number, defaults from the paper's sections 2.5 and 3.1.2-3.1.4 (the DINO
   reference values where the paper's are not legible). The ``finetune`` task *is* this config
   plus its probe settings, so entries record all of it.
 - :class:`DinoHead`: MLP (``head_layers`` linear layers, GELU) to a ``head_bottleneck_dim``
@@ -72,7 +72,7 @@ CHECKPOINT_FORMAT = "ocbench-dino-checkpoint/1"
 
 @dataclass(frozen=True)
 class DinoConfig:
-    """DINO training settings (PROTOCOL.md section 5; DINO's reference values where the paper's
+    """DINO training settings (the paper's sections 2.5 and 3.1.2-3.1.4; DINO's reference values where the paper's
     numbers are not legible). Learning rate is per 256 images: ``lr * batch_size / 256``."""
 
     epochs: int = field(default=100, metadata={"help": "training epochs (paper: 100 best setup, 60 ablations)"})

@@ -1,8 +1,8 @@
 """Task B: continue DINO training of a backbone on the split's train part, then probe it (``finetune``).
 
 The seed paper's best number (0.860 macro-F1, Table 2) is the HPA-FOV ViT-B/8 after DINO
-fine-tuning on OpenCell's 90% train split, then the ``fov-mlp`` probe (sections 2.5, 3.1.2-3.1.4;
-PROTOCOL.md section 5). Here:
+fine-tuning on OpenCell's 90% train split, then the ``fov-mlp`` probe (sections 2.5 and
+3.1.2-3.1.4). Here:
 
 1. the train part of the split (never its test part; checked before any image is read), or a
    seeded, nested ``fraction`` of it (the 0.2 subset lies inside the 0.4 subset: one fixed
@@ -421,7 +421,7 @@ class FineTune(DinoConfig, TaskConfig):
     main_score: ClassVar[tuple[str, str]] = ("val", "macro_f1")
     axis: ClassVar[str | None] = None
     description: ClassVar[str] = (
-        "DINO fine-tuning on the train split (PROTOCOL 5), then the fov-mlp probe on the teacher (paper Tables 2-3, Fig. 3)"
+        "DINO fine-tuning on the train split (paper section 2.5), then the fov-mlp probe on the teacher (paper Tables 2-3, Fig. 3)"
     )
 
     probe_epochs: int = 300
