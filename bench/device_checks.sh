@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of bench/ and the CUDA-only tests in one run (random-init models: no download
-# needed). Each step has a time limit, 9 minutes in all, so the whole check fits in 10 minutes of
-# GPU time. Every figure goes to stdout and to $OUT/<name>.txt; a step that fails or runs past its
-# limit is reported and the next one runs.
+# needed). Each step has a time limit, 9 minutes in all. Every figure goes to stdout and to
+# $OUT/<name>.txt; a step that fails or runs past its limit is reported and the next one runs.
 #
 #   bash bench/device_checks.sh                  # on a CUDA machine
 #   bash bench/device_checks.sh cpu --quick      # the same steps at toy sizes, to check the script
@@ -71,9 +70,9 @@ step finetune 90 $PY bench/finetune.py --device "$DEVICE" --precision $FT_PRECIS
 # torchrun (NCCL on GPUs, gloo on CPU): the demo's embeddings from the ranks equal one process's.
 torchrun_check() {
   "$PY" -m ocbench --cache-dir "$OUT/cache-one" embed --backbone tiny-vit-random --dataset demo \
-      --device "$DEVICE" --export "$OUT/one.npz" > /dev/null || return 1
+      --device "$TR_DEVICE" --export "$OUT/one.npz" > /dev/null || return 1
   torchrun --nproc-per-node "$NPROC" -m ocbench --cache-dir "$OUT/cache-ranks" embed --backbone tiny-vit-random \
-      --dataset demo --device "$DEVICE" --export "$OUT/ranks.npz" > /dev/null || return 1
+      --dataset demo --device "$TR_DEVICE" --export "$OUT/ranks.npz" > /dev/null || return 1
   "$PY" - <<'EOF'
 import os
 
@@ -82,14 +81,21 @@ import numpy as np
 one, ranks = np.load(os.environ["OUT"] + "/one.npz"), np.load(os.environ["OUT"] + "/ranks.npz")
 assert list(one["ids"]) == list(ranks["ids"]), "the item order differs"
 diff = float(np.abs(one["features"] - ranks["features"]).max())
-print(f"torchrun, {os.environ['NPROC']} process(es) on {os.environ['DEVICE']} vs one process: "
+print(f"torchrun, {os.environ['NPROC']} processes on {os.environ['TR_DEVICE']} vs one process: "
       f"{len(one['ids'])} FOVs, max |difference| {diff:.2e}")
 assert diff < 1e-3, "torchrun embeddings differ from a one-process run"
 EOF
 }
-if [ "$DEVICE" = "cuda" ]; then NPROC=$("$PY" -c "import torch; print(torch.cuda.device_count())"); else NPROC=2; fi
+NPROC=2
+TR_DEVICE=cpu
+if [ "$DEVICE" = "cuda" ] && [ "$("$PY" -c "import torch; print(torch.cuda.device_count())")" -ge 2 ]; then
+  NPROC=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+  TR_DEVICE=cuda
+elif [ "$DEVICE" = "cuda" ]; then
+  echo "== one GPU: the torchrun check runs 2 processes on CPU with gloo (NCCL needs one GPU per process)"
+fi
 export -f torchrun_check
-export OUT PY DEVICE NPROC
+export OUT PY TR_DEVICE NPROC
 step torchrun 60 bash -c torchrun_check
 
 echo "== results in $OUT/"

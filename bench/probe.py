@@ -13,7 +13,8 @@ common "3 x forward" rule is printed too (it gives a looser bound). Validation/t
 Beyond the matmuls a training step pays AdamW's pass over the parameters and both moments
 (memory-bound once the matmuls have pushed them out of cache), dropout's random bits, the other
 elementwise work and Python dispatch; on a shared machine the matmul rate itself also drifts
-during the run, which is why it is measured before and after.
+during the run, which is why it is measured before and after. The rate is measured on full batches;
+an epoch's last batch is shorter (its matmuls run a little below that rate).
 
     python bench/probe.py                 # the paper setting (a few minutes on 2 cores)
     python bench/probe.py --epochs 20     # quick look

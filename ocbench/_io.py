@@ -138,7 +138,7 @@ def _names_temp(exc: BaseException, path: Path) -> bool:
     """Is ``exc`` an OSError about a temp file or folder standing in for ``path`` (or inside one)?"""
     if not isinstance(exc, OSError) or not exc.filename:
         return False
-    return any(part.startswith(f".{path.name}.ocb") for part in Path(str(exc.filename)).parts)
+    return any((m := _TEMP_RE.match(part)) is not None and m["name"] == path.name for part in Path(str(exc.filename)).parts)
 
 
 def _naming(exc: OSError, path: Path) -> OSError:

@@ -466,7 +466,7 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
         emb = extract(evaluation.crops)  # under torchrun every rank takes part; rank 0 alone writes
         if export_path:
             if _is_main_rank():
-                click.echo(f"wrote {cell_data.export_cell_embeddings(export_path, evaluation, lambda crops: emb)}")
+                click.echo(f"wrote {cell_data.export_cell_embeddings(export_path, evaluation, emb)}")
             return
     else:
         emb = extract(ds)

@@ -191,7 +191,7 @@ def scores_disagreement(predictions: Predictions, entry: Any) -> str:
             return str(exc)
         given = [macro_f1(predictions.y_true, y_pred[r]) for r in range(y_pred.shape[0])]
         recorded = list(summary.values)
-        if len(given) != len(recorded) or any(abs(a - b) > _AGREEMENT_TOLERANCE for a, b in zip(given, recorded)):
+        if len(given) != len(recorded) or not all(abs(a - b) <= _AGREEMENT_TOLERANCE for a, b in zip(given, recorded)):
             where = f"{predictions.eval_set} {metric}" + ("" if value is None else f" at {entry.axis.name}={value:g}")
             return (f"{where} is recorded as {', '.join(f'{v:.4f}' for v in recorded)} but its kept predictions give "
                     f"{', '.join(f'{v:.4f}' for v in given)}")

@@ -199,3 +199,81 @@ def test_run_help_names_every_registered_task():
     text = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
     for task in list_tasks():
         assert getattr(task, "name", task) in text
+
+
+def _fake_world(monkeypatch, rank, sent):
+    """A 2-process group as seen from ``rank``: broadcast records what rank 0 sends, and hands the
+    other rank what rank 0 sent (``sent``)."""
+    from ocbench.benchmark import distributed
+
+    monkeypatch.setattr(distributed, "_initialized", lambda: True)
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=rank, size=2))
+    log = []
+
+    def broadcast(value):
+        log.append(value)
+        return value if rank == 0 else sent
+
+    monkeypatch.setattr(distributed, "broadcast", broadcast)
+    return log
+
+
+def test_from_main_stops_every_rank_whatever_rank_0_fails_with(monkeypatch):
+    from ocbench.benchmark import distributed
+    from ocbench.errors import DataError, OcbenchError
+
+    def boom():
+        raise RuntimeError("disk on fire")
+
+    log = _fake_world(monkeypatch, 0, None)
+    with pytest.raises(RuntimeError, match="disk on fire"):  # rank 0 keeps its own traceback
+        distributed.from_main(boom)
+    [(kind, (cls, message))] = log
+    assert kind == "error" and cls is OcbenchError and "RuntimeError: disk on fire" in message
+
+    _fake_world(monkeypatch, 1, ("error", (DataError, "cache shard is corrupt")))
+    with pytest.raises(DataError, match="cache shard is corrupt"):
+        distributed.from_main(boom)  # rank 1 never runs decide; it raises what rank 0 sent
+    _fake_world(monkeypatch, 1, ("value", 42))
+    assert distributed.from_main(boom) == 42
+
+
+def test_an_entry_with_a_malformed_recorded_card_is_one_problem_not_a_traceback():
+    from ocbench.benchmark.entry import entry_from_dict
+    from ocbench.leaderboard.examples import example_entry_dict
+
+    for change in (lambda d: d["backbone"]["card"].update(training_datasets="OpenCell"),
+                   lambda d: d["backbone"]["card"].update(training_datasets=5),
+                   lambda d: d["dataset"]["card"].update(extra="x"),
+                   lambda d: d["dataset"]["card"].update(extra={"training_data_names": 5})):
+        data = example_entry_dict(not_zero_shot=[])
+        data["dataset"]["card"] = {"name": "demo"}
+        change(data)
+        with pytest.raises(DataError, match="must be lists of names"):
+            entry_from_dict(data, source="edited.json")
+
+
+def test_score_values_whose_spread_overflows_are_refused_in_one_line():
+    from ocbench.benchmark.entry import entry_from_dict
+    from ocbench.leaderboard.examples import example_entry_dict
+
+    data = example_entry_dict()
+    data["scores"]["test"]["macro_f1"].update(values=[1e308, -1e308, 0.5, 0.5, 0.5], mean=0.3)
+    with pytest.raises(DataError, match="too large"):
+        entry_from_dict(data, source="edited.json")
+
+
+def test_a_registered_cards_own_weights_folder_resolves_to_that_card(tmp_path, monkeypatch):
+    import dataclasses
+
+    from ocbench.backbones.cards import get_card
+    from ocbench.backbones.derive import resolve_backbone, write_card_file
+    from ocbench.backbones.sources import local_folder
+
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    zoo = get_card("opencell-dino-vits8")
+    folder = local_folder(zoo.source_target)
+    folder.mkdir(parents=True)
+    # what `ocbench finetune --from-scratch` on OpenCell writes there: the card with its training record
+    write_card_file(dataclasses.replace(zoo, training_datasets=("OpenCell",), notes="trained by ocbench"), folder)
+    assert resolve_backbone(f"local:{folder}") == zoo

@@ -366,11 +366,27 @@ def _local_card(target: str, cache_dir: str | os.PathLike | None) -> BackboneCar
         raise ConfigError(f"{where}: folder {folder} does not exist (a bare name is a folder under <cache>/weights/)")
     if (folder / CARD_FILENAME).is_file():
         card = load_card_file(folder / CARD_FILENAME)
+        own = _registered_owner(card.name, folder, cache_dir)
+        if own is not None:  # a registered card's own weights folder (e.g. written by ocbench finetune)
+            return own
         return _file_card(dataclasses.replace(card, source=f"local:{target}"), folder / CARD_FILENAME)
     config = _read_config(folder / "config.json", where)
     card = card_from_timm_config(config, name=_safe_name(f"local-{folder.name}"), source=f"local:{target}",
                                  where=f"{where}: {folder / 'config.json'}")
     return _unregistered(card, where, "rename the folder, or give it an ocbench_card.json with another name")
+
+
+def _registered_owner(name: str, folder: Path, cache_dir: str | os.PathLike | None) -> BackboneCard | None:
+    """The registered card named ``name`` when ``folder`` is the folder its ``local:`` source reads."""
+    from ocbench.backbones.cards import BACKBONES
+    from ocbench.backbones.sources import local_folder
+
+    if name not in BACKBONES:
+        return None
+    registered = BACKBONES.get(name)
+    if registered.source_kind != "local":
+        return None
+    return registered if local_folder(registered.source_target, cache_dir).resolve() == folder.resolve() else None
 
 
 def _unregistered(card: BackboneCard, where: str, advice: str) -> BackboneCard:

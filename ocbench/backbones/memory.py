@@ -15,8 +15,8 @@ The token keys the embedding cache. For a module it is computed from
   ``global_pool``. A function-valued attribute counts by its qualified name, any other object by
   its type only.
 
-Not covered: the source code of ``forward`` (only the class names), what such other objects hold,
-and state outside the module (globals, closures). Two modules that differ only there share cached
+Not covered: the source code of ``forward`` (only the class names), forward hooks, what such other
+objects hold, and state outside the module (globals, closures). Two modules that differ only there share cached
 embeddings: evaluate such a model under another card name, or with its own ``cache_dir``.
 
 A module with an empty ``state_dict`` (no parameters, no buffers) and a plain callable have no

@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from ocbench.errors import OcbenchError
+from ocbench.errors import ConfigError, DataError, OcbenchError
 
 __all__ = ["World", "world", "setup", "is_main", "barrier", "broadcast", "from_main", "rank_share"]
 
@@ -115,21 +115,29 @@ def broadcast(value: T) -> T:
 
 
 def from_main(decide: Callable[[], T]) -> T:
-    """Run ``decide`` on rank 0 alone and return its result on every rank. An ocbench error it
-    raises (bad input, a damaged cache, an entry in the way) is raised on every rank, so each rank
-    stops with the same one-line message instead of waiting for rank 0 until the group breaks."""
+    """Run ``decide`` on rank 0 alone and return its result on every rank.
+
+    If it fails, every rank stops instead of waiting for rank 0 until the group breaks: an ocbench
+    error (bad input, a damaged cache, an entry in the way) is raised on every rank with the same
+    one-line message; any other failure is raised as is on rank 0, whose traceback says what went
+    wrong, and as a one-line error naming it on the others. Only the error's kind and message
+    travel (a plugin's own exception class may not survive pickling)."""
     if not (_initialized() and world().active):
         return decide()
-    outcome: tuple[str, Any] | None = None
     if world().main:
         try:
-            outcome = ("value", decide())
-        except OcbenchError as exc:
-            outcome = ("error", exc)
-    kind, value = broadcast(outcome)
-    if kind == "error":
-        raise value
-    return value
+            value = decide()
+        except BaseException as exc:
+            kind = next((k for k in (ConfigError, DataError) if isinstance(exc, k)), OcbenchError)
+            message = str(exc) if isinstance(exc, OcbenchError) else f"rank 0 stopped: {type(exc).__name__}: {exc}"
+            broadcast(("error", (kind, message)))
+            raise
+        return broadcast(("value", value))[1]
+    outcome, payload = broadcast(None)
+    if outcome == "error":
+        kind, message = payload
+        raise kind(message)
+    return payload
 
 
 def rank_share(items: list[T]) -> list[T]:

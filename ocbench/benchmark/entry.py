@@ -165,12 +165,11 @@ class MetricSummary(_OmitsUnset):
         if not all(math.isfinite(v) for v in self.values):
             raise ValueError("values must be finite numbers")
         try:
-            mean = summary_mean(self.values)
+            mean, std = summary_mean(self.values), summary_std(self.values, self.ddof)
         except OverflowError:
             raise ValueError("values are too large to be scores") from None
         if abs(mean - self.mean) > _AGGREGATE_TOLERANCE:
             raise ValueError(f"mean {self.mean} does not match the values (their mean is {mean:.6f})")
-        std = summary_std(self.values, self.ddof)
         if std is None:
             if self.std is not None:
                 raise ValueError(f"std must be null when n ({self.n}) <= ddof ({self.ddof})")
@@ -239,8 +238,15 @@ def _recorded_not_zero_shot_reasons(card: Mapping[str, Any], dataset_card: Mappi
 
     from ocbench.backbones.provenance import not_zero_shot_reasons
 
-    backbone = SimpleNamespace(training_datasets=tuple(card.get("training_datasets") or ()), supervision=card.get("supervision"))
-    dataset = SimpleNamespace(name=dataset_card.get("name", ""), extra=dataset_card.get("extra") or {})
+    names = card.get("training_datasets") or ()
+    extra = dataset_card.get("extra") or {}
+    aliases = extra.get("training_data_names", ()) if isinstance(extra, Mapping) else None
+    if (isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)
+            or not isinstance(aliases, (list, tuple))):
+        raise ValueError("backbone.card.training_datasets and dataset.card.extra.training_data_names must be lists of "
+                         "names; the entry was edited: run `ocbench run` again")
+    backbone = SimpleNamespace(training_datasets=tuple(names), supervision=card.get("supervision"))
+    dataset = SimpleNamespace(name=str(dataset_card.get("name", "")), extra=extra)
     return not_zero_shot_reasons(backbone, dataset)
 
 

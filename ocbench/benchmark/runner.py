@@ -354,7 +354,9 @@ def _file_digests(task: Any) -> dict[str, str]:
         try:
             digests[f"{name}_sha256"] = sha256_file(Path(str(value)).expanduser())
         except OSError as exc:
-            raise ConfigError(f"task {task.name}: cannot read the {name} file {value} ({exc.strerror or exc})") from None
+            raise ConfigError(
+                f"task {task.name}: cannot read the {name} file {value} ({exc.strerror or exc}); fix --set {name}=FILE"
+            ) from None
     return digests
 
 
@@ -403,8 +405,10 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
     ]
     for key, now in (_file_digests(cell.task) if digests is None else digests).items():
         then = existing.task_config.get(key)
+        name = key[: -len("_sha256")]
+        if existing.task_config.get(name) != getattr(cell.task, name):
+            continue  # another file altogether: "other task settings" says so already
         if then != now:
-            name = key[: -len("_sha256")]
             recorded = f"sha256 {then[:12]} then" if then else "no sha256 recorded then"
             differences.append(f"{name} file contents ({getattr(cell.task, name)}: {recorded}, {now[:12]} now)")
     if differences:

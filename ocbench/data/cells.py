@@ -1356,11 +1356,9 @@ def export_embeddings(
     return path
 
 
-def export_cell_embeddings(path: str | os.PathLike, evaluation: EvaluationSet, embed: Any) -> Path:
-    """Embed ``evaluation``'s crops with ``embed(items) -> Embeddings`` (e.g. a partial of
-    ``extract_embeddings`` with the backbone and channel adapter) and write them with
-    :func:`export_embeddings`: ids are the cell ids, groups their FOV ids."""
-    embeddings = embed(evaluation.crops)
+def export_cell_embeddings(path: str | os.PathLike, evaluation: EvaluationSet, embeddings: Any) -> Path:
+    """Write the ``embeddings`` of ``evaluation``'s crops with :func:`export_embeddings`: ids are the
+    cell ids, groups their FOV ids."""
     if list(embeddings.fov_ids) != list(evaluation.ids):
         raise DataError("the cell embeddings do not line up with the evaluation cells; rerun with --recompute")
     return export_embeddings(

@@ -121,8 +121,8 @@ def export_hf(
             if isinstance(cause, OcbenchError):
                 raise cause from None
             raise
-        hf.info.description = _description(dataset, shape, split, split_sha)
         synthetic = bool(getattr(getattr(dataset, "card", None), "synthetic", False))
+        hf.info.description = _description(dataset, shape, split, split_sha, synthetic)
         hf.info.homepage = "" if synthetic else "https://opencell.czbiohub.org"
         with atomic_dir(out_dir) as tmp:
             hf.save_to_disk(str(tmp))
@@ -182,9 +182,9 @@ def _split_parts(dataset, split) -> dict[str, str]:
     return part_of
 
 
-def _description(dataset, shape, split, split_sha) -> str:
+def _description(dataset, shape, split, split_sha, synthetic: bool) -> str:
     card = getattr(dataset, "card", None)
-    if getattr(card, "synthetic", False):  # never let generated images pass for OpenCell's
+    if synthetic:  # never let generated images pass for OpenCell's
         first = (f"SYNTHETIC images in OpenCell's layout (ocbench's {card.name!r} dataset, generated, not microscopy), "
                  "exported by ocbench: evidence that a pipeline works, not about real cells.")
     elif getattr(card, "name", "opencell") == "opencell":

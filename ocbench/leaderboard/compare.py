@@ -51,13 +51,14 @@ def _name(entry: Entry) -> str:
 
 
 def _predictions(entry: Entry, path: Path) -> tuple[Any, str]:
-    from ocbench.predictions import load_kept_predictions, load_predictions
+    from ocbench.predictions import load_kept_predictions
 
-    ref = entry.predictions
-    if ref is None:
+    if entry.predictions is None:
         return None, f"{path.name} kept no per-item predictions (schema 3 entries written by ocbench run do)"
-    load_predictions(path.parent / ref.file, ref.sha256)  # a missing or damaged file is an error here
-    return load_kept_predictions(entry, path)
+    predictions, why = load_kept_predictions(entry, path)
+    if predictions is None:  # a missing or damaged file is an error here
+        raise DataError(why)
+    return predictions, ""
 
 
 def _comparable(a: Entry, b: Entry, pa: Path, pb: Path) -> None:

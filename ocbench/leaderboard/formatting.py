@@ -20,6 +20,7 @@ __all__ = [
     "SYNTHETIC_NOTE",
     "CHANNEL_LEGEND",
     "WEIGHTS_UNVERIFIED",
+    "weights_note_suffix",
 ]
 
 #: How known metric names read in headers; any other metric is shown by its name.
@@ -34,6 +35,12 @@ SYNTHETIC_NOTE = (
     "synthetic data (the demo): these numbers test the pipeline, not how a backbone does on real cells"
 )
 WEIGHTS_UNVERIFIED = "weights not matched to a published checksum"
+
+
+def weights_note_suffix(note: str | None) -> str:
+    """`` (<note>)`` to follow a weights fact, or "" when there is none or it only repeats
+    :data:`WEIGHTS_UNVERIFIED` (the loader's note for unverified weights says the same)."""
+    return f" ({note})" if note and note != WEIGHTS_UNVERIFIED else ""
 
 CHANNEL_LEGEND = (
     "Channels: `replicate` feeds each dataset channel alone into every model input and concatenates "

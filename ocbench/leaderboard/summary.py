@@ -15,7 +15,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ocbench.leaderboard.channels import entry_channel_map, map_label
-from ocbench.leaderboard.formatting import SYNTHETIC_NOTE, WEIGHTS_UNVERIFIED, fmt_axis_value, fmt_score, metric_label, score_label
+from ocbench.leaderboard.formatting import (
+    SYNTHETIC_NOTE, WEIGHTS_UNVERIFIED, fmt_axis_value, fmt_score, metric_label, score_label, weights_note_suffix,
+)
 from ocbench.leaderboard.grouping import dataset_block
 from ocbench.leaderboard.ranking import Score
 from ocbench.reported import not_comparable_reason, reported_for
@@ -105,8 +107,7 @@ def format_run_table(entries: Sequence[Any]) -> str:
             notes.append(f"interval of {e.key}: {score_label(ref.eval_set, e.main_score.metric)} {summary.interval.describe()}")
     for e in entries:
         if e.backbone.weights_verified is False:
-            note = e.backbone.weights_note
-            notes.append(f"{e.key}: {WEIGHTS_UNVERIFIED}" + (f" ({note})" if note and note != WEIGHTS_UNVERIFIED else ""))
+            notes.append(f"{e.key}: {WEIGHTS_UNVERIFIED}{weights_note_suffix(e.backbone.weights_note)}")
     return tabulate(rows, headers=headers, tablefmt="simple") + "\n" + "\n".join(notes)
 
 

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from ocbench.leaderboard.channels import channels_label, entry_channel_map
-from ocbench.leaderboard.formatting import SYNTHETIC_NOTE, WEIGHTS_UNVERIFIED, fmt_axis_value, metric_label, score_label
+from ocbench.leaderboard.formatting import (
+    SYNTHETIC_NOTE, WEIGHTS_UNVERIFIED, fmt_axis_value, metric_label, score_label, weights_note_suffix,
+)
 from ocbench.leaderboard.grouping import (
     GroupKey,
     board_file_names,
@@ -217,8 +219,7 @@ def _provenance(loaded: Any, board_file: str) -> tuple[tuple[str, str], ...]:
     weights = f"sha256 {b.weights_sha256 or '- (no weights)'}; revision {b.revision or '-'}"
     if b.weights_sha256:
         weights += f"; {verified}"
-    if b.weights_note and b.weights_note not in weights:
-        weights += f" ({b.weights_note})"
+    weights += weights_note_suffix(b.weights_note)
     facts = [
         ("entry", f"entries/{board_file} (sha256 {loaded.sha256})"),
         ("created", e.created),
