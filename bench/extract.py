@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _args import positive_int, positive_or_zero, run  # bench/_args.py: argument types and one-line errors
+
 
 #: Random-init stand-ins with the layout of real backbones (no download needed): name -> (timm arch, patch, dim).
 _RANDOM_MODELS = {
@@ -67,15 +69,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="'vit-small' (ViT-S/16 layout) or 'vit-base8' (ViT-B/8), both random init, or a card name, "
                              "e.g. tiny-vit-random")
     parser.add_argument("--channels", default=None, help="channel spec (default: the card's)")
-    parser.add_argument("--fovs", type=int, default=64)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", default="auto",
+    parser.add_argument("--fovs", type=positive_int, default=64, help="FOVs (rounded up to whole proteins of 4 FOVs)")
+    parser.add_argument("--size", type=positive_int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--workers", default="auto", type=lambda t: t if t == "auto" else str(positive_or_zero(t)),
                         help="DataLoader workers decoding TIFFs: a number, or auto (what `ocbench run` uses)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak dense TFLOP/s at the chosen precision, for MFU (default: known GPUs)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precision", default="fp32", help="fp32 or bf16 (CUDA)")
     args = parser.parse_args(argv)
@@ -205,4 +207,4 @@ def _known_peak_tflops(backbone) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

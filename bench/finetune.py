@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _args import positive_int, run  # bench/_args.py: argument types and one-line errors
+
 
 def vit_forward_flops(dim: int, depth: int, patch: int, size: int, in_chans: int, mlp_ratio: float = 4.0) -> float:
     """FLOPs (2 per multiply-add) of one ViT forward on a ``size`` px square input, CLS token included."""
@@ -45,18 +47,19 @@ def dino_flops_per_image(dim, depth, patch, in_chans, global_crop, local_crop, l
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vit_small_patch8_224")
-    parser.add_argument("--global-crop", type=int, default=224)
-    parser.add_argument("--local-crop", type=int, default=96)
-    parser.add_argument("--local-crops", type=int, default=8)
-    parser.add_argument("--out-dim", type=int, default=65536)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps (one epoch of steps x batch FOVs)")
-    parser.add_argument("--fov-size", type=int, default=256, help="synthetic FOV side in px (OpenCell: 600)")
+    parser.add_argument("--global-crop", type=positive_int, default=224)
+    parser.add_argument("--local-crop", type=positive_int, default=96)
+    parser.add_argument("--local-crops", type=positive_int, default=8)
+    parser.add_argument("--out-dim", type=positive_int, default=65536)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--steps", type=positive_int, default=4, help="timed optimizer steps (one epoch of steps x batch FOVs)")
+    parser.add_argument("--fov-size", type=positive_int, default=256, help="synthetic FOV side in px (OpenCell: 600)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="device peak for MFU (H100 SXM bf16 dense: 989)")
+    parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="device peak for MFU (default: H100/H200 SXM dense, 989 in bf16, 67 in fp32)")
     parser.add_argument("--assumed-tflops", type=float, default=None,
                         help="FLOP rate for the paper-setup estimate (default: the measured one)")
     args = parser.parse_args(argv)
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     achieved = flops * train_ips / 1e12
     print(f"model FLOPs/image: {flops / 1e9:.1f} GFLOP -> {achieved:.3f} TFLOP/s achieved")
     if dev.type == "cuda":
-        print(f"MFU: {achieved / args.peak_tflops:.1%} of {args.peak_tflops:g} TFLOP/s peak")
+        peak = args.peak_tflops or {"bf16": 989.0, "fp32": 67.0}[args.precision]
+        print(f"MFU: {achieved / peak:.1%} of {peak:g} TFLOP/s peak ({args.precision})")
     b8 = dino_flops_per_image(768, 12, 8, 4, 224, 96, 8, [768, 2048, 2048, 256, 65536])
     total = b8 * 5500 * 100
     rate = args.assumed_tflops or achieved
@@ -160,4 +164,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from _args import positive_int, run  # bench/_args.py: argument types and one-line errors
+
 GiB = 1 << 30
 
 
@@ -92,14 +94,14 @@ def _sync(device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=157_504, help="cells (default: the paper's 157,504 crops)")
-    parser.add_argument("--dim", type=int, default=768, help="embedding size (ViT-B: 768)")
+    parser.add_argument("--n", type=positive_int, default=157_504, help="cells (default: the paper's 157,504 crops)")
+    parser.add_argument("--dim", type=positive_int, default=768, help="embedding size (ViT-B: 768)")
     parser.add_argument("--ks", default="1,5,10,20,50")
     parser.add_argument("--exclude", choices=("self", "fov"), default="self")
-    parser.add_argument("--cells-per-fov", type=int, default=26, help="157,504 crops / 6,120 FOVs ~ 26")
+    parser.add_argument("--cells-per-fov", type=positive_int, default=26, help="157,504 crops / 6,120 FOVs ~ 26")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--memory-mb", type=int, default=None, help="similarity block budget (default 256 CPU, 1024 GPU)")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--memory-mb", type=positive_int, default=None, help="similarity block budget (default 256 CPU, 1024 GPU)")
+    parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -164,4 +166,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from _args import positive_int, run  # bench/_args.py: argument types and one-line errors
+
 
 def synthetic_problem(n: int, dim: int, seed: int):
     rng = np.random.default_rng(seed)
@@ -98,11 +100,11 @@ def matmul_rate(shapes: list[tuple[int, int, int]], seconds: float = 3.0, device
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="fov-mlp")
-    parser.add_argument("--n", type=int, default=6120)
-    parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--n", type=positive_int, default=6120)
+    parser.add_argument("--dim", type=positive_int, default=768)
+    parser.add_argument("--epochs", type=positive_int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-parallel-folds", type=int, default=None,
+    parser.add_argument("--max-parallel-folds", type=positive_int, default=None,
                         help="1 = train folds one at a time (default: one at a time on CPU, all together on CUDA)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", help="also write the numbers to this file")
@@ -178,4 +180,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

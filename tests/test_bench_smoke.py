@@ -20,7 +20,21 @@ TOY = {
 
 
 def test_every_bench_has_a_toy_run():
-    assert {p.name for p in BENCH.glob("*.py")} == set(TOY)
+    assert {p.name for p in BENCH.glob("*.py") if not p.name.startswith("_")} == set(TOY)
+
+
+@pytest.mark.parametrize("name, args, says", [
+    ("probe.py", ["--epochs", "0"], "--epochs: expected an integer >= 1"),
+    ("probe.py", ["--task", "nosuch", "--epochs", "1"], "unknown task 'nosuch'"),
+    ("extract.py", ["--repeats", "0"], "--repeats: expected an integer >= 1"),
+    ("extract.py", ["--workers", "x"], "--workers: expected an integer >= 0"),
+    ("extract.py", ["--model", "nosuch"], "unknown backbone 'nosuch'"),
+])
+def test_bad_bench_arguments_are_one_error_line_and_exit_2(name, args, says, tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert says in done.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("name", sorted(TOY))

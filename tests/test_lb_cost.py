@@ -13,10 +13,12 @@ from ocbench.leaderboard.render import COST_HEADER
 def test_board_shows_device_seconds_per_1000_images(tmp_path):
     cheap = example_entry_dict("model-a")
     costly = example_entry_dict("model-b", val_folds=[0.5, 0.52, 0.49, 0.51, 0.5])
-    # 690 FOVs in 69 s on one process -> 100 s per 1k; 690 in 34.5 s on 4 GPUs (bf16) -> 200 device-s per 1k
-    cheap["timings"].update(extraction_s=69.0, extraction_items=690, extraction_processes=1, extraction_device="cpu")
-    costly["timings"].update(extraction_s=34.5, extraction_items=690, extraction_processes=4,
-                             extraction_device="cuda:0 (NVIDIA H200)")
+    # 10 images/s on one process -> 100 s per 1k; 20 images/s over 4 GPUs (bf16) -> 200 device-s per 1k.
+    # The wall times include loading the model: a cost per run, which the per-image figure leaves out.
+    cheap["timings"].update(extraction_s=75.0, extraction_items=690, extraction_processes=1, extraction_device="cpu",
+                            extraction_images_per_s=10.0)
+    costly["timings"].update(extraction_s=40.0, extraction_items=690, extraction_processes=4,
+                             extraction_device="cuda:0 (NVIDIA H200)", extraction_images_per_s=20.0)
     costly["environment"]["precision"] = "bf16"
     old = example_entry_dict("model-c")  # an entry from before costs were recorded
     for key in ("extraction_items", "extraction_images_per_s", "extraction_device", "extraction_processes",
@@ -35,3 +37,32 @@ def test_board_shows_device_seconds_per_1000_images(tmp_path):
     assert float(rows["model-b"]["cost_device_s_per_1000"]) == 200.0
     assert rows["model-c"]["cost_device_s_per_1000"] == ""  # not recorded: empty, never a made-up number
     assert COST_HEADER in (tmp_path / "board" / "index.html").read_text()
+
+
+def test_a_resumed_extraction_costs_what_its_throughput_says(tmp_path):
+    """A run that resumed an interrupted extraction computed only the rest: its wall time over all
+    items would make the backbone look cheaper the more had been done before."""
+    from ocbench.benchmark.embeddings import extract_embeddings
+    from ocbench.backbones.cards import get_card
+    from ocbench.benchmark.entry import Timings
+    from ocbench.data.cards import open_dataset
+    from ocbench.data.demo import DemoConfig, write_demo
+
+    data = open_dataset(str(write_demo(tmp_path / "demo", DemoConfig(
+        proteins=10, fovs_per_protein=4, size=32, unlabelled_proteins=0, annotation_only_proteins=0, name_joined_proteins=0))))
+    card = get_card("tiny-vit-random")
+    kwargs = dict(device="cpu", cache_dir=tmp_path / "cache", shard_size=10, batch_size=10, progress=False, num_workers=0)
+    full = extract_embeddings(data, card, None, **kwargs).meta
+    assert full["n_computed"] == 40
+    (key_dir,) = [p.parent for p in (tmp_path / "cache").rglob("manifest.json")]
+    (key_dir / "manifest.json").unlink()
+    sorted(key_dir.glob("shard-*.safetensors"))[-1].unlink()  # as if killed before the last shard
+    resumed = extract_embeddings(data, card, None, **kwargs).meta
+    assert resumed["n_computed"] == 10 and resumed["n_reused"] == 30
+
+    def cost(meta):
+        return Timings(extraction_s=meta["wall_time_s"], task_s=1.0, extraction_items=meta["n"],
+                       extraction_images_per_s=meta["images_per_s"], extraction_processes=1).device_seconds_per_1000
+
+    assert 1000 * resumed["wall_time_s"] / resumed["n"] < cost(resumed)  # wall time over all items: too cheap
+    assert cost(resumed) == 1000 / resumed["images_per_s"]

@@ -346,10 +346,13 @@ class Timings(_Strict):
 
     @property
     def device_seconds_per_1000(self) -> float | None:
-        """Extraction cost: wall time x processes per 1,000 items (None when not recorded)."""
-        if not self.extraction_s or not self.extraction_items:
+        """Extraction cost: device-seconds per 1,000 embedded images (FOVs, or cell crops for a
+        single-cell task), from the extraction's throughput: processes / images per second over all
+        of them. Loading the model and checking the cache are left out (a cost per run, not per
+        image), and so are images reused from an interrupted run. None when not recorded."""
+        if not self.extraction_images_per_s:
             return None
-        return 1000.0 * self.extraction_s * (self.extraction_processes or 1) / self.extraction_items
+        return 1000.0 * (self.extraction_processes or 1) / self.extraction_images_per_s
 
 
 def entry_key(backbone: str, channels_key: str, task: str, track: str, seed: int = 0) -> str:

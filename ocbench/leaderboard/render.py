@@ -106,7 +106,7 @@ def columns_of(table: Table) -> list[Column]:
 
 
 #: What the cost column holds: so users can weigh a score against the compute it takes.
-COST_HEADER = "extraction cost (device-s per 1k images)"
+COST_HEADER = "extraction cost (device-s per 1k embedded images)"
 
 
 def _cost(row: Row) -> tuple[float, str] | None:
