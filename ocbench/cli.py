@@ -462,7 +462,10 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
         from ocbench.data import cells as cell_data
         from ocbench.tasks import Progress
 
-        _, evaluation = task.evaluation_cells(ds, progress=Progress(True))
+        from ocbench.benchmark import distributed
+
+        # segmentation fills a shared cache: under torchrun rank 0 segments, the other ranks read
+        _, evaluation = distributed.main_first(lambda: task.evaluation_cells(ds, progress=Progress(_is_main_rank())))
         emb = extract(evaluation.crops)  # under torchrun every rank takes part; rank 0 alone writes
         if export_path:
             if _is_main_rank():

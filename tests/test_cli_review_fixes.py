@@ -277,3 +277,39 @@ def test_a_registered_cards_own_weights_folder_resolves_to_that_card(tmp_path, m
     # what `ocbench finetune --from-scratch` on OpenCell writes there: the card with its training record
     write_card_file(dataclasses.replace(zoo, training_datasets=("OpenCell",), notes="trained by ocbench"), folder)
     assert resolve_backbone(f"local:{folder}") == zoo
+
+
+def test_main_first_lets_rank_0_fill_the_cache_before_the_others_read_it(monkeypatch):
+    from ocbench.benchmark import distributed
+
+    calls = []
+    log = _fake_world(monkeypatch, 0, None)
+    assert distributed.main_first(lambda: calls.append("rank 0 works") or "table") == "table"
+    assert calls == ["rank 0 works"] and log == [("value", None)]  # the others are told only that it is done
+
+    calls.clear()
+    monkeypatch.setattr(distributed, "broadcast", lambda value: calls.append("told rank 0 is done") or ("value", None))
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=1, size=2))
+    assert distributed.main_first(lambda: calls.append("rank 1 works") or "table") == "table"
+    assert calls == ["told rank 0 is done", "rank 1 works"]
+
+
+def test_cell_embeddings_under_torchrun_equal_one_process(small_demo, tmp_path):
+    import subprocess
+
+    import numpy as np
+
+    pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image")
+    pytest.importorskip("torch.distributed.run", reason="needs torch with torch.distributed")
+    embed = ["embed", "--backbone", "classical-stats", "--dataset", str(small_demo), "--cells", "--set", "crop_size=48",
+             "--device", "cpu", "--workers", "0"]
+    one = CliRunner().invoke(cli, ["--cache-dir", str(tmp_path / "one"), *embed, "--export", str(tmp_path / "one.npz")])
+    assert one.exit_code == 0, one.output
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "ocbench",
+         "--cache-dir", str(tmp_path / "ranks"), *embed, "--export", str(tmp_path / "ranks.npz")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "ranks.npz") as b:
+        assert list(a["ids"]) == list(b["ids"]) and np.array_equal(a["features"], b["features"])

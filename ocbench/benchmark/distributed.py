@@ -27,7 +27,7 @@ from typing import Any, Callable, TypeVar
 
 from ocbench.errors import ConfigError, DataError, OcbenchError
 
-__all__ = ["World", "world", "setup", "is_main", "barrier", "broadcast", "from_main", "rank_share"]
+__all__ = ["World", "world", "setup", "is_main", "barrier", "broadcast", "from_main", "main_first", "rank_share"]
 
 T = TypeVar("T")
 
@@ -138,6 +138,17 @@ def from_main(decide: Callable[[], T]) -> T:
         kind, message = payload
         raise kind(message)
     return payload
+
+
+def main_first(work: Callable[[], T]) -> T:
+    """Rank 0 does ``work`` first, then the other ranks do it: for work that fills a shared cache
+    (segmentation masks, cell tables), which the others then only read. An error on rank 0 stops
+    every rank, as in :func:`from_main`."""
+    if not (_initialized() and world().active):
+        return work()
+    done: list[T] = []
+    from_main(lambda: done.append(work()))  # broadcasts None once rank 0 is through
+    return done[0] if world().main else work()
 
 
 def rank_share(items: list[T]) -> list[T]:

@@ -498,6 +498,7 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
         progress=Progress(options.progress, prefix=" · ".join(p for p in (position, cell.label()) if p)),
         num_workers=options.num_workers,
         precision=options.precision,
+        main_first=distributed.main_first,
     )
     result = cell.task.evaluate(context)
     if digests:

@@ -89,6 +89,9 @@ class RunContext:
     #: The backbone whose features the result scores, when a task derived one from ``backbone``
     #: (fine-tuning); set by :meth:`with_backbone`. The entry records it instead of ``backbone``.
     scored_backbone: Any = None
+    #: ``main_first(work)`` -> work(): under torchrun rank 0 does ``work`` before the other ranks, for
+    #: work that fills a shared cache (segmentation) the others then only read; one process: work().
+    main_first: Callable[[Callable[[], Any]], Any] = field(default=lambda work: work())
 
     def with_backbone(self, card: Any, adapter: Any = None) -> "RunContext":
         """A context that embeds with ``card`` (and ``adapter``, default this one's), e.g. a backbone

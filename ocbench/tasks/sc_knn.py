@@ -370,7 +370,8 @@ class ScKnn(TaskConfig):
         started = time.perf_counter()
         dataset = context.dataset
         backend = self.backend_for(dataset.card)
-        table, evaluation = self.evaluation_cells(dataset, progress=context.progress)
+        # segmentation fills a shared cache: under torchrun rank 0 segments, the other ranks read
+        table, evaluation = context.main_first(lambda: self.evaluation_cells(dataset, progress=context.progress))
         context.progress.step(
             f"{len(evaluation):,} evaluation cells ({evaluation.source} labels) of {len(table):,} masks "
             f"({table.meta['n_dropped']:,} dropped)"
