@@ -13,6 +13,7 @@ from ocbench.cli import cli
 from ocbench.errors import DataError
 
 from cli_assertions import one_line_error, one_line_message
+from demo_data import labelled_demo
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc, where no file can be created (Linux)")
@@ -45,12 +46,7 @@ def test_a_dangling_symbolic_link_among_the_fovs_is_named_as_such(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory):
-    from ocbench.data.demo import DemoConfig, write_demo
-
-    root = tmp_path_factory.mktemp("data") / "demo"
-    write_demo(root, DemoConfig(proteins=8, fovs_per_protein=2, size=96, unlabelled_proteins=0,
-                                annotation_only_proteins=0, name_joined_proteins=0))
-    return root
+    return labelled_demo(tmp_path_factory.mktemp("data") / "demo", proteins=8, fovs_per_protein=2, size=96)
 
 
 def test_only_the_main_rank_writes_the_cell_embeddings_export(small_demo, tmp_path, monkeypatch):
@@ -75,10 +71,7 @@ def test_under_torchrun_an_error_rank0_finds_is_one_line_on_every_rank(tmp_path)
     import subprocess
 
     pytest.importorskip("torch.distributed.run", reason="needs torch with torch.distributed")
-    from ocbench.data.demo import DemoConfig, write_demo
-
-    data = write_demo(tmp_path / "demo", DemoConfig(proteins=12, fovs_per_protein=3, size=32, unlabelled_proteins=0,
-                                                   annotation_only_proteins=0, name_joined_proteins=0))
+    data = labelled_demo(tmp_path / "demo", proteins=12, fovs_per_protein=3, size=32)
     cache = tmp_path / "cache"
     embed = ["embed", "--backbone", "tiny-vit-random", "--dataset", str(data), "--workers", "0", "--device", "cpu"]
     result = CliRunner().invoke(cli, ["--cache-dir", str(cache), *embed])

@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from demo_data import labelled_demo
 from ocbench.benchmark import distributed
 
 pytest.importorskip("torch.distributed.run", reason="needs torch with torch.distributed")
@@ -45,12 +46,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory):
-    from ocbench.data.demo import DemoConfig, write_demo
-
-    root = tmp_path_factory.mktemp("data") / "demo"
-    write_demo(root, DemoConfig(proteins=12, fovs_per_protein=3, size=32, unlabelled_proteins=0,
-                                annotation_only_proteins=0, name_joined_proteins=0))
-    return root
+    return labelled_demo(tmp_path_factory.mktemp("data") / "demo", proteins=12, fovs_per_protein=3, size=32)
 
 
 def _torchrun(tmp_path, data, cache, out, nproc=2):

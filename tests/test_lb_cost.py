@@ -46,10 +46,9 @@ def test_a_resumed_extraction_costs_what_its_throughput_says(tmp_path):
     from ocbench.backbones.cards import get_card
     from ocbench.benchmark.entry import Timings
     from ocbench.data.cards import open_dataset
-    from ocbench.data.demo import DemoConfig, write_demo
+    from demo_data import labelled_demo
 
-    data = open_dataset(str(write_demo(tmp_path / "demo", DemoConfig(
-        proteins=10, fovs_per_protein=4, size=32, unlabelled_proteins=0, annotation_only_proteins=0, name_joined_proteins=0))))
+    data = open_dataset(str(labelled_demo(tmp_path / "demo", proteins=10, fovs_per_protein=4, size=32)))
     card = get_card("tiny-vit-random")
     kwargs = dict(device="cpu", cache_dir=tmp_path / "cache", shard_size=10, batch_size=10, progress=False, num_workers=0)
     full = extract_embeddings(data, card, None, **kwargs).meta

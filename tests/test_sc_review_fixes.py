@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 from cli_assertions import one_line_message
+from demo_data import labelled_demo
 from click.testing import CliRunner
 
 from ocbench.benchmark.entry import load_entry
@@ -23,10 +24,7 @@ SMALL = ["--set", "crop_size=48", "--set", "ks=1,3", "--set", "main_k=3"]
 @pytest.fixture(scope="module")
 def demo(module_cache, tmp_path_factory):
     pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image (pip install 'ocbench[singlecell]')")
-    root = tmp_path_factory.mktemp("data") / "demo"
-    write_demo(root, DemoConfig(proteins=8, fovs_per_protein=2, size=96, unlabelled_proteins=0,
-                                annotation_only_proteins=0, name_joined_proteins=0))
-    return open_dataset(str(root))
+    return open_dataset(str(labelled_demo(tmp_path_factory.mktemp("data") / "demo", proteins=8, fovs_per_protein=2, size=96)))
 
 
 def error_line(result, *fragments):

@@ -5,11 +5,12 @@ import pytest
 
 pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image (pip install 'ocbench[singlecell]')")
 
+from demo_data import labelled_demo  # noqa: E402
 from ocbench.benchmark.entry import load_entry  # noqa: E402
 from ocbench.benchmark.runner import RunOptions, RunSpec, run_grid  # noqa: E402
 from ocbench.data import cells as C  # noqa: E402
 from ocbench.data.cards import open_dataset  # noqa: E402
-from ocbench.data.demo import EXPERT_CELL_LABELS_FILE, DemoConfig, write_demo  # noqa: E402
+from ocbench.data.demo import EXPERT_CELL_LABELS_FILE  # noqa: E402
 from ocbench.tasks import get_task_class  # noqa: E402
 from ocbench.tasks.sc_knn import EVAL_SET  # noqa: E402
 
@@ -18,11 +19,7 @@ SMALL = ("crop_size=48", "ks=1,3,10", "main_k=10")
 
 @pytest.fixture(scope="module")
 def demo_dataset(module_cache, tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "demo"
-    config = DemoConfig(proteins=8, fovs_per_protein=2, size=96, unlabelled_proteins=0, annotation_only_proteins=0,
-                        name_joined_proteins=0)
-    write_demo(root, config)
-    return open_dataset(str(root))
+    return open_dataset(str(labelled_demo(tmp_path_factory.mktemp("data") / "demo", proteins=8, fovs_per_protein=2, size=96)))
 
 
 def test_sc_knn_runs_offline_end_to_end_and_writes_an_entry(demo_dataset, module_cache, tmp_path):
