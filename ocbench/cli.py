@@ -661,7 +661,9 @@ def data_export(target, out_dir, split_file, repo_id, dataset, annotations, min_
     if split_file:
         from ocbench.benchmark.splits import load_split
 
-        split = load_split(split_file, manifest=ds.manifest, dataset_version=ds.version)
+        from ocbench.data.content import listing_version
+
+        split = load_split(split_file, manifest=ds.manifest, dataset_version=listing_version(ds))
     click.echo(f"wrote {export_hf(ds, out_dir, split=split, push_to_hub=repo_id)}")
 
 

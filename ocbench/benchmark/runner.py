@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ocbench.benchmark import distributed
+from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError
 
 __all__ = [
@@ -226,7 +227,7 @@ def split_for(dataset: Any, track: str, options: RunOptions):
     from ocbench.benchmark.splits import TRACKS, load_split, make_split
 
     if options.split_file is not None:
-        split = load_split(options.split_file, manifest=dataset, dataset_version=dataset.version)
+        split = load_split(options.split_file, manifest=dataset, dataset_version=listing_version(dataset))
         if split.track != track:
             raise ConfigError(
                 f"{options.split_file}: split track is {split.track!r} but --split {track} was asked; "
@@ -243,7 +244,7 @@ def _save_split(split: Any, dataset: Any, options: RunOptions) -> None:
     entry's split sha256 points at a file."""
     if options.split_file is not None:
         return
-    path = options.output_dir / "splits" / f"{split.track}-seed{split.seed}-{dataset.version[:12]}.json"
+    path = options.output_dir / "splits" / f"{split.track}-seed{split.seed}-{listing_version(dataset)[:12]}.json"
     if not path.exists() or path.read_bytes() != split.to_json_bytes():
         split.save(path)
 

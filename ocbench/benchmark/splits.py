@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ocbench._io import atomic_write, sha256_bytes
+from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError, DataError
 
 TRACKS: tuple[str, ...] = ("paper", "protein")
@@ -142,17 +143,21 @@ class Split:
 
 
 def manifest_version(manifest: pd.DataFrame) -> str:
-    """sha256 of the manifest as CSV: the same string as ``OpenCellDataset.version``."""
+    """sha256 of the manifest as CSV: the same string as ``OpenCellDataset.manifest_version``."""
     return sha256_bytes(manifest.to_csv(index=False, lineterminator="\n").encode("utf-8"))
 
 
 def _unpack(manifest_or_dataset: Any, dataset_version: str | None) -> tuple[pd.DataFrame, str]:
-    """Accept a manifest frame or anything with ``.manifest`` (and ``.version``), e.g. OpenCellDataset."""
+    """Accept a manifest frame or anything with ``.manifest`` (and ``.version``), e.g. OpenCellDataset.
+
+    A split is made for the dataset's listing (items, groups, labels), not for its pixels: a split
+    stays valid when image files are rewritten (``listing_version``)."""
     manifest = getattr(manifest_or_dataset, "manifest", manifest_or_dataset)
     if not isinstance(manifest, pd.DataFrame):
         raise TypeError(f"expected a manifest DataFrame or a dataset, got {type(manifest_or_dataset).__name__}")
     if dataset_version is None:
-        dataset_version = getattr(manifest_or_dataset, "version", None) or manifest_version(manifest)
+        has_version = getattr(manifest_or_dataset, "version", None) is not None
+        dataset_version = listing_version(manifest_or_dataset) if has_version else manifest_version(manifest)
     return manifest, dataset_version
 
 
@@ -201,8 +206,8 @@ def make_split(
 ) -> Split:
     """A stratified split of ``manifest`` (a manifest DataFrame or an ``OpenCellDataset``).
 
-    ``dataset_version`` defaults to the dataset's ``.version`` (or the manifest's hash, which is the
-    same string). Groups (FOVs for ``paper``, proteins for ``protein``) are ordered by the rank of
+    ``dataset_version`` defaults to the version of the dataset's listing (the manifest's hash, see
+    :func:`~ocbench.data.content.listing_version`). Groups (FOVs for ``paper``, proteins for ``protein``) are ordered by the rank of
     their rarest label, shuffled within it; the test part is a systematic sample of that order
     (so each stratum gives about ``test_fraction`` of its groups), and the other groups are dealt to
     the fold with the fewest groups of their stratum, then the fewest items overall.

@@ -160,10 +160,12 @@ def _check_image(dataset, i: int, image: np.ndarray, shape: tuple[int, ...]) -> 
 
 def _split_parts(dataset, split) -> dict[str, str]:
     """fov_id -> "test" / "fold<k>"; checks that the split was made for this dataset."""
-    version = getattr(split, "dataset_version", None)
-    if version and version != dataset.version:
+    from ocbench.data.content import listing_version
+
+    version, listing = getattr(split, "dataset_version", None), listing_version(dataset)
+    if version and version != listing:
         raise DataError(
-            f"split was made for dataset version {str(version)[:12]}, this dataset is {dataset.version[:12]}; "
+            f"split was made for dataset version {str(version)[:12]}, this dataset is {listing[:12]}; "
             "make a new split with `ocbench data split`"
         )
     part_of: dict[str, str] = {}
