@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -373,13 +374,33 @@ def _weights_missing(path: Path, cell: Cell, replace_hint: str) -> ConfigError:
     )
 
 
+def _content_change(recorded_version: str, dataset) -> str | None:
+    """Why an entry recorded with ``recorded_version`` of this very listing is stale (its image
+    files changed since), or None when that version is not this listing's (another dataset)."""
+    if recorded_version == dataset.version:
+        return None
+    if recorded_version == getattr(dataset, "manifest_version", None):
+        # Older entries recorded the manifest alone, which says nothing about the pixels.
+        return "it records a dataset version of an older ocbench that did not cover the images' content"
+    changes_since = getattr(dataset, "files_changed_since", None)
+    changed = changes_since(recorded_version) if callable(changes_since) else None
+    if changed is None:
+        return None
+    names = ", ".join(Path(p).name for p in changed[:3]) + (", ..." if len(changed) > 3 else "")
+    return f"{len(changed)} image file(s) changed since it was computed ({names})"
+
+
 def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, split,
-                    digests: dict[str, str] | None = None, replace_hint: str = RunOptions.replace_hint) -> None:
+                    digests: dict[str, str] | None = None, replace_hint: str = RunOptions.replace_hint) -> str | None:
     """An existing entry is reused only for the very same run; anything else would be mislabelled.
 
     The same run means the same card, weights (sha256 and revision: converted, imported or
     fine-tuned weights change under the same card name), protocol, settings (and the contents of
     files they name), seed, data and split. ``digests``: :func:`_file_digests` of the task, if known.
+
+    Returns why the entry is stale when the only difference is the content of the dataset's image
+    files (same items and labels, rewritten pixels): the caller computes it again and replaces it.
+    Any other difference is an error (the entry is another run, which a rerun must not replace).
     """
     ident = _recorded_identity(cell)
     if ident is None and cell.entry_card is not None and existing.backbone.weights_sha256:
@@ -412,11 +433,15 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
         if then != now:
             recorded = f"sha256 {then[:12]} then" if then else "no sha256 recorded then"
             differences.append(f"{name} file contents ({getattr(cell.task, name)}: {recorded}, {now[:12]} now)")
+    stale = _content_change(existing.dataset.version, dataset) if "dataset version" in differences else None
+    if stale is not None and differences == ["dataset version"]:
+        return stale
     if differences:
         raise ConfigError(
             f"{path}: an entry with this key exists from a run with other {', '.join(differences)}; "
             f"{replace_hint}"
         )
+    return None
 
 
 def _embed(options: RunOptions, recomputed: set, identities: dict, context, items=None) -> Any:
@@ -479,8 +504,11 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
         nonlocal existing
         if path.exists() and not options.overwrite:
             existing = load_entry(path)
-            _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split, digests=digests,
-                            replace_hint=options.replace_hint)
+            stale = _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split,
+                                    digests=digests, replace_hint=options.replace_hint)
+            if stale is not None:
+                warnings.warn(f"{path}: {stale}; computing it again (the entry is replaced)", stacklevel=2)
+                existing = None
         return existing is not None
 
     # rank 0 decides; every rank skips the cell it skips, or stops with the error it found

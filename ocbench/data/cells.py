@@ -8,9 +8,10 @@ The paper's single-cell track (the seed paper, section 2.6.2 and appendix B) in 
    model download: the demo and the tests). One compressed label image per FOV is saved under
    ``<cache>/cells/<dataset>__<backend>__<hash>/masks/`` as soon as it is done, so a killed run
    resumes. The folder is keyed by the dataset (name and folder), the backend and its settings;
-   each mask records the fingerprint of its FOV file (size, mtime, sha256), so a changed image is
-   segmented again while a relabelled dataset (new annotation table, other ``--min-grade``) reuses
-   the masks.
+   each mask records the fingerprint of its FOV file (size, times, sha256), checked against the
+   dataset's content record (``dataset.content``, :mod:`ocbench.data.content`), so a changed
+   image is segmented again (with a warning counting them) while a relabelled dataset (new
+   annotation table, other ``--min-grade``) reuses the masks.
 2. **Cell table** (:class:`CellTable`): one row per mask with its cell id, FOV, protein, centroid,
    area, black-pixel fraction, kept/dropped and why, and its weak labels. Saved next to the masks,
    keyed by the dataset version (the labels), the crop settings and the label policy.
@@ -58,6 +59,7 @@ import pandas as pd
 
 from ocbench import paths
 from ocbench._io import atomic_path, atomic_write, sha256_bytes, sha256_file
+from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError, DataError
 from ocbench.registry import Registry
 
@@ -629,7 +631,7 @@ def _mask_file(masks_dir: Path, fov_id: str) -> Path:
 
 
 def _source_stat(dataset: Any, i: int) -> dict[str, Any] | None:
-    """Size and mtime of FOV ``i``'s file (None when the dataset has no files)."""
+    """Size and times of FOV ``i``'s file (None when the dataset has no files)."""
     path_of = getattr(dataset, "path", None)
     if path_of is None:
         return None
@@ -637,34 +639,53 @@ def _source_stat(dataset: Any, i: int) -> dict[str, Any] | None:
         st = os.stat(path_of(i))
     except OSError:
         return None
-    return {"path": str(path_of(i)), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    # ctime too: a tool that restores the mtime after rewriting a file cannot restore it.
+    return {"path": str(path_of(i)), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns),
+            "ctime_ns": int(st.st_ctime_ns)}
+
+
+def _known_sha256(dataset: Any, i: int) -> str | None:
+    """FOV ``i``'s file sha256 from the dataset's content record (hashed once, when it was listed),
+    while the file's size and times are still those recorded; else None (hash it here)."""
+    content = getattr(dataset, "content", None)
+    stat = _source_stat(dataset, i)
+    if content is None or stat is None or not callable(getattr(content, "record", None)):
+        return None
+    record = content.record(i)
+    return record[3] if list(record[:3]) == [stat["size"], stat["mtime_ns"], stat["ctime_ns"]] else None
 
 
 def _fingerprint(dataset: Any, i: int, image: np.ndarray) -> dict[str, Any]:
     stat = _source_stat(dataset, i)
     if stat is not None:
-        return {**stat, "sha256": sha256_file(stat["path"])}
+        return {**stat, "sha256": _known_sha256(dataset, i) or sha256_file(stat["path"])}
     return {"pixels_sha256": sha256_bytes(np.ascontiguousarray(image).tobytes())}
 
 
-def _mask_is_current(path: Path, dataset: Any, i: int) -> bool:
-    """A saved mask is reused when its FOV file is unchanged (size and mtime, else its sha256)."""
+def _mask_state(path: Path, dataset: Any, i: int) -> str:
+    """``current`` (a saved mask of FOV ``i``'s file as it is now), ``changed`` (saved for other
+    content of the file) or ``missing`` (none, or damaged)."""
     if not path.is_file():
-        return False
+        return "missing"
     try:
         with np.load(path) as z:
             stored = json.loads(str(z["meta"]))
     except Exception:
-        return False  # a damaged file is segmented again
+        return "missing"  # a damaged file is segmented again
     source = stored.get("source", {})
+    known = _known_sha256(dataset, i)
+    if known is not None:
+        return "current" if source.get("sha256") == known else "changed"
     stat = _source_stat(dataset, i)
     if stat is None:
-        return "pixels_sha256" in source and source["pixels_sha256"] == sha256_bytes(
+        same = "pixels_sha256" in source and source["pixels_sha256"] == sha256_bytes(
             np.ascontiguousarray(dataset.read(i)).tobytes()
         )
-    if source.get("size") == stat["size"] and source.get("mtime_ns") == stat["mtime_ns"]:
-        return True
-    return source.get("size") == stat["size"] and source.get("sha256") == sha256_file(stat["path"])
+    elif all(source.get(k) == stat[k] for k in ("size", "mtime_ns", "ctime_ns")):
+        same = True
+    else:
+        same = source.get("size") == stat["size"] and source.get("sha256") == sha256_file(stat["path"])
+    return "current" if same else "changed"
 
 
 def _write_mask(path: Path, labels: np.ndarray, meta: dict[str, Any]) -> None:
@@ -867,12 +888,21 @@ def prepare_cells(
             json.dump(info, fh, indent=1, sort_keys=True)
 
     fov_ids = list(dataset.fov_ids)
+    states = ["missing" if recompute else _mask_state(_mask_file(masks_dir, fov_id), dataset, i)
+              for i, fov_id in enumerate(fov_ids)]
+    changed = [fov_id for fov_id, state in zip(fov_ids, states) if state == "changed"]
+    if changed:
+        import warnings
+
+        names = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
+        warnings.warn(f"{len(changed)} image file(s) changed since their masks were made in {masks_dir} ({names}); "
+                      "segmenting those again", stacklevel=2)
     segmented = 0
     seg_time = 0.0
     with _progress_bar(progress, n_fovs, f"segment ({backend.name})") as bar:
         for i, fov_id in enumerate(fov_ids):
             path = _mask_file(masks_dir, fov_id)
-            if recompute or not _mask_is_current(path, dataset, i):
+            if states[i] != "current":
                 t0 = time.perf_counter()
                 image = np.asarray(dataset.read(i))
                 labels = np.asarray(backend.segment(image, channel_names))
@@ -933,6 +963,7 @@ def prepare_cells(
         "black_threshold": threshold,
         "n_fovs": n_fovs,
         "n_fovs_segmented_now": segmented,
+        "n_fovs_changed": len(changed),
         "n_masks": int(len(cells)),
         "n_dropped": int(over.sum()),
         "n_evaluated": int(cells["evaluated"].sum()),
@@ -995,7 +1026,8 @@ class CellCrops:
         self.card = dataset.card
         self.name = getattr(dataset, "name", None)
         self.version: str = _hash(
-            {"kind": "cell-crops", "format": CELLS_FORMAT, "dataset_version": str(dataset.version),
+            # The listing: each crop's FOV file content is checked per item by the embedding cache.
+            {"kind": "cell-crops", "format": CELLS_FORMAT, "dataset_version": listing_version(dataset),
              "mask_key": table.meta.get("mask_key"), "table": table.meta.get("table_sha256"),
              "crop": table.crop.to_dict(), "cells": _hash(self.ids)}
         )
