@@ -161,3 +161,140 @@ def test_masks_of_changed_images_are_made_again_and_only_those(demo):
     assert again.meta["n_fovs_segmented_now"] == 2 and again.meta["n_fovs_changed"] == 2
     assert [m for m in messages if "2 image file(s) changed since their masks were made" in m]
     assert "(all reused)" not in C.format_cells_summary(again)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning: run identity, checkpoints, finished weights
+
+TINY = dict(epochs=2, batch_size=8, out_dim=32, head_hidden_dim=32, head_bottleneck_dim=16, global_crop_size=32,
+            local_crop_size=16, local_crops=2, warmup_epochs=1, warmup_teacher_temp_epochs=1, fraction=0.5)
+
+
+def tiny_finetune(root: Path, cache: Path, **kwargs):
+    """A two-epoch DINO run of the tiny random ViT on a freshly listed dataset at ``root``."""
+    import torch
+
+    from ocbench.backbones.adapters import parse_channels
+    from ocbench.backbones.cards import get_card
+    from ocbench.benchmark.splits import make_split
+    from ocbench.tasks.finetune import FineTune, finetune_backbone
+
+    torch.set_num_threads(1)
+    ds = open_dataset(str(root))
+    card = get_card("tiny-vit-random")
+    cfg = FineTune(**{**TINY, **kwargs.pop("cfg", {})})
+    split = make_split(ds, track="paper", seed=0)
+    return finetune_backbone(card, parse_channels(None, card, ds.card.channel_names), ds, split, cfg, seed=0,
+                             cache_dir=cache, **kwargs), ds, split
+
+
+@pytest.fixture()
+def ft_demo(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    return labelled_demo(tmp_path / "demo", proteins=10, fovs_per_protein=2, size=48), tmp_path / "cache"
+
+
+def test_finetuned_weights_are_trained_again_when_training_pixels_change_only_then(ft_demo):
+    from ocbench.tasks.finetune import train_indices
+
+    root, cache = ft_demo
+    first, ds, split = tiny_finetune(root, cache)
+    assert first.trained
+    train = train_indices(ds, split, TINY["fraction"], seed=0)
+    outside = sorted(set(range(len(ds))) - set(train.tolist()))
+    rewrite_pixels(ds.path(outside[0]))  # an image the run does not train on
+    same, _, _ = tiny_finetune(root, cache)
+    assert not same.trained and same.folder == first.folder
+    for i in train[:3]:
+        rewrite_pixels(ds.path(int(i)))
+    (again, _, _), messages = caught(lambda: tiny_finetune(root, cache))
+    assert again.trained and again.card == first.card and again.folder == first.folder
+    assert [m for m in messages if f"3 of its {len(train)} training image file(s) changed since it was trained" in m]
+    assert not [m for m in messages if "starting this run over" in m]  # said once, about the weights
+    assert (first.folder / "model.safetensors").read_bytes() != b""
+    assert not tiny_finetune(root, cache)[0].trained  # and now reused
+
+
+def test_a_checkpoint_of_other_pixels_is_not_resumed(ft_demo):
+    from ocbench.tasks.finetune import train_indices
+
+    root, cache = ft_demo
+    stopped, ds, split = tiny_finetune(root, cache, stop_after_epoch=1)
+    checkpoint = stopped.run_dir / "checkpoint.pt"
+    assert checkpoint.is_file()
+    rewrite_pixels(ds.path(int(train_indices(ds, split, TINY["fraction"], seed=0)[0])))
+    (resumed, _, _), messages = caught(lambda: tiny_finetune(root, cache))
+    assert [m for m in messages if "1 of its" in m and "starting this run over" in m]
+    fresh, _, _ = tiny_finetune(root, cache / "fresh")  # the same run from scratch on the new pixels
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in fresh.history]
+
+
+def flip_bytes(path: Path, start: int, n: int = 64) -> None:
+    data = bytearray(path.read_bytes())
+    for k in range(start, start + n):
+        data[k] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_a_one_line_error_not_a_silent_resume(ft_demo):
+    from ocbench.errors import DataError
+
+    root, cache = ft_demo
+    stopped, _, _ = tiny_finetune(root, cache, stop_after_epoch=1)
+    checkpoint = stopped.run_dir / "checkpoint.pt"
+    flip_bytes(checkpoint, checkpoint.stat().st_size // 2)
+    with pytest.raises(DataError) as excinfo:
+        tiny_finetune(root, cache)
+    message = str(excinfo.value)
+    assert "\n" not in message and str(checkpoint) in message and "delete it" in message
+
+
+def test_damaged_finished_weights_are_a_one_line_error_not_reused(ft_demo):
+    from ocbench.errors import DataError
+
+    root, cache = ft_demo
+    first, _, _ = tiny_finetune(root, cache)
+    weights = first.folder / "model.safetensors"
+    flip_bytes(weights, weights.stat().st_size - 100)
+    with pytest.raises(DataError) as excinfo:
+        tiny_finetune(root, cache)
+    assert "\n" not in str(excinfo.value) and str(weights) in str(excinfo.value) and "damaged" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter "
+                                                  "failed writing file data/12: file write failed")])
+def test_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last_one(ft_demo, monkeypatch, failure):
+    import torch
+
+    from ocbench.errors import OcbenchError
+
+    root, cache = ft_demo
+    stopped, _, _ = tiny_finetune(root, cache, stop_after_epoch=1)
+    checkpoint = stopped.run_dir / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)  # part of the file is written, then the disk is full
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OcbenchError) as excinfo:
+        tiny_finetune(root, cache)
+    message = str(excinfo.value)
+    assert "\n" not in message and str(checkpoint) in message and "could not write" in message
+    assert checkpoint.read_bytes() == before  # the last good checkpoint, whole
+    assert sorted(p.name for p in stopped.run_dir.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_finetuned_weights_are_readable_like_every_written_file(ft_demo):
+    import stat
+
+    root, cache = ft_demo
+    first, _, _ = tiny_finetune(root, cache, cfg={"epochs": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in first.folder.iterdir()}
+    assert modes["model.safetensors"] == 0o666 & ~mask and set(modes.values()) == {0o666 & ~mask}

@@ -19,7 +19,7 @@ Pieces, each testable on its own:
 - :func:`train_dino`: the loop. Student = backbone (drop path) + head; teacher = an EMA copy
   without drop path. Checkpoints after every epoch, atomically, with everything needed to
   continue bit for bit: student, teacher, optimiser, centre, RNG states, epoch, the epoch's data
-  order and the loss history. Data order and augmentations are functions of (seed, epoch, item),
+  order and the loss history, and a checksum of all of it that a resume verifies. Data order and augmentations are functions of (seed, epoch, item),
   never of worker or process state, which is what makes resume and multi-process runs reproducible.
 
 Distributed runs (``torchrun``): the step's global batch of ``batch_size`` items is split over the
@@ -32,6 +32,7 @@ RNG). Only rank 0 writes checkpoints and the history.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -404,21 +405,60 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Atomic: a kill while writing leaves the previous epoch's checkpoint."""
-    from ocbench._io import atomic_path
+def checkpoint_checksum(payload: dict) -> str:
+    """sha256 over everything a checkpoint holds (tensors by dtype, shape and bytes; other values by
+    type and repr), its ``checksum`` field aside: a flipped byte anywhere in the state shows."""
+    digest = hashlib.sha256()
 
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().to("cpu").contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=str):
+                feed(str(key))
+                feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        else:
+            digest.update(f"{type(value).__name__}:{value!r};".encode())
+
+    feed({k: v for k, v in payload.items() if k != "checksum"})
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Atomic, with its checksum: a kill while writing leaves the previous epoch's checkpoint, and a
+    full disk is a one-line error (torch's writer reports it as a RuntimeError) with nothing half-written."""
+    from ocbench._io import atomic_path, write_error
+
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({**payload, "checksum": checkpoint_checksum(payload)}, tmp)
+    except (OSError, RuntimeError) as exc:
+        raise write_error(path, exc, "the fine-tuning checkpoint") from None
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint that reads back exactly as it was written; anything else is a one-line DataError
+    (a damaged checkpoint is not thrown away silently: it may hold days of training)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, foreign, or holding objects we refuse to unpickle
         raise DataError(f"{path}: not a readable ocbench DINO checkpoint ({type(exc).__name__}); delete it to start over") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path}: not an ocbench DINO checkpoint (format {CHECKPOINT_FORMAT}); delete it to start over")
+    if "checksum" not in payload:
+        raise DataError(f"{path}: a checkpoint without a checksum (written by an older ocbench); delete it to start over")
+    if payload["checksum"] != checkpoint_checksum(payload):
+        raise DataError(f"{path}: damaged (its content does not match the checksum written with it); check the disk, "
+                        "then delete it to start over")
     return payload
 
 
