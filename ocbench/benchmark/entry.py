@@ -306,7 +306,7 @@ class ChannelsInfo(_Strict):
 
 class DatasetInfo(_Strict):
     name: str = Field(min_length=1, description="opencell, demo, or local:<folder> for a user's own data")
-    version: str = Field(pattern=_SHA256, description="sha256 of the dataset manifest")
+    version: str = Field(pattern=_SHA256, description="sha256 of the dataset's manifest (items, labels) and its files' content")
     n_items: int = Field(ge=1)
     min_grade: int = Field(default=1, ge=1, le=3, description="lowest annotation grade counted as a positive label")
     annotations: str | None = Field(default=None, description="file name of the annotation table used")

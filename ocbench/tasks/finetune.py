@@ -19,8 +19,10 @@ fine-tuning on OpenCell's 90% train split, then the ``fov-mlp`` probe (sections 
    the entry records the derived card: which data the backbone saw.
 
 The derived name is ``<base>.ft-<dataset>-f<fraction>-<hash>``: the hash covers the base card,
-channel adapter, every training setting, dataset version, split and seed, so the same run
-finds its finished weights (and is not trained again) and any other run gets its own folder.
+channel adapter, every training setting, the dataset's listing (items and labels), split and
+seed, so the same run finds its finished weights (and is not trained again) and any other run
+gets its own folder. The training images' content is recorded beside the weights and the
+checkpoint (:class:`TrainFiles`): when one of them changed, the run trains again, with a warning.
 Training from scratch (:func:`scratch_card`) writes ``<arch card>.dino-...``, or the zoo's
 ``opencell-dino-vits8``/``-vitb8`` folder when trained on OpenCell itself.
 """
