@@ -201,7 +201,7 @@ def _description(dataset, shape, split, split_sha, synthetic: bool) -> str:
         "ds.with_format('numpy', dtype='uint16'): the numpy format widens integers to int64 otherwise.",
         f"labels: multi-label compartment indices into {list(COMPARTMENTS)}.",
         "grades: annotation grade per compartment in the same order (3 prominent, 2 less pronounced, 1 weak, 0 none).",
-        f"dataset version (sha256 of the ocbench manifest): {dataset.version}.",
+        f"dataset version (sha256 of the ocbench manifest and the images' content): {dataset.version}.",
     ]
     min_grade = getattr(dataset, "min_grade", None)
     if min_grade is not None:
