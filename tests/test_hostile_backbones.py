@@ -57,3 +57,25 @@ def test_a_card_file_with_a_loading_timm_argument_is_refused(tmp_path, field, va
     with pytest.raises(ConfigError) as info:
         resolve_backbone(f"local:{folder}")
     one_line_message(info, str(folder / CARD_FILENAME), f"arch_kwargs.{field}", "load a file or code")
+
+
+# -- config.json sizes checked against the weights' header ------------------------------------------
+@pytest.mark.parametrize("field, value", [("embed_dim", 2 ** 26), ("depth", 40)])
+def test_config_sizes_that_do_not_fit_the_weights_are_refused_before_building(tmp_path, monkeypatch, field, value):
+    """2**26 wide: the old loader tried to allocate the model (hundreds of GB) before any shape check."""
+    from ocbench.backbones.loader import load_backbone
+
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "oc"))
+    model = timm_random("test_vit", num_classes=0)
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(state_bytes(model.state_dict(), tmp_path))
+    config = json.loads(hub_config(model, "r160_in1k"))
+    config["model_args"] = {"embed_dim": 64, "depth": 6, "num_heads": 2, field: value}
+    (folder / "config.json").write_text(json.dumps(config))
+    card = resolve_backbone(f"local:{folder}")  # derived on the meta device: no memory
+    with pytest.raises(ConfigError) as info:
+        load_backbone(card)
+    one_line_message(info, f"{folder / 'config.json'} field model_args.{field}={value}", str(folder / "model.safetensors"))
+    checked = invoke("backbones", "check", f"local:{folder}")
+    assert checked.exit_code != 0 and f"model_args.{field}={value}" in checked.output and "Traceback" not in checked.output
