@@ -15,7 +15,8 @@ Format rules
 - Besides the JSON Schema (:func:`export_json_schema`, published as
   ``ocbench/leaderboard/entry.schema.json``), the model checks what a schema cannot: aggregates
   agree with the values, per-class rows have one value per class, ``key`` is built from its
-  parts, an entry with overrides is marked off-protocol, ``created`` is an ISO date-time.
+  parts, an entry with overrides is marked off-protocol, ``created`` is an ISO date-time not in the
+  future (of two same-key entries the newer is shown).
 
 Schema version history
 ----------------------
@@ -52,7 +53,7 @@ import math
 import os
 import platform as _platform
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
@@ -92,6 +93,8 @@ _SHA256 = r"^[0-9a-f]{64}$"
 _EVAL_SETS = ("val", "test")
 # Aggregates must match the per-fold values up to rounding (a writer may round to 4 digits).
 _AGGREGATE_TOLERANCE = 5e-4
+#: How far ``created`` may lie ahead of this machine's clock (another machine's clock may run fast).
+_CLOCK_SKEW = timedelta(days=1)
 
 
 class _Strict(BaseModel):
@@ -419,9 +422,13 @@ class Entry(_OmitsUnset):
     @classmethod
     def _iso_datetime(cls, value: str) -> str:
         try:
-            datetime.fromisoformat(value.replace("Z", "+00:00"))
+            stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(f"{value!r} is not an ISO 8601 date-time (e.g. 2025-01-31T12:00:00+00:00)") from None
+        stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+        # the newest of two same-key entries is shown: a date in the future would always win
+        if stamp > datetime.now(timezone.utc) + _CLOCK_SKEW:
+            raise ValueError(f"{value!r} is in the future; a run cannot have been made after now: fix the date")
         return value
 
     @model_validator(mode="after")
