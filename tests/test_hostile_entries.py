@@ -35,3 +35,36 @@ def test_a_duplicate_says_which_entry_is_shown_and_why(tmp_path):
     (tmp_path / "run2" / "model-a__replicate__fov-mlp__paper.json").write_text(json.dumps(future))
     problems = validate_entries([tmp_path / "run1", tmp_path / "run2"])
     assert len(problems) == 1 and "in the future" in problems[0] and "run2" in problems[0]
+
+
+# -- publish --dry-run lists exactly what is uploaded, and where ------------------------------------
+def test_publish_dry_run_lists_the_board_files_only_and_the_target_repo(tmp_path):
+    from click.testing import CliRunner
+
+    from ocbench.cli import cli
+    from ocbench.leaderboard import build_board, publish
+    from ocbench.leaderboard.examples import write_example_with_predictions
+    import numpy as np
+
+    folder = tmp_path / "entries"
+    y = np.eye(3, dtype=np.uint8)[[0, 1, 2, 0, 1, 2]]
+    write_example_with_predictions(folder, "model-a", y, y[None], groups=list("aabbcc"), n_resamples=50)
+    write_entry(example_entry_dict("model-b", val_folds=FOLDS), folder)
+    out = tmp_path / "board"
+    build_board([folder], out, include_reported=False, plots=False)
+    (out / "entries" / "notes.txt").write_text("my private notes")
+    (out / "entries" / "model-a__replicate__fov-mlp__paper.json~").write_text("editor backup")
+    (out / "plots").mkdir()
+    (out / "plots" / "stale.png").write_bytes(b"\\x89PNG old plot")
+    files = publish(out, "org/board", dry_run=True, allow_synthetic=True)
+    assert files == [
+        "LEADERBOARD.md", "leaderboard.csv", "index.html", "entries/README.md",
+        "entries/model-a__replicate__fov-mlp__paper.json", "entries/model-a__replicate__fov-mlp__paper.predictions.npz",
+        "entries/model-b__replicate__fov-mlp__paper.json",
+    ]
+    result = CliRunner().invoke(cli, ["leaderboard", "publish", str(out), "--repo-id", "org/board", "--dry-run",
+                                      "--allow-synthetic", "--revision", "staging"])
+    assert result.exit_code == 0, result.output
+    head, *listed = result.output.splitlines()
+    assert "would upload 7 files" in head and "org/board" in head and "branch staging" in head
+    assert [line.strip() for line in listed] == files
