@@ -68,3 +68,20 @@ def test_publish_dry_run_lists_the_board_files_only_and_the_target_repo(tmp_path
     head, *listed = result.output.splitlines()
     assert "would upload 7 files" in head and "org/board" in head and "branch staging" in head
     assert [line.strip() for line in listed] == files
+
+
+# -- compare says when settings or data differ -----------------------------------------------------
+def test_compare_names_differing_settings_and_data_fields(tmp_path):
+    from ocbench.leaderboard.compare import compare_entries
+
+    a = example_entry_dict("model-a", val_folds=FOLDS, task_config={"epochs": 300, "batch_size": 512})
+    b = example_entry_dict("model-b", val_folds=[f - 0.05 for f in FOLDS], task_config={"epochs": 50, "batch_size": 512})
+    b["dataset"].update(min_grade=2, annotations_sha256="c" * 64)
+    text = compare_entries(write_entry(a, tmp_path), write_entry(b, tmp_path)).text
+    (settings,) = [line for line in text.splitlines() if "different settings" in line]
+    assert "task_config.epochs (300 vs 50)" in settings and "batch_size" not in settings
+    (data,) = [line for line in text.splitlines() if "different data" in line]
+    assert "dataset.min_grade (1 vs 2)" in data and "dataset.annotations_sha256" in data and "cccccccccccc..." in data
+    same = compare_entries(tmp_path / f"{a['key']}.json", write_entry(dict(a, key=a["key"].replace("model-a", "model-c"),
+                                                                             backbone={**a["backbone"], "name": "model-c"}), tmp_path)).text
+    assert "different settings" not in same and "different data" not in same
