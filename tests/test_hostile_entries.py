@@ -85,3 +85,56 @@ def test_compare_names_differing_settings_and_data_fields(tmp_path):
     same = compare_entries(tmp_path / f"{a['key']}.json", write_entry(dict(a, key=a["key"].replace("model-a", "model-c"),
                                                                              backbone={**a["backbone"], "name": "model-c"}), tmp_path)).text
     assert "different settings" not in same and "different data" not in same
+
+
+# -- every aggregate agrees with the entry's own per-class and per-fold numbers ---------------------
+def _refused(data, *fragments):
+    with pytest.raises(DataError) as info:
+        entry_from_dict(data, source="edited.json")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("edited.json") and "edited after" in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_a_ranking_score_edited_with_its_mean_but_not_its_per_class_rows_is_refused():
+    from ocbench.summaries import summarize
+
+    data = example_entry_dict("model-a", val_folds=FOLDS)
+    data["scores"]["val"]["macro_f1"] = summarize([0.95] * 5)  # consistent with its own mean and std
+    _refused(data, "scores.val.macro_f1 value 0", "per_class_values.val.f1 row 0")
+    data = example_entry_dict("model-a", val_folds=FOLDS)
+    data["per_class"]["val"]["f1"]["er"] = 0.99
+    _refused(data, "per_class.val.f1.er")
+
+
+def test_a_row_without_readable_predictions_is_marked_unverified_on_every_rendering(tmp_path):
+    import csv
+
+    import numpy as np
+
+    from ocbench.leaderboard import build_board
+    from ocbench.leaderboard.examples import recompute_aggregates, write_example_with_predictions
+
+    folder = tmp_path / "entries"
+    y = np.eye(3, dtype=np.uint8)[[0, 1, 2, 0, 1, 2]]
+    checked = write_example_with_predictions(folder, "model-a", y, y[None], groups=list("aabbcc"), n_resamples=50,
+                                             val_folds=FOLDS)
+    # the attack: test scores raised consistently with their per-class rows, predictions and interval removed
+    data = json.loads(write_example_with_predictions(folder, "model-b", y, y[None], groups=list("aabbcc"),
+                                                     n_resamples=50, val_folds=FOLDS).read_text())
+    data["per_class_values"]["test"]["f1"] = [[min(1.0, v + 0.05) for v in row] for row in data["per_class_values"]["test"]["f1"]]
+    recompute_aggregates(data)["scores"]["test"]["macro_f1"].pop("interval")
+    (folder / data["predictions"]["file"]).unlink()
+    del data["predictions"]
+    (folder / f"{data['key']}.json").write_text(json.dumps(data))
+    assert validate_entries(folder) == [] and checked.is_file()
+    out = tmp_path / "board"
+    build_board([folder], out, include_reported=False, plots=False)
+    rows = {r["backbone"]: r for r in csv.DictReader((out / "leaderboard.csv").open()) if r["backbone"].startswith("model-")}
+    assert rows["model-a"]["unverified"] == "" and "unverified" not in rows["model-a"]["notes"]
+    assert rows["model-b"]["unverified"] == "the task kept no per-item predictions"
+    assert "unverified, no interval: the task kept no per-item predictions" in rows["model-b"]["notes"]
+    for page in ("LEADERBOARD.md", "index.html"):
+        text = (out / page).read_text()
+        assert text.count("unverified, no interval: the task kept no per-item predictions") >= 1, page
