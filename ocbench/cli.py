@@ -913,7 +913,8 @@ def leaderboard_validate(entries):
 @click.option("--dry-run", is_flag=True, help="Print what would be uploaded; upload nothing.")
 @click.option("--allow-synthetic", is_flag=True, help="Publish entries on synthetic data (the demo) too.")
 @click.option("--allow-off-protocol", is_flag=True, help="Publish off-protocol entries too.")
-def leaderboard_publish(board_dir, repo_id, dry_run, allow_synthetic, allow_off_protocol):
+@click.option("--revision", default=None, help="Branch of the repo to commit to (default: main).")
+def leaderboard_publish(board_dir, repo_id, dry_run, allow_synthetic, allow_off_protocol, revision):
     """Upload a built board (entries and tables) to a Hugging Face dataset repo.
 
     \b
@@ -921,11 +922,17 @@ def leaderboard_publish(board_dir, repo_id, dry_run, allow_synthetic, allow_off_
       ocbench leaderboard publish board --repo-id my-org/ocbench-leaderboard --dry-run
     """
     from ocbench.leaderboard import publish
+    from ocbench.leaderboard.hub import publish_target
 
-    for line in publish(
-        board_dir, repo_id, dry_run=dry_run, allow_synthetic=allow_synthetic, allow_off_protocol=allow_off_protocol
-    ):
-        click.echo(line)
+    files = publish(
+        board_dir, repo_id, dry_run=dry_run, allow_synthetic=allow_synthetic, allow_off_protocol=allow_off_protocol,
+        revision=revision,
+    )
+    where = publish_target(repo_id, revision)
+    click.echo(f"{'dry run: would upload' if dry_run else 'uploaded'} {len(files)} files to {where}; "
+               "entries/ and plots/ files there that are not listed are deleted in the same commit:")
+    for line in files:
+        click.echo(f"  {line}")
 
 
 def _set_cache_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

@@ -317,3 +317,24 @@ def test_backend_names_and_settings():
         C.get_backend("classical", diameter=3)
     with pytest.raises(ConfigError, match="no 'dapi' channel"):
         C.get_backend("classical", nucleus_channel="dapi").check_channels(("protein", "nucleus"))
+
+
+def test_damaged_cell_label_files_are_one_line_naming_the_file_and_line(cache, tmp_path):
+    """Not UTF-8, or a field over csv's 131,072-character limit, were tracebacks; the same point listed
+    twice was counted as "2 in merged cells"."""
+    dataset = FakeDataset(LAYOUTS, GRADES)
+    backend, calls, order = _backend_for(dataset)
+    table = _prepare(dataset, backend, order)
+    bad = tmp_path / "labels.csv"
+    for body, fragments in [
+        (b"cell_id,labels\nFOV00#c0002,nucleoplasm\nFOV01#c0001,\xe9r\n", ["line 3", "not UTF-8"]),
+        (b"cell_id,labels\nFOV00#c0002,nucleoplasm\nFOV01#c0001," + b"x" * 200_000 + b"\n", ["line 3", "131,072 characters"]),
+        (b"fov_id,y,x,labels\nFOV00,27,29,er\nFOV02,16,14,golgi\nFOV00,27.0,29.0,er\n", ["line 4", "duplicate of line 2"]),
+    ]:
+        bad.write_bytes(body)
+        with pytest.raises(DataError) as info:
+            C.read_cell_labels(bad, table)
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(f"{bad}: "), message
+        for fragment in fragments:
+            assert fragment in message, message

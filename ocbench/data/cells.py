@@ -109,8 +109,8 @@ or by its FOV and a point inside the cell (pixel row y and column x of the FOV i
 whose mask contains the point is taken, so the file does not depend on the segmentation backend):
     fov_id,y,x,labels
     OC-FOV_..._FID00030311,212.5,388,nucleoplasm
-labels: the cell's compartments, separated by ';', from the dataset's class names. A cell id listed
-twice, an unknown FOV, cell id or class is an error. A point outside every cell mask, or a point
+labels: the cell's compartments, separated by ';', from the dataset's class names. A cell id or a
+point listed twice, an unknown FOV, cell id or class is an error. A point outside every cell mask, or a point
 whose mask also holds another listed point (the segmentation merged cells the expert told apart),
 is left out and counted in the summary. Only the listed cells are evaluated.""".strip()
 
@@ -1129,11 +1129,19 @@ def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndar
     how many listed points were left out (``outside_every_mask``, ``in_a_merged_cell``)."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise DataError(f"{path}: cannot read the cell labels file ({exc.strerror or exc})") from None
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); "
+                        "save the cell labels file as UTF-8 CSV") from None
+    source = _CountedLines(text)
+    reader = csv.DictReader(source)
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+    except csv.Error as exc:
+        raise _csv_problem(path, source, exc) from None
     reader.fieldnames = header
     by_id = "cell_id" in header
     by_point = {"fov_id", "y", "x"} <= set(header)
@@ -1152,9 +1160,10 @@ def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndar
     masks: dict[str, np.ndarray] = {}
     listed: dict[int, tuple[int, np.ndarray, bool]] = {}  # table row -> (line, labels, listed by point)
     merged: set[int] = set()
+    points: dict[tuple[str, int, int], int] = {}  # (FOV, pixel row, column) -> line, of the listed points
     skipped = {"outside_every_mask": 0, "in_a_merged_cell": 0}
     lines = 0
-    for line_no, record in enumerate(reader, start=2):
+    for line_no, record in _csv_records(path, reader, source):
         lines += 1
         where = f"{path}: line {line_no}"
         names = [n.strip() for n in (record.get("labels") or "").split(_LABEL_SEP) if n.strip()]
@@ -1190,6 +1199,9 @@ def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndar
                 masks[fov] = table.mask(fov)
             mask = masks[fov]
             yi, xi = int(math.floor(y + 0.5)), int(math.floor(x + 0.5))
+            if (fov, yi, xi) in points:  # the same point again is a copy, not a second cell
+                raise DataError(f"{where}: duplicate of line {points[fov, yi, xi]} (the same point of FOV {fov}); list each cell once")
+            points[fov, yi, xi] = line_no
             label = int(mask[yi, xi]) if 0 <= yi < mask.shape[0] and 0 <= xi < mask.shape[1] else 0
             match = [r for r in fov_rows[fov] if int(cells.at[r, "mask_label"]) == label] if label else []
             if not match:
@@ -1214,6 +1226,43 @@ def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndar
             if lines else f"{path}: no cells listed"
         )
     return np.asarray(rows, dtype=np.int64), np.stack([listed[r][1] for r in rows]), skipped
+
+
+class _CountedLines:
+    """The lines of a text for a CSV reader, counting how many it has taken (the line a row ends
+    on, or the one it failed on: csv's own ``line_num`` lags by one on some errors)."""
+
+    def __init__(self, text: str):
+        self._lines = iter(io.StringIO(text))
+        self.line = 0
+
+    def __iter__(self) -> "_CountedLines":
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.line += 1
+        return line
+
+
+def _csv_problem(path: Path, source: _CountedLines, exc: csv.Error) -> DataError:
+    """A malformed CSV row (e.g. a field over csv's size limit) as one line naming it."""
+    text = str(exc)
+    if "field larger than field limit" in text:
+        text = f"a field is longer than {csv.field_size_limit():,} characters (csv's limit); is this a cell labels file?"
+    return DataError(f"{path}: line {source.line}: not a readable CSV row ({text}); see `ocbench data cells --help` for the format")
+
+
+def _csv_records(path: Path, reader: Any, source: _CountedLines) -> Iterable[tuple[int, dict]]:
+    """``(line number, row)`` of a CSV reader over ``source``; a malformed row is a one-line DataError naming its line."""
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise _csv_problem(path, source, exc) from None
+        yield source.line, record
 
 
 def write_cell_labels(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> Path:

@@ -100,10 +100,15 @@ def dedupe_entries(entries: Sequence[LoadedEntry]) -> tuple[list[LoadedEntry], l
             same = list({e.sha256: e for e in same}.values())
         same.sort(key=lambda e: (created_time(e.entry), e.sha256), reverse=True)
         kept.append(same[0])
+        shown = same[0]
         for older in same[1:]:
+            if created_time(older.entry) < created_time(shown.entry):
+                why = f"it is newer (created {shown.entry.created}, this one {older.entry.created})"
+            else:  # the same time: an arbitrary but stable choice, said as such
+                why = f"both were created {shown.entry.created} and its file's sha256 sorts first"
             problems.append(
-                f"{older.name}: same key {key}, dataset, split and protocol as {same[0].name}; "
-                "skipped (the newer entry is shown); delete one of them"
+                f"{older.name}: same key {key}, dataset, split and protocol as {shown.name}; skipped, "
+                f"{shown.name} is shown because {why}; delete one of them"
             )
     kept.sort(key=lambda e: (GroupKey.of(e.entry), e.entry.key))
     return kept, problems

@@ -409,6 +409,7 @@ def board_dataframe(board: Board):
                 "interval_n_groups": row.interval.n_groups if row.interval else None,
                 "interval_n_resamples": row.interval.n_resamples if row.interval else None,
                 "no_interval_reason": row.no_interval,
+                "unverified": row.unverified,
                 "seed": row.seed if row.entry else None,
                 "not_zero_shot": ("" if row.not_zero_shot is None else json.dumps(list(row.not_zero_shot))) if row.entry else "",
                 "paper_mean": row.reported.mean if row.reported else None,

@@ -92,6 +92,9 @@ class Row:
     interval_set: str = ""  # the eval set the interval is on (test, loo)
     predictions: Any = None  # ocbench.predictions.Predictions kept beside the entry
     no_interval: str = ""  # why there is no interval (old entry, file missing)
+    #: why the scores could not be checked against per-item predictions ("" when they were): shown
+    #: as "unverified" in the notes of every rendering and in the CSV's ``unverified`` column
+    unverified: str = ""
     seed: int | None = None
     not_zero_shot: tuple[str, ...] | None = None  # None: unknown
 
@@ -287,7 +290,9 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
     interval = summary.interval if summary is not None else None
     if interval is None and not no_interval:
         no_interval = "no interval recorded for the main metric"
-    notes = _row_flags(loaded) + ([no_interval] if no_interval else [])
+    # without readable predictions nothing checks the scores beyond the entry's own consistency
+    unverified = no_interval.removeprefix("no interval: ") if predictions is None else ""
+    notes = _row_flags(loaded) + ([f"unverified, {no_interval}" if unverified else no_interval] if no_interval else [])
     return Row(
         kind="computed",
         backbone=e.backbone.name,
@@ -310,6 +315,7 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
         interval_set=interval_set if interval is not None else "",
         predictions=predictions,
         no_interval=no_interval,
+        unverified=unverified,
         seed=e.seed,
         not_zero_shot=tuple(e.backbone.not_zero_shot) if e.backbone.not_zero_shot is not None else None,
     )
