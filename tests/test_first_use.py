@@ -1,0 +1,26 @@
+"""A new user's first hour: what they type and read, checked (grid checks, CLI wording, speed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from ocbench.cli import cli
+
+from cli_assertions import one_line_error
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_a_grid_whose_cells_share_an_entry_key_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "X"
+    result = invoke("run", "--backbone", "classical-stats", "--dataset", "demo", "--task", "fov-linear",
+                    "--set", "lr=0.001,0.01", "--output", str(out))
+    one_line_error(result, "cells 1 and 2", "classical-stats__", "lr=0.001 vs lr=0.01", "--output")
+    # refused before the data was opened: no demo written, no entry, no embedding
+    assert not (tmp_path / "cache").exists() and not out.exists()
