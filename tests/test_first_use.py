@@ -24,3 +24,16 @@ def test_a_grid_whose_cells_share_an_entry_key_is_refused_before_any_work(tmp_pa
     one_line_error(result, "cells 1 and 2", "classical-stats__", "lr=0.001 vs lr=0.01", "--output")
     # refused before the data was opened: no demo written, no entry, no embedding
     assert not (tmp_path / "cache").exists() and not out.exists()
+
+
+def test_extraction_without_a_terminal_prints_a_line_per_finished_shard_with_a_rate(tmp_path, capsys):
+    from test_embeddings import FakeBackbone, FakeDataset, run
+
+    run(FakeDataset(n=10), FakeBackbone(), tmp_path / "emb", progress=True)  # pytest's stderr is no terminal
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("embed fake-net: shard")]
+    assert [line.split(" · ")[:2] for line in lines] == [
+        ["embed fake-net: shard 1/3", "4/10 items"], ["embed fake-net: shard 2/3", "8/10 items"],
+        ["embed fake-net: shard 3/3", "10/10 items"]]
+    assert all(line.endswith("items/s") and float(line.split(" · ")[2].split()[0].replace(",", "")) > 0 for line in lines)
+    run(FakeDataset(n=10), FakeBackbone(), tmp_path / "emb", progress=False)
+    assert "embed fake-net" not in capsys.readouterr().err
