@@ -37,3 +37,24 @@ def test_extraction_without_a_terminal_prints_a_line_per_finished_shard_with_a_r
     assert all(line.endswith("items/s") and float(line.split(" · ")[2].split()[0].replace(",", "")) > 0 for line in lines)
     run(FakeDataset(n=10), FakeBackbone(), tmp_path / "emb", progress=False)
     assert "embed fake-net" not in capsys.readouterr().err
+
+
+def test_tasks_list_and_show_do_not_import_torch():
+    code = ("import sys; from click.testing import CliRunner; from ocbench.cli import cli; "
+            "r = CliRunner().invoke(cli, ['tasks', 'list']); assert r.exit_code == 0 and 'finetune' in r.output, r.output; "
+            "r = CliRunner().invoke(cli, ['tasks', 'show', 'finetune']); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_setting_of_every_task_says_what_it_means():
+    from ocbench.tasks import TASKS
+
+    for name in TASKS.names():
+        result = invoke("tasks", "show", name)
+        assert result.exit_code == 0, result.output
+        rows = TASKS.get(name).settings_table()
+        assert rows and all(meaning.strip() for _, _, _, meaning in rows), (name, [r[0] for r in rows if not r[3].strip()])
+        assert all(meaning in result.output for _, _, _, meaning in rows)

@@ -31,7 +31,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -40,7 +40,7 @@ import numpy as np
 from ocbench.backbones.derive import CARD_FILENAME, load_card_file, write_card_file
 from ocbench.errors import ConfigError, DataError
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
-from ocbench.tasks.dino_ssl import DinoConfig
+from ocbench.tasks.dino_config import DinoConfig
 
 __all__ = [
     "FineTune",
@@ -424,7 +424,7 @@ class FineTune(DinoConfig, TaskConfig):
         "DINO fine-tuning on the train split (paper section 2.5), then the fov-mlp probe on the teacher (paper Tables 2-3, Fig. 3)"
     )
 
-    probe_epochs: int = 300
+    probe_epochs: int = field(default=300, metadata={"help": "training epochs of the fov-mlp probe on the fine-tuned teacher"})
 
     def __post_init__(self) -> None:
         DinoConfig.__post_init__(self)
