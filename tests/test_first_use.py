@@ -58,3 +58,34 @@ def test_every_setting_of_every_task_says_what_it_means():
         rows = TASKS.get(name).settings_table()
         assert rows and all(meaning.strip() for _, _, _, meaning in rows), (name, [r[0] for r in rows if not r[3].strip()])
         assert all(meaning in result.output for _, _, _, meaning in rows)
+
+
+def test_backbones_show_says_local_weights_are_present_once_they_are(tmp_path, monkeypatch):
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path))
+    before = invoke("backbones", "show", "opencell-dino-vits8")
+    assert before.exit_code == 0 and "needs local weights" in before.output
+    folder = tmp_path / "weights" / "opencell-dino-vits8"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"x")
+    after = invoke("backbones", "show", "opencell-dino-vits8")
+    assert after.exit_code == 0 and "needs local weights" not in after.output
+    assert f"local weights present: {folder / 'model.safetensors'}" in after.output
+
+
+def test_the_scikit_image_hint_names_an_extra_without_cellpose(monkeypatch):
+    from pathlib import Path
+
+    import pytest
+
+    from ocbench.data.cells import _need_skimage
+    from ocbench.errors import ConfigError
+    from ocbench.tasks import get_task_class
+
+    monkeypatch.setitem(sys.modules, "skimage", None)  # import skimage now raises ImportError
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    for check in (get_task_class("sc-knn").check_requirements, lambda: _need_skimage("the classical backend")):
+        with pytest.raises(ConfigError) as excinfo:
+            check()
+        message = str(excinfo.value)
+        assert "singlecell" not in message and "pip install 'ocbench[cells]'" in message
+    assert '\ncells = ["scikit-image>=0.21"]\n' in pyproject  # the extra named exists and holds no cellpose

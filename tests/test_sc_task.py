@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image (pip install 'ocbench[singlecell]')")
+pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image (pip install 'ocbench[cells]')")
 
 from demo_data import labelled_demo  # noqa: E402
 from ocbench.benchmark.entry import load_entry  # noqa: E402

@@ -299,7 +299,7 @@ def _need_skimage(what: str) -> None:
         import skimage  # noqa: F401
     except ImportError:
         raise ConfigError(
-            f"{what} needs the Python package scikit-image, which is not installed; run: pip install 'ocbench[singlecell]'"
+            f"{what} needs the Python package scikit-image, which is not installed; run: pip install 'ocbench[cells]' (scikit-image alone)"
         ) from None
 
 
