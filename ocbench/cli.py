@@ -364,7 +364,9 @@ def demo(output, device, overwrite):
 @_dataset_options()
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the split, the subset, the data order and augmentations.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ... (under torchrun: each process's GPU).")
-@click.option("--workers", type=click.IntRange(0), default=4, show_default=True, help="DataLoader workers decoding and augmenting images.")
+@click.option("--workers", default="auto", show_default=True, callback=_parse_workers, metavar="N|auto",
+              help="DataLoader workers decoding and augmenting images; auto = on a GPU the cores minus one (up to 16), "
+              "none on CPU; never more than the cores.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="bf16: CUDA autocast.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
 def finetune(backbone, from_scratch, channels, epochs, fraction, resume, track, split_file, overrides, dataset, annotations,

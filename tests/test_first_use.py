@@ -89,3 +89,14 @@ def test_the_scikit_image_hint_names_an_extra_without_cellpose(monkeypatch):
         message = str(excinfo.value)
         assert "singlecell" not in message and "pip install 'ocbench[cells]'" in message
     assert '\ncells = ["scikit-image>=0.21"]\n' in pyproject  # the extra named exists and holds no cellpose
+
+
+def test_finetune_workers_default_to_auto_and_are_bounded_by_the_cores(monkeypatch):
+    import ocbench._cores
+    from ocbench.tasks.finetune import augmentation_workers
+
+    [option] = [p for p in cli.commands["finetune"].params if p.name == "workers"]
+    assert option.default == "auto"
+    monkeypatch.setattr(ocbench._cores, "available_cores", lambda: 2)
+    assert augmentation_workers(None, "cpu") == 0 and augmentation_workers(None, "cuda:0") == 1
+    assert augmentation_workers(4, "cpu") == 2 and augmentation_workers(1, "cpu") == 1 and augmentation_workers(0, "cuda") == 0
