@@ -100,3 +100,25 @@ def test_finetune_workers_default_to_auto_and_are_bounded_by_the_cores(monkeypat
     monkeypatch.setattr(ocbench._cores, "available_cores", lambda: 2)
     assert augmentation_workers(None, "cpu") == 0 and augmentation_workers(None, "cuda:0") == 1
     assert augmentation_workers(4, "cpu") == 2 and augmentation_workers(1, "cpu") == 1 and augmentation_workers(0, "cuda") == 0
+
+
+def test_per_seed_tables_of_different_settings_have_distinct_headings(tmp_path):
+    from ocbench.benchmark.entry import write_entry
+    from ocbench.leaderboard import build_board, collect_entries
+    from ocbench.leaderboard.examples import example_entry_dict
+    from ocbench.leaderboard.tables import build_tables
+
+    folder = tmp_path / "entries"
+    folders = [folder / f"settings{i}" for i in range(3)]  # one --output per setting: keys leave settings out
+    for out, overrides in zip(folders, ({}, {"epochs": 40}, {"epochs": 50})):
+        for seed in (0, 1):
+            for backbone in ("model-a", "model-b"):
+                write_entry(example_entry_dict(backbone, seed=seed, overrides=overrides,
+                                               val_folds=[0.6 + 0.01 * seed] * 4 + [0.61]), out)
+    board = build_tables(collect_entries(folders).entries, include_reported=False)
+    titles = [t.title for t in board.seed_tables]
+    assert len(titles) == 3 and len(set(titles)) == 3, titles
+    assert any("epochs=40" in t for t in titles) and any("epochs=50" in t for t in titles)
+    build_board(folders, tmp_path / "board")
+    markdown = (tmp_path / "board" / "LEADERBOARD.md").read_text()
+    assert all(markdown.count(f"## {t}\n") == 1 for t in titles)

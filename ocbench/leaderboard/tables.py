@@ -698,6 +698,7 @@ def seed_tables(tables: Sequence[Table]) -> tuple[SeedTable, ...]:
         if table.group is not None:
             families[replace(table.group, split_sha256="")].append(table)
     out = []
+    families_out: list[GroupKey] = []
     for family, members in sorted(families.items()):
         per_config: dict[tuple[str, str], dict[int, Row]] = defaultdict(dict)
         for table in members:
@@ -726,10 +727,29 @@ def seed_tables(tables: Sequence[Table]) -> tuple[SeedTable, ...]:
         digest = members[0].group.slug.rsplit("-", 1)[0] if members[0].group else "seeds"
         out.append(SeedTable(
             id=f"{digest}-seeds-{hashlib.sha256(repr(family).encode()).hexdigest()[:8]}",
-            title=f"{family.task} · {family.track} track · {family.dataset_name} {family.dataset_version[:8]} · over seeds",
+            title=f"{members[0].title} · over seeds",  # the tables' own title: settings and synthetic data say so
             score_label=label, rows=tuple(rows), rule=rule, mixed=mixed,
         ))
-    return tuple(out)
+        families_out.append(family)
+    return tuple(_distinct_titles(out, families_out))
+
+
+def _distinct_titles(tables: list["SeedTable"], keys: list[GroupKey]) -> list["SeedTable"]:
+    """Tables whose titles would coincide get what tells their keys apart appended (protocol
+    version, main score, off-protocol reasons), so no two tables share a heading."""
+    seen: dict[str, list[int]] = defaultdict(list)
+    for i, table in enumerate(tables):
+        seen[table.title].append(i)
+    out = list(tables)
+    for indices in seen.values():
+        if len(indices) < 2:
+            continue
+        fields = [f for f in ("protocol_version", "main_eval_set", "main_metric", "off_protocol_reasons", "overrides")
+                  if len({getattr(keys[i], f) for i in indices}) > 1]
+        for i in indices:
+            said = "; ".join(f"{f.replace('_', ' ')} {getattr(keys[i], f)}" for f in fields) or f"table {i + 1}"
+            out[i] = replace(out[i], title=f"{out[i].title} ({said})")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
