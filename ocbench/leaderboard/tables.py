@@ -400,6 +400,8 @@ def separable(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA, cache: dict
             d = result.difference
             decisions.append(d.low > 0)
             reasons.append(f"paired {d.group} bootstrap of the {pa.eval_set} difference {d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]")
+    if not decisions and paired and sa and sb and min(sa.n, sb.n) < 2:  # one score each (leave-one-out k-NN)
+        return False, "single scores without per-item predictions to compare: not separated"
     if not decisions and sa and sb:
         overlap = intervals_overlap(sa, sb)
         decisions.append(not overlap)
@@ -472,6 +474,7 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
     synthetic = any(r.synthetic for r in computed)
     eval_set = key.main_eval_set
     folds = "validation folds" if eval_set == "val" else f"fold models scored on {eval_set}"
+    single = first.main.n < 2  # one pass, no folds (leave-one-out k-NN)
     details = _group_details(key, first, label, synthetic)
     with_interval = [r for r in computed if r.interval is not None]
     interval_label = ""
@@ -515,7 +518,8 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
         score_label=label,
         test_label=score_label("test", key.main_metric),
         class_names=_class_names(computed, members),
-        per_class_label=f"{metric_label(PER_CLASS_METRIC)} ({eval_set}, mean over folds where the class is present)",
+        per_class_label=f"{metric_label(PER_CLASS_METRIC)} ({eval_set}"
+        + (")" if single else ", mean over folds where the class is present)"),
         axis_name=first.axis.name if first.axis is not None else None,
         synthetic=synthetic,
         interval_label=interval_label,
