@@ -122,3 +122,35 @@ def test_per_seed_tables_of_different_settings_have_distinct_headings(tmp_path):
     build_board(folders, tmp_path / "board")
     markdown = (tmp_path / "board" / "LEADERBOARD.md").read_text()
     assert all(markdown.count(f"## {t}\n") == 1 for t in titles)
+
+
+def test_single_cell_tables_and_run_summary_speak_of_one_leave_one_out_pass(tmp_path, monkeypatch):
+    import pytest
+
+    pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image (pip install 'ocbench[cells]')")
+    from demo_data import labelled_demo
+    from ocbench.benchmark.runner import RunOptions, RunSpec, run_grid
+    from ocbench.data.cards import open_dataset
+    from ocbench.leaderboard import build_board, collect_entries
+    from ocbench.leaderboard.summary import format_run_table
+    from ocbench.leaderboard.tables import build_tables
+
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    dataset = open_dataset(str(labelled_demo(tmp_path / "demo", proteins=8, fovs_per_protein=2, size=96)))
+    options = RunOptions(output_dir=tmp_path / "results", device="cpu", progress=False)
+    small = ("crop_size=48", "ks=1,3", "main_k=3")
+    outcomes = run_grid([RunSpec("classical-stats", task, overrides=small) for task in ("sc-knn", "sc-knn-fov")],
+                        dataset, options)
+    footer = format_run_table([o.entry for o in outcomes]).split("\n")
+    notes = "\n".join(line for line in footer if not line.startswith(("classical", "-", "backbone")))
+    assert "over n folds" not in notes and "held-out" not in notes, notes
+    assert "loo: one leave-one-out pass over every evaluated item (no folds, no test set)" in notes
+    board = build_tables(collect_entries([tmp_path / "results"]).entries, include_reported=False)
+    assert len(board.tables) == 2
+    for table in board.tables:
+        assert "fold" not in table.rule and "t-test" not in table.rule, table.rule
+        assert "fold" not in table.per_class_label, table.per_class_label
+    build_board(tmp_path / "results", tmp_path / "board", include_reported=False)
+    for name in ("LEADERBOARD.md", "index.html"):
+        text = (tmp_path / "board" / name).read_text()
+        assert "the same 1 " not in text and "over the same" not in text
