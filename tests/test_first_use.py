@@ -154,3 +154,22 @@ def test_single_cell_tables_and_run_summary_speak_of_one_leave_one_out_pass(tmp_
     for name in ("LEADERBOARD.md", "index.html"):
         text = (tmp_path / "board" / name).read_text()
         assert "the same 1 " not in text and "over the same" not in text
+
+
+def test_no_critical_difference_diagram_over_tables_of_the_same_images(tmp_path):
+    """The demo's 4 tables (2 probes x 2 split tracks) are the same images: not independent."""
+    from ocbench.benchmark.entry import write_entry
+    from ocbench.leaderboard import build_board
+    from ocbench.leaderboard.examples import example_entry_dict
+
+    folder = tmp_path / "entries"
+    for t, (task, track) in enumerate([("fov-mlp", "paper"), ("fov-mlp", "protein"), ("fov-linear", "paper"), ("fov-linear", "protein")]):
+        for name, base in (("model-a", 0.80), ("model-b", 0.75 + 0.001 * t), ("model-c", 0.70)):
+            write_entry(example_entry_dict(name, task=task, track=track, val_folds=[base, base + 0.01, base - 0.01, base, base]), folder)
+    report = build_board([folder], tmp_path / "board", include_reported=False)
+    assert report.board.critical_difference is None
+    assert "same images" in report.board.critical_difference_skipped
+    assert not (tmp_path / "board" / "plots" / "critical_difference.png").exists()
+    for name in ("LEADERBOARD.md", "index.html"):
+        text = (tmp_path / "board" / name).read_text()
+        assert "Friedman test p" not in text and "Not drawn: all 4 tables are over the same images" in text, name
