@@ -545,6 +545,26 @@ def data_demo(root, proteins, fovs_per_protein, size, seed):
     click.echo(f"wrote demo dataset: {out} ({config.proteins} proteins x {config.fovs_per_protein} FOVs, {config.size} px)")
 
 
+@data.command("path")
+@click.argument("name")
+def data_path(name):
+    """Print the folder a dataset card's data lives in (under --cache-dir / $OCBENCH_CACHE; the demo
+    is written there on first use).
+
+    \b
+    Example:
+      ocbench data path demo
+      ocbench run --backbone classical-stats --dataset demo --task sc-knn --set cell_labels=$(ocbench data path demo)/synthetic_expert_cell_labels.csv
+    """
+    from ocbench.data.cards import get_dataset_card
+    from ocbench.errors import ConfigError
+
+    folder = get_dataset_card(name).default_folder()
+    if folder is None:
+        raise ConfigError(f"dataset {name} has no default folder; pass its folder as --dataset DIR")
+    click.echo(str(folder))
+
+
 @data.command("info")
 @_dataset_options(default="opencell")
 def data_info(dataset, annotations, min_grade):

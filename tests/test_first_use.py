@@ -173,3 +173,17 @@ def test_no_critical_difference_diagram_over_tables_of_the_same_images(tmp_path)
     for name in ("LEADERBOARD.md", "index.html"):
         text = (tmp_path / "board" / name).read_text()
         assert "Friedman test p" not in text and "Not drawn: all 4 tables are over the same images" in text, name
+
+
+def test_data_path_prints_the_demo_folder_under_the_cache_in_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "elsewhere"))
+    result = invoke("data", "path", "demo")
+    assert result.exit_code == 0, result.output
+    folder = result.output.strip()
+    assert folder.startswith(str(tmp_path / "elsewhere")) and "\n" not in folder
+    from pathlib import Path
+
+    from ocbench.data.demo import EXPERT_CELL_LABELS_FILE
+
+    assert (Path(folder) / EXPERT_CELL_LABELS_FILE).is_file()  # what README's --set cell_labels= names
+    one_line_error(invoke("data", "path", "no-such-dataset"), "no-such-dataset")
