@@ -73,7 +73,7 @@ table.board td.backbone .channels { display: block; color: var(--muted); font-si
 table.board td.col-test, table.board td.col-paper, table.board td.col-cost { color: #39434c; font-size: .92em; }
 table.board td.col-notes { font-size: .85em; color: var(--muted); min-width: 12em; max-width: 24em; overflow-wrap: anywhere; }
 table.perclass td:nth-child(-n+2) { white-space: nowrap; }
-tr.reported td { background: var(--rep); font-style: italic; }
+tr:not(.computed) td { background: var(--rep); font-style: italic; }  /* reported and other reference rows */
 .badge, .marker { font-style: normal; font-size: .75em; padding: 0 .35em; border-radius: .6em; margin-left: .3em; white-space: nowrap; }
 .badge { background: #e1d7bb; } .marker { background: #e6e0f5; }
 details summary { cursor: pointer; color: var(--accent); }
@@ -178,8 +178,8 @@ _NOTES_CHARS = 90
 
 def _markers(row: Row) -> str:
     badges = []
-    if row.kind == "reported":
-        badges.append('<span class="badge">reported</span>')
+    if row.kind != "computed":  # reported (the paper's numbers), or any other kind of reference row
+        badges.append(f'<span class="badge">{escape(row.kind)}</span>')
     for label, meaning in row.markers:
         badges.append(f'<span class="marker" title="{_attr(meaning)}">{escape(label)}</span>')
     return "".join(badges)
