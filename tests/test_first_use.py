@@ -187,3 +187,10 @@ def test_data_path_prints_the_demo_folder_under_the_cache_in_use(tmp_path, monke
 
     assert (Path(folder) / EXPERT_CELL_LABELS_FILE).is_file()  # what README's --set cell_labels= names
     one_line_error(invoke("data", "path", "no-such-dataset"), "no-such-dataset")
+
+
+def test_the_same_cell_twice_is_refused_with_its_own_words(tmp_path, monkeypatch):
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    result = invoke("run", "--backbone", "classical-stats", "--dataset", "demo", "--task", "fov-mlp,fov-mlp",
+                    "--output", str(tmp_path / "X"))
+    one_line_error(result, "cells 1 and 2", "the same cell twice")

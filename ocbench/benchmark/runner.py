@@ -217,8 +217,9 @@ def _refuse_shared_keys(cells: Sequence[Cell]) -> None:
                   for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
         raise ConfigError(
             f"cells {cells.index(other) + 1} and {number} of this grid would write the same entry {cell.key} "
-            f"(they differ only in {', '.join(differ) or 'nothing'}, which is not part of an entry's key); "
-            "run each setting on its own with its own --output folder"
+            + (f"(they differ only in {', '.join(differ)}, which is not part of an entry's key); "
+               "run each setting on its own with its own --output folder" if differ
+               else "(the same cell twice); name each backbone, task, channel map and track once")
         )
 
 
