@@ -364,7 +364,9 @@ def demo(output, device, overwrite):
 @_dataset_options()
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the split, the subset, the data order and augmentations.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ... (under torchrun: each process's GPU).")
-@click.option("--workers", type=click.IntRange(0), default=4, show_default=True, help="DataLoader workers decoding and augmenting images.")
+@click.option("--workers", default="auto", show_default=True, callback=_parse_workers, metavar="N|auto",
+              help="DataLoader workers decoding and augmenting images; auto = on a GPU the cores minus one (up to 16), "
+              "none on CPU; never more than the cores.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="bf16: CUDA autocast.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
 def finetune(backbone, from_scratch, channels, epochs, fraction, resume, track, split_file, overrides, dataset, annotations,
@@ -541,6 +543,26 @@ def data_demo(root, proteins, fovs_per_protein, size, seed):
     config = dataclasses.replace(DemoConfig(), **{k: v for k, v in given.items() if v is not None})
     out = write_demo(Path(root) if root else paths.demo_root(), config)
     click.echo(f"wrote demo dataset: {out} ({config.proteins} proteins x {config.fovs_per_protein} FOVs, {config.size} px)")
+
+
+@data.command("path")
+@click.argument("name")
+def data_path(name):
+    """Print the folder a dataset card's data lives in (under --cache-dir / $OCBENCH_CACHE; the demo
+    is written there on first use).
+
+    \b
+    Example:
+      ocbench data path demo
+      ocbench run --backbone classical-stats --dataset demo --task sc-knn --set cell_labels=$(ocbench data path demo)/synthetic_expert_cell_labels.csv
+    """
+    from ocbench.data.cards import get_dataset_card
+    from ocbench.errors import ConfigError
+
+    folder = get_dataset_card(name).default_folder()
+    if folder is None:
+        raise ConfigError(f"dataset {name} has no default folder; pass its folder as --dataset DIR")
+    click.echo(str(folder))
 
 
 @data.command("info")

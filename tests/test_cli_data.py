@@ -122,7 +122,7 @@ def test_wrong_channel_count_is_one_line(runner, demo_root):
 
 
 def test_data_cells_checks_expert_labels_given_either_way(runner, demo_root, tmp_path):
-    pytest.importorskip("skimage", reason="the classical segmentation backend needs scikit-image (pip install 'ocbench[singlecell]')")
+    pytest.importorskip("skimage", reason="the classical segmentation backend needs scikit-image (pip install 'ocbench[cells]')")
     from ocbench.data.demo import EXPERT_CELL_LABELS_FILE
 
     expert = demo_root / EXPERT_CELL_LABELS_FILE

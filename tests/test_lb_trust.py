@@ -137,9 +137,9 @@ def test_html_shows_the_plots_beside_their_tables(tmp_path):
     table_id = report.board.tables[0].id
     html = (tmp_path / "board" / "index.html").read_text()
     section = html.split(f'<section id="s-{table_id}"', 1)[1].split("</section>", 1)[0]
-    assert f'<img src="plots/channel_sweep__{table_id}.png"' in section
-    assert f'<img src="plots/per_class_f1__{table_id}.png"' in section
-    assert '<img src="plots/finetune_fraction.png"' in html
+    assert f'<figure data-plot="channel_sweep__{table_id}.png"><img src="data:image/png;base64,' in section
+    assert f'<figure data-plot="per_class_f1__{table_id}.png"><img src="data:image/png;base64,' in section
+    assert '<figure data-plot="finetune_fraction.png"><img src="data:image/png;base64,' in html
     md = (tmp_path / "board" / "LEADERBOARD.md").read_text()
     assert f"](plots/channel_sweep__{table_id}.png)" in md and "![" in md
 

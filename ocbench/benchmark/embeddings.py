@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -938,6 +939,8 @@ def _compute_shards(
         total=len(fov_ids), initial=n_already, unit="img", desc=f"embed {card.name}",
         disable=None if progress else True, smoothing=0.1,
     )
+    log = _ProgressLines(f"embed {card.name}", total=len(fov_ids), n_already=n_already,
+                         n_shards=len(todo), enabled=progress and not sys.stderr.isatty())
     try:
         with torch.inference_mode():
             for indices, images, batch_records in loader:
@@ -951,7 +954,8 @@ def _compute_shards(
                 buffer.append(features)
                 records.extend(batch_records)
                 bar.update(len(indices))
-                if indices[-1] + 1 == shard_stop:
+                shard_finished = indices[-1] + 1 == shard_stop
+                if shard_finished:
                     shard_features = np.concatenate(buffer, axis=0)
                     path = key_dir / _shard_name(shard_start)
                     ids = fov_ids[shard_start:shard_stop]
@@ -959,9 +963,38 @@ def _compute_shards(
                     done[shard_start] = _Shard(path, shard_start, shard_stop, tuple(ids), shard_features, tuple(records))
                     buffer, records = [], []
                     shard_start, shard_stop = next(shard_iter, (None, None))
+                log.items_done(len(indices), shard_finished)
     finally:
         bar.close()
     return {"device": device, "loop_s": time.perf_counter() - loop_started}
+
+
+class _ProgressLines:
+    """Progress for a log (no terminal, so no live bar): one plain line on stderr per finished
+    shard, and between shards at least every ``every_s`` seconds, with the rate so far."""
+
+    def __init__(self, what: str, *, total: int, n_already: int, n_shards: int, enabled: bool,
+                 every_s: float = 30.0) -> None:
+        self.what, self.total, self.n_shards, self.enabled, self.every_s = what, total, n_shards, enabled, every_s
+        self.done = n_already
+        self.computed = 0
+        self.shards = 0
+        self.started = self.last = time.perf_counter()
+
+    def items_done(self, n: int, shard_finished: bool) -> None:
+        self.done += n
+        self.computed += n
+        self.shards += int(shard_finished)
+        if shard_finished or time.perf_counter() - self.last >= self.every_s:
+            self._say()
+
+    def _say(self) -> None:
+        self.last = now = time.perf_counter()
+        if not self.enabled:
+            return
+        rate = self.computed / max(now - self.started, 1e-9)
+        print(f"{self.what}: shard {self.shards}/{self.n_shards} · {self.done:,}/{self.total:,} items · "
+              f"{rate:,.1f} items/s", file=sys.stderr, flush=True)
 
 
 def _check_batch(features: np.ndarray, indices, fov_ids, card: BackboneCard, expected_dim: int) -> None:

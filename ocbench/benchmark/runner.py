@@ -198,7 +198,35 @@ def resolve_cells(specs: Sequence[RunSpec], dataset_card: Any) -> list[Cell]:
         cells.append(Cell(spec, card, adapters[(spec.backbone, spec.channels)], task, overrides, None))
     for task, _ in tasks.values():
         type(task).check_requirements()
+    _refuse_shared_keys(cells)
     return cells
+
+
+def _refuse_shared_keys(cells: Sequence[Cell]) -> None:
+    """Two cells that would write one entry (a swept setting that is not part of the key, e.g.
+    ``--set lr=0.001,0.01``) are refused here, before any work: otherwise the second would find the
+    first's entry from other settings after the first cell's work was done. Tasks that derive the
+    recorded backbone from their settings (fine-tuning) give each setting its own key."""
+    first: dict[str, Cell] = {}
+    for number, cell in enumerate(cells, start=1):
+        if getattr(cell.task, "derived_backbone", None) is not None:
+            continue
+        other = first.setdefault(cell.key, cell)
+        if other is cell:
+            continue
+        then, now = dict(_settings_of(other.spec)), dict(_settings_of(cell.spec))
+        differ = [f"{k}={then.get(k, 'default')} vs {k}={now.get(k, 'default')}"
+                  for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+        raise ConfigError(
+            f"cells {cells.index(other) + 1} and {number} of this grid would write the same entry {cell.key} "
+            + (f"(they differ only in {', '.join(differ)}, which is not part of an entry's key); "
+               "run each setting on its own with its own --output folder" if differ
+               else "(the same cell twice); name each backbone, task, channel map and track once")
+        )
+
+
+def _settings_of(spec: RunSpec) -> list[tuple[str, str]]:
+    return [(k.strip(), v.strip()) for k, _, v in (str(o).partition("=") for o in spec.overrides)]
 
 
 def _with_identities(cells: Sequence[Cell], options: RunOptions) -> list[Cell]:

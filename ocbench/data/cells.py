@@ -301,7 +301,7 @@ def _need_skimage(what: str) -> None:
         import skimage  # noqa: F401
     except ImportError:
         raise ConfigError(
-            f"{what} needs the Python package scikit-image, which is not installed; run: pip install 'ocbench[singlecell]'"
+            f"{what} needs the Python package scikit-image, which is not installed; run: pip install 'ocbench[cells]' (scikit-image alone)"
         ) from None
 
 
@@ -1076,6 +1076,11 @@ class EvaluationSet:
     def ids(self) -> list[str]:
         return self.crops.ids
 
+    @property
+    def protein_groups(self) -> np.ndarray:
+        """Each cell's group by the dataset card's group column (the protein on OpenCell)."""
+        return self.crops.table.cells["group"].astype(str).to_numpy()[self.crops.rows]
+
     def __len__(self) -> int:
         return len(self.crops)
 
@@ -1397,11 +1402,14 @@ def export_embeddings(
     labels: np.ndarray,
     groups: Sequence[str],
     class_names: Sequence[str],
+    fovs: Sequence[str] | None = None,
 ) -> Path:
     """Write embeddings for use outside ocbench: ``.npz`` (arrays ``features`` (N, D) float32,
-    ``ids`` (N,), ``labels`` (N, C) uint8 0/1, ``groups`` (N,) and ``class_names`` (C,), strings as
-    unicode arrays: ``np.load(path)`` needs no pickle) or ``.parquet`` (one row per item: id, group,
-    one column per class, then ``f0000``...)."""
+    ``ids`` (N,), ``labels`` (N, C) uint8 0/1, ``groups`` (N,: the protein, or the dataset card's
+    group, that grouped splits and intervals go by), ``fovs`` (N,: the FOV each item comes from;
+    ``ids`` when not given) and ``class_names`` (C,), strings as unicode arrays: ``np.load(path)``
+    needs no pickle) or ``.parquet`` (one row per item: id, group, fov, one column per class, then
+    ``f0000``...)."""
     path = Path(path).expanduser()
     x = np.asarray(features, dtype=np.float32)
     y = np.asarray(labels)
@@ -1410,19 +1418,21 @@ def export_embeddings(
         raise DataError(f"export: features of shape {x.shape} for {n} ids")
     if y.shape != (n, len(class_names)) or not np.isin(y, (0, 1)).all():
         raise DataError(f"export: labels must be ({n}, {len(class_names)}) 0/1, got {y.shape}")
-    if len(groups) != n:
-        raise DataError(f"export: {len(groups)} groups for {n} ids")
+    fovs = list(ids) if fovs is None else list(fovs)
+    if len(groups) != n or len(fovs) != n:
+        raise DataError(f"export: {len(groups)} groups and {len(fovs)} FOVs for {n} ids")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer, features=x, ids=np.asarray(list(ids), dtype=str), labels=y.astype(np.uint8),
-            groups=np.asarray([str(g) for g in groups], dtype=str), class_names=np.asarray(list(class_names), dtype=str),
+            groups=np.asarray([str(g) for g in groups], dtype=str), fovs=np.asarray([str(f) for f in fovs], dtype=str),
+            class_names=np.asarray(list(class_names), dtype=str),
         )
         with atomic_path(path) as tmp:
             tmp.write_bytes(buffer.getvalue())
     elif suffix == ".parquet":
-        frame = pd.DataFrame({"id": list(ids), "group": [str(g) for g in groups]})
+        frame = pd.DataFrame({"id": list(ids), "group": [str(g) for g in groups], "fov": [str(f) for f in fovs]})
         frame = pd.concat(
             [frame, pd.DataFrame(y.astype(np.uint8), columns=list(class_names)),
              pd.DataFrame(x, columns=[f"f{j:04d}" for j in range(x.shape[1])])], axis=1,
@@ -1439,11 +1449,12 @@ def export_embeddings(
 
 def export_cell_embeddings(path: str | os.PathLike, evaluation: EvaluationSet, embeddings: Any) -> Path:
     """Write the ``embeddings`` of ``evaluation``'s crops with :func:`export_embeddings`: ids are the
-    cell ids, groups their FOV ids."""
+    cell ids, groups their proteins (the dataset card's group), fovs their FOV ids."""
     if list(embeddings.fov_ids) != list(evaluation.ids):
         raise DataError("the cell embeddings do not line up with the evaluation cells; rerun with --recompute")
     return export_embeddings(
-        path, embeddings.features, evaluation.ids, evaluation.labels, evaluation.groups, evaluation.crops.card.class_names
+        path, embeddings.features, evaluation.ids, evaluation.labels, evaluation.protein_groups,
+        evaluation.crops.card.class_names, fovs=evaluation.groups,
     )
 
 

@@ -34,7 +34,7 @@ import hashlib
 import json
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -44,7 +44,7 @@ from ocbench.backbones.derive import CARD_FILENAME, load_card_file, write_card_f
 from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError, DataError
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
-from ocbench.tasks.dino_ssl import DinoConfig
+from ocbench.tasks.dino_config import DinoConfig
 
 __all__ = [
     "FineTune",
@@ -504,18 +504,20 @@ def finetune_backbone(
 # the task
 
 
-def _workers(context: Any) -> int:
-    """DataLoader workers: as asked, else (None) on a GPU all but one of this process's cores (up
-    to 16; under torchrun the node's cores are shared by its ranks), so the GPU never waits on
-    augmentation, and none on CPU. The count never changes a result: each item's views come from
-    its own seed."""
+def augmentation_workers(asked: int | None, device: str) -> int:
+    """DataLoader workers: on a GPU by default all but one of this process's cores (up to 16; under
+    torchrun the node's cores are shared by its ranks), so the GPU never waits on augmentation, and
+    none on CPU, where training uses every core. A count asked for is bounded by the cores: more
+    workers than cores only compete with training. The count never changes a result: each item's
+    views come from its own seed."""
     from ocbench._cores import available_cores
 
-    if context.num_workers is not None:
-        return int(context.num_workers)
-    if not str(context.device).startswith("cuda"):
+    cores = available_cores()
+    if asked is not None:
+        return max(0, min(int(asked), cores))
+    if not str(device).startswith("cuda"):
         return 0
-    return max(0, min(16, available_cores() - 1))
+    return max(0, min(16, cores - 1))
 
 
 @register_task
@@ -531,7 +533,7 @@ class FineTune(DinoConfig, TaskConfig):
         "DINO fine-tuning on the train split (paper section 2.5), then the fov-mlp probe on the teacher (paper Tables 2-3, Fig. 3)"
     )
 
-    probe_epochs: int = 300
+    probe_epochs: int = field(default=300, metadata={"help": "training epochs of the fov-mlp probe on the fine-tuned teacher"})
 
     def __post_init__(self) -> None:
         DinoConfig.__post_init__(self)
@@ -548,7 +550,7 @@ class FineTune(DinoConfig, TaskConfig):
         started = time.perf_counter()
         outcome = finetune_backbone(
             context.backbone, context.adapter, context.dataset, context.split, self,
-            seed=context.seed, device=context.device, resume=True, num_workers=_workers(context),
+            seed=context.seed, device=context.device, resume=True, num_workers=augmentation_workers(context.num_workers, context.device),
             precision=context.precision, progress=context.progress,
         )
         probe = FovMlpProbe(epochs=self.probe_epochs)
@@ -592,7 +594,7 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 
 def finetune_command(
     *, base: Any, adapter: Any, dataset: Any, split: Any, overrides: Sequence[str], seed: int, device: str,
-    workers: int, precision: str, resume: bool, threads: int | None = None,
+    workers: int | None, precision: str, resume: bool, threads: int | None = None,
 ) -> FineTuneOutcome | None:
     """What ``ocbench finetune`` does once names are resolved; returns None on processes other than rank 0."""
     import torch
@@ -607,9 +609,10 @@ def finetune_command(
         torch.set_num_threads(threads)
     try:
         rank = _world()[0]
+        device = str(resolve_device(device))
         outcome = finetune_backbone(
-            base, adapter, dataset, split, cfg, seed=seed, device=str(resolve_device(device)), resume=resume,
-            num_workers=workers, precision=precision, progress=Progress(rank == 0),
+            base, adapter, dataset, split, cfg, seed=seed, device=device, resume=resume,
+            num_workers=augmentation_workers(workers, device), precision=precision, progress=Progress(rank == 0),
         )
         return outcome if rank == 0 else None
     finally:

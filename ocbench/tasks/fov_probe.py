@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -101,17 +101,16 @@ class FovProbe(TaskConfig):
     protocol_version: ClassVar[str] = PROTOCOL_VERSION
     main_score: ClassVar[tuple[str, str]] = ("val", "macro_f1")
 
-    epochs: int = 300
-    batch_size: int = 512
-    #: learning rate per 256 examples; the rate used is ``lr * batch_size / lr_reference_batch``
-    lr: float = 1e-4
-    lr_reference_batch: int = 256
-    weight_decay: float = 0.04
-    betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    threshold: float = 0.5
-    standardize: bool = True
-    resample: bool = True  # False: each epoch is a plain shuffle of the training rows
+    epochs: int = field(default=300, metadata={"help": "training epochs per fold model"})
+    batch_size: int = field(default=512, metadata={"help": "rows per optimizer step"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate per lr_reference_batch rows (used: lr * batch_size / lr_reference_batch)"})
+    lr_reference_batch: int = field(default=256, metadata={"help": "the batch size lr is given for"})
+    weight_decay: float = field(default=0.04, metadata={"help": "AdamW weight decay"})
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "AdamW moment decay rates"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    threshold: float = field(default=0.5, metadata={"help": "a class is predicted where its sigmoid output >= this"})
+    standardize: bool = field(default=True, metadata={"help": "scale each feature to mean 0, std 1 on the fold's training rows"})
+    resample: bool = field(default=True, metadata={"help": "draw each epoch's rows with replacement, weighted by 1 / frequency of their rarest label (False: a plain shuffle)"})
 
     def __post_init__(self) -> None:
         def bad(key: str, what: str) -> ConfigError:
@@ -204,8 +203,8 @@ class FovMlpProbe(FovProbe):
     name: ClassVar[str] = "fov-mlp"
     description: ClassVar[str] = "MLP probe (512-256) on frozen FOV embeddings, 5-fold CV + held-out test (paper Table 1)"
 
-    hidden_dims: tuple[int, ...] = (512, 256)
-    dropout: float = 0.5
+    hidden_dims: tuple[int, ...] = field(default=(512, 256), metadata={"help": "widths of the hidden layers"})
+    dropout: float = field(default=0.5, metadata={"help": "dropout after each hidden layer"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

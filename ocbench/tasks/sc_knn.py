@@ -254,7 +254,7 @@ class ScKnn(TaskConfig):
     main_score: ClassVar[tuple[str, str]] = (EVAL_SET, "macro_f1")
     axis: ClassVar[str | None] = "k"
     requires: ClassVar[tuple[str, ...]] = ("skimage",)  # both segmentation backends use scikit-image
-    extra: ClassVar[str | None] = "singlecell"
+    extra: ClassVar[str | None] = "cells"  # scikit-image; Cellpose is checked by its backend when chosen
     description: ClassVar[str] = (
         "Leave-one-out soft-vote k-NN on single-cell crops (Cellpose masks), macro-F1 per k (paper Table 4)"
     )
