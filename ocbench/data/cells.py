@@ -694,7 +694,7 @@ class LabelPolicy:
     none, or annotated (any grade) with a class in ``omit_fovs_with``, are not evaluated."""
 
     grade: int = 3
-    omit_fovs_with: tuple[str, ...] = ("big_aggregates",)
+    omit_fovs_with: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"grade": int(self.grade), "omit_fovs_with": list(self.omit_fovs_with)}
@@ -866,7 +866,7 @@ def prepare_cells(
         with atomic_write(info_path) as fh:
             json.dump(info, fh, indent=1, sort_keys=True)
 
-    fov_ids = list(dataset.fov_ids)
+    fov_ids = list(dataset.ids)
     segmented = 0
     seg_time = 0.0
     with _progress_bar(progress, n_fovs, f"segment ({backend.name})") as bar:
@@ -904,8 +904,7 @@ def prepare_cells(
 
     weak_fov, eligible_fov, why_fov = _fov_weak_labels(dataset, policy)
     manifest = dataset.manifest
-    group_column = card.group_column
-    groups = manifest[group_column].astype(str).tolist() if group_column in manifest.columns else fov_ids
+    groups = [str(g) for g in dataset.groups]
     proteins = manifest["gene"].astype(str).tolist() if "gene" in manifest.columns else groups
     rows = []
     for i, fov_id in enumerate(fov_ids):
@@ -993,7 +992,7 @@ class CellCrops:
         self._centroid = sub[["centroid_y", "centroid_x"]].to_numpy(dtype=np.float64)
         self.ids: list[str] = sub["cell_id"].tolist()
         self.card = dataset.card
-        self.name = getattr(dataset, "name", None)
+        self.name: str = dataset.name
         self.version: str = _hash(
             {"kind": "cell-crops", "format": CELLS_FORMAT, "dataset_version": str(dataset.version),
              "mask_key": table.meta.get("mask_key"), "table": table.meta.get("table_sha256"),
@@ -1004,6 +1003,25 @@ class CellCrops:
     @property
     def fov_ids(self) -> list[str]:
         return self.ids
+
+    @property
+    def parent_ids(self) -> list[str]:
+        """The FOV each cell was cut from: image-level splits map to cells through it."""
+        return list(self._fov_id)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The group (the dataset card's, e.g. the protein) of each cell's FOV."""
+        return self.table.cells["group"].astype(str).to_numpy()[self.rows]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Each cell's weak labels (its FOV's, see :class:`LabelPolicy`), (N, C) 0/1."""
+        return self.table.weak_labels[self.rows]
+
+    @property
+    def reader_options(self) -> dict[str, Any]:
+        return dict(self.dataset.reader_options)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -12,7 +12,7 @@ import hashlib
 from typing import Any, Mapping, Sequence
 
 from ocbench.benchmark.entry import SCHEMA_VERSION, entry_key, v1_summary
-from ocbench.data.compartments import COMPARTMENTS
+from ocbench.data.cards import OPENCELL
 from ocbench.summaries import summarize
 
 __all__ = ["example_entry_dict", "example_entry_dict_v1", "write_example_with_predictions"]
@@ -109,7 +109,7 @@ def example_entry_dict(
     input_channels: Sequence[str] = ("R", "G", "B"),
     created: str = "2025-01-01T00:00:00+00:00",
     task_config: dict[str, Any] | None = None,
-    class_names: Sequence[str] = COMPARTMENTS,
+    class_names: Sequence[str] = OPENCELL.class_names,
     main_metric: str = "macro_f1",
     synthetic: bool | None = None,
     precision: str = "fp32",
@@ -227,7 +227,7 @@ def example_entry_dict_v1(
     overrides = dict(overrides or {})
 
     val, test = v1_summary(val_folds), v1_summary(test_folds)
-    per_class = _per_class(val["mean"], COMPARTMENTS)
+    per_class = _per_class(val["mean"], OPENCELL.class_names)
     data = _common(
         backbone,
         channels_key=channels_key,
@@ -252,7 +252,7 @@ def example_entry_dict_v1(
                 part: {"f1": dict(per_class), "precision": dict(per_class), "recall": dict(per_class)} for part in ("val", "test")
             },
             "per_fold_per_class": {
-                part: {"f1": [[per_class[c] for c in COMPARTMENTS] for _ in folds]}
+                part: {"f1": [[per_class[c] for c in OPENCELL.class_names] for _ in folds]}
                 for part, folds in (("val", val_folds), ("test", test_folds))
             },
         },
