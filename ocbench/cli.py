@@ -273,7 +273,7 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
     specs = expand_grid(
         _split_list(backbones), _split_list(tasks), list(channels) or [None], _split_list(tracks), overrides
     )
-    cells = resolve_cells(specs, dataset_card_for(dataset))  # names checked before the data is opened
+    cells = resolve_cells(specs, lambda: dataset_card_for(dataset))  # names checked before the data is opened
     device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
     options = RunOptions(
@@ -573,7 +573,12 @@ def data_info(dataset, annotations, min_grade):
 
 @data.group("card", cls=_Group)
 def data_card():
-    """Dataset cards of your own tables."""
+    """Dataset cards of your own tables.
+
+    \b
+    Example:
+      ocbench data card init my_images.csv
+    """
 
 
 @data_card.command("init")

@@ -174,3 +174,16 @@ def test_tasks_refuse_a_label_mode_they_do_not_score(tiff_table):
 
     with pytest.raises(ConfigError, match="task fov-mlp scores multilabel labels; dataset 'local:my_images' is single"):
         get_task("fov-mlp").for_dataset(dataset_card_for(tiff_table))
+
+
+def test_the_board_never_puts_two_label_modes_or_datasets_in_one_table():
+    from ocbench.benchmark.entry import entry_from_dict
+    from ocbench.leaderboard.examples import example_entry_dict
+    from ocbench.leaderboard.grouping import GroupKey
+
+    multi = example_entry_dict("tiny-vit-random", val_folds=[0.5, 0.55, 0.52, 0.51, 0.53])
+    single = {**multi, "dataset": {**multi["dataset"], "label_mode": "single"}}
+    other = {**multi, "dataset": {**multi["dataset"], "name": "local:my_images"}}
+    keys = [GroupKey.of(entry_from_dict(d)) for d in (multi, single, other)]
+    assert len(set(keys)) == 3 and len({k.slug for k in keys}) == 3
+    assert keys[0].label_mode == "multilabel"  # an entry without a label mode was multilabel

@@ -173,25 +173,38 @@ def _swept_overrides(task: str, overrides: Sequence[str]) -> list[tuple[str, ...
 # resolving and checking, before any work
 
 
-def resolve_cells(specs: Sequence[RunSpec], dataset_card: "DatasetCard") -> list[Cell]:
+def resolve_cells(specs: Sequence[RunSpec], dataset_card: "DatasetCard | Callable[[], DatasetCard]") -> list[Cell]:
     """Resolve every cell's names into objects, once, and check them (fast: no torch, no weights).
 
     Names, channel specs (against the dataset card's channels), task settings, tracks and each
     task's optional dependencies are checked for the whole grid before anything runs, so a typo in
-    the last cell does not surface after an hour of work on the first ones.
+    the last cell does not surface after an hour of work on the first ones. ``dataset_card`` may be
+    a function that resolves it: then what needs no dataset (backbone and task names, settings,
+    tracks, explicit channel maps' targets) is checked first, so a typo is named before a missing
+    dataset.
     """
     from ocbench.backbones.adapters import parse_channels
     from ocbench.backbones.derive import resolve_backbone
+    from ocbench.backbones.specs import spec_channel_names
     from ocbench.benchmark.splits import TRACKS
     from ocbench.tasks import get_task_class
 
     cards: dict[str, Any] = {}
+    for spec in specs:  # what needs no dataset
+        if spec.backbone not in cards:
+            cards[spec.backbone] = resolve_backbone(spec.backbone)
+        get_task_class(spec.task)().with_overrides(spec.overrides)
+        if spec.track not in TRACKS:
+            raise ConfigError(f"unknown split track {spec.track!r}; valid: {', '.join(TRACKS)}")
+        named = spec_channel_names(spec.channels) if spec.channels is not None else None
+        if named:  # an explicit map: its targets, against the channels it names
+            parse_channels(spec.channels, cards[spec.backbone], named)
+    if callable(dataset_card):
+        dataset_card = dataset_card()
     adapters: dict[tuple[str, str | None], Any] = {}
     tasks: dict[tuple[str, tuple[str, ...]], tuple[Any, dict]] = {}
     cells = []
     for spec in specs:
-        if spec.backbone not in cards:
-            cards[spec.backbone] = resolve_backbone(spec.backbone)
         card = cards[spec.backbone]
         if (spec.backbone, spec.channels) not in adapters:
             adapters[(spec.backbone, spec.channels)] = parse_channels(spec.channels, card, dataset_card)
@@ -199,8 +212,6 @@ def resolve_cells(specs: Sequence[RunSpec], dataset_card: "DatasetCard") -> list
             task, overrides = get_task_class(spec.task)().for_dataset(dataset_card).with_overrides(spec.overrides)
             task.validate_for(dataset_card)
             tasks[(spec.task, spec.overrides)] = (task, overrides)
-        if spec.track not in TRACKS:
-            raise ConfigError(f"unknown split track {spec.track!r}; valid: {', '.join(TRACKS)}")
         task, overrides = tasks[(spec.task, spec.overrides)]
         cells.append(Cell(spec, card, adapters[(spec.backbone, spec.channels)], task, overrides, None))
     for task, _ in tasks.values():

@@ -389,13 +389,7 @@ class ScKnn(TaskConfig):
         if list(embeddings.fov_ids) != list(evaluation.ids):
             raise DataError("the cell embeddings do not line up with the evaluation cells; rerun with --recompute")
         # The interval resamples proteins (the dataset card's group): cells of one protein share its labels.
-        crops = evaluation.crops
-        cells_table = getattr(getattr(crops, "table", None), "cells", None)
-        if cells_table is not None and "group" in cells_table.columns:
-            proteins = cells_table["group"].astype(str).to_numpy()[crops.rows]
-            group_name = getattr(dataset.card, "group_name", None) or "protein"
-        else:
-            proteins, group_name = np.asarray(evaluation.groups).astype(str), "FOV"
+        proteins, group_name = evaluation.crops.groups, dataset.card.group_name
         result = self.run(
             embeddings.features, evaluation.labels, evaluation.groups,
             class_names=context.class_names, device=context.device, seed=context.seed, progress=context.progress,
