@@ -187,3 +187,53 @@ def test_the_board_never_puts_two_label_modes_or_datasets_in_one_table():
     keys = [GroupKey.of(entry_from_dict(d)) for d in (multi, single, other)]
     assert len(set(keys)) == 3 and len({k.slug for k in keys}) == 3
     assert keys[0].label_mode == "multilabel"  # an entry without a label mode was multilabel
+
+
+@pytest.mark.slow
+def test_a_multilabel_table_runs_compares_and_builds_a_board_with_no_code(tmp_path, monkeypatch):
+    """A table with a sidecar card runs the FOV probes and sc-knn (classical cells), `compare` and
+    `leaderboard build`; the probe scores real labels well above the same table with shuffled labels."""
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    runner = CliRunner()
+    tables = {}
+    for kind in ("real", "shuffled"):
+        table = write_tiff_table(tmp_path / kind, per_class=16, size=48, groups=8, multilabel=True)
+        if kind == "shuffled":  # the same images, labels dealt at random
+            rows = table.read_text().splitlines()
+            labels = [r.split(",")[1] for r in rows[1:]]
+            order = np.random.default_rng(0).permutation(len(labels))
+            table.write_text("\n".join([rows[0]] + [f"{r.split(',')[0]},{labels[j]},{r.split(',')[2]}"
+                                                    for r, j in zip(rows[1:], order)]) + "\n")
+        (table.with_name("my_images.dataset.json")).write_text(json.dumps(
+            {"name": f"screen-{kind}", "channel_names": ["nucleus", "protein", "membrane"], "cell_diameter_px": 12}))
+        tables[kind] = table
+    scores = {}
+    for kind, table in tables.items():
+        out = tmp_path / f"entries-{kind}"
+        base = ["run", "--backbone", "classical-stats", "--dataset", str(table), "--channels",
+                "protein=protein,nucleus=nucleus", "--output", str(out)]
+        if kind == "real":  # cells from the classical backend (a table is not synthetic: auto would be cellpose)
+            cells = runner.invoke(cli, [*base, "--task", "sc-knn", "--set", "segmentation=classical"])
+            assert cells.exit_code == 0, cells.output
+        result = runner.invoke(cli, [*base, "--task", "fov-mlp,fov-linear" if kind == "real" else "fov-mlp"])
+        assert result.exit_code == 0, result.output
+        entry = json.loads((out / "classical-stats__map-n1-p0__fov-mlp__paper.json").read_text())
+        assert entry["dataset"]["name"] == f"screen-{kind}" and entry["dataset"]["label_mode"] == "multilabel"
+        assert entry["class_names"] == sorted(CLASSES)
+        scores[kind] = entry["scores"]["val"]["macro_f1"]["mean"]
+    print(scores)
+    assert scores["real"] > scores["shuffled"] + 0.2, scores
+    knn = json.loads((tmp_path / "entries-real" / "classical-stats__map-n1-p0__sc-knn__paper.json").read_text())
+    assert knn["task_config"]["crop_size"] == 80  # 3.2 x 12 px x zoom 2, from the card's cell diameter
+    real = tmp_path / "entries-real"
+    vit = runner.invoke(cli, ["run", "--backbone", "tiny-vit-random", "--dataset", str(tables["real"]), "--channels",
+                              "protein=G,nucleus=B", "--task", "fov-mlp", "--output", str(real)])
+    assert vit.exit_code == 0, vit.output
+    compared = runner.invoke(cli, ["compare", str(real / "classical-stats__map-n1-p0__fov-mlp__paper.json"),
+                                   str(real / "tiny-vit-random__map-n2-p1__fov-mlp__paper.json")])
+    assert compared.exit_code == 0 and "paired" in compared.output.lower(), compared.output
+    built = runner.invoke(cli, ["leaderboard", "build", str(real), str(tmp_path / "entries-shuffled"),
+                                "--out", str(tmp_path / "board")])
+    assert built.exit_code == 0, built.output
+    board = (tmp_path / "board" / "LEADERBOARD.md").read_text()
+    assert "screen-real" in board and "screen-shuffled" in board

@@ -115,7 +115,8 @@ class TaskConfig:
 
     def for_dataset(self, dataset_card: Any) -> "TaskConfig":
         """This config on ``dataset_card``: refuses a label mode the task does not score (one line),
-        applies :meth:`dataset_settings`, and checks the result against the card."""
+        and applies :meth:`dataset_settings` (check the final config with :meth:`validate_for`, after
+        any overrides)."""
         if dataset_card.label_mode not in self.label_modes:
             raise ConfigError(
                 f"task {self.name} scores {' or '.join(self.label_modes)} labels; dataset {dataset_card.name!r} is "
@@ -127,7 +128,6 @@ class TaskConfig:
             raise ConfigError(f"dataset card {dataset_card.name!r}: task_defaults for {self.name} name unknown setting(s) {unknown}")
         new = dataclasses.replace(self, **settings)  # type: ignore[type-var]
         object.__setattr__(new, "_dataset_settings", settings)
-        new.validate_for(dataset_card)
         return new
 
     @classmethod
