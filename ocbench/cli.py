@@ -478,7 +478,7 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
         if export_path and _is_main_rank():
             from ocbench.data import cells as cell_data
 
-            groups = ds.manifest[ds.card.group_column].astype(str).tolist()
+            groups = [str(g) for g in ds.groups]
             path = cell_data.export_embeddings(export_path, emb.features, emb.fov_ids, ds.labels, groups, ds.card.class_names)
             click.echo(f"wrote {path}")
     m = emb.meta
@@ -701,7 +701,7 @@ def data_export(target, out_dir, split_file, repo_id, dataset, annotations, min_
     if split_file:
         from ocbench.benchmark.splits import load_split
 
-        split = load_split(split_file, manifest=ds.manifest, dataset_version=ds.version)
+        split = load_split(split_file, manifest=ds, dataset_version=ds.version)
     click.echo(f"wrote {export_hf(ds, out_dir, split=split, push_to_hub=repo_id)}")
 
 

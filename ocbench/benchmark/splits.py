@@ -473,5 +473,6 @@ def write_split(
         root = getattr(dataset, "root", None)
         if root is None:
             raise ConfigError("write_split: pass out= when splitting a bare manifest (it has no root folder)")
-        out = default_split_path(root, track, seed)
+        root = Path(root)
+        out = default_split_path(root if root.is_dir() else root.parent, track, seed)  # a table: beside it
     return split, split.save(out)

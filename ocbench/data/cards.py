@@ -1,14 +1,17 @@
 """Dataset cards: what a dataset is (channels, classes, groups, labels), registered by name.
 
 A card is the one place the rest of ocbench learns a dataset's vocabulary: channel adapters take
-its channel names, splits group by its group column, tasks and entries key per-class scores by its
-class names, the board labels tables with its name. ``opencell`` (the real data, fetched by
-``ocbench data download opencell``) and ``demo`` (synthetic, in the same layout) are built in;
+its channel names and presets, splits group by its group column, tasks take their per-task
+defaults, label mode and crop sizes from it, entries key per-class scores by its class names, the
+board labels tables with its name and never ranks two datasets or label modes together.
+``opencell`` (the real data, fetched by ``ocbench data download opencell``) and ``demo``
+(synthetic, in the same layout) are built in;
 a plugin adds others with :func:`register_dataset_card` (or the ``ocbench.datasets`` entry point).
 
-:func:`open_dataset` resolves what a user typed after ``--dataset`` (a card name or a folder) into
-a dataset object carrying its card (``dataset.card``) and the name its entries record
-(``dataset.name``). A folder in the OpenCell layout is read by the OpenCell reader, but recorded
+:func:`resolve_dataset` is the one resolver of what a user typed after ``--dataset`` (a card name, a
+table of a lab's own images, or a folder); :func:`open_dataset` opens it into an item set
+(:class:`~ocbench.data.base.ItemSet`) carrying its card (``.card``) and the name its entries record
+(``.name``). A folder in the OpenCell layout is read by the OpenCell reader, but recorded
 as ``opencell`` only when it is OpenCell (it holds the marker ``ocbench data download`` writes);
 a user's own folder in that layout is recorded as ``local:<folder name>``, and a demo folder as
 ``demo``, so the paper's numbers never stand beside data that is not OpenCell.
@@ -128,7 +131,8 @@ class DatasetCard:
     def reader_option_values(self, given: dict[str, Any]) -> dict[str, Any]:
         """This card's reader options with ``given`` applied (None = the default); one-line errors
         for options the card does not have or values it does not allow."""
-        values = {name: allowed[0] if name != "min_grade" else self.default_min_grade
+        # defaults: the first allowed value, except OpenCell's grade, whose default the card states
+        values = {name: self.default_min_grade if name == "min_grade" else allowed[0]
                   for name, allowed in self.reader_options.items()}
         for name, value in given.items():
             if value is None:
@@ -276,6 +280,8 @@ def recorded_name(root: Path) -> tuple[DatasetCard, str]:
 
 #: File name endings read as a lab's own table (one row per image; see ``ocbench.data.table``).
 TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".parquet")
+#: What makes a table's card (its sidecar over what the table says about itself).
+TABLE_CARD = "ocbench.data.table:table_card"
 
 
 @dataclass(frozen=True)
@@ -314,9 +320,10 @@ def resolve_dataset(dataset: str | os.PathLike) -> DatasetSource:
         return DatasetSource(card, root, card.name)
     path = Path(text).expanduser()
     if path.suffix.lower() in TABLE_SUFFIXES and path.is_file():
-        from ocbench.data.table import table_card
+        from ocbench.registry import resolve_reference
 
-        card = table_card(path)
+        # by reference, like every reader: the table reader builds on this module
+        card = resolve_reference(TABLE_CARD, what="table dataset card")(path)
         return DatasetSource(card, path, card.name)
     if path.is_dir():
         card, name = recorded_name(path)
