@@ -89,8 +89,9 @@ def _dataset_options(default: str = "opencell"):
 
     def decorate(fn):
         fn = click.option(
-            "--min-grade", type=click.IntRange(1, 3), default=1, show_default=True,
-            help="Lowest annotation grade counted as a positive label (3 prominent, 1 weak).",
+            "--min-grade", type=int, default=None,
+            help="OpenCell reader option: lowest annotation grade counted as a positive label (3 prominent, "
+            "1 weak; default 1). Datasets without graded annotations refuse it.",
         )(fn)
         fn = click.option(
             "--annotations", type=click.Path(dir_okay=False), default=None,
@@ -99,14 +100,15 @@ def _dataset_options(default: str = "opencell"):
         fn = click.option(
             "--dataset", default=default, show_default=True,
             help="A dataset name (see `ocbench data list`: 'opencell' = where `ocbench data download opencell` "
-            "puts the real data, 'demo' = the synthetic demo, written if missing) or a folder in the OpenCell raw layout.",
+            "puts the real data, 'demo' = the synthetic demo, written if missing), a folder in the OpenCell raw layout, "
+            "or a table of your own images (.csv, .tsv, .parquet: path, label, optional group; see README).",
         )(fn)
         return fn
 
     return decorate
 
 
-def _open_dataset(dataset: str, annotations: str | None, min_grade: int):
+def _open_dataset(dataset: str, annotations: str | None, min_grade: int | None):
     """The dataset object (it carries its card and the name entries record)."""
     from ocbench.data.cards import open_dataset
 
@@ -271,7 +273,7 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
     specs = expand_grid(
         _split_list(backbones), _split_list(tasks), list(channels) or [None], _split_list(tracks), overrides
     )
-    cells = resolve_cells(specs, dataset_card_for(dataset))  # names checked before the data is opened
+    cells = resolve_cells(specs, lambda: dataset_card_for(dataset))  # names checked before the data is opened
     device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
     options = RunOptions(
@@ -310,7 +312,7 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
     device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
     # the spec as typed (a card name, or timm:/hf-hub:/local:), resolved again by the runner
-    specs = [RunSpec(backbone, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card, ds.card.channel_names)]
+    specs = [RunSpec(backbone, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card, ds.card)]
     options = RunOptions(
         output_dir=Path(output), seed=_one_seed(seed), device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, threads=threads or _available_cores(), recompute=recompute, precision=precision,
@@ -395,7 +397,7 @@ def finetune(backbone, from_scratch, channels, epochs, fraction, resume, track, 
     get_task("finetune").with_overrides(settings)  # settings checked before the data is opened
     dataset_card = dataset_card_for(dataset)
     base = resolve_backbone(backbone) if backbone else scratch_card(from_scratch, dataset_card, seed)
-    adapter = parse_channels(channels, base, dataset_card.channel_names)
+    adapter = parse_channels(channels, base, dataset_card)
     ds = _open_dataset(dataset, annotations, min_grade)
     split = split_for(ds, track, RunOptions(output_dir=Path("."), seed=seed, split_file=Path(split_file) if split_file else None))
     outcome = finetune_command(
@@ -446,12 +448,12 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
     from ocbench.data.cards import dataset_card_for
 
     card = resolve_backbone(backbone)
-    adapter = parse_channels(channels, card, dataset_card_for(dataset).channel_names)
+    adapter = parse_channels(channels, card, dataset_card_for(dataset))
     task = None
     if cells:
         from ocbench.tasks import get_task
 
-        task, _ = get_task("sc-knn").with_overrides(overrides)
+        task, _ = get_task("sc-knn").for_dataset(dataset_card_for(dataset)).with_overrides(overrides)
     elif overrides:
         raise click.UsageError("--set applies to --cells (the settings that choose the cells)")
     device = _join_ranks(device)
@@ -478,7 +480,7 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
         if export_path and _is_main_rank():
             from ocbench.data import cells as cell_data
 
-            groups = ds.manifest[ds.card.group_column].astype(str).tolist()
+            groups = [str(g) for g in ds.groups]
             path = cell_data.export_embeddings(export_path, emb.features, emb.fov_ids, ds.labels, groups, ds.card.class_names)
             click.echo(f"wrote {path}")
     m = emb.meta
@@ -518,7 +520,8 @@ def data_list():
     ]
     click.echo(tabulate(rows, headers=["name", "channels", "classes", "groups", "synthetic", "what"], tablefmt="simple",
                         maxcolwidths=[None, None, None, None, None, 60]))
-    click.echo("\n--dataset also takes a folder in the OpenCell raw layout (recorded as local:<folder name>).")
+    click.echo("\n--dataset also takes a folder in the OpenCell raw layout (recorded as local:<folder name>), or a table "
+               "of your own images (.csv, .tsv, .parquet; see `ocbench data card init`).")
 
 
 @data.command("demo")
@@ -574,10 +577,46 @@ def data_info(dataset, annotations, min_grade):
     Example:
       ocbench data info --dataset demo
     """
+    from ocbench.data.cards import resolve_dataset
+
+    source = resolve_dataset(dataset)
+    if source.card.reader == "ocbench.data.table:TableDataset":
+        from ocbench.data.table import table_report
+
+        if annotations is not None or min_grade is not None:
+            raise click.UsageError("--annotations and --min-grade are options of the OpenCell layout; a table has its labels")
+        click.echo(table_report(source.root))
+        return
     from ocbench.data.opencell import format_info
 
     ds = _open_dataset(dataset, annotations, min_grade)
     click.echo(format_info(ds.info()))
+
+
+@data.group("card", cls=_Group)
+def data_card():
+    """Dataset cards of your own tables.
+
+    \b
+    Example:
+      ocbench data card init my_images.csv
+    """
+
+
+@data_card.command("init")
+@click.argument("table", type=click.Path(dir_okay=False, exists=True))
+@click.option("--overwrite", is_flag=True, help="Write the card again over an existing one.")
+def data_card_init(table, overwrite):
+    """Write TABLE's sidecar card (<stem>.dataset.json) from what the table says, for you to edit.
+
+    \b
+    Example:
+      ocbench data card init my_images.csv
+    """
+    from ocbench.data.table import write_sidecar
+
+    path = write_sidecar(table, overwrite=overwrite)
+    click.echo(f"wrote {path}: edit its name, channel and class order, label mode, pixel size and cell diameter")
 
 
 @data.command("download")
@@ -631,9 +670,10 @@ def data_cells(dataset, annotations, min_grade, backend, overrides, cell_labels,
       ocbench data cells --dataset demo --backend classical
     """
     from ocbench.data import cells as cell_data
+    from ocbench.data.cards import dataset_card_for
     from ocbench.tasks import Progress, get_task
 
-    task, _ = get_task("sc-knn").with_overrides([f"segmentation={backend}", *overrides])
+    task, _ = get_task("sc-knn").for_dataset(dataset_card_for(dataset)).with_overrides([f"segmentation={backend}", *overrides])
     ds = _open_dataset(dataset, annotations, min_grade)
     click.echo(cell_data.cells_command(
         ds, backend=task.backend_for(ds.card), crop=task.crop_settings(), black_percentile=task.black_percentile,
@@ -685,7 +725,7 @@ def data_export(target, out_dir, split_file, repo_id, dataset, annotations, min_
 
         from ocbench.data.content import listing_version
 
-        split = load_split(split_file, manifest=ds.manifest, dataset_version=listing_version(ds))
+        split = load_split(split_file, manifest=ds, dataset_version=listing_version(ds))
     click.echo(f"wrote {export_hf(ds, out_dir, split=split, push_to_hub=repo_id)}")
 
 

@@ -43,8 +43,12 @@ class FakeDataset:
         self.brightness = [1000] * len(grades)
 
     @property
-    def fov_ids(self):
+    def ids(self):
         return self.manifest["fov_id"].tolist()
+
+    @property
+    def groups(self):
+        return self.manifest["ensg"].to_numpy()
 
     @property
     def labels(self):
@@ -145,8 +149,13 @@ LAYOUTS = [
 GRADES = [{"nucleoplasm": 3, "cytoplasmic": 2}, {"er": 2}, {"golgi": 3, "big_aggregates": 1}]
 
 
+#: sc-knn's weak-label policy on OpenCell (from the OpenCell card's task defaults)
+OPENCELL_POLICY = C.LabelPolicy(grade=3, omit_fovs_with=("big_aggregates",))
+
+
 def _prepare(dataset, backend, order, **kwargs):
     order[:] = [i for i in range(len(dataset))]
+    kwargs.setdefault("labels", OPENCELL_POLICY)
     return C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0), **kwargs)
 
 
@@ -165,7 +174,7 @@ def test_black_pixel_filter_drops_the_fragments(cache):
     assert all("percentile" in why for why in table.cells.loc[~table.kept, "dropped"])
     # 99.7 on nine cells: only the most extreme crop goes.
     order[:] = []
-    assert C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0)).meta["n_dropped"] == 1
+    assert C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0), labels=OPENCELL_POLICY).meta["n_dropped"] == 1
 
 
 def test_masks_are_saved_reused_and_a_killed_run_resumes(cache):
@@ -180,13 +189,13 @@ def test_masks_are_saved_reused_and_a_killed_run_resumes(cache):
     pd.testing.assert_frame_equal(second.cells, first.cells)
     masks[1].unlink()  # as if the run had been killed before FOV 1's mask was written
     order[:] = [1]
-    third = C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0))
+    third = C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0), labels=OPENCELL_POLICY)
     assert calls == [0, 1, 2, 1]
     pd.testing.assert_frame_equal(third.cells, first.cells)
     # A FOV whose pixels changed is segmented again (no file here: the pixels' sha256 is the check).
     dataset.brightness[2] = 900
     order[:] = [2]
-    C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0))
+    C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0), labels=OPENCELL_POLICY)
     assert calls == [0, 1, 2, 1, 2]
     # Other settings: another store.
     other, other_calls, other_order = _backend_for(dataset, tag="v2")

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from ocbench.backbones.adapters import ChannelAdapter, parse_channels
+from ocbench.backbones.adapters import ChannelAdapter, DatasetChannels, parse_channels
 from ocbench.backbones.card import BackboneCard
 from ocbench.backbones.preprocess import model_inputs, preprocess_key
 from ocbench.backbones.sources import UNVERIFIED_NOTE, resolve_weights
 from ocbench.backbones.weights_folder import check_recorded_sha256, file_sha256, read_import_record
-from ocbench.data.compartments import CHANNELS
+from ocbench.data.cards import OPENCELL
 from ocbench.errors import ConfigError, DataError
 
 #: ``precision=`` values: float32, or bf16 autocast (CUDA only).
@@ -72,9 +72,10 @@ class Backbone:
     def feature_dim(self) -> int:
         return self.card.feature_dim
 
-    def adapter(self, spec: str | None = None, channels: tuple[str, ...] = CHANNELS) -> ChannelAdapter:
-        """Parse a channel spec for this backbone and a dataset's channels (None: the card's default)."""
-        return parse_channels(spec, self.card, channels)
+    def adapter(self, spec: str | None = None, dataset: DatasetChannels = OPENCELL) -> ChannelAdapter:
+        """Parse a channel spec for this backbone and a dataset (its card or channel names; None spec:
+        the backbone card's default)."""
+        return parse_channels(spec, self.card, dataset)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Model input (N, in_chans, H, W), already normalized -> (N, feature_dim) float32."""

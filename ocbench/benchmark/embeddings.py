@@ -453,9 +453,11 @@ def _resolve_at_the_edge(dataset, backbone, adapter) -> tuple[Any, ChannelAdapte
         card = backbone if isinstance(backbone, BackboneCard) else getattr(backbone, "card", None)
         if not isinstance(card, BackboneCard):
             raise ConfigError(f"backbone must be a BackboneCard or a loaded Backbone, not {type(backbone).__name__}")
-        from ocbench.data.compartments import CHANNELS
+        from ocbench.data.cards import DatasetCard
 
-        adapter = parse_channels(adapter, card, _dataset_channels(dataset) or CHANNELS)
+        # the dataset's card (its channel presets too), or the channel names of a bare item set
+        adapter = parse_channels(adapter, card, dataset.card if isinstance(dataset.card, DatasetCard)
+                                 else tuple(dataset.card.channel_names))
     return backbone, adapter
 
 
@@ -621,7 +623,7 @@ def extract_embeddings(
 ) -> Embeddings:
     """Embed every item of ``dataset`` with ``backbone`` (cached; resumable); see the module docstring.
 
-    ``dataset``: ``fov_ids``, ``version``, ``read(i)``, ``len``; ``path(i)`` (the image file) for
+    ``dataset``: an :class:`~ocbench.data.base.ItemSet` (``ids``, ``version``, ``read(i)``, ``len``; ``path(i)`` for
     the changed-file check; ``card.channel_names`` when it has a dataset card.
     ``backbone``: a BackboneCard, or an already loaded Backbone.
     ``adapter``: a ChannelAdapter for the dataset's channels (None: the card's default).
@@ -659,7 +661,7 @@ def extract_embeddings(
             f"backbone {card.name} was loaded with precision {loaded.precision}; pass precision={loaded.precision!r} "
             "or load it again"
         )
-    fov_ids = list(dataset.fov_ids)
+    fov_ids = list(dataset.ids)
     n = len(fov_ids)
     if n == 0:
         raise DataError("the dataset has no labelled items to embed; check its annotations file")

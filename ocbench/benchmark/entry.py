@@ -60,7 +60,7 @@ from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from ocbench._io import atomic_write
-from ocbench.data.compartments import COMPARTMENTS
+from ocbench.data.cards import OPENCELL
 from ocbench.errors import DataError
 from ocbench.registry import Registry
 from ocbench.summaries import summarize, summary_mean, summary_std
@@ -376,7 +376,7 @@ class ChannelsInfo(_Strict):
     spec: str | None = Field(default=None, description="the channel spec as given (natural, replicate, ...)")
 
 
-class DatasetInfo(_Strict):
+class DatasetInfo(_OmitsUnset):
     name: str = Field(min_length=1, description="opencell, demo, or local:<folder> for a user's own data")
     version: str = Field(pattern=_SHA256, description="sha256 of the dataset's manifest (items, labels) and its files' content")
     n_items: int = Field(ge=1)
@@ -384,6 +384,18 @@ class DatasetInfo(_Strict):
     annotations: str | None = Field(default=None, description="file name of the annotation table used")
     annotations_sha256: str | None = Field(default=None, pattern=_SHA256, description="sha256 of that table")
     card: dict[str, Any] | None = Field(default=None, description="the dataset card (channel and class names, group column)")
+    label_mode: Literal["multilabel", "single"] | None = Field(
+        default=None, description="multilabel (any number of classes per item) or single (exactly one); "
+        "absent in entries from before label modes, which were multilabel"
+    )
+    reader_options: dict[str, Any] | None = Field(default=None, description="the options the dataset was read with")
+
+    _OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"label_mode", "reader_options"})
+
+    @property
+    def labels(self) -> str:
+        """The label mode (``multilabel`` for entries from before label modes)."""
+        return self.label_mode or "multilabel"
     synthetic: bool = Field(default=False, description="true for generated data (the demo): not evidence about real cells")
 
 
@@ -701,7 +713,7 @@ def _upgrade_1_to_2(old: dict) -> dict:
 
     d["main_score"] = {"eval_set": "val", "metric": "macro_f1_all"}
     d["scores"] = {part: {"macro_f1_all": summary(v)} for part, v in macro.items()} if isinstance(macro, Mapping) else macro
-    d["class_names"] = list(COMPARTMENTS)
+    d["class_names"] = list(OPENCELL.class_names)  # schema 1 was OpenCell's 17 compartments only
     if isinstance(per_class, Mapping):  # schema 1 allowed null precision/recall blocks
         per_class = {part: {k: v for k, v in kinds.items() if v is not None} if isinstance(kinds, Mapping) else kinds
                      for part, kinds in per_class.items()}

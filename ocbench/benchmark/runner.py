@@ -22,11 +22,20 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ocbench.benchmark import distributed
 from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ocbench.backbones.adapters import ChannelAdapter
+    from ocbench.backbones.card import BackboneCard
+    from ocbench.backbones.loader import BackboneIdentity
+    from ocbench.benchmark.entry import Entry
+    from ocbench.data.base import ItemSet
+    from ocbench.data.cards import DatasetCard
+    from ocbench.tasks.base import TaskConfig
 
 __all__ = [
     "RunSpec",
@@ -79,21 +88,21 @@ class Cell:
     """One grid cell resolved into objects: card, adapter, task config, track."""
 
     spec: RunSpec
-    card: Any  # BackboneCard
-    adapter: Any  # ChannelAdapter
-    task: Any  # TaskConfig with overrides applied
+    card: "BackboneCard"
+    adapter: "ChannelAdapter"
+    task: "TaskConfig"  # with the dataset's settings and the overrides applied
     overrides: dict[str, Any]
-    identity: Any  # BackboneIdentity: weights sha256 and revision, known before any work
+    identity: "BackboneIdentity | None"  # weights sha256 and revision, known before any work
     #: The backbone the entry records when the task derives one from ``card`` (fine-tuning): named
     #: by the task's ``derived_backbone`` before any work, so the entry's key is known up front.
-    entry_card: Any = None
+    entry_card: "BackboneCard | None" = None
 
     @property
     def track(self) -> str:
         return self.spec.track
 
     @property
-    def recorded_card(self) -> Any:
+    def recorded_card(self) -> "BackboneCard":
         return self.entry_card if self.entry_card is not None else self.card
 
     @property
@@ -114,7 +123,7 @@ class Cell:
 class RunOutcome:
     spec: RunSpec
     path: Path
-    entry: Any  # ocbench.benchmark.entry.Entry
+    entry: "Entry"
     skipped: bool = False
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -166,34 +175,45 @@ def _swept_overrides(task: str, overrides: Sequence[str]) -> list[tuple[str, ...
 # resolving and checking, before any work
 
 
-def resolve_cells(specs: Sequence[RunSpec], dataset_card: Any) -> list[Cell]:
+def resolve_cells(specs: Sequence[RunSpec], dataset_card: "DatasetCard | Callable[[], DatasetCard]") -> list[Cell]:
     """Resolve every cell's names into objects, once, and check them (fast: no torch, no weights).
 
     Names, channel specs (against the dataset card's channels), task settings, tracks and each
     task's optional dependencies are checked for the whole grid before anything runs, so a typo in
-    the last cell does not surface after an hour of work on the first ones.
+    the last cell does not surface after an hour of work on the first ones. ``dataset_card`` may be
+    a function that resolves it: then what needs no dataset (backbone and task names, settings,
+    tracks, explicit channel maps' targets) is checked first, so a typo is named before a missing
+    dataset.
     """
     from ocbench.backbones.adapters import parse_channels
     from ocbench.backbones.derive import resolve_backbone
+    from ocbench.backbones.specs import spec_channel_names
     from ocbench.benchmark.splits import TRACKS
     from ocbench.tasks import get_task_class
 
     cards: dict[str, Any] = {}
+    for spec in specs:  # what needs no dataset
+        if spec.backbone not in cards:
+            cards[spec.backbone] = resolve_backbone(spec.backbone)
+        get_task_class(spec.task)().with_overrides(spec.overrides)
+        if spec.track not in TRACKS:
+            raise ConfigError(f"unknown split track {spec.track!r}; valid: {', '.join(TRACKS)}")
+        named = spec_channel_names(spec.channels) if spec.channels is not None else None
+        if named:  # an explicit map: its targets, against the channels it names
+            parse_channels(spec.channels, cards[spec.backbone], named)
+    if callable(dataset_card):
+        dataset_card = dataset_card()
     adapters: dict[tuple[str, str | None], Any] = {}
     tasks: dict[tuple[str, tuple[str, ...]], tuple[Any, dict]] = {}
     cells = []
     for spec in specs:
-        if spec.backbone not in cards:
-            cards[spec.backbone] = resolve_backbone(spec.backbone)
         card = cards[spec.backbone]
         if (spec.backbone, spec.channels) not in adapters:
-            adapters[(spec.backbone, spec.channels)] = parse_channels(spec.channels, card, dataset_card.channel_names)
+            adapters[(spec.backbone, spec.channels)] = parse_channels(spec.channels, card, dataset_card)
         if (spec.task, spec.overrides) not in tasks:
-            task, overrides = get_task_class(spec.task)().with_overrides(spec.overrides)
+            task, overrides = get_task_class(spec.task)().for_dataset(dataset_card).with_overrides(spec.overrides)
             task.validate_for(dataset_card)
             tasks[(spec.task, spec.overrides)] = (task, overrides)
-        if spec.track not in TRACKS:
-            raise ConfigError(f"unknown split track {spec.track!r}; valid: {', '.join(TRACKS)}")
         task, overrides = tasks[(spec.task, spec.overrides)]
         cells.append(Cell(spec, card, adapters[(spec.backbone, spec.channels)], task, overrides, None))
     for task, _ in tasks.values():
@@ -250,7 +270,7 @@ def _with_identities(cells: Sequence[Cell], options: RunOptions) -> list[Cell]:
 # one cell
 
 
-def split_for(dataset: Any, track: str, options: RunOptions):
+def split_for(dataset: "ItemSet", track: str, options: RunOptions):
     """The split for this dataset and track: ``options.split_file`` if given, else made from
     (manifest, seed). Nothing is written here (see :func:`_save_split`)."""
     from ocbench.benchmark.splits import TRACKS, load_split, make_split
@@ -268,7 +288,7 @@ def split_for(dataset: Any, track: str, options: RunOptions):
     return make_split(dataset, track=track, seed=options.seed)
 
 
-def _save_split(split: Any, dataset: Any, options: RunOptions) -> None:
+def _save_split(split: Any, dataset: "ItemSet", options: RunOptions) -> None:
     """Save a made split beside the entries (once an entry that names it is written), so every
     entry's split sha256 points at a file."""
     if options.split_file is not None:
@@ -278,7 +298,7 @@ def _save_split(split: Any, dataset: Any, options: RunOptions) -> None:
         split.save(path)
 
 
-def off_protocol_reasons(cell: Cell, dataset: Any) -> list[str]:
+def off_protocol_reasons(cell: Cell, dataset: "ItemSet") -> list[str]:
     """Why this cell's result cannot stand beside on-protocol results, in words ([] when it can)."""
     reasons = []
     deviations = cell.task.protocol_deviations()
@@ -286,9 +306,12 @@ def off_protocol_reasons(cell: Cell, dataset: Any) -> list[str]:
         reasons.append("settings differ from the protocol: " + ", ".join(f"{k}={v}" for k, v in deviations.items()))
     elif cell.overrides:
         reasons.append("settings given with --set: " + ", ".join(sorted(cell.overrides)))
-    default_grade = dataset.card.default_min_grade
-    if dataset.min_grade != default_grade:
-        reasons.append(f"labels from grade >= {dataset.min_grade} only (the protocol counts grades >= {default_grade})")
+    defaults = dataset.card.reader_option_values({})
+    for option, value in sorted(dataset.reader_options.items()):
+        if option == "min_grade" and value != defaults[option]:
+            reasons.append(f"labels from grade >= {value} only (the protocol counts grades >= {defaults[option]})")
+        elif value != defaults.get(option, value):
+            reasons.append(f"reader option {option}={value} (the protocol's: {defaults[option]})")
     unused = _unused_channels(cell.adapter, dataset.card.channel_names)
     if unused:
         reasons.append(f"channel map leaves out the {' and '.join(unused)} channel")
@@ -302,7 +325,7 @@ def _unused_channels(adapter: Any, channel_names: Sequence[str]) -> tuple[str, .
     return tuple(name for name, target in zip(channel_names, adapter.targets) if target is None)
 
 
-def _dataset_block(dataset: Any) -> dict[str, Any]:
+def _dataset_block(dataset: "ItemSet") -> dict[str, Any]:
     """The entry's ``dataset``: which data, which labels (grade policy and annotation table)."""
     from ocbench._io import sha256_file
 
@@ -312,7 +335,9 @@ def _dataset_block(dataset: Any) -> dict[str, Any]:
         "name": dataset.name,
         "version": dataset.version,
         "n_items": len(dataset),
-        "min_grade": dataset.min_grade,
+        "min_grade": dataset.reader_options.get("min_grade", 1),
+        "label_mode": dataset.card.label_mode,
+        "reader_options": dict(dataset.reader_options),
         "annotations": source.name if has_table else None,
         "annotations_sha256": sha256_file(source) if has_table else None,
         "card": dataset.card.to_dict(),
@@ -320,7 +345,7 @@ def _dataset_block(dataset: Any) -> dict[str, Any]:
     }
 
 
-def _with_entry_card(cell: Cell, dataset: Any, split: Any, seed: int) -> Cell:
+def _with_entry_card(cell: Cell, dataset: "ItemSet", split: Any, seed: int) -> Cell:
     """A task that scores a backbone it derives from the cell's (fine-tuning) names it up front
     through an optional ``derived_backbone(card, adapter, dataset, split, seed)`` method."""
     derive = getattr(cell.task, "derived_backbone", None)
@@ -500,7 +525,7 @@ def _embed(options: RunOptions, recomputed: set, identities: dict, context, item
 
 
 def run_cell(
-    cell: Cell, dataset: Any, options: RunOptions, *, position: str = "", recomputed: set | None = None
+    cell: Cell, dataset: "ItemSet", options: RunOptions, *, position: str = "", recomputed: set | None = None
 ) -> RunOutcome:
     """Run one resolved cell and write its entry; skip when the same run's entry exists."""
     from ocbench._lock import file_lock
@@ -518,7 +543,7 @@ def run_cell(
         return _run_cell_locked(cell, dataset, options, path, split, position=position, recomputed=recomputed)
 
 
-def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, split: Any, *, position: str,
+def _run_cell_locked(cell: Cell, dataset: "ItemSet", options: RunOptions, path: Path, split: Any, *, position: str,
                      recomputed: set | None) -> RunOutcome:
     from ocbench.backbones.loader import resolve_device
     from ocbench.benchmark.entry import build_entry, environment_info, load_entry, write_entry
@@ -650,7 +675,7 @@ def _torch_threads() -> int | None:
 
 def run_grid(
     grid: Iterable[RunSpec] | Iterable[Cell],
-    dataset: Any,
+    dataset: "ItemSet",
     options: RunOptions,
     *,
     on_done: Callable[[RunOutcome], None] | None = None,

@@ -715,7 +715,7 @@ class LabelPolicy:
     none, or annotated (any grade) with a class in ``omit_fovs_with``, are not evaluated."""
 
     grade: int = 3
-    omit_fovs_with: tuple[str, ...] = ("big_aggregates",)
+    omit_fovs_with: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"grade": int(self.grade), "omit_fovs_with": list(self.omit_fovs_with)}
@@ -887,7 +887,7 @@ def prepare_cells(
         with atomic_write(info_path) as fh:
             json.dump(info, fh, indent=1, sort_keys=True)
 
-    fov_ids = list(dataset.fov_ids)
+    fov_ids = list(dataset.ids)
     states = ["missing" if recompute else _mask_state(_mask_file(masks_dir, fov_id), dataset, i)
               for i, fov_id in enumerate(fov_ids)]
     changed = [fov_id for fov_id, state in zip(fov_ids, states) if state == "changed"]
@@ -934,8 +934,7 @@ def prepare_cells(
 
     weak_fov, eligible_fov, why_fov = _fov_weak_labels(dataset, policy)
     manifest = dataset.manifest
-    group_column = card.group_column
-    groups = manifest[group_column].astype(str).tolist() if group_column in manifest.columns else fov_ids
+    groups = [str(g) for g in dataset.groups]
     proteins = manifest["gene"].astype(str).tolist() if "gene" in manifest.columns else groups
     rows = []
     for i, fov_id in enumerate(fov_ids):
@@ -1024,7 +1023,7 @@ class CellCrops:
         self._centroid = sub[["centroid_y", "centroid_x"]].to_numpy(dtype=np.float64)
         self.ids: list[str] = sub["cell_id"].tolist()
         self.card = dataset.card
-        self.name = getattr(dataset, "name", None)
+        self.name: str = dataset.name
         self.version: str = _hash(
             # The listing: each crop's FOV file content is checked per item by the embedding cache.
             {"kind": "cell-crops", "format": CELLS_FORMAT, "dataset_version": listing_version(dataset),
@@ -1036,6 +1035,25 @@ class CellCrops:
     @property
     def fov_ids(self) -> list[str]:
         return self.ids
+
+    @property
+    def parent_ids(self) -> list[str]:
+        """The FOV each cell was cut from: image-level splits map to cells through it."""
+        return list(self._fov_id)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The group (the dataset card's, e.g. the protein) of each cell's FOV."""
+        return self.table.cells["group"].astype(str).to_numpy()[self.rows]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Each cell's weak labels (its FOV's, see :class:`LabelPolicy`), (N, C) 0/1."""
+        return self.table.weak_labels[self.rows]
+
+    @property
+    def reader_options(self) -> dict[str, Any]:
+        return dict(self.dataset.reader_options)
 
     def __len__(self) -> int:
         return len(self.ids)

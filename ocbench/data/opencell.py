@@ -389,8 +389,27 @@ class OpenCellDataset:
         return f"OpenCellDataset(root={str(self.root)!r}, fovs={len(self)}, version={self.version[:12]})"
 
     @property
+    def ids(self) -> list[str]:
+        """FOV ids (the card's id column), in item order."""
+        return self.manifest[self.card.id_column].tolist()
+
+    @property
     def fov_ids(self) -> list[str]:
-        return self.manifest["fov_id"].tolist()
+        return self.ids
+
+    @property
+    def parent_ids(self) -> list[str]:
+        """Whole images: each FOV is its own parent."""
+        return self.ids
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The protein (the card's group column, ENSG id) of each FOV."""
+        return self.manifest[self.card.group_column].astype(str).to_numpy()
+
+    @property
+    def reader_options(self) -> dict[str, int]:
+        return {"min_grade": self.min_grade}
 
     @property
     def labels(self) -> np.ndarray:

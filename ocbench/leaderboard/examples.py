@@ -12,7 +12,7 @@ import hashlib
 from typing import Any, Mapping, Sequence
 
 from ocbench.benchmark.entry import SCHEMA_VERSION, entry_key, v1_summary
-from ocbench.data.compartments import COMPARTMENTS
+from ocbench.data.cards import OPENCELL
 from ocbench.summaries import summarize
 
 __all__ = ["example_entry_dict", "example_entry_dict_v1", "write_example_with_predictions", "recompute_aggregates"]
@@ -112,7 +112,7 @@ def example_entry_dict(
     input_channels: Sequence[str] = ("R", "G", "B"),
     created: str = "2025-01-01T00:00:00+00:00",
     task_config: dict[str, Any] | None = None,
-    class_names: Sequence[str] = COMPARTMENTS,
+    class_names: Sequence[str] = OPENCELL.class_names,
     main_metric: str = "macro_f1",
     synthetic: bool | None = None,
     precision: str = "fp32",
@@ -254,9 +254,10 @@ def example_entry_dict_v1(
 
     val, test = v1_summary(val_folds), v1_summary(test_folds)
     # schema 1 averaged all 17 compartments: each fold's row of per-class F1 averages to its score
-    rows = {part: [list(_per_class(f, COMPARTMENTS).values()) for f in summary["per_fold"]]
+    classes = OPENCELL.class_names
+    rows = {part: [list(_per_class(f, classes).values()) for f in summary["per_fold"]]
             for part, summary in (("val", val), ("test", test))}
-    per_class = {part: {c: sum(r[j] for r in rows[part]) / len(rows[part]) for j, c in enumerate(COMPARTMENTS)} for part in rows}
+    per_class = {part: {c: sum(r[j] for r in rows[part]) / len(rows[part]) for j, c in enumerate(classes)} for part in rows}
     data = _common(
         backbone,
         channels_key=channels_key,

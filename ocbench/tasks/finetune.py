@@ -70,13 +70,13 @@ def train_indices(dataset: Any, split: Any, fraction: float = 1.0, seed: int = 0
 
     Refuses (DataError) a split whose train and test parts overlap, so no test FOV can train.
     """
-    test_idx, folds_idx = split.indices(dataset.fov_ids)
+    test_idx, folds_idx = split.indices_of(dataset)
     train = np.unique(np.concatenate([np.asarray(f, dtype=np.int64) for f in folds_idx]))
     if np.intersect1d(train, np.asarray(test_idx)).size:
         raise DataError("the split's train and test parts overlap; fine-tuning uses the train part only")
     if not 0 < fraction <= 1:
         raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
-    ids = np.asarray(dataset.fov_ids, dtype=object)[train]
+    ids = np.asarray(dataset.ids, dtype=object)[train]
     train = train[np.argsort(ids, kind="stable")]  # the subset depends on ids, not on dataset order
     order = np.random.default_rng(np.random.SeedSequence([seed, 0xF7AC])).permutation(len(train))
     keep = max(1, int(round(fraction * len(train))))

@@ -36,7 +36,6 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from ocbench.data.compartments import COMPARTMENTS
 from ocbench.errors import ConfigError, DataError
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
 from ocbench.tasks.context import Progress
@@ -149,19 +148,16 @@ class FovProbe(TaskConfig):
 
     def evaluate(self, context) -> TaskResult:
         """Probe the backbone's FOV embeddings on the context's split (the paper's protocol)."""
+        dataset = context.dataset
         embeddings = context.embed()
-        test_idx, folds_idx = context.split.indices(embeddings.fov_ids)
-        card = context.dataset.card
-        manifest = getattr(context.dataset, "manifest", None)
-        column = getattr(card, "group_column", None)
-        groups = None
-        if manifest is not None and column in getattr(manifest, "columns", ()) and len(manifest) == len(embeddings.fov_ids):
-            groups = manifest[column].astype(str).to_numpy()
+        if list(embeddings.fov_ids) != list(dataset.ids):
+            raise DataError("the embeddings do not line up with the dataset's items; rerun with --recompute")
+        test_idx, folds_idx = context.split.indices_of(dataset)
         return self.run(
             embeddings.features, context.labels, test_idx, folds_idx,
             seed=context.seed, device=context.device, progress=context.progress,
-            class_names=context.class_names, item_ids=list(embeddings.fov_ids), groups=groups,
-            group_name=getattr(card, "group_name", None) or "protein",
+            class_names=context.class_names, item_ids=list(dataset.ids), groups=dataset.groups,
+            group_name=dataset.card.group_name,
         )
 
     def run(
@@ -175,7 +171,7 @@ class FovProbe(TaskConfig):
         device: str = "cpu",
         progress: bool | Progress = True,
         max_parallel_folds: int | None = None,
-        class_names: Sequence[str] = COMPARTMENTS,
+        class_names: Sequence[str] | None = None,
         item_ids: Sequence[Any] | None = None,
         groups: Sequence[Any] | None = None,
         group_name: str = "protein",
@@ -187,7 +183,10 @@ class FovProbe(TaskConfig):
         rounding); ``None``: one at a time on CPU, else all folds with the same steps per epoch.
         ``item_ids``/``groups`` (N,) name the rows and the group each belongs to (``group_name``,
         the unit the test-set interval resamples); without ``groups`` each item is its own group.
+        ``class_names``: the label columns' names (None: ``class_0``, ``class_1``, ...).
         """
+        if class_names is None:
+            class_names = tuple(f"class_{j}" for j in range(np.asarray(labels).shape[1]))
         return _run_probe(
             self, features, labels, test_idx, folds_idx,
             seed=seed, device=device, progress=progress, max_parallel_folds=max_parallel_folds,
