@@ -131,6 +131,15 @@ class DataContent:
         then = self._seen.get(digest)
         return None if then is None else self.changed_files(then)
 
+    def changed_since_version(self, listing: str, version: str) -> list[str] | None:
+        """Files whose content changed since a dataset of listing version ``listing`` had the
+        :func:`combined_version` ``version``; None when ``version`` is not a remembered state of
+        this listing (other items or labels, another copy of the data, or too long ago)."""
+        for digest in [self.digest, *self._seen]:
+            if combined_version(listing, digest) == version:
+                return self.changed_since(digest)
+        return None
+
     def known_digests(self) -> list[str]:
         """Digests of earlier records of these files that :meth:`changed_since` can compare with."""
         return list(self._seen)

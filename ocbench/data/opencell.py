@@ -374,12 +374,7 @@ class OpenCellDataset:
         """Image files (relative paths) whose content changed since this dataset had ``version``;
         None when ``version`` is not an earlier state of this listing that ocbench remembers (other
         items or labels, another copy of the data, or too long ago)."""
-        if version == self.version:
-            return []
-        for digest in self.content.known_digests():
-            if data_content.combined_version(self.manifest_version, digest) == version:
-                return self.content.changed_since(digest)
-        return None
+        return self.content.changed_since_version(self.manifest_version, version)
 
     # -- contents ---------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -371,12 +371,7 @@ class TableDataset:
     def files_changed_since(self, version: str) -> list[str] | None:
         """Image files (relative to the table) whose content changed since this dataset had
         ``version``; None when that is not an earlier state of this listing ocbench remembers."""
-        if version == self.version:
-            return []
-        for digest in self._content.known_digests():
-            if data_content.combined_version(self.manifest_version, digest) == version:
-                return self._content.changed_since(digest)
-        return None
+        return self._content.changed_since_version(self.manifest_version, version)
 
     # -- the item set -----------------------------------------------------------------------
     def __len__(self) -> int:
