@@ -140,10 +140,6 @@ class DataContent:
                 return self.changed_since(digest)
         return None
 
-    def known_digests(self) -> list[str]:
-        """Digests of earlier records of these files that :meth:`changed_since` can compare with."""
-        return list(self._seen)
-
 
 def _store_paths(root: Path) -> list[Path]:
     """Where the records may be kept: beside the manifest, else in the ocbench cache."""
