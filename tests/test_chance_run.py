@@ -105,3 +105,14 @@ def test_compare_says_both_collapsed(runs):
     result = compare_entries(out / f"{entries['flat-a'].key}.json", out / f"{entries['flat-b'].key}.json")
     assert "both entries collapsed" in result.verdict
     assert "warning (A): constant predictions" in result.text
+
+
+def test_cli_prints_the_warnings(runs):
+    from click.testing import CliRunner
+
+    from ocbench.cli import cli
+
+    out, entries = runs
+    result = CliRunner().invoke(cli, ["compare", str(out / f"{entries['flat-a'].key}.json"), str(out / f"{entries['pooled'].key}.json")])
+    assert result.exit_code == 0, result.output
+    assert "warning (A): constant predictions" in result.output and "entry A collapsed" in result.output
