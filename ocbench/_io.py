@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import IO, Iterator
 
+from ocbench.errors import OcbenchError
+
 #: Leftovers of writers that died without a process id in their name are removed after this long.
 STALE_AFTER_S = 24 * 3600
 
@@ -170,6 +172,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        _plain_modes(tmp)
         aside = None
         if path.exists() or path.is_symlink():
             # Move the old folder aside (one rename) rather than deleting it in place, so the
@@ -191,6 +194,26 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if _names_temp(exc, path):
             raise _naming(exc, path) from None
         raise
+
+
+def _plain_modes(folder: Path) -> None:
+    """Give the files in ``folder`` the mode a plain ``open`` would (writers such as safetensors
+    create 0600 files, which would leave a published folder unreadable to others); execute bits stay."""
+    mask = _umask()
+    for entry in folder.rglob("*"):
+        if entry.is_file() and not entry.is_symlink():
+            mode = entry.stat().st_mode & 0o777
+            os.chmod(entry, ((0o666 | (mode & 0o111)) & ~mask))
+
+
+def write_error(path: str | os.PathLike, exc: BaseException, what: str) -> OcbenchError:
+    """A failed write (disk full, read-only or vanished folder, or a library's writer reporting one
+    as a RuntimeError) as one line naming ``path`` and what it was; nothing half-written is left
+    when the write went through :func:`atomic_path` or :func:`atomic_dir`."""
+    text = str(exc).strip()
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or (text.splitlines()[0] if text else type(exc).__name__)
+    return OcbenchError(f"{path}: could not write {what} ({reason}); free space on that disk, or use another cache "
+                        "folder (ocbench --cache-dir DIR ...)")
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -89,8 +89,9 @@ def _dataset_options(default: str = "opencell"):
 
     def decorate(fn):
         fn = click.option(
-            "--min-grade", type=click.IntRange(1, 3), default=1, show_default=True,
-            help="Lowest annotation grade counted as a positive label (3 prominent, 1 weak).",
+            "--min-grade", type=int, default=None,
+            help="OpenCell reader option: lowest annotation grade counted as a positive label (3 prominent, "
+            "1 weak; default 1). Datasets without graded annotations refuse it.",
         )(fn)
         fn = click.option(
             "--annotations", type=click.Path(dir_okay=False), default=None,
@@ -99,14 +100,15 @@ def _dataset_options(default: str = "opencell"):
         fn = click.option(
             "--dataset", default=default, show_default=True,
             help="A dataset name (see `ocbench data list`: 'opencell' = where `ocbench data download opencell` "
-            "puts the real data, 'demo' = the synthetic demo, written if missing) or a folder in the OpenCell raw layout.",
+            "puts the real data, 'demo' = the synthetic demo, written if missing), a folder in the OpenCell raw layout, "
+            "or a table of your own images (.csv, .tsv, .parquet: path, label, optional group; see README).",
         )(fn)
         return fn
 
     return decorate
 
 
-def _open_dataset(dataset: str, annotations: str | None, min_grade: int):
+def _open_dataset(dataset: str, annotations: str | None, min_grade: int | None):
     """The dataset object (it carries its card and the name entries record)."""
     from ocbench.data.cards import open_dataset
 
@@ -280,7 +282,7 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
     specs = expand_grid(
         _split_list(backbones), _split_list(tasks), list(channels) or [None], _split_list(tracks), overrides
     )
-    cells = resolve_cells(specs, dataset_card_for(dataset))  # names checked before the data is opened
+    cells = resolve_cells(specs, lambda: dataset_card_for(dataset))  # names checked before the data is opened
     device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
     options = RunOptions(
@@ -320,7 +322,7 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
     device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
     # the spec as typed (a card name, or timm:/hf-hub:/local:), resolved again by the runner
-    specs = [RunSpec(backbone, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card, ds.card.channel_names)]
+    specs = [RunSpec(backbone, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card, ds.card)]
     options = RunOptions(
         output_dir=Path(output), seed=_one_seed(seed), device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, threads=threads or _available_cores(), recompute=recompute, precision=precision,
@@ -376,7 +378,9 @@ def demo(output, device, overwrite):
 @_dataset_options()
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the split, the subset, the data order and augmentations.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ... (under torchrun: each process's GPU).")
-@click.option("--workers", type=click.IntRange(0), default=4, show_default=True, help="DataLoader workers decoding and augmenting images.")
+@click.option("--workers", default="auto", show_default=True, callback=_parse_workers, metavar="N|auto",
+              help="DataLoader workers decoding and augmenting images; auto = on a GPU the cores minus one (up to 16), "
+              "none on CPU; never more than the cores.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="bf16: CUDA autocast.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch.")
 def finetune(backbone, from_scratch, channels, epochs, fraction, resume, track, split_file, overrides, dataset, annotations,
@@ -405,7 +409,7 @@ def finetune(backbone, from_scratch, channels, epochs, fraction, resume, track, 
     get_task("finetune").with_overrides(settings)  # settings checked before the data is opened
     dataset_card = dataset_card_for(dataset)
     base = resolve_backbone(backbone) if backbone else scratch_card(from_scratch, dataset_card, seed)
-    adapter = parse_channels(channels, base, dataset_card.channel_names)
+    adapter = parse_channels(channels, base, dataset_card)
     ds = _open_dataset(dataset, annotations, min_grade)
     split = split_for(ds, track, RunOptions(output_dir=Path("."), seed=seed, split_file=Path(split_file) if split_file else None))
     outcome = finetune_command(
@@ -456,12 +460,12 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
     from ocbench.data.cards import dataset_card_for
 
     card = resolve_backbone(backbone)
-    adapter = parse_channels(channels, card, dataset_card_for(dataset).channel_names)
+    adapter = parse_channels(channels, card, dataset_card_for(dataset))
     task = None
     if cells:
         from ocbench.tasks import get_task
 
-        task, _ = get_task("sc-knn").with_overrides(overrides)
+        task, _ = get_task("sc-knn").for_dataset(dataset_card_for(dataset)).with_overrides(overrides)
     elif overrides:
         raise click.UsageError("--set applies to --cells (the settings that choose the cells)")
     device = _join_ranks(device)
@@ -488,7 +492,7 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
         if export_path and _is_main_rank():
             from ocbench.data import cells as cell_data
 
-            groups = ds.manifest[ds.card.group_column].astype(str).tolist()
+            groups = [str(g) for g in ds.groups]
             path = cell_data.export_embeddings(export_path, emb.features, emb.fov_ids, ds.labels, groups, ds.card.class_names)
             click.echo(f"wrote {path}")
     m = emb.meta
@@ -528,7 +532,8 @@ def data_list():
     ]
     click.echo(tabulate(rows, headers=["name", "channels", "classes", "groups", "synthetic", "what"], tablefmt="simple",
                         maxcolwidths=[None, None, None, None, None, 60]))
-    click.echo("\n--dataset also takes a folder in the OpenCell raw layout (recorded as local:<folder name>).")
+    click.echo("\n--dataset also takes a folder in the OpenCell raw layout (recorded as local:<folder name>), or a table "
+               "of your own images (.csv, .tsv, .parquet; see `ocbench data card init`).")
 
 
 @data.command("demo")
@@ -555,6 +560,26 @@ def data_demo(root, proteins, fovs_per_protein, size, seed):
     click.echo(f"wrote demo dataset: {out} ({config.proteins} proteins x {config.fovs_per_protein} FOVs, {config.size} px)")
 
 
+@data.command("path")
+@click.argument("name")
+def data_path(name):
+    """Print the folder a dataset card's data lives in (under --cache-dir / $OCBENCH_CACHE; the demo
+    is written there on first use).
+
+    \b
+    Example:
+      ocbench data path demo
+      ocbench run --backbone classical-stats --dataset demo --task sc-knn --set cell_labels=$(ocbench data path demo)/synthetic_expert_cell_labels.csv
+    """
+    from ocbench.data.cards import get_dataset_card
+    from ocbench.errors import ConfigError
+
+    folder = get_dataset_card(name).default_folder()
+    if folder is None:
+        raise ConfigError(f"dataset {name} has no default folder; pass its folder as --dataset DIR")
+    click.echo(str(folder))
+
+
 @data.command("info")
 @_dataset_options(default="opencell")
 def data_info(dataset, annotations, min_grade):
@@ -564,10 +589,46 @@ def data_info(dataset, annotations, min_grade):
     Example:
       ocbench data info --dataset demo
     """
+    from ocbench.data.cards import resolve_dataset
+
+    source = resolve_dataset(dataset)
+    if source.card.reader == "ocbench.data.table:TableDataset":
+        from ocbench.data.table import table_report
+
+        if annotations is not None or min_grade is not None:
+            raise click.UsageError("--annotations and --min-grade are options of the OpenCell layout; a table has its labels")
+        click.echo(table_report(source.root))
+        return
     from ocbench.data.opencell import format_info
 
     ds = _open_dataset(dataset, annotations, min_grade)
     click.echo(format_info(ds.info()))
+
+
+@data.group("card", cls=_Group)
+def data_card():
+    """Dataset cards of your own tables.
+
+    \b
+    Example:
+      ocbench data card init my_images.csv
+    """
+
+
+@data_card.command("init")
+@click.argument("table", type=click.Path(dir_okay=False, exists=True))
+@click.option("--overwrite", is_flag=True, help="Write the card again over an existing one.")
+def data_card_init(table, overwrite):
+    """Write TABLE's sidecar card (<stem>.dataset.json) from what the table says, for you to edit.
+
+    \b
+    Example:
+      ocbench data card init my_images.csv
+    """
+    from ocbench.data.table import write_sidecar
+
+    path = write_sidecar(table, overwrite=overwrite)
+    click.echo(f"wrote {path}: edit its name, channel and class order, label mode, pixel size and cell diameter")
 
 
 @data.command("download")
@@ -621,9 +682,10 @@ def data_cells(dataset, annotations, min_grade, backend, overrides, cell_labels,
       ocbench data cells --dataset demo --backend classical
     """
     from ocbench.data import cells as cell_data
+    from ocbench.data.cards import dataset_card_for
     from ocbench.tasks import Progress, get_task
 
-    task, _ = get_task("sc-knn").with_overrides([f"segmentation={backend}", *overrides])
+    task, _ = get_task("sc-knn").for_dataset(dataset_card_for(dataset)).with_overrides([f"segmentation={backend}", *overrides])
     ds = _open_dataset(dataset, annotations, min_grade)
     click.echo(cell_data.cells_command(
         ds, backend=task.backend_for(ds.card), crop=task.crop_settings(), black_percentile=task.black_percentile,
@@ -673,7 +735,9 @@ def data_export(target, out_dir, split_file, repo_id, dataset, annotations, min_
     if split_file:
         from ocbench.benchmark.splits import load_split
 
-        split = load_split(split_file, manifest=ds.manifest, dataset_version=ds.version)
+        from ocbench.data.content import listing_version
+
+        split = load_split(split_file, manifest=ds, dataset_version=listing_version(ds))
     click.echo(f"wrote {export_hf(ds, out_dir, split=split, push_to_hub=repo_id)}")
 
 
@@ -923,7 +987,8 @@ def leaderboard_validate(entries):
 @click.option("--dry-run", is_flag=True, help="Print what would be uploaded; upload nothing.")
 @click.option("--allow-synthetic", is_flag=True, help="Publish entries on synthetic data (the demo) too.")
 @click.option("--allow-off-protocol", is_flag=True, help="Publish off-protocol entries too.")
-def leaderboard_publish(board_dir, repo_id, dry_run, allow_synthetic, allow_off_protocol):
+@click.option("--revision", default=None, help="Branch of the repo to commit to (default: main).")
+def leaderboard_publish(board_dir, repo_id, dry_run, allow_synthetic, allow_off_protocol, revision):
     """Upload a built board (entries and tables) to a Hugging Face dataset repo.
 
     \b
@@ -931,11 +996,17 @@ def leaderboard_publish(board_dir, repo_id, dry_run, allow_synthetic, allow_off_
       ocbench leaderboard publish board --repo-id my-org/ocbench-leaderboard --dry-run
     """
     from ocbench.leaderboard import publish
+    from ocbench.leaderboard.hub import publish_target
 
-    for line in publish(
-        board_dir, repo_id, dry_run=dry_run, allow_synthetic=allow_synthetic, allow_off_protocol=allow_off_protocol
-    ):
-        click.echo(line)
+    files = publish(
+        board_dir, repo_id, dry_run=dry_run, allow_synthetic=allow_synthetic, allow_off_protocol=allow_off_protocol,
+        revision=revision,
+    )
+    where = publish_target(repo_id, revision)
+    click.echo(f"{'dry run: would upload' if dry_run else 'uploaded'} {len(files)} files to {where}; "
+               "entries/ and plots/ files there that are not listed are deleted in the same commit:")
+    for line in files:
+        click.echo(f"  {line}")
 
 
 def _set_cache_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

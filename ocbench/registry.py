@@ -77,6 +77,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, Any] = {}  # name -> object or "module:attr" string
         self._loaded: dict[str, bool] = {}
         self._started = False
+        self._builtin: frozenset[str] = frozenset()
 
     # -- registration ---------------------------------------------------------------------------
     def register(self, name: str, obj: T | str, *, overwrite: bool = False) -> T | str:
@@ -114,25 +115,37 @@ class Registry(Generic[T]):
         self._started = True
         if self._on_first_use is not None:
             self._on_first_use()
+        self._builtin = frozenset(self._entries)  # what ocbench itself registered (named in plugin warnings)
         if self.entry_point_group:
             self._load_entry_points()
 
     def _load_entry_points(self) -> None:
+        """Register each entry point's object; every problem with one plugin is one warning that says
+        what happened to it (a broken plugin must not break every command)."""
+        import warnings
         from importlib.metadata import entry_points
 
         for ep in entry_points(group=self.entry_point_group):
+            plugin = f"plugin {ep.value!r} ({self.entry_point_group} entry point {ep.name!r})"
             try:
                 obj = ep.load()
-                if type(obj).__name__ != "module" and ep.name not in self._entries:  # a module registered itself
-                    self.register(ep.name, obj)
-            except Exception as exc:  # a broken plugin must not break every command
-                import warnings
+                if type(obj).__name__ == "module":  # a module registers its objects itself
+                    continue
+                name, note = self._plugin_name(ep.name, obj)
+                if name in self._entries and not (self._entries[name] is obj or self._entries[name] in (obj, _reference_of(obj))):
+                    taken = "a built-in" if name in self._builtin else "an already registered"
+                    message = f"{plugin} is ignored: {name!r} is {taken} {self.kind}{note}; give the plugin's {self.kind} another name"
+                else:
+                    self.register(name, obj)
+                    message = f"{plugin} is registered as {name!r}{note}; name the entry point {name!r}" if note else ""
+            except Exception as exc:
+                message = f"{plugin} failed to load: {type(exc).__name__}: {exc}; fix or uninstall it"
+            if message:
+                warnings.warn(message, stacklevel=3)
 
-                warnings.warn(
-                    f"plugin {ep.value!r} ({self.entry_point_group} entry point {ep.name!r}) failed to load: "
-                    f"{type(exc).__name__}: {exc}; fix or uninstall it",
-                    stacklevel=2,
-                )
+    def _plugin_name(self, entry_point_name: str, obj: Any) -> tuple[str, str]:
+        """``(name to register obj under, a note for the warning when that is not the entry point's name)``."""
+        return entry_point_name, ""
 
     def __contains__(self, name: object) -> bool:
         self._start()

@@ -88,7 +88,7 @@ def test_sweep_contains_the_papers_hpa_maps():
         (HPA, "protein=1,protein=2", "protein is given twice"),
         (RGB, "protein=X,nucleus=B", "unknown input channel 'X' for tiny-vit-random"),
         (RGB, "natural", "preset 'natural' needs input channels named protein and nucleus"),
-        (HPA, "imagenet-best", "preset 'imagenet-best' needs RGB input channels"),
+        (HPA, "imagenet-best", "preset 'imagenet-best' (protein->G, nucleus->B) needs input channels named G, B"),
         (HPA, "natrual", "not understood; did you mean natural?"),
         (HPA, "sweep", "not understood"),
         (HPA, "map:replicate", "replicate is a strategy of its own"),
@@ -185,7 +185,7 @@ def test_three_channel_errors_name_the_datasets_channels():
         parse_channels("protein=1,membrane=1", HPA, THREE)
     with pytest.raises(Exception, match=r"expects \(N, 3, H, W\) in order protein, nucleus, membrane"):
         parse_channels("replicate", HPA, THREE).apply(torch.zeros(1, 2, 4, 4))
-    with pytest.raises(ConfigError, match="preset 'imagenet-best' places protein and nucleus"):
+    with pytest.raises(ConfigError, match="preset 'imagenet-best' places protein and nucleus; the dataset's channels are"):
         parse_channels("imagenet-best", RGB, ("dapi", "gfp"))
 
 

@@ -77,3 +77,18 @@ def test_a_plain_callable_and_a_wrong_feature_dim(module_cache, tmp_path):
     with pytest.raises(DataError, match=r"expected \(\d+, 4\)"):
         ocbench.evaluate(features, card=tiny_card(name="mylab-fn4", feature_dim=4), task="fov-linear",
                          dataset="demo", output_dir=tmp_path, overrides=FAST, device="cpu")
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda x: torch.complex(x.mean(dim=(2, 3)) @ torch.ones(3, 8), torch.ones(x.shape[0], 8)), ["complex values", "real-valued"]),
+    (lambda x: (x.mean(dim=(2, 3)) @ torch.ones(3, 8), None), ["returned a tuple", "model(x)[0]"]),
+])
+def test_complex_or_tuple_output_is_one_line_saying_what_to_return(module_cache, tmp_path, make, words):
+    """Complex features were silently made real (with a warning); a tuple gave a torch error."""
+    with pytest.raises(DataError) as info:
+        ocbench.evaluate(make, card=tiny_card(name="mylab-odd"), task="fov-linear", dataset="demo",
+                         output_dir=tmp_path, overrides=FAST, device="cpu")
+    message = str(info.value)
+    assert "\n" not in message and "mylab-odd" in message
+    for word in words + ["must return", ", 8)"]:
+        assert word in message, message

@@ -35,7 +35,7 @@ class FileDataset:
     def __init__(self, root: Path, n: int = 10, size: int = 8, channels: tuple[str, ...] = ("protein", "nucleus")):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.fov_ids = [f"item{i:03d}" for i in range(n)]
+        self.ids = [f"item{i:03d}" for i in range(n)]
         self.version = "v1"
         self.size = size
         self.card = SimpleNamespace(channel_names=channels)
@@ -43,10 +43,10 @@ class FileDataset:
             self.write(i, 100 * i + 1)
 
     def __len__(self) -> int:
-        return len(self.fov_ids)
+        return len(self.ids)
 
     def path(self, i: int) -> Path:
-        return self.root / f"{self.fov_ids[i]}.raw"
+        return self.root / f"{self.ids[i]}.raw"
 
     def write(self, i: int, value: int, keep_times: bool = False) -> None:
         path = self.path(i)
@@ -190,7 +190,7 @@ def test_demo_tiff_overwritten_with_zeros_is_not_a_cache_hit(tmp_path, monkeypat
 
 def test_dataset_without_files_is_not_content_checked(tmp_path):
     class InMemory:
-        fov_ids = [f"m{i}" for i in range(4)]
+        ids = [f"m{i}" for i in range(4)]
         version = "mem"
 
         def __len__(self):

@@ -49,7 +49,7 @@ def test_split_writes_a_valid_protein_split(runner, demo_root, tmp_path):
     from ocbench.data.opencell import OpenCellDataset
 
     ds = OpenCellDataset(demo_root)
-    split = load_split(out, manifest=ds.manifest, dataset_version=ds.version)
+    split = load_split(out, manifest=ds.manifest, dataset_version=ds.manifest_version)  # made for the listing
     ensg = dict(zip(ds.manifest.fov_id, ds.manifest.ensg))
     assert not {ensg[i] for i in split.test} & {ensg[i] for i in split.train_ids}
 
@@ -122,7 +122,7 @@ def test_wrong_channel_count_is_one_line(runner, demo_root):
 
 
 def test_data_cells_checks_expert_labels_given_either_way(runner, demo_root, tmp_path):
-    pytest.importorskip("skimage", reason="the classical segmentation backend needs scikit-image (pip install 'ocbench[singlecell]')")
+    pytest.importorskip("skimage", reason="the classical segmentation backend needs scikit-image (pip install 'ocbench[cells]')")
     from ocbench.data.demo import EXPERT_CELL_LABELS_FILE
 
     expert = demo_root / EXPERT_CELL_LABELS_FILE

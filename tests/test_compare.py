@@ -160,10 +160,12 @@ def test_several_seeds_are_aggregated_and_labelled(tmp_path):
 
 def test_critical_difference_across_tables(tmp_path):
     folder = tmp_path / "entries"
-    for t, (task, track) in enumerate([("fov-mlp", "paper"), ("fov-mlp", "protein"), ("fov-linear", "paper"), ("fov-linear", "protein")]):
+    # the same task on four different datasets (different images): independent tables
+    for t, dataset in enumerate(["data-a", "data-b", "data-c", "data-d"]):
         for name, base in (("model-a", 0.80), ("model-b", 0.75 + 0.001 * t), ("model-c", 0.70)):
-            write_entry(example_entry_dict(name, task=task, track=track, val_folds=[base, base + 0.01, base - 0.01, base, base]), folder)
-    write_entry(example_entry_dict("model-d", val_folds=[0.5] * 5), folder)  # on one table only
+            write_entry(example_entry_dict(name, dataset_name=dataset, val_folds=[base, base + 0.01, base - 0.01, base, base]),
+                        folder / dataset)
+    write_entry(example_entry_dict("model-d", dataset_name="data-a", val_folds=[0.5] * 5), folder / "data-a")  # on one table only
     report = build_board([folder], tmp_path / "board", include_reported=False)
     cd = report.board.critical_difference
     assert cd.result.names == ("model-a", "model-b", "model-c") and cd.result.average_ranks == pytest.approx((1, 2, 3))

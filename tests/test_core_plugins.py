@@ -195,3 +195,44 @@ def test_a_plugin_entry_point_that_fails_its_check_only_warns(tmp_path, monkeypa
     with pytest.warns(UserWarning, match="failed to load"):
         assert reg.names() == ["good"]
     assert reg.get("good") == ("gadget",)
+
+
+def test_a_plugin_named_like_a_builtin_is_one_warning_saying_it_is_ignored(tmp_path, monkeypatch):
+    """It was ignored silently."""
+    import warnings
+
+    _installed_plugin(tmp_path, monkeypatch, "ocbench_shadow_plugin", "ocbench.shadows",
+                      "alpha = shadow_ep_mod:ALPHA", "shadow_ep_mod", "ALPHA = ('not the built-in',)\n")
+    reg = Registry("gadget", entry_point_group="ocbench.shadows",
+                   on_first_use=lambda: reg.register("alpha", ("built-in",)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert reg.get("alpha") == ("built-in",)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "is ignored" in messages[0] and "'alpha' is a built-in gadget" in messages[0], messages
+
+
+def test_a_backbone_entry_point_named_unlike_its_card_is_one_warning(tmp_path, monkeypatch):
+    """It gave two warnings: 'registered as X', then 'failed to load' (X was taken)."""
+    import warnings
+
+    from ocbench.backbones.cards import _BackboneRegistry, _check_card
+
+    code = ("import dataclasses\nfrom ocbench.backbones.cards import BACKBONES\n"
+            "MINE = dataclasses.replace(BACKBONES.get('tiny-vit-random'), name='mine-vit', init_seed=7)\n"
+            "TAKEN = dataclasses.replace(BACKBONES.get('tiny-vit-random'), init_seed=8)\n")
+    _installed_plugin(tmp_path, monkeypatch, "ocbench_card_plugin", "ocbench.cardtest",
+                      "other-name = card_ep_mod:MINE\ncopy = card_ep_mod:TAKEN", "card_ep_mod", code)
+    from ocbench.backbones.cards import BACKBONES
+
+    builtin = BACKBONES.get("tiny-vit-random")
+    reg = _BackboneRegistry("backbone", entry_point_group="ocbench.cardtest", check=_check_card,
+                            on_first_use=lambda: reg.register(builtin.name, builtin))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert reg.get("mine-vit").init_seed == 7 and reg.get("tiny-vit-random") is builtin
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2, messages  # one per entry point
+    renamed, ignored = messages  # sorted by the plugin's value: MINE, TAKEN
+    assert "entry point 'copy'" in ignored and "is ignored" in ignored and "'tiny-vit-random' is a built-in backbone" in ignored
+    assert "entry point 'other-name'" in renamed and "registered as 'mine-vit'" in renamed and "failed" not in renamed

@@ -27,17 +27,17 @@ class FakeDataset:
     """Stands in for OpenCellDataset: ids, version, read(i) -> (2,H,W) uint16."""
 
     def __init__(self, n: int = 10, size: int = 8, version: str = "v1", bad_index: int | None = None):
-        self.fov_ids = [f"OC-FOV_G{i:02d}_ENSG{i:011d}_CID000001_FID{i:08d}" for i in range(n)]
+        self.ids = [f"OC-FOV_G{i:02d}_ENSG{i:011d}_CID000001_FID{i:08d}" for i in range(n)]
         self.version = version
         self.size = size
         self.bad_index = bad_index
 
     def __len__(self) -> int:
-        return len(self.fov_ids)
+        return len(self.ids)
 
     def read(self, i: int) -> np.ndarray:
         if i == self.bad_index:
-            raise DataError(f"image {self.fov_ids[i]}.tif is not a 2-channel uint16 TIFF; re-download it")
+            raise DataError(f"image {self.ids[i]}.tif is not a 2-channel uint16 TIFF; re-download it")
         image = np.empty((2, self.size, self.size), dtype=np.uint16)
         image[0] = 100 * i + 1  # protein: identifies the FOV
         image[1] = 7  # nucleus
@@ -122,14 +122,14 @@ def test_extract_writes_shards_and_manifest_in_dataset_order(tmp_path):
     out = run(ds, backbone, tmp_path, batch_size=3)
     np.testing.assert_array_equal(out.features, expected_features(10))
     assert out.features.dtype == np.float32
-    assert out.fov_ids == ds.fov_ids
+    assert out.fov_ids == ds.ids
     key_dir = tmp_path / out.key
     # shard_size 4 over 10 FOVs -> 3 shards; batches of 3 never straddle a shard: 2+2+1... per shard
     assert shard_files(key_dir) == ["shard-00000000.safetensors", "shard-00000004.safetensors", "shard-00000008.safetensors"]
     assert backbone.calls == 2 + 2 + 1
     manifest = json.loads((key_dir / "manifest.json").read_text())
     assert [s["start"] for s in manifest["shards"]] == [0, 4, 8]
-    assert manifest["fov_ids"] == ds.fov_ids
+    assert manifest["fov_ids"] == ds.ids
     meta = out.meta
     assert meta["backbone"] == "fake-net" and meta["adapter"] == "map-p0"
     assert meta["weights_sha256"] == "ab" * 32 and meta["preprocess"] == "scale-p99"

@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from ocbench.benchmark.splits import Split
+from ocbench.data.content import listing_version
 from ocbench.data.compartments import CHANNELS, COMPARTMENTS, RAW_CHANNEL_INDEX
 from ocbench.data.export import export_hf
 from ocbench.data.layout import FovName
@@ -58,7 +59,7 @@ def small_split(ds, dataset_version=None):
     return Split(
         track="paper",
         seed=0,
-        dataset_version=dataset_version or ds.version,
+        dataset_version=dataset_version or listing_version(ds),  # a split is made for the listing
         test=(ids[0],),
         folds=((ids[1],), (ids[2],), (), (), ()),
     )

@@ -190,7 +190,7 @@ def test_crop_dataset_refuses_test_fovs():
     from ocbench.tasks.finetune import scratch_card
 
     class Data:
-        fov_ids = ["a", "b", "c"]
+        ids = ["a", "b", "c"]
         card = type("C", (), {"channel_names": ("protein", "nucleus")})()
 
         def read(self, i):

@@ -12,7 +12,7 @@ from ocbench.benchmark.entry import entry_from_dict
 from ocbench.cli import cli
 from ocbench.errors import DataError
 from ocbench.leaderboard import build_board, collect_entries, validate_entries
-from ocbench.leaderboard.examples import example_entry_dict, write_example_with_predictions
+from ocbench.leaderboard.examples import example_entry_dict, recompute_aggregates, write_example_with_predictions
 from ocbench.leaderboard.formatting import WEIGHTS_UNVERIFIED
 from ocbench.leaderboard.summary import format_run_table
 from ocbench.leaderboard.tables import build_tables
@@ -50,9 +50,9 @@ def test_scores_edited_after_the_run_are_refused_because_the_predictions_disagre
     path = _write(tmp_path / "entries")
     assert validate_entries(tmp_path / "entries") == []
 
-    def inflate(data):
-        s = data["scores"]["test"]["macro_f1"]
-        s.update(values=[0.9] * len(s["values"]), mean=0.9, std=0.0)
+    def inflate(data):  # edited consistently with its per-class rows: only the predictions can tell
+        data["per_class_values"]["test"]["f1"] = [[0.9] * len(row) for row in data["per_class_values"]["test"]["f1"]]
+        s = recompute_aggregates(data)["scores"]["test"]["macro_f1"]
         s["interval"].update(estimate=0.9, low=0.88, high=0.92)
 
     _edit(path, inflate)
@@ -79,10 +79,11 @@ def test_damaged_predictions_hide_the_recorded_interval_and_validate_says_so(tmp
 def test_compare_refuses_an_entry_whose_scores_disagree_with_its_predictions(tmp_path):
     a = _write(tmp_path / "a")
     b = _write(tmp_path / "b", backbone="tiny-vit-random")
-    _edit(b, lambda d: d["scores"]["test"]["macro_f1"].update(
-        values=[v + 0.05 for v in d["scores"]["test"]["macro_f1"]["values"]],
-        mean=d["scores"]["test"]["macro_f1"]["mean"] + 0.05,
-    ) or d["scores"]["test"]["macro_f1"].pop("interval"))
+    def raise_test_scores(d):  # every per-class test score +0.05, the aggregates with them, no interval
+        d["per_class_values"]["test"]["f1"] = [[v + 0.05 for v in row] for row in d["per_class_values"]["test"]["f1"]]
+        recompute_aggregates(d)["scores"]["test"]["macro_f1"].pop("interval")
+
+    _edit(b, raise_test_scores)
     result = CliRunner().invoke(cli, ["compare", str(a), str(b)])
     assert result.exit_code == 2, result.output
     assert "kept predictions give" in result.output and "Traceback" not in result.output

@@ -94,7 +94,7 @@ def test_axis_entry_is_ranked_at_its_main_point_with_a_sweep(tmp_path):
     assert "0.710 ± 0.016 \\*" in md  # the ranked value is marked
     html = (out / "index.html").read_text()
     assert f'id="{table.id}-axis"' in html
-    assert f'<img src="plots/axis__{table.id}.png"' in html
+    assert f'<figure data-plot="axis__{table.id}.png"><img src="data:image/png;base64,' in html  # inlined
     assert (out / "plots" / f"axis__{table.id}.png").read_bytes()[:4] == b"\x89PNG"
     assert report.n_tables == 1
 

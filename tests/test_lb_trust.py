@@ -17,7 +17,7 @@ from ocbench.benchmark.entry import entry_from_dict, write_entry
 from ocbench.errors import ConfigError, DataError
 from ocbench.leaderboard import build_board, collect_entries, publish, validate_entries
 from ocbench.leaderboard.build import MANIFEST, remove_stale_builds
-from ocbench.leaderboard.examples import example_entry_dict
+from ocbench.leaderboard.examples import example_entry_dict, recompute_aggregates
 from ocbench.leaderboard.formatting import WEIGHTS_UNVERIFIED
 from ocbench.leaderboard.summary import format_run_table
 from ocbench.leaderboard.tables import best_per_class, build_tables
@@ -137,9 +137,9 @@ def test_html_shows_the_plots_beside_their_tables(tmp_path):
     table_id = report.board.tables[0].id
     html = (tmp_path / "board" / "index.html").read_text()
     section = html.split(f'<section id="s-{table_id}"', 1)[1].split("</section>", 1)[0]
-    assert f'<img src="plots/channel_sweep__{table_id}.png"' in section
-    assert f'<img src="plots/per_class_f1__{table_id}.png"' in section
-    assert '<img src="plots/finetune_fraction.png"' in html
+    assert f'<figure data-plot="channel_sweep__{table_id}.png"><img src="data:image/png;base64,' in section
+    assert f'<figure data-plot="per_class_f1__{table_id}.png"><img src="data:image/png;base64,' in section
+    assert '<figure data-plot="finetune_fraction.png"><img src="data:image/png;base64,' in html
     md = (tmp_path / "board" / "LEADERBOARD.md").read_text()
     assert f"](plots/channel_sweep__{table_id}.png)" in md and "![" in md
 
@@ -171,6 +171,7 @@ def test_best_per_class_awards_nobody_for_a_zero_or_tied_top(tmp_path):
     other["per_class"]["val"]["f1"]["membrane"] = 0.0
     for row in other["per_class_values"]["val"]["f1"]:
         row[0] = 0.0
+    recompute_aggregates(zero), recompute_aggregates(other)  # the fold scores follow their per-class rows
     board = build_tables(collect_entries(_entries(tmp_path, zero, other)).entries, include_reported=False)
     best = {b.class_name: b for b in best_per_class(board.tables[0])}
     assert best["membrane"].best is None and "best score is 0" in best["membrane"].note
@@ -191,6 +192,7 @@ def test_best_per_class_needs_a_separated_top(tmp_path):
         row[2] = flip[k]
     a["per_class"]["val"]["f1"]["er"] = 0.8
     b["per_class"]["val"]["f1"]["er"] = sum(flip) / 5
+    recompute_aggregates(a), recompute_aggregates(b)  # the fold scores follow their per-class rows
     board = build_tables(collect_entries(_entries(tmp_path, a, b)).entries, include_reported=False)
     best = {x.class_name: x for x in best_per_class(board.tables[0])}
     assert best["er"].best is None and "cannot separate" in best["er"].note

@@ -59,8 +59,10 @@ class _Tables(HTMLParser):
             self._in_body = True
         elif tag == "tr" and self._in_body:
             self._row = (attrs, [])
+            attrs["_values"] = []  # each cell's data-value (the backbone cell also shows channels and markers)
         elif tag == "td" and self._row is not None:
             self._cell = []
+            self._row[0]["_values"].append(attrs.get("data-value"))
         elif tag == "details":
             self._details_depth += 1
 
@@ -121,7 +123,7 @@ def board(tmp_path_factory):
 
 
 def _backbones(rows):
-    return [cells[1].replace("reported", "").strip() for _, cells in rows]
+    return [attrs["_values"][1] for attrs, _ in rows]
 
 
 def test_table_renders_all_rows(board, tmp_path):
@@ -144,20 +146,82 @@ def test_clicking_headers_sorts(board, tmp_path):
 
     dom = _dom(page, f"#sort=score{scope}", tmp_path)  # one click on a score: best first
     assert dom.body_attrs["data-sort-state"] == f"{table_id}:score:descending"
-    values = [float(cells[3].split(" ")[0]) for _, cells in dom.tables[table_id]]
+    values = [float(cells[2].split(" ")[0]) for _, cells in dom.tables[table_id]]
     assert values == sorted(values, reverse=True)
 
     dom = _dom(page, f"#sort=score,score{scope}", tmp_path)  # a second click reverses
     assert dom.body_attrs["data-sort-state"] == f"{table_id}:score:ascending"
-    values = [float(cells[3].split(" ")[0]) for _, cells in dom.tables[table_id]]
+    values = [float(cells[2].split(" ")[0]) for _, cells in dom.tables[table_id]]
     assert values == sorted(values)
     assert _backbones(dom.tables[table_id])[0] == "model-b"
 
     dom = _dom(page, f"#sort=test{scope}", tmp_path)  # rows without a test score go last
-    test_cells = [cells[4] for _, cells in dom.tables[table_id]]
+    test_cells = [cells[3] for _, cells in dom.tables[table_id]]
     assert all(test_cells[:4]) and not any(test_cells[4:])
     assert _backbones(dom.tables[table_id])[:4] == ["model-a", "model-d", "model-c", "model-b"]
 
     dom = _dom(page, f"#sort=backbone{scope}", tmp_path)  # text columns sort A to Z
     names = _backbones(dom.tables[table_id])
     assert names == sorted(names, key=str.lower)
+
+
+_MEASURE = r"""
+<script>
+window.addEventListener('load', function () {
+  var width = document.documentElement.clientWidth, out = [];
+  document.querySelectorAll('table.board').forEach(function (table) {
+    table.querySelectorAll('tbody tr').forEach(function (tr) {
+      var td = tr.querySelector('td.col-interval');
+      if (!td || !td.textContent.trim() || td.textContent.trim() === '—') { return; }
+      var r = td.getBoundingClientRect();
+      out.push(table.id + '|' + td.textContent.trim() + '|' + Math.round(r.left) + '|' + Math.round(r.right));
+    });
+  });
+  var pre = document.createElement('pre');
+  pre.id = 'measured';
+  pre.setAttribute('data-width', width);
+  pre.setAttribute('data-scroll', document.documentElement.scrollWidth);
+  pre.textContent = out.join('\n');
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+def test_every_interval_is_visible_at_1280_px_without_scrolling(tmp_path):
+    """A board with long names, several flags and a notes-heavy row: at 1,280 px each row's 95%
+    interval lies inside the window, and the page does not scroll sideways."""
+    import re
+
+    from ocbench.leaderboard.examples import write_example_with_predictions
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 17)) < 0.3).astype(np.uint8)
+    names = ["classical-stats", "hpa-fov-vitb8.ft-opencell-f1.0-0123456789abcdef", "imagenet-dino-vitb8", "tiny-vit-random"]
+    for i, name in enumerate(names):
+        p = np.where(rng.random((5, 60, 17)) < 0.9 - 0.1 * i, y, 1 - y).astype(np.uint8)
+        write_example_with_predictions(
+            tmp_path / "entries", name, y, p, [f"protein{k // 3}" for k in range(60)], n_resamples=200,
+            class_names=[f"class{c}" for c in range(17)], precision="bf16" if i == 1 else "fp32",
+            not_zero_shot=["trained on OpenCell images by ocbench finetune, with a long explanation of why"] if i == 1 else [],
+            weights_verified=False if i == 2 else None,
+        )
+    build_board([tmp_path / "entries"], tmp_path / "board", include_reported=False, plots=False)
+    page = tmp_path / "board" / "index.html"
+    measured = tmp_path / "measured.html"
+    measured.write_text(page.read_text().replace("</body>", _MEASURE + "</body>"))
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+               "--window-size=1280,900", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000",
+               "--dump-dom", measured.resolve().as_uri()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = re.search(r'<pre id="measured" data-width="(\d+)" data-scroll="(\d+)">(.*?)</pre>', result.stdout, re.S)
+    assert found, result.stdout[-2000:]
+    width, scroll = int(found.group(1)), int(found.group(2))
+    cells = [line.split("|") for line in found.group(3).strip().splitlines()]
+    assert 1200 <= width <= 1280 and scroll <= width  # no sideways scrolling
+    assert len(cells) == len(names)  # every row has an interval
+    for table_id, text, left, right in cells:
+        assert re.fullmatch(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]", text), text
+        assert 0 <= int(left) and int(right) <= width, (text, left, right, width)

@@ -118,7 +118,8 @@ def test_manifest_saved_version_is_its_sha256_and_independent_of_location(root, 
     ds = dataset(root)
     saved = (root / MANIFEST_NAME).read_bytes()
     assert ds.manifest_path == root / MANIFEST_NAME
-    assert ds.version == hashlib.sha256(saved).hexdigest()
+    assert ds.manifest_version == hashlib.sha256(saved).hexdigest()
+    assert ds.version != ds.manifest_version  # the version covers the images' content too
     assert b"/tmp" not in saved and str(tmp_path).encode() not in saved  # relative paths only
     moved = tmp_path / "elsewhere"
     shutil.copytree(root, moved)

@@ -43,8 +43,12 @@ class FakeDataset:
         self.brightness = [1000] * len(grades)
 
     @property
-    def fov_ids(self):
+    def ids(self):
         return self.manifest["fov_id"].tolist()
+
+    @property
+    def groups(self):
+        return self.manifest["ensg"].to_numpy()
 
     @property
     def labels(self):
@@ -145,8 +149,13 @@ LAYOUTS = [
 GRADES = [{"nucleoplasm": 3, "cytoplasmic": 2}, {"er": 2}, {"golgi": 3, "big_aggregates": 1}]
 
 
+#: sc-knn's weak-label policy on OpenCell (from the OpenCell card's task defaults)
+OPENCELL_POLICY = C.LabelPolicy(grade=3, omit_fovs_with=("big_aggregates",))
+
+
 def _prepare(dataset, backend, order, **kwargs):
     order[:] = [i for i in range(len(dataset))]
+    kwargs.setdefault("labels", OPENCELL_POLICY)
     return C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0), **kwargs)
 
 
@@ -165,7 +174,7 @@ def test_black_pixel_filter_drops_the_fragments(cache):
     assert all("percentile" in why for why in table.cells.loc[~table.kept, "dropped"])
     # 99.7 on nine cells: only the most extreme crop goes.
     order[:] = []
-    assert C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0)).meta["n_dropped"] == 1
+    assert C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0), labels=OPENCELL_POLICY).meta["n_dropped"] == 1
 
 
 def test_masks_are_saved_reused_and_a_killed_run_resumes(cache):
@@ -180,13 +189,13 @@ def test_masks_are_saved_reused_and_a_killed_run_resumes(cache):
     pd.testing.assert_frame_equal(second.cells, first.cells)
     masks[1].unlink()  # as if the run had been killed before FOV 1's mask was written
     order[:] = [1]
-    third = C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0))
+    third = C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0), labels=OPENCELL_POLICY)
     assert calls == [0, 1, 2, 1]
     pd.testing.assert_frame_equal(third.cells, first.cells)
     # A FOV whose pixels changed is segmented again (no file here: the pixels' sha256 is the check).
     dataset.brightness[2] = 900
     order[:] = [2]
-    C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0))
+    C.prepare_cells(dataset, backend, crop=C.CropSettings(16, 2.0), labels=OPENCELL_POLICY)
     assert calls == [0, 1, 2, 1, 2]
     # Other settings: another store.
     other, other_calls, other_order = _backend_for(dataset, tag="v2")
@@ -317,3 +326,24 @@ def test_backend_names_and_settings():
         C.get_backend("classical", diameter=3)
     with pytest.raises(ConfigError, match="no 'dapi' channel"):
         C.get_backend("classical", nucleus_channel="dapi").check_channels(("protein", "nucleus"))
+
+
+def test_damaged_cell_label_files_are_one_line_naming_the_file_and_line(cache, tmp_path):
+    """Not UTF-8, or a field over csv's 131,072-character limit, were tracebacks; the same point listed
+    twice was counted as "2 in merged cells"."""
+    dataset = FakeDataset(LAYOUTS, GRADES)
+    backend, calls, order = _backend_for(dataset)
+    table = _prepare(dataset, backend, order)
+    bad = tmp_path / "labels.csv"
+    for body, fragments in [
+        (b"cell_id,labels\nFOV00#c0002,nucleoplasm\nFOV01#c0001,\xe9r\n", ["line 3", "not UTF-8"]),
+        (b"cell_id,labels\nFOV00#c0002,nucleoplasm\nFOV01#c0001," + b"x" * 200_000 + b"\n", ["line 3", "131,072 characters"]),
+        (b"fov_id,y,x,labels\nFOV00,27,29,er\nFOV02,16,14,golgi\nFOV00,27.0,29.0,er\n", ["line 4", "duplicate of line 2"]),
+    ]:
+        bad.write_bytes(body)
+        with pytest.raises(DataError) as info:
+            C.read_cell_labels(bad, table)
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(f"{bad}: "), message
+        for fragment in fragments:
+            assert fragment in message, message

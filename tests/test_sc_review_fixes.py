@@ -23,7 +23,7 @@ SMALL = ["--set", "crop_size=48", "--set", "ks=1,3", "--set", "main_k=3"]
 
 @pytest.fixture(scope="module")
 def demo(module_cache, tmp_path_factory):
-    pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image (pip install 'ocbench[singlecell]')")
+    pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image (pip install 'ocbench[cells]')")
     return open_dataset(str(labelled_demo(tmp_path_factory.mktemp("data") / "demo", proteins=8, fovs_per_protein=2, size=96)))
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("skimage", reason="the classical segmentation backend needs scikit-image (pip install 'ocbench[singlecell]')")
+pytest.importorskip("skimage", reason="the classical segmentation backend needs scikit-image (pip install 'ocbench[cells]')")
 
 from ocbench.data import cells as C  # noqa: E402
 from ocbench.data import demo  # noqa: E402

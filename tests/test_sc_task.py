@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image (pip install 'ocbench[singlecell]')")
+pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image (pip install 'ocbench[cells]')")
 
 from demo_data import labelled_demo  # noqa: E402
 from ocbench.benchmark.entry import load_entry  # noqa: E402
@@ -64,12 +64,15 @@ def test_cells_table_contact_sheet_and_export_on_the_demo(demo_dataset, module_c
     evaluation = C.evaluation_set(demo_dataset, table)
     card = get_card("classical-stats")
     embeddings = extract_embeddings(evaluation.crops, card, parse_channels(None, card), device="cpu", progress=False)
-    path = C.export_embeddings(tmp_path / "cells.npz", embeddings.features, embeddings.fov_ids, evaluation.labels,
-                               evaluation.groups, demo_dataset.card.class_names)
+    path = C.export_cell_embeddings(tmp_path / "cells.npz", evaluation, embeddings)
     with np.load(path) as z:
         assert z["features"].shape == (len(evaluation), card.feature_dim)
         assert z["ids"].tolist() == evaluation.ids and z["labels"].shape == (len(evaluation), 17)
-        assert set(z["groups"]) <= set(demo_dataset.fov_ids)
+        # groups: each cell's protein (what grouped splits and intervals go by); fovs: its FOV
+        protein_of_fov = dict(zip(demo_dataset.fov_ids, demo_dataset.manifest[demo_dataset.card.group_column].astype(str)))
+        assert z["fovs"].tolist() == [str(f) for f in evaluation.groups] and set(z["fovs"]) <= set(demo_dataset.fov_ids)
+        assert z["groups"].tolist() == [protein_of_fov[f] for f in z["fovs"]]
+        assert len(set(z["groups"])) < len(set(z["fovs"]))  # 2 FOVs per protein
 
 
 def test_cells_command_and_expert_labels_on_the_demo(demo_dataset, module_cache, tmp_path):

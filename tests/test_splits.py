@@ -159,13 +159,19 @@ def test_saved_file_is_canonical_and_its_sha256_is_the_split_id(manifest, tmp_pa
 
 
 def test_dataset_object_gives_its_version(manifest, tmp_path):
-    class FakeDataset:
+    from ocbench.data.cards import OPENCELL
+
+    class FakeDataset:  # an item set (ocbench.data.base.ItemSet) as far as splits look
         def __init__(self) -> None:
-            self.manifest = manifest
+            self.card = OPENCELL
+            self.ids = manifest["fov_id"].tolist()
+            self.groups = manifest["ensg"].to_numpy()
+            self.labels = manifest[[f"label_{c}" for c in COMPARTMENTS]].to_numpy()
             self.version = "v" * 64
             self.root = tmp_path
 
     split, path = write_split(FakeDataset(), track="paper", seed=2)
+    assert split == make_split(manifest, track="paper", seed=2, dataset_version="v" * 64)  # the same frame
     assert split.dataset_version == "v" * 64
     assert path == tmp_path / "splits" / "paper-seed2.json"
     assert load_split(path, FakeDataset(), dataset_version="v" * 64) == split

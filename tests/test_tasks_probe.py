@@ -54,7 +54,7 @@ def problem():
 
 @pytest.fixture(scope="module")
 def mlp_result(problem):
-    return fast_task("fov-mlp").run(*problem, seed=0, progress=False)
+    return fast_task("fov-mlp").run(*problem, seed=0, progress=False, class_names=COMPARTMENTS)
 
 
 # -- registry and config ------------------------------------------------------------------------
@@ -330,7 +330,7 @@ def test_nan_features_are_rejected(problem):
 )
 def test_inconsistent_inputs_are_rejected(problem, mutate, message):
     with pytest.raises(DataError, match=message):
-        fast_task("fov-linear").run(*mutate(*problem), progress=False)
+        fast_task("fov-linear").run(*mutate(*problem), progress=False, class_names=COMPARTMENTS)
 
 
 def test_bad_seed_or_device_is_a_config_error(problem):

@@ -9,13 +9,14 @@ Channel specs (``--channels``)::
 
     replicate
     natural                  every dataset channel into the input channel of the same name (HPA: 1, 2)
-    imagenet-best            protein -> G, nucleus -> B (RGB cards; alias best-imagenet)
+    imagenet-best            the dataset card's map for RGB models (OpenCell: protein -> G, nucleus -> B;
+                             alias best-imagenet); a card may name other presets too
     protein=1,nucleus=2      explicit; a target is a 0-based index, an input channel name or letter
     map:<any of the above maps>
 
 The form of a spec is checked by :func:`ocbench.backbones.specs.parse_channel_spec`; here it is
-resolved against a card (which input index a name or letter is) and the dataset's channel names
-(``channels``, default OpenCell's :data:`~ocbench.data.compartments.CHANNELS`).
+resolved against a card (which input index a name or letter is) and the dataset: its card (channel
+names and presets), or a bare tuple of channel names (default: the OpenCell card's).
 
 :func:`sweep_adapters` lists every injective map. Keys (``map-p1-n2``, ``replicate``) use indices
 and a short unique prefix of each channel name (OpenCell: ``p``, ``n``), so the same placement
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ocbench.backbones.card import BackboneCard, channel_aliases
 from ocbench.backbones.specs import CHANNEL_PRESETS, CHANNEL_STRATEGIES, parse_channel_spec, spec_channel_names
-from ocbench.data.compartments import CHANNELS
+from ocbench.data.cards import OPENCELL, DatasetCard
 from ocbench.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,7 +87,7 @@ class ChannelAdapter:
     #: The preset it was written as, if any (informational: not part of the key).
     preset: str | None = None
     #: The dataset's channel names, in the order its images hold them.
-    channels: tuple[str, ...] = CHANNELS
+    channels: tuple[str, ...] = OPENCELL.channel_names
 
     @property
     def n_views(self) -> int:
@@ -153,7 +154,20 @@ def _card_channels(card: BackboneCard) -> str:
     )
 
 
-def _preset_targets(preset: str, card: BackboneCard, channels: tuple[str, ...]) -> tuple[int | None, ...]:
+#: What a dataset is to an adapter: its card, or a bare tuple of its channel names.
+DatasetChannels = DatasetCard | tuple[str, ...]
+
+
+def _dataset_channels(dataset: DatasetChannels) -> tuple[tuple[str, ...], dict[str, dict[str, str]]]:
+    """Channel names and channel presets of ``dataset``. A bare tuple of names gets the OpenCell
+    card's presets (each applies only where the dataset has the channels it places)."""
+    if isinstance(dataset, DatasetCard):
+        return _check_channels(dataset.channel_names), dict(dataset.channel_presets)
+    return _check_channels(tuple(dataset)), dict(OPENCELL.channel_presets)
+
+
+def _preset_targets(preset: str, card: BackboneCard, channels: tuple[str, ...],
+                    presets: dict[str, dict[str, str]]) -> tuple[int | None, ...]:
     """Input indices for a preset on this card and dataset, or ConfigError saying why it does not apply."""
     upper = [name.upper() for name in card.input_channels]
     lowered = [name.lower() for name in channels]
@@ -164,28 +178,35 @@ def _preset_targets(preset: str, card: BackboneCard, channels: tuple[str, ...]) 
             f"channel preset 'natural' needs input channels named {_words(channels)}; {card.name} has "
             f"{_card_channels(card)}: use replicate or an explicit map such as {channels[0]}=0"
         )
-    # imagenet-best: the paper's best map for RGB models, protein -> G, nucleus -> B
-    if upper != ["R", "G", "B"]:
+    mapping = {name.lower(): token for name, token in presets.get(preset, {}).items()}
+    if not mapping:
         raise ConfigError(
-            f"channel preset '{preset}' needs RGB input channels; {card.name} has {_card_channels(card)}: "
-            f"use replicate or an explicit map such as {channels[0]}=0"
+            f"channel preset '{preset}' is not defined for this dataset (its card defines "
+            f"{', '.join(['natural', *presets]) }): use replicate or an explicit map such as {channels[0]}=0"
         )
-    if not {"protein", "nucleus"} <= set(lowered):
+    missing = [name for name in mapping if name not in lowered]
+    if missing:
         raise ConfigError(
-            f"channel preset '{preset}' places protein and nucleus; the dataset's channels are "
-            f"{', '.join(channels)}: use replicate or an explicit map such as {channels[0]}=G"
+            f"channel preset '{preset}' places {_words(tuple(mapping))}; the dataset's channels are "
+            f"{', '.join(channels)}: use replicate or an explicit map such as {channels[0]}=0"
         )
-    wanted = {"protein": upper.index("G"), "nucleus": upper.index("B")}
-    return tuple(wanted.get(name) for name in lowered)
+    # A preset names input channels (R, G, B): it applies to backbones whose inputs carry those names.
+    if not all(token.upper() in upper for token in mapping.values()):
+        wanted = ", ".join(f"{name}->{token}" for name, token in mapping.items())
+        raise ConfigError(
+            f"channel preset '{preset}' ({wanted}) needs input channels named {', '.join(mapping.values())}; {card.name} "
+            f"has {_card_channels(card)}: use replicate or an explicit map such as {channels[0]}=0"
+        )
+    return tuple(upper.index(mapping[name].upper()) if name in mapping else None for name in lowered)
 
 
-def available_presets(card: BackboneCard, channels: tuple[str, ...] = CHANNELS) -> list[str]:
+def available_presets(card: BackboneCard, dataset: DatasetChannels = OPENCELL) -> list[str]:
     """Presets that apply to this card and dataset."""
-    channels = _check_channels(channels)
+    channels, presets = _dataset_channels(dataset)
     valid = []
-    for preset in PRESETS:
+    for preset in ("natural", *presets):
         try:
-            _preset_targets(preset, card, channels)
+            _preset_targets(preset, card, channels, presets)
         except ConfigError:
             continue
         valid.append(preset)
@@ -212,17 +233,22 @@ def _parse_target(token: str, channel: str, card: BackboneCard, spec: str) -> in
     )
 
 
-def parse_channels(spec: str | None, card: BackboneCard, channels: tuple[str, ...] = CHANNELS) -> ChannelAdapter:
-    """Validate a channel spec against a card and the dataset's channel names (None -> the card's
-    default). Errors are one line and name the dataset's channels."""
+def parse_channels(spec: str | None, card: BackboneCard, dataset: DatasetChannels = OPENCELL) -> ChannelAdapter:
+    """Validate a channel spec against a card and the dataset (its card, or a tuple of its channel
+    names; None spec -> the backbone card's default). Errors are one line and name the dataset's channels."""
     if not isinstance(card, BackboneCard):
         raise ConfigError(f"parse_channels expects a BackboneCard, got {type(card).__name__}; resolve names with get_card(name)")
-    channels = _check_channels(channels)
-    parsed = parse_channel_spec(card.default_channels if spec is None else spec)
+    channels, presets = _dataset_channels(dataset)
+    text = card.default_channels if spec is None else spec
+    if str(text).strip().lower() in presets:  # a preset the dataset's card defines
+        preset = str(text).strip().lower()
+        targets = _preset_targets(preset, card, channels, presets)
+        return ChannelAdapter("map", card.in_chans, targets, preset=preset, channels=channels)
+    parsed = parse_channel_spec(text)
     if parsed.kind == "replicate":
         return ChannelAdapter("replicate", card.in_chans, channels=channels)
     if parsed.kind == "preset":
-        targets = _preset_targets(parsed.preset, card, channels)
+        targets = _preset_targets(parsed.preset, card, channels, presets)
         return ChannelAdapter("map", card.in_chans, targets, preset=parsed.preset, channels=channels)
     lowered = [name.lower() for name in channels]
     resolved: dict[str, int] = {}
@@ -246,18 +272,18 @@ def parse_channels(spec: str | None, card: BackboneCard, channels: tuple[str, ..
     return ChannelAdapter("map", card.in_chans, tuple(resolved.get(name) for name in lowered), channels=channels)
 
 
-def default_adapter(card: BackboneCard, channels: tuple[str, ...] | None = None) -> ChannelAdapter:
-    """The card's default channel spec as an adapter: for ``channels`` when given, else for the
+def default_adapter(card: BackboneCard, dataset: DatasetChannels | None = None) -> ChannelAdapter:
+    """The card's default channel spec as an adapter: for ``dataset`` when given, else for the
     channels an explicit default map names (a card written for another dataset), else OpenCell's."""
-    if channels is None:
-        channels = spec_channel_names(card.default_channels) or CHANNELS
-    return parse_channels(None, card, channels)
+    if dataset is None:
+        dataset = spec_channel_names(card.default_channels) or OPENCELL
+    return parse_channels(None, card, dataset)
 
 
-def sweep_adapters(card: BackboneCard, channels: tuple[str, ...] = CHANNELS) -> list[ChannelAdapter]:
+def sweep_adapters(card: BackboneCard, dataset: DatasetChannels = OPENCELL) -> list[ChannelAdapter]:
     """Every injective map of the dataset's channels into the card's inputs, in index order
     (none when the dataset has more channels than the card has inputs)."""
-    channels = _check_channels(channels)
+    channels, _ = _dataset_channels(dataset)
     return [
         ChannelAdapter("map", card.in_chans, targets, channels=channels)
         for targets in itertools.permutations(range(card.in_chans), len(channels))

@@ -28,8 +28,8 @@ from ocbench.backbones.specs import (
 from ocbench.errors import ConfigError
 
 __all__ = [
-    "BackboneCard", "SOURCE_KINDS", "NORMALIZATIONS", "SUPERVISIONS", "ROLES", "FEATURE_STANDARDIZATIONS", "TASK_SIDE_FIELDS",
-    "WeightsSource", "channel_aliases",
+    "BackboneCard", "SOURCE_KINDS", "loading_arch_kwargs", "NORMALIZATIONS", "SUPERVISIONS", "ROLES", "FEATURE_STANDARDIZATIONS",
+    "TASK_SIDE_FIELDS", "WeightsSource", "channel_aliases",
 ]
 
 NORMALIZATIONS: tuple[str, ...] = ("imagenet", "clip", "inception", "self", "min-max", "none")
@@ -55,6 +55,18 @@ FEATURE_STANDARDIZATIONS: tuple[str, ...] = ("none", "robust")
 TASK_SIDE_FIELDS: tuple[str, ...] = ("role", "feature_standardization")
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+#: ``timm.create_model`` arguments that read files, download or pick code (``checkpoint_path`` is
+#: ``torch.load``-ed, ``pretrained_cfg``/``_overlay`` may name a file, url or Hub repo, ...). A card or
+#: ``config.json`` never sets them: ocbench loads weights itself, from safetensors only.
+_LOADING_ARCH_KWARG = re.compile(
+    r"^pretrained|checkpoint|cache|filter_fn|^pruned$|(^|_)(file|url|dir|hub|hub_id|path|uri)$", re.IGNORECASE
+)
+
+
+def loading_arch_kwargs(kwargs: Any) -> list[str]:
+    """The keys of ``kwargs`` (timm model arguments) that would make timm load a file or code."""
+    return sorted(k for k in kwargs if isinstance(k, str) and _LOADING_ARCH_KWARG.search(k)) if isinstance(kwargs, dict) else []
 
 
 @dataclass(frozen=True)
@@ -215,6 +227,10 @@ def _validate_card(card: BackboneCard) -> None:
         raise bad("arch_kwargs", 'must be an object of timm.create_model keyword arguments, e.g. {"global_pool": "token"}')
     if {"in_chans", "num_classes"} & set(card.arch_kwargs):
         raise bad("arch_kwargs", "must not set in_chans or num_classes (they come from the card)")
+    loading = loading_arch_kwargs(card.arch_kwargs)
+    if loading:
+        raise bad(f"arch_kwargs.{loading[0]}", "would make timm load a file or code; remove it "
+                  "(ocbench loads weights itself, from the card's source, as safetensors only)")
     if source.kind == "builtin" and source.target == "random-init" and card.init_seed is None:
         raise bad("init_seed", "is required for builtin:random-init cards")
     if not isinstance(card.default_channels, str):

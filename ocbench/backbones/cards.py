@@ -75,6 +75,12 @@ class _BackboneRegistry(Registry[BackboneCard]):
             name = obj.name
         return super().register(name, obj, overwrite=overwrite)
 
+    def _plugin_name(self, entry_point_name: str, obj: object) -> tuple[str, str]:
+        if isinstance(obj, BackboneCard) and obj.name != entry_point_name:
+            # entries and cache keys use the card's own name: the card is found under that
+            return obj.name, f" (it holds the card '{obj.name}')"
+        return entry_point_name, ""
+
     def get(self, name: str) -> BackboneCard:
         card = super().get(name)
         if card.name != name:  # a lazy "module:attr" entry that named another card

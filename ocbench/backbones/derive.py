@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ocbench.backbones.adapters import default_adapter
-from ocbench.backbones.card import BackboneCard
+from ocbench.backbones.card import BackboneCard, loading_arch_kwargs
 from ocbench.errors import ConfigError, DataError
 
 __all__ = [
@@ -234,6 +234,10 @@ def _checked_config(config: Mapping[str, Any], where: str) -> tuple[dict, dict]:
         raise bad("model_args", 'must be a JSON object of timm.create_model keyword arguments, e.g. {"in_chans": 3}')
     pretrained, kwargs = dict(pretrained or {}), dict(kwargs or {})
     prefix = "pretrained_cfg." if hub_layout else ""
+    loading = loading_arch_kwargs(kwargs)
+    if loading:  # refused before timm sees them: timm would torch.load or download what they name
+        raise bad(f"model_args.{loading[0]}", "would make timm load a file or code; ocbench loads weights only from "
+                  "the repository's model.safetensors: remove the field")
     in_chans = kwargs.get("in_chans")
     if in_chans is not None and (isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1):
         raise bad("model_args.in_chans", f"must be a positive integer (e.g. 3), got {in_chans!r}")
@@ -271,6 +275,8 @@ def card_from_timm_config(
         raise ConfigError(f"{where}: config names no timm architecture ('architecture'); is it a timm-format model?")
     kwargs.update(arch_kwargs or {})
     kwargs.pop("num_classes", None)
+    if loading_arch_kwargs(kwargs):
+        raise ConfigError(f"{where}: arch_kwargs.{loading_arch_kwargs(kwargs)[0]} would make timm load a file or code; remove it")
     input_size = pretrained.get("input_size") or (3, None, None)
     in_chans = int(kwargs.pop("in_chans", None) or input_size[0] or 3)
     feature_dim, patch = _inspect_architecture(arch, kwargs, in_chans, where)
@@ -346,9 +352,11 @@ def _read_config(path: Path, where: str) -> dict:
 
 def _hub_card(target: str) -> BackboneCard:
     from ocbench.backbones.sources import hub_file
+    from ocbench.backbones.specs import parse_source
 
-    repo_id, _, revision = target.partition("@")
     where = f"backbone 'hf-hub:{target}'"
+    source = parse_source(f"hf-hub:{target}")  # an empty '@revision' is refused here, in the source's words
+    repo_id, revision = source.target, source.revision
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ConfigError(f"{where}: write hf-hub:ORG/NAME[@REVISION]")
     path, _ = hub_file(f"backbone {repo_id!r}", repo_id, revision or None, "config.json")

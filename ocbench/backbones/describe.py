@@ -96,6 +96,18 @@ def _licence_cell(card: BackboneCard, width: int = 28) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _availability(card: BackboneCard) -> str:
+    """Whether the card runs here as it is: weights already on disk are said to be present."""
+    if card.source_kind == "local":
+        from ocbench.backbones.weights_folder import WEIGHTS_FILENAME, local_folder
+
+        path = local_folder(card.source_target)
+        weights = path if path.suffix == ".safetensors" else path / WEIGHTS_FILENAME
+        if weights.is_file():
+            return f"local weights present: {weights}"
+    return card.unavailable_reason() or "offline (no download)"
+
+
 def format_card(card: BackboneCard) -> str:
     """The ``ocbench backbones show NAME`` text: every card field, preprocessing and channel options."""
     default = default_adapter(card)
@@ -115,9 +127,8 @@ def format_card(card: BackboneCard) -> str:
             f"sha256:          {card.sha256 or 'not published: recorded on first download, enforced afterwards; '}"
             + ("" if card.sha256 else "entries say 'weights not matched to a published checksum'")
         )
-    reason = card.unavailable_reason()
     lines += [
-        f"availability:    {reason or 'offline (no download)'}",
+        f"availability:    {_availability(card)}",
         f"pretraining:     {card.pretraining or '-'}",
         f"training data:   {', '.join(card.training_datasets) or 'none'} ({card.supervision})",
         f"arch:            {card.arch}" + (f" {card.arch_kwargs}" if card.arch_kwargs else ""),

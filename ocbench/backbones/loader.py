@@ -20,6 +20,7 @@ recorded as ``fp32`` whatever was asked.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -27,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from ocbench.backbones.adapters import ChannelAdapter, parse_channels
+from ocbench.backbones.adapters import ChannelAdapter, DatasetChannels, parse_channels
 from ocbench.backbones.card import BackboneCard
 from ocbench.backbones.preprocess import model_inputs, preprocess_key
 from ocbench.backbones.sources import UNVERIFIED_NOTE, resolve_weights
 from ocbench.backbones.weights_folder import check_recorded_sha256, file_sha256, read_import_record
-from ocbench.data.compartments import CHANNELS
+from ocbench.data.cards import OPENCELL
 from ocbench.errors import ConfigError, DataError
 
 #: ``precision=`` values: float32, or bf16 autocast (CUDA only).
@@ -71,9 +72,10 @@ class Backbone:
     def feature_dim(self) -> int:
         return self.card.feature_dim
 
-    def adapter(self, spec: str | None = None, channels: tuple[str, ...] = CHANNELS) -> ChannelAdapter:
-        """Parse a channel spec for this backbone and a dataset's channels (None: the card's default)."""
-        return parse_channels(spec, self.card, channels)
+    def adapter(self, spec: str | None = None, dataset: DatasetChannels = OPENCELL) -> ChannelAdapter:
+        """Parse a channel spec for this backbone and a dataset (its card or channel names; None spec:
+        the backbone card's default)."""
+        return parse_channels(spec, self.card, dataset)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Model input (N, in_chans, H, W), already normalized -> (N, feature_dim) float32."""
@@ -293,6 +295,58 @@ def _build_network(card: BackboneCard) -> tuple[torch.nn.Module, torch.nn.Module
     return build_features(card)
 
 
+def _size_fields(card: BackboneCard, path: Path) -> tuple[str, dict[str, int]]:
+    """Where the card's sizes were written (a ``config.json`` the card was derived from, or the card)
+    and those sizes: the integer ``arch_kwargs`` and ``in_chans``."""
+    config = path.parent / "config.json"
+    derived = card.source_kind in ("hf-hub", "local") and card.notes.startswith("card derived") and config.is_file()
+    where = f"{config} field model_args." if derived else f"backbone card '{card.name}' field arch_kwargs."
+    sizes = {k: v for k, v in card.arch_kwargs.items() if isinstance(v, int) and not isinstance(v, bool)}
+    return where, {**sizes, "in_chans": card.in_chans}
+
+
+def _numel(shapes) -> int:
+    return sum(math.prod(shape) for shape in shapes)
+
+
+def check_sizes_fit_weights(card: BackboneCard, path: str | os.PathLike) -> None:
+    """Refuse a card (or the ``config.json`` it came from) whose sizes do not fit the weights file,
+    before building the model: the architecture is built on torch's meta device (no memory) and its
+    tensor shapes are compared with the safetensors header (no tensor loaded). A config with a huge
+    ``embed_dim`` or ``depth`` is a one-line error naming the field, not a failed allocation."""
+    from ocbench.backbones.vit import shape_mismatches
+    from ocbench.backbones.weights_folder import safetensors_shapes
+
+    path = Path(path)
+    found = safetensors_shapes(path)
+    try:
+        with torch.device("meta"):
+            _, network = _build_network(card)
+    except (NotImplementedError, RuntimeError):  # an architecture that cannot be built without memory:
+        return  # the strict load after the real build checks it
+    expected = {key: tuple(value.shape) for key, value in network.state_dict().items()}
+    wrong_shape = any(k in found and found[k] != expected[k] for k in expected)
+    missing = any(k not in found for k in expected)
+    # missing tensors alone are left to the strict load's fuller message, unless the model built from
+    # the card is bigger than everything the file holds (a depth of thousands)
+    if not wrong_shape and not (missing and _numel(expected.values()) > _numel(found.values())):
+        return
+    problems = shape_mismatches(expected, {k: v for k, v in found.items() if k in expected})
+    where, sizes = _size_fields(card, path)
+    # the fields whose value is a size the weights disagree with (or the depth, when blocks are missing)
+    wrong_dims = {
+        d for k in expected if k in found and found[k] != expected[k]
+        for i, d in enumerate(expected[k]) if len(found[k]) != len(expected[k]) or found[k][i] != d
+    }
+    culprits = [k for k, v in sizes.items() if v in wrong_dims or (k == "depth" and missing)]
+    named = culprits or sorted(sizes)
+    shown = ", ".join(f"{where}{k}={sizes[k]}" for k in named)
+    raise ConfigError(
+        f"{shown} does not fit the weights file {path} ({'; '.join(problems)}); "
+        "fix the sizes to those the weights were trained with"
+    )
+
+
 def effective_precision(card: BackboneCard, device: str | torch.device, precision: str = "fp32") -> str:
     """The precision a run of ``card`` on ``device`` computes in: ``precision`` checked, with the
     classical baseline always ``fp32``. Part of the embedding cache key, since it changes the numbers."""
@@ -329,6 +383,7 @@ def load_backbone(
     if identity.weights_path is None:
         model = _build_builtin(card)
     else:
+        check_sizes_fit_weights(card, identity.weights_path)  # before anything of the card's size is allocated
         state = load_safetensors(identity.weights_path)
         model, network = _build_network(card)
         if network is not model and weights is None and card.source_kind in ("hf-hub", "timm"):

@@ -145,10 +145,34 @@ class CallableFeatures(nn.Module):
                 target.train(was_training)
         else:
             out = target(x)
-        out = torch.as_tensor(out)
+        out = self._as_features(out, x)
         if out.ndim != 2 or out.shape[0] != x.shape[0] or out.shape[1] != self.feature_dim:
             raise DataError(
                 f"in-memory model for '{self.card_name}' returned shape {tuple(out.shape)} for {x.shape[0]} images; "
                 f"expected ({x.shape[0]}, {self.feature_dim}) (the card's feature_dim)"
             )
         return out.to(device=x.device, dtype=torch.float32)
+
+    def _as_features(self, out: Any, x: torch.Tensor) -> torch.Tensor:
+        """The model's output as a real tensor; anything else is a one-line error saying what to return."""
+        expected = f"a real-valued tensor (or array) of shape ({x.shape[0]}, {self.feature_dim})"
+        if isinstance(out, (tuple, list, dict)):
+            kind = type(out).__name__
+            raise DataError(
+                f"in-memory model for '{self.card_name}' returned a {kind}; it must return {expected}: "
+                "wrap it so forward returns only the features (e.g. lambda x: model(x)[0])"
+            )
+        try:
+            out = torch.as_tensor(out)
+        except (TypeError, ValueError, RuntimeError):
+            raise DataError(
+                f"in-memory model for '{self.card_name}' returned a {type(out).__name__}; it must return {expected}"
+            ) from None
+        if out.is_complex():
+            raise DataError(
+                f"in-memory model for '{self.card_name}' returned complex values ({out.dtype}); it must return {expected}: "
+                "take the part you mean (e.g. .abs() or .real) inside the model"
+            )
+        if not (out.is_floating_point() or out.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+            raise DataError(f"in-memory model for '{self.card_name}' returned {out.dtype} values; it must return {expected}")
+        return out

@@ -80,8 +80,13 @@ def parse_source(text: str, sha256: str | None = None) -> WeightsSource:
     revision = None
     if kind == "hf-hub" and "@" in value:
         value, _, revision = value.partition("@")
-        if not value or not revision:
-            raise ConfigError(f"source '{text}': write hf-hub:<org>/<name>@<revision> with both parts")
+        if not value:
+            raise ConfigError(f"source '{text}': the repository before '@' is empty; write hf-hub:<org>/<name>@<revision>")
+        if not revision.strip():
+            raise ConfigError(
+                f"source '{text}': the revision after '@' is empty; write a branch, tag or commit after it "
+                f"(e.g. hf-hub:{value}@main), or leave out the '@' for the default branch"
+            )
     if sha256 is not None:
         sha256 = str(sha256).strip().lower()
         if not _SHA256.fullmatch(sha256):

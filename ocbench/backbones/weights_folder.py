@@ -97,8 +97,9 @@ def check_recorded_sha256(path: str | os.PathLike, sha256: str, card_name: str |
         )
 
 
-def check_safetensors_header(path: str | os.PathLike) -> None:
-    """Cheap integrity check (header only): a truncated or foreign file fails here, not deep in torch."""
+def check_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Cheap integrity check (header only): a truncated or foreign file fails here, not deep in torch.
+    Returns the header (tensor name -> dtype, shape, offsets; ``__metadata__``)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -121,6 +122,17 @@ def check_safetensors_header(path: str | os.PathLike) -> None:
             ends.append(info["data_offsets"][1])
         if ends and max(ends) > size - 8 - header_len:
             raise ValueError("tensor data runs past the end of the file (truncated?)")
+        return header
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{path}: not a valid safetensors file ({reason}); delete it and fetch/import the weights again") from exc
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, read from the header alone (no tensor is loaded)."""
+    header = check_safetensors_header(path)
+    try:
+        return {key: tuple(int(n) for n in info["shape"]) for key, info in header.items() if key != "__metadata__"}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: not a valid safetensors file (a tensor without a shape: {exc}); "
+                        "delete it and fetch/import the weights again") from None

@@ -8,7 +8,7 @@ One directory per cache key under ``<cache>/embeddings/``::
         manifest.json                written last: the "complete" marker, with meta and shard hashes
     .locks/<backbone>__<adapter>__<hash16>.lock   one process at a time per key (``ocbench._lock``)
 
-The key hashes everything that changes the numbers: dataset version, backbone name, weights
+The key hashes everything that changes the numbers: dataset listing (items and labels), backbone name, weights
 sha256 and revision, channel adapter, preprocessing, precision and the on-disk format version.
 Shards are written atomically as soon as they are full, so an interrupted run resumes at the first
 missing shard. Once ``manifest.json`` exists, a second call reads the shards back and never loads
@@ -17,10 +17,12 @@ the model.
 Each shard carries its item ids, its range and a sha256 of its feature bytes in the safetensors
 metadata, so a truncated or altered shard is caught with a one-line :class:`DataError`.
 
-**Image files changed since.** The dataset version covers the manifest (ids, paths, labels), not
-the pixels. So every shard also records, per item, the image file's size, mtime, ctime and the
-sha256 of its bytes, hashed while the image is read for the model. A later call compares size and
-times of every file (a ``stat``, no reading); a file whose size or times differ is hashed again,
+**Image files changed since.** The key covers the dataset's listing (ids, paths, labels), not the
+pixels, so that a changed image recomputes only its shard. Every shard records, per item, the
+image file's size, mtime, ctime and the sha256 of its bytes: the record the dataset keeps of its
+files (``dataset.content``, see :mod:`ocbench.data.content`; hashed while the image is read for
+datasets without one). A later call compares size and times of every file (a ``stat``, no
+reading); a file whose size or times differ is compared by the dataset's record (else hashed again),
 and if its content differs, the shards holding it are computed again, with a warning naming the
 changed files (a file only touched gets its new times recorded). A cache without these records
 (an older ocbench) is extracted again once. Datasets whose items are not files (no ``path(i)``)
@@ -30,11 +32,11 @@ are not checked (``meta["content_checked"]`` is False).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -50,6 +52,7 @@ from ocbench._lock import file_lock
 from ocbench.backbones.adapters import ChannelAdapter, parse_channels
 from ocbench.backbones.card import BackboneCard
 from ocbench.benchmark import distributed
+from ocbench.data.content import FileRecord, file_record, listing_version, stat_key
 from ocbench.errors import ConfigError, DataError, OcbenchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -160,17 +163,19 @@ _KEY_PRECISION = {"fp32": "fp32", "bf16": "bf16-autocast"}
 # --------------------------------------------------------------------------------------------
 # Image files: what each cached item was computed from
 
-#: Per item: [size, mtime_ns, ctime_ns, sha256 of the file's bytes] (None when not a file).
-FileRecord = list
+# Per item a FileRecord: [size, mtime_ns, ctime_ns, sha256 of the file's bytes] (None when not a
+# file), the record ocbench.data.content keeps for a dataset's files. ctime too: a tool that
+# restores mtime after writing (cp -p, rsync -t) cannot restore ctime.
 
 
-def _file_record(path: Path, data: bytes, stat: os.stat_result) -> FileRecord:
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, hashlib.sha256(data).hexdigest()]
-
-
-def _stat_key(stat: os.stat_result) -> tuple[int, int, int]:
-    # ctime too: a tool that restores mtime after writing (cp -p, rsync -t) cannot restore ctime.
-    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+def _known_record(dataset, index: int, stat: os.stat_result) -> FileRecord | None:
+    """The dataset's own record of item ``index``'s file (``dataset.content``, hashed when the
+    dataset was listed) when the file is still as it was then: it is not read and hashed again."""
+    content = getattr(dataset, "content", None)
+    if content is None or not callable(getattr(content, "record", None)):
+        return None
+    record = content.record(index)
+    return record if tuple(record[:3]) == stat_key(stat) else None
 
 
 def _read_item(dataset, index: int, hashed: bool) -> tuple[np.ndarray, FileRecord | None]:
@@ -185,14 +190,17 @@ def _read_item(dataset, index: int, hashed: bool) -> tuple[np.ndarray, FileRecor
     for _ in range(3):
         try:
             before = os.stat(path)
-            with open(path, "rb") as fh:
-                data = fh.read()
+            known = _known_record(dataset, index, before)
+            data = None
+            if known is None:
+                with open(path, "rb") as fh:
+                    data = fh.read()
         except FileNotFoundError:
             break  # the reader says it in its own words
         image = np.ascontiguousarray(dataset.read(index))
         after = os.stat(path)
-        if _stat_key(before) == _stat_key(after) and len(data) == after.st_size:
-            return image, _file_record(path, data, after)
+        if stat_key(before) == stat_key(after) and (data is None or len(data) == after.st_size):
+            return image, known if known is not None else file_record(data, after)
     image = np.ascontiguousarray(dataset.read(index))  # raises for a missing file
     raise DataError(f"{path}: the file changed while it was being read; run again once nothing writes to it")
 
@@ -214,14 +222,15 @@ def _check_files(dataset, records: Sequence[FileRecord | None], indices: Sequenc
         except OSError:
             changed.append(i)  # gone: computing it again reports the file in the reader's words
             continue
-        if record is not None and list(_stat_key(stat)) == list(record[:3]):
+        if record is not None and list(stat_key(stat)) == list(record[:3]):
             continue
-        try:
-            data = path.read_bytes()
-        except OSError:
-            changed.append(i)
-            continue
-        new = _file_record(path, data, stat)
+        new = _known_record(dataset, i, stat)
+        if new is None:
+            try:
+                new = file_record(path.read_bytes(), stat)
+            except OSError:
+                changed.append(i)
+                continue
         if record is not None and new[3] == record[3]:
             refreshed[i] = new
         else:
@@ -444,9 +453,11 @@ def _resolve_at_the_edge(dataset, backbone, adapter) -> tuple[Any, ChannelAdapte
         card = backbone if isinstance(backbone, BackboneCard) else getattr(backbone, "card", None)
         if not isinstance(card, BackboneCard):
             raise ConfigError(f"backbone must be a BackboneCard or a loaded Backbone, not {type(backbone).__name__}")
-        from ocbench.data.compartments import CHANNELS
+        from ocbench.data.cards import DatasetCard
 
-        adapter = parse_channels(adapter, card, _dataset_channels(dataset) or CHANNELS)
+        # the dataset's card (its channel presets too), or the channel names of a bare item set
+        adapter = parse_channels(adapter, card, dataset.card if isinstance(dataset.card, DatasetCard)
+                                 else tuple(dataset.card.channel_names))
     return backbone, adapter
 
 
@@ -612,7 +623,7 @@ def extract_embeddings(
 ) -> Embeddings:
     """Embed every item of ``dataset`` with ``backbone`` (cached; resumable); see the module docstring.
 
-    ``dataset``: ``fov_ids``, ``version``, ``read(i)``, ``len``; ``path(i)`` (the image file) for
+    ``dataset``: an :class:`~ocbench.data.base.ItemSet` (``ids``, ``version``, ``read(i)``, ``len``; ``path(i)`` for
     the changed-file check; ``card.channel_names`` when it has a dataset card.
     ``backbone``: a BackboneCard, or an already loaded Backbone.
     ``adapter``: a ChannelAdapter for the dataset's channels (None: the card's default).
@@ -650,12 +661,14 @@ def extract_embeddings(
             f"backbone {card.name} was loaded with precision {loaded.precision}; pass precision={loaded.precision!r} "
             "or load it again"
         )
-    fov_ids = list(dataset.fov_ids)
+    fov_ids = list(dataset.ids)
     n = len(fov_ids)
     if n == 0:
         raise DataError("the dataset has no labelled items to embed; check its annotations file")
     ident = _backbone_identity(card, loaded, identity)
-    dataset_version = str(dataset.version)
+    # The listing, not the content: each item's file content is checked against its record, so a
+    # changed image recomputes its own shard, not the whole key.
+    dataset_version = listing_version(dataset)
     identity = _identity_dict(
         dataset_version, card.name, ident["weights_sha256"], ident["revision"], adapter.key, ident["preprocess"],
         card_sha256=sha256_bytes(json.dumps(card.extraction_dict(), sort_keys=True, default=str).encode("utf-8")),
@@ -928,6 +941,8 @@ def _compute_shards(
         total=len(fov_ids), initial=n_already, unit="img", desc=f"embed {card.name}",
         disable=None if progress else True, smoothing=0.1,
     )
+    log = _ProgressLines(f"embed {card.name}", total=len(fov_ids), n_already=n_already,
+                         n_shards=len(todo), enabled=progress and not sys.stderr.isatty())
     try:
         with torch.inference_mode():
             for indices, images, batch_records in loader:
@@ -941,7 +956,8 @@ def _compute_shards(
                 buffer.append(features)
                 records.extend(batch_records)
                 bar.update(len(indices))
-                if indices[-1] + 1 == shard_stop:
+                shard_finished = indices[-1] + 1 == shard_stop
+                if shard_finished:
                     shard_features = np.concatenate(buffer, axis=0)
                     path = key_dir / _shard_name(shard_start)
                     ids = fov_ids[shard_start:shard_stop]
@@ -949,9 +965,38 @@ def _compute_shards(
                     done[shard_start] = _Shard(path, shard_start, shard_stop, tuple(ids), shard_features, tuple(records))
                     buffer, records = [], []
                     shard_start, shard_stop = next(shard_iter, (None, None))
+                log.items_done(len(indices), shard_finished)
     finally:
         bar.close()
     return {"device": device, "loop_s": time.perf_counter() - loop_started}
+
+
+class _ProgressLines:
+    """Progress for a log (no terminal, so no live bar): one plain line on stderr per finished
+    shard, and between shards at least every ``every_s`` seconds, with the rate so far."""
+
+    def __init__(self, what: str, *, total: int, n_already: int, n_shards: int, enabled: bool,
+                 every_s: float = 30.0) -> None:
+        self.what, self.total, self.n_shards, self.enabled, self.every_s = what, total, n_shards, enabled, every_s
+        self.done = n_already
+        self.computed = 0
+        self.shards = 0
+        self.started = self.last = time.perf_counter()
+
+    def items_done(self, n: int, shard_finished: bool) -> None:
+        self.done += n
+        self.computed += n
+        self.shards += int(shard_finished)
+        if shard_finished or time.perf_counter() - self.last >= self.every_s:
+            self._say()
+
+    def _say(self) -> None:
+        self.last = now = time.perf_counter()
+        if not self.enabled:
+            return
+        rate = self.computed / max(now - self.started, 1e-9)
+        print(f"{self.what}: shard {self.shards}/{self.n_shards} · {self.done:,}/{self.total:,} items · "
+              f"{rate:,.1f} items/s", file=sys.stderr, flush=True)
 
 
 def _check_batch(features: np.ndarray, indices, fov_ids, card: BackboneCard, expected_dim: int) -> None:

@@ -15,7 +15,8 @@ Format rules
 - Besides the JSON Schema (:func:`export_json_schema`, published as
   ``ocbench/leaderboard/entry.schema.json``), the model checks what a schema cannot: aggregates
   agree with the values, per-class rows have one value per class, ``key`` is built from its
-  parts, an entry with overrides is marked off-protocol, ``created`` is an ISO date-time.
+  parts, an entry with overrides is marked off-protocol, ``created`` is an ISO date-time not in the
+  future (of two same-key entries the newer is shown).
 
 Schema version history
 ----------------------
@@ -60,14 +61,14 @@ import math
 import os
 import platform as _platform
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from ocbench._io import atomic_write
-from ocbench.data.compartments import COMPARTMENTS
+from ocbench.data.cards import OPENCELL
 from ocbench.errors import DataError
 from ocbench.registry import Registry
 from ocbench.summaries import summarize, summary_mean, summary_std
@@ -100,6 +101,8 @@ _SHA256 = r"^[0-9a-f]{64}$"
 _EVAL_SETS = ("val", "test")
 # Aggregates must match the per-fold values up to rounding (a writer may round to 4 digits).
 _AGGREGATE_TOLERANCE = 5e-4
+#: How far ``created`` may lie ahead of this machine's clock (another machine's clock may run fast).
+_CLOCK_SKEW = timedelta(days=1)
 
 
 class _Strict(BaseModel):
@@ -285,6 +288,75 @@ def _check_per_class(per_class: Mapping[str, Mapping[str, Mapping[str, float]]],
                     raise ValueError(f"{where}.{part}.{kind}: {name} score {v} is outside [0, 1]")
 
 
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def _check_aggregates_agree(
+    scores: Mapping[str, Mapping[str, "MetricSummary"]],
+    per_class: Mapping[str, Mapping[str, Mapping[str, float]]],
+    per_class_values: Mapping[str, Mapping[str, list[list[float]]]],
+    class_names: list[str],
+) -> None:
+    """Every recorded aggregate agrees with the entry's own per-fold, per-class numbers: each fold's
+    ``macro_f1`` is the mean F1 over that fold's classes with positives (``support`` > 0) and its
+    ``macro_f1_all`` the mean over all classes; each ``per_class`` value is the mean of its class's
+    column over the folds where the class had positives. A score edited with its mean but not its
+    per-class rows (or the other way round) is caught here."""
+
+    def edited(what: str) -> ValueError:
+        return ValueError(f"{what}; the entry was edited after `ocbench run` wrote it: run it again")
+
+    for part, kinds in per_class_values.items():
+        f1, support = kinds.get("f1"), kinds.get("support")
+        summaries = scores.get(part, {})
+        if f1:
+            for metric, summary in summaries.items():
+                if metric in ("macro_f1", "macro_f1_all") and len(f1) != summary.n:
+                    raise edited(f"per_class_values.{part}.f1 has {len(f1)} rows but scores.{part}.{metric} has {summary.n} values")
+            for i, row in enumerate(f1):
+                present = [v for v, n in zip(row, support[i]) if n > 0] if support and i < len(support) else None
+                expected = {"macro_f1_all": _mean(row), "macro_f1": _mean(present) if present else None}
+                for metric, value in expected.items():
+                    summary = summaries.get(metric)
+                    if summary is None or value is None or (metric == "macro_f1" and present is None):
+                        continue
+                    if abs(summary.values[i] - value) > _AGGREGATE_TOLERANCE:
+                        over = "all classes" if metric == "macro_f1_all" else "the classes with positives"
+                        raise edited(
+                            f"scores.{part}.{metric} value {i} is {summary.values[i]} but per_class_values.{part}.f1 row {i} "
+                            f"gives {value:.6f} (the mean over {over})"
+                        )
+        if support and len(support) != len(f1 or support):
+            raise edited(f"per_class_values.{part}.support has {len(support)} rows, f1 has {len(f1 or [])}")
+        for kind, rows in kinds.items():
+            means = per_class.get(part, {}).get(kind)
+            if kind == "support" or not means or not rows:
+                continue
+            for j, name in enumerate(class_names):
+                if name not in means:
+                    continue
+                column = [row[j] for i, row in enumerate(rows) if not support or i >= len(support) or support[i][j] > 0]
+                if not column:
+                    raise edited(f"per_class.{part}.{kind}.{name} is recorded but no row of per_class_values.{part}.support has a positive item of it")
+                if abs(means[name] - _mean(column)) > _AGGREGATE_TOLERANCE:
+                    raise edited(
+                        f"per_class.{part}.{kind}.{name} is {means[name]} but its per_class_values rows average {_mean(column):.6f}"
+                    )
+
+
+def _check_point_agrees(point: "AxisPoint", where: str) -> None:
+    """At an axis point scored by one model (n = 1), ``macro_f1`` is the mean of the per-class F1
+    recorded there (those classes are the ones with positives)."""
+    for part, metrics in point.scores.items():
+        summary, f1 = metrics.get("macro_f1"), point.per_class.get(part, {}).get("f1")
+        if summary is not None and summary.n == 1 and f1 and abs(summary.values[0] - _mean(list(f1.values()))) > _AGGREGATE_TOLERANCE:
+            raise ValueError(
+                f"{where}.scores.{part}.macro_f1 is {summary.values[0]} but the mean of {where}.per_class.{part}.f1 is "
+                f"{_mean(list(f1.values())):.6f}; the entry was edited after `ocbench run` wrote it: run it again"
+            )
+
+
 # ---------------------------------------------------------------------------------------------
 # provenance blocks
 # ---------------------------------------------------------------------------------------------
@@ -316,14 +388,26 @@ class ChannelsInfo(_Strict):
     spec: str | None = Field(default=None, description="the channel spec as given (natural, replicate, ...)")
 
 
-class DatasetInfo(_Strict):
+class DatasetInfo(_OmitsUnset):
     name: str = Field(min_length=1, description="opencell, demo, or local:<folder> for a user's own data")
-    version: str = Field(pattern=_SHA256, description="sha256 of the dataset manifest")
+    version: str = Field(pattern=_SHA256, description="sha256 of the dataset's manifest (items, labels) and its files' content")
     n_items: int = Field(ge=1)
     min_grade: int = Field(default=1, ge=1, le=3, description="lowest annotation grade counted as a positive label")
     annotations: str | None = Field(default=None, description="file name of the annotation table used")
     annotations_sha256: str | None = Field(default=None, pattern=_SHA256, description="sha256 of that table")
     card: dict[str, Any] | None = Field(default=None, description="the dataset card (channel and class names, group column)")
+    label_mode: Literal["multilabel", "single"] | None = Field(
+        default=None, description="multilabel (any number of classes per item) or single (exactly one); "
+        "absent in entries from before label modes, which were multilabel"
+    )
+    reader_options: dict[str, Any] | None = Field(default=None, description="the options the dataset was read with")
+
+    _OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"label_mode", "reader_options"})
+
+    @property
+    def labels(self) -> str:
+        """The label mode (``multilabel`` for entries from before label modes)."""
+        return self.label_mode or "multilabel"
     synthetic: bool = Field(default=False, description="true for generated data (the demo): not evidence about real cells")
 
 
@@ -458,9 +542,13 @@ class Entry(_OmitsUnset):
     @classmethod
     def _iso_datetime(cls, value: str) -> str:
         try:
-            datetime.fromisoformat(value.replace("Z", "+00:00"))
+            stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(f"{value!r} is not an ISO 8601 date-time (e.g. 2025-01-31T12:00:00+00:00)") from None
+        stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+        # the newest of two same-key entries is shown: a date in the future would always win
+        if stamp > datetime.now(timezone.utc) + _CLOCK_SKEW:
+            raise ValueError(f"{value!r} is in the future; a run cannot have been made after now: fix the date")
         return value
 
     @model_validator(mode="after")
@@ -491,6 +579,7 @@ class Entry(_OmitsUnset):
                 n = self.scores.get(part, {}).get(main.metric)
                 if n is not None and len(rows) != n.n:
                     raise ValueError(f"per_class_values.{part}.{kind} has {len(rows)} rows, scores.{part}.{main.metric}.n is {n.n}")
+        _check_aggregates_agree(self.scores, self.per_class, self.per_class_values, self.class_names)
         if self.axis is not None:
             point = self.axis.point(self.axis.main)
             if point.scores != self.scores:
@@ -498,6 +587,7 @@ class Entry(_OmitsUnset):
             for p in self.axis.points:
                 _check_scores_in_range(p.scores, f"axis.points[{p.value}].scores")
                 _check_per_class(p.per_class, self.class_names, f"axis.points[{p.value}].per_class")
+                _check_point_agrees(p, f"axis.points[{p.value}]")
         if self.backbone.not_zero_shot == [] and self.dataset.card is not None:
             reasons = _recorded_not_zero_shot_reasons(self.backbone.card, self.dataset.card)
             if reasons:
@@ -662,7 +752,7 @@ def _upgrade_1_to_2(old: dict) -> dict:
 
     d["main_score"] = {"eval_set": "val", "metric": "macro_f1_all"}
     d["scores"] = {part: {"macro_f1_all": summary(v)} for part, v in macro.items()} if isinstance(macro, Mapping) else macro
-    d["class_names"] = list(COMPARTMENTS)
+    d["class_names"] = list(OPENCELL.class_names)  # schema 1 was OpenCell's 17 compartments only
     if isinstance(per_class, Mapping):  # schema 1 allowed null precision/recall blocks
         per_class = {part: {k: v for k, v in kinds.items() if v is not None} if isinstance(kinds, Mapping) else kinds
                      for part, kinds in per_class.items()}

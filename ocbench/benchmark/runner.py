@@ -17,14 +17,25 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ocbench.benchmark import distributed
+from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ocbench.backbones.adapters import ChannelAdapter
+    from ocbench.backbones.card import BackboneCard
+    from ocbench.backbones.loader import BackboneIdentity
+    from ocbench.benchmark.entry import Entry
+    from ocbench.data.base import ItemSet
+    from ocbench.data.cards import DatasetCard
+    from ocbench.tasks.base import TaskConfig
 
 __all__ = [
     "RunSpec",
@@ -77,21 +88,21 @@ class Cell:
     """One grid cell resolved into objects: card, adapter, task config, track."""
 
     spec: RunSpec
-    card: Any  # BackboneCard
-    adapter: Any  # ChannelAdapter
-    task: Any  # TaskConfig with overrides applied
+    card: "BackboneCard"
+    adapter: "ChannelAdapter"
+    task: "TaskConfig"  # with the dataset's settings and the overrides applied
     overrides: dict[str, Any]
-    identity: Any  # BackboneIdentity: weights sha256 and revision, known before any work
+    identity: "BackboneIdentity | None"  # weights sha256 and revision, known before any work
     #: The backbone the entry records when the task derives one from ``card`` (fine-tuning): named
     #: by the task's ``derived_backbone`` before any work, so the entry's key is known up front.
-    entry_card: Any = None
+    entry_card: "BackboneCard | None" = None
 
     @property
     def track(self) -> str:
         return self.spec.track
 
     @property
-    def recorded_card(self) -> Any:
+    def recorded_card(self) -> "BackboneCard":
         return self.entry_card if self.entry_card is not None else self.card
 
     @property
@@ -112,7 +123,7 @@ class Cell:
 class RunOutcome:
     spec: RunSpec
     path: Path
-    entry: Any  # ocbench.benchmark.entry.Entry
+    entry: "Entry"
     skipped: bool = False
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -164,39 +175,78 @@ def _swept_overrides(task: str, overrides: Sequence[str]) -> list[tuple[str, ...
 # resolving and checking, before any work
 
 
-def resolve_cells(specs: Sequence[RunSpec], dataset_card: Any) -> list[Cell]:
+def resolve_cells(specs: Sequence[RunSpec], dataset_card: "DatasetCard | Callable[[], DatasetCard]") -> list[Cell]:
     """Resolve every cell's names into objects, once, and check them (fast: no torch, no weights).
 
     Names, channel specs (against the dataset card's channels), task settings, tracks and each
     task's optional dependencies are checked for the whole grid before anything runs, so a typo in
-    the last cell does not surface after an hour of work on the first ones.
+    the last cell does not surface after an hour of work on the first ones. ``dataset_card`` may be
+    a function that resolves it: then what needs no dataset (backbone and task names, settings,
+    tracks, explicit channel maps' targets) is checked first, so a typo is named before a missing
+    dataset.
     """
     from ocbench.backbones.adapters import parse_channels
     from ocbench.backbones.derive import resolve_backbone
+    from ocbench.backbones.specs import spec_channel_names
     from ocbench.benchmark.splits import TRACKS
     from ocbench.tasks import get_task_class
 
     cards: dict[str, Any] = {}
+    for spec in specs:  # what needs no dataset
+        if spec.backbone not in cards:
+            cards[spec.backbone] = resolve_backbone(spec.backbone)
+        get_task_class(spec.task)().with_overrides(spec.overrides)
+        if spec.track not in TRACKS:
+            raise ConfigError(f"unknown split track {spec.track!r}; valid: {', '.join(TRACKS)}")
+        named = spec_channel_names(spec.channels) if spec.channels is not None else None
+        if named:  # an explicit map: its targets, against the channels it names
+            parse_channels(spec.channels, cards[spec.backbone], named)
+    if callable(dataset_card):
+        dataset_card = dataset_card()
     adapters: dict[tuple[str, str | None], Any] = {}
     tasks: dict[tuple[str, tuple[str, ...]], tuple[Any, dict]] = {}
     cells = []
     for spec in specs:
-        if spec.backbone not in cards:
-            cards[spec.backbone] = resolve_backbone(spec.backbone)
         card = cards[spec.backbone]
         if (spec.backbone, spec.channels) not in adapters:
-            adapters[(spec.backbone, spec.channels)] = parse_channels(spec.channels, card, dataset_card.channel_names)
+            adapters[(spec.backbone, spec.channels)] = parse_channels(spec.channels, card, dataset_card)
         if (spec.task, spec.overrides) not in tasks:
-            task, overrides = get_task_class(spec.task)().with_overrides(spec.overrides)
+            task, overrides = get_task_class(spec.task)().for_dataset(dataset_card).with_overrides(spec.overrides)
             task.validate_for(dataset_card)
             tasks[(spec.task, spec.overrides)] = (task, overrides)
-        if spec.track not in TRACKS:
-            raise ConfigError(f"unknown split track {spec.track!r}; valid: {', '.join(TRACKS)}")
         task, overrides = tasks[(spec.task, spec.overrides)]
         cells.append(Cell(spec, card, adapters[(spec.backbone, spec.channels)], task, overrides, None))
     for task, _ in tasks.values():
         type(task).check_requirements()
+    _refuse_shared_keys(cells)
     return cells
+
+
+def _refuse_shared_keys(cells: Sequence[Cell]) -> None:
+    """Two cells that would write one entry (a swept setting that is not part of the key, e.g.
+    ``--set lr=0.001,0.01``) are refused here, before any work: otherwise the second would find the
+    first's entry from other settings after the first cell's work was done. Tasks that derive the
+    recorded backbone from their settings (fine-tuning) give each setting its own key."""
+    first: dict[str, Cell] = {}
+    for number, cell in enumerate(cells, start=1):
+        if getattr(cell.task, "derived_backbone", None) is not None:
+            continue
+        other = first.setdefault(cell.key, cell)
+        if other is cell:
+            continue
+        then, now = dict(_settings_of(other.spec)), dict(_settings_of(cell.spec))
+        differ = [f"{k}={then.get(k, 'default')} vs {k}={now.get(k, 'default')}"
+                  for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+        raise ConfigError(
+            f"cells {cells.index(other) + 1} and {number} of this grid would write the same entry {cell.key} "
+            + (f"(they differ only in {', '.join(differ)}, which is not part of an entry's key); "
+               "run each setting on its own with its own --output folder" if differ
+               else "(the same cell twice); name each backbone, task, channel map and track once")
+        )
+
+
+def _settings_of(spec: RunSpec) -> list[tuple[str, str]]:
+    return [(k.strip(), v.strip()) for k, _, v in (str(o).partition("=") for o in spec.overrides)]
 
 
 def _with_identities(cells: Sequence[Cell], options: RunOptions) -> list[Cell]:
@@ -220,13 +270,13 @@ def _with_identities(cells: Sequence[Cell], options: RunOptions) -> list[Cell]:
 # one cell
 
 
-def split_for(dataset: Any, track: str, options: RunOptions):
+def split_for(dataset: "ItemSet", track: str, options: RunOptions):
     """The split for this dataset and track: ``options.split_file`` if given, else made from
     (manifest, seed). Nothing is written here (see :func:`_save_split`)."""
     from ocbench.benchmark.splits import TRACKS, load_split, make_split
 
     if options.split_file is not None:
-        split = load_split(options.split_file, manifest=dataset, dataset_version=dataset.version)
+        split = load_split(options.split_file, manifest=dataset, dataset_version=listing_version(dataset))
         if split.track != track:
             raise ConfigError(
                 f"{options.split_file}: split track is {split.track!r} but --split {track} was asked; "
@@ -238,17 +288,17 @@ def split_for(dataset: Any, track: str, options: RunOptions):
     return make_split(dataset, track=track, seed=options.seed)
 
 
-def _save_split(split: Any, dataset: Any, options: RunOptions) -> None:
+def _save_split(split: Any, dataset: "ItemSet", options: RunOptions) -> None:
     """Save a made split beside the entries (once an entry that names it is written), so every
     entry's split sha256 points at a file."""
     if options.split_file is not None:
         return
-    path = options.output_dir / "splits" / f"{split.track}-seed{split.seed}-{dataset.version[:12]}.json"
+    path = options.output_dir / "splits" / f"{split.track}-seed{split.seed}-{listing_version(dataset)[:12]}.json"
     if not path.exists() or path.read_bytes() != split.to_json_bytes():
         split.save(path)
 
 
-def off_protocol_reasons(cell: Cell, dataset: Any) -> list[str]:
+def off_protocol_reasons(cell: Cell, dataset: "ItemSet") -> list[str]:
     """Why this cell's result cannot stand beside on-protocol results, in words ([] when it can)."""
     reasons = []
     deviations = cell.task.protocol_deviations()
@@ -256,9 +306,12 @@ def off_protocol_reasons(cell: Cell, dataset: Any) -> list[str]:
         reasons.append("settings differ from the protocol: " + ", ".join(f"{k}={v}" for k, v in deviations.items()))
     elif cell.overrides:
         reasons.append("settings given with --set: " + ", ".join(sorted(cell.overrides)))
-    default_grade = dataset.card.default_min_grade
-    if dataset.min_grade != default_grade:
-        reasons.append(f"labels from grade >= {dataset.min_grade} only (the protocol counts grades >= {default_grade})")
+    defaults = dataset.card.reader_option_values({})
+    for option, value in sorted(dataset.reader_options.items()):
+        if option == "min_grade" and value != defaults[option]:
+            reasons.append(f"labels from grade >= {value} only (the protocol counts grades >= {defaults[option]})")
+        elif value != defaults.get(option, value):
+            reasons.append(f"reader option {option}={value} (the protocol's: {defaults[option]})")
     unused = _unused_channels(cell.adapter, dataset.card.channel_names)
     if unused:
         reasons.append(f"channel map leaves out the {' and '.join(unused)} channel")
@@ -272,7 +325,7 @@ def _unused_channels(adapter: Any, channel_names: Sequence[str]) -> tuple[str, .
     return tuple(name for name, target in zip(channel_names, adapter.targets) if target is None)
 
 
-def _dataset_block(dataset: Any) -> dict[str, Any]:
+def _dataset_block(dataset: "ItemSet") -> dict[str, Any]:
     """The entry's ``dataset``: which data, which labels (grade policy and annotation table)."""
     from ocbench._io import sha256_file
 
@@ -282,7 +335,9 @@ def _dataset_block(dataset: Any) -> dict[str, Any]:
         "name": dataset.name,
         "version": dataset.version,
         "n_items": len(dataset),
-        "min_grade": dataset.min_grade,
+        "min_grade": dataset.reader_options.get("min_grade", 1),
+        "label_mode": dataset.card.label_mode,
+        "reader_options": dict(dataset.reader_options),
         "annotations": source.name if has_table else None,
         "annotations_sha256": sha256_file(source) if has_table else None,
         "card": dataset.card.to_dict(),
@@ -290,7 +345,7 @@ def _dataset_block(dataset: Any) -> dict[str, Any]:
     }
 
 
-def _with_entry_card(cell: Cell, dataset: Any, split: Any, seed: int) -> Cell:
+def _with_entry_card(cell: Cell, dataset: "ItemSet", split: Any, seed: int) -> Cell:
     """A task that scores a backbone it derives from the cell's (fine-tuning) names it up front
     through an optional ``derived_backbone(card, adapter, dataset, split, seed)`` method."""
     derive = getattr(cell.task, "derived_backbone", None)
@@ -372,13 +427,33 @@ def _weights_missing(path: Path, cell: Cell, replace_hint: str) -> ConfigError:
     )
 
 
+def _content_change(recorded_version: str, dataset) -> str | None:
+    """Why an entry recorded with ``recorded_version`` of this very listing is stale (its image
+    files changed since), or None when that version is not this listing's (another dataset)."""
+    if recorded_version == dataset.version:
+        return None
+    if recorded_version == getattr(dataset, "manifest_version", None):
+        # Older entries recorded the manifest alone, which says nothing about the pixels.
+        return "it records a dataset version of an older ocbench that did not cover the images' content"
+    changes_since = getattr(dataset, "files_changed_since", None)
+    changed = changes_since(recorded_version) if callable(changes_since) else None
+    if changed is None:
+        return None
+    names = ", ".join(Path(p).name for p in changed[:3]) + (", ..." if len(changed) > 3 else "")
+    return f"{len(changed)} image file(s) changed since it was computed ({names})"
+
+
 def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, split,
-                    digests: dict[str, str] | None = None, replace_hint: str = RunOptions.replace_hint) -> None:
+                    digests: dict[str, str] | None = None, replace_hint: str = RunOptions.replace_hint) -> str | None:
     """An existing entry is reused only for the very same run; anything else would be mislabelled.
 
     The same run means the same card, weights (sha256 and revision: converted, imported or
     fine-tuned weights change under the same card name), protocol, settings (and the contents of
     files they name), seed, data and split. ``digests``: :func:`_file_digests` of the task, if known.
+
+    Returns why the entry is stale when the only difference is the content of the dataset's image
+    files (same items and labels, rewritten pixels): the caller computes it again and replaces it.
+    Any other difference is an error (the entry is another run, which a rerun must not replace).
     """
     ident = _recorded_identity(cell)
     if ident is None and cell.entry_card is not None and existing.backbone.weights_sha256:
@@ -414,11 +489,15 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
         if then != now:
             recorded = f"sha256 {then[:12]} then" if then else "no sha256 recorded then"
             differences.append(f"{name} file contents ({getattr(cell.task, name)}: {recorded}, {now[:12]} now)")
+    stale = _content_change(existing.dataset.version, dataset) if "dataset version" in differences else None
+    if stale is not None and differences == ["dataset version"]:
+        return stale
     if differences:
         raise ConfigError(
             f"{path}: an entry with this key exists from a run with other {', '.join(differences)}; "
             f"{replace_hint}"
         )
+    return None
 
 
 def _embed(options: RunOptions, recomputed: set, identities: dict, context, items=None) -> Any:
@@ -449,7 +528,7 @@ def _embed(options: RunOptions, recomputed: set, identities: dict, context, item
 
 
 def run_cell(
-    cell: Cell, dataset: Any, options: RunOptions, *, position: str = "", recomputed: set | None = None
+    cell: Cell, dataset: "ItemSet", options: RunOptions, *, position: str = "", recomputed: set | None = None
 ) -> RunOutcome:
     """Run one resolved cell and write its entry; skip when the same run's entry exists."""
     from ocbench._lock import file_lock
@@ -467,7 +546,7 @@ def run_cell(
         return _run_cell_locked(cell, dataset, options, path, split, position=position, recomputed=recomputed)
 
 
-def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, split: Any, *, position: str,
+def _run_cell_locked(cell: Cell, dataset: "ItemSet", options: RunOptions, path: Path, split: Any, *, position: str,
                      recomputed: set | None) -> RunOutcome:
     from ocbench.backbones.loader import resolve_device
     from ocbench.benchmark.entry import build_entry, environment_info, load_entry, write_entry
@@ -481,8 +560,11 @@ def _run_cell_locked(cell: Cell, dataset: Any, options: RunOptions, path: Path, 
         nonlocal existing
         if path.exists() and not options.overwrite:
             existing = load_entry(path)
-            _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split, digests=digests,
-                            replace_hint=options.replace_hint)
+            stale = _check_same_run(existing, path, cell, seed=options.seed, dataset=dataset, split=split,
+                                    digests=digests, replace_hint=options.replace_hint)
+            if stale is not None:
+                warnings.warn(f"{path}: {stale}; computing it again (the entry is replaced)", stacklevel=2)
+                existing = None
         return existing is not None
 
     # rank 0 decides; every rank skips the cell it skips, or stops with the error it found
@@ -597,7 +679,7 @@ def _torch_threads() -> int | None:
 
 def run_grid(
     grid: Iterable[RunSpec] | Iterable[Cell],
-    dataset: Any,
+    dataset: "ItemSet",
     options: RunOptions,
     *,
     on_done: Callable[[RunOutcome], None] | None = None,

@@ -29,13 +29,15 @@ import numpy as np
 import pandas as pd
 
 from ocbench._io import atomic_write, sha256_bytes
+from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError, DataError
 
 TRACKS: tuple[str, ...] = ("paper", "protein")
 N_FOLDS = 5
 SPLIT_FORMAT = "ocbench-split/1"
 
-#: Group column of the ``protein`` track when the dataset has no card (a bare manifest).
+#: Id and group columns of a bare manifest (a DataFrame without a card): OpenCell's.
+DEFAULT_ID_COLUMN = "fov_id"
 DEFAULT_GROUP_COLUMN = "ensg"
 
 
@@ -45,8 +47,10 @@ def group_column_of(manifest_or_dataset: Any) -> str:
     return getattr(card, "group_column", None) or DEFAULT_GROUP_COLUMN
 
 
-def _track_column(track: str, group_column: str) -> str:
-    return "fov_id" if track == "paper" else group_column
+def id_column_of(manifest_or_dataset: Any) -> str:
+    """The column holding item ids: the dataset card's, else OpenCell's ``fov_id``."""
+    card = getattr(manifest_or_dataset, "card", None)
+    return getattr(card, "id_column", None) or DEFAULT_ID_COLUMN
 
 
 def _canonical_parts(
@@ -110,6 +114,23 @@ class Split:
             fh.write(self.to_json_bytes())
         return path
 
+    def indices_of(self, items: Any) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Positions of the test items and of each fold's items in an item set, through its
+        ``parent_ids``: for whole images that is :meth:`indices` of its ids; a cell crop goes
+        where its FOV went, so a cell-level task reuses the image-level split."""
+        parents = [str(p) for p in items.parent_ids]
+        if list(parents) == [str(i) for i in items.ids]:
+            return self.indices(parents)
+        from ocbench.data.base import parent_positions
+
+        unknown = sorted(set(parents).difference(set(self.test).union(*self.folds)))
+        if unknown:
+            raise DataError(
+                f"split {self.sha256[:12]}: images {unknown[0]!r} (and {len(unknown) - 1} more) are in no part; "
+                "it was made for another dataset: make a new one with `ocbench data split`"
+            )
+        return parent_positions(items, self.test), [parent_positions(items, fold) for fold in self.folds]
+
     def indices(self, fov_ids: Any) -> tuple[np.ndarray, list[np.ndarray]]:
         """Positions of the test ids and of each fold's ids in ``fov_ids`` (ascending int64 arrays).
 
@@ -142,17 +163,36 @@ class Split:
 
 
 def manifest_version(manifest: pd.DataFrame) -> str:
-    """sha256 of the manifest as CSV: the same string as ``OpenCellDataset.version``."""
+    """sha256 of the manifest as CSV: the same string as ``OpenCellDataset.manifest_version``."""
     return sha256_bytes(manifest.to_csv(index=False, lineterminator="\n").encode("utf-8"))
 
 
+def items_frame(items: Any) -> pd.DataFrame:
+    """An item set as the frame splits are made from: its ids and groups under the card's column
+    names, and one ``label_<class>`` column per class."""
+    card = items.card
+    frame = pd.DataFrame({card.id_column: [str(i) for i in items.ids]})
+    frame[card.group_column] = np.asarray(items.groups).astype(str)
+    labels = np.asarray(items.labels)
+    for j, name in enumerate(card.class_names):
+        frame[f"label_{name}"] = labels[:, j].astype(np.int64)
+    return frame
+
+
 def _unpack(manifest_or_dataset: Any, dataset_version: str | None) -> tuple[pd.DataFrame, str]:
-    """Accept a manifest frame or anything with ``.manifest`` (and ``.version``), e.g. OpenCellDataset."""
-    manifest = getattr(manifest_or_dataset, "manifest", manifest_or_dataset)
+    """Accept a manifest frame or an item set (:class:`~ocbench.data.base.ItemSet`).
+
+    A split is made for the dataset's listing (items, groups, labels), not for its pixels: a split
+    stays valid when image files are rewritten (``listing_version``)."""
+    if isinstance(manifest_or_dataset, pd.DataFrame):
+        manifest = manifest_or_dataset
+    else:
+        manifest = items_frame(manifest_or_dataset)
     if not isinstance(manifest, pd.DataFrame):
         raise TypeError(f"expected a manifest DataFrame or a dataset, got {type(manifest_or_dataset).__name__}")
     if dataset_version is None:
-        dataset_version = getattr(manifest_or_dataset, "version", None) or manifest_version(manifest)
+        has_version = getattr(manifest_or_dataset, "version", None) is not None
+        dataset_version = listing_version(manifest_or_dataset) if has_version else manifest_version(manifest)
     return manifest, dataset_version
 
 
@@ -160,14 +200,14 @@ def _label_columns(manifest: pd.DataFrame) -> list[str]:
     return [c for c in manifest.columns if str(c).startswith("label_")]
 
 
-def _check_manifest(manifest: pd.DataFrame, track: str, group_column: str) -> None:
-    needed = ["fov_id"] + ([group_column] if track == "protein" else [])
+def _check_manifest(manifest: pd.DataFrame, track: str, group_column: str, id_column: str) -> None:
+    needed = [id_column] + ([group_column] if track == "protein" else [])
     missing = [c for c in needed if c not in manifest.columns]
     if missing:
         raise DataError(f"manifest: column {missing[0]!r} is missing; the {track} track needs {', '.join(needed)}")
-    duplicated = manifest["fov_id"][manifest["fov_id"].duplicated()]
+    duplicated = manifest[id_column][manifest[id_column].duplicated()]
     if len(duplicated):
-        raise DataError(f"manifest: fov_id {duplicated.iloc[0]!r} appears more than once; ids must be unique")
+        raise DataError(f"manifest: {id_column} {duplicated.iloc[0]!r} appears more than once; ids must be unique")
 
 
 def _group_strata(items: pd.DataFrame, group_column: str) -> pd.DataFrame:
@@ -201,8 +241,8 @@ def make_split(
 ) -> Split:
     """A stratified split of ``manifest`` (a manifest DataFrame or an ``OpenCellDataset``).
 
-    ``dataset_version`` defaults to the dataset's ``.version`` (or the manifest's hash, which is the
-    same string). Groups (FOVs for ``paper``, proteins for ``protein``) are ordered by the rank of
+    ``dataset_version`` defaults to the version of the dataset's listing (the manifest's hash, see
+    :func:`~ocbench.data.content.listing_version`). Groups (FOVs for ``paper``, proteins for ``protein``) are ordered by the rank of
     their rarest label, shuffled within it; the test part is a systematic sample of that order
     (so each stratum gives about ``test_fraction`` of its groups), and the other groups are dealt to
     the fold with the fewest groups of their stratum, then the fewest items overall.
@@ -215,12 +255,12 @@ def make_split(
         raise ConfigError(f"test_fraction={test_fraction} must be between 0 and 1")
     if n_folds < 2:
         raise ConfigError(f"n_folds={n_folds} must be at least 2")
-    groups_by = group_column_of(manifest)
+    groups_by, id_column = group_column_of(manifest), id_column_of(manifest)
     manifest, dataset_version = _unpack(manifest, dataset_version)
-    group_column = _track_column(track, groups_by)
-    _check_manifest(manifest, track, groups_by)
-    items = manifest.sort_values("fov_id", kind="stable").reset_index(drop=True)
-    items = items.assign(**{column: items[column].astype(str) for column in {"fov_id", group_column}})
+    group_column = id_column if track == "paper" else groups_by
+    _check_manifest(manifest, track, groups_by, id_column)
+    items = manifest.sort_values(id_column, kind="stable").reset_index(drop=True)
+    items = items.assign(**{column: items[column].astype(str) for column in {id_column, group_column}})
     groups = _group_strata(items, group_column)
     unit = "FOVs" if track == "paper" else "proteins"
     if len(groups) < n_folds + 1:
@@ -264,7 +304,7 @@ def make_split(
 
     part_of_key = dict(zip(groups["key"], np.where(is_test, -1, fold_of_group)))
     part_of_item = items[group_column].map(part_of_key).to_numpy()
-    fov_ids = items["fov_id"].to_numpy()
+    fov_ids = items[id_column].to_numpy()
     return Split(
         track=track,
         seed=int(seed),
@@ -355,14 +395,15 @@ def load_split(
         track=data["track"], seed=data["seed"], dataset_version=data["dataset_version"], test=test, folds=fold_lists
     )
     if manifest is not None:
-        _check_against_manifest(path, split, getattr(manifest, "manifest", manifest), seen, group_column_of(manifest))
+        frame = manifest if isinstance(manifest, pd.DataFrame) else items_frame(manifest)
+        _check_against_manifest(path, split, frame, seen, group_column_of(manifest), id_column_of(manifest))
     return split
 
 
 def _check_against_manifest(
-    path: Path, split: Split, manifest: pd.DataFrame, part_of: dict[str, str], group_column: str
+    path: Path, split: Split, manifest: pd.DataFrame, part_of: dict[str, str], group_column: str, id_column: str
 ) -> None:
-    manifest_ids = set(manifest["fov_id"].astype(str))
+    manifest_ids = set(manifest[id_column].astype(str))
     unknown = sorted(set(part_of) - manifest_ids)
     if unknown:
         raise DataError(
@@ -377,7 +418,7 @@ def _check_against_manifest(
         )
     if split.track == "protein" and group_column in manifest.columns:
         parts_of_protein: dict[str, set[str]] = {}
-        for fov_id, ensg in zip(manifest["fov_id"].astype(str), manifest[group_column].astype(str)):
+        for fov_id, ensg in zip(manifest[id_column].astype(str), manifest[group_column].astype(str)):
             parts_of_protein.setdefault(ensg, set()).add(part_of[fov_id])
         for ensg, parts in sorted(parts_of_protein.items()):
             if len(parts) > 1:
@@ -395,9 +436,9 @@ def _check_against_manifest(
 def class_counts(split: Split, manifest: Any) -> pd.DataFrame:
     """Positive FOVs per class in each part: rows are the 17 compartments plus ``fovs`` and
     ``proteins`` (items and distinct ENSG ids per part), columns ``test, fold0..fold4, train``."""
-    group_column = group_column_of(manifest)
-    manifest = getattr(manifest, "manifest", manifest)
-    test_idx, folds_idx = split.indices(manifest["fov_id"].astype(str).tolist())
+    group_column, id_column = group_column_of(manifest), id_column_of(manifest)
+    manifest = manifest if isinstance(manifest, pd.DataFrame) else items_frame(manifest)
+    test_idx, folds_idx = split.indices(manifest[id_column].astype(str).tolist())
     parts = {"test": test_idx, **{f"fold{k}": idx for k, idx in enumerate(folds_idx)}}
     parts["train"] = np.sort(np.concatenate(folds_idx))
     rows: dict[str, dict[str, int]] = {}
@@ -437,5 +478,6 @@ def write_split(
         root = getattr(dataset, "root", None)
         if root is None:
             raise ConfigError("write_split: pass out= when splitting a bare manifest (it has no root folder)")
-        out = default_split_path(root, track, seed)
+        root = Path(root)
+        out = default_split_path(root if root.is_dir() else root.parent, track, seed)  # a table: beside it
     return split, split.save(out)

@@ -1,14 +1,17 @@
 """Dataset cards: what a dataset is (channels, classes, groups, labels), registered by name.
 
 A card is the one place the rest of ocbench learns a dataset's vocabulary: channel adapters take
-its channel names, splits group by its group column, tasks and entries key per-class scores by its
-class names, the board labels tables with its name. ``opencell`` (the real data, fetched by
-``ocbench data download opencell``) and ``demo`` (synthetic, in the same layout) are built in;
+its channel names and presets, splits group by its group column, tasks take their per-task
+defaults, label mode and crop sizes from it, entries key per-class scores by its class names, the
+board labels tables with its name and never ranks two datasets or label modes together.
+``opencell`` (the real data, fetched by ``ocbench data download opencell``) and ``demo``
+(synthetic, in the same layout) are built in;
 a plugin adds others with :func:`register_dataset_card` (or the ``ocbench.datasets`` entry point).
 
-:func:`open_dataset` resolves what a user typed after ``--dataset`` (a card name or a folder) into
-a dataset object carrying its card (``dataset.card``) and the name its entries record
-(``dataset.name``). A folder in the OpenCell layout is read by the OpenCell reader, but recorded
+:func:`resolve_dataset` is the one resolver of what a user typed after ``--dataset`` (a card name, a
+table of a lab's own images, or a folder); :func:`open_dataset` opens it into an item set
+(:class:`~ocbench.data.base.ItemSet`) carrying its card (``.card``) and the name its entries record
+(``.name``). A folder in the OpenCell layout is read by the OpenCell reader, but recorded
 as ``opencell`` only when it is OpenCell (it holds the marker ``ocbench data download`` writes);
 a user's own folder in that layout is recorded as ``local:<folder name>``, and a demo folder as
 ``demo``, so the paper's numbers never stand beside data that is not OpenCell.
@@ -46,7 +49,11 @@ DOWNLOAD_MARKER = "ocbench-download.json"
 #: Written by ``ocbench data demo`` at the root of a synthetic demo dataset.
 DEMO_MARKER = "ocbench-demo.json"
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._:-]*$")
+#: How a dataset's labels are given: several classes per item, or exactly one.
+LABEL_MODES: tuple[str, ...] = ("multilabel", "single")
+#: A single-cell crop's window, in typical cell diameters.
+CROP_DIAMETERS = 3.2
 
 
 @dataclass(frozen=True)
@@ -63,11 +70,27 @@ class DatasetCard:
     group_column: str
     #: What one group is, in words ("protein").
     group_name: str
-    #: ``"module:callable"`` called as ``reader(root, annotations=..., min_grade=..., card=..., name=...)``.
+    #: ``"module:callable"`` called as ``reader(root, card=..., name=..., **options)`` where options
+    #: are ``annotations`` and this card's :attr:`reader_options`.
     reader: str
     #: Annotation grades and the lowest grade counted as a positive label by default.
     grades: tuple[int, ...] = ()
     default_min_grade: int = 1
+    #: ``multilabel`` (any number of classes per item) or ``single`` (exactly one per item). Labels
+    #: are an (N, C) 0/1 matrix in both modes; a task states which modes it scores.
+    label_mode: str = "multilabel"
+    #: The manifest column holding item ids (what splits and embedding caches list).
+    id_column: str = "fov_id"
+    #: Reader options a user may set (``--min-grade`` is OpenCell's ``min_grade``): name -> allowed values.
+    reader_options: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    #: Named channel maps for RGB backbones: preset -> {dataset channel: input channel letter or name}.
+    #: ``imagenet-best`` for OpenCell is the paper's best map (protein -> G, nucleus -> B).
+    channel_presets: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: The protocol's per-task settings on this dataset: task name -> {setting: value}. They are the
+    #: task's defaults here (not overrides), e.g. which classes sc-knn leaves out.
+    task_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: A typical cell's diameter in pixels: single-cell crops are sized from it.
+    cell_diameter_px: float | None = None
     #: Where the data lives by default: ``"module:callable"`` returning a folder, or None.
     default_root: str | None = None
     #: How to get the data when the default folder is missing (shown in the error).
@@ -96,6 +119,44 @@ class DatasetCard:
             raise bad("reader", "must be 'module:callable'")
         if self.grades and self.default_min_grade not in self.grades:
             raise bad("default_min_grade", f"must be one of the grades {self.grades}")
+        if self.label_mode not in LABEL_MODES:
+            raise bad("label_mode", f"must be one of {', '.join(LABEL_MODES)}, got {self.label_mode!r}")
+        for preset, mapping in self.channel_presets.items():
+            unknown = sorted(set(mapping) - set(self.channel_names))
+            if unknown:
+                raise bad("channel_presets", f"preset {preset!r} names unknown channel(s) {', '.join(unknown)}")
+        if self.cell_diameter_px is not None and not self.cell_diameter_px > 0:
+            raise bad("cell_diameter_px", "must be a positive number of pixels")
+
+    def reader_option_values(self, given: dict[str, Any]) -> dict[str, Any]:
+        """This card's reader options with ``given`` applied (None = the default); one-line errors
+        for options the card does not have or values it does not allow."""
+        # defaults: the first allowed value, except OpenCell's grade, whose default the card states
+        values = {name: self.default_min_grade if name == "min_grade" else allowed[0]
+                  for name, allowed in self.reader_options.items()}
+        for name, value in given.items():
+            if value is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if name not in self.reader_options:
+                raise ConfigError(f"{flag}: dataset {self.name!r} has no reader option {name!r}; leave it out")
+            allowed = self.reader_options[name]
+            if value not in allowed:
+                raise ConfigError(
+                    f"{flag} {value!r} is not allowed for dataset {self.name!r}; use one of {', '.join(map(str, allowed))}"
+                )
+            values[name] = value
+        return values
+
+    def cell_crop(self, zoom: float = 2.0) -> int:
+        """Output size (px) of a single-cell crop at ``zoom``: a window of 3.2 cell diameters (a cell
+        and its neighbours' edges), zoomed, rounded to a multiple of 8. OpenCell (80 px cells)
+        gets the paper's 512 px at zoom 2."""
+        if self.cell_diameter_px is None:
+            raise ConfigError(
+                f"dataset {self.name!r} states no cell diameter; set cell_diameter_px in its card, or --set crop_size=N"
+            )
+        return max(8, int(round(CROP_DIAMETERS * self.cell_diameter_px * zoom / 8.0)) * 8)
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -108,7 +169,9 @@ class DatasetCard:
             "class_names": list(self.class_names),
             "group_column": self.group_column,
             "group_name": self.group_name,
+            "label_mode": self.label_mode,
             "pixel_size_um": self.pixel_size_um,
+            "cell_diameter_px": self.cell_diameter_px,
             "synthetic": self.synthetic,
         }
 
@@ -161,6 +224,11 @@ _OPENCELL_LAYOUT: dict[str, Any] = dict(
     reader="ocbench.data.opencell:OpenCellDataset",
     grades=GRADES,
     default_min_grade=1,
+    reader_options={"min_grade": GRADES},
+    channel_presets={"imagenet-best": {"protein": "G", "nucleus": "B"}},
+    # sc-knn's weak labels: compartments at grade 3, FOVs with big aggregates left out (unreliable
+    # segmentation; the paper excludes them)
+    task_defaults={name: {"label_grade": 3, "omit_fovs_with": ("big_aggregates",)} for name in ("sc-knn", "sc-knn-fov")},
 )
 
 OPENCELL = register_dataset_card(
@@ -172,6 +240,7 @@ OPENCELL = register_dataset_card(
         default_root="ocbench.paths:opencell_root",
         obtain_hint="run `ocbench data download opencell` first, or pass --dataset DIR (or --dataset demo for the offline demo)",
         pixel_size_um=0.206,
+        cell_diameter_px=80.0,  # about 16 um HEK293T cells at 0.206 um/px
         url="https://opencell.czbiohub.org",
         citation=_OPENCELL_CITATION,
         license="CC BY 4.0 (images and annotations)",
@@ -185,6 +254,7 @@ DEMO = register_dataset_card(
         "protein channel carries class-specific patterns (offline, written on first use)",
         **_OPENCELL_LAYOUT,
         default_root="ocbench.data.demo:ensure_demo",
+        cell_diameter_px=26.0,  # DemoConfig.cell_radius 13 px
         synthetic=True,
         notes="Synthetic: its scores say that the pipeline works, not how a backbone does on real cells.",
     )
@@ -208,28 +278,37 @@ def recorded_name(root: Path) -> tuple[DatasetCard, str]:
     return OPENCELL, f"local:{slug}"
 
 
-def dataset_card_for(dataset: str | os.PathLike) -> DatasetCard:
-    """The card of what ``--dataset`` names, without opening the data (for checks before any work)."""
-    text = str(dataset)
-    if text in DATASETS:
-        return DATASETS.get(text)
-    root = Path(text).expanduser()
-    return recorded_name(root)[0] if root.is_dir() else OPENCELL
+#: File name endings read as a lab's own table (one row per image; see ``ocbench.data.table``).
+TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".parquet")
+#: What makes a table's card (its sidecar over what the table says about itself).
+TABLE_CARD = "ocbench.data.table:table_card"
 
 
-def open_dataset(
-    dataset: str | os.PathLike,
-    *,
-    annotations: str | os.PathLike | None = None,
-    min_grade: int | None = None,
-    reader_kwargs: dict[str, Any] | None = None,
-):
-    """Open ``dataset`` (a card name or a folder) and return the dataset object.
+@dataclass(frozen=True)
+class DatasetSource:
+    """What ``--dataset`` named, resolved but not opened: the card, where the data is, the name
+    entries record."""
 
-    The object has ``.card`` (its DatasetCard) and ``.name`` (recorded in entries).
-    """
-    from ocbench.registry import resolve_reference
+    card: DatasetCard
+    root: Path
+    name: str
 
+
+def _unknown_dataset(text: str, path: Path) -> DataError:
+    looks_like_path = os.sep in text or path.suffix != ""
+    close = "" if looks_like_path else DATASETS.unknown(text).args[0]
+    hint = f" ({close.split('; ', 1)[1]})" if "did you mean" in close else ""
+    return DataError(
+        f"{path}: no such folder or table and no dataset card of that name{hint}; "
+        f"known datasets: {', '.join(DATASETS.names())} (see: ocbench data list), "
+        f"or a folder in the OpenCell layout, or a table ({', '.join(TABLE_SUFFIXES)})"
+    )
+
+
+def resolve_dataset(dataset: str | os.PathLike) -> DatasetSource:
+    """The one resolver of what a user typed after ``--dataset``: a card name, a table of a lab's own
+    images (``.csv``, ``.tsv``, ``.parquet``), or a folder in the OpenCell layout. Anything else is
+    an error with a did-you-mean, never silently OpenCell. Reads the table (not the images)."""
     text = str(dataset)
     if text in DATASETS:
         card = DATASETS.get(text)
@@ -238,17 +317,45 @@ def open_dataset(
             raise ConfigError(f"dataset {card.name!r} has no default folder; pass --dataset DIR")
         if not root.exists():
             raise DataError(f"{root}: no {card.name} data here; {card.obtain_hint or 'pass --dataset DIR'}")
-        name = card.name
-    else:
-        root = Path(text).expanduser()
-        if not root.exists():
-            close = DATASETS.unknown(text).args[0] if os.sep not in text else ""
-            hint = f" ({close.split('; ', 1)[1]})" if "did you mean" in close else ""
-            raise DataError(
-                f"{root}: no such folder and no dataset card of that name{hint}; "
-                f"known datasets: {', '.join(DATASETS.names())} (see: ocbench data list)"
-            )
-        card, name = recorded_name(root)
+        return DatasetSource(card, root, card.name)
+    path = Path(text).expanduser()
+    if path.suffix.lower() in TABLE_SUFFIXES and path.is_file():
+        from ocbench.registry import resolve_reference
+
+        # by reference, like every reader: the table reader builds on this module
+        card = resolve_reference(TABLE_CARD, what="table dataset card")(path)
+        return DatasetSource(card, path, card.name)
+    if path.is_dir():
+        card, name = recorded_name(path)
+        return DatasetSource(card, path, name)
+    raise _unknown_dataset(text, path)
+
+
+def dataset_card_for(dataset: str | os.PathLike) -> DatasetCard:
+    """The card of what ``--dataset`` names, without opening the images (for checks before any work)."""
+    return resolve_dataset(dataset).card
+
+
+def open_dataset(
+    dataset: str | os.PathLike | DatasetSource,
+    *,
+    annotations: str | os.PathLike | None = None,
+    min_grade: int | None = None,
+    reader_kwargs: dict[str, Any] | None = None,
+):
+    """Open ``dataset`` (a card name, a table or a folder) and return its item set
+    (:class:`~ocbench.data.base.ItemSet`: ``.card``, ``.name`` recorded in entries, ``.version``).
+
+    ``min_grade`` is a reader option (OpenCell's); a dataset whose card has no such option refuses it.
+    """
+    from ocbench.registry import resolve_reference
+
+    source = dataset if isinstance(dataset, DatasetSource) else resolve_dataset(dataset)
+    card = source.card
+    options = card.reader_option_values({"min_grade": min_grade})
+    if annotations is not None:
+        if "min_grade" not in card.reader_options:  # only the OpenCell layout has an annotation table
+            raise ConfigError(f"--annotations: dataset {source.name!r} takes its labels from its table; leave it out")
+        options["annotations"] = annotations
     reader: Callable[..., Any] = resolve_reference(card.reader, what=f"dataset {card.name} reader")
-    grade = card.default_min_grade if min_grade is None else min_grade
-    return reader(root, annotations=annotations, min_grade=grade, card=card, name=name, **(reader_kwargs or {}))
+    return reader(source.root, card=card, name=source.name, **options, **(reader_kwargs or {}))

@@ -8,9 +8,10 @@ The paper's single-cell track (the seed paper, section 2.6.2 and appendix B) in 
    model download: the demo and the tests). One compressed label image per FOV is saved under
    ``<cache>/cells/<dataset>__<backend>__<hash>/masks/`` as soon as it is done, so a killed run
    resumes. The folder is keyed by the dataset (name and folder), the backend and its settings;
-   each mask records the fingerprint of its FOV file (size, mtime, sha256), so a changed image is
-   segmented again while a relabelled dataset (new annotation table, other ``--min-grade``) reuses
-   the masks.
+   each mask records the fingerprint of its FOV file (size, times, sha256), checked against the
+   dataset's content record (``dataset.content``, :mod:`ocbench.data.content`), so a changed
+   image is segmented again (with a warning counting them) while a relabelled dataset (new
+   annotation table, other ``--min-grade``) reuses the masks.
 2. **Cell table** (:class:`CellTable`): one row per mask with its cell id, FOV, protein, centroid,
    area, black-pixel fraction, kept/dropped and why, and its weak labels. Saved next to the masks,
    keyed by the dataset version (the labels), the crop settings and the label policy.
@@ -58,6 +59,7 @@ import pandas as pd
 
 from ocbench import paths
 from ocbench._io import atomic_path, atomic_write, sha256_bytes, sha256_file
+from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError, DataError
 from ocbench.registry import Registry
 
@@ -107,8 +109,8 @@ or by its FOV and a point inside the cell (pixel row y and column x of the FOV i
 whose mask contains the point is taken, so the file does not depend on the segmentation backend):
     fov_id,y,x,labels
     OC-FOV_..._FID00030311,212.5,388,nucleoplasm
-labels: the cell's compartments, separated by ';', from the dataset's class names. A cell id listed
-twice, an unknown FOV, cell id or class is an error. A point outside every cell mask, or a point
+labels: the cell's compartments, separated by ';', from the dataset's class names. A cell id or a
+point listed twice, an unknown FOV, cell id or class is an error. A point outside every cell mask, or a point
 whose mask also holds another listed point (the segmentation merged cells the expert told apart),
 is left out and counted in the summary. Only the listed cells are evaluated.""".strip()
 
@@ -299,7 +301,7 @@ def _need_skimage(what: str) -> None:
         import skimage  # noqa: F401
     except ImportError:
         raise ConfigError(
-            f"{what} needs the Python package scikit-image, which is not installed; run: pip install 'ocbench[singlecell]'"
+            f"{what} needs the Python package scikit-image, which is not installed; run: pip install 'ocbench[cells]' (scikit-image alone)"
         ) from None
 
 
@@ -629,7 +631,7 @@ def _mask_file(masks_dir: Path, fov_id: str) -> Path:
 
 
 def _source_stat(dataset: Any, i: int) -> dict[str, Any] | None:
-    """Size and mtime of FOV ``i``'s file (None when the dataset has no files)."""
+    """Size and times of FOV ``i``'s file (None when the dataset has no files)."""
     path_of = getattr(dataset, "path", None)
     if path_of is None:
         return None
@@ -637,34 +639,53 @@ def _source_stat(dataset: Any, i: int) -> dict[str, Any] | None:
         st = os.stat(path_of(i))
     except OSError:
         return None
-    return {"path": str(path_of(i)), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    # ctime too: a tool that restores the mtime after rewriting a file cannot restore it.
+    return {"path": str(path_of(i)), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns),
+            "ctime_ns": int(st.st_ctime_ns)}
+
+
+def _known_sha256(dataset: Any, i: int) -> str | None:
+    """FOV ``i``'s file sha256 from the dataset's content record (hashed once, when it was listed),
+    while the file's size and times are still those recorded; else None (hash it here)."""
+    content = getattr(dataset, "content", None)
+    stat = _source_stat(dataset, i)
+    if content is None or stat is None or not callable(getattr(content, "record", None)):
+        return None
+    record = content.record(i)
+    return record[3] if list(record[:3]) == [stat["size"], stat["mtime_ns"], stat["ctime_ns"]] else None
 
 
 def _fingerprint(dataset: Any, i: int, image: np.ndarray) -> dict[str, Any]:
     stat = _source_stat(dataset, i)
     if stat is not None:
-        return {**stat, "sha256": sha256_file(stat["path"])}
+        return {**stat, "sha256": _known_sha256(dataset, i) or sha256_file(stat["path"])}
     return {"pixels_sha256": sha256_bytes(np.ascontiguousarray(image).tobytes())}
 
 
-def _mask_is_current(path: Path, dataset: Any, i: int) -> bool:
-    """A saved mask is reused when its FOV file is unchanged (size and mtime, else its sha256)."""
+def _mask_state(path: Path, dataset: Any, i: int) -> str:
+    """``current`` (a saved mask of FOV ``i``'s file as it is now), ``changed`` (saved for other
+    content of the file) or ``missing`` (none, or damaged)."""
     if not path.is_file():
-        return False
+        return "missing"
     try:
         with np.load(path) as z:
             stored = json.loads(str(z["meta"]))
     except Exception:
-        return False  # a damaged file is segmented again
+        return "missing"  # a damaged file is segmented again
     source = stored.get("source", {})
+    known = _known_sha256(dataset, i)
+    if known is not None:
+        return "current" if source.get("sha256") == known else "changed"
     stat = _source_stat(dataset, i)
     if stat is None:
-        return "pixels_sha256" in source and source["pixels_sha256"] == sha256_bytes(
+        same = "pixels_sha256" in source and source["pixels_sha256"] == sha256_bytes(
             np.ascontiguousarray(dataset.read(i)).tobytes()
         )
-    if source.get("size") == stat["size"] and source.get("mtime_ns") == stat["mtime_ns"]:
-        return True
-    return source.get("size") == stat["size"] and source.get("sha256") == sha256_file(stat["path"])
+    elif all(source.get(k) == stat[k] for k in ("size", "mtime_ns", "ctime_ns")):
+        same = True
+    else:
+        same = source.get("size") == stat["size"] and source.get("sha256") == sha256_file(stat["path"])
+    return "current" if same else "changed"
 
 
 def _write_mask(path: Path, labels: np.ndarray, meta: dict[str, Any]) -> None:
@@ -694,7 +715,7 @@ class LabelPolicy:
     none, or annotated (any grade) with a class in ``omit_fovs_with``, are not evaluated."""
 
     grade: int = 3
-    omit_fovs_with: tuple[str, ...] = ("big_aggregates",)
+    omit_fovs_with: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"grade": int(self.grade), "omit_fovs_with": list(self.omit_fovs_with)}
@@ -866,13 +887,22 @@ def prepare_cells(
         with atomic_write(info_path) as fh:
             json.dump(info, fh, indent=1, sort_keys=True)
 
-    fov_ids = list(dataset.fov_ids)
+    fov_ids = list(dataset.ids)
+    states = ["missing" if recompute else _mask_state(_mask_file(masks_dir, fov_id), dataset, i)
+              for i, fov_id in enumerate(fov_ids)]
+    changed = [fov_id for fov_id, state in zip(fov_ids, states) if state == "changed"]
+    if changed:
+        import warnings
+
+        names = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
+        warnings.warn(f"{len(changed)} image file(s) changed since their masks were made in {masks_dir} ({names}); "
+                      "segmenting those again", stacklevel=2)
     segmented = 0
     seg_time = 0.0
     with _progress_bar(progress, n_fovs, f"segment ({backend.name})") as bar:
         for i, fov_id in enumerate(fov_ids):
             path = _mask_file(masks_dir, fov_id)
-            if recompute or not _mask_is_current(path, dataset, i):
+            if states[i] != "current":
                 t0 = time.perf_counter()
                 image = np.asarray(dataset.read(i))
                 labels = np.asarray(backend.segment(image, channel_names))
@@ -904,8 +934,7 @@ def prepare_cells(
 
     weak_fov, eligible_fov, why_fov = _fov_weak_labels(dataset, policy)
     manifest = dataset.manifest
-    group_column = card.group_column
-    groups = manifest[group_column].astype(str).tolist() if group_column in manifest.columns else fov_ids
+    groups = [str(g) for g in dataset.groups]
     proteins = manifest["gene"].astype(str).tolist() if "gene" in manifest.columns else groups
     rows = []
     for i, fov_id in enumerate(fov_ids):
@@ -933,6 +962,7 @@ def prepare_cells(
         "black_threshold": threshold,
         "n_fovs": n_fovs,
         "n_fovs_segmented_now": segmented,
+        "n_fovs_changed": len(changed),
         "n_masks": int(len(cells)),
         "n_dropped": int(over.sum()),
         "n_evaluated": int(cells["evaluated"].sum()),
@@ -993,9 +1023,10 @@ class CellCrops:
         self._centroid = sub[["centroid_y", "centroid_x"]].to_numpy(dtype=np.float64)
         self.ids: list[str] = sub["cell_id"].tolist()
         self.card = dataset.card
-        self.name = getattr(dataset, "name", None)
+        self.name: str = dataset.name
         self.version: str = _hash(
-            {"kind": "cell-crops", "format": CELLS_FORMAT, "dataset_version": str(dataset.version),
+            # The listing: each crop's FOV file content is checked per item by the embedding cache.
+            {"kind": "cell-crops", "format": CELLS_FORMAT, "dataset_version": listing_version(dataset),
              "mask_key": table.meta.get("mask_key"), "table": table.meta.get("table_sha256"),
              "crop": table.crop.to_dict(), "cells": _hash(self.ids)}
         )
@@ -1004,6 +1035,25 @@ class CellCrops:
     @property
     def fov_ids(self) -> list[str]:
         return self.ids
+
+    @property
+    def parent_ids(self) -> list[str]:
+        """The FOV each cell was cut from: image-level splits map to cells through it."""
+        return list(self._fov_id)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The group (the dataset card's, e.g. the protein) of each cell's FOV."""
+        return self.table.cells["group"].astype(str).to_numpy()[self.rows]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Each cell's weak labels (its FOV's, see :class:`LabelPolicy`), (N, C) 0/1."""
+        return self.table.weak_labels[self.rows]
+
+    @property
+    def reader_options(self) -> dict[str, Any]:
+        return dict(self.dataset.reader_options)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -1043,6 +1093,11 @@ class EvaluationSet:
     @property
     def ids(self) -> list[str]:
         return self.crops.ids
+
+    @property
+    def protein_groups(self) -> np.ndarray:
+        """Each cell's group by the dataset card's group column (the protein on OpenCell)."""
+        return self.crops.table.cells["group"].astype(str).to_numpy()[self.crops.rows]
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -1097,11 +1152,19 @@ def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndar
     how many listed points were left out (``outside_every_mask``, ``in_a_merged_cell``)."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise DataError(f"{path}: cannot read the cell labels file ({exc.strerror or exc})") from None
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); "
+                        "save the cell labels file as UTF-8 CSV") from None
+    source = _CountedLines(text)
+    reader = csv.DictReader(source)
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+    except csv.Error as exc:
+        raise _csv_problem(path, source, exc) from None
     reader.fieldnames = header
     by_id = "cell_id" in header
     by_point = {"fov_id", "y", "x"} <= set(header)
@@ -1120,9 +1183,10 @@ def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndar
     masks: dict[str, np.ndarray] = {}
     listed: dict[int, tuple[int, np.ndarray, bool]] = {}  # table row -> (line, labels, listed by point)
     merged: set[int] = set()
+    points: dict[tuple[str, int, int], int] = {}  # (FOV, pixel row, column) -> line, of the listed points
     skipped = {"outside_every_mask": 0, "in_a_merged_cell": 0}
     lines = 0
-    for line_no, record in enumerate(reader, start=2):
+    for line_no, record in _csv_records(path, reader, source):
         lines += 1
         where = f"{path}: line {line_no}"
         names = [n.strip() for n in (record.get("labels") or "").split(_LABEL_SEP) if n.strip()]
@@ -1158,6 +1222,9 @@ def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndar
                 masks[fov] = table.mask(fov)
             mask = masks[fov]
             yi, xi = int(math.floor(y + 0.5)), int(math.floor(x + 0.5))
+            if (fov, yi, xi) in points:  # the same point again is a copy, not a second cell
+                raise DataError(f"{where}: duplicate of line {points[fov, yi, xi]} (the same point of FOV {fov}); list each cell once")
+            points[fov, yi, xi] = line_no
             label = int(mask[yi, xi]) if 0 <= yi < mask.shape[0] and 0 <= xi < mask.shape[1] else 0
             match = [r for r in fov_rows[fov] if int(cells.at[r, "mask_label"]) == label] if label else []
             if not match:
@@ -1182,6 +1249,43 @@ def read_cell_labels(path: str | os.PathLike, table: CellTable) -> tuple[np.ndar
             if lines else f"{path}: no cells listed"
         )
     return np.asarray(rows, dtype=np.int64), np.stack([listed[r][1] for r in rows]), skipped
+
+
+class _CountedLines:
+    """The lines of a text for a CSV reader, counting how many it has taken (the line a row ends
+    on, or the one it failed on: csv's own ``line_num`` lags by one on some errors)."""
+
+    def __init__(self, text: str):
+        self._lines = iter(io.StringIO(text))
+        self.line = 0
+
+    def __iter__(self) -> "_CountedLines":
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.line += 1
+        return line
+
+
+def _csv_problem(path: Path, source: _CountedLines, exc: csv.Error) -> DataError:
+    """A malformed CSV row (e.g. a field over csv's size limit) as one line naming it."""
+    text = str(exc)
+    if "field larger than field limit" in text:
+        text = f"a field is longer than {csv.field_size_limit():,} characters (csv's limit); is this a cell labels file?"
+    return DataError(f"{path}: line {source.line}: not a readable CSV row ({text}); see `ocbench data cells --help` for the format")
+
+
+def _csv_records(path: Path, reader: Any, source: _CountedLines) -> Iterable[tuple[int, dict]]:
+    """``(line number, row)`` of a CSV reader over ``source``; a malformed row is a one-line DataError naming its line."""
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise _csv_problem(path, source, exc) from None
+        yield source.line, record
 
 
 def write_cell_labels(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> Path:
@@ -1316,11 +1420,14 @@ def export_embeddings(
     labels: np.ndarray,
     groups: Sequence[str],
     class_names: Sequence[str],
+    fovs: Sequence[str] | None = None,
 ) -> Path:
     """Write embeddings for use outside ocbench: ``.npz`` (arrays ``features`` (N, D) float32,
-    ``ids`` (N,), ``labels`` (N, C) uint8 0/1, ``groups`` (N,) and ``class_names`` (C,), strings as
-    unicode arrays: ``np.load(path)`` needs no pickle) or ``.parquet`` (one row per item: id, group,
-    one column per class, then ``f0000``...)."""
+    ``ids`` (N,), ``labels`` (N, C) uint8 0/1, ``groups`` (N,: the protein, or the dataset card's
+    group, that grouped splits and intervals go by), ``fovs`` (N,: the FOV each item comes from;
+    ``ids`` when not given) and ``class_names`` (C,), strings as unicode arrays: ``np.load(path)``
+    needs no pickle) or ``.parquet`` (one row per item: id, group, fov, one column per class, then
+    ``f0000``...)."""
     path = Path(path).expanduser()
     x = np.asarray(features, dtype=np.float32)
     y = np.asarray(labels)
@@ -1329,19 +1436,21 @@ def export_embeddings(
         raise DataError(f"export: features of shape {x.shape} for {n} ids")
     if y.shape != (n, len(class_names)) or not np.isin(y, (0, 1)).all():
         raise DataError(f"export: labels must be ({n}, {len(class_names)}) 0/1, got {y.shape}")
-    if len(groups) != n:
-        raise DataError(f"export: {len(groups)} groups for {n} ids")
+    fovs = list(ids) if fovs is None else list(fovs)
+    if len(groups) != n or len(fovs) != n:
+        raise DataError(f"export: {len(groups)} groups and {len(fovs)} FOVs for {n} ids")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer, features=x, ids=np.asarray(list(ids), dtype=str), labels=y.astype(np.uint8),
-            groups=np.asarray([str(g) for g in groups], dtype=str), class_names=np.asarray(list(class_names), dtype=str),
+            groups=np.asarray([str(g) for g in groups], dtype=str), fovs=np.asarray([str(f) for f in fovs], dtype=str),
+            class_names=np.asarray(list(class_names), dtype=str),
         )
         with atomic_path(path) as tmp:
             tmp.write_bytes(buffer.getvalue())
     elif suffix == ".parquet":
-        frame = pd.DataFrame({"id": list(ids), "group": [str(g) for g in groups]})
+        frame = pd.DataFrame({"id": list(ids), "group": [str(g) for g in groups], "fov": [str(f) for f in fovs]})
         frame = pd.concat(
             [frame, pd.DataFrame(y.astype(np.uint8), columns=list(class_names)),
              pd.DataFrame(x, columns=[f"f{j:04d}" for j in range(x.shape[1])])], axis=1,
@@ -1358,11 +1467,12 @@ def export_embeddings(
 
 def export_cell_embeddings(path: str | os.PathLike, evaluation: EvaluationSet, embeddings: Any) -> Path:
     """Write the ``embeddings`` of ``evaluation``'s crops with :func:`export_embeddings`: ids are the
-    cell ids, groups their FOV ids."""
+    cell ids, groups their proteins (the dataset card's group), fovs their FOV ids."""
     if list(embeddings.fov_ids) != list(evaluation.ids):
         raise DataError("the cell embeddings do not line up with the evaluation cells; rerun with --recompute")
     return export_embeddings(
-        path, embeddings.features, evaluation.ids, evaluation.labels, evaluation.groups, evaluation.crops.card.class_names
+        path, embeddings.features, evaluation.ids, evaluation.labels, evaluation.protein_groups,
+        evaluation.crops.card.class_names, fovs=evaluation.groups,
     )
 
 

@@ -160,10 +160,12 @@ def _check_image(dataset, i: int, image: np.ndarray, shape: tuple[int, ...]) -> 
 
 def _split_parts(dataset, split) -> dict[str, str]:
     """fov_id -> "test" / "fold<k>"; checks that the split was made for this dataset."""
-    version = getattr(split, "dataset_version", None)
-    if version and version != dataset.version:
+    from ocbench.data.content import listing_version
+
+    version, listing = getattr(split, "dataset_version", None), listing_version(dataset)
+    if version and version != listing:
         raise DataError(
-            f"split was made for dataset version {str(version)[:12]}, this dataset is {dataset.version[:12]}; "
+            f"split was made for dataset version {str(version)[:12]}, this dataset is {listing[:12]}; "
             "make a new split with `ocbench data split`"
         )
     part_of: dict[str, str] = {}
@@ -199,7 +201,7 @@ def _description(dataset, shape, split, split_sha, synthetic: bool) -> str:
         "ds.with_format('numpy', dtype='uint16'): the numpy format widens integers to int64 otherwise.",
         f"labels: multi-label compartment indices into {list(COMPARTMENTS)}.",
         "grades: annotation grade per compartment in the same order (3 prominent, 2 less pronounced, 1 weak, 0 none).",
-        f"dataset version (sha256 of the ocbench manifest): {dataset.version}.",
+        f"dataset version (sha256 of the ocbench manifest and the images' content): {dataset.version}.",
     ]
     min_grade = getattr(dataset, "min_grade", None)
     if min_grade is not None:

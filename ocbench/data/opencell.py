@@ -22,12 +22,14 @@ import numpy as np
 import pandas as pd
 
 from ocbench._io import atomic_write, sha256_bytes
+from ocbench.data import content as data_content
 from ocbench.data.annotations import GRADE_COLUMNS, LABEL_COLUMNS, build_labels, load_annotations
 from ocbench.data.compartments import CHANNELS, COMPARTMENTS, GRADES, RAW_CHANNEL_INDEX
 from ocbench.data.layout import FOV_PATTERN, RAW_DIR, FovName, parse_fov_filename
 from ocbench.errors import ConfigError, DataError
 
-#: Written next to the data; its sha256 is the dataset version.
+#: Written next to the data; its sha256 is the listing's version (names, paths, labels), which with
+#: the files' content (:mod:`ocbench.data.content`) makes the dataset version.
 MANIFEST_NAME = "ocbench-manifest.csv"
 #: Annotation tables looked for under the root when none is given, first existing wins.
 DEFAULT_ANNOTATION_FILES: tuple[str, ...] = ("annotations.csv", "opencell-localization-annotations.csv")
@@ -213,6 +215,8 @@ class DatasetInfo:
     min_grade: int
     version: str
     manifest_path: str | None  # None when the manifest could not be written
+    files_hashed: int  # image files read and hashed by this listing (the others' records were remembered)
+    content_s: float  # seconds the content record took
     files_found: int
     names_skipped: int
     other_kinds: int
@@ -275,7 +279,9 @@ def format_info(info: DatasetInfo) -> str:
         [
             f"OpenCell dataset: {info.root}",
             f"annotations: {info.annotations} ({info.annotation_format} format); positive = grade >= {info.min_grade}",
-            f"version: {info.version}",
+            f"version: {info.version} (names, labels and the images' content)",
+            f"content: {info.fovs_labelled} image files checked in {info.content_s:.2f} s, "
+            f"{info.files_hashed} read and hashed now, the others unchanged since last listed",
             f"manifest: {info.manifest_path or 'not saved'}",
             "",
             *lines,
@@ -307,7 +313,10 @@ class OpenCellDataset:
     ``annotations`` is a table path (either format) or a frame from :func:`load_annotations`;
     None looks for :data:`DEFAULT_ANNOTATION_FILES` under ``root``. ``min_grade`` sets which
     annotation grades count as positives. The manifest is written to ``<root>/ocbench-manifest.csv``
-    (atomically, only when its content changed); ``version`` is the sha256 of its bytes.
+    (atomically, only when its content changed); ``manifest_version`` is the sha256 of its bytes.
+    ``content`` is the files' :class:`~ocbench.data.content.DataContent` (size, times and sha256
+    of each image file, hashed only when new or changed); ``version`` covers both, so any result
+    keyed by it is computed again when an image's pixels change.
     """
 
     def __init__(
@@ -352,10 +361,25 @@ class OpenCellDataset:
                 f"{self.annotation_source} (by ENSG id or target name); pass the right table with --annotations"
             )
         csv_bytes = self.manifest.to_csv(index=False, lineterminator="\n").encode("utf-8")
-        self.version: str = sha256_bytes(csv_bytes)
+        #: sha256 of the manifest: the items, their files and labels, not the files' content.
+        self.manifest_version: str = sha256_bytes(csv_bytes)
         self.manifest_path: Path | None = self._save_manifest(csv_bytes) if write_manifest else None
+        #: Size, times and sha256 of every item's file, in item order (computed once, here).
+        self.content = data_content.read_content(self.root, self.manifest["path"].tolist(), save=write_manifest)
+        self.version: str = data_content.combined_version(self.manifest_version, self.content.digest)
         self._scan = scan
         self._labels: np.ndarray | None = None
+
+    def files_changed_since(self, version: str) -> list[str] | None:
+        """Image files (relative paths) whose content changed since this dataset had ``version``;
+        None when ``version`` is not an earlier state of this listing that ocbench remembers (other
+        items or labels, another copy of the data, or too long ago)."""
+        if version == self.version:
+            return []
+        for digest in self.content.known_digests():
+            if data_content.combined_version(self.manifest_version, digest) == version:
+                return self.content.changed_since(digest)
+        return None
 
     # -- contents ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -365,8 +389,27 @@ class OpenCellDataset:
         return f"OpenCellDataset(root={str(self.root)!r}, fovs={len(self)}, version={self.version[:12]})"
 
     @property
+    def ids(self) -> list[str]:
+        """FOV ids (the card's id column), in item order."""
+        return self.manifest[self.card.id_column].tolist()
+
+    @property
     def fov_ids(self) -> list[str]:
-        return self.manifest["fov_id"].tolist()
+        return self.ids
+
+    @property
+    def parent_ids(self) -> list[str]:
+        """Whole images: each FOV is its own parent."""
+        return self.ids
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The protein (the card's group column, ENSG id) of each FOV."""
+        return self.manifest[self.card.group_column].astype(str).to_numpy()
+
+    @property
+    def reader_options(self) -> dict[str, int]:
+        return {"min_grade": self.min_grade}
 
     @property
     def labels(self) -> np.ndarray:
@@ -405,6 +448,8 @@ class OpenCellDataset:
             min_grade=self.min_grade,
             version=self.version,
             manifest_path=str(self.manifest_path) if self.manifest_path else None,
+            files_hashed=self.content.n_hashed,
+            content_s=self.content.seconds,
             files_found=self._scan.files_found,
             names_skipped=len(self._scan.skipped),
             other_kinds=self._scan.other_kinds,

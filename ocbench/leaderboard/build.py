@@ -319,7 +319,6 @@ def build_board(
     if plans:
         _ensure_ours(out / "plots", PLOTS_MARKER, "")
     markdown = render_markdown(board, plans)
-    page = render_html(board, plans)
     frame = board_dataframe(board)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -346,12 +345,15 @@ def build_board(
             (entries_dir / ENTRIES_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
         (staging / "LEADERBOARD.md").write_text(markdown, encoding="utf-8")
         frame.to_csv(staging / "leaderboard.csv", index=False, lineterminator="\n")
-        (staging / "index.html").write_text(page, encoding="utf-8")
+        images: dict[str, bytes] = {}
         if plans:
             plots_dir = staging / "plots"
             plots_dir.mkdir()
             write_plots(board, plots_dir, plans)
             (plots_dir / PLOTS_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
+            images = {p.filename: (plots_dir / p.filename).read_bytes() for p in plans}
+        # the plots inline (data URIs): index.html alone is the board; plots/ serves the Markdown
+        (staging / "index.html").write_text(render_html(board, plans, images), encoding="utf-8")
 
         # 2. move into place; the manifest first, so a file moved in is always one it lists
         _move_into_place(staging / MANIFEST, out / MANIFEST)

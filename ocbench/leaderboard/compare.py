@@ -78,6 +78,48 @@ def _comparable(a: Entry, b: Entry, pa: Path, pb: Path) -> None:
         )
 
 
+def _flat(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flat(f"{prefix}.{key}", item))
+        return out
+    return {prefix: value}
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:12] + "..." if isinstance(value, str) and len(value) == 64 else text
+
+
+def _differing(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """``field (A's vs B's)`` for every field whose value differs, or '' when none does."""
+    return ", ".join(
+        f"{name} ({_short(a.get(name, 'unset'))} vs {_short(b.get(name, 'unset'))})"
+        for name in sorted(set(a) | set(b)) if a.get(name, "unset") != b.get(name, "unset")
+    )
+
+
+def _setting_and_data_notes(a: Entry, b: Entry) -> list[str]:
+    """Lines naming the task settings and the data fields in which two comparable entries differ:
+    the difference of scores is then not the backbones' alone."""
+    notes = []
+    settings = _differing(
+        {**_flat("task_config", a.task_config), **_flat("overrides", a.overrides), "environment.precision": a.environment.precision},
+        {**_flat("task_config", b.task_config), **_flat("overrides", b.overrides), "environment.precision": b.environment.precision},
+    )
+    if settings:
+        notes.append(f"  note: different settings: {settings}; this compares settings as well as backbones")
+    fields = ("name", "version", "n_items", "min_grade", "annotations", "annotations_sha256", "synthetic")
+    data = _differing(
+        {f"dataset.{name}": getattr(a.dataset, name) for name in fields},
+        {f"dataset.{name}": getattr(b.dataset, name) for name in fields},
+    )
+    if data:
+        notes.append(f"  note: different data: {data}; the labels or items may differ, not only the backbones")
+    return notes
+
+
 def compare_entries(path_a: str | os.PathLike, path_b: str | os.PathLike, *, alpha: float = 0.05) -> Comparison:
     """Compare two entry files (see the module docstring); DataError with one line if impossible."""
     from ocbench.stats import N_RESAMPLES, corrected_resampled_t_test, paired_bootstrap
@@ -100,6 +142,7 @@ def compare_entries(path_a: str | os.PathLike, path_b: str | os.PathLike, *, alp
         for w in entry.warnings:
             out.lines.append(f"  warning ({tag}): {w.message}")
     out.lines.append(f"difference A - B in mean {label}: {out.difference:+.4f}")
+    out.lines += _setting_and_data_notes(a, b)
     if a.axis is not None and b.axis is not None and (a.axis.name, a.axis.main) != (b.axis.name, b.axis.main):
         out.lines.append(
             f"  note: A is scored at {a.axis.name}={fmt_axis_value(a.axis.main)}, B at {b.axis.name}={fmt_axis_value(b.axis.main)}: "

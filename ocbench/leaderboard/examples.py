@@ -12,10 +12,10 @@ import hashlib
 from typing import Any, Mapping, Sequence
 
 from ocbench.benchmark.entry import SCHEMA_VERSION, entry_key, v1_summary
-from ocbench.data.compartments import COMPARTMENTS
+from ocbench.data.cards import OPENCELL
 from ocbench.summaries import summarize
 
-__all__ = ["example_entry_dict", "example_entry_dict_v1", "write_example_with_predictions"]
+__all__ = ["example_entry_dict", "example_entry_dict_v1", "write_example_with_predictions", "recompute_aggregates"]
 
 
 def _fake_sha(text: str) -> str:
@@ -23,8 +23,14 @@ def _fake_sha(text: str) -> str:
 
 
 def _per_class(mean: float, class_names: Sequence[str]) -> dict[str, float]:
-    """Made-up per-class scores spread around ``mean`` (clipped to [0, 1])."""
-    return {c: round(min(1.0, max(0.0, mean + 0.01 * (i % 5 - 2))), 6) for i, c in enumerate(class_names)}
+    """Made-up per-class scores spread around ``mean`` whose average is ``mean`` (the entry's
+    aggregates must agree with its per-class numbers); all equal when a spread would leave [0, 1]."""
+    spread = [0.01 * (i % 5 - 2) for i in range(len(class_names))]
+    shift = sum(spread) / len(spread)
+    values = [mean + d - shift for d in spread]
+    if not all(0.0 <= v <= 1.0 for v in values):
+        values = [mean] * len(class_names)
+    return {c: v for c, v in zip(class_names, values)}
 
 
 def _common(
@@ -79,14 +85,11 @@ def _common(
 
 
 def _scores(val_folds: Sequence[float], test_folds: Sequence[float], shift: float = 0.0) -> dict[str, Any]:
-    """``macro_f1`` and ``macro_f1_all`` (a little lower, as absent classes count 0) per set."""
+    """``macro_f1`` and ``macro_f1_all`` per set (equal: every class has positives in every fold)."""
     out = {}
     for part, folds in (("val", val_folds), ("test", test_folds)):
         present = [round(f + shift, 6) for f in folds]
-        out[part] = {
-            "macro_f1": summarize(present),
-            "macro_f1_all": summarize([round(max(0.0, f - 0.02), 6) for f in present]),
-        }
+        out[part] = {"macro_f1": summarize(present), "macro_f1_all": summarize(present)}
     return out
 
 
@@ -109,7 +112,7 @@ def example_entry_dict(
     input_channels: Sequence[str] = ("R", "G", "B"),
     created: str = "2025-01-01T00:00:00+00:00",
     task_config: dict[str, Any] | None = None,
-    class_names: Sequence[str] = COMPARTMENTS,
+    class_names: Sequence[str] = OPENCELL.class_names,
     main_metric: str = "macro_f1",
     synthetic: bool | None = None,
     precision: str = "fp32",
@@ -168,7 +171,9 @@ def example_entry_dict(
 
     names = list(class_names)
     scores = _scores(val_folds, test_folds)
-    per_class = {part: _per_class(scores[part]["macro_f1"]["mean"], names) for part in ("val", "test")}
+    # one row of per-class F1 per fold, averaging to that fold's score; per_class holds their means
+    rows = {part: [list(_per_class(v, names).values()) for v in scores[part]["macro_f1"]["values"]] for part in ("val", "test")}
+    per_class = {part: {c: sum(r[j] for r in rows[part]) / len(rows[part]) for j, c in enumerate(names)} for part in rows}
     axis_block = None
     if axis is not None:
         values = [float(v) for v in axis["values"]]
@@ -192,14 +197,35 @@ def example_entry_dict(
         class_names=names,
         per_class={part: {"f1": dict(pc), "precision": dict(pc), "recall": dict(pc)} for part, pc in per_class.items()},
         per_class_values={
-            part: {
-                "f1": [[per_class[part][c] for c in names] for _ in folds],
-                "support": [[3.0 for _ in names] for _ in folds],
-            }
-            for part, folds in (("val", val_folds), ("test", test_folds))
+            part: {"f1": rows[part], "support": [[3.0 for _ in names] for _ in rows[part]]} for part in rows
         },
         axis=axis_block,
     )
+    return data
+
+
+def recompute_aggregates(data: dict[str, Any]) -> dict[str, Any]:
+    """Make an entry dict's aggregates agree with its ``per_class_values`` again (in place; returned):
+    each set's ``macro_f1`` / ``macro_f1_all`` fold values and their summaries, and the ``per_class``
+    means. For tests and examples that edit per-class numbers; a recorded interval is kept as is."""
+    names = data["class_names"]
+    for part, kinds in data.get("per_class_values", {}).items():
+        rows, support = kinds.get("f1"), kinds.get("support")
+        scores = data.get("scores", {}).get(part, {})
+        if rows:
+            present = [[v for v, n in zip(row, support[i]) if n > 0] if support else row for i, row in enumerate(rows)]
+            for metric, values in (("macro_f1", [sum(p) / len(p) for p in present]), ("macro_f1_all", [sum(r) / len(r) for r in rows])):
+                if metric in scores:
+                    interval = scores[metric].get("interval")
+                    scores[metric] = {**summarize([round(v, 6) for v in values]), **({"interval": interval} if interval else {})}
+        for kind, kind_rows in kinds.items():
+            means = data.get("per_class", {}).get(part, {}).get(kind)
+            if kind == "support" or means is None:
+                continue
+            for j, name in enumerate(names):
+                column = [r[j] for i, r in enumerate(kind_rows) if not support or support[i][j] > 0]
+                if name in means and column:
+                    means[name] = sum(column) / len(column)
     return data
 
 
@@ -227,7 +253,11 @@ def example_entry_dict_v1(
     overrides = dict(overrides or {})
 
     val, test = v1_summary(val_folds), v1_summary(test_folds)
-    per_class = _per_class(val["mean"], COMPARTMENTS)
+    # schema 1 averaged all 17 compartments: each fold's row of per-class F1 averages to its score
+    classes = OPENCELL.class_names
+    rows = {part: [list(_per_class(f, classes).values()) for f in summary["per_fold"]]
+            for part, summary in (("val", val), ("test", test))}
+    per_class = {part: {c: sum(r[j] for r in rows[part]) / len(rows[part]) for j, c in enumerate(classes)} for part in rows}
     data = _common(
         backbone,
         channels_key=channels_key,
@@ -249,12 +279,9 @@ def example_entry_dict_v1(
         metrics={
             "macro_f1": {"val": val, "test": test},
             "per_class": {
-                part: {"f1": dict(per_class), "precision": dict(per_class), "recall": dict(per_class)} for part in ("val", "test")
+                part: {"f1": dict(pc), "precision": dict(pc), "recall": dict(pc)} for part, pc in per_class.items()
             },
-            "per_fold_per_class": {
-                part: {"f1": [[per_class[c] for c in COMPARTMENTS] for _ in folds]}
-                for part, folds in (("val", val_folds), ("test", test_folds))
-            },
+            "per_fold_per_class": {part: {"f1": rows[part]} for part in rows},
         },
     )
     return data

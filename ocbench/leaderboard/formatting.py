@@ -21,6 +21,7 @@ __all__ = [
     "CHANNEL_LEGEND",
     "WEIGHTS_UNVERIFIED",
     "weights_note_suffix",
+    "score_basis",
 ]
 
 #: How known metric names read in headers; any other metric is shown by its name.
@@ -62,6 +63,17 @@ def fmt_score(score: Any, *, with_n: bool = True) -> str:
     std = f" ± {score.std:.3f}" if score.std is not None else ""
     n = f" (n={score.n})" if with_n else ""
     return f"{score.mean:.3f}{std}{n}"
+
+
+def score_basis(eval_set: str, n: int) -> str:
+    """What a score of ``eval_set`` over ``n`` repetitions is, in words: folds for the probes, one
+    leave-one-out pass (``loo``) for the single-cell k-NN, which has neither folds nor a test set."""
+    if n >= 2:
+        return (f"each of the {n} fold models scored on the held-out test set, mean ± std (ddof 1)" if eval_set == "test"
+                else f"mean ± std (ddof 1) over {n} {'validation ' if eval_set == 'val' else ''}folds")
+    if eval_set == "loo":
+        return "one leave-one-out pass over every evaluated item (no folds, no test set)"
+    return f"one score on the {eval_set} set (no folds)"
 
 
 def metric_label(metric: str) -> str:

@@ -50,6 +50,8 @@ class GroupKey:
     main_eval_set: str = "val"
     main_metric: str = "macro_f1"
     off_protocol_reasons: str = "[]"  # canonical JSON of the sorted reasons
+    #: Scores of single-label and multi-label readings of data never share a table.
+    label_mode: str = "multilabel"
 
     @classmethod
     def of(cls, entry: Any) -> "GroupKey":
@@ -65,12 +67,16 @@ class GroupKey:
             main_eval_set=entry.main_score.eval_set,
             main_metric=entry.main_score.metric,
             off_protocol_reasons=json.dumps(sorted(entry.off_protocol_reasons)),
+            label_mode=entry.dataset.labels,
         )
 
     @property
     def slug(self) -> str:
         """A stable table id: ``<task>-<track>-<8 hex of the whole key>``."""
-        digest = hashlib.sha256(json.dumps(list(self.__dict__.values())).encode()).hexdigest()[:8]
+        values = dict(self.__dict__)
+        if values["label_mode"] == "multilabel":  # the ids of tables from before label modes stay
+            del values["label_mode"]
+        digest = hashlib.sha256(json.dumps(list(values.values())).encode()).hexdigest()[:8]
         return f"{safe_id(self.task)}-{safe_id(self.track)}-{digest}"
 
     @property
@@ -100,10 +106,15 @@ def dedupe_entries(entries: Sequence[LoadedEntry]) -> tuple[list[LoadedEntry], l
             same = list({e.sha256: e for e in same}.values())
         same.sort(key=lambda e: (created_time(e.entry), e.sha256), reverse=True)
         kept.append(same[0])
+        shown = same[0]
         for older in same[1:]:
+            if created_time(older.entry) < created_time(shown.entry):
+                why = f"it is newer (created {shown.entry.created}, this one {older.entry.created})"
+            else:  # the same time: an arbitrary but stable choice, said as such
+                why = f"both were created {shown.entry.created} and its file's sha256 sorts first"
             problems.append(
-                f"{older.name}: same key {key}, dataset, split and protocol as {same[0].name}; "
-                "skipped (the newer entry is shown); delete one of them"
+                f"{older.name}: same key {key}, dataset, split and protocol as {shown.name}; skipped, "
+                f"{shown.name} is shown because {why}; delete one of them"
             )
     kept.sort(key=lambda e: (GroupKey.of(e.entry), e.entry.key))
     return kept, problems

@@ -14,25 +14,45 @@ from pathlib import Path
 
 from ocbench.errors import ConfigError, DataError
 
-__all__ = ["publish", "board_files", "publish_refusals"]
+__all__ = ["publish", "board_files", "publish_refusals", "publish_target"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def board_files(out_dir: str | os.PathLike) -> list[str]:
-    """The files of a built board that get published, as sorted POSIX paths relative to it."""
+_PLOT_LINK = re.compile(r"plots/([A-Za-z0-9._-]+\.png)")
+
+
+def board_files(out_dir: str | os.PathLike, entries: list | None = None) -> list[str]:
+    """The files of a built board that get published, as POSIX paths relative to it: the table files,
+    the plots they show, ``entries/README.md``, and each entry file with the predictions file it
+    names (``entries``: the board's LoadedEntry list, read from ``<out_dir>/entries`` when None).
+    Anything else lying in the folder (notes, stale plots, editor files) is not published."""
     root = Path(out_dir)
     if not (root / "LEADERBOARD.md").is_file():
         raise DataError(f"{root}: not a built board (no LEADERBOARD.md); run `ocbench leaderboard build ENTRIES --out {root}` first")
-    files = [name for name in ("LEADERBOARD.md", "leaderboard.csv", "index.html") if (root / name).is_file()]
-    for sub, pattern in (("entries", "*"), ("plots", "*.png")):
-        if (root / sub).is_dir():
-            files += [
-                p.relative_to(root).as_posix()
-                for p in sorted((root / sub).rglob(pattern))
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-            ]
-    return files
+    tables = [name for name in ("LEADERBOARD.md", "leaderboard.csv", "index.html") if (root / name).is_file()]
+    shown = set()
+    for name in tables:
+        if name != "leaderboard.csv":
+            shown.update(_PLOT_LINK.findall((root / name).read_text(encoding="utf-8", errors="replace")))
+    plots = [f"plots/{name}" for name in sorted(shown) if (root / "plots" / name).is_file()]
+    if entries is None and (root / "entries").is_dir():
+        from ocbench.leaderboard.collect import collect_entries
+
+        entries = list(collect_entries([root / "entries"]).entries)
+    listed = {"entries/README.md"} if (root / "entries" / "README.md").is_file() else set()
+    for loaded in entries or []:  # read from <out_dir>/entries: their paths lie under out_dir
+        path = Path(loaded.path)
+        listed.add(path.relative_to(root).as_posix())
+        ref = loaded.entry.predictions
+        if ref is not None and (path.parent / ref.file).is_file():
+            listed.add((path.parent / ref.file).relative_to(root).as_posix())
+    return tables + plots + sorted(listed)
+
+
+def publish_target(repo_id: str, revision: str | None = None) -> str:
+    """Where ``publish`` uploads, in words: the Hub dataset repo and its branch."""
+    return f"the Hub dataset repo {repo_id} (https://huggingface.co/datasets/{repo_id}), branch {revision or 'main'}"
 
 
 def publish_refusals(entries: list, *, allow_synthetic: bool, allow_off_protocol: bool) -> list[str]:
@@ -63,18 +83,23 @@ def publish(
     commit_message: str = "Update the ocbench leaderboard",
     allow_synthetic: bool = False,
     allow_off_protocol: bool = False,
+    revision: str | None = None,
 ) -> list[str]:
     """Upload a built board to the Hub dataset repo ``repo_id``; return the uploaded paths.
 
     The board's entries are validated first (an invalid entry stops the upload), and entries on
     synthetic data or off-protocol stop it unless allowed. With ``dry_run`` nothing is contacted
-    and the list says what would be uploaded. Entries and plots that are on the Hub but no longer
-    in the board are deleted in the same commit.
+    and the list says what would be uploaded (:func:`board_files`; :func:`publish_target` says where).
+    Entries and plots that are on the Hub but no longer in the board are deleted in the same commit.
+    ``revision``: the branch to commit to (None: the repo's default branch, main).
     """
     if not _REPO_ID.match(repo_id):
         raise ConfigError(f"--repo-id {repo_id!r}: expected ORG/NAME of a Hub dataset repo")
-    files = board_files(out_dir)
+    if revision is not None and not revision.strip():
+        raise ConfigError("--revision: empty; name a branch of the repo (e.g. main), or leave the option out")
+    board_files(out_dir, [])  # a built board, before reading its entries
     entries_dir = Path(out_dir) / "entries"
+    collection = None
     if entries_dir.is_dir():
         from ocbench.leaderboard.collect import collect_entries, duplicate_problems, unreadable_predictions
 
@@ -90,6 +115,7 @@ def publish(
         )
         if refusals:
             raise ConfigError(f"{out_dir}: nothing uploaded: " + "; ".join(refusals))
+    files = board_files(out_dir, list(collection.entries) if collection is not None else [])
     if dry_run:
         return files
 
@@ -102,6 +128,7 @@ def publish(
             folder_path=os.fspath(out_dir),
             repo_id=repo_id,
             repo_type="dataset",
+            revision=revision,
             allow_patterns=files,
             delete_patterns=["entries/*", "plots/*"],
             commit_message=commit_message,

@@ -10,9 +10,11 @@ Bars and curves of scores start their score axis at 0, so a bar's length is its 
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ocbench.leaderboard.formatting import fmt_axis_value
 from ocbench.leaderboard.tables import Board, Row, Table, trained_from
@@ -127,9 +129,51 @@ def _figure(width: float, height: float):
     return fig
 
 
+#: PNG text chunk holding what a plot draws (titles, labels, bar/line/image values, rounded), so a
+#: check of a committed board compares plots by their data, not by pixels that vary by matplotlib version.
+DATA_KEY = "ocbench-plot-data"
+
+
+def _round(values: Any) -> Any:
+    import numpy as np
+
+    array = np.asarray(values, dtype=float)
+    return [None if not np.isfinite(v) else round(float(v), 6) for v in array.ravel()]
+
+
+def drawn_data(fig) -> dict[str, Any]:
+    """What ``fig`` shows, as JSON-ready data: per axes its title, axis labels, fixed tick labels,
+    bars (x, y, width, height), lines (x, y) and images (values)."""
+    axes = []
+    for ax in fig.axes:
+        axes.append({
+            "title": ax.get_title(),
+            "xlabel": ax.get_xlabel(),
+            "ylabel": ax.get_ylabel(),
+            "xticklabels": [t.get_text() for t in ax.get_xticklabels()],
+            "yticklabels": [t.get_text() for t in ax.get_yticklabels()],
+            "bars": [_round([p.get_x(), p.get_y(), p.get_width(), p.get_height()]) for p in ax.patches
+                     if hasattr(p, "get_width")],
+            "lines": [_round(line.get_xydata()) for line in ax.lines],
+            "images": [_round(image.get_array()) for image in ax.images],
+        })
+    suptitle = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+    return {"suptitle": suptitle, "axes": axes}
+
+
+def read_drawn_data(path: str | Path) -> dict[str, Any] | None:
+    """The data a plot written by a build draws (None for a PNG without it)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        text = image.info.get(DATA_KEY)
+    return json.loads(text) if text else None
+
+
 def _save(fig, path: Path) -> None:
     # written into the build's private staging folder, which is moved into place as a whole
-    fig.savefig(path, format="png", metadata={"Software": None})
+    data = json.dumps(drawn_data(fig), sort_keys=True, separators=(",", ":"))
+    fig.savefig(path, format="png", metadata={"Software": None, DATA_KEY: data})
 
 
 def _per_class(table: Table, path: Path) -> None:

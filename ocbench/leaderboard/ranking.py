@@ -153,7 +153,11 @@ def rank_rule_text(
     when some rows kept per-item predictions."""
     level = f"{1 - alpha:.0%}"
     order = f"Rows are ranked by mean {label}; rank = 1 + the number of rows better at the {level} level (rows sharing a rank are a tie group)."
-    if paired:
+    if paired and n_folds is not None and n_folds < 2:  # one pass (leave-one-out k-NN): no folds to pair
+        rule = (f" A better row counts when the paired {predictions} {level} interval of the difference excludes 0"
+                "; rows without per-item predictions are not separated." if predictions
+                else " Rows have no folds and no per-item predictions to compare: none is separated from another.")
+    elif paired:
         n = f"{n_folds} " if n_folds else ""
         rule = (
             f" A better row counts when the corrected resampled t-test (Nadeau & Bengio) over the same {n}{folds} "

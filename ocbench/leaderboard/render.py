@@ -39,6 +39,12 @@ __all__ = [
 ]
 
 TITLE = "OpenCell benchmark leaderboard"
+#: The two sentences every reader sees first; the rest of the reading guide (INTRO) is folded.
+LEAD = (
+    "Pretrained vision backbones ranked on protein localization in OpenCell microscopy; each table "
+    "compares only like with like, opens with what its numbers settle, and shows every score with "
+    "its 95% confidence interval beside it. Rows sharing a rank cannot be told apart."
+)
 INTRO = (
     "Each table ranks its rows by its task's main score, named in the table's header. For the FOV "
     "probes (protocol fov-probe/2) that is the validation macro-F1 over the classes with at least one "
@@ -46,7 +52,9 @@ INTRO = (
     "the paper builds on computes it; tables of entries written by ocbench 0.1 (protocol fov-probe/1) "
     "rank by the macro-F1 over all 17 compartments, a class without positives scoring 0 (\"macro-F1 "
     "(all classes)\"). Scores are mean ± std (sample std, ddof 1) over n cross-validation folds; the "
-    "test column scores each fold's model on the held-out test set. Where an entry kept its per-item "
+    "test column scores each fold's model on the held-out test set; single-cell tables (sc-knn) score one "
+    "leave-one-out pass over every evaluated cell instead: one number per row, no folds and no test set. "
+    "Where an entry kept its per-item "
     "predictions, the interval column gives the 95% confidence interval of the evaluated set's score by "
     "cluster bootstrap over proteins (whole proteins resampled, all their images kept: images of one "
     "protein are not independent evidence); entries that kept none are shown without an interval. "
@@ -97,8 +105,9 @@ def columns_of(table: Table) -> list[Column]:
         Column("backbone", "backbone", False),
         Column("channels", "channels", False),
         Column("score", f"{table.score_label} (mean ± std, n)", True),
-        *([Column("test", f"{table.test_label} (mean ± std, n)", True)] if has_test else []),
+        # the interval right beside the ranked score: how sure is the first thing a reader sees
         *([Column("interval", table.interval_label, True)] if table.interval_label else []),
+        *([Column("test", f"{table.test_label} (mean ± std, n)", True)] if has_test else []),
         *([Column("vs_baseline", table.vs_baseline_label, True)] if table.vs_baseline_label else []),
         *([Column("paper", "paper reported", True)] if has_paper else []),
         *([Column("cost", COST_HEADER, True)] if any(_cost(r) for r in table.rows) else []),
@@ -311,13 +320,14 @@ def render_markdown(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
     by_table: dict[str | None, list[PlotSpec]] = {}
     for plan in plots:
         by_table.setdefault(plan.table_id, []).append(plan)
-    parts = [f"# {TITLE}", "", INTRO, ""]
+    parts = [f"# {TITLE}", "", LEAD, ""]
     if board.synthetic:
         parts += [f"**{SYNTHETIC_BANNER}**", ""]
-    if board.include_reported:
-        parts += [REPORTED_NOTE, ""]
     if board.hidden_not_zero_shot:
         parts += [f"Built with `--zero-shot-only`: {board.hidden_not_zero_shot} entries whose backbone is not zero-shot are left out.", ""]
+    parts += ["<details><summary>How to read this board</summary>", "", INTRO, ""]
+    if board.include_reported:
+        parts += [REPORTED_NOTE, ""]
     parts += [CHANNEL_LEGEND, ""]
     n = len(board.entries)
     parts += [
@@ -325,12 +335,16 @@ def render_markdown(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
         f"(fingerprint `{board.fingerprint[:16]}`); the entry files are in `entries/`. "
         "Hover a row of `index.html` for its full provenance.",
         "",
+        "</details>",
+        "",
     ]
     if not board.tables:
         parts += ["No entries yet.", ""]
     for table in board.tables:
         table_plots = {p.kind: p for p in by_table.get(table.id, [])}
         parts += [f"## {md_escape(table.title)}", ""]
+        if table.headline:
+            parts += [f"**{md_escape(table.headline)}**", ""]
         parts += [md_escape(" · ".join(table.details)), ""]
         parts += [_md_main_table(table), ""]
         parts += [f"*{md_escape(table.rule)}*", ""]
@@ -364,6 +378,8 @@ def render_markdown(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
         cd_plot = next((p for p in by_table.get(None, []) if p.kind == "critical_difference"), None)
         if cd_plot is not None:
             parts += [_md_image(cd_plot), ""]
+    elif board.critical_difference_skipped:
+        parts += ["## Across tables: critical difference", "", f"Not drawn: {md_escape(board.critical_difference_skipped)}.", ""]
     general = [p for p in by_table.get(None, []) if p.kind != "critical_difference"]
     if general:
         parts += ["## Plots", ""]
@@ -428,6 +444,7 @@ def board_dataframe(board: Board):
                 "interval_n_groups": row.interval.n_groups if row.interval else None,
                 "interval_n_resamples": row.interval.n_resamples if row.interval else None,
                 "no_interval_reason": row.no_interval,
+                "unverified": row.unverified,
                 "seed": row.seed if row.entry else None,
                 "not_zero_shot": ("" if row.not_zero_shot is None else json.dumps(list(row.not_zero_shot))) if row.entry else "",
                 "paper_mean": row.reported.mean if row.reported else None,

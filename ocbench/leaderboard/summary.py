@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 from ocbench.leaderboard.channels import entry_channel_map, map_label
 from ocbench.leaderboard.formatting import (
-    SYNTHETIC_NOTE, WEIGHTS_UNVERIFIED, fmt_axis_value, fmt_score, metric_label, score_label, weights_note_suffix,
+    SYNTHETIC_NOTE, WEIGHTS_UNVERIFIED, fmt_axis_value, fmt_score, metric_label, score_basis, score_label,
+    weights_note_suffix,
 )
 from ocbench.leaderboard.grouping import dataset_block
 from ocbench.leaderboard.ranking import Score
@@ -110,7 +111,14 @@ def format_run_table(entries: Sequence[Any]) -> str:
             _reported_cell(e, channel_map),
         ])
     headers = ["backbone", "channels", "task", "split", "data", *headers_score, "best chance", "paper (reported)"]
-    notes = ["mean ± std (ddof 1) over n folds; test = each fold's model scored on the held-out 10% test set"]
+    notes = []
+    with_folds = [e for e in entries if e.main.n >= 2]
+    if with_folds:
+        with_test = any(e.main_score.eval_set != "test" and e.test is not None for e in with_folds)
+        notes.append("mean ± std (ddof 1) over n folds"
+                     + ("; test = each fold's model scored on the held-out 10% test set" if with_test else ""))
+    for eval_set in sorted({e.main_score.eval_set for e in entries if e.main.n < 2}):
+        notes.append(f"{eval_set}: {score_basis(eval_set, 1)}")
     if any(best_chance(e) for e in entries):
         notes.append("best chance = the highest of the entry's chance references on the main score (labels only: "
                      "all-positive or majority class, class prior, shuffled labels through the same probe)")

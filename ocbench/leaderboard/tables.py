@@ -124,12 +124,18 @@ class Row:
     interval_set: str = ""  # the eval set the interval is on (test, loo)
     predictions: Any = None  # ocbench.predictions.Predictions kept beside the entry
     no_interval: str = ""  # why there is no interval (old entry, file missing)
+    #: why the scores could not be checked against per-item predictions ("" when they were): shown
+    #: as "unverified" in the notes of every rendering and in the CSV's ``unverified`` column
+    unverified: str = ""
     seed: int | None = None
     not_zero_shot: tuple[str, ...] | None = None  # None: unknown
     role: str = ""  # computed rows: the card's role ("baseline" for untrained, classical, profiling backbones)
     warnings: tuple[str, ...] = ()  # the entry's collapse and chance-level warnings, in words
     vs_baseline: BaselineDifference | None = None
     vs_baseline_note: str = ""  # why there is no difference (the best baseline itself, no paired data)
+    #: Short per-row flags shown beside the backbone's name, each (label, what it means): the reader
+    #: must see them next to the number (the full text is in the notes, the CSV and the tooltips).
+    markers: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
@@ -156,6 +162,7 @@ class Table:
     interval_label: str = ""  # header of the interval column ("" when no row has one)
     seeds: tuple[Any, ...] = ()  # SeedRow aggregates (kind "seeds" tables)
     vs_baseline_label: str = ""  # header of the "vs best baseline" column ("" when the table has no baseline)
+    headline: str = ""  # one sentence: does the best row beat the runner-up (see :func:`headline`)
 
     @property
     def computed_rows(self) -> tuple[Row, ...]:
@@ -192,6 +199,7 @@ class Board:
     zero_shot_only: bool = False
     seed_tables: tuple["SeedTable", ...] = ()
     critical_difference: Any = None  # CriticalDifference across tables, or None
+    critical_difference_skipped: str = ""  # why no diagram is drawn though backbones share tables
 
     @property
     def synthetic(self) -> bool:
@@ -340,7 +348,9 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
     interval = summary.interval if summary is not None else None
     if interval is None and not no_interval:
         no_interval = "no interval recorded for the main metric"
-    notes = _row_flags(loaded) + ([no_interval] if no_interval else [])
+    # without readable predictions nothing checks the scores beyond the entry's own consistency
+    unverified = no_interval.removeprefix("no interval: ") if predictions is None else ""
+    notes = _row_flags(loaded) + ([f"unverified, {no_interval}" if unverified else no_interval] if no_interval else [])
     return Row(
         kind="computed",
         backbone=e.backbone.name,
@@ -363,11 +373,34 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
         interval_set=interval_set if interval is not None else "",
         predictions=predictions,
         no_interval=no_interval,
+        unverified=unverified,
         seed=e.seed,
         not_zero_shot=tuple(e.backbone.not_zero_shot) if e.backbone.not_zero_shot is not None else None,
         role=card_role(e),
         warnings=tuple(w.message for w in e.warnings),
+        markers=_row_markers(loaded),
     )
+
+
+def _row_markers(loaded: Any) -> tuple[tuple[str, str], ...]:
+    """The flags of :func:`_row_flags` that differ between rows of one table, as short badges."""
+    e = loaded.entry
+    out = []
+    if e.backbone.not_zero_shot:
+        out.append(("not zero-shot", "not zero-shot: " + "; ".join(e.backbone.not_zero_shot)))
+    if e.backbone.weights_verified is False:
+        out.append(("unverified weights", WEIGHTS_UNVERIFIED + weights_note_suffix(e.backbone.weights_note)))
+    if e.environment.precision != "fp32":
+        out.append((e.environment.precision, f"computed in {e.environment.precision}"))
+    if e.seed:
+        out.append((f"seed {e.seed}", f"run with seed {e.seed} (its own split and probe seed)"))
+    from ocbench.chance import COLLAPSE_KINDS
+
+    for kinds, label in ((COLLAPSE_KINDS, "⚠ collapsed"), (("chance-level",), "⚠ chance level")):
+        said = [w.message for w in e.warnings if w.kind in kinds]
+        if said:
+            out.append((label, "; ".join(said)))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,22 +554,27 @@ def _distribution(row: Row, cache: dict | None) -> tuple[float, Any]:
     return out
 
 
-def separable(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA, cache: dict | None = None) -> tuple[bool, str]:
-    """Whether ``a`` (ranked above) is better than ``b`` at the ``1 - alpha`` level, and why.
+@dataclass(frozen=True)
+class Evidence:
+    """One test of whether row ``a`` is better than row ``b``: ``better`` at the level asked, in words.
+    ``difference``: the paired bootstrap's interval of the difference (None for other tests)."""
 
-    Every test the two rows allow must agree: the corrected resampled t-test over paired folds,
-    and the paired cluster bootstrap of the difference on the same kept items; without either,
-    non-overlapping mean ± std intervals. ``cache``: one dict per table, so each row's bootstrap
-    distribution is computed once."""
+    better: bool
+    text: str
+    difference: Any = None  # ocbench.stats.Interval of a - b on the kept items
+
+
+def paired_evidence(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA, cache: dict | None = None) -> list[Evidence]:
+    """Every test the two rows allow: the corrected resampled t-test over paired folds, and the
+    paired cluster bootstrap of the difference on the same kept items; without either (and with
+    spreads to compare), non-overlapping mean ± std intervals."""
     from ocbench.stats import paired_from_distributions
 
-    decisions: list[bool] = []
-    reasons: list[str] = []
+    out: list[Evidence] = []
     sa, sb = a.score, b.score
     if paired and sa and sb and sa.per_fold and sb.per_fold and len(sa.per_fold) == len(sb.per_fold) >= 2:
         p = corrected_t_test_p(sa.per_fold, sb.per_fold)
-        decisions.append(p < alpha)
-        reasons.append(f"corrected t-test over {len(sa.per_fold)} folds p = {p:.3g}")
+        out.append(Evidence(p < alpha, f"corrected t-test over {len(sa.per_fold)} folds p = {p:.3g}"))
     pa, pb = a.predictions, b.predictions
     if paired and pa is not None and pb is not None and pa.eval_set == pb.eval_set and pa.same_items(pb):
         try:
@@ -545,16 +583,55 @@ def separable(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA, cache: dict
                 group_name=pa.group_name,
             )
         except Exception as exc:  # a malformed file must not stop the board; the row says so
-            reasons.append(f"paired bootstrap not possible ({exc})")
+            out.append(Evidence(False, f"paired bootstrap not possible ({exc})"))
         else:
             d = result.difference
-            decisions.append(d.low > 0)
-            reasons.append(f"paired {d.group} bootstrap of the {pa.eval_set} difference {d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]")
-    if not decisions and sa and sb:
+            out.append(Evidence(d.low > 0, f"paired {d.group} bootstrap of the {pa.eval_set} difference "
+                                           f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]", d))
+    return out
+
+
+def separable(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA, cache: dict | None = None) -> tuple[bool, str]:
+    """Whether ``a`` (ranked above) is better than ``b`` at the ``1 - alpha`` level, and why.
+
+    Every test the two rows allow must agree (:func:`paired_evidence`); without either, non-overlapping
+    mean ± std intervals. ``cache``: one dict per table, so each row's bootstrap distribution is
+    computed once."""
+    evidence = paired_evidence(a, b, paired=paired, alpha=alpha, cache=cache)
+    sa, sb = a.score, b.score
+    if not evidence and paired and sa and sb and min(sa.n, sb.n) < 2:  # one score each (leave-one-out k-NN)
+        return False, "single scores without per-item predictions to compare: not separated"
+    if not evidence and sa and sb:
         overlap = intervals_overlap(sa, sb)
-        decisions.append(not overlap)
-        reasons.append(f"mean ± std intervals {'overlap' if overlap else 'do not overlap'}")
-    return (bool(decisions) and all(decisions)), "; ".join(reasons)
+        evidence.append(Evidence(not overlap, f"mean ± std intervals {'overlap' if overlap else 'do not overlap'}"))
+    return (bool(evidence) and all(e.better for e in evidence)), "; ".join(e.text for e in evidence)
+
+
+def headline(table: "Table", *, alpha: float = ALPHA) -> str:
+    """One sentence on what the table shows at the top: "A beats B by Δ [CI]" when the best row is
+    better than the runner-up at the table's level, else that the top is not separated. Computed rows
+    only, from the same paired tests that decide the ranks."""
+    rows = [r for r in table.computed_rows if r.score is not None]
+    if len(rows) < 2:
+        return ""
+    rows.sort(key=_sort_key)
+    top, runner = rows[0], rows[1]
+    same_split = table.group is not None
+    beaten, _ = separable(top, runner, paired=same_split, alpha=alpha)
+    evidence = paired_evidence(top, runner, paired=same_split, alpha=alpha)
+    difference = next((e.difference for e in evidence if e.difference is not None), None)
+    level = f"{1 - alpha:.0%}"
+    delta = f"{top.score.mean - runner.score.mean:+.3f} {table.score_label}"
+    if difference is not None:
+        delta = (f"{difference.estimate:+.3f} {score_label(runner.interval_set or 'test', table.group.main_metric if table.group else 'macro_f1')} "
+                 f"[{difference.low:+.3f}, {difference.high:+.3f}] ({level} CI, paired {difference.group} bootstrap)")
+    tests = [e.text for e in evidence if e.difference is None]
+    also = f"; {'; '.join(tests)}" if tests else ""
+    if beaten:
+        return f"{top.label} beats the runner-up {runner.label} by {delta}{also}."
+    n_top = sum(1 for r in table.computed_rows if r.rank == top.rank)
+    return (f"No separation at the top: {top.label} and {runner.label} differ by {delta}{also}, not enough at the "
+            f"{level} level; {n_top} rows share rank {top.rank}.")
 
 
 def _ranked(rows: Iterable[Row], *, paired: bool, alpha: float) -> list[Row]:
@@ -625,6 +702,7 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
     synthetic = any(r.synthetic for r in computed)
     eval_set = key.main_eval_set
     folds = "validation folds" if eval_set == "val" else f"fold models scored on {eval_set}"
+    single = first.main.n < 2  # one pass, no folds (leave-one-out k-NN)
     details = _group_details(key, first, label, synthetic)
     with_interval = [r for r in computed if r.interval is not None]
     interval_label = ""
@@ -675,7 +753,8 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
         score_label=label,
         test_label=score_label("test", key.main_metric),
         class_names=_class_names(computed, members),
-        per_class_label=f"{metric_label(PER_CLASS_METRIC)} ({eval_set}, mean over folds where the class is present)",
+        per_class_label=f"{metric_label(PER_CLASS_METRIC)} ({eval_set}"
+        + (")" if single else ", mean over folds where the class is present)"),
         axis_name=first.axis.name if first.axis is not None else None,
         synthetic=synthetic,
         interval_label=interval_label,
@@ -758,6 +837,8 @@ def build_tables(
         if (task, track) not in covered:
             tables.append(_reported_table(task, track, results, rank_reported=rank_reported, alpha=alpha))
 
+    tables = [replace(t, headline=headline(t, alpha=alpha)) for t in tables]
+    cd, cd_skipped = critical_difference(tables)
     fingerprint_lines = sorted(f"{e.sha256}  {files[e.sha256]}" for e in kept)
     fingerprint = hashlib.sha256("\n".join(fingerprint_lines).encode()).hexdigest()
     return Board(
@@ -771,7 +852,8 @@ def build_tables(
         hidden_not_zero_shot=hidden,
         zero_shot_only=zero_shot_only,
         seed_tables=seed_tables(tables),
-        critical_difference=critical_difference(tables),
+        critical_difference=cd,
+        critical_difference_skipped=cd_skipped,
     )
 
 
@@ -859,6 +941,7 @@ def seed_tables(tables: Sequence[Table]) -> tuple[SeedTable, ...]:
         if table.group is not None:
             families[replace(table.group, split_sha256="")].append(table)
     out = []
+    families_out: list[GroupKey] = []
     for family, members in sorted(families.items()):
         per_config: dict[tuple[str, str], dict[int, Row]] = defaultdict(dict)
         for table in members:
@@ -887,10 +970,29 @@ def seed_tables(tables: Sequence[Table]) -> tuple[SeedTable, ...]:
         digest = members[0].group.slug.rsplit("-", 1)[0] if members[0].group else "seeds"
         out.append(SeedTable(
             id=f"{digest}-seeds-{hashlib.sha256(repr(family).encode()).hexdigest()[:8]}",
-            title=f"{family.task} · {family.track} track · {family.dataset_name} {family.dataset_version[:8]} · over seeds",
+            title=f"{members[0].title} · over seeds",  # the tables' own title: settings and synthetic data say so
             score_label=label, rows=tuple(rows), rule=rule, mixed=mixed,
         ))
-    return tuple(out)
+        families_out.append(family)
+    return tuple(_distinct_titles(out, families_out))
+
+
+def _distinct_titles(tables: list["SeedTable"], keys: list[GroupKey]) -> list["SeedTable"]:
+    """Tables whose titles would coincide get what tells their keys apart appended (protocol
+    version, main score, off-protocol reasons), so no two tables share a heading."""
+    seen: dict[str, list[int]] = defaultdict(list)
+    for i, table in enumerate(tables):
+        seen[table.title].append(i)
+    out = list(tables)
+    for indices in seen.values():
+        if len(indices) < 2:
+            continue
+        fields = [f for f in ("protocol_version", "main_eval_set", "main_metric", "off_protocol_reasons", "overrides")
+                  if len({getattr(keys[i], f) for i in indices}) > 1]
+        for i in indices:
+            said = "; ".join(f"{f.replace('_', ' ')} {getattr(keys[i], f)}" for f in fields) or f"table {i + 1}"
+            out[i] = replace(out[i], title=f"{out[i].title} ({said})")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -916,14 +1018,50 @@ class CriticalDifference:
         return out
 
 
-def critical_difference(tables: Sequence[Table]) -> CriticalDifference | None:
-    """Friedman + Nemenyi over the computed tables, for backbones with entries on several tables
-    (each backbone's best row per table). None when fewer than 2 backbones share 2 tables."""
+def critical_difference(tables: Sequence[Table]) -> tuple[CriticalDifference | None, str]:
+    """Friedman + Nemenyi across tables that are independent evidence: tables of one configuration
+    (task, track, protocol, main score, settings) over different datasets (different images), one
+    table per dataset; each backbone's best row per table. Tables over the same images (the demo's
+    probes and split tracks) are not independent, so they never make a diagram on their own.
+
+    Returns ``(diagram or None, why it is not drawn)``; the reason is "" when nothing on the board
+    calls for a diagram (no backbone on two tables)."""
+    computed = [t for t in tables if t.group is not None]
+    on_tables: dict[str, int] = defaultdict(int)
+    for table in computed:
+        for name in {r.backbone for r in table.computed_rows if r.score is not None}:
+            on_tables[name] += 1
+    if sum(1 for c in on_tables.values() if c >= 2) < 2:
+        return None, ""
+    families: dict[tuple, dict[tuple[str, str], Table]] = defaultdict(dict)
+    for table in computed:
+        g = table.group
+        family = (g.task, g.track, g.protocol_version, g.main_eval_set, g.main_metric, g.overrides, g.off_protocol_reasons)
+        families[family].setdefault((g.dataset_name, g.dataset_version), table)  # one table per set of images
+    for family in sorted(families, key=lambda f: (-len(families[f]), f)):
+        if len(families[family]) < 2:
+            break
+        cd = _friedman_over(list(families[family].values()))
+        if cd is not None:
+            return cd, ""
+    datasets = sorted({(t.group.dataset_name, t.group.dataset_version[:8]) for t in computed})
+    if len(datasets) == 1:
+        (name, version), = datasets
+        why = (f"all {len(computed)} tables are over the same images (dataset {name} {version}): its probes and split "
+               "tracks are not independent evidence, so no Friedman test or critical-difference diagram is drawn; one "
+               "needs the same task on different datasets")
+    else:
+        why = ("no task, track and settings was run on two or more different datasets by the same backbones, and tables "
+               "over the same images are not independent evidence: no Friedman test or critical-difference diagram is drawn")
+    return None, why
+
+
+def _friedman_over(tables: Sequence[Table]) -> CriticalDifference | None:
+    """Friedman + Nemenyi over ``tables`` for backbones on several of them (each backbone's best row
+    per table). None when fewer than 2 backbones share 2 tables."""
     scores: dict[str, dict[str, float]] = defaultdict(dict)  # table id -> backbone -> best mean
     titles = {}
     for table in tables:
-        if table.group is None:
-            continue
         titles[table.id] = table.title
         for row in table.computed_rows:
             if row.score is not None:

@@ -118,7 +118,7 @@ class CropDataset(torch.utils.data.Dataset):
                  forbidden_ids: Sequence[str] = ()) -> None:
         self.dataset = dataset
         self.indices = np.asarray(indices, dtype=np.int64)
-        ids = list(dataset.fov_ids)
+        ids = list(dataset.ids)
         leaked = sorted(set(ids[i] for i in self.indices) & set(map(str, forbidden_ids)))
         if leaked:
             raise DataError(

@@ -89,6 +89,11 @@ class TaskConfig:
     #: pip extra that provides ``requires`` (named in the error when one is missing).
     extra: ClassVar[str | None] = None
     description: ClassVar[str] = ""
+    #: The label modes (dataset card ``label_mode``) the task can score; others are refused.
+    label_modes: ClassVar[tuple[str, ...]] = ("multilabel",)
+    #: The settings the dataset card gave this config (see :meth:`for_dataset`): the protocol's
+    #: values on that dataset, so they are neither overrides nor deviations.
+    _dataset_settings: ClassVar[dict[str, Any]] = {}
 
     def evaluate(self, context: Any) -> TaskResult:
         """Fetch inputs from ``context`` (a RunContext), run the protocol, return the scores."""
@@ -108,6 +113,28 @@ class TaskConfig:
 
     def validate_for(self, dataset_card: Any) -> None:
         """Refuse a dataset this task cannot evaluate (checked before any work); default: any."""
+
+    def dataset_settings(self, dataset_card: Any) -> dict[str, Any]:
+        """The protocol's settings on this dataset: the card's ``task_defaults`` for this task (a
+        subclass adds settings it derives from the card, e.g. crop sizes from the cell diameter)."""
+        return dict(dataset_card.task_defaults.get(self.name, {}))
+
+    def for_dataset(self, dataset_card: Any) -> "TaskConfig":
+        """This config on ``dataset_card``: refuses a label mode the task does not score (one line),
+        and applies :meth:`dataset_settings` (check the final config with :meth:`validate_for`, after
+        any overrides)."""
+        if dataset_card.label_mode not in self.label_modes:
+            raise ConfigError(
+                f"task {self.name} scores {' or '.join(self.label_modes)} labels; dataset {dataset_card.name!r} is "
+                f"{dataset_card.label_mode} (label_mode in its card): pick a task that scores it (`ocbench tasks list`)"
+            )
+        settings = self.dataset_settings(dataset_card)
+        unknown = sorted(set(settings) - set(self.keys()))
+        if unknown:
+            raise ConfigError(f"dataset card {dataset_card.name!r}: task_defaults for {self.name} name unknown setting(s) {unknown}")
+        new = dataclasses.replace(self, **settings)  # type: ignore[type-var]
+        object.__setattr__(new, "_dataset_settings", settings)
+        return new
 
     @classmethod
     def settings_table(cls) -> list[tuple[str, str, Any, str]]:
@@ -133,7 +160,7 @@ class TaskConfig:
 
     def protocol_deviations(self) -> dict[str, Any]:
         """Settings that differ from the protocol defaults (empty: the run is on protocol)."""
-        default = type(self)()
+        default = dataclasses.replace(type(self)(), **self._dataset_settings)  # type: ignore[type-var]
         return {k: _jsonable(getattr(self, k)) for k in self.keys() if getattr(self, k) != getattr(default, k)}
 
     def with_overrides(self, assignments: Iterable[str]) -> tuple["TaskConfig", dict[str, Any]]:
@@ -161,6 +188,7 @@ class TaskConfig:
             except ValueError as exc:
                 raise ConfigError(f"task {self.name}: bad value for {key}: {exc}") from None
         new = dataclasses.replace(self, **changes)  # type: ignore[type-var]  # re-runs validation
+        object.__setattr__(new, "_dataset_settings", self._dataset_settings)
         return new, {k: _jsonable(v) for k, v in changes.items()}
 
 

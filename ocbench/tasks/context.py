@@ -20,7 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ocbench.backbones.adapters import ChannelAdapter
+    from ocbench.backbones.card import BackboneCard
+    from ocbench.data.base import ImageSplit, ItemSet
 
 __all__ = ["RunContext", "Progress"]
 
@@ -68,16 +73,16 @@ class Progress:
 class RunContext:
     """Everything a task may ask for in one grid cell."""
 
-    #: Dataset object: ``.card`` (DatasetCard), ``.name``, ``.version``, ``.labels`` (N, C) 0/1,
-    #: ``.fov_ids``, ``.manifest``, ``.read(i)`` -> (channels, H, W) in ``card.channel_names`` order.
-    dataset: Any
-    #: Split: ``.track``, ``.seed``, ``.sha256``, ``.indices(ids) -> (test_idx, [fold_idx, ...])``.
-    split: Any
+    #: The dataset's items: ``.card`` (DatasetCard), ``.name``, ``.version``, ``.ids``, ``.groups``,
+    #: ``.labels`` (N, C) 0/1, ``.read(i)`` -> (channels, H, W) in ``card.channel_names`` order.
+    dataset: "ItemSet"
+    #: Split of the dataset's images: ``.indices_of(items) -> (test_idx, [fold_idx, ...])``.
+    split: "ImageSplit"
     #: BackboneCard and the ChannelAdapter placing the dataset's channels into its inputs.
-    backbone: Any
-    adapter: Any
+    backbone: "BackboneCard"
+    adapter: "ChannelAdapter"
     #: ``embed_fn(context, items)`` -> Embeddings (``features`` (N, D) float32, ``fov_ids``, ``meta``).
-    embed_fn: Callable[["RunContext", Any], Any]
+    embed_fn: Callable[["RunContext", "ItemSet | None"], Any]
     device: str = "cpu"
     seed: int = 0
     progress: Progress = field(default_factory=lambda: Progress(False))
@@ -93,7 +98,7 @@ class RunContext:
     #: work that fills a shared cache (segmentation) the others then only read; one process: work().
     main_first: Callable[[Callable[[], Any]], Any] = field(default=lambda work: work())
 
-    def with_backbone(self, card: Any, adapter: Any = None) -> "RunContext":
+    def with_backbone(self, card: "BackboneCard", adapter: "ChannelAdapter | None" = None) -> "RunContext":
         """A context that embeds with ``card`` (and ``adapter``, default this one's), e.g. a backbone
         the task just trained. The result is then about ``card``: this context remembers it so the
         entry records it. Both contexts share ``inputs`` (one provenance record per entry)."""
@@ -109,9 +114,8 @@ class RunContext:
     def labels(self):
         return self.dataset.labels
 
-    def embed(self, items: Any = None):
-        """The backbone's embeddings (cached by key; see ``ocbench embed``) of every FOV of the
-        dataset, or of ``items``: any dataset-like object (``version``, ``fov_ids`` = item ids,
-        ``read(i)`` -> (channels, H, W) in the dataset card's channel order, ``len``), e.g. cell
-        crops cut on the fly; its ``version`` must change whenever its pixels would."""
+    def embed(self, items: "ItemSet | None" = None):
+        """The backbone's embeddings (cached by key; see ``ocbench embed``) of every item of the
+        dataset, or of ``items``: another :class:`~ocbench.data.base.ItemSet`, e.g. cell crops cut
+        on the fly; its ``version`` must change whenever its pixels would."""
         return self.embed_fn(self, items)

@@ -19,7 +19,7 @@ Pieces, each testable on its own:
 - :func:`train_dino`: the loop. Student = backbone (drop path) + head; teacher = an EMA copy
   without drop path. Checkpoints after every epoch, atomically, with everything needed to
   continue bit for bit: student, teacher, optimiser, centre, RNG states, epoch, the epoch's data
-  order and the loss history. Data order and augmentations are functions of (seed, epoch, item),
+  order and the loss history, and a checksum of all of it that a resume verifies. Data order and augmentations are functions of (seed, epoch, item),
   never of worker or process state, which is what makes resume and multi-process runs reproducible.
 
 Distributed runs (``torchrun``): the step's global batch of ``batch_size`` items is split over the
@@ -31,10 +31,10 @@ RNG). Only rank 0 writes checkpoints and the history.
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ocbench.errors import ConfigError, DataError
+from ocbench.tasks.dino_config import DinoConfig
 
 __all__ = [
     "DinoConfig",
@@ -64,107 +65,6 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "ocbench-dino-checkpoint/1"
-
-
-# ---------------------------------------------------------------------------------------------
-# configuration
-
-
-@dataclass(frozen=True)
-class DinoConfig:
-    """DINO training settings (the paper's sections 2.5 and 3.1.2-3.1.4; DINO's reference values where the paper's
-    numbers are not legible). Learning rate is per 256 images: ``lr * batch_size / 256``."""
-
-    epochs: int = field(default=100, metadata={"help": "training epochs (paper: 100 best setup, 60 ablations)"})
-    fraction: float = field(default=1.0, metadata={"help": "fraction of the split's train part used (seeded, nested)"})
-    batch_size: int = field(default=64, metadata={"help": "images per optimizer step, over all processes"})
-    lr: float = field(default=5e-4, metadata={"help": "peak learning rate per 256 images"})
-    lr_reference_batch: int = 256
-    min_lr: float = field(default=1e-6, metadata={"help": "learning rate at the end of the cosine"})
-    warmup_epochs: int = field(default=10, metadata={"help": "linear learning-rate warm-up epochs"})
-    weight_decay: float = field(default=0.04, metadata={"help": "weight decay at the start (cosine to weight_decay_end)"})
-    weight_decay_end: float = 0.4
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum_teacher: float = field(default=0.996, metadata={"help": "teacher EMA momentum at the start (cosine to 1)"})
-    out_dim: int = field(default=65536, metadata={"help": "DINO head output dimension"})
-    head_hidden_dim: int = 2048
-    head_bottleneck_dim: int = 256
-    head_layers: int = 3
-    norm_last_layer: bool = True
-    warmup_teacher_temp: float = 0.04
-    teacher_temp: float = 0.07
-    warmup_teacher_temp_epochs: int = 30
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    clip_grad: float = field(default=3.0, metadata={"help": "per-parameter gradient norm clip (0: off)"})
-    freeze_last_layer: int = field(default=1, metadata={"help": "epochs with the head's last layer frozen"})
-    drop_path_rate: float = 0.1
-    global_crop_size: int = 224
-    global_crop_scale: tuple[float, float] = (0.4, 1.0)
-    local_crops: int = 8
-    local_crop_size: int = 96
-    local_crop_scale: tuple[float, float] = (0.05, 0.4)
-    flip_p: float = 0.5
-    warp_p: float = field(default=0.5, metadata={"help": "probability of a random smooth warp (cell warping) per crop"})
-    warp_strength: float = field(default=0.05, metadata={"help": "warp amplitude as a fraction of the crop size"})
-    intensity_jitter: float = field(default=0.2, metadata={"help": "per-channel brightness/contrast jitter (fraction)"})
-
-    def __post_init__(self) -> None:
-        name = getattr(self, "name", "") or "dino"
-
-        def bad(key: str, what: str) -> ConfigError:
-            return ConfigError(f"{name}: {key} must be {what}, got {getattr(self, key)!r}")
-
-        for key in ("epochs", "batch_size", "lr_reference_batch", "out_dim", "head_hidden_dim",
-                    "head_bottleneck_dim", "global_crop_size", "local_crop_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise bad(key, "an integer >= 1")
-        for key in ("warmup_epochs", "warmup_teacher_temp_epochs", "freeze_last_layer", "local_crops"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(key, "an integer >= 0")
-        if self.head_layers < 1:
-            raise bad("head_layers", "an integer >= 1")
-        if not 0 < self.fraction <= 1:
-            raise bad("fraction", "in (0, 1]")
-        for key in ("lr", "warmup_teacher_temp", "teacher_temp", "student_temp"):
-            if not 0 < getattr(self, key) <= 10:
-                raise bad(key, "in (0, 10]")
-        if not 0 <= self.min_lr <= self.lr:
-            raise bad("min_lr", "in [0, lr]")
-        for key in ("weight_decay", "weight_decay_end", "clip_grad"):
-            if not 0 <= getattr(self, key) <= 100:
-                raise bad(key, "in [0, 100]")
-        for key in ("momentum_teacher", "center_momentum", "flip_p", "warp_p", "drop_path_rate"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise bad(key, "in [0, 1]")
-        if not 0 <= self.warp_strength <= 0.5:
-            raise bad("warp_strength", "in [0, 0.5]")
-        if not 0 <= self.intensity_jitter < 1:
-            raise bad("intensity_jitter", "in [0, 1)")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise bad("betas", "two numbers in [0, 1)")
-        for key in ("global_crop_scale", "local_crop_scale"):
-            low, high = getattr(self, key)
-            if not 0 < low <= high <= 1:
-                raise bad(key, "two numbers 0 < low <= high <= 1")
-
-    @property
-    def effective_lr(self) -> float:
-        return self.lr * self.batch_size / self.lr_reference_batch
-
-    @property
-    def n_crops(self) -> int:
-        return 2 + self.local_crops
-
-    def training_dict(self) -> dict[str, Any]:
-        """The DINO settings alone (JSON-ready): what a checkpoint and a derived card record."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(DinoConfig)}
-
-
-def _jsonable(value: Any) -> Any:
-    return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,21 +304,60 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Atomic: a kill while writing leaves the previous epoch's checkpoint."""
-    from ocbench._io import atomic_path
+def checkpoint_checksum(payload: dict) -> str:
+    """sha256 over everything a checkpoint holds (tensors by dtype, shape and bytes; other values by
+    type and repr), its ``checksum`` field aside: a flipped byte anywhere in the state shows."""
+    digest = hashlib.sha256()
 
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().to("cpu").contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=str):
+                feed(str(key))
+                feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        else:
+            digest.update(f"{type(value).__name__}:{value!r};".encode())
+
+    feed({k: v for k, v in payload.items() if k != "checksum"})
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Atomic, with its checksum: a kill while writing leaves the previous epoch's checkpoint, and a
+    full disk is a one-line error (torch's writer reports it as a RuntimeError) with nothing half-written."""
+    from ocbench._io import atomic_path, write_error
+
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({**payload, "checksum": checkpoint_checksum(payload)}, tmp)
+    except (OSError, RuntimeError) as exc:
+        raise write_error(path, exc, "the fine-tuning checkpoint") from None
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint that reads back exactly as it was written; anything else is a one-line DataError
+    (a damaged checkpoint is not thrown away silently: it may hold days of training)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, foreign, or holding objects we refuse to unpickle
         raise DataError(f"{path}: not a readable ocbench DINO checkpoint ({type(exc).__name__}); delete it to start over") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path}: not an ocbench DINO checkpoint (format {CHECKPOINT_FORMAT}); delete it to start over")
+    if "checksum" not in payload:
+        raise DataError(f"{path}: a checkpoint without a checksum (written by an older ocbench); delete it to start over")
+    if payload["checksum"] != checkpoint_checksum(payload):
+        raise DataError(f"{path}: damaged (its content does not match the checksum written with it); check the disk, "
+                        "then delete it to start over")
     return payload
 
 

@@ -19,8 +19,10 @@ fine-tuning on OpenCell's 90% train split, then the ``fov-mlp`` probe (sections 
    the entry records the derived card: which data the backbone saw.
 
 The derived name is ``<base>.ft-<dataset>-f<fraction>-<hash>``: the hash covers the base card,
-channel adapter, every training setting, dataset version, split and seed, so the same run
-finds its finished weights (and is not trained again) and any other run gets its own folder.
+channel adapter, every training setting, the dataset's listing (items and labels), split and
+seed, so the same run finds its finished weights (and is not trained again) and any other run
+gets its own folder. The training images' content is recorded beside the weights and the
+checkpoint (:class:`TrainFiles`): when one of them changed, the run trains again, with a warning.
 Training from scratch (:func:`scratch_card`) writes ``<arch card>.dino-...``, or the zoo's
 ``opencell-dino-vits8``/``-vitb8`` folder when trained on OpenCell itself.
 """
@@ -31,16 +33,18 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from ocbench.backbones.derive import CARD_FILENAME, load_card_file, write_card_file
+from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError, DataError
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
-from ocbench.tasks.dino_ssl import DinoConfig
+from ocbench.tasks.dino_config import DinoConfig
 
 __all__ = [
     "FineTune",
@@ -66,13 +70,13 @@ def train_indices(dataset: Any, split: Any, fraction: float = 1.0, seed: int = 0
 
     Refuses (DataError) a split whose train and test parts overlap, so no test FOV can train.
     """
-    test_idx, folds_idx = split.indices(dataset.fov_ids)
+    test_idx, folds_idx = split.indices_of(dataset)
     train = np.unique(np.concatenate([np.asarray(f, dtype=np.int64) for f in folds_idx]))
     if np.intersect1d(train, np.asarray(test_idx)).size:
         raise DataError("the split's train and test parts overlap; fine-tuning uses the train part only")
     if not 0 < fraction <= 1:
         raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
-    ids = np.asarray(dataset.fov_ids, dtype=object)[train]
+    ids = np.asarray(dataset.ids, dtype=object)[train]
     train = train[np.argsort(ids, kind="stable")]  # the subset depends on ids, not on dataset order
     order = np.random.default_rng(np.random.SeedSequence([seed, 0xF7AC])).permutation(len(train))
     keep = max(1, int(round(fraction * len(train))))
@@ -95,13 +99,17 @@ def _dataset_label(dataset: Any) -> str:
 
 
 def run_identity(base: Any, adapter: Any, cfg: DinoConfig, dataset: Any, split: Any, seed: int) -> dict:
-    """Everything that makes two fine-tuning runs the same run (hashed into the derived name)."""
+    """Everything that makes two fine-tuning runs the same run (hashed into the derived name).
+
+    The dataset enters by its listing (items and labels): the content of the training images is
+    checked when a finished run or a checkpoint is reused (:class:`TrainFiles`), so rewritten
+    pixels retrain the same backbone name, with a warning, instead of leaving old weights behind."""
     return {
         "base": json.loads(json.dumps(base.to_dict(), sort_keys=True, default=str)),
         "channels": adapter.key,
         "training": cfg.training_dict(),
         "dataset": str(dataset.name),
-        "dataset_version": str(dataset.version),
+        "dataset_version": listing_version(dataset),
         "split_sha256": split.sha256,
         "split_track": split.track,
         "seed": int(seed),
@@ -160,7 +168,7 @@ def derived_card(base: Any, adapter: Any, cfg: DinoConfig, dataset: Any, split: 
     notes = json.dumps({
         "fine-tuned from" if not scratch else "trained from scratch as": base.name,
         "method": "DINO self-distillation (ocbench finetune)", "dataset": str(dataset.name),
-        "dataset_version": str(dataset.version), "split": {"track": split.track, "sha256": split.sha256},
+        "dataset_version": listing_version(dataset), "split": {"track": split.track, "sha256": split.sha256},
         "seed": int(seed), "channels": adapter.spec, "config": cfg.training_dict(), "run_hash": digest,
     }, sort_keys=True)
     label = _dataset_label(dataset)
@@ -200,9 +208,75 @@ class FineTuneOutcome:
     images_per_s: float | None = None
 
 
-def _finished(folder: Path, card: Any) -> bool:
-    path = folder / CARD_FILENAME
-    return path.is_file() and (folder / "model.safetensors").is_file() and load_card_file(path) == card
+#: In the run folder: which image files (and their sha256) the run trains on.
+TRAIN_FILES_NAME = "train_files.json"
+
+
+@dataclass(frozen=True)
+class TrainFiles:
+    """The content of the images a run trains on: one digest (recorded with the checkpoint and the
+    finished weights) and each file's sha256 (kept in the run folder, to count what changed)."""
+
+    digest: str | None  # None: the dataset keeps no content record (its items are not files)
+    by_file: dict
+
+    @classmethod
+    def of(cls, dataset: Any, indices: Sequence[int]) -> "TrainFiles":
+        content = getattr(dataset, "content", None)
+        if content is None or not callable(getattr(content, "subset", None)):
+            return cls(None, {})
+        part = content.subset(indices)
+        return cls(part.digest, part.by_file())
+
+    def changes_since(self, run_dir: Path, digest_then: str | None) -> str:
+        """Why work recorded with ``digest_then`` is stale, counting the changed files when the run
+        folder still lists them."""
+        if digest_then is None:
+            return "it was made by an older ocbench that did not record the training images' content"
+        try:
+            then = json.loads((run_dir / TRAIN_FILES_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            then = {}
+        files = then.get("files") if isinstance(then, dict) and then.get("digest") == digest_then else None
+        if not isinstance(files, dict):
+            return "the training images' content changed since"
+        now = self.by_file
+        changed = [f for f, sha in now.items() if files.get(f) != sha] + [f for f in files if f not in now]
+        return f"{len(changed)} of its {len(files)} training image file(s) changed since"
+
+    def save(self, run_dir: Path) -> None:
+        from ocbench._io import atomic_write, write_error
+
+        try:
+            with atomic_write(run_dir / TRAIN_FILES_NAME) as fh:
+                json.dump({"digest": self.digest, "files": self.by_file}, fh, separators=(",", ":"))
+        except OSError as exc:
+            raise write_error(run_dir / TRAIN_FILES_NAME, exc, "the fine-tuning run's file list") from None
+
+
+def _finished(folder: Path, card: Any, train: TrainFiles, run_dir: Path) -> tuple[bool, str | None]:
+    """(reusable, why not): finished weights of this run, intact and trained on these very images.
+
+    Weights whose sha256 differs from the one written with them are a one-line DataError (a
+    damaged file is not retrained over silently); weights trained on other pixels are stale."""
+    from ocbench._io import sha256_file
+
+    path, weights = folder / CARD_FILENAME, folder / "model.safetensors"
+    if not (path.is_file() and weights.is_file() and load_card_file(path) == card):
+        return False, None
+    try:
+        recorded = json.loads((folder / "config.json").read_text(encoding="utf-8"))["ocbench"]
+        weights_sha256 = recorded["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{folder / 'config.json'}: unreadable or without the weights' sha256; delete {folder} to train "
+                        "again") from None
+    if sha256_file(weights) != weights_sha256:
+        raise DataError(f"{weights}: damaged (its sha256 differs from the one recorded in config.json when it was "
+                        f"written); delete {folder} to train again")
+    then = recorded.get("train_content_sha256")
+    if train.digest is None or then == train.digest:
+        return True, None
+    return False, f"{folder}: {train.changes_since(run_dir, then)} it was trained; training again"
 
 
 def _check_replaceable(folder: Path) -> None:
@@ -214,13 +288,14 @@ def _check_replaceable(folder: Path) -> None:
             )
 
 
-def _write_weights(folder: Path, card: Any, state: dict, history: list[dict]) -> None:
+def _write_weights(folder: Path, card: Any, state: dict, history: list[dict], train: TrainFiles) -> None:
     import timm
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from ocbench import __version__
-    from ocbench._io import atomic_dir, sha256_file
+    from ocbench._io import atomic_dir, sha256_file, write_error
 
     _check_replaceable(folder)
     config = {
@@ -237,14 +312,36 @@ def _write_weights(folder: Path, card: Any, state: dict, history: list[dict]) ->
             "source": card.source, "training": json.loads(card.notes),
             "final_loss": history[-1]["loss"] if history else None, "epochs_trained": len(history),
             "position_embedding": "dino-bicubic-scale-factor", "ocbench_version": __version__,
+            "train_content_sha256": train.digest,
             "torch_version": torch.__version__.split("+")[0], "timm_version": timm.__version__,
         },
     }
-    with atomic_dir(folder) as tmp:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        config["ocbench"]["weights_sha256"] = sha256_file(tmp / "model.safetensors")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        write_card_file(card, tmp)
+    try:
+        with atomic_dir(folder) as tmp:
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            config["ocbench"]["weights_sha256"] = sha256_file(tmp / "model.safetensors")
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            write_card_file(card, tmp)
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as a SafetensorError
+        raise write_error(folder, exc, "the fine-tuned weights") from None
+
+
+def _drop_stale_checkpoint(checkpoint: Path, train: TrainFiles, run_dir: Path, *, warned: bool = False) -> None:
+    """A checkpoint of other training images is not resumed: it is removed, with a warning (unless
+    ``warned`` already said so about the finished weights), and the run starts over; the run folder
+    then lists the images this run trains on."""
+    try:
+        listed = json.loads((run_dir / TRAIN_FILES_NAME).read_text(encoding="utf-8")).get("digest")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if checkpoint.is_file() and listed != train.digest and train.digest is not None:
+        if not warned:
+            warnings.warn(f"{checkpoint}: {train.changes_since(run_dir, listed)} it was written; starting this run over",
+                          stacklevel=3)
+        checkpoint.unlink()
+    if listed != train.digest or not (run_dir / TRAIN_FILES_NAME).is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        train.save(run_dir)
 
 
 def plot_loss(history: Sequence[dict], path: Path, title: str) -> None:
@@ -319,11 +416,18 @@ def finetune_backbone(
     run_key = card.name if digest in card.name else f"{card.name}-{digest}"
     run_dir = Path(cache_dir if cache_dir is not None else default_cache()) / "finetune" / run_key
     indices = train_indices(dataset, split, cfg.fraction, seed)
-    if _finished(folder, card):
+    train = TrainFiles.of(dataset, indices)
+    reusable, stale = _finished(folder, card, train, run_dir)
+    if reusable:
         history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
         report.note(f"finetune: reusing the finished run {folder}")
         return FineTuneOutcome(card, folder, run_dir, history, False, len(indices), time.perf_counter() - started)
+    rank, world = _world()
+    if stale is not None and rank == 0:
+        warnings.warn(stale, stacklevel=2)
     checkpoint = run_dir / "checkpoint.pt"
+    if rank == 0:
+        _drop_stale_checkpoint(checkpoint, train, run_dir, warned=stale is not None)
     if checkpoint.is_file() and not resume:
         raise ConfigError(
             f"{checkpoint}: an unfinished run of the same settings exists; pass --resume to continue it, "
@@ -331,7 +435,6 @@ def finetune_backbone(
         )
 
     dev = torch.device(device)
-    rank, world = _world()
     if world > 1 and rank != 0:  # rank 0 fetches or converts the base weights first; the others then read them
         torch.distributed.barrier()
     loaded = load_backbone(base, device="cpu", cache_dir=cache_dir)
@@ -370,21 +473,25 @@ def finetune_backbone(
     try:
         result = train_dino(
             cfg, student, teacher, data, seed=seed, device=dev, checkpoint=checkpoint, resume=resume,
-            run_identity=run_identity(base, adapter, cfg, dataset, split, seed), num_workers=num_workers,
+            run_identity={**run_identity(base, adapter, cfg, dataset, split, seed), "train_content_sha256": train.digest},
+            num_workers=num_workers,
             precision=precision, on_epoch=on_epoch, on_step=on_step, stop_after_epoch=stop_after_epoch,
         )
     finally:
         bar.close()
     finished = len(result.history) >= cfg.epochs
     if rank == 0:
-        from ocbench._io import atomic_write
+        from ocbench._io import atomic_write, write_error
 
-        with atomic_write(run_dir / "history.json") as fh:
-            json.dump(result.history, fh, indent=1)
-        if result.history:
-            plot_loss(result.history, run_dir / "loss.png", card.name)
+        try:
+            with atomic_write(run_dir / "history.json") as fh:
+                json.dump(result.history, fh, indent=1)
+            if result.history:
+                plot_loss(result.history, run_dir / "loss.png", card.name)
+        except OSError as exc:
+            raise write_error(run_dir, exc, "the fine-tuning history") from None
         if finished:
-            _write_weights(folder, card, result.teacher_backbone, result.history)
+            _write_weights(folder, card, result.teacher_backbone, result.history, train)
     if _world()[1] > 1:
         import torch.distributed as dist
 
@@ -397,18 +504,20 @@ def finetune_backbone(
 # the task
 
 
-def _workers(context: Any) -> int:
-    """DataLoader workers: as asked, else (None) on a GPU all but one of this process's cores (up
-    to 16; under torchrun the node's cores are shared by its ranks), so the GPU never waits on
-    augmentation, and none on CPU. The count never changes a result: each item's views come from
-    its own seed."""
+def augmentation_workers(asked: int | None, device: str) -> int:
+    """DataLoader workers: on a GPU by default all but one of this process's cores (up to 16; under
+    torchrun the node's cores are shared by its ranks), so the GPU never waits on augmentation, and
+    none on CPU, where training uses every core. A count asked for is bounded by the cores: more
+    workers than cores only compete with training. The count never changes a result: each item's
+    views come from its own seed."""
     from ocbench._cores import available_cores
 
-    if context.num_workers is not None:
-        return int(context.num_workers)
-    if not str(context.device).startswith("cuda"):
+    cores = available_cores()
+    if asked is not None:
+        return max(0, min(int(asked), cores))
+    if not str(device).startswith("cuda"):
         return 0
-    return max(0, min(16, available_cores() - 1))
+    return max(0, min(16, cores - 1))
 
 
 @register_task
@@ -424,7 +533,7 @@ class FineTune(DinoConfig, TaskConfig):
         "DINO fine-tuning on the train split (paper section 2.5), then the fov-mlp probe on the teacher (paper Tables 2-3, Fig. 3)"
     )
 
-    probe_epochs: int = 300
+    probe_epochs: int = field(default=300, metadata={"help": "training epochs of the fov-mlp probe on the fine-tuned teacher"})
 
     def __post_init__(self) -> None:
         DinoConfig.__post_init__(self)
@@ -441,7 +550,7 @@ class FineTune(DinoConfig, TaskConfig):
         started = time.perf_counter()
         outcome = finetune_backbone(
             context.backbone, context.adapter, context.dataset, context.split, self,
-            seed=context.seed, device=context.device, resume=True, num_workers=_workers(context),
+            seed=context.seed, device=context.device, resume=True, num_workers=augmentation_workers(context.num_workers, context.device),
             precision=context.precision, progress=context.progress,
         )
         probe = FovMlpProbe(epochs=self.probe_epochs)
@@ -485,7 +594,7 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 
 def finetune_command(
     *, base: Any, adapter: Any, dataset: Any, split: Any, overrides: Sequence[str], seed: int, device: str,
-    workers: int, precision: str, resume: bool, threads: int | None = None,
+    workers: int | None, precision: str, resume: bool, threads: int | None = None,
 ) -> FineTuneOutcome | None:
     """What ``ocbench finetune`` does once names are resolved; returns None on processes other than rank 0."""
     import torch
@@ -500,9 +609,10 @@ def finetune_command(
         torch.set_num_threads(threads)
     try:
         rank = _world()[0]
+        device = str(resolve_device(device))
         outcome = finetune_backbone(
-            base, adapter, dataset, split, cfg, seed=seed, device=str(resolve_device(device)), resume=resume,
-            num_workers=workers, precision=precision, progress=Progress(rank == 0),
+            base, adapter, dataset, split, cfg, seed=seed, device=device, resume=resume,
+            num_workers=augmentation_workers(workers, device), precision=precision, progress=Progress(rank == 0),
         )
         return outcome if rank == 0 else None
     finally:

@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from ocbench.data.compartments import COMPARTMENTS
 from ocbench.errors import ConfigError, DataError
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
 from ocbench.tasks.context import Progress
@@ -108,17 +107,16 @@ class FovProbe(TaskConfig):
     protocol_version: ClassVar[str] = PROTOCOL_VERSION
     main_score: ClassVar[tuple[str, str]] = ("val", "macro_f1")
 
-    epochs: int = 300
-    batch_size: int = 512
-    #: learning rate per 256 examples; the rate used is ``lr * batch_size / lr_reference_batch``
-    lr: float = 1e-4
-    lr_reference_batch: int = 256
-    weight_decay: float = 0.04
-    betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    threshold: float = 0.5
-    standardize: bool = True
-    resample: bool = True  # False: each epoch is a plain shuffle of the training rows
+    epochs: int = field(default=300, metadata={"help": "training epochs per fold model"})
+    batch_size: int = field(default=512, metadata={"help": "rows per optimizer step"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate per lr_reference_batch rows (used: lr * batch_size / lr_reference_batch)"})
+    lr_reference_batch: int = field(default=256, metadata={"help": "the batch size lr is given for"})
+    weight_decay: float = field(default=0.04, metadata={"help": "AdamW weight decay"})
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "AdamW moment decay rates"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    threshold: float = field(default=0.5, metadata={"help": "a class is predicted where its sigmoid output >= this"})
+    standardize: bool = field(default=True, metadata={"help": "scale each feature to mean 0, std 1 on the fold's training rows"})
+    resample: bool = field(default=True, metadata={"help": "draw each epoch's rows with replacement, weighted by 1 / frequency of their rarest label (False: a plain shuffle)"})
 
     def __post_init__(self) -> None:
         def bad(key: str, what: str) -> ConfigError:
@@ -157,20 +155,17 @@ class FovProbe(TaskConfig):
 
     def evaluate(self, context) -> TaskResult:
         """Probe the backbone's FOV embeddings on the context's split (the paper's protocol)."""
+        dataset = context.dataset
         embeddings = context.embed()
-        test_idx, folds_idx = context.split.indices(embeddings.fov_ids)
-        card = context.dataset.card
-        manifest = getattr(context.dataset, "manifest", None)
-        column = getattr(card, "group_column", None)
-        groups = None
-        if manifest is not None and column in getattr(manifest, "columns", ()) and len(manifest) == len(embeddings.fov_ids):
-            groups = manifest[column].astype(str).to_numpy()
+        if list(embeddings.fov_ids) != list(dataset.ids):
+            raise DataError("the embeddings do not line up with the dataset's items; rerun with --recompute")
+        test_idx, folds_idx = context.split.indices_of(dataset)
         return self.run(
             embeddings.features, context.labels, test_idx, folds_idx,
             seed=context.seed, device=context.device, progress=context.progress,
-            class_names=context.class_names, item_ids=list(embeddings.fov_ids), groups=groups,
-            group_name=getattr(card, "group_name", None) or "protein",
-            references=True, label_mode=getattr(card, "label_mode", None) or "multilabel",
+            class_names=context.class_names, item_ids=list(dataset.ids), groups=dataset.groups,
+            group_name=dataset.card.group_name,
+            references=True, label_mode=getattr(dataset.card, "label_mode", None) or "multilabel",
             feature_standardization=getattr(context.backbone, "feature_standardization", "none"),
         )
 
@@ -185,7 +180,7 @@ class FovProbe(TaskConfig):
         device: str = "cpu",
         progress: bool | Progress = True,
         max_parallel_folds: int | None = None,
-        class_names: Sequence[str] = COMPARTMENTS,
+        class_names: Sequence[str] | None = None,
         item_ids: Sequence[Any] | None = None,
         groups: Sequence[Any] | None = None,
         group_name: str = "protein",
@@ -200,6 +195,7 @@ class FovProbe(TaskConfig):
         rounding); ``None``: one at a time on CPU, else all folds with the same steps per epoch.
         ``item_ids``/``groups`` (N,) name the rows and the group each belongs to (``group_name``,
         the unit the test-set interval resamples); without ``groups`` each item is its own group.
+        ``class_names``: the label columns' names (None: ``class_0``, ``class_1``, ...).
         ``references``: also compute the chance references (:mod:`ocbench.chance`) on the same
         folds and test items, the shuffled-labels one by training this probe once more with the
         labels of the cross-validation rows permuted (the test rows keep theirs).
@@ -209,6 +205,8 @@ class FovProbe(TaskConfig):
         """
         from dataclasses import replace
 
+        if class_names is None:
+            class_names = tuple(f"class_{j}" for j in range(np.asarray(labels).shape[1]))
         if feature_standardization not in ("none", "robust"):
             raise ConfigError(f"feature_standardization must be 'none' or 'robust', got {feature_standardization!r}")
         robust = feature_standardization == "robust" and not self.standardize
@@ -262,8 +260,8 @@ class FovMlpProbe(FovProbe):
     name: ClassVar[str] = "fov-mlp"
     description: ClassVar[str] = "MLP probe (512-256) on frozen FOV embeddings, 5-fold CV + held-out test (paper Table 1)"
 
-    hidden_dims: tuple[int, ...] = (512, 256)
-    dropout: float = 0.5
+    hidden_dims: tuple[int, ...] = field(default=(512, 256), metadata={"help": "widths of the hidden layers"})
+    dropout: float = field(default=0.5, metadata={"help": "dropout after each hidden layer"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

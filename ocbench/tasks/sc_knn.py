@@ -254,7 +254,7 @@ class ScKnn(TaskConfig):
     main_score: ClassVar[tuple[str, str]] = (EVAL_SET, "macro_f1")
     axis: ClassVar[str | None] = "k"
     requires: ClassVar[tuple[str, ...]] = ("skimage",)  # both segmentation backends use scikit-image
-    extra: ClassVar[str | None] = "singlecell"
+    extra: ClassVar[str | None] = "cells"  # scikit-image; Cellpose is checked by its backend when chosen
     description: ClassVar[str] = (
         "Leave-one-out soft-vote k-NN on single-cell crops (Cellpose masks), macro-F1 per k (paper Table 4)"
     )
@@ -274,7 +274,9 @@ class ScKnn(TaskConfig):
         default="auto",
         metadata={"help": "cellpose (paper), classical, or auto: cellpose for real data, classical for synthetic data"},
     )
-    crop_size: int = field(default=512, metadata={"help": "crop cut and output size, px"})
+    crop_size: int = field(
+        default=512, metadata={"help": "crop cut and output size, px (default: from the dataset card's cell diameter)"}
+    )
     zoom: float = field(default=2.0, metadata={"help": "zoom about the crop centre"})
     mask_crops: bool = field(default=True, metadata={"help": "zero the pixels outside the cell's own mask"})
     black_percentile: float = field(
@@ -282,7 +284,7 @@ class ScKnn(TaskConfig):
     )
     label_grade: int = field(default=3, metadata={"help": "weak labels: FOV compartments annotated at this grade or higher"})
     omit_fovs_with: tuple[str, ...] = field(
-        default=("big_aggregates",), metadata={"help": "FOVs annotated with these classes are not evaluated"}
+        default=(), metadata={"help": "FOVs annotated with these classes are not evaluated (default: the dataset card's)"}
     )
     # "file": the entry records the file's sha256, and other contents are another run (runner.py)
     cell_labels: str = field(
@@ -339,6 +341,13 @@ class ScKnn(TaskConfig):
             name = "classical" if getattr(dataset_card, "synthetic", False) else "cellpose"
         return get_backend(name)
 
+    def dataset_settings(self, dataset_card: Any) -> dict[str, Any]:
+        """The card's sc-knn defaults, and the crop size from its typical cell diameter."""
+        settings = super().dataset_settings(dataset_card)
+        if dataset_card.cell_diameter_px is not None and "crop_size" not in settings:
+            settings["crop_size"] = dataset_card.cell_crop(settings.get("zoom", self.zoom))
+        return settings
+
     def validate_for(self, dataset_card: Any) -> None:
         classes = tuple(dataset_card.class_names)
         unknown = sorted(set(self.omit_fovs_with) - set(classes))
@@ -380,13 +389,7 @@ class ScKnn(TaskConfig):
         if list(embeddings.fov_ids) != list(evaluation.ids):
             raise DataError("the cell embeddings do not line up with the evaluation cells; rerun with --recompute")
         # The interval resamples proteins (the dataset card's group): cells of one protein share its labels.
-        crops = evaluation.crops
-        cells_table = getattr(getattr(crops, "table", None), "cells", None)
-        if cells_table is not None and "group" in cells_table.columns:
-            proteins = cells_table["group"].astype(str).to_numpy()[crops.rows]
-            group_name = getattr(dataset.card, "group_name", None) or "protein"
-        else:
-            proteins, group_name = np.asarray(evaluation.groups).astype(str), "FOV"
+        proteins, group_name = evaluation.crops.groups, dataset.card.group_name
         result = self.run(
             embeddings.features, evaluation.labels, evaluation.groups,
             class_names=context.class_names, device=context.device, seed=context.seed, progress=context.progress,
