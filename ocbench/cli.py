@@ -232,6 +232,15 @@ def _print_outcomes(outcomes) -> None:
     click.echo(format_run_table([o.entry for o in outcomes]))
 
 
+def _print_warnings(outcomes) -> None:
+    """The entries' collapse and chance-level warnings, last, so they are not scrolled away."""
+    from ocbench.leaderboard.summary import format_warnings
+
+    text = format_warnings([o.entry for o in outcomes if o.entry is not None])
+    if text:
+        click.echo(text, err=True)
+
+
 @cli.command()
 @click.option(
     "--backbone", "backbones", multiple=True, required=True,
@@ -286,6 +295,7 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
     for one in seed:  # each seed: its own split (unless --split-file) and probe seed, its own entries
         outcomes += run_grid(cells, ds, replace(options, seed=one), on_done=_say_done, recomputed=recomputed)
     _print_outcomes(outcomes)
+    _print_warnings(outcomes)
 
 
 @cli.command("sweep-channels")
@@ -320,6 +330,7 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
     )
     outcomes = run_grid(specs, ds, options, on_done=_say_done)
     click.echo(format_sweep_table(card.name, [o.entry for o in outcomes]))
+    _print_warnings(outcomes)
 
 
 @cli.command()
@@ -349,6 +360,7 @@ def demo(output, device, overwrite):
     )
     report = build_board([out / "entries"], out / "board")
     click.echo(report.summary())
+    _print_warnings(outcomes)
 
 
 @cli.command()

@@ -155,7 +155,7 @@ def _as_version_0(v1: dict) -> dict:
 
 
 def test_version_0_entry_is_upgraded(tmp_path):
-    assert known_schema_versions() == [0, 1, 2, 3]
+    assert known_schema_versions() == [0, 1, 2, 3, 4]
     v1 = example_entry_dict_v1("hpa-fov-vitb8", channels_key="natural", strategy="map", overrides={"epochs": 50})
     old = _as_version_0(v1)
     loaded = load_entry(_write_json(tmp_path / "old.json", old))
@@ -298,7 +298,7 @@ def test_version_2_entry_upgrades_without_predictions(tmp_path):
     v2 = example_entry_dict("model-b")
     v2["schema_version"] = 2
     loaded = load_entry(_write_json(tmp_path / "v2.json", v2))
-    assert loaded.schema_version == SCHEMA_VERSION == 3
+    assert loaded.schema_version == SCHEMA_VERSION == 4
     assert loaded.predictions is None and loaded.test.interval is None and loaded.backbone.not_zero_shot is None
     dumped = json.loads(entry_to_json(loaded))
     assert "predictions" not in dumped and "interval" not in dumped["scores"]["test"]["macro_f1"]

@@ -7,7 +7,7 @@ Layers (README "Architecture", DESIGN.md), each standing only on the ones below 
     benchmark/          runner, cache, splits, entry schema
     tasks/  backbones/  protocols; model cards, loaders, adapters (backbones never import tasks)
     data/               dataset cards, OpenCell reader, demo data
-    base modules        errors, _io, _lock, _cores, registry, summaries, stats, predictions, paths, reported: standard library
+    base modules        errors, _io, _lock, _cores, registry, summaries, stats, chance, predictions, paths, reported: standard library
                         and each other only
 
 Imports inside functions count too: a call cycle through a lazy import is still a knot.
@@ -24,7 +24,7 @@ import ocbench
 
 ROOT = Path(ocbench.__file__).resolve().parent
 BASE = {"ocbench", "ocbench.errors", "ocbench._io", "ocbench._lock", "ocbench._cores", "ocbench.registry", "ocbench.summaries",
-        "ocbench.stats", "ocbench.predictions", "ocbench.paths", "ocbench.reported"}
+        "ocbench.stats", "ocbench.predictions", "ocbench.paths", "ocbench.reported", "ocbench.chance"}
 
 
 def _module_name(path: Path) -> str:

@@ -27,7 +27,10 @@ from ocbench.backbones.specs import (
 )
 from ocbench.errors import ConfigError
 
-__all__ = ["BackboneCard", "SOURCE_KINDS", "loading_arch_kwargs", "NORMALIZATIONS", "SUPERVISIONS", "WeightsSource", "channel_aliases"]
+__all__ = [
+    "BackboneCard", "SOURCE_KINDS", "loading_arch_kwargs", "NORMALIZATIONS", "SUPERVISIONS", "ROLES", "FEATURE_STANDARDIZATIONS",
+    "TASK_SIDE_FIELDS", "WeightsSource", "channel_aliases",
+]
 
 NORMALIZATIONS: tuple[str, ...] = ("imagenet", "clip", "inception", "self", "min-max", "none")
 #: Normalizations with fixed per-channel RGB numbers (need 3 input channels).
@@ -38,6 +41,18 @@ SUPERVISIONS: tuple[str, ...] = (
     "none", "self-supervised", "image-text contrastive", "class-label supervised", "protein-label supervised",
     "unknown",
 )
+
+#: What a card stands for on the board: a model to rank, or a baseline every model is measured
+#: against (untrained networks, classical and CellProfiler features; the "vs best baseline" column).
+ROLES: tuple[str, ...] = ("model", "baseline")
+#: What a task does to the features before it uses them: nothing, or a robust per-feature
+#: standardisation (median and interquartile range; constant and non-finite features dropped) fitted
+#: on the training part for probes and on all evaluated items for the k-NN. Hand-made features of
+#: very different magnitudes need it before a cosine k-NN.
+FEATURE_STANDARDIZATIONS: tuple[str, ...] = ("none", "robust")
+#: Card fields that only change what a task does with the features, never the features: left out
+#: of the embedding cache key, so declaring them does not re-extract anything.
+TASK_SIDE_FIELDS: tuple[str, ...] = ("role", "feature_standardization")
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -107,6 +122,10 @@ class BackboneCard:
     license: str = ""
     citation: str = ""
     notes: str = ""
+    #: One of :data:`ROLES`: "baseline" for untrained, classical and profiling backbones.
+    role: str = "model"
+    #: One of :data:`FEATURE_STANDARDIZATIONS`, applied by the tasks and recorded in the entry.
+    feature_standardization: str = "none"
 
     def __post_init__(self) -> None:
         _validate_card(self)
@@ -150,6 +169,10 @@ class BackboneCard:
         """JSON-ready dict (tuples become lists) for result entries."""
         return dataclasses.asdict(self)
 
+    def extraction_dict(self) -> dict[str, Any]:
+        """``to_dict()`` without :data:`TASK_SIDE_FIELDS`: what the features depend on (cache keys)."""
+        return {k: v for k, v in self.to_dict().items() if k not in TASK_SIDE_FIELDS}
+
 
 def _validate_card(card: BackboneCard) -> None:
     def bad(field_name: str, why: str) -> ConfigError:
@@ -165,6 +188,10 @@ def _validate_card(card: BackboneCard) -> None:
         raise bad("training_datasets", "must be a tuple of dataset names, e.g. (\"ImageNet-1k\",)")
     if card.supervision not in SUPERVISIONS:
         raise bad("supervision", f"'{card.supervision}' must be one of {', '.join(SUPERVISIONS)}")
+    if card.role not in ROLES:
+        raise bad("role", f"'{card.role}' must be one of {', '.join(ROLES)}")
+    if card.feature_standardization not in FEATURE_STANDARDIZATIONS:
+        raise bad("feature_standardization", f"'{card.feature_standardization}' must be one of {', '.join(FEATURE_STANDARDIZATIONS)}")
     if card.normalization not in NORMALIZATIONS:
         raise bad("normalization", f"'{card.normalization}' must be one of {', '.join(NORMALIZATIONS)}")
     if not _positive_int(card.in_chans):

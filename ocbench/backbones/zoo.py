@@ -176,6 +176,9 @@ _add(BackboneCard(
     pretraining="none: hand-crafted intensity, texture, spectral and co-localization statistics",
     license="MIT (part of ocbench)",
     citation="ocbench classical baseline (features listed by ocbench.backbones.classical.feature_names)",
+    role="baseline",
+    # 92 statistics of very different magnitudes: without it a cosine k-NN sees a few large ones only
+    feature_standardization="robust",
     notes=(
         "per channel: mean, std, skewness, 7 percentiles, Otsu threshold and fraction above it, gradient "
         "magnitude and local std at 3 scales, co-occurrence contrast/homogeneity/energy/correlation at 3 "
@@ -202,7 +205,34 @@ _add(BackboneCard(
     license="MIT (part of ocbench)",
     citation="ocbench random-init control",
     notes="ViT-S/8 layout shrunk to width 64, depth 2, 2 heads; timm's init with torch seed 0",
+    role="baseline",
 ))
+
+# ------------------------------------------------------------------------------------------------
+# Untrained twins of the seed paper's architectures: the same timm model, input size, channel
+# preset and preprocessing as the ImageNet DINO cards, with seeded random weights (no download),
+# so each pretrained row can be read against what its architecture gives without any training.
+
+_RANDOM_COMMON = {
+    **{k: v for k, v in _IMAGENET_COMMON.items() if k not in ("pretraining", "training_datasets", "supervision", "license", "citation")},
+    "source": "builtin:random-init",
+    "init_seed": 0,
+    "pretraining": "none: seeded random initialization (untrained twin of the ImageNet DINO card)",
+    "license": "MIT (part of ocbench)",
+    "citation": "ocbench untrained baseline",
+    "role": "baseline",
+}
+
+for _name, _arch, _patch, _dim, _twin in (
+    ("random-vits8", "vit_small_patch8_224", 8, 384, "imagenet-dino-vits8"),
+    ("random-vitb8", "vit_base_patch8_224", 8, 768, "imagenet-dino-vitb8"),
+    ("random-vitb16", "vit_base_patch16_224", 16, 768, "imagenet-dino-vitb16"),
+):
+    _add(BackboneCard(
+        name=_name, arch=_arch, patch_size=_patch, feature_dim=_dim,
+        notes=f"{_arch} with timm's init under torch seed 0; the untrained twin of {_twin}",
+        **_RANDOM_COMMON,
+    ))
 
 
 #: The built-in cards, in the order ``ocbench backbones list`` shows them.

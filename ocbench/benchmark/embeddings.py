@@ -671,7 +671,7 @@ def extract_embeddings(
     dataset_version = listing_version(dataset)
     identity = _identity_dict(
         dataset_version, card.name, ident["weights_sha256"], ident["revision"], adapter.key, ident["preprocess"],
-        card_sha256=sha256_bytes(json.dumps(card.to_dict(), sort_keys=True, default=str).encode("utf-8")),
+        card_sha256=sha256_bytes(json.dumps(card.extraction_dict(), sort_keys=True, default=str).encode("utf-8")),
         precision=_KEY_PRECISION[used_precision],
     )
     key = _key_of(identity)

@@ -44,6 +44,14 @@ Schema version history
   evaluation data or its labels in training; empty = zero-shot, absent = unknown); ``key`` ends
   in ``__seed<N>`` for seeds other than 0, so repeated seeds are separate entries. Version-2
   entries upgrade unchanged: they have no predictions and no intervals, and boards say so.
+- **4**: ``references``: chance references computed from the labels alone on the same split and
+  items (all-positive or majority-class, class-prior with its draws and standard error, shuffled
+  labels through the task's own probe; :mod:`ocbench.chance`), scored like the entry on every set,
+  with the same interval on the predictions' set; ``warnings``: what looks wrong with the
+  predictions (constant, no positive for most classes, an interval that reaches the best chance
+  reference), each with a ``kind`` and a ``message`` in words; ``feature_standardization``: what
+  was done to the features before the task saw them (a card's declaration, recorded). Version-3
+  entries upgrade with none of these (empty lists, null): they were never checked.
 """
 
 from __future__ import annotations
@@ -84,7 +92,7 @@ __all__ = [
     "now_iso",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Where the published JSON Schema of the current version lives (package data, committed).
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "leaderboard" / "entry.schema.json"
@@ -106,12 +114,16 @@ class _OmitsUnset(_Strict):
     they are null, so an entry without them reads the same as before they existed."""
 
     _OMIT_NONE: ClassVar[frozenset[str]] = frozenset()
+    _OMIT_EMPTY: ClassVar[frozenset[str]] = frozenset()  # lists left out while empty
 
     @model_serializer(mode="wrap")
     def _omit_nulls(self, handler: Any) -> Any:
         data = handler(self)
         for name in self._OMIT_NONE:
             if isinstance(data, dict) and data.get(name, 0) is None:
+                del data[name]
+        for name in self._OMIT_EMPTY:
+            if isinstance(data, dict) and data.get(name, 0) == []:
                 del data[name]
         return data
 
@@ -457,8 +469,27 @@ class PredictionsRef(_Strict):
     group: str = Field(min_length=1, description="the group the interval resamples (protein)")
 
 
+class Reference(_Strict):
+    """A chance reference of the entry (:mod:`ocbench.chance`): never ranked, shown beside it."""
+
+    name: str = Field(min_length=1, description="all-positive, majority-class, class-prior, shuffled-labels")
+    description: str = Field(min_length=1, description="what the reference predicts, in words")
+    scores: Scores = Field(min_length=1, description="{eval_set: {metric: summary}}, the entry's repetitions")
+    draws: int | None = Field(default=None, ge=1, description="seeded draws averaged (random references)")
+    standard_error: dict[str, float] | None = Field(
+        default=None, description="{eval_set: standard error of the mean over the draws} (random references)"
+    )
+
+
+class EntryWarning(_Strict):
+    """Something about the entry's predictions a reader must know (:func:`ocbench.chance.collapse_warnings`)."""
+
+    kind: str = Field(min_length=1, description="constant-predictions, few-classes-predicted, chance-level")
+    message: str = Field(min_length=1, description="the reason, in words")
+
+
 class Entry(_OmitsUnset):
-    """One benchmark result (schema version 3). Build with ``Entry.model_validate(dict)``."""
+    """One benchmark result (schema version 4). Build with ``Entry.model_validate(dict)``."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -467,7 +498,7 @@ class Entry(_OmitsUnset):
         title=f"ocbench entry (schema_version {SCHEMA_VERSION})",
     )
 
-    schema_version: Literal[3] = SCHEMA_VERSION
+    schema_version: Literal[4] = SCHEMA_VERSION
     protocol_version: str = Field(pattern=r"^[a-z0-9-]+/[0-9]+$", description="e.g. fov-probe/2")
     task: str = Field(min_length=1)
     task_config: dict[str, Any]
@@ -496,8 +527,16 @@ class Entry(_OmitsUnset):
     created: str = Field(description="ISO 8601 date-time of the run")
     key: str = Field(description="<backbone>__<channels>__<task>__<track>[__seed<N>]; the file is <key>.json")
     predictions: PredictionsRef | None = Field(default=None, description="per-item predictions beside the entry")
+    references: list[Reference] = Field(
+        default_factory=list, description="chance references on the same split and items (never ranked)"
+    )
+    warnings: list[EntryWarning] = Field(default_factory=list, description="collapse and chance-level warnings")
+    feature_standardization: dict[str, Any] | None = Field(
+        default=None, description="what was done to the features before the task (the card's declaration)"
+    )
 
-    _OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"predictions"})
+    _OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"predictions", "feature_standardization"})
+    _OMIT_EMPTY: ClassVar[frozenset[str]] = frozenset({"references", "warnings"})
 
     @field_validator("created")
     @classmethod
@@ -739,6 +778,13 @@ def _upgrade_2_to_3(old: dict) -> dict:
     return dict(old)
 
 
+@register_upgrader(3)
+def _upgrade_3_to_4(old: dict) -> dict:
+    """Schema 3 -> 4: nothing moves. Version-3 entries were never checked against chance
+    references, so they carry none and no warnings."""
+    return dict(old)
+
+
 def upgrade_entry_data(data: Mapping[str, Any], *, source: str = "entry") -> dict:
     """Return ``data`` upgraded to :data:`SCHEMA_VERSION` (a new dict); DataError if impossible."""
     if "schema_version" not in data:
@@ -899,6 +945,7 @@ def build_entry(
     environment: Mapping[str, Any],
     timings: Mapping[str, Any],
     predictions: Mapping[str, Any] | None = None,
+    feature_standardization: Mapping[str, Any] | None = None,
 ) -> Entry:
     """Assemble and validate the entry of one run from a task's result and the run's provenance.
 
@@ -908,8 +955,12 @@ def build_entry(
     """
     eval_set, metric = task.main_score
     scores, axis = result.scores, result.axis
+    warnings: list[dict[str, str]] = []
+    references = list(getattr(result, "references", None) or [])
     if result.predictions is not None:
         scores, axis = _with_intervals(result.predictions, scores, axis, metric)
+        # checked against the references, so a collapsed or chance-level entry says so itself
+        warnings = _collapse_warnings(result.predictions, scores, axis, metric, references)
     data = {
         "schema_version": SCHEMA_VERSION,
         "protocol_version": result.protocol_version,
@@ -934,8 +985,24 @@ def build_entry(
         "created": now_iso(),
         "key": entry_key(backbone["name"], channels["key"], task.name, split["track"], seed),
         "predictions": dict(predictions) if predictions is not None else None,
+        "references": references,
+        "warnings": warnings,
+        "feature_standardization": dict(feature_standardization) if feature_standardization else None,
     }
     return entry_from_dict(data, source=f"entry {data['key']}")
+
+
+def _collapse_warnings(predictions: Any, scores: Mapping, axis: Mapping | None, metric: str,
+                       references: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """:func:`ocbench.chance.collapse_warnings` of the kept predictions at the main point."""
+    from ocbench.chance import collapse_warnings
+
+    main = axis["main"] if axis is not None else None
+    summary = scores.get(predictions.eval_set, {}).get(metric) or {}
+    return collapse_warnings(
+        predictions.y_true, predictions.at(main), interval=summary.get("interval"), references=references,
+        eval_set=predictions.eval_set,
+    )
 
 
 def _with_intervals(predictions: Any, scores: Mapping, axis: Mapping | None, metric: str) -> tuple[dict, dict | None]:

@@ -467,6 +467,9 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
             # Fields a later ocbench added to cards (absent from the older entry) are not a difference.
             ("backbone card", existing.backbone.card, {k: v for k, v in backbone_now["card"].items()
                                                        if existing.backbone.card is None or k in existing.backbone.card}),
+            # a declaration older entries lack still changes what the task computed
+            ("feature standardization", (existing.backbone.card or {}).get("feature_standardization", "none"),
+             backbone_now["card"].get("feature_standardization", "none")),
             ("weights (sha256)", existing.backbone.weights_sha256, backbone_now["weights_sha256"]),
             ("weights revision", existing.backbone.revision, backbone_now["revision"]),
             ("protocol version", existing.protocol_version, cell.task.protocol_version),
@@ -617,6 +620,7 @@ def _run_cell_locked(cell: Cell, dataset: "ItemSet", options: RunOptions, path: 
         },
         # rank 0 alone writes (under torchrun the other ranks computed the same result)
         predictions=_write_predictions(result, options.output_dir, path.stem) if main else None,
+        feature_standardization=result.feature_standardization,
     )
     if not main:  # the same result as rank 0's: it alone writes
         return RunOutcome(cell.spec, path, entry, details={"rank": distributed.world().rank})

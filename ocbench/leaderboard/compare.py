@@ -139,6 +139,8 @@ def compare_entries(path_a: str | os.PathLike, path_b: str | os.PathLike, *, alp
         if summary is not None and summary.interval is not None:
             line += f"; {score_label(ref.eval_set, main.metric)} {summary.interval.describe()}"
         out.lines.append(line)
+        for w in entry.warnings:
+            out.lines.append(f"  warning ({tag}): {w.message}")
     out.lines.append(f"difference A - B in mean {label}: {out.difference:+.4f}")
     out.lines += _setting_and_data_notes(a, b)
     if a.axis is not None and b.axis is not None and (a.axis.name, a.axis.main) != (b.axis.name, b.axis.main):
@@ -194,7 +196,19 @@ def compare_entries(path_a: str | os.PathLike, path_b: str | os.PathLike, *, alp
             f"cannot tell A and B apart at the {level} level: the difference is within what another split of "
             "proteins or another probe seed could give"
         )
+    collapsed = [tag for tag, entry in (("A", a), ("B", b)) if _collapsed(entry)]
+    if len(collapsed) == 2:
+        out.verdict += ("; both entries collapsed (constant predictions or no positive for most classes): "
+                        "neither learned the task, so their difference says nothing about the backbones")
+    elif collapsed:
+        out.verdict += f"; entry {collapsed[0]} collapsed (see its warning)"
     return out
+
+
+def _collapsed(entry: Entry) -> bool:
+    from ocbench.chance import COLLAPSE_KINDS
+
+    return any(w.kind in COLLAPSE_KINDS for w in entry.warnings)
 
 
 def _plural(name: str, n: int) -> str:

@@ -211,10 +211,23 @@ def _channel_sweep(table: Table, path: Path) -> None:
         ax.invert_yaxis()
         # from 0: a cut axis would make small differences look large
         ax.set_xlim(0.0, min(1.0, max(m + s for m, s in zip(means, stds)) + 0.02) or 1.0)
+        _reference_line(ax, table, vertical=True)
         ax.set_title(name, fontsize=8)
         ax.set_xlabel(f"{table.score_label} (mean ± std)", fontsize=7)
     fig.suptitle(f"Channel configurations — {table.title}", fontsize=9)
     _save(fig, path)
+
+
+def _reference_line(ax, table: Table, *, vertical: bool) -> None:
+    """The table's best chance reference as a dashed line (labelled), so no bar or curve reads as
+    meaningful where it does not clear what the labels alone give."""
+    ref = table.best_reference
+    if ref is None or ref.score is None:
+        return
+    label = f"{ref.backbone} {ref.score.mean:.3f}"
+    (ax.axvline if vertical else ax.axhline)(ref.score.mean, color="#d62728", linestyle="--", linewidth=1, label=label)
+    if vertical:
+        ax.text(ref.score.mean, -0.6, label, color="#d62728", fontsize=6, ha="left", va="bottom")
 
 
 def _axis_plot(table: Table, path: Path) -> None:
@@ -230,6 +243,7 @@ def _axis_plot(table: Table, path: Path) -> None:
         if row.axis_main in xs:  # the value the row is ranked at
             i = xs.index(row.axis_main)
             ax.plot([xs[i]], [ys[i]], marker="*", markersize=12, color=line[0].get_color())
+    _reference_line(ax, table, vertical=False)
     values = table.axis_values
     ax.set_xticks(values, [fmt_axis_value(v) for v in values])
     ax.set_ylim(0.0, min(1.0, top + 0.05) if top > 0 else 1.0)

@@ -21,7 +21,7 @@ from ocbench.leaderboard.formatting import (
 )
 from ocbench.leaderboard.plots import PlotSpec
 from ocbench.leaderboard.ranking import Score
-from ocbench.leaderboard.tables import Board, Row, SeedRow, SeedTable, Table, best_per_class
+from ocbench.leaderboard.tables import REFERENCE_NOTE, Board, Row, SeedRow, SeedTable, Table, best_per_class
 from ocbench.reported import PAPER
 
 __all__ = [
@@ -108,11 +108,20 @@ def columns_of(table: Table) -> list[Column]:
         # the interval right beside the ranked score: how sure is the first thing a reader sees
         *([Column("interval", table.interval_label, True)] if table.interval_label else []),
         *([Column("test", f"{table.test_label} (mean ± std, n)", True)] if has_test else []),
+        *([Column("vs_baseline", table.vs_baseline_label, True)] if table.vs_baseline_label else []),
         *([Column("paper", "paper reported", True)] if has_paper else []),
         *([Column("cost", COST_HEADER, True)] if any(_cost(r) for r in table.rows) else []),
         Column("notes", "notes", False),
     ]
 
+
+#: What the "vs best baseline" column is (under every table that has one).
+VS_BASELINE_NOTE = (
+    "vs best baseline: the row's score minus that of the table's best baseline (an untrained network, classical or "
+    "CellProfiler features: cards with role baseline) on the same items, with its paired 95% interval (a protein "
+    "bootstrap of both on the same resampled proteins; the corrected t-test over folds where only fold scores exist). "
+    "Where the interval includes 0 (marked) the backbone is not shown to beat the baseline."
+)
 
 #: What the cost column holds: so users can weigh a score against the compute it takes.
 COST_HEADER = "extraction cost (device-s per 1k embedded images)"
@@ -138,9 +147,15 @@ def cell(row: Row, column: Column) -> tuple[str, Any]:
     if cid == "rank":
         return (str(row.rank), row.rank) if row.rank is not None else ("—", None)
     if cid == "backbone":
-        return row.backbone, row.backbone
+        return row.backbone + (" ⚠" if row.warnings else ""), row.backbone
     if cid == "channels":
         return row.channels, row.channels
+    if cid == "vs_baseline":
+        d = row.vs_baseline
+        if d is None:
+            return ("—" if row.kind == "computed" and not row.vs_baseline_note else
+                    ("best baseline" if row.vs_baseline_note == "the best baseline" else "")), None
+        return d.text, d.estimate
     if cid == "score":
         if row.score is None and row.per_k:
             return "per k: " + " ".join(f"{v:.3f}" for v in row.per_k), None
@@ -209,9 +224,9 @@ def _md_main_table(table: Table) -> str:
     body = []
     for row in table.rows:
         cells = [md_escape(cell(row, c)[0]) for c in columns]
-        if row.kind == "reported":
+        if row.kind in ("reported", "reference"):
             i = [c.id for c in columns].index("backbone")
-            cells[i] += " *(reported)*"
+            cells[i] += " *(reported)*" if row.kind == "reported" else " *(chance reference)*"
         body.append(cells)
     from tabulate import tabulate
 
@@ -333,6 +348,10 @@ def render_markdown(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
         parts += [md_escape(" · ".join(table.details)), ""]
         parts += [_md_main_table(table), ""]
         parts += [f"*{md_escape(table.rule)}*", ""]
+        if table.reference_rows:
+            parts += [f"*{md_escape(REFERENCE_NOTE)}*", ""]
+        if table.vs_baseline_label:
+            parts += [f"*{md_escape(VS_BASELINE_NOTE)}*", ""]
         if "channel_sweep" in table_plots:
             parts += [_md_image(table_plots["channel_sweep"]), ""]
         if any(r.axis_points for r in table.computed_rows):
@@ -447,6 +466,14 @@ def board_dataframe(board: Board):
                 "peak_host_memory_gib": e.timings.peak_host_memory_gib if e else None,
                 "peak_device_memory_gib": e.timings.peak_device_memory_gib if e else None,
                 "weights_verified": ("" if e.backbone.weights_verified is None else e.backbone.weights_verified) if e else "",
+                "role": row.role,
+                "warnings": json.dumps(list(row.warnings)) if row.warnings else "",
+                "vs_best_baseline": row.vs_baseline.estimate if row.vs_baseline else None,
+                "vs_best_baseline_low": row.vs_baseline.low if row.vs_baseline else None,
+                "vs_best_baseline_high": row.vs_baseline.high if row.vs_baseline else None,
+                "vs_best_baseline_includes_zero": row.vs_baseline.includes_zero if row.vs_baseline else "",
+                "vs_best_baseline_of": row.vs_baseline.baseline if row.vs_baseline else "",
+                "vs_best_baseline_method": row.vs_baseline.method if row.vs_baseline else row.vs_baseline_note,
                 "notes": row.notes,
                 "entry_file": f"entries/{row.board_file}" if row.board_file else "",
                 "entry_sha256": row.entry.sha256 if row.entry else "",

@@ -23,7 +23,21 @@ from ocbench.leaderboard.grouping import dataset_block
 from ocbench.leaderboard.ranking import Score
 from ocbench.reported import not_comparable_reason, reported_for
 
-__all__ = ["format_run_table", "format_sweep_table"]
+__all__ = ["format_run_table", "format_sweep_table", "format_warnings", "best_chance"]
+
+
+def best_chance(entry: Any, eval_set: str | None = None) -> tuple[str, float] | None:
+    """(name, mean) of the entry's best chance reference on ``eval_set`` (default: the main one)."""
+    part, metric = eval_set or entry.main_score.eval_set, entry.main_score.metric
+    scored = [(r.name, r.scores[part][metric].mean) for r in getattr(entry, "references", ())
+              if metric in r.scores.get(part, {})]
+    return max(scored, key=lambda t: t[1]) if scored else None
+
+
+def format_warnings(entries: Sequence[Any]) -> str:
+    """The entries' warnings (collapse, chance level), one line each; '' when there are none."""
+    lines = [f"warning: {e.key}: {w.message}" for e in entries for w in getattr(e, "warnings", ())]
+    return "\n".join(lines)
 
 
 def _reported_cell(entry: Any, channel_map: tuple[int, int] | None) -> str:
@@ -61,6 +75,11 @@ def _score_cell(entry: Any, summary: Any, prefix: str) -> str:
     return text
 
 
+def _chance_cell(entry: Any) -> str:
+    best = best_chance(entry)
+    return f"{best[1]:.3f} ({best[0]})" if best is not None else "-"
+
+
 def format_run_table(entries: Sequence[Any]) -> str:
     """One row per entry: its main score and the same metric on test (mean ± std over n folds),
     and the paper's value; notes below for synthetic data, off-protocol and unverified weights."""
@@ -88,9 +107,10 @@ def format_run_table(entries: Sequence[Any]) -> str:
             e.dataset.name + (" (synthetic)" if e.dataset.synthetic else ""),
             _score_cell(e, e.main, prefix),
             _score_cell(e, test, test_prefix) if test is not None else "-",
+            _chance_cell(e),
             _reported_cell(e, channel_map),
         ])
-    headers = ["backbone", "channels", "task", "split", "data", *headers_score, "paper (reported)"]
+    headers = ["backbone", "channels", "task", "split", "data", *headers_score, "best chance", "paper (reported)"]
     notes = []
     with_folds = [e for e in entries if e.main.n >= 2]
     if with_folds:
@@ -99,6 +119,9 @@ def format_run_table(entries: Sequence[Any]) -> str:
                      + ("; test = each fold's model scored on the held-out 10% test set" if with_test else ""))
     for eval_set in sorted({e.main_score.eval_set for e in entries if e.main.n < 2}):
         notes.append(f"{eval_set}: {score_basis(eval_set, 1)}")
+    if any(best_chance(e) for e in entries):
+        notes.append("best chance = the highest of the entry's chance references on the main score (labels only: "
+                     "all-positive or majority class, class prior, shuffled labels through the same probe)")
     if any(e.dataset.synthetic for e in entries):
         notes.append(f"(synthetic) = {SYNTHETIC_NOTE}")
     reasons: dict[tuple[str, ...], int] = {}

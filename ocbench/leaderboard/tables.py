@@ -58,15 +58,47 @@ __all__ = [
     "build_tables",
     "best_per_class",
     "per_class_metric",
+    "BaselineDifference",
+    "REFERENCE_NOTE",
 ]
+
+#: What the chance reference rows of a table are (under every table that has them).
+REFERENCE_NOTE = (
+    "Rows named chance: … are references computed from the labels alone on the same split and items, with the same "
+    "interval: all-positive (every class predicted; per class F1 = 2p/(1+p), p its share of positives) or the majority "
+    "class, the class prior (each class predicted at random with its training frequency; expected over seeded draws), "
+    "and shuffled labels through the task's own probe (the highest over the table's entries). They are never ranked; "
+    "a row whose interval reaches them learned nothing the labels alone do not give."
+)
 
 #: The per-class score shown in per-class views (when an entry has it).
 PER_CLASS_METRIC = "f1"
 
 
 @dataclass(frozen=True)
+class BaselineDifference:
+    """A row's score minus the table's best baseline (an untrained, classical or profiling backbone)
+    on the same items, with its paired interval (``method`` says which)."""
+
+    baseline: str  # label of the best baseline row
+    estimate: float
+    low: float
+    high: float
+    level: float
+    method: str  # e.g. "paired protein bootstrap of the test macro-F1" / "corrected t-test over 5 folds"
+
+    @property
+    def includes_zero(self) -> bool:
+        return self.low <= 0.0 <= self.high
+
+    @property
+    def text(self) -> str:
+        return f"{self.estimate:+.3f} [{self.low:+.3f}, {self.high:+.3f}]" + (" (includes 0)" if self.includes_zero else "")
+
+
+@dataclass(frozen=True)
 class Row:
-    kind: str  # "computed" | "reported"
+    kind: str  # "computed" | "reported" | "reference" (a chance reference: never ranked)
     backbone: str
     channels: str  # shown label
     strategy: str
@@ -97,6 +129,10 @@ class Row:
     unverified: str = ""
     seed: int | None = None
     not_zero_shot: tuple[str, ...] | None = None  # None: unknown
+    role: str = ""  # computed rows: the card's role ("baseline" for untrained, classical, profiling backbones)
+    warnings: tuple[str, ...] = ()  # the entry's collapse and chance-level warnings, in words
+    vs_baseline: BaselineDifference | None = None
+    vs_baseline_note: str = ""  # why there is no difference (the best baseline itself, no paired data)
     #: Short per-row flags shown beside the backbone's name, each (label, what it means): the reader
     #: must see them next to the number (the full text is in the notes, the CSV and the tooltips).
     markers: tuple[tuple[str, str], ...] = ()
@@ -125,11 +161,21 @@ class Table:
     synthetic: bool = False
     interval_label: str = ""  # header of the interval column ("" when no row has one)
     seeds: tuple[Any, ...] = ()  # SeedRow aggregates (kind "seeds" tables)
+    vs_baseline_label: str = ""  # header of the "vs best baseline" column ("" when the table has no baseline)
     headline: str = ""  # one sentence: does the best row beat the runner-up (see :func:`headline`)
 
     @property
     def computed_rows(self) -> tuple[Row, ...]:
         return tuple(r for r in self.rows if r.kind == "computed")
+
+    @property
+    def reference_rows(self) -> tuple[Row, ...]:
+        return tuple(r for r in self.rows if r.kind == "reference")
+
+    @property
+    def best_reference(self) -> Row | None:
+        """The chance reference with the highest main score (drawn as a line in the plots)."""
+        return max((r for r in self.reference_rows if r.score is not None), key=lambda r: r.score.mean, default=None)
 
     @property
     def reported_rows(self) -> tuple[Row, ...]:
@@ -204,7 +250,14 @@ def _row_flags(loaded: Any) -> list[str]:
         notes.append("not zero-shot: " + "; ".join(e.backbone.not_zero_shot))
     if e.seed:
         notes.append(f"seed {e.seed}")
+    notes += [f"warning: {w.message}" for w in e.warnings]
     return notes
+
+
+def card_role(entry: Any) -> str:
+    """The backbone card's ``role`` as recorded in the entry ("model" when it says none)."""
+    card = entry.backbone.card if isinstance(entry.backbone.card, dict) else {}
+    return str(card.get("role") or "model")
 
 
 def _predictions_of(loaded: Any) -> tuple[Any, str]:
@@ -323,6 +376,8 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
         unverified=unverified,
         seed=e.seed,
         not_zero_shot=tuple(e.backbone.not_zero_shot) if e.backbone.not_zero_shot is not None else None,
+        role=card_role(e),
+        warnings=tuple(w.message for w in e.warnings),
         markers=_row_markers(loaded),
     )
 
@@ -339,7 +394,108 @@ def _row_markers(loaded: Any) -> tuple[tuple[str, str], ...]:
         out.append((e.environment.precision, f"computed in {e.environment.precision}"))
     if e.seed:
         out.append((f"seed {e.seed}", f"run with seed {e.seed} (its own split and probe seed)"))
+    from ocbench.chance import COLLAPSE_KINDS
+
+    for kinds, label in ((COLLAPSE_KINDS, "⚠ collapsed"), (("chance-level",), "⚠ chance level")):
+        said = [w.message for w in e.warnings if w.kind in kinds]
+        if said:
+            out.append((label, "; ".join(said)))
     return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# chance references
+# ---------------------------------------------------------------------------------------------
+def _reference_rows(members: Sequence[Any]) -> list[Row]:
+    """One row per chance reference the table's entries carry. References computed from the labels
+    alone are the same for every entry of a table (same split and items); shuffled labels go
+    through each entry's own features, and the highest of them is shown."""
+    best: dict[str, tuple[float, Any, Any, int]] = {}
+    for loaded in members:
+        e = loaded.entry
+        for ref in e.references:
+            summary = ref.scores.get(e.main_score.eval_set, {}).get(e.main_score.metric)
+            if summary is None:
+                continue
+            count = best[ref.name][3] + 1 if ref.name in best else 1
+            if ref.name not in best or summary.mean > best[ref.name][0]:
+                best[ref.name] = (summary.mean, loaded, ref, count)
+            else:
+                best[ref.name] = (*best[ref.name][:3], count)
+    rows = []
+    for name, (_, loaded, ref, count) in best.items():
+        e = loaded.entry
+        eval_set, metric = e.main_score.eval_set, e.main_score.metric
+        main = ref.scores[eval_set][metric]
+        test = ref.scores.get("test", {}).get(metric) if eval_set != "test" else None
+        interval_set = e.predictions.eval_set if e.predictions is not None else ""
+        kept = ref.scores.get(interval_set, {}).get(metric) if interval_set else None
+        interval = kept.interval if kept is not None else None
+        notes = [ref.description]
+        if ref.draws:
+            error = max((ref.standard_error or {}).values(), default=None)
+            notes.append(f"expected over {ref.draws:,} seeded draws" + (f", standard error {error:.4f}" if error is not None else ""))
+        if name == "shuffled-labels":
+            notes.append(f"{e.task} on {e.backbone.name}'s features" + (f" (the highest of {count} entries)" if count > 1 else ""))
+        notes.append("chance reference, not ranked")
+        rows.append(Row(
+            kind="reference", backbone=f"chance: {name}", channels="—", strategy="", channel_map=None,
+            score=Score.of(main), test=Score.of(test) if test is not None else None, notes="; ".join(notes),
+            provenance=(("reference", ref.description), ("from entry", e.key)),
+            synthetic=bool(e.dataset.synthetic), interval=interval, interval_set=interval_set if interval is not None else "",
+        ))
+    return sorted(rows, key=lambda r: (-r.score.mean, r.backbone))  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------------------------
+# vs best baseline
+# ---------------------------------------------------------------------------------------------
+def _with_baseline_differences(rows: list[Row], *, alpha: float) -> tuple[list[Row], str]:
+    """Each computed row with its score minus the best baseline row's (paired cluster bootstrap on
+    the same kept items; else the corrected t-test over the same folds); the column's header."""
+    from ocbench.stats import corrected_resampled_t_test, paired_from_distributions
+
+    baselines = [r for r in rows if r.kind == "computed" and r.role == "baseline" and r.score is not None]
+    if not baselines:
+        return rows, ""
+    best = max(baselines, key=lambda r: (r.score.mean, r.label))  # type: ignore[union-attr]
+    cache: dict = {}
+    methods = set()
+    out = []
+    for row in rows:
+        if row.kind != "computed":
+            out.append(row)
+            continue
+        if row is best:
+            out.append(replace(row, vs_baseline_note="the best baseline"))
+            continue
+        pa, pb = row.predictions, best.predictions
+        diff = None
+        if pa is not None and pb is not None and pa.eval_set == pb.eval_set and pa.same_items(pb):
+            try:
+                paired = paired_from_distributions(
+                    _distribution(row, cache), _distribution(best, cache), n_groups=pa.n_groups, level=1 - alpha,
+                    group_name=pa.group_name,
+                ).difference
+            except Exception as exc:  # a malformed file must not stop the board; the row says so
+                out.append(replace(row, vs_baseline_note=f"no paired difference ({exc})"))
+                continue
+            method = f"paired {paired.group} bootstrap of the {pa.eval_set} score"
+            diff = BaselineDifference(best.label, paired.estimate, paired.low, paired.high, 1 - alpha, method)
+        else:
+            sa, sb = row.score, best.score
+            if sa and sb and sa.per_fold and sb.per_fold and len(sa.per_fold) == len(sb.per_fold) >= 2:
+                t = corrected_resampled_t_test(sa.per_fold, sb.per_fold, test_train_ratio=1.0 / (len(sa.per_fold) - 1),
+                                               level=1 - alpha)
+                method = f"corrected t-test over {len(sa.per_fold)} folds of the main score"
+                diff = BaselineDifference(best.label, t.mean_difference, t.low, t.high, 1 - alpha, method)
+        if diff is None:
+            out.append(replace(row, vs_baseline_note="no paired difference: no kept predictions or folds shared with the best baseline"))
+            continue
+        methods.add(diff.method)
+        out.append(replace(row, vs_baseline=diff))
+    how = "; ".join(sorted(methods)) or "paired"
+    return out, f"vs best baseline ({best.label}): difference, {1 - alpha:.0%} CI ({how})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,6 +695,9 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
     not_comparable = paper_incomparability(m.entry for m in members)  # the paper's numbers only beside comparable results
     reported = [_reported_row(r) for r in reported_rows] if not_comparable is None else []
     rows, ranked_reported = _assemble(computed, reported, paired=True, rank_reported=rank_reported, alpha=alpha)
+    rows, vs_baseline_label = _with_baseline_differences(rows, alpha=alpha)
+    references = _reference_rows(members)
+    rows = rows + references
     label = score_label(key.main_eval_set, key.main_metric)
     synthetic = any(r.synthetic for r in computed)
     eval_set = key.main_eval_set
@@ -559,6 +718,13 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
         details += ("no intervals: these entries kept no per-item predictions (written before schema 3, or by a task that keeps none)",)
     if reported_rows and not_comparable:
         details += (f"the paper's numbers are not shown here: {not_comparable}",)
+    if references:
+        best_ref = max(references, key=lambda r: r.score.mean)  # type: ignore[union-attr]
+        details += (f"best chance reference: {best_ref.backbone[len('chance: '):]} {best_ref.score.mean:.3f}; "  # type: ignore[union-attr]
+                    "chance rows are computed from the labels alone and never ranked",)
+    flagged = [r for r in computed if r.warnings]
+    if flagged:
+        details += (f"{len(flagged)} row{'s' if len(flagged) > 1 else ''} flagged: predictions collapsed or at chance level (see notes)",)
     title = f"{key.task} · {key.track} track · {key.dataset_name} {key.dataset_version[:8]}" + (
         " · synthetic data" if synthetic else ""
     )
@@ -592,6 +758,7 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
         axis_name=first.axis.name if first.axis is not None else None,
         synthetic=synthetic,
         interval_label=interval_label,
+        vs_baseline_label=vs_baseline_label,
     )
 
 

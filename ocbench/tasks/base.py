@@ -49,7 +49,11 @@ class TaskResult:
     ``details``: task-specific facts worth printing (sizes, final loss), not part of the entry;
     ``predictions``: the per-item predictions on the evaluated items
     (:class:`ocbench.predictions.Predictions`), written beside the entry so its interval and any
-    paired comparison can be computed without the model; None for a task that keeps none.
+    paired comparison can be computed without the model; None for a task that keeps none;
+    ``references``: the chance references of the run (:func:`ocbench.chance.chance_references`:
+    scores of predictors that use the labels alone, on the same split and items);
+    ``feature_standardization``: what the task did to the features on the card's request
+    (:mod:`ocbench.tasks.standardize`), recorded in the entry; None when the card asks for nothing.
     """
 
     task: str
@@ -65,6 +69,8 @@ class TaskResult:
     axis: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
     predictions: Any = None
+    references: list[dict[str, Any]] = field(default_factory=list)
+    feature_standardization: dict[str, Any] | None = None
 
     @property
     def metrics(self) -> dict[str, Any]:

@@ -88,6 +88,13 @@ def fit_standardizer(train_features: np.ndarray) -> Standardizer:
     return Standardizer(mean=mean, scale=np.where(constant, 1.0, std))
 
 
+def _robust_standardizer(train_features: np.ndarray) -> Standardizer:
+    from ocbench.tasks.standardize import robust_center_scale
+
+    center, scale = robust_center_scale(train_features)
+    return Standardizer(mean=center, scale=scale)
+
+
 def _identity_standardizer(dim: int) -> Standardizer:
     return Standardizer(mean=np.zeros(dim), scale=np.ones(dim))
 
@@ -158,6 +165,8 @@ class FovProbe(TaskConfig):
             seed=context.seed, device=context.device, progress=context.progress,
             class_names=context.class_names, item_ids=list(dataset.ids), groups=dataset.groups,
             group_name=dataset.card.group_name,
+            references=True, label_mode=getattr(dataset.card, "label_mode", None) or "multilabel",
+            feature_standardization=getattr(context.backbone, "feature_standardization", "none"),
         )
 
     def run(
@@ -175,6 +184,9 @@ class FovProbe(TaskConfig):
         item_ids: Sequence[Any] | None = None,
         groups: Sequence[Any] | None = None,
         group_name: str = "protein",
+        references: bool = False,
+        label_mode: str = "multilabel",
+        feature_standardization: str = "none",
     ) -> TaskResult:
         """Cross-validate the probe on ``features`` (N, D) and ``labels`` (N, classes).
 
@@ -184,14 +196,60 @@ class FovProbe(TaskConfig):
         ``item_ids``/``groups`` (N,) name the rows and the group each belongs to (``group_name``,
         the unit the test-set interval resamples); without ``groups`` each item is its own group.
         ``class_names``: the label columns' names (None: ``class_0``, ``class_1``, ...).
+        ``references``: also compute the chance references (:mod:`ocbench.chance`) on the same
+        folds and test items, the shuffled-labels one by training this probe once more with the
+        labels of the cross-validation rows permuted (the test rows keep theirs).
+        ``feature_standardization="robust"`` (:mod:`ocbench.tasks.standardize`): each fold's
+        features are standardised robustly on its training rows, unless the probe's own z-score
+        (``standardize``) does it already (it is invariant to that rescaling); recorded either way.
         """
+        from dataclasses import replace
+
         if class_names is None:
             class_names = tuple(f"class_{j}" for j in range(np.asarray(labels).shape[1]))
-        return _run_probe(
-            self, features, labels, test_idx, folds_idx,
+        if feature_standardization not in ("none", "robust"):
+            raise ConfigError(f"feature_standardization must be 'none' or 'robust', got {feature_standardization!r}")
+        robust = feature_standardization == "robust" and not self.standardize
+        common = dict(
             seed=seed, device=device, progress=progress, max_parallel_folds=max_parallel_folds,
-            class_names=tuple(class_names), item_ids=item_ids, item_groups=groups, group_name=group_name,
+            class_names=tuple(class_names), item_ids=item_ids, item_groups=groups, group_name=group_name, robust=robust,
         )
+        kept: dict[str, Any] = {}
+        result = _run_probe(self, features, labels, test_idx, folds_idx, keep=kept, **common)
+        if feature_standardization == "robust":
+            result = replace(result, feature_standardization={
+                "declared": "robust",
+                "method": "per feature: (x - median) / (IQR / 1.349), the std where the IQR is 0, 1 where constant",
+                "fitted_on": "each fold's training rows",
+                "applied": robust,
+                **({} if robust else {"note": "subsumed by the probe's own z-score fitted on the same rows "
+                                              "(invariant to a per-feature shift and rescaling)"}),
+            })
+        if not references:
+            return result
+
+        from ocbench.chance import Repetition, chance_references, shuffled_rows
+
+        y = np.asarray(labels)
+        cv_rows = np.concatenate([np.asarray(f, dtype=np.int64) for f in folds_idx])
+        fit_labels = y.copy()
+        fit_labels[cv_rows] = y[cv_rows[shuffled_rows(cv_rows.size, seed)]]
+        shuffled: dict[str, Any] = {}
+        if isinstance(progress, Progress):
+            common["progress"] = Progress(progress.enabled, progress.describe("shuffled-labels reference"))
+        _run_probe(self, features, labels, test_idx, folds_idx, keep=shuffled, fit_labels=fit_labels, **common)
+        test = np.asarray(test_idx, dtype=np.int64)
+        repetitions = [
+            Repetition(train=y[np.concatenate([np.asarray(f) for j, f in enumerate(folds_idx) if j != k])],
+                       scored={"val": y[np.asarray(fold)], "test": y[test]})
+            for k, fold in enumerate(folds_idx)
+        ]
+        predictions = result.predictions
+        refs = chance_references(
+            repetitions, predictions_set="test", groups=predictions.groups, group_name=predictions.group_name,
+            label_mode=label_mode, seed=seed, shuffled={"val": shuffled["val"], "test": shuffled["test"]},
+        )
+        return replace(result, references=refs)
 
 
 @register_task
@@ -294,7 +352,10 @@ class _FoldPlan:
 
 
 def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, device, progress, max_parallel_folds, class_names,
-               item_ids=None, item_groups=None, group_name="protein"):
+               item_ids=None, item_groups=None, group_name="protein", fit_labels=None, keep=None, robust=False):
+    """``fit_labels``: labels to train on instead of ``labels`` (which are still what is scored);
+    ``keep``: a dict that receives each fold model's predictions (``val``, ``test``: lists);
+    ``robust``: without the z-score, standardise robustly on each fold's training rows."""
     from ocbench.predictions import Predictions
     from ocbench.tasks.metrics import cross_validation_metrics, multilabel_scores
 
@@ -304,6 +365,7 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
     if max_parallel_folds is not None and max_parallel_folds < 1:
         raise ConfigError(f"max_parallel_folds: expected an integer >= 1, got {max_parallel_folds!r}")
     x, y, test, folds = _check_inputs(features, labels, test_idx, folds_idx, len(class_names))
+    y_fit = y if fit_labels is None else _check_inputs(features, fit_labels, test_idx, folds_idx, len(class_names))[1]
     dev = _resolve_device(device)
 
     plans = []
@@ -314,8 +376,9 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
                 fold=k,
                 train=train,
                 val=val,
-                weights=rarest_label_weights(y[train]) if cfg.resample else None,
-                standardizer=fit_standardizer(x[train]) if cfg.standardize else _identity_standardizer(x.shape[1]),
+                weights=rarest_label_weights(y_fit[train]) if cfg.resample else None,
+                standardizer=(fit_standardizer(x[train]) if cfg.standardize else
+                              _robust_standardizer(x[train]) if robust else _identity_standardizer(x.shape[1])),
                 seed=_fold_seed(int(seed), k),
                 steps_per_epoch=math.ceil(train.size / cfg.batch_size),
             )
@@ -331,13 +394,14 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
     val_scores: list[Any] = [None] * len(plans)
     test_scores: list[Any] = [None] * len(plans)
     test_preds: list[Any] = [None] * len(plans)
+    val_preds: list[Any] = [None] * len(plans)
     final_loss: list[Any] = [None] * len(plans)
     report = progress if isinstance(progress, Progress) else Progress(bool(progress))
     with report.bar(cfg.epochs * len(groups), cfg.name, unit="epoch") as bar:
         for group in groups:
             folds_text = f"fold{'s' if len(group) > 1 else ''} {','.join(str(p.fold + 1) for p in group)}/{len(plans)}"
             bar.set_description(report.describe(f"{cfg.name} {folds_text}"))
-            params, losses = _train_group(cfg, group, x, y, dev, bar)
+            params, losses = _train_group(cfg, group, x, y_fit, dev, bar)
             for g, plan in enumerate(group):
                 final_loss[plan.fold] = losses[g]
                 fold_params = [(w[g], b[g]) for w, b in params]
@@ -346,11 +410,14 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
                 val_scores[plan.fold] = multilabel_scores(y[plan.val], val_pred)
                 test_scores[plan.fold] = multilabel_scores(y[test], test_pred)
                 test_preds[plan.fold] = test_pred
+                val_preds[plan.fold] = val_pred
                 report.step(
                     f"{cfg.name} fold {plan.fold + 1}/{len(plans)} done: val macro-F1 "
                     f"{val_scores[plan.fold]['macro_f1']:.3f}, test {test_scores[plan.fold]['macro_f1']:.3f}"
                 )
 
+    if keep is not None:
+        keep.update(val=val_preds, test=test_preds)
     metrics = cross_validation_metrics(val_scores, test_scores, class_names)
     details = {
         "effective_lr": cfg.effective_lr,

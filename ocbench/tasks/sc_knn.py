@@ -394,6 +394,8 @@ class ScKnn(TaskConfig):
             embeddings.features, evaluation.labels, evaluation.groups,
             class_names=context.class_names, device=context.device, seed=context.seed, progress=context.progress,
             item_ids=list(evaluation.ids), interval_groups=proteins, group_name=group_name,
+            references=True, label_mode=getattr(dataset.card, "label_mode", None) or "multilabel",
+            feature_standardization=getattr(context.backbone, "feature_standardization", "none"),
         )
         details = {
             **result.details,
@@ -421,11 +423,19 @@ class ScKnn(TaskConfig):
         item_ids: Sequence[Any] | None = None,
         interval_groups: Sequence[Any] | None = None,
         group_name: str | None = None,
+        references: bool = False,
+        label_mode: str = "multilabel",
+        feature_standardization: str = "none",
     ) -> TaskResult:
         """Score ``features`` (N, D) with ``labels`` (N, C) by leave-one-out k-NN; ``groups``: FOV per row.
 
         ``interval_groups`` (N,): the unit the interval resamples (protein per cell; default the
-        FOVs of ``groups``, else each cell), named ``group_name``; ``item_ids``: cell ids."""
+        FOVs of ``groups``, else each cell), named ``group_name``; ``item_ids``: cell ids.
+        ``references``: also compute the chance references (:mod:`ocbench.chance`) at ``main_k``;
+        the shuffled-labels one votes with the neighbours' labels permuted across cells.
+        ``feature_standardization="robust"``: standardise every feature robustly over all the
+        evaluated cells first (:mod:`ocbench.tasks.standardize`; no labels are used); the result
+        records the nearest-neighbour diagnostics and the main k's score before and after."""
         from ocbench.predictions import Predictions
         from ocbench.tasks.metrics import SCORE_KINDS, multilabel_scores
 
@@ -436,11 +446,29 @@ class ScKnn(TaskConfig):
             raise DataError(f"labels: expected (cells, {len(names)}) for the classes {', '.join(names)}, got {y.shape}")
         if not y.any():
             raise DataError("no evaluation cell has a positive label, so no class can be scored")
-        out = knn_predict(
-            features, y, ks=self.ks, temperature=self.temperature, threshold=self.threshold,
-            normalization=self.normalization, exclude=self.exclude, groups=groups, device=device,
-            chunk_rows=chunk_rows, keep_neighbours=False, progress=progress,
-        )
+        from ocbench.stats import macro_f1
+        from ocbench.tasks.standardize import neighbour_diagnostics, standardize_robust
+
+        vote = dict(temperature=self.temperature, threshold=self.threshold, normalization=self.normalization,
+                    exclude=self.exclude, groups=groups, device=device, chunk_rows=chunk_rows)
+        standardization = None
+        if feature_standardization == "robust":
+            raw = knn_predict(features, y, ks=tuple(sorted({self.main_k, 2})), keep_neighbours=True, **vote)
+            standardization = {
+                "declared": "robust",
+                "method": "per feature: (x - median) / (IQR / 1.349), the std where the IQR is 0, 1 where constant",
+                "fitted_on": "all evaluation cells (the k-NN uses no labels to fit)",
+                "applied": True,
+                "before": {**neighbour_diagnostics(raw.similarities),
+                           f"macro_f1_at_k{self.main_k}": macro_f1(y, raw.predictions[self.main_k])},
+            }
+            features = standardize_robust(features)
+        elif feature_standardization != "none":
+            raise ConfigError(f"feature_standardization must be 'none' or 'robust', got {feature_standardization!r}")
+        out = knn_predict(features, y, ks=self.ks, keep_neighbours=True, progress=progress, **vote)
+        if standardization is not None:
+            standardization["after"] = {**neighbour_diagnostics(out.similarities),
+                                        f"macro_f1_at_k{self.main_k}": macro_f1(y, out.predictions[self.main_k])}
         points = []
         main = None
         for k in self.ks:
@@ -467,7 +495,19 @@ class ScKnn(TaskConfig):
             group_name=unit_name, y_true=y, y_pred=np.stack([out.predictions[k][None] for k in self.ks]),
             class_names=names, axis_name="k", axis_values=self.ks,
         )
+        refs: list[dict[str, Any]] = []
+        if references:
+            from ocbench.chance import Repetition, chance_references, shuffled_rows
+
+            shuffled = knn_predict(features, y[shuffled_rows(n, seed)], ks=(self.main_k,), keep_neighbours=False, **vote)
+            # leave-one-out: each query's "training part" is every other cell, so the priors are the cells' own
+            refs = chance_references(
+                [Repetition(train=y, scored={EVAL_SET: y})], predictions_set=EVAL_SET, groups=unit,
+                group_name=unit_name, label_mode=label_mode, seed=seed,
+                shuffled={EVAL_SET: [shuffled.predictions[self.main_k]]},
+            )
         fewer = {str(k): int((out.n_candidates < k).sum()) for k in self.ks if (out.n_candidates < k).any()}
+        neighbours = neighbour_diagnostics(out.similarities)
         details = {
             "n_cells": int(y.shape[0]),
             "feature_dim": int(np.asarray(features).shape[1]),
@@ -475,6 +515,7 @@ class ScKnn(TaskConfig):
             "macro_f1_by_k": {str(p["value"]): p["scores"][EVAL_SET]["macro_f1"]["mean"] for p in points},
             "chunk_rows": out.chunk_rows,
             "min_candidates": int(out.n_candidates.min()),
+            **{f"neighbours_{k}": v for k, v in neighbours.items()},
         }
         if fewer:
             details["queries_with_fewer_candidates_than_k"] = fewer
@@ -492,6 +533,8 @@ class ScKnn(TaskConfig):
             axis={"name": "k", "main": self.main_k, "points": points},
             details=details,
             predictions=predictions,
+            references=refs,
+            feature_standardization=standardization,
         )
 
 
