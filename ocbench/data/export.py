@@ -12,7 +12,8 @@ One row per labelled FOV:
 
 Rows are produced by a generator and written in small batches, so the 9 GB of the full dataset
 never sit in memory. The result is written with ``save_to_disk`` into a temporary folder that
-replaces ``out_dir`` only when complete; ``datasets.load_from_disk(out_dir)`` reads it back
+replaces ``out_dir`` only when complete, with an ``ocbench.dataset.json`` card that lets
+``ocbench run --dataset <out_dir>`` read it back as it was (see ``ocbench.data.hf``); ``datasets.load_from_disk(out_dir)`` reads it back
 (``.with_format("numpy", dtype="uint16")`` keeps the images uint16; the plain numpy format widens
 integers to int64).
 """
@@ -126,12 +127,41 @@ def export_hf(
         hf.info.homepage = "" if synthetic else "https://opencell.czbiohub.org"
         with atomic_dir(out_dir) as tmp:
             hf.save_to_disk(str(tmp))
+            _write_card(dataset, tmp)
         if push_to_hub:
             _push(hf, push_to_hub, out_dir)
         del hf
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return out_dir
+
+
+def _write_card(dataset, folder: Path) -> None:
+    """``ocbench.dataset.json`` beside the saved data: what ``--dataset <folder>`` reads back (ids,
+    proteins, channel names, the card's vocabulary), so a run on the copy scores as on the original.
+    No name: the copy is recorded as ``local:<folder>``, never as the dataset it came from."""
+    import json
+
+    card = dataset.card
+    fields = {
+        "description": f"{card.description} (exported by ocbench from {dataset.name}, version {dataset.version[:12]})",
+        "channel_names": list(CHANNELS),
+        "label_mode": card.label_mode,
+        "group_name": card.group_name,
+        "pixel_size_um": card.pixel_size_um,
+        "cell_diameter_px": card.cell_diameter_px,
+        "synthetic": bool(card.synthetic),
+        "license": card.license,
+        "citation": card.citation,
+        "url": card.url,
+        "channel_presets": card.channel_presets,
+        "task_defaults": card.task_defaults,
+        "id_column": "fov_id",
+        "group_column": "ensg",
+        "label_column": "labels",
+        "image_column": "image",
+    }
+    (folder / "ocbench.dataset.json").write_text(json.dumps(fields, indent=2, default=list) + "\n", encoding="utf-8")
 
 
 def _check_target(out_dir: Path) -> None:

@@ -38,7 +38,8 @@ from ocbench.data import content as data_content
 from ocbench.data.cards import DatasetCard
 from ocbench.errors import ConfigError, DataError
 
-__all__ = ["TableDataset", "read_table", "table_card", "sidecar_path", "write_sidecar", "table_report", "LABEL_SEPARATOR"]
+__all__ = ["TableDataset", "read_table", "table_card", "sidecar_path", "write_sidecar", "table_report", "LABEL_SEPARATOR",
+           "read_sidecar", "SIDECAR_FIELDS"]
 
 LABEL_SEPARATOR = "|"
 SIDECAR_SUFFIXES: tuple[str, ...] = (".dataset.json", ".dataset.yaml", ".dataset.yml")
@@ -114,7 +115,8 @@ def sidecar_path(table: str | os.PathLike) -> Path | None:
     return None
 
 
-def _read_sidecar(path: Path) -> dict[str, Any]:
+def read_sidecar(path: Path, fields: tuple[str, ...] = SIDECAR_FIELDS) -> dict[str, Any]:
+    """A dataset card file's fields (JSON or YAML); ``fields`` are those a user may write."""
     try:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
@@ -128,14 +130,14 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     except Exception as exc:
         raise ConfigError(f"{path}: not a readable dataset card ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a dataset card holds an object of fields ({', '.join(SIDECAR_FIELDS)})")
-    unknown = sorted(set(data) - set(SIDECAR_FIELDS))
+        raise ConfigError(f"{path}: a dataset card holds an object of fields ({', '.join(fields)})")
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         import difflib
 
-        close = difflib.get_close_matches(unknown[0], SIDECAR_FIELDS, n=1)
+        close = difflib.get_close_matches(unknown[0], fields, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"{path}: unknown field {unknown[0]!r}{hint}; a card has {', '.join(SIDECAR_FIELDS)}")
+        raise ConfigError(f"{path}: unknown field {unknown[0]!r}{hint}; a card has {', '.join(fields)}")
     return data
 
 
@@ -175,7 +177,7 @@ def _card_of(table: _Table) -> DatasetCard:
     fields = _default_card(table)
     sidecar = sidecar_path(table.path)
     if sidecar is not None:
-        given = _read_sidecar(sidecar)
+        given = read_sidecar(sidecar)
         for key in ("channel_names", "class_names"):
             if key in given:
                 given[key] = tuple(str(v) for v in given[key])
