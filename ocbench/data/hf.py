@@ -147,9 +147,10 @@ def _load(folder: Path):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DataError(f"{folder}: not a readable save_to_disk folder ({first}); save it again") from None
         parts = list(loaded.values()) if isinstance(loaded, datasets.DatasetDict) else [loaded]
-        files = [Path(f["filename"]) for part in parts for f in part.cache_files]
+        files = [Path(f["filename"]).resolve() for part in parts for f in part.cache_files]
         hf = parts[0] if len(parts) == 1 else _concatenate(datasets, parts, folder)
-        return hf, sorted({str(f.resolve().relative_to(folder.resolve())) for f in files})
+        # in row order (a split's shards, split after split)
+        return hf, list(dict.fromkeys(str(f.relative_to(folder.resolve())) for f in files))
     shards = _parquet_files(folder)
     if not shards:
         raise DataError(f"{folder}: no parquet files and not a save_to_disk folder; pass a folder written by "
@@ -372,6 +373,22 @@ def _read_pixels(views: dict[str, Any], columns: tuple[str, ...], i: int, where:
     return planes[0] if len(planes) == 1 else np.concatenate(planes)
 
 
+def _rows_per_file(folder: Path, files: list[str]) -> list[int]:
+    """Rows in each data file (read from its metadata: parquet footers, Arrow stream batches)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    counts = []
+    for rel in files:
+        path = folder / rel
+        if path.suffix == ".parquet":
+            counts.append(pq.ParquetFile(path).metadata.num_rows)
+        else:
+            with pa.memory_map(str(path)) as source:
+                counts.append(sum(batch.num_rows for batch in pa.ipc.open_stream(source)))
+    return counts
+
+
 # ---------------------------------------------------------------------------------------------
 # The dataset
 
@@ -380,12 +397,10 @@ class HFDataset:
     """The rows of a Hugging Face dataset (see the module docstring), in row order: an
     :class:`~ocbench.data.base.ItemSet`.
 
-    Items are rows of Arrow or parquet files, not image files: ``path`` is None, so the embedding
-    and mask caches key on pixels through :attr:`version`, which covers the data files' content.
+    An item's file (``path(i)``) is the Arrow or parquet shard holding its row, and ``content``
+    gives each item its shard's record: the embedding and mask caches check items against it, so
+    a rewritten shard recomputes the items it holds.
     """
-
-    #: Items are not files (see the class docstring).
-    path = None
 
     def __init__(self, root: str | os.PathLike, *, card: DatasetCard | None = None, name: str | None = None) -> None:
         self.root = Path(root)
@@ -443,15 +458,29 @@ class HFDataset:
         return labels
 
     def _version(self) -> str:
-        """The listing (ids, groups, labels, card, data files) and the data files' content."""
+        """The listing (ids, groups, labels, card, data files: ``manifest_version``, what splits and
+        the embedding cache's key are made for) and the data files' content (``version``)."""
         listing = {"ids": self._ids, "groups": self._groups.tolist(), "labels": self._labels.tolist(),
                    "card": self.card.to_dict(), "files": self._data_files,
                    "columns": [self._columns["label"], *self._image_columns]}
-        listing_sha = sha256_bytes(json.dumps(listing, sort_keys=True).encode("utf-8"))
+        self.manifest_version: str = sha256_bytes(json.dumps(listing, sort_keys=True).encode("utf-8"))
         # The Hub cache is the Hub's: its records are kept in the ocbench cache, not beside the files.
         hub = self.card.extra.get("hf_repo") is not None
         self._content = data_content.read_content(self.root, self._data_files, save=not hub)
-        return data_content.combined_version(listing_sha, self._content.digest)
+        shard_of = np.repeat(np.arange(len(self._data_files)), _rows_per_file(self.root, self._data_files))
+        if len(shard_of) != len(self):
+            raise DataError(f"{self._where}: the data files hold {len(shard_of)} rows, the dataset {len(self)}; "
+                            "save the dataset again (flatten_indices before save_to_disk)")
+        self._shard_of = shard_of
+        self.content = data_content.DataContent(
+            self.root, tuple(self._data_files[k] for k in shard_of), tuple(self._content.records[k] for k in shard_of),
+            self._content.digest, self._content.n_hashed, self._content.seconds, self._content.store)
+        return data_content.combined_version(self.manifest_version, self._content.digest)
+
+    def files_changed_since(self, version: str) -> list[str] | None:
+        """Data files whose content changed since this dataset had ``version`` (None: not a
+        remembered state of this listing)."""
+        return self._content.changed_since_version(self.manifest_version, version)
 
     # -- the item set -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -481,6 +510,10 @@ class HFDataset:
         """Where a Hub dataset came from (repo and the commit its revision resolved to), recorded."""
         repo = self.card.extra.get("hf_repo")
         return {"hf_repo": repo, "hf_revision": self.card.extra.get("hf_revision")} if repo else {}
+
+    def path(self, i: int) -> Path:
+        """The data file (Arrow or parquet shard) holding row ``i``."""
+        return self.root / self._data_files[int(self._shard_of[int(i)])]
 
     def read(self, i: int) -> np.ndarray:
         """Row ``i``'s image as (C, H, W) uint16 in the card's channel order."""
