@@ -4,12 +4,13 @@ A card is the one place the rest of ocbench learns a dataset's vocabulary: chann
 its channel names and presets, splits group by its group column, tasks take their per-task
 defaults, label mode and crop sizes from it, entries key per-class scores by its class names, the
 board labels tables with its name and never ranks two datasets or label modes together.
-``opencell`` (the real data, fetched by ``ocbench data download opencell``) and ``demo``
-(synthetic, in the same layout) are built in;
+``opencell`` (the real data, fetched by ``ocbench data download opencell``), ``demo``
+(synthetic, in the same layout) and ``hpa2021`` (the HPA single-cell challenge layout, card and
+reader in ``ocbench.data.hpa``) are built in;
 a plugin adds others with :func:`register_dataset_card` (or the ``ocbench.datasets`` entry point).
 
-:func:`resolve_dataset` is the one resolver of what a user typed after ``--dataset`` (a card name, a
-table of a lab's own images, or a folder); :func:`open_dataset` opens it into an item set
+:func:`resolve_dataset` is the one resolver of what a user typed after ``--dataset`` (a card name,
+``NAME:DIR``, a table of a lab's own images, a Hugging Face dataset, or a folder); :func:`open_dataset` opens it into an item set
 (:class:`~ocbench.data.base.ItemSet`) carrying its card (``.card``) and the name its entries record
 (``.name``). A folder in the OpenCell layout is read by the OpenCell reader, but recorded
 as ``opencell`` only when it is OpenCell (it holds the marker ``ocbench data download`` writes);
