@@ -325,7 +325,7 @@ def _layout_card(path: Path) -> DatasetCard | None:
     return None
 
 
-def _card_folder(card: DatasetCard, text: str, folder: Path) -> DatasetSource:
+def _card_folder(card: DatasetCard, folder: Path) -> DatasetSource:
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder for dataset {card.name!r}; "
                         f"{card.obtain_hint or 'pass the folder holding its data'}")
@@ -363,7 +363,7 @@ def resolve_dataset(dataset: str | os.PathLike) -> DatasetSource:
     prefix, sep, rest = text.partition(":")
     if sep and prefix in DATASETS and rest and not _is_opencell_layout(DATASETS.get(prefix)):
         # an OpenCell-layout folder is named by its markers instead (see recorded_name)
-        return _card_folder(DATASETS.get(prefix), text, Path(rest).expanduser())
+        return _card_folder(DATASETS.get(prefix), Path(rest).expanduser())
     path = Path(text).expanduser()
     if path.suffix.lower() in TABLE_SUFFIXES and path.is_file():
         # by reference, like every reader: the table reader builds on this module

@@ -154,8 +154,8 @@ def _write_card(dataset, folder: Path) -> None:
         "license": card.license,
         "citation": card.citation,
         "url": card.url,
+        # not task_defaults: OpenCell's (sc-knn's label grade) need the grades, which the copy has as a column only
         "channel_presets": card.channel_presets,
-        "task_defaults": card.task_defaults,
         "id_column": "fov_id",
         "group_column": "ensg",
         "label_column": "labels",
