@@ -154,3 +154,21 @@ def test_bad_hf_datasets_are_one_line_errors(tmp_path):
     shutil.copytree(tmp_path / "no-image", folder)
     (folder / "ocbench.dataset.json").write_text(json.dumps({"image_column": "pixels"}))
     one_line_error(runner.invoke(cli, ["data", "info", "--dataset", str(folder)]), "image_column 'pixels'")
+
+
+def test_new_pixels_in_a_shard_recompute_the_entry(tmp_path, monkeypatch):
+    """Same rows, ids and labels, rewritten pixels: the entry is computed again (not reused, not refused)."""
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    channels = ("nucleus", "protein")  # the names classical-stats takes
+    folder = _parquet_dataset(tmp_path / "screen", label_feature="multi", n_per_class=6, channels=channels)
+    runner = CliRunner()
+    result = _run(runner, folder, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    (path,) = (tmp_path / "out").glob("*fov-linear__paper.json")
+    before = json.loads(path.read_text())["dataset"]["version"]
+    _parquet_dataset(folder, label_feature="multi", n_per_class=6, seed=3, channels=channels)
+    result = _run(runner, folder, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "changed since" in result.output, result.output
+    after = json.loads(path.read_text())["dataset"]["version"]
+    assert after != before and after == open_dataset(str(folder)).version
