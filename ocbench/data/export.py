@@ -30,12 +30,15 @@ import numpy as np
 
 from ocbench._io import atomic_dir, sha256_bytes
 from ocbench.data.compartments import CHANNELS, COMPARTMENTS
+from ocbench.data.hf import CARD_NAMES
 from ocbench.errors import DataError, OcbenchError
 
 if TYPE_CHECKING:  # imported lazily at run time: keeps `ocbench --help` fast
     from ocbench.data.opencell import OpenCellDataset
 
 UNASSIGNED = "unassigned"
+#: The card written beside the export (what ``ocbench.data.hf`` reads back).
+CARD_FILE = CARD_NAMES[0]
 TEST_PART = "test"
 #: Rows per Arrow write: 64 full-size OpenCell FOVs (2x600x600 uint16) are ~90 MB in memory.
 WRITER_BATCH_SIZE = 64
@@ -161,7 +164,7 @@ def _write_card(dataset, folder: Path) -> None:
         "label_column": "labels",
         "image_column": "image",
     }
-    (folder / "ocbench.dataset.json").write_text(json.dumps(fields, indent=2, default=list) + "\n", encoding="utf-8")
+    (folder / CARD_FILE).write_text(json.dumps(fields, indent=2, default=list) + "\n", encoding="utf-8")
 
 
 def _check_target(out_dir: Path) -> None:
@@ -247,8 +250,13 @@ def _description(dataset, shape, split, split_sha, synthetic: bool) -> str:
 
 
 def _push(hf, repo_id: str, out_dir: Path) -> None:
+    """Push the rows, then the card (``--dataset hf:ORG/NAME`` reads it back from the repository)."""
     try:
         hf.push_to_hub(repo_id)
+        from huggingface_hub import HfApi
+
+        HfApi().upload_file(path_or_fileobj=str(out_dir / CARD_FILE), path_in_repo=CARD_FILE, repo_id=repo_id,
+                            repo_type="dataset", commit_message="ocbench dataset card")
     except Exception as exc:  # network, auth, repo name: all the user's to fix
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(
