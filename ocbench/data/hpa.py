@@ -224,13 +224,13 @@ class Hpa2021Dataset:
 
     def read(self, i: int) -> np.ndarray:
         """Image ``i`` as (4, H, W) uint16: microtubules, protein, nucleus, ER (8-bit PNGs scaled up)."""
-        from ocbench.data.table import _read_image
+        from ocbench.data.table import read_image
 
         if not -len(self) <= i < len(self):
             raise IndexError(f"image index {i} out of range for {len(self)} images")
         planes = []
         for file in self._files[int(i) % len(self)]:
-            plane = _read_image(file)
+            plane = read_image(file)
             planes.append(plane.max(axis=0, keepdims=True) if plane.shape[0] != 1 else plane)
         shapes = {p.shape[1:] for p in planes}
         if len(shapes) > 1:

@@ -39,7 +39,7 @@ from ocbench.data.cards import DatasetCard
 from ocbench.errors import ConfigError, DataError
 
 __all__ = ["TableDataset", "read_table", "table_card", "sidecar_path", "write_sidecar", "table_report", "LABEL_SEPARATOR",
-           "read_sidecar", "SIDECAR_FIELDS"]
+           "read_sidecar", "read_image", "SIDECAR_FIELDS"]
 
 LABEL_SEPARATOR = "|"
 SIDECAR_SUFFIXES: tuple[str, ...] = (".dataset.json", ".dataset.yaml", ".dataset.yml")
@@ -143,7 +143,7 @@ def read_sidecar(path: Path, fields: tuple[str, ...] = SIDECAR_FIELDS) -> dict[s
 
 def _image_channels(file: Path) -> int:
     """Channels of one image, read from its header (TIFF) or mode (PNG/JPEG)."""
-    return int(_read_image(file).shape[0])
+    return int(read_image(file).shape[0])
 
 
 def _default_card(table: _Table) -> dict[str, Any]:
@@ -243,7 +243,7 @@ def _resolve(table: _Table, i: int, column: str) -> Path:
     return file
 
 
-def _read_image(file: Path) -> np.ndarray:
+def read_image(file: Path) -> np.ndarray:
     """One image as (C, H, W) uint16 (8-bit images scaled to the 16-bit range)."""
     suffix = file.suffix.lower()
     if suffix not in _IMAGE_SUFFIXES:
@@ -419,11 +419,11 @@ class TableDataset:
             raise IndexError(f"image index {i} out of range for {len(self)} images")
         files = self._files[int(i) % len(self)]
         if len(files) == 1:
-            image = _read_image(files[0])
+            image = read_image(files[0])
         else:
             planes = []
             for file in files:
-                plane = _read_image(file)
+                plane = read_image(file)
                 if plane.shape[0] != 1:  # an RGB PNG per channel: its channels are equal copies or one is used
                     plane = plane.max(axis=0, keepdims=True)
                 planes.append(plane)
