@@ -351,29 +351,35 @@ class TableDataset:
     def _version(self) -> str:
         """The listing (ids, groups, labels, the card, the files' names) and the files' content.
 
-        ``manifest_version`` is the listing alone (what splits and the embedding cache's key are
-        made for); ``version`` adds every file's content (:mod:`ocbench.data.content`), so no
-        result outlives a rewritten image. ``content`` is kept per item only where each item is one
-        file (the caches then check items against it instead of hashing again)."""
+        Where each item is one file, ``manifest_version`` is the listing alone (what splits and the
+        embedding cache's key are made for) and ``content`` gives each item its file's record: the
+        caches check items against it, so a rewritten image recomputes its own features. Items of
+        several files (``path:<channel>`` columns) cannot be checked through one file, so there the
+        listing and the content key everything (no ``manifest_version``): any rewritten channel
+        file gives new keys. ``version`` always adds every file's content
+        (:mod:`ocbench.data.content`), so no result outlives a rewritten image."""
         folder = self.root.parent.resolve()
         relpaths = [str(file.relative_to(folder)) for files in self._files for file in files]
         listing = {"ids": self._ids, "groups": self._groups.tolist(), "labels": self._labels.tolist(),
                    "card": self.card.to_dict(), "files": relpaths}
-        self.manifest_version: str = sha256_bytes(json.dumps(listing, sort_keys=True).encode("utf-8"))
+        self._listing = sha256_bytes(json.dumps(listing, sort_keys=True).encode("utf-8"))
+        one_file_each = all(len(files) == 1 for files in self._files)
+        if one_file_each:
+            self.manifest_version: str = self._listing
         if not all((folder / rel).is_file() for rel in relpaths):
             # Only a listing that was not asked to check its files gets here (`data info` reports
             # the missing ones): no content, and a version that matches no run's.
             self._content = data_content.DataContent(folder, (), (), "incomplete", 0, 0.0, None)
-            return data_content.combined_version(self.manifest_version, "incomplete: files missing")
+            return data_content.combined_version(self._listing, "incomplete: files missing")
         self._content = data_content.read_content(folder, relpaths)
-        if all(len(files) == 1 for files in self._files):
+        if one_file_each:
             self.content = self._content
-        return data_content.combined_version(self.manifest_version, self._content.digest)
+        return data_content.combined_version(self._listing, self._content.digest)
 
     def files_changed_since(self, version: str) -> list[str] | None:
         """Image files (relative to the table) whose content changed since this dataset had
         ``version``; None when that is not an earlier state of this listing ocbench remembers."""
-        return self._content.changed_since_version(self.manifest_version, version)
+        return self._content.changed_since_version(self._listing, version)
 
     # -- the item set -----------------------------------------------------------------------
     def __len__(self) -> int:
