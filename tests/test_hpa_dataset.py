@@ -157,3 +157,22 @@ def test_fov_probes_on_hpa_and_the_board_marks_hpa_trained_rows(hpa, tmp_path, m
     assert json.loads(rows[imagenet_card.name]["not_zero_shot"]) == []
     board = (tmp_path / "board" / "LEADERBOARD.md").read_text()
     assert "hpa2021" in board and "not zero-shot" in board
+
+
+def test_a_rewritten_nucleus_png_is_segmented_again(tmp_path, monkeypatch):
+    """An image is four files: a mask is current only while all its pixels are (the mask store
+    once checked only ``path(i)``, the protein file, so a new nucleus channel kept its old mask)."""
+    from PIL import Image
+
+    from ocbench.data import cells
+
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    root, _ = _write_hpa(tmp_path / "hpa", per_class=2)
+    crop, policy = cells.CropSettings(16, 2.0), cells.LabelPolicy(grade=1)
+    ds = open_dataset(f"hpa2021:{root}")
+    first = cells.prepare_cells(ds, "classical", crop=crop, labels=policy)
+    assert first.meta["n_fovs_segmented_now"] == len(ds) == 8
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(root / "train" / f"{ds.ids[0]}_blue.png")
+    with pytest.warns(UserWarning, match="changed since their masks were made"):
+        again = cells.prepare_cells(open_dataset(f"hpa2021:{root}"), "classical", crop=crop, labels=policy)
+    assert again.meta["n_fovs_segmented_now"] == 1

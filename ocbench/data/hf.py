@@ -511,6 +511,16 @@ class HFDataset:
         repo = self.card.extra.get("hf_repo")
         return {"hf_repo": repo, "hf_revision": self.card.extra.get("hf_revision")} if repo else {}
 
+    @property
+    def manifest(self):
+        """Ids, groups and one ``label_<class>`` column per class, under the card's column names."""
+        import pandas as pd
+
+        frame = pd.DataFrame({self.card.id_column: self._ids, self.card.group_column: self._groups})
+        for j, c in enumerate(self.card.class_names):
+            frame[f"label_{c}"] = self._labels[:, j].astype(np.int64)
+        return frame
+
     def path(self, i: int) -> Path:
         """The data file (Arrow or parquet shard) holding row ``i``."""
         return self.root / self._data_files[int(self._shard_of[int(i)])]

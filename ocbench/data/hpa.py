@@ -218,6 +218,16 @@ class Hpa2021Dataset:
     def reader_options(self) -> dict[str, Any]:
         return {}
 
+    @property
+    def manifest(self):
+        """Ids, groups and one ``label_<class>`` column per class, under the card's column names."""
+        import pandas as pd
+
+        frame = pd.DataFrame({self.card.id_column: self._ids, self.card.group_column: self._groups})
+        for j, c in enumerate(self.card.class_names):
+            frame[f"label_{c}"] = self._labels[:, j].astype(np.int64)
+        return frame
+
     def path(self, i: int) -> Path:
         """The protein (green) file of image ``i``."""
         return self._files[int(i)][1]
