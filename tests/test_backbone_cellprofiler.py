@@ -89,3 +89,53 @@ def test_missing_cp_measure_is_a_one_line_error(monkeypatch, tmp_path):
                                        "--output", str(tmp_path / "results")])
     one_line_error(result, "cp-measure", "pip install 'ocbench[cellprofiler]'")
     assert not list((tmp_path / "results").rglob("*.json")) if (tmp_path / "results").exists() else True
+
+
+def test_a_fov_profile_is_the_median_and_mad_over_the_cells_the_single_cell_track_segments(tmp_path):
+    pytest.importorskip("cp_measure", reason="the cellprofiler baseline needs cp-measure (pip install 'ocbench[cellprofiler]')")
+    pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image (pip install 'ocbench[cells]')")
+    import torch
+
+    from demo_data import labelled_demo
+    from ocbench.backbones.cellprofiler import CellProfilerFeatures, cell_feature_names, measure_cells
+    from ocbench.data.cards import open_dataset
+    from ocbench.data.cells import get_backend
+
+    data = open_dataset(str(labelled_demo(tmp_path / "demo", proteins=2, fovs_per_protein=1, size=64)))
+    fov = np.asarray(data.read(0)).astype(np.float64)
+    labels = get_backend("classical").segment(fov, data.card.channel_names)
+    assert labels.max() >= 2
+    inside = labels > 0
+    stretched = np.stack([np.clip(c / np.percentile(c[inside], 99.9), 0, 1) for c in fov])
+    _, table = measure_cells(labels, stretched, CHANNELS)
+    median = np.nanmedian(table, axis=0)
+    mad = np.nanmedian(np.abs(table - median), axis=0)
+    expected = np.concatenate([np.nan_to_num(median), np.nan_to_num(mad), [labels.max()]])
+    model = CellProfilerFeatures(CHANNELS)
+    out = model(torch.from_numpy(np.stack([fov, fov[:, ::-1].copy()])).float()).numpy()
+    assert out.shape == (2, 2 * len(cell_feature_names(CHANNELS)) + 1) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], expected.astype(np.float32), rtol=1e-5, atol=1e-6)
+    # one image's profile does not depend on the others in the batch
+    np.testing.assert_array_equal(model(torch.from_numpy(fov[None]).float()).numpy()[0], out[0])
+
+
+def test_cellprofiler_runs_the_single_cell_task_on_a_small_demo(module_cache, tmp_path):
+    pytest.importorskip("cp_measure", reason="the cellprofiler baseline needs cp-measure (pip install 'ocbench[cellprofiler]')")
+    pytest.importorskip("skimage", reason="the demo's cells are segmented with scikit-image (pip install 'ocbench[cells]')")
+    from demo_data import labelled_demo
+    from ocbench.backbones.cards import get_card
+    from ocbench.benchmark.entry import load_entry
+    from ocbench.benchmark.runner import RunOptions, RunSpec, run_grid
+    from ocbench.data.cards import open_dataset
+
+    card = get_card("cellprofiler")
+    assert (card.role, card.feature_standardization) == ("baseline", "robust")
+    data = open_dataset(str(labelled_demo(tmp_path / "demo", proteins=12, fovs_per_protein=2, size=64)))
+    options = RunOptions(output_dir=tmp_path / "results", device="cpu", progress=False)
+    spec = RunSpec(backbone="cellprofiler", task="sc-knn", overrides=("ks=1,5", "main_k=5", "crop_size=64"))
+    (outcome,) = run_grid([spec], data, options)
+    entry = load_entry(outcome.path)
+    assert entry.backbone.name == "cellprofiler" and {r.name for r in entry.references} >= {"all-positive", "shuffled-labels"}
+    record = entry.feature_standardization
+    assert record["applied"] is True and record["after"]["near_tie_share"] < 0.05, record
+    assert outcome.details["feature_dim"] == card.feature_dim
