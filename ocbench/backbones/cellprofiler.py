@@ -82,8 +82,11 @@ def cp_measure_version() -> str:
 
 
 def revision() -> str:
-    """What the features depend on besides the card: this module's version and cp-measure's."""
-    return f"cellprofiler-v{CELLPROFILER_VERSION}-cp_measure{cp_measure_version()}"
+    """What the features depend on besides the card: this module's version, cp-measure's and the
+    version of the segmentation that cuts FOVs into cells (so the embedding cache follows them)."""
+    from ocbench.data.cells import ClassicalBackend
+
+    return f"cellprofiler-v{CELLPROFILER_VERSION}-cp_measure{cp_measure_version()}-classical-v{ClassicalBackend.version}"
 
 
 def _measurements() -> tuple[list[tuple[str, Callable]], list[tuple[str, Callable]], list[tuple[str, Callable]]]:
