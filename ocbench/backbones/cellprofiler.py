@@ -27,7 +27,7 @@ profile is the median and the median absolute deviation of each measurement over
 image-based profiling aggregates cells per well. A crop's profile is its cell's measurements (MAD
 0). The last feature is the number of cells. Before measuring, each channel is stretched to [0, 1]
 between 0 and its 99.9th percentile over the measured cells' pixels (CellProfiler's
-RescaleIntensity: the 8-bit quantisation of the texture then sees the cells' full range).
+RescaleIntensity: the grey-level quantisation of the texture then spans the cells' range).
 
 A measurement that is not finite for a cell (texture of a cell too small for the scale, a radial
 ring without pixels) is missing: the median and MAD skip it, and a feature missing on every cell
@@ -57,7 +57,7 @@ RADIAL_BINS = 4
 CROP_ZERO_FRACTION = 0.01
 #: Upper percentile of the cells' pixels that each channel is stretched to.
 STRETCH_PERCENTILE = 99.9
-#: A crop is measured on its cell's bounding box with this margin (px): the same measurements, faster.
+#: A crop is measured on its cell's bounding box with this margin (px): faster, and independent of where the cell lies.
 _CROP_MARGIN = 8
 
 #: Measurement names that say where an object lies (or are undefined by construction), not what it is.
