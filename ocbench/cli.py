@@ -665,7 +665,7 @@ def data_download(collection, root, targets, limit, workers, endpoint, no_annota
 @click.option(
     "--backend", type=click.Choice(["auto", "classical", "cellpose"]), default="auto", show_default=True,
     help="Segmentation: cellpose (Cellpose v3 cyto3, as the paper; pip install 'ocbench[singlecell]'), classical "
-    "(nucleus seeds + watershed, no download), auto (cellpose for real data, classical for synthetic).",
+    "(nucleus seeds + watershed, no download), auto (the dataset card's: cellpose on OpenCell, classical on the demo and tables).",
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="sc-knn settings that choose the cells: crop_size, zoom, mask_crops, black_percentile, label_grade.")
