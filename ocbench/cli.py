@@ -95,13 +95,16 @@ def _dataset_options(default: str = "opencell"):
         )(fn)
         fn = click.option(
             "--annotations", type=click.Path(dir_okay=False), default=None,
-            help="Annotation table (flat or portal format) to use instead of the one under the dataset root.",
+            help="Annotation table (flat or portal format) to use instead of the one under the dataset root; for "
+            "hpa2021, a public HPA metadata table (ID, gene) to group images by gene.",
         )(fn)
         fn = click.option(
             "--dataset", default=default, show_default=True,
             help="A dataset name (see `ocbench data list`: 'opencell' = where `ocbench data download opencell` "
             "puts the real data, 'demo' = the synthetic demo, written if missing), a folder in the OpenCell raw layout, "
-            "or a table of your own images (.csv, .tsv, .parquet: path, label, optional group; see README).",
+            "a table of your own images (.csv, .tsv, .parquet: path, label, optional group; see README), "
+            "hf:ORG/NAME[@REVISION] or a save_to_disk / parquet folder (a Hugging Face dataset), "
+            "or NAME:DIR for a registered layout (hpa2021:DIR).",
         )(fn)
         return fn
 
@@ -532,8 +535,10 @@ def data_list():
     ]
     click.echo(tabulate(rows, headers=["name", "channels", "classes", "groups", "synthetic", "what"], tablefmt="simple",
                         maxcolwidths=[None, None, None, None, None, 60]))
-    click.echo("\n--dataset also takes a folder in the OpenCell raw layout (recorded as local:<folder name>), or a table "
-               "of your own images (.csv, .tsv, .parquet; see `ocbench data card init`).")
+    click.echo("\n--dataset also takes a folder in the OpenCell raw layout (recorded as local:<folder name>), a table "
+               "of your own images (.csv, .tsv, .parquet; see `ocbench data card init`), a Hugging Face dataset "
+               "(hf:ORG/NAME[@REVISION], or a save_to_disk / parquet folder), or NAME:DIR for a folder in a "
+               "registered layout (e.g. hpa2021:DIR).")
 
 
 @data.command("demo")
@@ -599,9 +604,12 @@ def data_info(dataset, annotations, min_grade):
             raise click.UsageError("--annotations and --min-grade are options of the OpenCell layout; a table has its labels")
         click.echo(table_report(source.root))
         return
+    ds = _open_dataset(dataset, annotations, min_grade)
+    if callable(getattr(ds, "report", None)):  # readers other than OpenCell's say what they hold
+        click.echo(ds.report())
+        return
     from ocbench.data.opencell import format_info
 
-    ds = _open_dataset(dataset, annotations, min_grade)
     click.echo(format_info(ds.info()))
 
 

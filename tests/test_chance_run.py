@@ -60,6 +60,10 @@ def test_constant_features_carry_a_collapse_warning_and_chance_references(runs):
     assert "constant-predictions" in kinds, flat.warnings
     names = [r.name for r in flat.references]
     assert names == ["all-positive", "class-prior", "shuffled-labels"]
+    # the probe's shuffled-labels reference retrains one fold model (fold 1's rows, the test set)
+    shuffled = flat.references[2].scores
+    assert shuffled["val"]["macro_f1"].n == 1 and shuffled["test"]["macro_f1"].n == 1
+    assert shuffled["test"]["macro_f1"].interval is not None
     prior = flat.references[1]
     assert prior.draws and max(prior.standard_error.values()) < 0.002
     # the all-positive reference on the kept test items is its closed form, per class 2p / (1 + p)

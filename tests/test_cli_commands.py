@@ -1,5 +1,6 @@
 """The backbone, embedding, sweep and leaderboard commands through the real CLI."""
 
+import importlib.util
 import json
 
 import pytest
@@ -35,7 +36,13 @@ def test_unknown_backbone_suggests_names(cache):
     one_line_error(invoke("backbones", "show", "hpa-fov-vit8"), "did you mean", "hpa-fov-vitb8")
 
 
-@pytest.mark.parametrize("name", ["classical-stats", "tiny-vit-random"])
+_NO_CP_MEASURE = importlib.util.find_spec("cp_measure") is None
+
+
+@pytest.mark.parametrize("name", [
+    "classical-stats", "tiny-vit-random",
+    pytest.param("cellprofiler", marks=pytest.mark.skipif(_NO_CP_MEASURE, reason="needs cp-measure (pip install 'ocbench[cellprofiler]')")),
+])
 def test_backbones_check_passes_for_offline_cards(cache, name):
     result = invoke("backbones", "check", name)
     assert result.exit_code == 0, result.output

@@ -159,8 +159,13 @@ def test_push_to_hub_is_called_and_its_failure_is_one_line(raw_root, tmp_path, m
     monkeypatch.setattr(
         datasets.Dataset, "push_to_hub", lambda self, repo_id, **kw: pushed.append((repo_id, self.num_rows))
     )
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file",
+                        lambda self, **kw: pushed.append((kw["repo_id"], kw["path_in_repo"], kw["repo_type"])))
     export_hf(ds, tmp_path / "hf", push_to_hub="someone/opencell-fov")
-    assert pushed == [("someone/opencell-fov", 4)]
+    # the rows, then the card that lets `--dataset hf:someone/opencell-fov` read them back
+    assert pushed == [("someone/opencell-fov", 4), ("someone/opencell-fov", "ocbench.dataset.json", "dataset")]
 
     def refuse(self, repo_id, **kw):
         raise RuntimeError("401 Client Error: Unauthorized\nmore details")

@@ -237,3 +237,27 @@ def test_a_multilabel_table_runs_compares_and_builds_a_board_with_no_code(tmp_pa
     assert built.exit_code == 0, built.output
     board = (tmp_path / "board" / "LEADERBOARD.md").read_text()
     assert "screen-real" in board and "screen-shuffled" in board
+
+
+def test_a_rewritten_second_channel_file_is_not_served_from_the_embedding_cache(tmp_path, monkeypatch):
+    """One file per channel: an item is several files, so a changed file that is not ``path(i)``
+    must still give fresh features (the cache once checked only each item's first file)."""
+    from PIL import Image
+
+    from ocbench.backbones import get_card
+    from ocbench.backbones.adapters import parse_channels
+    from ocbench.benchmark.embeddings import extract_embeddings
+
+    monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
+    table = write_channel_table(tmp_path / "png", per_class=4, size=32)
+    card = get_card("classical-stats")
+    ds = open_dataset(table)
+    adapter = parse_channels("dna=nucleus,protein=protein", card, ds.card)
+    before = np.asarray(extract_embeddings(ds, card, adapter, progress=False).features)
+    second = ds._files[0][1]
+    assert second != ds.path(0) and second.name.endswith("_protein.png")
+    Image.fromarray(np.full((32, 32), 60000, np.uint16)).save(second)
+    changed = open_dataset(table)
+    after = np.asarray(extract_embeddings(changed, card, adapter, progress=False).features)
+    assert changed.version != ds.version
+    assert not np.allclose(after[0], before[0]) and np.allclose(after[1:], before[1:])

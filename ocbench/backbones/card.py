@@ -163,6 +163,9 @@ class BackboneCard:
             return f"needs local weights (e.g. trained by ocbench): {self.source}"
         if self.source_kind == "memory":
             return "an in-memory model: exists only in the Python process that evaluates it"
+        if self.source == "builtin:cellprofiler":
+            if not _installed("cp_measure"):
+                return "needs the Python package cp-measure: pip install 'ocbench[cellprofiler]'"
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,6 +247,19 @@ def _validate_card(card: BackboneCard) -> None:
         parse_resize(card.resize)
     except ConfigError as exc:
         raise bad("intensity/resize", str(exc)) from None
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    import sys
+    from importlib.util import find_spec
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _positive_int(value: Any) -> bool:

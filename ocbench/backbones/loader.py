@@ -5,7 +5,7 @@ timm builds the architecture (``vit.build_vit``); weights come only from safeten
 wrongly shaped tensor is a one-line error naming the file, and so is a ``model.safetensors`` whose
 sha256 differs from the ``weights_sha256`` its folder's ``config.json`` records (imported weights,
 damaged since). ``builtin:`` cards need no file: the
-classical baseline has no weights, the random-init control is built under a fixed torch seed.
+classical and CellProfiler baselines have no weights, the random-init control is built under a fixed torch seed.
 
 :func:`resolve_identity` gives the same weights sha256 / revision / preprocess key (and the
 weights' provenance: matched to a published checksum or not) without building the model, so an
@@ -245,10 +245,14 @@ def resolve_identity(
             from ocbench.backbones.classical import CLASSICAL_VERSION
 
             return BackboneIdentity(None, f"classical-v{CLASSICAL_VERSION}", key)
+        if source.target == "cellprofiler":
+            from ocbench.backbones.cellprofiler import revision
+
+            return BackboneIdentity(None, revision(), key)
         if source.target == "random-init":
             return BackboneIdentity(None, _random_init_revision(card), key)
         raise ConfigError(
-            f"backbone card '{card.name}': unknown builtin source '{card.source}' (known: builtin:classical-stats, builtin:random-init)"
+            f"backbone card '{card.name}': unknown builtin source '{card.source}' (known: builtin:classical-stats, builtin:cellprofiler, builtin:random-init)"
         )
     resolved = resolve_weights(card, cache_dir=cache_dir)
     if resolved.path is None:
@@ -274,6 +278,16 @@ def _build_builtin(card: BackboneCard) -> torch.nn.Module:
                 f"{card.in_chans} channels have {feature_dim(card.in_chans)}"
             )
         return ClassicalFeatures(card.in_chans)
+    if card.source_target == "cellprofiler":
+        from ocbench.backbones.cellprofiler import CellProfilerFeatures
+
+        features = CellProfilerFeatures(card.input_channels)
+        if features.dim != card.feature_dim:
+            raise ConfigError(
+                f"backbone card '{card.name}': feature_dim {card.feature_dim} but the CellProfiler profile of "
+                f"{', '.join(card.input_channels)} has {features.dim} features (with this cp-measure)"
+            )
+        return features
     from ocbench.backbones.vit import ViTCLSFeatures, build_vit
 
     # Seeded init without disturbing the caller's global RNG state.
@@ -347,12 +361,16 @@ def check_sizes_fit_weights(card: BackboneCard, path: str | os.PathLike) -> None
     )
 
 
+#: Built-in feature extractors that always compute in float32 or float64 (statistics, measurements).
+_FP32_ONLY = ("builtin:classical-stats", "builtin:cellprofiler")
+
+
 def effective_precision(card: BackboneCard, device: str | torch.device, precision: str = "fp32") -> str:
     """The precision a run of ``card`` on ``device`` computes in: ``precision`` checked, with the
-    classical baseline always ``fp32``. Part of the embedding cache key, since it changes the numbers."""
+    classical and CellProfiler baselines always ``fp32``. Part of the embedding cache key, since it changes the numbers."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
-    if precision == "fp32" or card.source == "builtin:classical-stats":
+    if precision == "fp32" or card.source in _FP32_ONLY:
         return "fp32"
     if torch.device(device).type != "cuda":
         raise ConfigError(

@@ -160,7 +160,7 @@ _add(BackboneCard(
 ))
 
 # ------------------------------------------------------------------------------------------------
-# Offline backbones (no download): a real classical baseline and a random-init control
+# Offline backbones (no download): the classical and CellProfiler baselines and a random-init control
 
 _add(BackboneCard(
     name="classical-stats",
@@ -183,6 +183,37 @@ _add(BackboneCard(
         "per channel: mean, std, skewness, 7 percentiles, Otsu threshold and fraction above it, gradient "
         "magnitude and local std at 3 scales, co-occurrence contrast/homogeneity/energy/correlation at 3 "
         "distances, 8 radial power-spectrum bands; plus protein-nucleus correlation and mask overlaps"
+    ),
+))
+
+_add(BackboneCard(
+    name="cellprofiler",
+    source="builtin:cellprofiler",
+    arch="cellprofiler",
+    in_chans=2,
+    input_channels=("protein", "nucleus"),
+    default_channels="natural",
+    normalization="none",
+    # raw counts: crops are told from FOVs by their zeros, and FOVs are segmented on the counts the
+    # single-cell track segments; each channel is stretched per image before measuring
+    intensity="raw",
+    resize="none",
+    feature_dim=455,
+    pretraining="none: CellProfiler measurements (cp-measure) per cell, median and MAD per image",
+    license="MIT (part of ocbench); measurements by cp-measure (MIT)",
+    citation=(
+        "Stirling et al., CellProfiler 4: improvements in speed, utility and usability, BMC Bioinformatics 2021; "
+        "measurements via cp-measure (github.com/afermg/cp_measure)"
+    ),
+    role="baseline",
+    # areas in pixels beside correlations in [-1, 1]: profiling standardises each feature robustly
+    feature_standardization="robust",
+    notes=(
+        "needs pip install 'ocbench[cellprofiler]'. Per cell: size/shape, Feret; per channel intensity, "
+        "Haralick texture (distance 3, 16 grey levels), granularity (8 steps, half resolution), radial "
+        "distribution (4 rings); protein-nucleus Pearson, Manders, RWC. Reduced for speed: no Zernike, no "
+        "Costes, 16 grey levels instead of 256. Cell crops are one cell; FOVs are segmented with the classical "
+        "backend and profiled by the median and MAD over their cells, plus the cell count"
     ),
 ))
 

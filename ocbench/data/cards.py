@@ -4,12 +4,13 @@ A card is the one place the rest of ocbench learns a dataset's vocabulary: chann
 its channel names and presets, splits group by its group column, tasks take their per-task
 defaults, label mode and crop sizes from it, entries key per-class scores by its class names, the
 board labels tables with its name and never ranks two datasets or label modes together.
-``opencell`` (the real data, fetched by ``ocbench data download opencell``) and ``demo``
-(synthetic, in the same layout) are built in;
+``opencell`` (the real data, fetched by ``ocbench data download opencell``), ``demo``
+(synthetic, in the same layout) and ``hpa2021`` (the HPA single-cell challenge layout, card and
+reader in ``ocbench.data.hpa``) are built in;
 a plugin adds others with :func:`register_dataset_card` (or the ``ocbench.datasets`` entry point).
 
-:func:`resolve_dataset` is the one resolver of what a user typed after ``--dataset`` (a card name, a
-table of a lab's own images, or a folder); :func:`open_dataset` opens it into an item set
+:func:`resolve_dataset` is the one resolver of what a user typed after ``--dataset`` (a card name,
+``NAME:DIR``, a table of a lab's own images, a Hugging Face dataset, or a folder); :func:`open_dataset` opens it into an item set
 (:class:`~ocbench.data.base.ItemSet`) carrying its card (``.card``) and the name its entries record
 (``.name``). A folder in the OpenCell layout is read by the OpenCell reader, but recorded
 as ``opencell`` only when it is OpenCell (it holds the marker ``ocbench data download`` writes);
@@ -49,7 +50,7 @@ DOWNLOAD_MARKER = "ocbench-download.json"
 #: Written by ``ocbench data demo`` at the root of a synthetic demo dataset.
 DEMO_MARKER = "ocbench-demo.json"
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._:-]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._:/-]*$")  # "/": hf:org/name
 #: How a dataset's labels are given: several classes per item, or exactly one.
 LABEL_MODES: tuple[str, ...] = ("multilabel", "single")
 #: A single-cell crop's window, in typical cell diameters.
@@ -111,7 +112,7 @@ class DatasetCard:
             return ConfigError(f"dataset card '{self.name}': field {what} {why}")
 
         if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise bad("name", "must be lower case letters, digits, '.', '_' or '-'")
+            raise bad("name", "must be lower case letters, digits, '.', '_', '-', ':' or '/'")
         for what in ("channel_names", "class_names"):
             names = getattr(self, what)
             if not isinstance(names, tuple) or not names or not all(isinstance(n, str) and n for n in names):
@@ -307,31 +308,80 @@ def _unknown_dataset(text: str, path: Path) -> DataError:
     return DataError(
         f"{path}: no such folder or table and no dataset card of that name{hint}; "
         f"known datasets: {', '.join(DATASETS.names())} (see: ocbench data list), "
-        f"or a folder in the OpenCell layout, or a table ({', '.join(TABLE_SUFFIXES)})"
+        f"or a folder in the OpenCell layout, or a table ({', '.join(TABLE_SUFFIXES)}), "
+        "or a Hugging Face dataset (hf:ORG/NAME, a save_to_disk or parquet folder)"
     )
 
 
+#: What reads Hugging Face datasets (by reference: that module builds on this one).
+HF_MODULE = "ocbench.data.hf"
+
+
+def _is_opencell_layout(card: DatasetCard) -> bool:
+    return card.reader == OPENCELL.reader
+
+
+def _layout_card(path: Path) -> DatasetCard | None:
+    """The registered card whose layout ``path`` is in, by the files its card says such a folder
+    holds (``extra["layout_files"]``, e.g. HPA 2021's ``train.csv`` and ``train/``)."""
+    for _, card in DATASETS.items():
+        marks = tuple(card.extra.get("layout_files", ()))
+        if marks and all((path / mark).exists() for mark in marks):
+            return card
+    return None
+
+
+def _card_folder(card: DatasetCard, folder: Path) -> DatasetSource:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder for dataset {card.name!r}; "
+                        f"{card.obtain_hint or 'pass the folder holding its data'}")
+    return DatasetSource(card, folder, card.name)
+
+
 def resolve_dataset(dataset: str | os.PathLike) -> DatasetSource:
-    """The one resolver of what a user typed after ``--dataset``: a card name, a table of a lab's own
-    images (``.csv``, ``.tsv``, ``.parquet``), or a folder in the OpenCell layout. Anything else is
-    an error with a did-you-mean, never silently OpenCell. Reads the table (not the images)."""
+    """The one resolver of what a user typed after ``--dataset``:
+
+    - a card name (its default folder);
+    - ``NAME:DIR``: a folder in the layout of the registered card NAME (``hpa2021:/data/hpa``);
+    - ``hf:ORG/NAME[@REVISION]``: a Hugging Face Hub dataset (fetched into the Hub cache);
+    - a table of a lab's own images (``.csv``, ``.tsv``, ``.parquet``);
+    - a folder: a Hugging Face ``save_to_disk`` folder or parquet shards, a registered layout it is
+      recognisably in (e.g. HPA 2021), or the OpenCell layout.
+
+    Anything else is an error with a did-you-mean, never silently OpenCell. Reads tables and
+    features, not the images."""
+    from ocbench.registry import resolve_reference
+
     text = str(dataset)
     if text in DATASETS:
         card = DATASETS.get(text)
         root = card.default_folder()
         if root is None:
-            raise ConfigError(f"dataset {card.name!r} has no default folder; pass --dataset DIR")
+            layout = f"--dataset {card.name}:DIR" if not _is_opencell_layout(card) else "--dataset DIR"
+            raise ConfigError(f"dataset {card.name!r} has no default folder; pass {layout}"
+                              + (f" ({card.obtain_hint})" if card.obtain_hint else ""))
         if not root.exists():
             raise DataError(f"{root}: no {card.name} data here; {card.obtain_hint or 'pass --dataset DIR'}")
         return DatasetSource(card, root, card.name)
+    if text.startswith("hf:"):
+        card, folder = resolve_reference(f"{HF_MODULE}:open_hub", what="Hugging Face datasets")(text)
+        return DatasetSource(card, folder, card.name)
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in DATASETS and rest and not _is_opencell_layout(DATASETS.get(prefix)):
+        # an OpenCell-layout folder is named by its markers instead (see recorded_name)
+        return _card_folder(DATASETS.get(prefix), Path(rest).expanduser())
     path = Path(text).expanduser()
     if path.suffix.lower() in TABLE_SUFFIXES and path.is_file():
-        from ocbench.registry import resolve_reference
-
         # by reference, like every reader: the table reader builds on this module
         card = resolve_reference(TABLE_CARD, what="table dataset card")(path)
         return DatasetSource(card, path, card.name)
     if path.is_dir():
+        if resolve_reference(f"{HF_MODULE}:is_hf_folder", what="Hugging Face datasets")(path):
+            card = resolve_reference(f"{HF_MODULE}:hf_card", what="Hugging Face datasets")(path)
+            return DatasetSource(card, path, card.name)
+        layout = _layout_card(path)
+        if layout is not None:
+            return DatasetSource(layout, path, layout.name)
         card, name = recorded_name(path)
         return DatasetSource(card, path, name)
     raise _unknown_dataset(text, path)
@@ -360,8 +410,14 @@ def open_dataset(
     card = source.card
     options = card.reader_option_values({"min_grade": min_grade})
     if annotations is not None:
-        if "min_grade" not in card.reader_options:  # only the OpenCell layout has an annotation table
+        # the OpenCell layout's annotation table, or what a card says its reader takes (HPA's metadata)
+        if "min_grade" not in card.reader_options and not card.extra.get("annotations"):
             raise ConfigError(f"--annotations: dataset {source.name!r} takes its labels from its table; leave it out")
         options["annotations"] = annotations
     reader: Callable[..., Any] = resolve_reference(card.reader, what=f"dataset {card.name} reader")
     return reader(source.root, card=card, name=source.name, **options, **(reader_kwargs or {}))
+
+
+# Built-in cards defined beside their readers, registered by reference (those modules build on
+# this one; the card is imported on first use).
+DATASETS.register("hpa2021", "ocbench.data.hpa:HPA2021")

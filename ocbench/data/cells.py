@@ -631,9 +631,11 @@ def _mask_file(masks_dir: Path, fov_id: str) -> Path:
 
 
 def _source_stat(dataset: Any, i: int) -> dict[str, Any] | None:
-    """Size and times of FOV ``i``'s file (None when the dataset has no files)."""
+    """Size and times of FOV ``i``'s file (None when the dataset has no files, or when its items
+    are not one file each: then the pixels' sha256 is the check, since ``path(i)`` would stand for
+    one channel file of several)."""
     path_of = getattr(dataset, "path", None)
-    if path_of is None:
+    if path_of is None or getattr(dataset, "content", None) is None:
         return None
     try:
         st = os.stat(path_of(i))

@@ -12,7 +12,8 @@ One row per labelled FOV:
 
 Rows are produced by a generator and written in small batches, so the 9 GB of the full dataset
 never sit in memory. The result is written with ``save_to_disk`` into a temporary folder that
-replaces ``out_dir`` only when complete; ``datasets.load_from_disk(out_dir)`` reads it back
+replaces ``out_dir`` only when complete, with an ``ocbench.dataset.json`` card that lets
+``ocbench run --dataset <out_dir>`` read it back as it was (see ``ocbench.data.hf``); ``datasets.load_from_disk(out_dir)`` reads it back
 (``.with_format("numpy", dtype="uint16")`` keeps the images uint16; the plain numpy format widens
 integers to int64).
 """
@@ -29,12 +30,15 @@ import numpy as np
 
 from ocbench._io import atomic_dir, sha256_bytes
 from ocbench.data.compartments import CHANNELS, COMPARTMENTS
+from ocbench.data.hf import CARD_NAMES
 from ocbench.errors import DataError, OcbenchError
 
 if TYPE_CHECKING:  # imported lazily at run time: keeps `ocbench --help` fast
     from ocbench.data.opencell import OpenCellDataset
 
 UNASSIGNED = "unassigned"
+#: The card written beside the export (what ``ocbench.data.hf`` reads back).
+CARD_FILE = CARD_NAMES[0]
 TEST_PART = "test"
 #: Rows per Arrow write: 64 full-size OpenCell FOVs (2x600x600 uint16) are ~90 MB in memory.
 WRITER_BATCH_SIZE = 64
@@ -126,12 +130,42 @@ def export_hf(
         hf.info.homepage = "" if synthetic else "https://opencell.czbiohub.org"
         with atomic_dir(out_dir) as tmp:
             hf.save_to_disk(str(tmp))
+            _write_card(dataset, tmp)
         if push_to_hub:
             _push(hf, push_to_hub, out_dir)
         del hf
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return out_dir
+
+
+def _write_card(dataset, folder: Path) -> None:
+    """``ocbench.dataset.json`` beside the saved data: what ``--dataset <folder>`` reads back (ids,
+    proteins, channel names, the card's vocabulary), so a run on the copy scores as on the original.
+    No name: the copy is recorded as ``local:<folder>``, never as the dataset it came from."""
+    import json
+
+    card = dataset.card
+    fields = {
+        "description": f"{card.description} (exported by ocbench from {dataset.name}, version {dataset.version[:12]})",
+        "channel_names": list(CHANNELS),
+        "label_mode": card.label_mode,
+        "group_name": card.group_name,
+        "pixel_size_um": card.pixel_size_um,
+        "cell_diameter_px": card.cell_diameter_px,
+        "segmentation": card.segmentation,  # what sc-knn's auto cuts cells with, as on the original
+        "synthetic": bool(card.synthetic),
+        "license": card.license,
+        "citation": card.citation,
+        "url": card.url,
+        # not task_defaults: OpenCell's (sc-knn's label grade) need the grades, which the copy has as a column only
+        "channel_presets": card.channel_presets,
+        "id_column": "fov_id",
+        "group_column": "ensg",
+        "label_column": "labels",
+        "image_column": "image",
+    }
+    (folder / CARD_FILE).write_text(json.dumps(fields, indent=2, default=list) + "\n", encoding="utf-8")
 
 
 def _check_target(out_dir: Path) -> None:
@@ -217,8 +251,13 @@ def _description(dataset, shape, split, split_sha, synthetic: bool) -> str:
 
 
 def _push(hf, repo_id: str, out_dir: Path) -> None:
+    """Push the rows, then the card (``--dataset hf:ORG/NAME`` reads it back from the repository)."""
     try:
         hf.push_to_hub(repo_id)
+        from huggingface_hub import HfApi
+
+        HfApi().upload_file(path_or_fileobj=str(out_dir / CARD_FILE), path_in_repo=CARD_FILE, repo_id=repo_id,
+                            repo_type="dataset", commit_message="ocbench dataset card")
     except Exception as exc:  # network, auth, repo name: all the user's to fix
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(

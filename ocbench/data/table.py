@@ -38,7 +38,8 @@ from ocbench.data import content as data_content
 from ocbench.data.cards import DatasetCard
 from ocbench.errors import ConfigError, DataError
 
-__all__ = ["TableDataset", "read_table", "table_card", "sidecar_path", "write_sidecar", "table_report", "LABEL_SEPARATOR"]
+__all__ = ["TableDataset", "read_table", "table_card", "sidecar_path", "write_sidecar", "table_report", "LABEL_SEPARATOR",
+           "read_sidecar", "read_image", "SIDECAR_FIELDS"]
 
 LABEL_SEPARATOR = "|"
 SIDECAR_SUFFIXES: tuple[str, ...] = (".dataset.json", ".dataset.yaml", ".dataset.yml")
@@ -114,7 +115,8 @@ def sidecar_path(table: str | os.PathLike) -> Path | None:
     return None
 
 
-def _read_sidecar(path: Path) -> dict[str, Any]:
+def read_sidecar(path: Path, fields: tuple[str, ...] = SIDECAR_FIELDS) -> dict[str, Any]:
+    """A dataset card file's fields (JSON or YAML); ``fields`` are those a user may write."""
     try:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
@@ -128,20 +130,20 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     except Exception as exc:
         raise ConfigError(f"{path}: not a readable dataset card ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a dataset card holds an object of fields ({', '.join(SIDECAR_FIELDS)})")
-    unknown = sorted(set(data) - set(SIDECAR_FIELDS))
+        raise ConfigError(f"{path}: a dataset card holds an object of fields ({', '.join(fields)})")
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         import difflib
 
-        close = difflib.get_close_matches(unknown[0], SIDECAR_FIELDS, n=1)
+        close = difflib.get_close_matches(unknown[0], fields, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"{path}: unknown field {unknown[0]!r}{hint}; a card has {', '.join(SIDECAR_FIELDS)}")
+        raise ConfigError(f"{path}: unknown field {unknown[0]!r}{hint}; a card has {', '.join(fields)}")
     return data
 
 
 def _image_channels(file: Path) -> int:
     """Channels of one image, read from its header (TIFF) or mode (PNG/JPEG)."""
-    return int(_read_image(file).shape[0])
+    return int(read_image(file).shape[0])
 
 
 def _default_card(table: _Table) -> dict[str, Any]:
@@ -175,7 +177,7 @@ def _card_of(table: _Table) -> DatasetCard:
     fields = _default_card(table)
     sidecar = sidecar_path(table.path)
     if sidecar is not None:
-        given = _read_sidecar(sidecar)
+        given = read_sidecar(sidecar)
         for key in ("channel_names", "class_names"):
             if key in given:
                 given[key] = tuple(str(v) for v in given[key])
@@ -241,7 +243,7 @@ def _resolve(table: _Table, i: int, column: str) -> Path:
     return file
 
 
-def _read_image(file: Path) -> np.ndarray:
+def read_image(file: Path) -> np.ndarray:
     """One image as (C, H, W) uint16 (8-bit images scaled to the 16-bit range)."""
     suffix = file.suffix.lower()
     if suffix not in _IMAGE_SUFFIXES:
@@ -349,29 +351,35 @@ class TableDataset:
     def _version(self) -> str:
         """The listing (ids, groups, labels, the card, the files' names) and the files' content.
 
-        ``manifest_version`` is the listing alone (what splits and the embedding cache's key are
-        made for); ``version`` adds every file's content (:mod:`ocbench.data.content`), so no
-        result outlives a rewritten image. ``content`` is kept per item only where each item is one
-        file (the caches then check items against it instead of hashing again)."""
+        Where each item is one file, ``manifest_version`` is the listing alone (what splits and the
+        embedding cache's key are made for) and ``content`` gives each item its file's record: the
+        caches check items against it, so a rewritten image recomputes its own features. Items of
+        several files (``path:<channel>`` columns) cannot be checked through one file, so there the
+        listing and the content key everything (no ``manifest_version``): any rewritten channel
+        file gives new keys. ``version`` always adds every file's content
+        (:mod:`ocbench.data.content`), so no result outlives a rewritten image."""
         folder = self.root.parent.resolve()
         relpaths = [str(file.relative_to(folder)) for files in self._files for file in files]
         listing = {"ids": self._ids, "groups": self._groups.tolist(), "labels": self._labels.tolist(),
                    "card": self.card.to_dict(), "files": relpaths}
-        self.manifest_version: str = sha256_bytes(json.dumps(listing, sort_keys=True).encode("utf-8"))
+        self._listing = sha256_bytes(json.dumps(listing, sort_keys=True).encode("utf-8"))
+        one_file_each = all(len(files) == 1 for files in self._files)
+        if one_file_each:
+            self.manifest_version: str = self._listing
         if not all((folder / rel).is_file() for rel in relpaths):
             # Only a listing that was not asked to check its files gets here (`data info` reports
             # the missing ones): no content, and a version that matches no run's.
             self._content = data_content.DataContent(folder, (), (), "incomplete", 0, 0.0, None)
-            return data_content.combined_version(self.manifest_version, "incomplete: files missing")
+            return data_content.combined_version(self._listing, "incomplete: files missing")
         self._content = data_content.read_content(folder, relpaths)
-        if all(len(files) == 1 for files in self._files):
+        if one_file_each:
             self.content = self._content
-        return data_content.combined_version(self.manifest_version, self._content.digest)
+        return data_content.combined_version(self._listing, self._content.digest)
 
     def files_changed_since(self, version: str) -> list[str] | None:
         """Image files (relative to the table) whose content changed since this dataset had
         ``version``; None when that is not an earlier state of this listing ocbench remembers."""
-        return self._content.changed_since_version(self.manifest_version, version)
+        return self._content.changed_since_version(self._listing, version)
 
     # -- the item set -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -417,11 +425,11 @@ class TableDataset:
             raise IndexError(f"image index {i} out of range for {len(self)} images")
         files = self._files[int(i) % len(self)]
         if len(files) == 1:
-            image = _read_image(files[0])
+            image = read_image(files[0])
         else:
             planes = []
             for file in files:
-                plane = _read_image(file)
+                plane = read_image(file)
                 if plane.shape[0] != 1:  # an RGB PNG per channel: its channels are equal copies or one is used
                     plane = plane.max(axis=0, keepdims=True)
                 planes.append(plane)

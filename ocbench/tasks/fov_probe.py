@@ -113,6 +113,10 @@ class FovProbe(TaskConfig):
     protocol_version: ClassVar[str] = PROTOCOL_VERSION
     main_score: ClassVar[tuple[str, str]] = ("val", "macro_f1")
     label_modes: ClassVar[tuple[str, ...]] = ("multilabel", "single")
+    #: Fold models retrained on shuffled labels for the shuffled-labels chance reference: one
+    #: (fold 1's validation rows and the test set) adds a fifth of the probe's cost where all
+    #: five would double it; a reference near chance needs no spread over folds to be read.
+    shuffled_reference_models: ClassVar[int] = 1
 
     epochs: int = field(default=300, metadata={"help": "training epochs per fold model"})
     batch_size: int = field(default=512, metadata={"help": "rows per optimizer step"})
@@ -206,8 +210,9 @@ class FovProbe(TaskConfig):
         ``label_mode``: ``multilabel`` (sigmoid outputs, BCE) or ``single`` (one class per row:
         softmax cross-entropy, argmax predictions).
         ``references``: also compute the chance references (:mod:`ocbench.chance`) on the same
-        folds and test items, the shuffled-labels one by training this probe once more with the
-        labels of the cross-validation rows permuted (the test rows keep theirs).
+        folds and test items, the shuffled-labels one by training this probe's first
+        ``shuffled_reference_models`` fold models once more with the labels of the
+        cross-validation rows permuted (the test rows keep theirs).
         ``feature_standardization="robust"`` (:mod:`ocbench.tasks.standardize`): each fold's
         features are standardised robustly on its training rows, unless the probe's own z-score
         (``standardize``) does it already (it is invariant to that rescaling); recorded either way.
@@ -247,7 +252,8 @@ class FovProbe(TaskConfig):
         shuffled: dict[str, Any] = {}
         if isinstance(progress, Progress):
             common["progress"] = Progress(progress.enabled, progress.describe("shuffled-labels reference"))
-        _run_probe(self, features, labels, test_idx, folds_idx, keep=shuffled, fit_labels=fit_labels, **common)
+        _run_probe(self, features, labels, test_idx, folds_idx, keep=shuffled, fit_labels=fit_labels,
+                   n_folds_trained=self.shuffled_reference_models, **common)
         test = np.asarray(test_idx, dtype=np.int64)
         repetitions = [
             Repetition(train=y[np.concatenate([np.asarray(f) for j, f in enumerate(folds_idx) if j != k])],
@@ -363,10 +369,11 @@ class _FoldPlan:
 
 def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, device, progress, max_parallel_folds, class_names,
                item_ids=None, item_groups=None, group_name="protein", fit_labels=None, keep=None, robust=False,
-               label_mode="multilabel"):
+               n_folds_trained=None, label_mode="multilabel"):
     """``fit_labels``: labels to train on instead of ``labels`` (which are still what is scored);
     ``keep``: a dict that receives each fold model's predictions (``val``, ``test``: lists);
     ``robust``: without the z-score, standardise robustly on each fold's training rows;
+    ``n_folds_trained``: train only the first this many fold models (None: all);
     ``label_mode``: ``single`` trains with softmax cross-entropy and predicts the argmax class."""
     from ocbench.predictions import Predictions
     from ocbench.tasks.metrics import check_label_mode, cross_validation_metrics, multilabel_scores
@@ -382,7 +389,7 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
     dev = _resolve_device(device)
 
     plans = []
-    for k, val in enumerate(folds):
+    for k, val in enumerate(folds[:n_folds_trained]):
         train = np.concatenate([f for j, f in enumerate(folds) if j != k])
         plans.append(
             _FoldPlan(
@@ -412,7 +419,7 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
     report = progress if isinstance(progress, Progress) else Progress(bool(progress))
     with report.bar(cfg.epochs * len(groups), cfg.name, unit="epoch") as bar:
         for group in groups:
-            folds_text = f"fold{'s' if len(group) > 1 else ''} {','.join(str(p.fold + 1) for p in group)}/{len(plans)}"
+            folds_text = f"fold{'s' if len(group) > 1 else ''} {','.join(str(p.fold + 1) for p in group)}/{len(folds)}"
             bar.set_description(report.describe(f"{cfg.name} {folds_text}"))
             params, losses = _train_group(cfg, group, x, y_fit, dev, bar, single=single)
             for g, plan in enumerate(group):
@@ -425,7 +432,7 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
                 test_preds[plan.fold] = test_pred
                 val_preds[plan.fold] = val_pred
                 report.step(
-                    f"{cfg.name} fold {plan.fold + 1}/{len(plans)} done: val macro-F1 "
+                    f"{cfg.name} fold {plan.fold + 1}/{len(folds)} done: val macro-F1 "
                     f"{val_scores[plan.fold]['macro_f1']:.3f}, test {test_scores[plan.fold]['macro_f1']:.3f}"
                 )
 
