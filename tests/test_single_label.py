@@ -215,6 +215,22 @@ def test_tables_segment_with_the_classical_backend_and_opencell_with_cellpose(tm
     assert get_task("sc-knn").with_overrides(["segmentation=classical"])[0].backend_for(OPENCELL).name == "classical"
 
 
+def test_a_task_states_its_label_modes_and_refuses_the_others_in_one_line(tmp_path):
+    table = write_tiff_table(tmp_path, per_class=3, size=16)
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["tasks", "list"])
+    rows = {line.split()[0]: line for line in listed.output.splitlines()[2:]}
+    assert "multilabel, single" in rows["fov-mlp"] and "multilabel, single" in rows["sc-knn"]
+    assert "multilabel" in rows["finetune"] and "single" not in rows["finetune"]
+    refused = runner.invoke(cli, ["run", "--backbone", "tiny-vit-random", "--channels", "replicate", "--dataset", str(table),
+                                  "--task", "finetune", "--output", str(tmp_path / "entries")])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert refused.output.strip().splitlines() == [
+        "error: task finetune scores multilabel labels; dataset 'local:my_images' is single (label_mode in its card): "
+        "pick a task that scores it (`ocbench tasks list`)"]
+    assert not (tmp_path / "entries").exists()
+
+
 def test_compare_refuses_entries_of_two_label_modes(tmp_path):
     from ocbench.benchmark.entry import write_entry
     from ocbench.leaderboard.examples import example_entry_dict

@@ -270,7 +270,7 @@ class ScKnn(TaskConfig):
     requires: ClassVar[tuple[str, ...]] = ("skimage",)  # both segmentation backends use scikit-image
     extra: ClassVar[str | None] = "cells"  # scikit-image; Cellpose is checked by its backend when chosen
     description: ClassVar[str] = (
-        "Leave-one-out soft-vote k-NN on single-cell crops (Cellpose masks), macro-F1 per k (paper Table 4)"
+        "Leave-one-out soft-vote k-NN on single-cell crops (segmented cells), macro-F1 per k (paper Table 4)"
     )
     label_modes: ClassVar[tuple[str, ...]] = ("multilabel", "single")
 
