@@ -116,6 +116,17 @@ def test_single_label_knn_vote_is_the_weighted_argmax(exclude):
     assert (multi.predictions[30].sum(axis=1) != 1).any()
 
 
+def test_a_query_without_candidates_gets_no_class():
+    features, labels, _, _ = separable_single_label(n=20)
+    groups = np.where(np.arange(20) < 19, 0, 1)  # one item alone in its FOV, the others all in one
+    out = knn_predict(features, labels, ks=(3,), exclude="fov", groups=groups, label_mode="single")
+    assert (out.predictions[3][:19].sum(axis=1) == 1).all()  # their candidate is the lone item
+    assert (out.predictions[3][:19].argmax(axis=1) == labels[19].argmax()).all()
+    assert out.predictions[3][19].sum() == 1  # the lone item has 19 candidates
+    alone = knn_predict(features, labels, ks=(3,), exclude="fov", groups=np.zeros(20), label_mode="single")
+    assert alone.predictions[3].sum() == 0 and (alone.n_candidates == 0).all()
+
+
 def test_sc_knn_scores_single_label_cells_with_majority_class_reference():
     features, labels, _, _ = separable_single_label(n=120)
     task, _ = get_task("sc-knn").with_overrides(["ks=1,10", "main_k=10"])
@@ -155,6 +166,17 @@ def test_softmax_probe_learns_separable_classes_and_shuffled_labels_do_not(name,
     references = {r["name"]: r["scores"]["val"]["macro_f1"]["mean"] for r in result.references}
     assert set(references) == {"majority-class", "class-prior", "shuffled-labels"}
     assert references["shuffled-labels"] < 0.45 and references["majority-class"] < 0.1
+
+
+def test_stacked_folds_and_batched_matmuls_give_the_same_single_label_numbers(monkeypatch):
+    """The GPU's path (all folds in one model, batched matmuls), run on the CPU."""
+    features, labels, test, folds = separable_single_label()
+    task, _ = get_task("fov-mlp").with_overrides(["epochs=3", "batch_size=32", "lr=0.02"])
+    one_at_a_time = task.run(features, labels, test, folds, seed=1, progress=False, label_mode="single")
+    monkeypatch.setattr(fov_probe, "_matmul_per_fold", lambda dev: False)
+    stacked = task.run(features, labels, test, folds, seed=1, progress=False, label_mode="single", max_parallel_folds=5)
+    assert stacked.details["fold_groups"] == [[0, 1, 2, 3, 4]]
+    np.testing.assert_allclose(stacked.details["final_train_loss"], one_at_a_time.details["final_train_loss"], rtol=1e-4)
 
 
 def test_cross_entropy_backward_matches_autograd():

@@ -13,7 +13,8 @@ One row per image:
 
 An optional sidecar card ``<table stem>.dataset.json`` (or ``.yaml``) beside the table names the
 dataset and gives channel names and order, class order, label mode, pixel size, cell diameter,
-the segmentation backend of single-cell tasks (default ``classical``), description, licence, citation (``ocbench data card init TABLE`` writes one to edit). Without it
+the segmentation backend of single-cell tasks (default ``classical``), description, licence,
+citation (``ocbench data card init TABLE`` writes one to edit). Without it
 channels are ``ch0..chN`` (or the ``path:<channel>`` names), classes are the sorted distinct
 labels, the label mode is ``multilabel`` when any row has ``|``, and the name is ``local:<stem>``.
 

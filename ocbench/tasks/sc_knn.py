@@ -145,7 +145,8 @@ def knn_predict(
 
     ``features`` (N, D); ``labels`` (N, C) 0/1; ``groups`` (N,) (the FOV of each cell) is needed
     for ``exclude="fov"``. ``label_mode="single"``: each row is predicted the class with the largest
-    weighted sum (one-hot; no class for a query without candidates). ``chunk_rows`` (query rows per block) or ``memory_mb`` (budget for one
+    weighted sum (one-hot; no class for a query without candidates).
+    ``chunk_rows`` (query rows per block) or ``memory_mb`` (budget for one
     block's similarity rows; default 256 MiB on CPU, 1 GiB on GPU) only change speed and memory.
     """
     import torch
