@@ -342,7 +342,7 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 @click.option("--overwrite", is_flag=True, help="Recompute entries that already exist.")
 def demo(output, device, overwrite):
-    """The offline tour: demo data, two offline backbones, both probes, both split tracks, a board.
+    """The offline tour: demo data, two offline backbones, both probes (paper split track), a board.
 
     \b
     Example:
