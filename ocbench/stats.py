@@ -441,10 +441,12 @@ def friedman_nemenyi(scores: Any, names: Sequence[str], *, level: float = LEVEL)
     if k >= 3:
         statistic, p = st.friedmanchisquare(*s.T)
         statistic, p = float(statistic), float(p)
-    else:  # two systems: the Friedman statistic is a sign test's; use its chi-square form
-        r = avg
-        statistic = 12 * n / (k * (k + 1)) * float(np.sum((r - (k + 1) / 2) ** 2))
-        p = float(st.chi2.sf(statistic, k - 1))
+    else:  # two systems (scipy wants three): the chi-square form, corrected for tied tables
+        statistic = 12 * n / (k * (k + 1)) * float(np.sum((avg - (k + 1) / 2) ** 2))
+        ties = sum(float(t**3 - t) for row in ranks for t in np.unique(row, return_counts=True)[1])
+        untied = 1.0 - ties / (n * (k**3 - k))
+        statistic = statistic / untied if untied > 0 else math.nan
+        p = float(st.chi2.sf(statistic, k - 1)) if untied > 0 else math.nan
     if math.isnan(statistic):  # every table ranks every system alike (all tied)
         statistic, p = 0.0, 1.0
     q = float(st.studentized_range.ppf(level, k, np.inf)) / math.sqrt(2.0)

@@ -129,3 +129,22 @@ def test_friedman_nemenyi_ranks_and_critical_difference():
     assert result.critical_difference == pytest.approx(2.343 * math.sqrt(3 * 4 / (6 * 6)), abs=2e-3)
     assert result.p_value < 0.05
     assert (1, 2) in result.cliques and not any(0 in c for c in result.cliques)
+
+
+def test_friedman_with_two_systems_corrects_for_tied_tables():
+    from scipy import stats as st
+
+    # A wins four tables, two are ties; the statistic counts only the untied tables' evidence
+    scores = np.array([[0.9, 0.8], [0.7, 0.6], [0.8, 0.8], [0.95, 0.9], [0.6, 0.6], [0.85, 0.8]])
+    n, k = scores.shape
+    ranks = np.vstack([st.rankdata(-row) for row in scores])
+    rank_sums = ranks.sum(axis=0)
+    plain = 12.0 / (n * k * (k + 1)) * float(np.sum(rank_sums**2)) - 3.0 * n * (k + 1)
+    ties = sum(t**3 - t for row in ranks for t in np.unique(row, return_counts=True)[1])
+    corrected = plain / (1.0 - ties / (n * (k**3 - k)))
+    result = stats.friedman_nemenyi(scores, ["A", "B"])
+    assert result.statistic == pytest.approx(corrected)
+    assert result.p_value == pytest.approx(float(st.chi2.sf(corrected, k - 1)))
+    assert result.p_value < 0.05 < float(st.chi2.sf(plain, k - 1))  # the correction matters here
+    all_tied = stats.friedman_nemenyi(np.full((3, 2), 0.5), ["A", "B"])
+    assert all_tied.statistic == 0.0 and all_tied.p_value == 1.0
