@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -11,7 +12,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from ocbench.errors import OcbenchError
 
@@ -218,6 +219,19 @@ def write_error(path: str | os.PathLike, exc: BaseException, what: str) -> Ocben
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def json_sha256(obj: Any, *, default: Callable[[Any], Any] | None = None) -> str:
+    """sha256 of ``obj`` as JSON with sorted keys, so equal descriptions give equal keys whatever
+    their dict order. ``default`` as in :func:`json.dumps` (``str`` to hash paths and the like);
+    without it an object JSON cannot write is a TypeError, not a silently different key."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, default=default).encode("utf-8"))
+
+
+def slug(text: Any) -> str:
+    """``text`` as a readable, filesystem-safe file-name part (runs of other characters become
+    ``-``); cache keys add a hash, since different texts may give the same slug."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", str(text)).strip("-") or "x"
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

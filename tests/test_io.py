@@ -1,9 +1,12 @@
+import hashlib
+import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
-from ocbench._io import atomic_dir, atomic_path, atomic_write
+from ocbench._io import atomic_dir, atomic_path, atomic_write, json_sha256, slug
 
 
 def _mode(path):
@@ -126,3 +129,24 @@ def test_replacing_a_folder_keeps_no_aside_copy(tmp_path):
             (tmp / "f").write_text(text)
     assert (tmp_path / "d" / "f").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_json_sha256_is_the_sorted_json_digest_every_cache_key_was_made_with():
+    # the expression each cache, split and dataset key used before there was one helper: keys on
+    # disk stay valid only while these agree
+    for obj in ({"b": 1, "a": [1, 2.5, {"z": "é", "y": None}]}, ["x", 3], "s", {}):
+        reference = hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()
+        assert json_sha256(obj) == json_sha256(obj, default=str) == reference
+    assert json_sha256({"a": 1, "b": 2}) == json_sha256({"b": 2, "a": 1})
+    with_path = {"root": Path("/data/x"), "n": 1}
+    assert json_sha256(with_path, default=str) == hashlib.sha256(
+        json.dumps(with_path, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+    with pytest.raises(TypeError):  # no silent str() of an object unless the caller asks for it
+        json_sha256(with_path)
+
+
+def test_slug_keeps_names_readable_and_filesystem_safe():
+    assert slug("dino vits8/RGB+DAPI (3ch)") == "dino-vits8-RGB-DAPI-3ch"
+    assert slug("vit_small.dino=v2-x") == "vit_small.dino=v2-x"
+    assert slug("--é--") == slug("") == "x"
+    assert slug(3.5) == "3.5"

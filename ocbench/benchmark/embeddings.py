@@ -47,7 +47,7 @@ import numpy as np
 
 from ocbench import __version__ as _ocbench_version
 from ocbench import paths
-from ocbench._io import atomic_path, atomic_write, sha256_bytes, sha256_file
+from ocbench._io import atomic_path, atomic_write, json_sha256, sha256_bytes, sha256_file, slug
 from ocbench._lock import file_lock
 from ocbench.backbones.adapters import ChannelAdapter, parse_channels
 from ocbench.backbones.card import BackboneCard
@@ -106,11 +106,6 @@ def embedding_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else paths.cache_dir() / "embeddings"
 
 
-def _slug(text: str) -> str:
-    # Readable, filesystem-safe prefix; the hash suffix keeps keys unique anyway.
-    return re.sub(r"[^A-Za-z0-9._=-]+", "-", str(text)).strip("-") or "x"
-
-
 def cache_key(
     *,
     dataset_version: str,
@@ -135,8 +130,7 @@ def cache_key(
 
 
 def _key_of(identity: dict) -> str:
-    digest = sha256_bytes(json.dumps(identity, sort_keys=True).encode("utf-8"))[:16]
-    return f"{_slug(identity['backbone'])}__{_slug(identity['adapter'])}__{digest}"
+    return f"{slug(identity['backbone'])}__{slug(identity['adapter'])}__{json_sha256(identity)[:16]}"
 
 
 def _identity_dict(
@@ -671,7 +665,7 @@ def extract_embeddings(
     dataset_version = listing_version(dataset)
     identity = _identity_dict(
         dataset_version, card.name, ident["weights_sha256"], ident["revision"], adapter.key, ident["preprocess"],
-        card_sha256=sha256_bytes(json.dumps(card.extraction_dict(), sort_keys=True, default=str).encode("utf-8")),
+        card_sha256=json_sha256(card.extraction_dict(), default=str),
         precision=_KEY_PRECISION[used_precision],
     )
     key = _key_of(identity)

@@ -47,7 +47,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ import numpy as np
 import pandas as pd
 
 from ocbench import paths
-from ocbench._io import atomic_path, atomic_write, sha256_bytes, sha256_file
+from ocbench._io import atomic_path, atomic_write, json_sha256, sha256_bytes, sha256_file, slug
 from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError, DataError
 from ocbench.registry import Registry
@@ -597,14 +596,6 @@ def cells_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else paths.cache_dir() / "cells"
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "-", str(text)).strip("-") or "x"
-
-
-def _hash(obj: Any) -> str:
-    return sha256_bytes(json.dumps(obj, sort_keys=True, default=str).encode("utf-8"))
-
-
 def _dataset_root(dataset: Any) -> str | None:
     root = getattr(dataset, "root", None)
     if root is None:
@@ -623,11 +614,11 @@ def mask_key(dataset: Any, backend: SegmentationBackend) -> str:
         "root": _dataset_root(dataset),
         "backend": backend.identity(),
     }
-    return f"{_slug(identity['dataset'])}__{_slug(backend.name)}__{_hash(identity)[:16]}"
+    return f"{slug(identity['dataset'])}__{slug(backend.name)}__{json_sha256(identity, default=str)[:16]}"
 
 
 def _mask_file(masks_dir: Path, fov_id: str) -> Path:
-    return masks_dir / f"{_slug(fov_id)}.npz"
+    return masks_dir / f"{slug(fov_id)}.npz"
 
 
 def _source_stat(dataset: Any, i: int) -> dict[str, Any] | None:
@@ -924,9 +915,9 @@ def prepare_cells(
 
     table_identity = {
         "format": CELLS_FORMAT, "mask_key": key, "dataset_version": str(dataset.version), "crop": crop.to_dict(),
-        "black_percentile": float(black_percentile), "labels": policy.to_dict(), "fov_ids": _hash(fov_ids),
+        "black_percentile": float(black_percentile), "labels": policy.to_dict(), "fov_ids": json_sha256(fov_ids, default=str),
     }
-    table_key = _hash(table_identity)[:16]
+    table_key = json_sha256(table_identity, default=str)[:16]
     table_path = store / "tables" / f"cells-{table_key}.csv"
     meta_path = table_path.with_suffix(".json")
     if not segmented and not recompute and meta_path.is_file() and table_path.is_file():
@@ -1026,11 +1017,12 @@ class CellCrops:
         self.ids: list[str] = sub["cell_id"].tolist()
         self.card = dataset.card
         self.name: str = dataset.name
-        self.version: str = _hash(
+        self.version: str = json_sha256(
             # The listing: each crop's FOV file content is checked per item by the embedding cache.
             {"kind": "cell-crops", "format": CELLS_FORMAT, "dataset_version": listing_version(dataset),
              "mask_key": table.meta.get("mask_key"), "table": table.meta.get("table_sha256"),
-             "crop": table.crop.to_dict(), "cells": _hash(self.ids)}
+             "crop": table.crop.to_dict(), "cells": json_sha256(self.ids, default=str)},
+            default=str,
         )
         self._cached: tuple[int, np.ndarray, np.ndarray] | None = None
 

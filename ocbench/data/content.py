@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ocbench import paths
-from ocbench._io import atomic_write, sha256_bytes
+from ocbench._io import atomic_write, json_sha256, sha256_bytes
 from ocbench.errors import DataError
 
 __all__ = ["CONTENT_NAME", "FileRecord", "DataContent", "read_content", "stat_key", "file_record", "listing_version",
@@ -220,4 +220,4 @@ def listing_version(dataset: Any) -> str:
 
 def combined_version(listing: str, content_digest: str) -> str:
     """A dataset's version: its listing and its files' content, in one sha256."""
-    return sha256_bytes(json.dumps({"listing": listing, "content": content_digest}, sort_keys=True).encode("utf-8"))
+    return json_sha256({"listing": listing, "content": content_digest})

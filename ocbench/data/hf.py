@@ -27,7 +27,6 @@ files (``.arrow`` / ``.parquet``), so rewritten pixels give another version.
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 from collections import Counter
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ocbench._io import sha256_bytes
+from ocbench._io import json_sha256
 from ocbench.data import content as data_content
 from ocbench.data.cards import DatasetCard, DATASETS
 from ocbench.errors import ConfigError, DataError
@@ -463,7 +462,7 @@ class HFDataset:
         listing = {"ids": self._ids, "groups": self._groups.tolist(), "labels": self._labels.tolist(),
                    "card": self.card.to_dict(), "files": self._data_files,
                    "columns": [self._columns["label"], *self._image_columns]}
-        self.manifest_version: str = sha256_bytes(json.dumps(listing, sort_keys=True).encode("utf-8"))
+        self.manifest_version: str = json_sha256(listing)
         # The Hub cache is the Hub's: its records are kept in the ocbench cache, not beside the files.
         hub = self.card.extra.get("hf_repo") is not None
         self._content = data_content.read_content(self.root, self._data_files, save=not hub)

@@ -20,7 +20,6 @@ names the training-data names that mean these images (``extra["training_data_nam
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ocbench._io import sha256_bytes
+from ocbench._io import json_sha256
 from ocbench.data import content as data_content
 from ocbench.data.cards import DatasetCard
 from ocbench.errors import DataError
@@ -182,7 +181,7 @@ class Hpa2021Dataset:
         relpaths = [str(file.relative_to(self.root)) for files in self._files for file in files]
         listing = {"ids": self._ids, "groups": self._groups.tolist(), "labels": self._labels.tolist(),
                    "card": self.card.to_dict(), "files": relpaths}
-        listing_sha = sha256_bytes(json.dumps(listing, sort_keys=True).encode("utf-8"))
+        listing_sha = json_sha256(listing)
         self._content = data_content.read_content(self.root, relpaths)
         return data_content.combined_version(listing_sha, self._content.digest)
 

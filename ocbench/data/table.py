@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ocbench._io import atomic_write, sha256_bytes
+from ocbench._io import atomic_write, json_sha256
 from ocbench.data import content as data_content
 from ocbench.data.cards import DatasetCard
 from ocbench.errors import ConfigError, DataError
@@ -363,7 +363,7 @@ class TableDataset:
         relpaths = [str(file.relative_to(folder)) for files in self._files for file in files]
         listing = {"ids": self._ids, "groups": self._groups.tolist(), "labels": self._labels.tolist(),
                    "card": self.card.to_dict(), "files": relpaths}
-        self._listing = sha256_bytes(json.dumps(listing, sort_keys=True).encode("utf-8"))
+        self._listing = json_sha256(listing)
         one_file_each = all(len(files) == 1 for files in self._files)
         if one_file_each:
             self.manifest_version: str = self._listing

@@ -21,6 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
+from ocbench._io import json_sha256
 from ocbench.leaderboard.channels import channels_label, entry_channel_map
 from ocbench.leaderboard.formatting import (
     SYNTHETIC_NOTE, WEIGHTS_UNVERIFIED, fmt_axis_value, metric_label, score_label, weights_note_suffix,
@@ -930,7 +931,7 @@ def _config_across_seeds(row: Row) -> str:
         return row.backbone
     settings = {k: v for k, v in notes.items() if k not in ("seed", "run_hash", "split")}
     settings["split_track"] = (notes.get("split") or {}).get("track")
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    digest = json_sha256(settings, default=str)[:8]
     return f"{row.backbone[: -len(run_hash)]}seeds-{digest}"
 
 

@@ -30,7 +30,6 @@ Training from scratch (:func:`scratch_card`) writes ``<arch card>.dino-...``, or
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 import warnings
@@ -40,6 +39,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from ocbench._io import json_sha256
 from ocbench.backbones.derive import CARD_FILENAME, load_card_file, write_card_file
 from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError, DataError
@@ -163,7 +163,7 @@ def _zoo_target(base: Any, dataset: Any) -> Any:
 def derived_card(base: Any, adapter: Any, cfg: DinoConfig, dataset: Any, split: Any, seed: int) -> Any:
     """The card of the backbone this run produces (deterministic: computed before training)."""
     identity = run_identity(base, adapter, cfg, dataset, split, seed)
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:10]
+    digest = json_sha256(identity)[:10]
     scratch = base.source == "builtin:random-init"
     notes = json.dumps({
         "fine-tuned from" if not scratch else "trained from scratch as": base.name,
