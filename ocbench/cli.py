@@ -550,13 +550,15 @@ def data_list():
 @click.option("--scale", default=None, metavar="F",
               help="A fraction of OpenCell's real size (e.g. 1/16; 1 = 1,310 proteins, ~6,550 FOVs of 600 px, "
                    "~150k cells, ~9 GB) instead of the small demo. --proteins/--fovs-per-protein/--size override it.")
-def data_demo(root, proteins, fovs_per_protein, size, seed, scale):
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes that render FOVs (the files are the same for any number).")
+def data_demo(root, proteins, fovs_per_protein, size, seed, scale, workers):
     """Write the synthetic demo dataset in the exact OpenCell raw layout.
 
     \b
     Example:
       ocbench data demo --root demo-data --proteins 20 --size 128
-      ocbench data demo --root opencell-sized --scale 1/16
+      ocbench data demo --root opencell-sized --scale 1/16 --workers 4
     """
     import dataclasses
 
@@ -570,7 +572,7 @@ def data_demo(root, proteins, fovs_per_protein, size, seed, scale):
     if fovs_per_protein is not None:
         given["fovs_per_protein_max"] = 0
     config = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-    out = write_demo(Path(root) if root else paths.demo_root(), config)
+    out = write_demo(Path(root) if root else paths.demo_root(), config, workers=workers)
     click.echo(f"wrote demo dataset: {out} ({config.proteins} proteins, {config.n_fovs} FOVs, {config.size} px)")
 
 

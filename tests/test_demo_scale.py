@@ -84,6 +84,8 @@ def test_scaled_write_varies_fovs_per_protein_and_is_reproducible(tmp_path: Path
     assert _digest(again) == _digest(root)
     other = write_demo(tmp_path / "c", dataclasses.replace(config, seed=1))
     assert _digest(other) != _digest(root)
+    in_parallel = write_demo(tmp_path / "p", config, workers=2)
+    assert _digest(in_parallel) == _digest(root)
 
 
 def test_default_demo_marker_keeps_its_old_keys(tmp_path: Path):

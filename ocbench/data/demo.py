@@ -735,7 +735,8 @@ def _camera(rng: np.random.Generator, signal: np.ndarray, background: float, sca
     size = signal.shape[0]
     blurred = ndi.gaussian_filter(signal, 0.7 * scale)
     haze = ndi.gaussian_filter(signal, 6.0 * scale) * 0.06  # out-of-focus light
-    yy, xx = np.mgrid[0:size, 0:size] / size
+    yy, xx = np.ogrid[0:size, 0:size]  # a column and a row: broadcasting gives the same plane
+    yy, xx = yy / size, xx / size
     gy, gx = rng.uniform(-0.06, 0.06, 2)
     illumination = 1.0 + gy * (yy - 0.5) + gx * (xx - 0.5)
     expected = (background + blurred + haze) * illumination
@@ -812,15 +813,36 @@ def _is_replaceable(root: Path) -> bool:
     return (root / MARKER_FILE).is_file() or not any(root.iterdir())
 
 
-def write_demo(root: str | Path, config: DemoConfig = DemoConfig()) -> Path:
+def _write_fov(tmp: Path, protein: DemoProtein, fov_index: int, name: FovName, config: DemoConfig) -> list[dict]:
+    """Render and write one FOV; return its synthetic expert rows."""
+    import tifffile
+
+    path = tmp / name.relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image, layout = _render(protein, fov_index, config)
+    tifffile.imwrite(
+        path,
+        image,
+        photometric="minisblack",
+        metadata={"axes": "CYX"},
+        resolution=(50_000.0, 50_000.0),  # 5 px/um, as OpenCell writes it (unit: cm)
+        resolutionunit="CENTIMETER",
+    )
+    return _expert_records(protein, name.fov_id, layout, config)
+
+
+def write_demo(root: str | Path, config: DemoConfig = DemoConfig(), workers: int = 1) -> Path:
     """Write the synthetic demo dataset to ``root`` (replacing an earlier demo there) and return ``root``.
 
     All files are written to a temporary folder next to ``root`` that is renamed into place at the
     end, so an error or Ctrl-C leaves nothing behind (and an earlier demo untouched); the hidden
     temporary folder a ``kill -9`` leaves is removed by the next write (``atomic_dir`` cleans the
     stale temps of its target first).
+
+    FOVs are written one at a time (memory stays that of one FOV per worker, whatever the size).
+    ``workers`` > 1 renders them in that many processes; every FOV has its own seed, so the bytes
+    are the same as with one.
     """
-    import tifffile
     from tqdm import tqdm
 
     root = Path(root).expanduser()
@@ -829,6 +851,8 @@ def write_demo(root: str | Path, config: DemoConfig = DemoConfig()) -> Path:
             f"{root}: exists and is not an ocbench demo folder (no {MARKER_FILE}); "
             "choose a new or empty --root for the demo"
         )
+    if workers < 1:
+        raise ConfigError(f"demo workers must be >= 1 (got {workers})")
     proteins = demo_proteins(config)
     jobs = [
         (protein, j, name)
@@ -840,19 +864,21 @@ def write_demo(root: str | Path, config: DemoConfig = DemoConfig()) -> Path:
 
     expert: list[dict] = []
     with atomic_dir(root) as tmp:
-        for protein, fov_index, name in tqdm(jobs, desc="demo FOVs", unit="fov", disable=None):
-            path = tmp / name.relpath
-            path.parent.mkdir(parents=True, exist_ok=True)
-            image, layout = _render(protein, fov_index, config)
-            expert += _expert_records(protein, name.fov_id, layout, config)
-            tifffile.imwrite(
-                path,
-                image,
-                photometric="minisblack",
-                metadata={"axes": "CYX"},
-                resolution=(50_000.0, 50_000.0),  # 5 px/um, as OpenCell writes it (unit: cm)
-                resolutionunit="CENTIMETER",
-            )
+        if workers == 1:
+            done = (_write_fov(tmp, protein, j, name, config) for protein, j, name in jobs)
+            for rows in tqdm(done, total=len(jobs), desc="demo FOVs", unit="fov", disable=None):
+                expert += rows
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: the workers import only this module, whatever the caller has loaded (threads, torch)
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                job_proteins, job_indices, job_names = zip(*jobs)
+                done = pool.map(_write_fov, [tmp] * len(jobs), job_proteins, job_indices, job_names,
+                                [config] * len(jobs), chunksize=4)
+                for rows in tqdm(done, total=len(jobs), desc="demo FOVs", unit="fov", disable=None):
+                    expert += rows  # in job order, as with one worker
         with open(tmp / ANNOTATIONS_FILE, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(["ensg_id", "target_name", "annotation_name", "annotation_grade"])
