@@ -549,7 +549,8 @@ def data_list():
 @click.option("--seed", type=click.IntRange(0), default=None, help="Seed of the synthetic images and labels (default: the demo's).")
 @click.option("--scale", default=None, metavar="F",
               help="A fraction of OpenCell's real size (e.g. 1/16; 1 = 1,310 proteins, ~6,550 FOVs of 600 px, "
-                   "~150k cells, ~9 GB) instead of the small demo. --proteins/--fovs-per-protein/--size override it.")
+                   "~150k cells, ~9 GB) instead of the small demo. --proteins/--fovs-per-protein override it; --size "
+                   "shrinks fields and cells together.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Processes that render FOVs (the files are the same for any number).")
 def data_demo(root, proteins, fovs_per_protein, size, seed, scale, workers):
@@ -567,7 +568,7 @@ def data_demo(root, proteins, fovs_per_protein, size, seed, scale, workers):
 
     if scale is not None and root is None:
         raise click.UsageError("--scale writes a large set: give its folder with --root")
-    base = scaled_config(parse_fraction(scale)) if scale is not None else DemoConfig()
+    base = scaled_config(parse_fraction(scale), **({"size": size} if size else {})) if scale is not None else DemoConfig()
     given = {"proteins": proteins, "fovs_per_protein": fovs_per_protein, "size": size, "seed": seed}
     if fovs_per_protein is not None:
         given["fovs_per_protein_max"] = 0

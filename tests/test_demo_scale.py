@@ -69,7 +69,7 @@ def test_a_600px_fov_has_opencell_like_cells():
 def test_scaled_write_varies_fovs_per_protein_and_is_reproducible(tmp_path: Path):
     # The scaled set's rules (protein count, 4-6 FOVs each, sparse cells) at a small image size,
     # so the test writes in about a second.
-    config = dataclasses.replace(scaled_config(1 / 256), size=64, cell_radius=13.0)
+    config = scaled_config(1 / 256, size=64)
     root = write_demo(tmp_path / "a", config)
     written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.tif"))
     assert len(written) == config.n_fovs
@@ -106,8 +106,8 @@ def test_cli_scale_needs_a_root_and_a_valid_fraction(tmp_path: Path):
     result = runner.invoke(cli, ["data", "demo", "--root", str(tmp_path / "x"), "--scale", "3"])
     assert result.exit_code == 2 and "scale" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x").exists()
-    result = runner.invoke(cli, ["data", "demo", "--root", str(tmp_path / "y"), "--scale", "1/256", "--size", "48"])
+    result = runner.invoke(cli, ["data", "demo", "--root", str(tmp_path / "y"), "--scale", "1/256", "--size", "64"])
     assert result.exit_code == 0, result.output
     n_tifs = len(list((tmp_path / "y").rglob("*.tif")))
-    assert n_tifs == dataclasses.replace(scaled_config(1 / 256), size=48).n_fovs
-    assert all(tifffile.imread(p).shape == (2, 48, 48) for p in list((tmp_path / "y").rglob("*.tif"))[:3])
+    assert n_tifs == scaled_config(1 / 256, size=64).n_fovs
+    assert all(tifffile.imread(p).shape == (2, 64, 64) for p in list((tmp_path / "y").rglob("*.tif"))[:3])

@@ -173,10 +173,12 @@ OPENCELL_FOVS_PER_PROTEIN = (4, 6)
 _OPENCELL_CELL_DENSITY = 0.38
 
 
-def scaled_config(fraction: float, seed: int = 0) -> DemoConfig:
+def scaled_config(fraction: float, seed: int = 0, size: int = OPENCELL_FOV_SIZE) -> DemoConfig:
     """A demo at ``fraction`` of OpenCell's real size: ``round(fraction * 1,310)`` proteins (at least
     the 17 classes' worth, so main labels still cover every class), 4-6 FOVs each, 600 px fields
-    with cells about 80 px across. ``fraction=1`` is about 6,550 FOVs, 150k cells and 9 GB."""
+    with cells about 80 px across. ``fraction=1`` is about 6,550 FOVs, 150k cells and 9 GB.
+
+    A smaller ``size`` shrinks the cells with the field (same cells per FOV): a quick look only."""
     if not (0 < fraction <= 1):
         raise ConfigError(f"demo scale must be a fraction in (0, 1], like 1/16 or 0.25 (got {fraction})")
     proteins = max(len(COMPARTMENTS) + 2, round(fraction * OPENCELL_PROTEINS))
@@ -185,8 +187,8 @@ def scaled_config(fraction: float, seed: int = 0) -> DemoConfig:
         proteins=proteins,
         fovs_per_protein=low,
         fovs_per_protein_max=high,
-        size=OPENCELL_FOV_SIZE,
-        cell_radius=OPENCELL_CELL_DIAMETER / 2,
+        size=size,
+        cell_radius=OPENCELL_CELL_DIAMETER / 2 * size / OPENCELL_FOV_SIZE,
         cell_density=_OPENCELL_CELL_DENSITY,
         seed=seed,
     )
