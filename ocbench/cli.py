@@ -342,7 +342,7 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 @click.option("--overwrite", is_flag=True, help="Recompute entries that already exist.")
 def demo(output, device, overwrite):
-    """The offline tour: demo data, two offline backbones, both probes, both split tracks, a board.
+    """The offline tour: demo data, two offline backbones, both probes (paper split track), a board.
 
     \b
     Example:
@@ -685,7 +685,7 @@ def data_download(collection, root, targets, limit, workers, endpoint, no_annota
 @click.option(
     "--backend", type=click.Choice(["auto", "classical", "cellpose"]), default="auto", show_default=True,
     help="Segmentation: cellpose (Cellpose v3 cyto3, as the paper; pip install 'ocbench[singlecell]'), classical "
-    "(nucleus seeds + watershed, no download), auto (cellpose for real data, classical for synthetic).",
+    "(nucleus seeds + watershed, no download), auto (the dataset card's: cellpose on OpenCell, classical on the demo and tables).",
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="sc-knn settings that choose the cells: crop_size, zoom, mask_crops, black_percentile, label_grade.")
@@ -883,7 +883,7 @@ def tasks() -> None:
 
 @tasks.command("list")
 def tasks_list():
-    """Registered tasks with their protocol version and main score.
+    """Registered tasks with their protocol version, main score and the label modes they score.
 
     \b
     Example:
@@ -896,8 +896,9 @@ def tasks_list():
     rows = []
     for name in sorted(TASKS.names()):
         cls = TASKS.get(name)
-        rows.append([name, cls.protocol_version, f"{cls.main_score[1]} ({cls.main_score[0]})", cls.description])
-    click.echo(tabulate(rows, headers=["task", "protocol", "main score", "what"], tablefmt="simple"))
+        rows.append([name, cls.protocol_version, f"{cls.main_score[1]} ({cls.main_score[0]})",
+                     ", ".join(cls.label_modes), cls.description])
+    click.echo(tabulate(rows, headers=["task", "protocol", "main score", "labels", "what"], tablefmt="simple"))
 
 
 @tasks.command("show")

@@ -45,8 +45,11 @@ def write_tiff_table(root: str | Path, *, per_class: int = 40, size: int = 32, g
     return table
 
 
-def write_channel_table(root: str | Path, *, per_class: int = 8, size: int = 32, seed: int = 0) -> Path:
-    """A multi-label table with one PNG per channel (``path:dna``, ``path:protein``), no group column."""
+def write_channel_table(root: str | Path, *, per_class: int = 8, size: int = 32, seed: int = 0,
+                        channels: tuple[str, ...] = ("dna", "protein"), groups: int = 0) -> Path:
+    """A multi-label table with one PNG per channel (``path:dna``, ``path:protein``: the first holds
+    a nucleus-like blob, the second the class texture); a ``group`` column of ``groups`` groups per
+    class when ``groups`` > 0, else none."""
     from PIL import Image
 
     root = Path(root)
@@ -55,16 +58,18 @@ def write_channel_table(root: str | Path, *, per_class: int = 8, size: int = 32,
     rows = []
     for k, c in enumerate(CLASSES):
         for j in range(per_class):
-            image = _image(rng, k, size, 2)
+            image = _image(rng, k, size, len(channels))
             files = {}
-            for ch, channel in enumerate(("dna", "protein")):
+            for ch, channel in enumerate(channels):
                 file = f"png/{c}_{j:03d}_{channel}.png"
                 Image.fromarray(image[ch]).save(root / file)
                 files[f"path:{channel}"] = file
-            rows.append({**files, "label": f"{c}|{CLASSES[(k + 2) % len(CLASSES)]}"})
+            group = {"group": f"{c}-g{j % groups}"} if groups else {}
+            rows.append({**files, "label": f"{c}|{CLASSES[(k + 2) % len(CLASSES)]}", **group})
     table = root / "cells.tsv"
     with open(table, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path:dna", "path:protein", "label"], delimiter="\t")
+        columns = [f"path:{channel}" for channel in channels] + ["label"] + (["group"] if groups else [])
+        writer = csv.DictWriter(fh, fieldnames=columns, delimiter="\t")
         writer.writeheader()
         writer.writerows(rows)
     return table

@@ -172,8 +172,8 @@ def test_data_info_and_card_init_on_the_command_line(tmp_path, channel_table):
 def test_tasks_refuse_a_label_mode_they_do_not_score(tiff_table):
     from ocbench.tasks import get_task
 
-    with pytest.raises(ConfigError, match="task fov-mlp scores multilabel labels; dataset 'local:my_images' is single"):
-        get_task("fov-mlp").for_dataset(dataset_card_for(tiff_table))
+    with pytest.raises(ConfigError, match="task finetune scores multilabel labels; dataset 'local:my_images' is single"):
+        get_task("finetune").for_dataset(dataset_card_for(tiff_table))
 
 
 def test_the_board_never_puts_two_label_modes_or_datasets_in_one_table():
@@ -212,8 +212,8 @@ def test_a_multilabel_table_runs_compares_and_builds_a_board_with_no_code(tmp_pa
         out = tmp_path / f"entries-{kind}"
         base = ["run", "--backbone", "classical-stats", "--dataset", str(table), "--channels",
                 "protein=protein,nucleus=nucleus", "--output", str(out)]
-        if kind == "real":  # cells from the classical backend (a table is not synthetic: auto would be cellpose)
-            cells = runner.invoke(cli, [*base, "--task", "sc-knn", "--set", "segmentation=classical"])
+        if kind == "real":  # cells from the classical backend (a table's default)
+            cells = runner.invoke(cli, [*base, "--task", "sc-knn"])
             assert cells.exit_code == 0, cells.output
         result = runner.invoke(cli, [*base, "--task", "fov-mlp,fov-linear" if kind == "real" else "fov-mlp"])
         assert result.exit_code == 0, result.output

@@ -92,6 +92,9 @@ class DatasetCard:
     task_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: A typical cell's diameter in pixels: single-cell crops are sized from it.
     cell_diameter_px: float | None = None
+    #: The segmentation backend single-cell tasks use when set to ``auto``: Cellpose (the paper's)
+    #: on OpenCell; ``classical`` (scikit-image, no model download, works offline) elsewhere.
+    segmentation: str = "classical"
     #: Where the data lives by default: ``"module:callable"`` returning a folder, or None.
     default_root: str | None = None
     #: How to get the data when the default folder is missing (shown in the error).
@@ -126,6 +129,8 @@ class DatasetCard:
             unknown = sorted(set(mapping) - set(self.channel_names))
             if unknown:
                 raise bad("channel_presets", f"preset {preset!r} names unknown channel(s) {', '.join(unknown)}")
+        if not isinstance(self.segmentation, str) or not self.segmentation:
+            raise bad("segmentation", "must name a segmentation backend (classical, cellpose)")
         if self.cell_diameter_px is not None and not self.cell_diameter_px > 0:
             raise bad("cell_diameter_px", "must be a positive number of pixels")
 
@@ -242,6 +247,7 @@ OPENCELL = register_dataset_card(
         obtain_hint="run `ocbench data download opencell` first, or pass --dataset DIR (or --dataset demo for the offline demo)",
         pixel_size_um=0.206,
         cell_diameter_px=80.0,  # about 16 um HEK293T cells at 0.206 um/px
+        segmentation="cellpose",  # the paper's masks
         url="https://opencell.czbiohub.org",
         citation=_OPENCELL_CITATION,
         license="CC BY 4.0 (images and annotations)",

@@ -153,6 +153,7 @@ def _write_card(dataset, folder: Path) -> None:
         "group_name": card.group_name,
         "pixel_size_um": card.pixel_size_um,
         "cell_diameter_px": card.cell_diameter_px,
+        "segmentation": card.segmentation,  # what sc-knn's auto cuts cells with, as on the original
         "synthetic": bool(card.synthetic),
         "license": card.license,
         "citation": card.citation,

@@ -13,7 +13,8 @@ One row per image:
 
 An optional sidecar card ``<table stem>.dataset.json`` (or ``.yaml``) beside the table names the
 dataset and gives channel names and order, class order, label mode, pixel size, cell diameter,
-description, licence, citation (``ocbench data card init TABLE`` writes one to edit). Without it
+the segmentation backend of single-cell tasks (default ``classical``), description, licence,
+citation (``ocbench data card init TABLE`` writes one to edit). Without it
 channels are ``ch0..chN`` (or the ``path:<channel>`` names), classes are the sorted distinct
 labels, the label mode is ``multilabel`` when any row has ``|``, and the name is ``local:<stem>``.
 
@@ -47,7 +48,7 @@ _IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 #: Sidecar fields a user may write (anything else is a typo, refused).
 SIDECAR_FIELDS = ("name", "description", "channel_names", "class_names", "label_mode", "group_name",
                   "pixel_size_um", "cell_diameter_px", "license", "citation", "url", "channel_presets",
-                  "task_defaults", "synthetic")
+                  "task_defaults", "synthetic", "segmentation")
 _NAME = re.compile(r"[^a-z0-9._-]+")
 
 

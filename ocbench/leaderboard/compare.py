@@ -67,6 +67,7 @@ def _comparable(a: Entry, b: Entry, pa: Path, pb: Path) -> None:
         ("main score", f"{a.main_score.eval_set}/{a.main_score.metric}", f"{b.main_score.eval_set}/{b.main_score.metric}"),
         ("protocol", a.protocol_version, b.protocol_version),
         ("dataset version", a.dataset.version[:12], b.dataset.version[:12]),
+        ("label mode", a.dataset.labels, b.dataset.labels),
     )
     for what, x, y in checks:
         if x != y:

@@ -182,7 +182,8 @@ def _per_class(table: Table, path: Path) -> None:
     rows = [r for r in table.computed_rows if r.per_class]
     comps = table.class_names
     data = np.array([[r.per_class.get(c, np.nan) for c in comps] for r in rows], dtype=float)
-    fig = _figure(1.0 + 0.45 * len(comps), 1.6 + 0.35 * len(rows))
+    # at least 6.5 in wide: a dataset with few classes still needs room for the row names and title
+    fig = _figure(max(6.5, 1.0 + 0.45 * len(comps)), 1.6 + 0.35 * len(rows))
     ax = fig.add_subplot()
     image = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(comps)), comps, rotation=60, ha="right", fontsize=8)

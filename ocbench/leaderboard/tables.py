@@ -667,6 +667,8 @@ def _group_details(key: GroupKey, first: Any, label: str, synthetic: bool) -> tu
     else:
         deviation = "on protocol (no overrides)"
     dataset = f"dataset {key.dataset_name} version {key.dataset_version[:12]} ({first.dataset.n_items} items)"
+    if key.label_mode == "single":
+        dataset += ", single-label: one class per item (softmax probes, argmax k-NN vote, majority-class chance reference)"
     details = [
         dataset + (f": {SYNTHETIC_NOTE}" if synthetic else ""),
         f"split {key.track} seed {first.split.seed} sha256 {key.split_sha256[:12]}",
@@ -726,8 +728,8 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
     if flagged:
         details += (f"{len(flagged)} row{'s' if len(flagged) > 1 else ''} flagged: predictions collapsed or at chance level (see notes)",)
     title = f"{key.task} · {key.track} track · {key.dataset_name} {key.dataset_version[:8]}" + (
-        " · synthetic data" if synthetic else ""
-    )
+        " · single-label" if key.label_mode == "single" else ""
+    ) + (" · synthetic data" if synthetic else "")
     if key.off_protocol:  # a table of overridden runs must not read like the protocol's own
         overrides = json.loads(key.overrides or "{}")
         title += " · off-protocol" + (f" ({', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))})" if overrides else "")

@@ -16,6 +16,12 @@ Protocol (the seed paper, section 2.6.1), per cross-validation fold ``k`` of ``K
    with a cosine to 0 (``CosineAnnealingLR(T_max=epochs)``), stepped after each epoch;
 5. predict ``sigmoid(logit) >= threshold``; score with :mod:`ocbench.tasks.metrics`.
 
+On a single-label dataset (card ``label_mode: single``) the classes compete for one label: the
+loss is softmax cross-entropy (mean over the batch) and the prediction is the argmax class (a
+one-hot row, so scoring, the interval and ``compare`` read it like a multi-label prediction);
+``threshold`` is then unused. The draw weights of step 3 are then 1 / the frequency of the row's
+class, and everything else is the same.
+
 Speed: the standardized training rows stay on the device as one tensor; batches are gathered
 with index tensors; the backward pass is written out over buffers allocated once (no autograd).
 Folds can be trained together as one "stacked" model (weights of shape ``(folds, d_in, d_out)``,
@@ -106,6 +112,7 @@ class FovProbe(TaskConfig):
 
     protocol_version: ClassVar[str] = PROTOCOL_VERSION
     main_score: ClassVar[tuple[str, str]] = ("val", "macro_f1")
+    label_modes: ClassVar[tuple[str, ...]] = ("multilabel", "single")
     #: Fold models retrained on shuffled labels for the shuffled-labels chance reference: one
     #: (fold 1's validation rows and the test set) adds a fifth of the probe's cost where all
     #: five would double it; a reference near chance needs no spread over folds to be read.
@@ -118,7 +125,7 @@ class FovProbe(TaskConfig):
     weight_decay: float = field(default=0.04, metadata={"help": "AdamW weight decay"})
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "AdamW moment decay rates"})
     adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
-    threshold: float = field(default=0.5, metadata={"help": "a class is predicted where its sigmoid output >= this"})
+    threshold: float = field(default=0.5, metadata={"help": "a class is predicted where its sigmoid output >= this (multi-label; single-label predicts the argmax class)"})
     standardize: bool = field(default=True, metadata={"help": "scale each feature to mean 0, std 1 on the fold's training rows"})
     resample: bool = field(default=True, metadata={"help": "draw each epoch's rows with replacement, weighted by 1 / frequency of their rarest label (False: a plain shuffle)"})
 
@@ -169,7 +176,7 @@ class FovProbe(TaskConfig):
             seed=context.seed, device=context.device, progress=context.progress,
             class_names=context.class_names, item_ids=list(dataset.ids), groups=dataset.groups,
             group_name=dataset.card.group_name,
-            references=True, label_mode=getattr(dataset.card, "label_mode", None) or "multilabel",
+            references=True, label_mode=dataset.card.label_mode,
             feature_standardization=getattr(context.backbone, "feature_standardization", "none"),
         )
 
@@ -200,6 +207,8 @@ class FovProbe(TaskConfig):
         ``item_ids``/``groups`` (N,) name the rows and the group each belongs to (``group_name``,
         the unit the test-set interval resamples); without ``groups`` each item is its own group.
         ``class_names``: the label columns' names (None: ``class_0``, ``class_1``, ...).
+        ``label_mode``: ``multilabel`` (sigmoid outputs, BCE) or ``single`` (one class per row:
+        softmax cross-entropy, argmax predictions).
         ``references``: also compute the chance references (:mod:`ocbench.chance`) on the same
         folds and test items, the shuffled-labels one by training this probe's first
         ``shuffled_reference_models`` fold models once more with the labels of the
@@ -218,6 +227,7 @@ class FovProbe(TaskConfig):
         common = dict(
             seed=seed, device=device, progress=progress, max_parallel_folds=max_parallel_folds,
             class_names=tuple(class_names), item_ids=item_ids, item_groups=groups, group_name=group_name, robust=robust,
+            label_mode=label_mode,
         )
         kept: dict[str, Any] = {}
         result = _run_probe(self, features, labels, test_idx, folds_idx, keep=kept, **common)
@@ -359,13 +369,14 @@ class _FoldPlan:
 
 def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, device, progress, max_parallel_folds, class_names,
                item_ids=None, item_groups=None, group_name="protein", fit_labels=None, keep=None, robust=False,
-               n_folds_trained=None):
+               n_folds_trained=None, label_mode="multilabel"):
     """``fit_labels``: labels to train on instead of ``labels`` (which are still what is scored);
     ``keep``: a dict that receives each fold model's predictions (``val``, ``test``: lists);
     ``robust``: without the z-score, standardise robustly on each fold's training rows;
-    ``n_folds_trained``: train only the first this many fold models (None: all)."""
+    ``n_folds_trained``: train only the first this many fold models (None: all);
+    ``label_mode``: ``single`` trains with softmax cross-entropy and predicts the argmax class."""
     from ocbench.predictions import Predictions
-    from ocbench.tasks.metrics import cross_validation_metrics, multilabel_scores
+    from ocbench.tasks.metrics import check_label_mode, cross_validation_metrics, multilabel_scores
 
     started = time.perf_counter()
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -374,6 +385,7 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
         raise ConfigError(f"max_parallel_folds: expected an integer >= 1, got {max_parallel_folds!r}")
     x, y, test, folds = _check_inputs(features, labels, test_idx, folds_idx, len(class_names))
     y_fit = y if fit_labels is None else _check_inputs(features, fit_labels, test_idx, folds_idx, len(class_names))[1]
+    single = check_label_mode(y, label_mode) == "single"
     dev = _resolve_device(device)
 
     plans = []
@@ -409,12 +421,12 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
         for group in groups:
             folds_text = f"fold{'s' if len(group) > 1 else ''} {','.join(str(p.fold + 1) for p in group)}/{len(folds)}"
             bar.set_description(report.describe(f"{cfg.name} {folds_text}"))
-            params, losses = _train_group(cfg, group, x, y_fit, dev, bar)
+            params, losses = _train_group(cfg, group, x, y_fit, dev, bar, single=single)
             for g, plan in enumerate(group):
                 final_loss[plan.fold] = losses[g]
                 fold_params = [(w[g], b[g]) for w, b in params]
-                val_pred = _predict(cfg, fold_params, plan.standardizer.apply(x[plan.val]), dev)
-                test_pred = _predict(cfg, fold_params, plan.standardizer.apply(x[test]), dev)
+                val_pred = _predict(cfg, fold_params, plan.standardizer.apply(x[plan.val]), dev, single)
+                test_pred = _predict(cfg, fold_params, plan.standardizer.apply(x[test]), dev, single)
                 val_scores[plan.fold] = multilabel_scores(y[plan.val], val_pred)
                 test_scores[plan.fold] = multilabel_scores(y[test], test_pred)
                 test_preds[plan.fold] = test_pred
@@ -483,8 +495,9 @@ def _matmul_per_fold(dev) -> bool:
     return dev.type == "cpu"
 
 
-def _train_group(cfg: FovProbe, group: list[_FoldPlan], x: np.ndarray, y: np.ndarray, dev, bar):
+def _train_group(cfg: FovProbe, group: list[_FoldPlan], x: np.ndarray, y: np.ndarray, dev, bar, single: bool = False):
     """Train the folds of ``group`` as one stacked model; return [(W, b) per layer], final losses.
+    ``single``: softmax cross-entropy over the classes (one label per row) instead of a BCE per class.
 
     The backward pass is written out (an MLP's is four lines) so that every activation, gradient
     and mask lives in a buffer allocated once: autograd's fresh tensors per op cost more than the
@@ -559,7 +572,9 @@ def _train_group(cfg: FovProbe, group: list[_FoldPlan], x: np.ndarray, y: np.nda
     # fold and only cost matmul time (4% of an epoch at OpenCell's size).
     last_rows = max(n - last for n in sizes)
     last_valid = torch.arange(last_rows, device=dev)[None, :] < torch.tensor([n - last for n in sizes], device=dev)[:, None]
-    last_weight = (last_valid.float() / last_valid.sum(1, keepdim=True) / C)[:, :, None]
+    # BCE is a mean over rows and classes, cross-entropy (single-label) over rows only
+    per_row = 1 if single else C
+    last_weight = (last_valid.float() / last_valid.sum(1, keepdim=True) / per_row)[:, :, None]
     epoch_loss = torch.zeros(G, device=dev)
 
     for epoch in range(cfg.epochs):
@@ -604,14 +619,22 @@ def _train_group(cfg: FovProbe, group: list[_FoldPlan], x: np.ndarray, y: np.nda
                 layer_in.append(a)
             logits = layer_in[-1]
 
-            # loss: per fold, the mean BCE over its rows and classes (padding rows weigh 0)
-            row_weight = last_weight if step == steps - 1 else 1.0 / (rows * C)
-            if track_loss:
-                with torch.no_grad():
-                    bce = F.binary_cross_entropy_with_logits(logits, y_b, reduction="none")
-                    epoch_loss += (bce * row_weight).sum((1, 2))
+            # loss: per fold, the mean BCE over its rows and classes, or the mean cross-entropy
+            # over its rows (single-label); padding rows weigh 0
+            row_weight = last_weight if step == steps - 1 else 1.0 / (rows * per_row)
             delta = deltas[-1][: G * rows].view(G, rows, C)
-            torch.sigmoid(logits, out=delta)
+            if single:
+                if track_loss:
+                    with torch.no_grad():
+                        ce = -(y_b * torch.log_softmax(logits, dim=2)).sum(2, keepdim=True)
+                        epoch_loss += (ce * row_weight).sum((1, 2))
+                delta.copy_(torch.softmax(logits, dim=2))
+            else:
+                if track_loss:
+                    with torch.no_grad():
+                        bce = F.binary_cross_entropy_with_logits(logits, y_b, reduction="none")
+                        epoch_loss += (bce * row_weight).sum((1, 2))
+                torch.sigmoid(logits, out=delta)
             delta.sub_(y_b).mul_(row_weight)  # d loss / d logits
 
             # backward
@@ -633,8 +656,9 @@ def _train_group(cfg: FovProbe, group: list[_FoldPlan], x: np.ndarray, y: np.nda
     return list(zip(weights, biases)), final
 
 
-def _predict(cfg: FovProbe, params, features: np.ndarray, dev) -> np.ndarray:
-    """Binary predictions of one fold's model (no dropout)."""
+def _predict(cfg: FovProbe, params, features: np.ndarray, dev, single: bool = False) -> np.ndarray:
+    """Binary predictions of one fold's model (no dropout): the classes whose sigmoid output
+    reaches the threshold, or (``single``) the one-hot row of the largest logit."""
     import torch
 
     with torch.inference_mode():
@@ -643,4 +667,6 @@ def _predict(cfg: FovProbe, params, features: np.ndarray, dev) -> np.ndarray:
             h = torch.addmm(b[0], h, w)
             if layer < len(params) - 1:
                 h = torch.relu(h)
+        if single:
+            return np.eye(h.shape[1], dtype=bool)[h.argmax(dim=1).cpu().numpy()]
         return (torch.sigmoid(h) >= cfg.threshold).cpu().numpy()

@@ -1,4 +1,4 @@
-"""Multi-label classification scores and their summary over folds (torch-free).
+"""Classification scores (multi-label, and single-label as one-hot rows) and their summary over folds (torch-free).
 
 Conventions, fixed here so every entry means the same thing:
 
@@ -11,6 +11,12 @@ Conventions, fixed here so every entry means the same thing:
 - ``macro_f1_all`` is the mean over all classes, absent ones scoring 0 (scikit-learn's default
   ``average="macro"``), kept as a secondary score;
 - summaries over folds come from :func:`ocbench.summaries.summarize` (mean, std with ``ddof=1``).
+
+Single-label data (dataset card ``label_mode: single``) is scored the same way: labels and
+predictions are one-hot rows, so a class's precision, recall and F1 are those of the multi-class
+confusion matrix, and ``macro_f1`` is scikit-learn's ``f1_score(average="macro")`` over the argmax
+labels restricted to the classes present in the evaluated set (equal to it whenever every class is
+present). One definition serves both modes, and so do the bootstrap intervals built on it.
 """
 
 from __future__ import annotations
@@ -19,15 +25,30 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ocbench.errors import DataError
+from ocbench.chance import LABEL_MODES
+from ocbench.errors import ConfigError, DataError
 from ocbench.stats import class_counts, macro_f1_from_counts
 from ocbench.summaries import summarize
 
-__all__ = ["MAIN_METRIC", "SCORE_KINDS", "multilabel_scores", "cross_validation_metrics"]
+__all__ = ["MAIN_METRIC", "SCORE_KINDS", "check_label_mode", "multilabel_scores", "cross_validation_metrics"]
 
 MAIN_METRIC = "macro_f1"
 #: Per-class scores kept per fold, besides ``support``.
 SCORE_KINDS: tuple[str, ...] = ("f1", "precision", "recall")
+
+
+def check_label_mode(labels: Any, label_mode: str) -> str:
+    """``label_mode``, after checking it is known and, for ``single``, that every row of the
+    (N, C) 0/1 ``labels`` holds exactly one class (one-line errors otherwise)."""
+    if label_mode not in LABEL_MODES:
+        raise ConfigError(f"label_mode must be one of {', '.join(LABEL_MODES)}, got {label_mode!r}")
+    if label_mode == "single":
+        counts = np.asarray(labels).sum(axis=1)
+        bad = np.flatnonzero(counts != 1)
+        if bad.size:
+            raise DataError(f"labels: single-label data needs exactly one class per item; item {int(bad[0])} has "
+                            f"{int(counts[bad[0]])} ({bad.size} such items); fix the labels or use label_mode multilabel")
+    return label_mode
 
 
 def _as_binary(name: str, y: Any) -> np.ndarray:

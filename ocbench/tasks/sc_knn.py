@@ -22,6 +22,10 @@ labels of grade-3 FOVs by default, or an expert file):
 4. positive where the score ``>= threshold`` (0.5); macro-F1 per k over the classes present
    (:mod:`ocbench.tasks.metrics`), one entry with the k axis (``main_k`` ranks).
 
+On a single-label dataset (card ``label_mode: single``) step 3-4 is DINO's k-NN classifier rule:
+the class with the largest weighted sum wins (a one-hot prediction; the lowest class index on an
+exact tie), ``threshold`` and ``normalization`` are unused, and everything else is the same.
+
 Computation is blocked: queries in chunks of rows, each chunk's similarity rows (chunk x N) in one
 reused buffer, the top-k kept per chunk and the vote done on the chunk, so memory is
 O(N * (D + k) + chunk * N), never N x N. On a GPU it runs there (TF32 off: fp32 similarities, so
@@ -135,11 +139,14 @@ def knn_predict(
     keep_neighbours: bool = True,
     return_scores: bool = False,
     progress: Progress | bool = False,
+    label_mode: str = "multilabel",
 ) -> KnnOutput:
     """Leave-one-out soft-vote k-NN of every row against the others (see the module docstring).
 
     ``features`` (N, D); ``labels`` (N, C) 0/1; ``groups`` (N,) (the FOV of each cell) is needed
-    for ``exclude="fov"``. ``chunk_rows`` (query rows per block) or ``memory_mb`` (budget for one
+    for ``exclude="fov"``. ``label_mode="single"``: each row is predicted the class with the largest
+    weighted sum (one-hot; no class for a query without candidates).
+    ``chunk_rows`` (query rows per block) or ``memory_mb`` (budget for one
     block's similarity rows; default 256 MiB on CPU, 1 GiB on GPU) only change speed and memory.
     """
     import torch
@@ -162,6 +169,9 @@ def knn_predict(
         raise ConfigError(f"ks must be integers >= 1, got {ks}")
     if exclude == "fov" and groups is None:
         raise ConfigError("exclude='fov' needs the group (FOV) of every item")
+    from ocbench.tasks.metrics import check_label_mode
+
+    single = check_label_mode(y, label_mode) == "single"
 
     dev = torch.device(device)
     k_max = min(max(ks), n)  # masked candidates come back as -inf and carry no weight
@@ -224,13 +234,18 @@ def knn_predict(
                 for k in ks:
                     kk = min(k, k_max) - 1
                     class_sum = votes[:, kk]
-                    if normalization == "weight-sum":
+                    if normalization == "weight-sum" or single:
                         denom = total[:, kk : kk + 1]
                     else:
                         denom = class_sum.amax(dim=1, keepdim=True)
                     # A zero denominator has zero class sums: the score is 0, not NaN.
                     score = class_sum / denom.clamp_min(1e-300)
-                    predictions[k][a:b] = (score >= float(threshold) - _TIE_TOLERANCE).cpu().numpy()
+                    if single:  # the weighted majority class; none for a query without candidates
+                        top = torch.zeros_like(class_sum, dtype=torch.bool)
+                        top[torch.arange(m, device=dev), class_sum.argmax(dim=1)] = True
+                        predictions[k][a:b] = (top & (total[:, kk : kk + 1] > 0)).cpu().numpy()
+                    else:
+                        predictions[k][a:b] = (score >= float(threshold) - _TIE_TOLERANCE).cpu().numpy()
                     if return_scores:
                         scores[k][a:b] = score.cpu().numpy()
                 if keep_neighbours:
@@ -256,15 +271,16 @@ class ScKnn(TaskConfig):
     requires: ClassVar[tuple[str, ...]] = ("skimage",)  # both segmentation backends use scikit-image
     extra: ClassVar[str | None] = "cells"  # scikit-image; Cellpose is checked by its backend when chosen
     description: ClassVar[str] = (
-        "Leave-one-out soft-vote k-NN on single-cell crops (Cellpose masks), macro-F1 per k (paper Table 4)"
+        "Leave-one-out soft-vote k-NN on single-cell crops (segmented cells), macro-F1 per k (paper Table 4)"
     )
+    label_modes: ClassVar[tuple[str, ...]] = ("multilabel", "single")
 
     #: neighbourhood sizes (the axis of the entry)
     ks: tuple[int, ...] = field(default=(1, 5, 10, 20, 50), metadata={"help": "neighbourhood sizes k (the entry's axis)"})
     #: the k whose score ranks the entry: the largest, as the paper's abstract quotes it (0.796)
     main_k: int = field(default=50, metadata={"help": "the k that ranks the entry (the paper's abstract quotes the largest)"})
     temperature: float = field(default=0.07, metadata={"help": "T of the neighbour weights exp(similarity / T) (DINO's)"})
-    threshold: float = field(default=0.5, metadata={"help": "a class is predicted where its normalised score >= this"})
+    threshold: float = field(default=0.5, metadata={"help": "a class is predicted where its normalised score >= this (multi-label; single-label predicts the weighted majority class)"})
     normalization: str = field(
         default="weight-sum",
         metadata={"help": "weight-sum: score = weighted fraction of neighbours with the class; max: divided by the top class"},
@@ -272,7 +288,8 @@ class ScKnn(TaskConfig):
     exclude: str = field(default="self", metadata={"help": "self: the query only (paper); fov: all cells of the query's FOV"})
     segmentation: str = field(
         default="auto",
-        metadata={"help": "cellpose (paper), classical, or auto: cellpose for real data, classical for synthetic data"},
+        metadata={"help": "cellpose (paper), classical, or auto: the dataset card's (cellpose on OpenCell, classical "
+                          "on the demo and a lab's own tables)"},
     )
     crop_size: int = field(
         default=512, metadata={"help": "crop cut and output size, px (default: from the dataset card's cell diameter)"}
@@ -332,13 +349,14 @@ class ScKnn(TaskConfig):
         return LabelPolicy(grade=self.label_grade, omit_fovs_with=tuple(self.omit_fovs_with))
 
     def backend_for(self, dataset_card: Any):
-        """The segmentation backend: ``auto`` is cellpose (the paper's) for real data and classical for
-        synthetic datasets (the demo's drawn cells; no model download, so the demo runs offline)."""
+        """The segmentation backend: ``auto`` is the dataset card's ``segmentation``: cellpose (the
+        paper's) on OpenCell, classical on the demo's drawn cells and on a lab's own tables (no model
+        download, so they run offline; Cellpose is an optional install a card or ``--set`` can ask for)."""
         from ocbench.data.cells import get_backend
 
         name = self.segmentation
         if name == "auto":
-            name = "classical" if getattr(dataset_card, "synthetic", False) else "cellpose"
+            name = dataset_card.segmentation
         return get_backend(name)
 
     def dataset_settings(self, dataset_card: Any) -> dict[str, Any]:
@@ -394,7 +412,7 @@ class ScKnn(TaskConfig):
             embeddings.features, evaluation.labels, evaluation.groups,
             class_names=context.class_names, device=context.device, seed=context.seed, progress=context.progress,
             item_ids=list(evaluation.ids), interval_groups=proteins, group_name=group_name,
-            references=True, label_mode=getattr(dataset.card, "label_mode", None) or "multilabel",
+            references=True, label_mode=dataset.card.label_mode,
             feature_standardization=getattr(context.backbone, "feature_standardization", "none"),
         )
         details = {
@@ -450,7 +468,7 @@ class ScKnn(TaskConfig):
         from ocbench.tasks.standardize import neighbour_diagnostics, standardize_robust
 
         vote = dict(temperature=self.temperature, threshold=self.threshold, normalization=self.normalization,
-                    exclude=self.exclude, groups=groups, device=device, chunk_rows=chunk_rows)
+                    exclude=self.exclude, groups=groups, device=device, chunk_rows=chunk_rows, label_mode=label_mode)
         standardization = None
         if feature_standardization == "robust":
             raw = knn_predict(features, y, ks=tuple(sorted({self.main_k, 2})), keep_neighbours=True, **vote)
