@@ -4,9 +4,9 @@ For each fraction F of OpenCell's real size (default 1/16, 1/8, 1/4; ``--full`` 
 proteins, ~6,550 FOVs of 2 x 600 x 600 uint16, ~150k cells, ~9 GB), writes a synthetic set in the
 OpenCell layout (``ocbench data demo --scale F``) into a temporary folder, runs every stage of the
 pipeline on it as its own ``python -m ocbench`` command, and deletes the folder. Per stage it prints
-wall time, peak RSS (the stage's own process, from ``wait4``), bytes it left on disk and items/s;
-then, over the scales, the growth exponent b of ``time ~ N^b`` (least squares on log-log, N = FOVs)
-and the command that reproduces the stage. b near 1 is linear; the k-NN's matmul grows as ~2
+wall time, peak RSS (the largest of the stage's process and the workers it waited for, from
+``wait4``), bytes it left on disk and items/s; then, over the scales, the growth exponent b of
+``time ~ N^b`` (least squares on log-log, N = FOVs) and the command that reproduces the stage. b near 1 is linear; the k-NN's matmul grows as ~2
 (``bench/knn.py`` bounds it against the bare matmul).
 
 Stages: generate (the synthetic set itself), scan (open the dataset, build its manifest: ``data
