@@ -547,22 +547,34 @@ def data_list():
 @click.option("--fovs-per-protein", type=click.IntRange(1), default=None, help="FOV images per protein (default: the demo's).")
 @click.option("--size", type=click.IntRange(32), default=None, help="FOV size in pixels.")
 @click.option("--seed", type=click.IntRange(0), default=None, help="Seed of the synthetic images and labels (default: the demo's).")
-def data_demo(root, proteins, fovs_per_protein, size, seed):
+@click.option("--scale", default=None, metavar="F",
+              help="A fraction of OpenCell's real size (e.g. 1/16; 1 = 1,310 proteins, ~6,550 FOVs of 600 px, "
+                   "~150k cells, ~9 GB) instead of the small demo. --proteins/--fovs-per-protein override it; --size "
+                   "shrinks fields and cells together.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes that render FOVs (the files are the same for any number).")
+def data_demo(root, proteins, fovs_per_protein, size, seed, scale, workers):
     """Write the synthetic demo dataset in the exact OpenCell raw layout.
 
     \b
     Example:
       ocbench data demo --root demo-data --proteins 20 --size 128
+      ocbench data demo --root opencell-sized --scale 1/16 --workers 4
     """
     import dataclasses
 
     from ocbench import paths
-    from ocbench.data.demo import DemoConfig, write_demo
+    from ocbench.data.demo import DemoConfig, parse_fraction, scaled_config, write_demo
 
+    if scale is not None and root is None:
+        raise click.UsageError("--scale writes a large set: give its folder with --root")
+    base = scaled_config(parse_fraction(scale), **({"size": size} if size else {})) if scale is not None else DemoConfig()
     given = {"proteins": proteins, "fovs_per_protein": fovs_per_protein, "size": size, "seed": seed}
-    config = dataclasses.replace(DemoConfig(), **{k: v for k, v in given.items() if v is not None})
-    out = write_demo(Path(root) if root else paths.demo_root(), config)
-    click.echo(f"wrote demo dataset: {out} ({config.proteins} proteins x {config.fovs_per_protein} FOVs, {config.size} px)")
+    if fovs_per_protein is not None:
+        given["fovs_per_protein_max"] = 0
+    config = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    out = write_demo(Path(root) if root else paths.demo_root(), config, workers=workers)
+    click.echo(f"wrote demo dataset: {out} ({config.proteins} proteins, {config.n_fovs} FOVs, {config.size} px)")
 
 
 @data.command("path")

@@ -16,6 +16,8 @@ TOY = {
     "extract.py": ["--model", "tiny-vit-random", "--fovs", "4", "--size", "32", "--repeats", "1", "--batch-size", "4"],
     "finetune.py": ["--global-crop", "32", "--local-crop", "16", "--local-crops", "2", "--out-dim", "256",
                     "--batch-size", "2", "--steps", "1", "--fov-size", "64", "--workers", "0"],
+    # Two tiny sets of 64 px fields (19 and 20 proteins), the quick stages (all of them take minutes).
+    "scale.py": ["--scales", "1/128,1/64", "--size", "64", "--workers", "1", "--stages", "scan,segment,embed-fovs"],
 }
 
 
@@ -29,6 +31,8 @@ def test_every_bench_has_a_toy_run():
     ("extract.py", ["--repeats", "0"], "--repeats: expected an integer >= 1"),
     ("extract.py", ["--workers", "x"], "--workers: expected an integer >= 0"),
     ("extract.py", ["--model", "nosuch"], "unknown backbone 'nosuch'"),
+    ("scale.py", ["--scales", "1/16,1/0"], "demo scale: expected a fraction like 1/16 or 0.25, got '1/0'"),
+    ("scale.py", ["--scales", "1/128", "--size", "64", "--stages", "scan,nosuch"], "--stages: unknown nosuch"),
 ])
 def test_bad_bench_arguments_are_one_error_line_and_exit_2(name, args, says, tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True, timeout=600,

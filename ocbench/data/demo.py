@@ -96,6 +96,12 @@ class DemoConfig:
     unlabelled_proteins: int = 2
     annotation_only_proteins: int = 1
     name_joined_proteins: int = 1
+    #: When above ``fovs_per_protein``, each protein gets a count drawn uniformly from
+    #: ``fovs_per_protein..fovs_per_protein_max`` (OpenCell has 4-6 per protein); 0 = all equal.
+    fovs_per_protein_max: int = 0
+    #: Fraction of the demo's packing density: 1 packs cells so most touch (the demo's dense
+    #: clumps); below 1 leaves gaps, as in OpenCell's fields (about 23 cells per 600 px FOV).
+    cell_density: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -110,6 +116,11 @@ class DemoConfig:
                 "name_joined_proteins must be between 0 and the number of labelled proteins",
             ),
             (self.seed >= 0, "seed must be >= 0"),
+            (
+                self.fovs_per_protein_max == 0 or self.fovs_per_protein <= self.fovs_per_protein_max <= 16,
+                "fovs_per_protein_max must be 0 or between fovs_per_protein and 16",
+            ),
+            (0.05 <= self.cell_density <= 1.0, "cell_density must be between 0.05 and 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -119,10 +130,17 @@ class DemoConfig:
     def labelled_proteins(self) -> int:
         return self.proteins - self.unlabelled_proteins
 
+    def fov_count(self, protein_index: int) -> int:
+        """How many FOVs protein ``protein_index`` gets (its own draw, so independent of the others)."""
+        if self.fovs_per_protein_max <= self.fovs_per_protein:
+            return self.fovs_per_protein
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0xF0C, protein_index]))
+        return int(rng.integers(self.fovs_per_protein, self.fovs_per_protein_max + 1))
+
     @property
     def n_fovs(self) -> int:
         """Number of image files written."""
-        return self.proteins * self.fovs_per_protein
+        return sum(self.fov_count(index) for index in range(self.proteins))
 
 
 @dataclass(frozen=True)
@@ -143,6 +161,52 @@ class DemoProtein:
             FovName(gene=self.gene, ensg=self.ensg, cid=self.cid, fid=10_000 + 16 * self.index + j)
             for j in range(fovs_per_protein)
         ]
+
+
+#: OpenCell's real size, for :func:`scaled_config`: proteins with images, FOV size (px), cell
+#: diameter (px at 0.2 um) and FOVs per protein (4-6, about 6,550 FOVs in all; OpenCell has ~6,800).
+OPENCELL_PROTEINS = 1310
+OPENCELL_FOV_SIZE = 600
+OPENCELL_CELL_DIAMETER = 80.0
+OPENCELL_FOVS_PER_PROTEIN = (4, 6)
+#: Packing density that gives about 23 cells per 600 px FOV (OpenCell: ~157k cells in ~6,800 FOVs).
+_OPENCELL_CELL_DENSITY = 0.38
+
+
+def scaled_config(fraction: float, seed: int = 0, size: int = OPENCELL_FOV_SIZE) -> DemoConfig:
+    """A demo at ``fraction`` of OpenCell's real size: ``round(fraction * 1,310)`` proteins (at least
+    the 17 classes' worth, so main labels still cover every class), 4-6 FOVs each, 600 px fields
+    with cells about 80 px across. ``fraction=1`` is about 6,550 FOVs, 150k cells and 9 GB.
+
+    A smaller ``size`` shrinks the cells with the field (same cells per FOV): a quick look only."""
+    if not (0 < fraction <= 1):
+        raise ConfigError(f"demo scale must be a fraction in (0, 1], like 1/16 or 0.25 (got {fraction})")
+    proteins = max(len(COMPARTMENTS) + 2, round(fraction * OPENCELL_PROTEINS))
+    low, high = OPENCELL_FOVS_PER_PROTEIN
+    return DemoConfig(
+        proteins=proteins,
+        fovs_per_protein=low,
+        fovs_per_protein_max=high,
+        size=size,
+        cell_radius=OPENCELL_CELL_DIAMETER / 2 * size / OPENCELL_FOV_SIZE,
+        cell_density=_OPENCELL_CELL_DENSITY,
+        seed=seed,
+    )
+
+
+def parse_fraction(text: str) -> float:
+    """``"1/16"``, ``"0.0625"`` or ``"1"`` as a float; a ConfigError names the bad text."""
+    try:
+        if "/" in text:
+            numerator, denominator = text.split("/", 1)
+            value = float(numerator) / float(denominator)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"demo scale: expected a fraction like 1/16 or 0.25, got {text!r}") from None
+    if not (0 < value <= 1):
+        raise ConfigError(f"demo scale must be in (0, 1], like 1/16 or 0.25 (got {text!r})")
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,10 +330,10 @@ def _outline_radius(cell: _Cell, theta: np.ndarray) -> np.ndarray:
     return cell.radius * r
 
 
-def _place_cells(rng: np.random.Generator, size: int, cell_radius: float) -> list[_Cell]:
+def _place_cells(rng: np.random.Generator, size: int, cell_radius: float, density: float = 1.0) -> list[_Cell]:
     # HEK293T grow in dense clumps: pack cells so that many touch; centres may lie just outside the
     # frame so that cells are cut at the edges like in a real crop.
-    coverage = rng.uniform(0.75, 1.0)
+    coverage = rng.uniform(0.75, 1.0) * density
     n_target = max(1, round(coverage * size * size / (math.pi * cell_radius**2)))
     min_dist = 1.3 * cell_radius
     margin = 0.3 * cell_radius
@@ -311,9 +375,9 @@ def _bbox(center: np.ndarray, reach: float, size: int) -> tuple[slice, slice] | 
     return slice(y0, y1), slice(x0, x1)
 
 
-def _build_field(rng: np.random.Generator, size: int, cell_radius: float) -> _Field:
+def _build_field(rng: np.random.Generator, size: int, cell_radius: float, density: float = 1.0) -> _Field:
     scale = cell_radius / 17.0
-    cells = _place_cells(rng, size, cell_radius)
+    cells = _place_cells(rng, size, cell_radius, density)
     labels = np.zeros((size, size), np.int32)
     best = np.full((size, size), np.inf, np.float32)  # normalized distance to the nearest centre
     nucleus_rho = np.full((size, size), np.inf, np.float32)
@@ -673,7 +737,8 @@ def _camera(rng: np.random.Generator, signal: np.ndarray, background: float, sca
     size = signal.shape[0]
     blurred = ndi.gaussian_filter(signal, 0.7 * scale)
     haze = ndi.gaussian_filter(signal, 6.0 * scale) * 0.06  # out-of-focus light
-    yy, xx = np.mgrid[0:size, 0:size] / size
+    yy, xx = np.ogrid[0:size, 0:size]  # a column and a row: broadcasting gives the same plane
+    yy, xx = yy / size, xx / size
     gy, gx = rng.uniform(-0.06, 0.06, 2)
     illumination = 1.0 + gy * (yy - 0.5) + gx * (xx - 0.5)
     expected = (background + blurred + haze) * illumination
@@ -691,7 +756,7 @@ def _render(protein: DemoProtein, fov_index: int, config: DemoConfig) -> tuple[n
     """The FOV image and the cell layout it was drawn from."""
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xF0F, protein.index, fov_index]))
     protein_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x9E0, protein.index]))
-    f = _build_field(rng, config.size, config.cell_radius)
+    f = _build_field(rng, config.size, config.cell_radius, config.cell_density)
     hoechst = _hoechst_signal(f, rng)
 
     # Protein: sum of its compartment patterns (weighted by grade) plus a faint diffuse fill,
@@ -750,15 +815,36 @@ def _is_replaceable(root: Path) -> bool:
     return (root / MARKER_FILE).is_file() or not any(root.iterdir())
 
 
-def write_demo(root: str | Path, config: DemoConfig = DemoConfig()) -> Path:
+def _write_fov(tmp: Path, protein: DemoProtein, fov_index: int, name: FovName, config: DemoConfig) -> list[dict]:
+    """Render and write one FOV; return its synthetic expert rows."""
+    import tifffile
+
+    path = tmp / name.relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image, layout = _render(protein, fov_index, config)
+    tifffile.imwrite(
+        path,
+        image,
+        photometric="minisblack",
+        metadata={"axes": "CYX"},
+        resolution=(50_000.0, 50_000.0),  # 5 px/um, as OpenCell writes it (unit: cm)
+        resolutionunit="CENTIMETER",
+    )
+    return _expert_records(protein, name.fov_id, layout, config)
+
+
+def write_demo(root: str | Path, config: DemoConfig = DemoConfig(), workers: int = 1) -> Path:
     """Write the synthetic demo dataset to ``root`` (replacing an earlier demo there) and return ``root``.
 
     All files are written to a temporary folder next to ``root`` that is renamed into place at the
     end, so an error or Ctrl-C leaves nothing behind (and an earlier demo untouched); the hidden
     temporary folder a ``kill -9`` leaves is removed by the next write (``atomic_dir`` cleans the
     stale temps of its target first).
+
+    FOVs are written one at a time (memory stays that of one FOV per worker, whatever the size).
+    ``workers`` > 1 renders them in that many processes; every FOV has its own seed, so the bytes
+    are the same as with one.
     """
-    import tifffile
     from tqdm import tqdm
 
     root = Path(root).expanduser()
@@ -767,30 +853,34 @@ def write_demo(root: str | Path, config: DemoConfig = DemoConfig()) -> Path:
             f"{root}: exists and is not an ocbench demo folder (no {MARKER_FILE}); "
             "choose a new or empty --root for the demo"
         )
+    if workers < 1:
+        raise ConfigError(f"demo workers must be >= 1 (got {workers})")
     proteins = demo_proteins(config)
     jobs = [
         (protein, j, name)
         for protein in proteins
         if protein.has_images
-        for j, name in enumerate(protein.fov_names(config.fovs_per_protein))
+        for j, name in enumerate(protein.fov_names(config.fov_count(protein.index)))
     ]
     from ocbench.data.cells import write_cell_labels
 
     expert: list[dict] = []
     with atomic_dir(root) as tmp:
-        for protein, fov_index, name in tqdm(jobs, desc="demo FOVs", unit="fov", disable=None):
-            path = tmp / name.relpath
-            path.parent.mkdir(parents=True, exist_ok=True)
-            image, layout = _render(protein, fov_index, config)
-            expert += _expert_records(protein, name.fov_id, layout, config)
-            tifffile.imwrite(
-                path,
-                image,
-                photometric="minisblack",
-                metadata={"axes": "CYX"},
-                resolution=(50_000.0, 50_000.0),  # 5 px/um, as OpenCell writes it (unit: cm)
-                resolutionunit="CENTIMETER",
-            )
+        if workers == 1:
+            done = (_write_fov(tmp, protein, j, name, config) for protein, j, name in jobs)
+            for rows in tqdm(done, total=len(jobs), desc="demo FOVs", unit="fov", disable=None):
+                expert += rows
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: the workers import only this module, whatever the caller has loaded (threads, torch)
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                job_proteins, job_indices, job_names = zip(*jobs)
+                done = pool.map(_write_fov, [tmp] * len(jobs), job_proteins, job_indices, job_names,
+                                [config] * len(jobs), chunksize=4)
+                for rows in tqdm(done, total=len(jobs), desc="demo FOVs", unit="fov", disable=None):
+                    expert += rows  # in job order, as with one worker
         with open(tmp / ANNOTATIONS_FILE, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(["ensg_id", "target_name", "annotation_name", "annotation_grade"])
@@ -799,9 +889,19 @@ def write_demo(root: str | Path, config: DemoConfig = DemoConfig()) -> Path:
                     writer.writerow([protein.annotation_ensg, protein.gene, compartment, grade])
         if expert:
             write_cell_labels(tmp / EXPERT_CELL_LABELS_FILE, expert)
-        marker = {"format": DEMO_FORMAT, "config": asdict(config), "n_fovs": len(jobs)}
+        marker = {"format": DEMO_FORMAT, "config": _marker_config(config), "n_fovs": len(jobs)}
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return root
+
+
+def _marker_config(config: DemoConfig) -> dict:
+    """The config as the marker records it. Options added after a demo format was fixed are left
+    out at their defaults, so an existing demo (same bytes) stays current."""
+    recorded = asdict(config)
+    for name in ("fovs_per_protein_max", "cell_density"):
+        if recorded[name] == DemoConfig.__dataclass_fields__[name].default:
+            del recorded[name]
+    return recorded
 
 
 def _demo_is_current(root: Path, config: DemoConfig) -> bool:
@@ -811,7 +911,7 @@ def _demo_is_current(root: Path, config: DemoConfig) -> bool:
         return False
     return (
         marker.get("format") == DEMO_FORMAT
-        and marker.get("config") == asdict(config)
+        and marker.get("config") == _marker_config(config)
         and (root / ANNOTATIONS_FILE).is_file()
     )
 
