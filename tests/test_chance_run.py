@@ -16,7 +16,7 @@ from ocbench.leaderboard.compare import compare_entries
 from ocbench.leaderboard.summary import format_warnings
 from ocbench.predictions import load_predictions
 from ocbench.stats import macro_f1
-from tests.demo_data import labelled_demo
+from demo_data import labelled_demo
 
 FAST = ("epochs=3",)
 
