@@ -275,7 +275,7 @@ def collapse_warnings(
     - ``few-classes-predicted``: on average over the models, no item is predicted positive for more
       than half of the classes present in ``y_true``;
     - ``chance-level``: the score's interval reaches the best chance reference's interval (or its
-      mean, when it has none)."""
+      mean, when it has none); the message says "lies below" when it is wholly under that mean."""
     t = np.asarray(y_true).astype(bool)
     p = np.asarray(y_pred).astype(bool)
     if p.ndim == 2:
@@ -302,7 +302,9 @@ def collapse_warnings(
         ref = best["scores"][eval_set]["macro_f1"]
         ref_high = (ref.get("interval") or {}).get("high", ref["mean"])
         if interval["low"] <= ref_high:
+            # An interval wholly under the reference's mean is worse than chance, not level with it.
+            where = "lies below" if interval["high"] < ref["mean"] else "reaches"
             out.append({"kind": "chance-level",
-                        "message": f"{eval_set} macro-F1 interval [{interval['low']:.3f}, {interval['high']:.3f}] reaches the "
+                        "message": f"{eval_set} macro-F1 interval [{interval['low']:.3f}, {interval['high']:.3f}] {where} the "
                                    f"best chance reference ({best['name']} {ref['mean']:.3f}, up to {ref_high:.3f})"})
     return out

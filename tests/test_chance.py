@@ -98,3 +98,12 @@ def test_an_interval_reaching_the_best_reference_is_flagged():
             {"name": "class-prior", "scores": {"test": {"macro_f1": {"mean": 0.30}}}}]
     (w,) = collapse_warnings(y, y[None], interval={"low": 0.44, "high": 0.6}, references=refs, eval_set="test")
     assert w["kind"] == "chance-level" and "all-positive 0.400" in w["message"]
+    assert "reaches the best chance reference" in w["message"]
+
+
+def test_an_interval_wholly_under_the_reference_is_said_to_lie_below_it():
+    rng = np.random.default_rng(6)
+    y = _labels(rng, 50, 5)
+    refs = [{"name": "all-positive", "scores": {"test": {"macro_f1": {"mean": 0.40, "interval": {"high": 0.45}}}}}]
+    (w,) = collapse_warnings(y, y[None], interval={"low": 0.02, "high": 0.05}, references=refs, eval_set="test")
+    assert w["kind"] == "chance-level" and "[0.020, 0.050] lies below the best chance reference" in w["message"]
