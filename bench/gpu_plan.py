@@ -320,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{'masked' if crop.mask_outside else 'unmasked'}): {inputs['crops_per_s_per_core']:.0f} crops/s per core; "
           f"with its share of the decode {1 / cell_s_per_core:.0f} cells/s per core")
     print(f"  float32 matmul (torch.mm 1024^3, {threads} threads): {cpu_rate / 1e9:.1f} GFLOP/s")
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        kind = next((g for g in GPU_TYPES if g in name.upper()), None)
+        rows = f"the '{kind} x1' rows" if kind else "no row (not an H100 or H200)"
+        print(f"  this machine has {torch.cuda.device_count()} x {name}: bench/device_checks.sh's figures compare with {rows}")
     print()
     print("Model FLOPs per item (torch FlopCounterMode on the card's random-init architecture, meta device), "
           f"and what one GPU eats against what {args.cores_per_gpu} cores decode:")
