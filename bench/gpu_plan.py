@@ -49,7 +49,7 @@ from _args import fraction, positive_float, positive_int, run  # bench/_args.py:
 from extract import _PEAK_TFLOPS  # NVIDIA datasheet peaks (dense), one table for every bench script
 from probe import forward_flops, layer_dims, matmul_rate, synthetic_problem, training_flops
 
-#: The paper's single-cell crops after filtering (PROTOCOL.md section 6: ~158,762 masks -> 157,504 crops).
+#: The paper's single-cell crops after filtering (the seed paper: about 158,762 Cellpose masks -> 157,504 crops).
 PAPER_N_CELLS = 157_504
 GPU_TYPES = ("H100", "H200")
 
