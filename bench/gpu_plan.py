@@ -25,8 +25,8 @@ matmul rate. On a shared machine these figures are low and noisy; on a lent GPU 
 ``bash bench/device_checks.sh`` prints its measured figures (images/s, MFU, probe and k-NN wall
 time) before this plan, to be read against it.
 
-    python bench/gpu_plan.py                  # the paper's sizes, about 20 s
-    python bench/gpu_plan.py --quick          # shorter timing windows, a few seconds
+    python bench/gpu_plan.py                  # 2 s timing windows: about 20 s of CPU
+    python bench/gpu_plan.py --quick          # 0.3 s windows: about 10 s of CPU, most of it counting FLOPs
     python bench/gpu_plan.py --mfu 0.3 --cores-per-gpu 8 --json plan.json
 """
 
@@ -122,7 +122,7 @@ def count_model(backbone: str, strategy: str, setting: str, side: int, counted: 
         with torch.device("meta"):
             features, _ = build_features(card)
         counter = FlopCounterMode(display=False)
-        with torch.inference_mode(), counter:
+        with torch.no_grad(), counter:
             features(views[0].to("meta"))
         counted[key] = float(counter.get_total_flops())
     label = strategy if setting != "fine-tuned" else f"{strategy}, fine-tuned"
