@@ -356,9 +356,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt_s(s.other_s):>13s}{_fmt_s(s.estimate_s):>11s}  {s.bound}")
     print("  totals per config: " + "; ".join(
         f"{label} {_fmt_s(sum(s.estimate_s for s in stages if s.config == label))}" for label, _, _ in configs))
+    bench_steps = probe_cost(probes[0], table1[0].feature_dim, n_fovs, args.seed, stacked=True, references=False)[1]
     print("Notes: probe and k-NN run on every torchrun rank (ocbench.benchmark.distributed), so 8 GPUs do not shorten "
-          "them; this CPU's row uses the measured matmul rate as its peak (MFU 1) and trains probe folds one at a time; "
-          "not planned: segmentation (Cellpose, once per dataset, cached), model loading, writing shards.")
+          f"them. bench/probe.py --device cuda trains {probes[0].name}'s CV folds only, stacked: {bench_steps:,} steps, "
+          "so its wall time / that is the --step-ms to plan with. The k-NN runs over all the cells here; its evaluation "
+          "cells (grade-3 FOVs) are fewer, so its row is an upper bound. This CPU's row uses the measured matmul rate "
+          "as its peak (MFU 1) and trains probe folds one at a time. Not planned: segmentation (Cellpose, once per "
+          "dataset, cached), model loading, writing shards.")
     print("reproduce: python bench/gpu_plan.py " + " ".join(sys.argv[1:] if argv is None else argv))
 
     if args.json:
@@ -380,14 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def probe_cost(task, dim: int, n: int, seed: int, *, stacked: bool) -> tuple[float, int]:
-    """(matmul FLOPs, optimizer steps) of one probe run: the CV folds plus the shuffled-label reference
-    models, each trained ``epochs`` x ceil(n_train / batch) steps; on a GPU the CV folds train stacked
-    (one step for all of them), on CPU one at a time."""
+def probe_cost(task, dim: int, n: int, seed: int, *, stacked: bool, references: bool = True) -> tuple[float, int]:
+    """(matmul FLOPs, optimizer steps) of one probe run: the CV folds plus (``references``, as ``ocbench
+    run`` trains them) the shuffled-label reference models, each trained ``epochs`` x ceil(n_train /
+    batch) steps; on a GPU the CV folds train stacked (one step for all of them), on CPU one at a time."""
     _, _, test_idx, folds = synthetic_problem(n, 1, seed)  # bench/probe.py's split sizes
     dims = layer_dims(task, dim)
     n_train = [sum(len(f) for j, f in enumerate(folds) if j != k) for k in range(len(folds))]
-    extra = list(n_train[: task.shuffled_reference_models])  # shuffled-label reference: fold models once more
+    extra = list(n_train[: task.shuffled_reference_models]) if references else []  # shuffled-label reference: fold models once more
     examples = sum(n_train + extra) * task.epochs
     evaluated = sum(len(f) + len(test_idx) for f in folds) + sum(len(folds[k]) + len(test_idx) for k in range(len(extra)))
     flops = training_flops(dims, examples, rule="exact") + forward_flops(dims, evaluated)
