@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
           f"them. bench/probe.py --device cuda trains {probes[0].name}'s CV folds only, stacked: {bench_steps:,} steps, "
           "so its wall time / that is the --step-ms to plan with. The k-NN runs over all the cells here; its evaluation "
           "cells (grade-3 FOVs) are fewer, so its row is an upper bound. This CPU's row uses the measured matmul rate "
-          "as its peak (MFU 1) and trains probe folds one at a time. Not planned: segmentation (Cellpose, once per "
+          "as its peak (MFU 1) and trains probe folds one at a time. Not planned: training the opencell-dino backbones "
+          "(DINO, bench/finetune.py), segmentation (Cellpose, once per "
           "dataset, cached), model loading, writing shards.")
     print("reproduce: python bench/gpu_plan.py " + " ".join(sys.argv[1:] if argv is None else argv))
 
