@@ -184,11 +184,12 @@ def measure_inputs(tiffs: int, side: int, crop_settings, seconds: float, seed: i
         image = read_fov(paths[0])
     rng = np.random.default_rng(seed)
     centres = rng.uniform(0.2 * side, 0.8 * side, size=(8, 2))
-    mask = np.zeros((side, side), dtype=bool)  # a round cell at each centre would do; the crop cost does not depend on it
+    mask = np.zeros((side, side), dtype=bool)  # any mask: the crop's cost does not depend on its shape
     mask[side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = True
     crops_per_s = per_item_rate([lambda c=c: crop_cell(image, c, crop_settings, mask) for c in centres], seconds)
-    return {"tiffs": tiffs, "compression": compression, "file_mb": file_bytes / 1e6, "decode_fovs_per_s_per_core": fovs_per_s,
-            "decode_mb_per_s_per_core": fovs_per_s * file_bytes / 1e6, "crops_per_s_per_core": crops_per_s}
+    return {"tiffs": tiffs, "compression": compression, "file_mb": file_bytes / 1e6,
+            "decode_fovs_per_s_per_core": fovs_per_s, "decode_mb_per_s_per_core": fovs_per_s * file_bytes / 1e6,
+            "crops_per_s_per_core": crops_per_s}
 
 
 def _fmt_s(seconds: float | None) -> str:
@@ -285,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         # Table 1: one extraction per row, then every probe on it
         fov_s = n_fovs / (inputs["decode_fovs_per_s_per_core"] * cores)  # one extraction's decode
         parts = tuple((m.flops * n_fovs / ext_rate, fov_s) for m in table1)
-        stages.append(Stage("Table 1", "extract", label, f"{len(table1)} x {n_fovs:,} FOVs", sum(m.flops for m in table1) * n_fovs,
-                            sum(c for c, _ in parts), sum(o for _, o in parts), "input", parts))
+        stages.append(Stage("Table 1", "extract", label, f"{len(table1)} x {n_fovs:,} FOVs",
+                            sum(m.flops for m in table1) * n_fovs, sum(c for c, _ in parts), sum(o for _, o in parts),
+                            "input", parts))
         probe_flops, probe_steps = 0.0, 0
         for m in table1:
             for task in probes:
@@ -298,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
                             probe_flops, probe_flops / gemm_rate, steps_s, "steps"))
         # Table 4: one extraction of every cell per row, then the k-NN
         parts = tuple((m.flops * n_cells / ext_rate, n_cells * cell_s_per_core / cores) for m in table4)
-        stages.append(Stage("Table 4", "extract", label, f"{len(table4)} x {n_cells:,} cells", sum(m.flops for m in table4) * n_cells,
-                            sum(c for c, _ in parts), sum(o for _, o in parts), "input", parts))
+        stages.append(Stage("Table 4", "extract", label, f"{len(table4)} x {n_cells:,} cells",
+                            sum(m.flops for m in table4) * n_cells, sum(c for c, _ in parts), sum(o for _, o in parts),
+                            "input", parts))
         passes = 2  # the vote and its shuffled-label chance reference (ScKnn.run with references=True)
         knn_flops = sum(passes * 2.0 * n_cells * n_cells * m.feature_dim * m.views for m in table4)
         stages.append(Stage("Table 4", "k-NN", label, f"{len(table4)} x {passes} passes, N = {n_cells:,}",
@@ -392,7 +395,8 @@ def probe_cost(task, dim: int, n: int, seed: int, *, stacked: bool, references: 
     _, _, test_idx, folds = synthetic_problem(n, 1, seed)  # bench/probe.py's split sizes
     dims = layer_dims(task, dim)
     n_train = [sum(len(f) for j, f in enumerate(folds) if j != k) for k in range(len(folds))]
-    extra = list(n_train[: task.shuffled_reference_models]) if references else []  # shuffled-label reference: fold models once more
+    # the shuffled-label reference trains the first fold models once more
+    extra = list(n_train[: task.shuffled_reference_models]) if references else []
     examples = sum(n_train + extra) * task.epochs
     evaluated = sum(len(f) + len(test_idx) for f in folds) + sum(len(folds[k]) + len(test_idx) for k in range(len(extra)))
     flops = training_flops(dims, examples, rule="exact") + forward_flops(dims, evaluated)
