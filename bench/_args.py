@@ -25,6 +25,25 @@ positive_int = _int_at_least(1)
 positive_or_zero = _int_at_least(0)
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def run(main: Callable[[], int | None]) -> None:
     """Run a bench's ``main``: ocbench's own errors are one line on stderr and exit code 2."""
     from ocbench.errors import OcbenchError

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of bench/ and the CUDA-only tests in one run (random-init models: no download
-# needed). Each step has a time limit, 9 minutes in all. Every figure goes to stdout and to
-# $OUT/<name>.txt; a step that fails or runs past its limit is reported and the next one runs.
+# needed). Each step has a time limit, 9.5 minutes in all. Every figure goes to stdout and to
+# $OUT/<name>.txt; a step that fails or runs past its limit is reported and the next one runs. The
+# last step prints bench/gpu_plan.py's plan for the paper's grids, to read the figures against.
 #
 #   bash bench/device_checks.sh                  # on a CUDA machine
 #   bash bench/device_checks.sh cpu --quick      # the same steps at toy sizes, to check the script
@@ -29,9 +30,9 @@ step() {  # step NAME SECONDS COMMAND...
 }
 
 if [ "$QUICK" = "--quick" ]; then
-  SIZE=64; FOVS=8; PROBE_EPOCHS=3; PROBE_N=800; KNN_N=2000; FT_SIZE=128; FT_ARGS="--arch vit_tiny_patch16_224 --global-crop 64 --local-crop 32 --local-crops 2 --out-dim 256 --steps 2 --batch-size 4"
+  PLAN_ARGS="--quick"; SIZE=64; FOVS=8; PROBE_EPOCHS=3; PROBE_N=800; KNN_N=2000; FT_SIZE=128; FT_ARGS="--arch vit_tiny_patch16_224 --global-crop 64 --local-crop 32 --local-crops 2 --out-dim 256 --steps 2 --batch-size 4"
 else
-  SIZE=600; FOVS=64; PROBE_EPOCHS=300; PROBE_N=6120; KNN_N=157504; FT_SIZE=600; FT_ARGS="--arch vit_base_patch8_224 --batch-size 64 --steps 6 --workers 12"
+  PLAN_ARGS="--seconds 1"; SIZE=600; FOVS=64; PROBE_EPOCHS=300; PROBE_N=6120; KNN_N=157504; FT_SIZE=600; FT_ARGS="--arch vit_base_patch8_224 --batch-size 64 --steps 6 --workers 12"
 fi
 
 $PY - <<'EOF' | tee "$OUT/device.txt"
@@ -57,6 +58,7 @@ for precision in fp32 bf16; do
 done
 
 # The paper probe (5 folds x 300 epochs, batch 512); on CUDA the folds train as one stacked model.
+# Three runs (--repeats, the default): the median ratio and its min-max.
 step probe 60 $PY bench/probe.py --device "$DEVICE" --epochs $PROBE_EPOCHS --n $PROBE_N
 
 # Leave-one-out k-NN over the paper's 157,504 single-cell embeddings: peak memory and matmul ratio.
@@ -97,6 +99,11 @@ fi
 export -f torchrun_check
 export OUT PY TR_DEVICE NPROC
 step torchrun 60 bash -c torchrun_check
+
+# The plan: FLOPs counted per backbone, decode/crop rates measured here (on this machine's cores),
+# the estimated time of the paper's Table 1 and Table 4 grids on 1 and 8 GPUs (assumed MFU).
+# shellcheck disable=SC2086
+step gpu-plan 30 $PY bench/gpu_plan.py $PLAN_ARGS
 
 echo "== results in $OUT/"
 if [ ${#failed[@]} -gt 0 ]; then

@@ -189,7 +189,10 @@ def _model_flop(backbone, views) -> float:
     return float(counter.get_total_flops())
 
 
-#: Dense peak TFLOP/s (no sparsity) by GPU name fragment and precision, from the vendors' data sheets.
+#: Dense peak TFLOP/s (no sparsity) by GPU name fragment and precision, from the vendors' data sheets:
+#: NVIDIA H100 SXM and H200 SXM, BF16 Tensor Core 1,979 TFLOPS with 2:4 sparsity = 989 dense, FP32 67
+#: (the PCIe/NVL cards are lower: pass --peak-tflops); A100 SXM, BF16 312 dense, FP32 19.5.
+#: bench/gpu_plan.py plans with the same table.
 _PEAK_TFLOPS = {"H200": {"bf16": 989.0, "fp32": 67.0}, "H100": {"bf16": 989.0, "fp32": 67.0},
                 "A100": {"bf16": 312.0, "fp32": 19.5}}
 

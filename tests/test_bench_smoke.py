@@ -11,7 +11,8 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 TOY = {
-    "probe.py": ["--n", "400", "--dim", "16", "--epochs", "2"],
+    "probe.py": ["--n", "400", "--dim", "16", "--epochs", "2", "--repeats", "2"],
+    "gpu_plan.py": ["--quick", "--gpu-types", "H100", "--gpus", "1"],
     "knn.py": ["--n", "1500", "--dim", "16", "--ks", "1,5", "--cells-per-fov", "10"],
     "extract.py": ["--model", "tiny-vit-random", "--fovs", "4", "--size", "32", "--repeats", "1", "--batch-size", "4"],
     "finetune.py": ["--global-crop", "32", "--local-crop", "16", "--local-crops", "2", "--out-dim", "256",
