@@ -493,10 +493,10 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
     else:
         emb = extract(ds)
         if export_path and _is_main_rank():
-            from ocbench.data import cells as cell_data
+            from ocbench.data.export import export_embeddings
 
             groups = [str(g) for g in ds.groups]
-            path = cell_data.export_embeddings(export_path, emb.features, emb.fov_ids, ds.labels, groups, ds.card.class_names)
+            path = export_embeddings(export_path, emb.features, emb.fov_ids, ds.labels, groups, ds.card.class_names)
             click.echo(f"wrote {path}")
     m = emb.meta
     state = "cache hit" if m.get("cache_hit") else f"extracted in {m.get('wall_time_s', 0):.1f} s ({m.get('images_per_s', 0):.1f} images/s)"
