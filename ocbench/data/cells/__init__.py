@@ -49,6 +49,8 @@ One module per job (this package re-exports their public names):
 - :mod:`~ocbench.data.cells.crops`: the crops a task embeds and the evaluation set;
 - :mod:`~ocbench.data.cells.expert`: the expert cell-label file;
 - :mod:`~ocbench.data.cells.report`: ``ocbench data cells``'s summary, contact sheet and export.
+
+Which cells a task takes (these settings, as ``--set`` keys) is :class:`ocbench.tasks.cell_task.CellSelection`.
 """
 
 from __future__ import annotations
