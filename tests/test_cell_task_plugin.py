@@ -69,3 +69,16 @@ def test_the_documented_cell_task_runs_through_ocbench_run(module_cache, tmp_pat
     assert score == pytest.approx(macro_f1(predictions.y_true, y_pred[0]))
     baseline = macro_f1(predictions.y_true, np.ones_like(predictions.y_true))
     assert score > baseline
+
+
+def test_sc_knn_keeps_its_settings_in_order_and_holds_the_cell_selection():
+    """sc-knn's task_config keys (and their order) are what its entries have always recorded."""
+    from ocbench.data.cards import OPENCELL
+    from ocbench.tasks.sc_knn import ScKnn
+
+    assert ScKnn.keys() == ["ks", "main_k", "temperature", "threshold", "normalization", "exclude", *CellSelection.keys()]
+    assert CellSelection.keys() == ["segmentation", "crop_size", "zoom", "mask_crops", "black_percentile", "label_grade",
+                                    "omit_fovs_with", "cell_labels"]
+    task = ScKnn().for_dataset(OPENCELL)
+    assert task.selection == CellSelection().for_dataset(OPENCELL)  # `data cells` takes the cells sc-knn takes
+    assert task.to_dict()["omit_fovs_with"] == ["big_aggregates"] and not task.protocol_deviations()

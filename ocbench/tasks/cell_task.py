@@ -110,10 +110,14 @@ class CellSelection:
         keys, changes = self.keys(), {}
         for assignment in assignments:
             key, sep, raw = (s.strip() for s in str(assignment).partition("="))
-            if not sep or key not in keys:
-                close = difflib.get_close_matches(key, keys, n=1) if sep else []
+            if not sep or not key:
+                raise ConfigError(f"cell selection: {assignment!r} is not key=value; valid keys: {', '.join(keys)}")
+            if key not in keys:
+                close = difflib.get_close_matches(key, keys, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(f"cell selection: unknown setting {assignment!r}{hint}; valid keys: {', '.join(keys)}")
+                raise ConfigError(f"cell selection: unknown setting {key!r}{hint}; valid keys: {', '.join(keys)}")
+            if key in changes:
+                raise ConfigError(f"cell selection: setting {key!r} given twice; give each key once")
             try:
                 changes[key] = _parse_value(raw, hints[key])
             except ValueError as exc:
