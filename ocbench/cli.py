@@ -433,10 +433,10 @@ def finetune(backbone, from_scratch, channels, epochs, fraction, resume, track, 
 @click.option("--backbone", required=True, help="Backbone card name, or timm:NAME[.TAG], hf-hub:ORG/NAME[@REV], local:DIR.")
 @click.option("--channels", default=None, help="Channel strategy (default: the card's); see `ocbench run --help`.")
 @click.option("--recompute", is_flag=True, help="Discard this key's cached embeddings and extract again.")
-@click.option("--cells", is_flag=True, help="Embed the single-cell evaluation crops (as the sc-knn task selects them) instead of FOVs.")
+@click.option("--cells", is_flag=True, help="Embed the single-cell evaluation crops (the dataset card's cell selection, as the single-cell tasks take them) instead of FOVs.")
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-    help="With --cells: sc-knn settings that choose the cells (segmentation, crop_size, zoom, label_grade, ...).",
+    help="With --cells: cell selection settings that choose the cells (segmentation, crop_size, zoom, label_grade, ...).",
 )
 @click.option(
     "--export", "export_path", type=click.Path(dir_okay=False), default=None,
@@ -464,11 +464,11 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
 
     card = resolve_backbone(backbone)
     adapter = parse_channels(channels, card, dataset_card_for(dataset))
-    task = None
+    selection = None
     if cells:
-        from ocbench.tasks import get_task
+        from ocbench.tasks.cell_task import CellSelection
 
-        task, _ = get_task("sc-knn").for_dataset(dataset_card_for(dataset)).with_overrides(overrides)
+        selection = CellSelection().for_dataset(dataset_card_for(dataset)).with_overrides(overrides)
     elif overrides:
         raise click.UsageError("--set applies to --cells (the settings that choose the cells)")
     device = _join_ranks(device)
@@ -477,14 +477,14 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
         extract_embeddings, backbone=card, adapter=adapter, batch_size=batch_size, device=device,
         num_workers=workers, recompute=recompute, progress=_is_main_rank(),
     )
-    if task is not None:
+    if selection is not None:
         from ocbench.data import cells as cell_data
         from ocbench.tasks import Progress
 
         from ocbench.benchmark import distributed
 
         # segmentation fills a shared cache: under torchrun rank 0 segments, the other ranks read
-        _, evaluation = distributed.main_first(lambda: task.evaluation_cells(ds, progress=Progress(_is_main_rank())))
+        _, evaluation = distributed.main_first(lambda: selection.evaluation_cells(ds, progress=Progress(_is_main_rank())))
         emb = extract(evaluation.crops)  # under torchrun every rank takes part; rank 0 alone writes
         if export_path:
             if _is_main_rank():
@@ -493,10 +493,10 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
     else:
         emb = extract(ds)
         if export_path and _is_main_rank():
-            from ocbench.data import cells as cell_data
+            from ocbench.data.export import export_embeddings
 
             groups = [str(g) for g in ds.groups]
-            path = cell_data.export_embeddings(export_path, emb.features, emb.fov_ids, ds.labels, groups, ds.card.class_names)
+            path = export_embeddings(export_path, emb.features, emb.fov_ids, ds.labels, groups, ds.card.class_names)
             click.echo(f"wrote {path}")
     m = emb.meta
     state = "cache hit" if m.get("cache_hit") else f"extracted in {m.get('wall_time_s', 0):.1f} s ({m.get('images_per_s', 0):.1f} images/s)"
@@ -688,7 +688,7 @@ def data_download(collection, root, targets, limit, workers, endpoint, no_annota
     "(nucleus seeds + watershed, no download), auto (the dataset card's: cellpose on OpenCell, classical on the demo and tables).",
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="sc-knn settings that choose the cells: crop_size, zoom, mask_crops, black_percentile, label_grade.")
+              help="Cell selection settings that choose the cells: crop_size, zoom, mask_crops, black_percentile, label_grade, omit_fovs_with.")
 @click.option("--cell-labels", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Expert labels CSV (cell_id,labels or fov_id,y,x,labels; labels separated by ';') to check against the table.")
 @click.option("--contact-sheet", type=click.Path(dir_okay=False), default="cells.png", show_default=True,
@@ -703,13 +703,14 @@ def data_cells(dataset, annotations, min_grade, backend, overrides, cell_labels,
     """
     from ocbench.data import cells as cell_data
     from ocbench.data.cards import dataset_card_for
-    from ocbench.tasks import Progress, get_task
+    from ocbench.tasks import Progress
+    from ocbench.tasks.cell_task import CellSelection
 
-    task, _ = get_task("sc-knn").for_dataset(dataset_card_for(dataset)).with_overrides([f"segmentation={backend}", *overrides])
+    selection = CellSelection().for_dataset(dataset_card_for(dataset)).with_overrides([f"segmentation={backend}", *overrides])
     ds = _open_dataset(dataset, annotations, min_grade)
     click.echo(cell_data.cells_command(
-        ds, backend=task.backend_for(ds.card), crop=task.crop_settings(), black_percentile=task.black_percentile,
-        labels=task.label_policy(), cell_labels=cell_labels or task.cell_labels or None, contact_sheet=contact_sheet,
+        ds, backend=selection.backend_for(ds.card), crop=selection.crop_settings(), black_percentile=selection.black_percentile,
+        labels=selection.label_policy(), cell_labels=cell_labels or selection.cell_labels or None, contact_sheet=contact_sheet,
         progress=Progress(True),
         recompute=recompute,
     ))

@@ -307,13 +307,13 @@ def test_cellpose_offline_is_one_clear_line(monkeypatch):
     fake.models = models
     monkeypatch.setitem(sys.modules, "cellpose", fake)
     monkeypatch.setitem(sys.modules, "cellpose.models", models)
-    monkeypatch.setattr(C, "_cellpose_version", lambda: "3.1.1")
+    monkeypatch.setattr("ocbench.data.cells.backends._cellpose_version", lambda: "3.1.1")
     C._CELLPOSE_MODELS.clear()
     with pytest.raises(DataError) as info:
         C.get_backend("cellpose").segment(np.zeros((2, 8, 8), np.uint16), ("protein", "nucleus"))
     message = str(info.value)
     assert "\n" not in message and "cyto3" in message and "internet" in message
-    monkeypatch.setattr(C, "_cellpose_version", lambda: "4.0.1")
+    monkeypatch.setattr("ocbench.data.cells.backends._cellpose_version", lambda: "4.0.1")
     with pytest.raises(ConfigError, match=r"cellpose 3\.x"):
         C.get_backend("cellpose").check_available()
 

@@ -90,6 +90,10 @@ class DatasetCard:
     #: The protocol's per-task settings on this dataset: task name -> {setting: value}. They are the
     #: task's defaults here (not overrides), e.g. which classes sc-knn leaves out.
     task_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Which single cells every cell-level task (sc-knn, a plugin's) and ``ocbench data cells`` take
+    #: on this dataset: ``CellSelection`` settings (``ocbench.tasks.cell_task``), e.g. the label grade
+    #: and the classes whose FOVs are left out; a task's own ``task_defaults`` come on top.
+    cell_selection: dict[str, Any] = field(default_factory=dict)
     #: A typical cell's diameter in pixels: single-cell crops are sized from it.
     cell_diameter_px: float | None = None
     #: The segmentation backend single-cell tasks use when set to ``auto``: Cellpose (the paper's)
@@ -131,6 +135,8 @@ class DatasetCard:
                 raise bad("channel_presets", f"preset {preset!r} names unknown channel(s) {', '.join(unknown)}")
         if not isinstance(self.segmentation, str) or not self.segmentation:
             raise bad("segmentation", "must name a segmentation backend (classical, cellpose)")
+        if not isinstance(self.cell_selection, dict):
+            raise bad("cell_selection", "must map cell selection settings to values (label_grade, omit_fovs_with, ...)")
         if self.cell_diameter_px is not None and not self.cell_diameter_px > 0:
             raise bad("cell_diameter_px", "must be a positive number of pixels")
 
@@ -232,9 +238,9 @@ _OPENCELL_LAYOUT: dict[str, Any] = dict(
     default_min_grade=1,
     reader_options={"min_grade": GRADES},
     channel_presets={"imagenet-best": {"protein": "G", "nucleus": "B"}},
-    # sc-knn's weak labels: compartments at grade 3, FOVs with big aggregates left out (unreliable
-    # segmentation; the paper excludes them)
-    task_defaults={name: {"label_grade": 3, "omit_fovs_with": ("big_aggregates",)} for name in ("sc-knn", "sc-knn-fov")},
+    # single-cell weak labels (sc-knn's): compartments at grade 3, FOVs with big aggregates left out
+    # (unreliable segmentation; the paper excludes them)
+    cell_selection={"label_grade": 3, "omit_fovs_with": ("big_aggregates",)},
 )
 
 OPENCELL = register_dataset_card(

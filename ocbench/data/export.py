@@ -1,4 +1,5 @@
-"""``ocbench data export --to hf``: an OpenCell dataset as a Hugging Face ``datasets`` dataset.
+"""``ocbench data export --to hf``: an OpenCell dataset as a Hugging Face ``datasets`` dataset; and
+:func:`export_embeddings` (``ocbench embed --export``): embeddings, labels and groups as ``.npz`` or ``.parquet``.
 
 One row per labelled FOV:
 
@@ -20,18 +21,19 @@ integers to int64).
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from ocbench._io import atomic_dir, sha256_bytes
+from ocbench._io import atomic_dir, atomic_path, sha256_bytes
 from ocbench.data.compartments import CHANNELS, COMPARTMENTS
 from ocbench.data.hf import CARD_NAMES
-from ocbench.errors import DataError, OcbenchError
+from ocbench.errors import ConfigError, DataError, OcbenchError
 
 if TYPE_CHECKING:  # imported lazily at run time: keeps `ocbench --help` fast
     from ocbench.data.opencell import OpenCellDataset
@@ -264,3 +266,57 @@ def _push(hf, repo_id: str, out_dir: Path) -> None:
             f"push to the Hugging Face Hub repo {repo_id!r} failed ({type(exc).__name__}: {first_line}); "
             f"the dataset is saved at {out_dir}; log in with `hf auth login` (or set HF_TOKEN) and check the repo id"
         ) from exc
+
+
+def export_embeddings(
+    path: str | os.PathLike,
+    features: np.ndarray,
+    ids: Sequence[str],
+    labels: np.ndarray,
+    groups: Sequence[str],
+    class_names: Sequence[str],
+    fovs: Sequence[str] | None = None,
+) -> Path:
+    """Write embeddings for use outside ocbench: ``.npz`` (arrays ``features`` (N, D) float32,
+    ``ids`` (N,), ``labels`` (N, C) uint8 0/1, ``groups`` (N,: the protein, or the dataset card's
+    group, that grouped splits and intervals go by), ``fovs`` (N,: the FOV each item comes from;
+    ``ids`` when not given) and ``class_names`` (C,), strings as unicode arrays: ``np.load(path)``
+    needs no pickle) or ``.parquet`` (one row per item: id, group, fov, one column per class, then
+    ``f0000``...)."""
+    path = Path(path).expanduser()
+    x = np.asarray(features, dtype=np.float32)
+    y = np.asarray(labels)
+    n = len(ids)
+    if x.ndim != 2 or x.shape[0] != n:
+        raise DataError(f"export: features of shape {x.shape} for {n} ids")
+    if y.shape != (n, len(class_names)) or not np.isin(y, (0, 1)).all():
+        raise DataError(f"export: labels must be ({n}, {len(class_names)}) 0/1, got {y.shape}")
+    fovs = list(ids) if fovs is None else list(fovs)
+    if len(groups) != n or len(fovs) != n:
+        raise DataError(f"export: {len(groups)} groups and {len(fovs)} FOVs for {n} ids")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer, features=x, ids=np.asarray(list(ids), dtype=str), labels=y.astype(np.uint8),
+            groups=np.asarray([str(g) for g in groups], dtype=str), fovs=np.asarray([str(f) for f in fovs], dtype=str),
+            class_names=np.asarray(list(class_names), dtype=str),
+        )
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+    elif suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.DataFrame({"id": list(ids), "group": [str(g) for g in groups], "fov": [str(f) for f in fovs]})
+        frame = pd.concat(
+            [frame, pd.DataFrame(y.astype(np.uint8), columns=list(class_names)),
+             pd.DataFrame(x, columns=[f"f{j:04d}" for j in range(x.shape[1])])], axis=1,
+        )
+        try:
+            with atomic_path(path) as tmp:
+                frame.to_parquet(tmp, index=False)
+        except ImportError:
+            raise ConfigError("writing .parquet needs pyarrow, which is not installed; pip install pyarrow, or export to .npz") from None
+    else:
+        raise ConfigError(f"{path}: export format must be .npz or .parquet (from the file name)")
+    return path

@@ -48,7 +48,7 @@ _IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 #: Sidecar fields a user may write (anything else is a typo, refused).
 SIDECAR_FIELDS = ("name", "description", "channel_names", "class_names", "label_mode", "group_name",
                   "pixel_size_um", "cell_diameter_px", "license", "citation", "url", "channel_presets",
-                  "task_defaults", "synthetic", "segmentation")
+                  "task_defaults", "cell_selection", "synthetic", "segmentation")
 _NAME = re.compile(r"[^a-z0-9._-]+")
 
 

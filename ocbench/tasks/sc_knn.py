@@ -1,7 +1,7 @@
 """Task C: leave-one-out soft-vote k-NN on single-cell embeddings (``sc-knn``; paper Table 4).
 
 Protocol (the seed paper, section 2.6.2 and appendix B), over the evaluation cells (:mod:`ocbench.data.cells`: weak
-labels of grade-3 FOVs by default, or an expert file):
+labels of grade-3 FOVs by default, or an expert file; chosen by :class:`~ocbench.tasks.cell_task.CellSelection`):
 
 1. every cell is a query once; its candidates are all *other* evaluation cells (``exclude="self"``,
    the paper) or all cells of *other FOVs* (``exclude="fov"``: cells of one FOV share their weak
@@ -47,6 +47,7 @@ import numpy as np
 from ocbench.errors import ConfigError, DataError
 from ocbench.summaries import summarize
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
+from ocbench.tasks.cell_task import CellTask
 from ocbench.tasks.context import Progress
 
 __all__ = [
@@ -261,19 +262,9 @@ def knn_predict(
 
 
 @dataclass(frozen=True)
-class ScKnn(TaskConfig):
-    """Single-cell embeddings scored by leave-one-out soft-vote k-NN (paper Table 4)."""
-
-    name: ClassVar[str] = "sc-knn"
-    protocol_version: ClassVar[str] = PROTOCOL_VERSION
-    main_score: ClassVar[tuple[str, str]] = (EVAL_SET, "macro_f1")
-    axis: ClassVar[str | None] = "k"
-    requires: ClassVar[tuple[str, ...]] = ("skimage",)  # both segmentation backends use scikit-image
-    extra: ClassVar[str | None] = "cells"  # scikit-image; Cellpose is checked by its backend when chosen
-    description: ClassVar[str] = (
-        "Leave-one-out soft-vote k-NN on single-cell crops (segmented cells), macro-F1 per k (paper Table 4)"
-    )
-    label_modes: ClassVar[tuple[str, ...]] = ("multilabel", "single")
+class _KnnVote(TaskConfig):
+    """sc-knn's own settings. A base of :class:`ScKnn` before :class:`CellTask` so that they come
+    first in its settings (and its entries' ``task_config``), as they always have."""
 
     #: neighbourhood sizes (the axis of the entry)
     ks: tuple[int, ...] = field(default=(1, 5, 10, 20, 50), metadata={"help": "neighbourhood sizes k (the entry's axis)"})
@@ -286,27 +277,23 @@ class ScKnn(TaskConfig):
         metadata={"help": "weight-sum: score = weighted fraction of neighbours with the class; max: divided by the top class"},
     )
     exclude: str = field(default="self", metadata={"help": "self: the query only (paper); fov: all cells of the query's FOV"})
-    segmentation: str = field(
-        default="auto",
-        metadata={"help": "cellpose (paper), classical, or auto: the dataset card's (cellpose on OpenCell, classical "
-                          "on the demo and a lab's own tables)"},
+
+
+@dataclass(frozen=True)
+class ScKnn(CellTask, _KnnVote):
+    """Single-cell embeddings scored by leave-one-out soft-vote k-NN (paper Table 4).
+
+    The cells (segmentation, crops, filter, labels) are :class:`~ocbench.tasks.cell_task.CellSelection`'s
+    settings, held as :class:`CellTask` fields after the k-NN's own."""
+
+    name: ClassVar[str] = "sc-knn"
+    protocol_version: ClassVar[str] = PROTOCOL_VERSION
+    main_score: ClassVar[tuple[str, str]] = (EVAL_SET, "macro_f1")
+    axis: ClassVar[str | None] = "k"
+    description: ClassVar[str] = (
+        "Leave-one-out soft-vote k-NN on single-cell crops (segmented cells), macro-F1 per k (paper Table 4)"
     )
-    crop_size: int = field(
-        default=512, metadata={"help": "crop cut and output size, px (default: from the dataset card's cell diameter)"}
-    )
-    zoom: float = field(default=2.0, metadata={"help": "zoom about the crop centre"})
-    mask_crops: bool = field(default=True, metadata={"help": "zero the pixels outside the cell's own mask"})
-    black_percentile: float = field(
-        default=99.7, metadata={"help": "drop crops whose black-pixel fraction is above this percentile"}
-    )
-    label_grade: int = field(default=3, metadata={"help": "weak labels: FOV compartments annotated at this grade or higher"})
-    omit_fovs_with: tuple[str, ...] = field(
-        default=(), metadata={"help": "FOVs annotated with these classes are not evaluated (default: the dataset card's)"}
-    )
-    # "file": the entry records the file's sha256, and other contents are another run (runner.py)
-    cell_labels: str = field(
-        default="", metadata={"help": "expert cell labels CSV (see ocbench data cells --help); '' = weak labels", "file": True}
-    )
+    label_modes: ClassVar[tuple[str, ...]] = ("multilabel", "single")
 
     def __post_init__(self) -> None:
         def bad(key: str, what: str) -> ConfigError:
@@ -326,105 +313,23 @@ class ScKnn(TaskConfig):
             raise bad("normalization", f"one of {', '.join(NORMALIZATIONS)}")
         if self.exclude not in EXCLUSIONS:
             raise bad("exclude", f"one of {', '.join(EXCLUSIONS)}")
-        if self.segmentation != "auto":
-            from ocbench.data.cells import SEGMENTATION_BACKENDS
-
-            if self.segmentation not in SEGMENTATION_BACKENDS:
-                raise bad("segmentation", f"auto or one of {', '.join(sorted(SEGMENTATION_BACKENDS.names()))}")
-        if not 0 < self.black_percentile <= 100:
-            raise bad("black_percentile", "in (0, 100]")
-        if self.label_grade not in (1, 2, 3):
-            raise bad("label_grade", "1, 2 or 3")
-        self.crop_settings()  # checks crop_size and zoom
-
-    # -- settings as objects -------------------------------------------------------------------
-    def crop_settings(self):
-        from ocbench.data.cells import CropSettings
-
-        return CropSettings(size=self.crop_size, zoom=self.zoom, mask_outside=self.mask_crops)
-
-    def label_policy(self):
-        from ocbench.data.cells import LabelPolicy
-
-        return LabelPolicy(grade=self.label_grade, omit_fovs_with=tuple(self.omit_fovs_with))
-
-    def backend_for(self, dataset_card: Any):
-        """The segmentation backend: ``auto`` is the dataset card's ``segmentation``: cellpose (the
-        paper's) on OpenCell, classical on the demo's drawn cells and on a lab's own tables (no model
-        download, so they run offline; Cellpose is an optional install a card or ``--set`` can ask for)."""
-        from ocbench.data.cells import get_backend
-
-        name = self.segmentation
-        if name == "auto":
-            name = dataset_card.segmentation
-        return get_backend(name)
-
-    def dataset_settings(self, dataset_card: Any) -> dict[str, Any]:
-        """The card's sc-knn defaults, and the crop size from its typical cell diameter."""
-        settings = super().dataset_settings(dataset_card)
-        if dataset_card.cell_diameter_px is not None and "crop_size" not in settings:
-            settings["crop_size"] = dataset_card.cell_crop(settings.get("zoom", self.zoom))
-        return settings
-
-    def validate_for(self, dataset_card: Any) -> None:
-        classes = tuple(dataset_card.class_names)
-        unknown = sorted(set(self.omit_fovs_with) - set(classes))
-        if unknown:
-            raise ConfigError(f"task {self.name}: omit_fovs_with names unknown class(es) {unknown}; the dataset's are {', '.join(classes)}")
-        backend = self.backend_for(dataset_card)
-        backend.check_channels(tuple(dataset_card.channel_names))
-        backend.check_available()
-        if self.cell_labels:
-            from pathlib import Path
-
-            if not Path(self.cell_labels).expanduser().is_file():
-                raise ConfigError(f"task {self.name}: cell_labels file {self.cell_labels} does not exist")
-
-    def evaluation_cells(self, dataset: Any, *, progress: Any = None, cache_dir: Any = None):
-        """The cell table (segmenting what is not saved yet) and the cells this task evaluates, with
-        this task's settings: what ``ocbench embed --cells`` exports and ``evaluate`` scores."""
-        from ocbench.data import cells
-
-        table = cells.prepare_cells(
-            dataset, self.backend_for(dataset.card), crop=self.crop_settings(), black_percentile=self.black_percentile,
-            labels=self.label_policy(), progress=progress, cache_dir=cache_dir,
-        )
-        return table, cells.evaluation_set(dataset, table, self.cell_labels or None)
+        super().__post_init__()  # the cell selection
 
     # -- running -------------------------------------------------------------------------------
     def evaluate(self, context) -> TaskResult:
         """Segment (or reuse masks), cut and embed the evaluation cells, score them by k-NN."""
         started = time.perf_counter()
         dataset = context.dataset
-        backend = self.backend_for(dataset.card)
-        # segmentation fills a shared cache: under torchrun rank 0 segments, the other ranks read
-        table, evaluation = context.main_first(lambda: self.evaluation_cells(dataset, progress=context.progress))
-        context.progress.step(
-            f"{len(evaluation):,} evaluation cells ({evaluation.source} labels) of {len(table):,} masks "
-            f"({table.meta['n_dropped']:,} dropped)"
-        )
-        embeddings = context.embed(evaluation.crops)
-        if list(embeddings.fov_ids) != list(evaluation.ids):
-            raise DataError("the cell embeddings do not line up with the evaluation cells; rerun with --recompute")
+        cells = self.cell_items(context)
         # The interval resamples proteins (the dataset card's group): cells of one protein share its labels.
-        proteins, group_name = evaluation.crops.groups, dataset.card.group_name
         result = self.run(
-            embeddings.features, evaluation.labels, evaluation.groups,
+            cells.features, cells.labels, cells.parent_ids,
             class_names=context.class_names, device=context.device, seed=context.seed, progress=context.progress,
-            item_ids=list(evaluation.ids), interval_groups=proteins, group_name=group_name,
+            item_ids=cells.ids, interval_groups=cells.groups, group_name=dataset.card.group_name,
             references=True, label_mode=dataset.card.label_mode,
             feature_standardization=getattr(context.backbone, "feature_standardization", "none"),
         )
-        details = {
-            **result.details,
-            "segmentation": backend.describe(),
-            "mask_store": table.meta.get("masks_dir"),
-            "n_masks": int(len(table)),
-            "n_dropped": int(table.meta["n_dropped"]),
-            "black_threshold": float(table.meta["black_threshold"]),
-            "labels": evaluation.source,
-            **{f"labels_{k}": v for k, v in evaluation.notes.items()},
-        }
+        details = {**result.details, **self.cell_details(cells, dataset.card)}
         return _replace(result, wall_time_s=time.perf_counter() - started, details=details)
 
     def run(
