@@ -118,6 +118,34 @@ def test_a_cell_at_an_image_corner_is_padded_centred_and_zoomed(tmp_path):
     assert ((masked[0] > 0) == cut).all()
 
 
+def _bilinear_tap_by_tap(image, centroid, settings, cell):
+    """The crop by its definition: four taps per output pixel over the whole image, in float32."""
+    _, h, w = image.shape
+    y0, y1, wy, y_ok = C.geometry._linear(C.crop_positions(float(centroid[0]), settings), h)
+    x0, x1, wx, x_ok = C.geometry._linear(C.crop_positions(float(centroid[1]), settings), w)
+    img = image.astype(np.float32)
+    wy, wx = wy.astype(np.float32)[:, None], wx.astype(np.float32)[None, :]
+    top = img[:, y0][:, :, x0] * (1 - wx) + img[:, y0][:, :, x1] * wx
+    bottom = img[:, y1][:, :, x0] * (1 - wx) + img[:, y1][:, :, x1] * wx
+    out = top * (1 - wy) + bottom * wy
+    keep = y_ok[:, None] & x_ok[None, :]
+    if settings.mask_outside:
+        keep &= C.crop_mask(cell, centroid, settings)
+    return np.clip(np.rint(out * keep[None]), 0, 65535).astype(np.uint16)
+
+
+@pytest.mark.parametrize("size,zoom,mask_outside", [(168, 2.0, True), (64, 0.5, True), (100, 3.3, False), (9, 1.0, True)])
+def test_a_crop_cut_from_its_window_equals_the_tap_by_tap_crop_bit_for_bit(size, zoom, mask_outside):
+    rng = np.random.default_rng(size)
+    image = rng.integers(0, 65535, (2, 150, 130)).astype(np.uint16)
+    labels = rng.integers(0, 5, (150, 130)).astype(np.int32)
+    settings = C.CropSettings(size, zoom, mask_outside)
+    for centroid in ((70.2, 60.7), (2.0, 128.5), (149.0, 0.0), (-5.0, 140.0)):
+        expected = _bilinear_tap_by_tap(image, centroid, settings, labels == 3)
+        assert np.array_equal(C.crop_cell(image, centroid, settings, labels, label=3), expected)
+        assert np.array_equal(C.crop_cell(image, centroid, settings, labels == 3), expected)
+
+
 def test_crop_default_is_the_papers_512_cut_zoom_2():
     settings = C.CropSettings()
     assert (settings.size, settings.zoom, settings.mask_outside) == (512, 2.0, True)

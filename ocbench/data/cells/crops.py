@@ -91,8 +91,7 @@ class CellCrops:
             raise IndexError(f"cell index {i} out of range for {len(self)} cells")
         i = int(i) % len(self)
         image, labels = self._fov(int(self._fov_index[i]), self._fov_id[i])
-        mask = labels == self._label[i] if self.table.crop.mask_outside else None
-        return crop_cell(image, self._centroid[i], self.table.crop, mask)
+        return crop_cell(image, self._centroid[i], self.table.crop, labels, label=int(self._label[i]))
 
 
 @dataclass

@@ -62,21 +62,31 @@ def _linear(positions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.n
     return i0, i1, p - i0, valid
 
 
-def crop_mask(mask: np.ndarray, centroid: Sequence[float], settings: CropSettings) -> np.ndarray:
-    """``mask`` (H, W) bool in crop coordinates (nearest neighbour; False off the image)."""
+def crop_mask(mask: np.ndarray, centroid: Sequence[float], settings: CropSettings, label: int | None = None) -> np.ndarray:
+    """``mask`` (H, W) bool in crop coordinates (nearest neighbour; False off the image).
+
+    With ``label``, ``mask`` is a label image and the cell is ``mask == label``, compared only at
+    the crop's pixels (not over the whole field of view, once per cell)."""
     h, w = mask.shape
     rows, rows_ok = _nearest(crop_positions(float(centroid[0]), settings), h)
     cols, cols_ok = _nearest(crop_positions(float(centroid[1]), settings), w)
     out = mask[np.ix_(rows, cols)]
+    if label is not None:
+        out = out == label
     return out & rows_ok[:, None] & cols_ok[None, :]
 
 
 def crop_cell(
-    image: np.ndarray, centroid: Sequence[float], settings: CropSettings, mask: np.ndarray | None = None
+    image: np.ndarray,
+    centroid: Sequence[float],
+    settings: CropSettings,
+    mask: np.ndarray | None = None,
+    label: int | None = None,
 ) -> np.ndarray:
     """Cut one cell from ``image`` (C, H, W): (C, size, size) uint16, see :class:`CropSettings`.
 
-    ``mask`` (H, W) bool is this cell's mask; it is applied when ``settings.mask_outside``.
+    ``mask`` (H, W) bool is this cell's mask, or with ``label`` the FOV's label image (the cell is
+    ``mask == label``); it is applied when ``settings.mask_outside``.
     """
     image = np.asarray(image)
     if image.ndim != 3:
@@ -84,17 +94,21 @@ def crop_cell(
     _, h, w = image.shape
     y0, y1, wy, y_ok = _linear(crop_positions(float(centroid[0]), settings), h)
     x0, x1, wx, x_ok = _linear(crop_positions(float(centroid[1]), settings), w)
-    img = image.astype(np.float32, copy=False)
+    # Only the source window the crop samples is converted, and the bilinear sum runs along x on
+    # that window's rows first, then along y: the same products and sums as tap by tap, fewer of them.
+    top_row, left_col = int(y0.min()), int(x0.min())
+    window = image[:, top_row:int(y1.max()) + 1, left_col:int(x1.max()) + 1].astype(np.float32)
+    y0, y1, x0, x1 = y0 - top_row, y1 - top_row, x0 - left_col, x1 - left_col
     wy = wy.astype(np.float32)[:, None]
     wx = wx.astype(np.float32)[None, :]
-    top = img[:, y0][:, :, x0] * (1 - wx) + img[:, y0][:, :, x1] * wx
-    bottom = img[:, y1][:, :, x0] * (1 - wx) + img[:, y1][:, :, x1] * wx
-    out = top * (1 - wy) + bottom * wy
+    along_x = window[:, :, x0] * (1 - wx) + window[:, :, x1] * wx
+    out = along_x[:, y0] * (1 - wy) + along_x[:, y1] * wy
     keep = y_ok[:, None] & x_ok[None, :]
     if settings.mask_outside:
         if mask is None:
             raise DataError("crop: mask_outside is set but no cell mask was given")
-        keep = keep & crop_mask(np.asarray(mask, dtype=bool), centroid, settings)
+        mask = np.asarray(mask) if label is not None else np.asarray(mask, dtype=bool)
+        keep = keep & crop_mask(mask, centroid, settings, label)
     out *= keep[None]
     return np.clip(np.rint(out), 0, 65535).astype(np.uint16)
 
