@@ -233,7 +233,7 @@ def test_from_main_stops_every_rank_whatever_rank_0_fails_with(monkeypatch):
 
 def test_an_entry_with_a_malformed_recorded_card_is_one_problem_not_a_traceback():
     from ocbench.benchmark.entry import entry_from_dict
-    from ocbench.leaderboard.examples import example_entry_dict
+    from board_examples import example_entry_dict
 
     for change in (lambda d: d["backbone"]["card"].update(training_datasets="OpenCell"),
                    lambda d: d["backbone"]["card"].update(training_datasets=5),
@@ -248,7 +248,7 @@ def test_an_entry_with_a_malformed_recorded_card_is_one_problem_not_a_traceback(
 
 def test_score_values_whose_spread_overflows_are_refused_in_one_line():
     from ocbench.benchmark.entry import entry_from_dict
-    from ocbench.leaderboard.examples import example_entry_dict
+    from board_examples import example_entry_dict
 
     data = example_entry_dict()
     data["scores"]["test"]["macro_f1"].update(values=[1e308, -1e308, 0.5, 0.5, 0.5], mean=0.3)

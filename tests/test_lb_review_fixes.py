@@ -12,10 +12,11 @@ from ocbench.benchmark.entry import entry_from_dict
 from ocbench.cli import cli
 from ocbench.errors import DataError
 from ocbench.leaderboard import build_board, collect_entries, validate_entries
-from ocbench.leaderboard.examples import example_entry_dict, recompute_aggregates, write_example_with_predictions
 from ocbench.leaderboard.formatting import WEIGHTS_UNVERIFIED
 from ocbench.leaderboard.summary import format_run_table
 from ocbench.leaderboard.tables import build_tables
+
+from board_examples import example_entry_dict, recompute_aggregates, write_example_with_predictions
 
 
 def _problem(n_items=40, n_classes=5, repeats=3, seed=0):
