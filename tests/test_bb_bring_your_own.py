@@ -1,4 +1,4 @@
-"""Bring-your-own-backbone fixes: plugins by module name, in-memory model identity, malformed
+"""Bringing your own backbone: plugins by module name, in-memory model identity, malformed
 config.json / ocbench_card.json, user cards with a built-in card's name, imports into a local: source."""
 
 from __future__ import annotations
