@@ -1,4 +1,5 @@
-"""Atomic file writing and hashing: nothing half-written is left behind on error or Ctrl-C."""
+"""Atomic file writing, hashing and JSON reading: nothing half-written is left behind on error or
+Ctrl-C, and a file that cannot be read is a one-line error naming it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from ocbench.errors import OcbenchError
+from ocbench.errors import DataError, OcbenchError
 
 #: Leftovers of writers that died without a process id in their name are removed after this long.
 STALE_AFTER_S = 24 * 3600
@@ -240,3 +241,76 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: fh.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_json_bytes(
+    path: str | os.PathLike,
+    *,
+    what: str,
+    advice: str,
+    missing: str | None = None,
+    shown: str | None = None,
+    error: type[OcbenchError] = DataError,
+    missing_error: type[OcbenchError] | None = None,
+) -> tuple[Any, bytes]:
+    """The JSON value stored in ``path``, and the file's bytes. Anything that keeps it from being read
+    is a one-line ``error`` that names the file (as ``shown``, default ``path``), says what it should
+    have been (``what``: "entry", "split file", ...) and what to do (``advice``):
+
+    - missing: ``<shown>: <what> not found; <missing or advice>`` (a ``missing_error`` if given);
+    - unreadable: ``<shown>: cannot read the <what> (<reason>); <advice>``;
+    - not UTF-8: ``<shown>: not UTF-8 text, so not a JSON <what>; <advice>``;
+    - not JSON: ``<shown>: not valid JSON (line L, column C: <reason>), so not a JSON <what>; <advice>``.
+
+    The value is returned as parsed; its shape is the caller's to check. :func:`read_json` is the
+    same without the bytes.
+    """
+    shown = str(path) if shown is None else shown
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise (missing_error or error)(f"{shown}: {what} not found; {missing or advice}") from None
+    except OSError as exc:
+        raise error(f"{shown}: cannot read the {what} ({exc.strerror or _first_line(exc)}); {advice}") from None
+    try:
+        return json.loads(raw.decode("utf-8")), raw
+    except UnicodeDecodeError:
+        raise error(f"{shown}: not UTF-8 text, so not a JSON {what}; {advice}") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{shown}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}), so not a JSON "
+                    f"{what}; {advice}") from None
+    except ValueError as exc:  # e.g. a number too long to convert
+        raise error(f"{shown}: not valid JSON ({_first_line(exc)}), so not a JSON {what}; {advice}") from None
+
+
+def read_json(
+    path: str | os.PathLike,
+    *,
+    what: str,
+    advice: str,
+    missing: str | None = None,
+    shown: str | None = None,
+    error: type[OcbenchError] = DataError,
+    missing_error: type[OcbenchError] | None = None,
+) -> Any:
+    """The JSON value stored in ``path``; one-line errors as :func:`read_json_bytes` describes."""
+    return read_json_bytes(path, what=what, advice=advice, missing=missing, shown=shown, error=error,
+                           missing_error=missing_error)[0]
+
+
+def read_json_or_none(path: str | os.PathLike, expect: type | tuple[type, ...] | None = None) -> Any:
+    """The JSON value stored in ``path``, or None when there is none to use: the file is missing,
+    unreadable or not JSON, or (with ``expect``) its value is not of that type. For records ocbench
+    keeps for itself (markers, manifests, caches), where a damaged one is simply written again."""
+    try:
+        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    if expect is not None and not isinstance(value, expect):
+        return None
+    return value

@@ -40,6 +40,7 @@ def test_importing_ocbench_stays_torch_free():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_in_memory_module_writes_a_valid_entry(module_cache, tmp_path):
     model = tiny_model()
     model.train()  # the caller's mode: evaluate uses eval mode (dropout off) and gives the model back as it was

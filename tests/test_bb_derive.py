@@ -67,6 +67,7 @@ def test_timm_weights_missing_offline_is_one_line_naming_the_hub(offline_hub, tm
     one_line_error(result, "Hugging Face Hub", "HF_HUB_OFFLINE", f"timm/{TEST_VIT}")
 
 
+@pytest.mark.slow
 def test_run_timm_backbone_on_the_demo_offline_end_to_end(offline_hub, module_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("OCBENCH_CACHE", str(module_cache))
     _tiny_timm_repo(offline_hub, tmp_path)

@@ -42,6 +42,7 @@ def test_bad_bench_arguments_are_one_error_line_and_exit_2(name, args, says, tmp
     assert says in done.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TOY))
 def test_bench_runs_and_prints_its_ratio(name, tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / name), *TOY[name]], capture_output=True, text=True,

@@ -49,6 +49,7 @@ def test_backbones_check_passes_for_offline_cards(cache, name):
     assert "FAIL" not in result.output
 
 
+@pytest.mark.slow
 def test_embed_then_cache_hit(cache):
     first = invoke("embed", "--backbone", "tiny-vit-random", "--dataset", "demo")
     assert first.exit_code == 0, first.output
@@ -61,6 +62,7 @@ def test_embed_bad_channel_spec_is_one_line(cache):
     one_line_error(invoke("embed", "--backbone", "tiny-vit-random", "--dataset", "demo", "--channels", "dna=G"), "dna")
 
 
+@pytest.mark.slow
 def test_sweep_channels_covers_every_injective_map(cache, tmp_path):
     result = invoke(
         "sweep-channels", "--backbone", "tiny-vit-random", "--dataset", "demo", "--output", str(tmp_path),

@@ -10,10 +10,10 @@ from ocbench.cli import cli
 from ocbench.leaderboard import build_board
 from ocbench.leaderboard.collect import collect_entries
 from ocbench.leaderboard.compare import compare_entries
-from ocbench.leaderboard.examples import example_entry_dict, write_example_with_predictions
 from ocbench.benchmark.entry import write_entry
 from ocbench.leaderboard.tables import build_tables
 
+from board_examples import example_entry_dict, write_example_with_predictions
 from cli_assertions import one_line_error
 
 N_PROTEINS, FOVS, C = 120, 4, 6

@@ -55,6 +55,7 @@ def scores(demo):
     return out
 
 
+@pytest.mark.slow
 def test_classical_mlp_beats_every_chance_reference_with_a_separated_interval(scores):
     """The protocol's MLP probe learns on the demo: its test interval lies above the best chance
     reference's (the README quotes these numbers)."""

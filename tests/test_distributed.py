@@ -76,6 +76,7 @@ def _one_process(data, cache, out):
     return emb, load_entry(outcome.path)
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process_and_rank0_alone_writes(small_demo, tmp_path):
     from ocbench.benchmark.entry import load_entry
 

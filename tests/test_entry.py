@@ -26,7 +26,8 @@ from ocbench.benchmark.entry import (
 )
 from ocbench.errors import DataError
 from ocbench.data.compartments import COMPARTMENTS
-from ocbench.leaderboard.examples import example_entry_dict, example_entry_dict_v1
+
+from board_examples import example_entry_dict, example_entry_dict_v1
 
 
 def _write_json(path, data):
@@ -248,7 +249,7 @@ def test_fraction_scores_outside_the_unit_interval_are_refused():
     """Schema 1 refused a fold score of 1.5; schema 2 keeps refusing it for fraction metrics."""
     from ocbench.benchmark.entry import entry_from_dict
     from ocbench.errors import DataError
-    from ocbench.leaderboard.examples import example_entry_dict
+    from board_examples import example_entry_dict
 
     data = example_entry_dict()
     bad = json.loads(json.dumps(data))

@@ -108,7 +108,7 @@ def test_finetune_workers_default_to_auto_and_are_bounded_by_the_cores(monkeypat
 def test_per_seed_tables_of_different_settings_have_distinct_headings(tmp_path):
     from ocbench.benchmark.entry import write_entry
     from ocbench.leaderboard import build_board, collect_entries
-    from ocbench.leaderboard.examples import example_entry_dict
+    from board_examples import example_entry_dict
     from ocbench.leaderboard.tables import build_tables
 
     folder = tmp_path / "entries"
@@ -163,7 +163,7 @@ def test_no_critical_difference_diagram_over_tables_of_the_same_images(tmp_path)
     """The demo's 4 tables (2 probes x 2 split tracks) are the same images: not independent."""
     from ocbench.benchmark.entry import write_entry
     from ocbench.leaderboard import build_board
-    from ocbench.leaderboard.examples import example_entry_dict
+    from board_examples import example_entry_dict
 
     folder = tmp_path / "entries"
     for t, (task, track) in enumerate([("fov-mlp", "paper"), ("fov-mlp", "protein"), ("fov-linear", "paper"), ("fov-linear", "protein")]):

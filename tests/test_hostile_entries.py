@@ -9,7 +9,8 @@ import pytest
 from ocbench.benchmark.entry import entry_from_dict, write_entry
 from ocbench.errors import DataError
 from ocbench.leaderboard import validate_entries
-from ocbench.leaderboard.examples import example_entry_dict
+
+from board_examples import example_entry_dict
 
 FOLDS = [0.70, 0.72, 0.69, 0.71, 0.73]
 
@@ -43,7 +44,7 @@ def test_publish_dry_run_lists_the_board_files_only_and_the_target_repo(tmp_path
 
     from ocbench.cli import cli
     from ocbench.leaderboard import build_board, publish
-    from ocbench.leaderboard.examples import write_example_with_predictions
+    from board_examples import write_example_with_predictions
     import numpy as np
 
     folder = tmp_path / "entries"
@@ -114,7 +115,7 @@ def test_a_row_without_readable_predictions_is_marked_unverified_on_every_render
     import numpy as np
 
     from ocbench.leaderboard import build_board
-    from ocbench.leaderboard.examples import recompute_aggregates, write_example_with_predictions
+    from board_examples import recompute_aggregates, write_example_with_predictions
 
     folder = tmp_path / "entries"
     y = np.eye(3, dtype=np.uint8)[[0, 1, 2, 0, 1, 2]]

@@ -130,6 +130,23 @@ def test_every_module_has_a_layer():
     assert not unplaced, f"place {', '.join(unplaced)} in BASE, CLI or a layer package (see this file's docstring)"
 
 
+TEST_HELPERS = {p.stem for p in Path(__file__).resolve().parent.glob("*.py")} | {"tests", "conftest"}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_imports_from_tests(name):
+    """Test fixtures (board_examples, demo_data, ...) live in tests/, which a wheel does not ship."""
+    tree = ast.parse(MODULES[name].read_text(), filename=str(MODULES[name]))
+    bad = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bad |= {a.name for a in node.names if a.name.split(".")[0] in TEST_HELPERS}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] in TEST_HELPERS:
+                bad.add(node.module)
+    assert not bad, f"{name} imports {', '.join(sorted(bad))} from tests/; move what it needs into ocbench/"
+
+
 def test_no_import_cycles_between_modules():
     assert _cycles() == []
 

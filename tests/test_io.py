@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ocbench._io import atomic_dir, atomic_path, atomic_write, json_sha256, slug
+from ocbench._io import atomic_dir, atomic_path, atomic_write, json_sha256, read_json, read_json_bytes, read_json_or_none, slug
+from ocbench.errors import ConfigError, DataError
 
 
 def _mode(path):
@@ -150,3 +151,59 @@ def test_slug_keeps_names_readable_and_filesystem_safe():
     assert slug("vit_small.dino=v2-x") == "vit_small.dino=v2-x"
     assert slug("--é--") == slug("") == "x"
     assert slug(3.5) == "3.5"
+
+
+# -- reading JSON -------------------------------------------------------------------------------
+
+
+def _read_error(path, **kwargs):
+    kwargs = {"what": "split file", "advice": "write it again", **kwargs}
+    with pytest.raises(DataError) as excinfo:
+        read_json(path, **kwargs)
+    message = str(excinfo.value)
+    assert "\n" not in message
+    return message
+
+
+def test_read_json_returns_the_value_and_the_bytes(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text('{"x": [1, 2]}', encoding="utf-8")
+    assert read_json(path, what="thing", advice="-") == {"x": [1, 2]}
+    assert read_json_bytes(path, what="thing", advice="-") == ({"x": [1, 2]}, path.read_bytes())
+
+
+def test_read_json_errors_are_one_line_naming_the_file_and_what_to_do(tmp_path):
+    missing = _read_error(tmp_path / "absent.json", missing="write one with `ocbench data split`")
+    assert missing == f"{tmp_path / 'absent.json'}: split file not found; write one with `ocbench data split`"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"x": 1,\n oops}', encoding="utf-8")
+    assert _read_error(bad).startswith(f"{bad}: not valid JSON (line 2, column 2: ")
+    assert _read_error(bad).endswith("so not a JSON split file; write it again")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00")
+    assert _read_error(binary, shown="entries/binary.json") == (
+        "entries/binary.json: not UTF-8 text, so not a JSON split file; write it again")
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    assert _read_error(folder).startswith(f"{folder}: cannot read the split file (")
+
+
+def test_read_json_error_types(tmp_path):
+    with pytest.raises(ConfigError):
+        read_json(tmp_path / "absent.json", what="card", advice="-", missing_error=ConfigError)
+    (tmp_path / "bad.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ConfigError):
+        read_json(tmp_path / "bad.json", what="card", advice="-", error=ConfigError)
+
+
+def test_read_json_or_none(tmp_path):
+    path = tmp_path / "a.json"
+    assert read_json_or_none(path) is None
+    path.write_bytes(b"\xff")
+    assert read_json_or_none(path) is None
+    path.write_text("[1", encoding="utf-8")
+    assert read_json_or_none(path) is None
+    path.write_text("[1]", encoding="utf-8")
+    assert read_json_or_none(path) == [1]
+    assert read_json_or_none(path, dict) is None
+    assert read_json_or_none(tmp_path) is None  # a folder

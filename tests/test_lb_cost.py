@@ -6,8 +6,9 @@ import csv
 
 from ocbench.benchmark.entry import write_entry
 from ocbench.leaderboard import build_board
-from ocbench.leaderboard.examples import example_entry_dict
 from ocbench.leaderboard.render import COST_HEADER
+
+from board_examples import example_entry_dict
 
 
 def test_board_shows_device_seconds_per_1000_images(tmp_path):

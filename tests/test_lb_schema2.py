@@ -10,10 +10,11 @@ import pytest
 
 from ocbench.benchmark.entry import entry_from_dict, write_entry
 from ocbench.leaderboard import build_board, collect_entries
-from ocbench.leaderboard.examples import example_entry_dict, example_entry_dict_v1
 from ocbench.leaderboard.plots import plan_plots
 from ocbench.leaderboard.summary import format_run_table, format_sweep_table
 from ocbench.leaderboard.tables import build_tables
+
+from board_examples import example_entry_dict, example_entry_dict_v1
 
 LEADERBOARD = Path(__file__).resolve().parent.parent / "ocbench" / "leaderboard"
 FOLDS = [0.70, 0.72, 0.69, 0.71, 0.73]

@@ -17,10 +17,11 @@ from ocbench.benchmark.entry import entry_from_dict, write_entry
 from ocbench.errors import ConfigError, DataError
 from ocbench.leaderboard import build_board, collect_entries, publish, validate_entries
 from ocbench.leaderboard.build import MANIFEST, remove_stale_builds
-from ocbench.leaderboard.examples import example_entry_dict, recompute_aggregates
 from ocbench.leaderboard.formatting import WEIGHTS_UNVERIFIED
 from ocbench.leaderboard.summary import format_run_table
 from ocbench.leaderboard.tables import best_per_class, build_tables
+
+from board_examples import example_entry_dict, recompute_aggregates
 
 FOLDS = [0.70, 0.72, 0.69, 0.71, 0.73]
 

@@ -15,12 +15,13 @@ import pytest
 from ocbench.benchmark.entry import write_entry
 from ocbench.errors import ConfigError, DataError
 from ocbench.leaderboard import build_board, collect_entries, publish, validate_entries
-from ocbench.leaderboard.examples import example_entry_dict
 from ocbench.leaderboard.formatting import md_escape
 from ocbench.leaderboard.ranking import Score, assign_ranks, intervals_overlap, paired_t_test_p, student_t_two_sided_p
 from ocbench.leaderboard.channels import resolve_channel_map
 from ocbench.leaderboard.tables import build_tables
 from ocbench.reported import REPORTED
+
+from board_examples import example_entry_dict
 
 FOLDS = [0.70, 0.72, 0.69, 0.71, 0.73]
 

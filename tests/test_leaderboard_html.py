@@ -17,8 +17,9 @@ import pytest
 
 from ocbench.benchmark.entry import write_entry
 from ocbench.leaderboard import build_board
-from ocbench.leaderboard.examples import example_entry_dict
 from ocbench.reported import REPORTED
+
+from board_examples import example_entry_dict
 
 
 def _find_chromium() -> str | None:
@@ -193,7 +194,7 @@ def test_every_interval_is_visible_at_1280_px_without_scrolling(tmp_path):
     interval lies inside the window, and the page does not scroll sideways."""
     import re
 
-    from ocbench.leaderboard.examples import write_example_with_predictions
+    from board_examples import write_example_with_predictions
     import numpy as np
 
     rng = np.random.default_rng(0)

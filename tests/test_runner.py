@@ -26,6 +26,7 @@ def run(args, out):
 
 
 
+@pytest.mark.slow
 def test_run_writes_valid_entry_and_resumes(env, tmp_path):
     out = tmp_path / "res"
     first = run(["--backbone", "classical-stats", *FAST], out)

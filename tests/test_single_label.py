@@ -255,7 +255,7 @@ def test_a_task_states_its_label_modes_and_refuses_the_others_in_one_line(tmp_pa
 
 def test_compare_refuses_entries_of_two_label_modes(tmp_path):
     from ocbench.benchmark.entry import write_entry
-    from ocbench.leaderboard.examples import example_entry_dict
+    from board_examples import example_entry_dict
 
     multi = example_entry_dict("model-a")
     single = example_entry_dict("model-b")

@@ -148,3 +148,17 @@ def test_friedman_with_two_systems_corrects_for_tied_tables():
     assert result.p_value < 0.05 < float(st.chi2.sf(plain, k - 1))  # the correction matters here
     all_tied = stats.friedman_nemenyi(np.full((3, 2), 0.5), ["A", "B"])
     assert all_tied.statistic == 0.0 and all_tied.p_value == 1.0
+
+
+@pytest.mark.parametrize("wins_losses_ties", [(4, 0, 2), (5, 2, 3), (3, 3, 4), (7, 1, 0)])
+def test_friedman_with_two_systems_is_the_sign_test_chi_square(wins_losses_ties):
+    """For k = 2 the tie-corrected Friedman chi-square equals the sign test's (W - L)^2 / (W + L),
+    W and L the tables A wins and loses (tied tables drop out): an independent form of the same value."""
+    from scipy import stats as st
+
+    wins, losses, ties = wins_losses_ties
+    scores = np.array([[0.9, 0.8]] * wins + [[0.6, 0.7]] * losses + [[0.5, 0.5]] * ties)
+    result = stats.friedman_nemenyi(scores, ["A", "B"])
+    sign = (wins - losses) ** 2 / (wins + losses)
+    assert result.statistic == pytest.approx(sign)
+    assert result.p_value == pytest.approx(float(st.chi2.sf(sign, 1)))

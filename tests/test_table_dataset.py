@@ -178,7 +178,7 @@ def test_tasks_refuse_a_label_mode_they_do_not_score(tiff_table):
 
 def test_the_board_never_puts_two_label_modes_or_datasets_in_one_table():
     from ocbench.benchmark.entry import entry_from_dict
-    from ocbench.leaderboard.examples import example_entry_dict
+    from board_examples import example_entry_dict
     from ocbench.leaderboard.grouping import GroupKey
 
     multi = example_entry_dict("tiny-vit-random", val_folds=[0.5, 0.55, 0.52, 0.51, 0.53])

@@ -42,6 +42,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from ocbench._io import read_json
 from ocbench.backbones.adapters import default_adapter
 from ocbench.backbones.card import BackboneCard, loading_arch_kwargs
 from ocbench.errors import ConfigError, DataError
@@ -125,12 +126,8 @@ def load_card_file(path: str | os.PathLike) -> BackboneCard:
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / CARD_FILENAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such card file; write it with ocbench.backbones.write_card_file(card, folder)") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable JSON card ({str(exc).splitlines()[0]}); write it again") from None
+    data = read_json(path, what="backbone card", advice="write it again",
+                     missing="write it with ocbench.backbones.write_card_file(card, folder)")
     return card_from_dict(data, where=str(path))
 
 
@@ -339,12 +336,8 @@ def _timm_card(target: str) -> BackboneCard:
 
 
 def _read_config(path: Path, where: str) -> dict:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: {path} does not exist; a timm-format folder holds config.json and model.safetensors") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{where}: {path} is not readable JSON ({str(exc).splitlines()[0]})") from None
+    config = read_json(path, shown=f"{where}: {path}", what="timm config", advice="write it again, or download the model again",
+                       missing="a timm-format folder holds config.json and model.safetensors", missing_error=ConfigError)
     if not isinstance(config, dict):
         raise DataError(f"{where}: {path} is not a JSON object")
     return config

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ocbench import __version__
-from ocbench._io import atomic_dir, sha256_file
+from ocbench._io import atomic_dir, read_json_or_none, sha256_file
 from ocbench.backbones.card import BackboneCard
 from ocbench.backbones.download import download_file, download_target
 from ocbench.backbones.weights_folder import (
@@ -437,9 +437,8 @@ def _not_an_import(folder: Path, entries: list[str]) -> str | None:
         return f"it holds {others[0]}{more}"
     if not (folder / WEIGHTS_FILENAME).is_file():
         return f"no {WEIGHTS_FILENAME}"
-    try:
-        config = json.loads((folder / CONFIG_FILENAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    config = read_json_or_none(folder / CONFIG_FILENAME)
+    if config is None:
         return f"no readable {CONFIG_FILENAME}"
     if not isinstance(config, dict) or not isinstance(config.get("ocbench"), dict):
         return f"{CONFIG_FILENAME} has no ocbench section"

@@ -8,12 +8,12 @@ A folder made by ``ocbench backbones import`` (``model.safetensors`` + ``config.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ocbench._io import read_json
 from ocbench.backbones.download import offline_mode
 from ocbench.backbones.model_card import render_model_card
 from ocbench.backbones.weights_folder import (
@@ -131,10 +131,7 @@ def push_backbone(
 
 def read_config(folder: Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_FILENAME
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not readable JSON ({_first_line(exc)}); re-run `ocbench backbones import NAME`") from exc
+    config = read_json(path, what="backbone config", advice="re-run `ocbench backbones import NAME`")
     if not isinstance(config, dict) or "architecture" not in config:
         raise DataError(f"{path}: field architecture is missing; re-run `ocbench backbones import NAME`")
     return config

@@ -29,13 +29,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-import json
 import uuid
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from ocbench._io import json_sha256
 from ocbench.backbones.card import BackboneCard
 from ocbench.errors import ConfigError, DataError
 
@@ -89,7 +89,7 @@ def module_config_sha256(module: nn.Module) -> str:
         attributes = {k: _plain(v) for k, v in vars(sub).items() if not k.startswith("_") and k != "training"}
         buffers = {k: _plain(v) for k, v in sub._buffers.items() if k in sub._non_persistent_buffers_set}
         described.append([path, f"{kind.__module__}.{kind.__qualname__}", sorted(attributes.items()), sorted(buffers.items())])
-    return hashlib.sha256(json.dumps(described, default=str).encode()).hexdigest()
+    return json_sha256(described, default=str)  # no dicts in it (_plain makes them lists): key order cannot matter
 
 
 def in_memory_card(model: nn.Module | Callable, card: BackboneCard) -> BackboneCard:

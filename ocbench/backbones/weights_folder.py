@@ -17,7 +17,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from ocbench._io import sha256_file
+from ocbench._io import read_json_or_none, sha256_file
 from ocbench.errors import DataError
 from ocbench.paths import cache_dir as default_cache_dir
 
@@ -68,11 +68,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def read_import_record(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The ``ocbench`` section of ``<folder>/config.json`` (what an import recorded), or None."""
-    try:
-        config = json.loads((Path(folder) / CONFIG_FILENAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # no config (or not ours): nothing recorded
-    record = config.get("ocbench") if isinstance(config, dict) else None
+    config = read_json_or_none(Path(folder) / CONFIG_FILENAME, dict)  # none, or not ours: nothing recorded
+    record = config.get("ocbench") if config is not None else None
     return record if isinstance(record, dict) else None
 
 

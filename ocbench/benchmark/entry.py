@@ -67,7 +67,7 @@ from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
-from ocbench._io import atomic_write
+from ocbench._io import atomic_write, read_json
 from ocbench.data.cards import OPENCELL
 from ocbench.errors import DataError
 from ocbench.registry import Registry
@@ -863,18 +863,7 @@ def write_entry(entry: Entry | Mapping[str, Any], directory: str | os.PathLike) 
 def load_entry(path: str | os.PathLike) -> Entry:
     """Read, upgrade and validate one entry file; DataError naming the file and field if bad."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such entry file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the entry ({exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix or delete the file"
-        ) from None
+    data = read_json(path, what="entry", advice="fix or delete the file", missing="give the path of an entry file")
     return entry_from_dict(data, source=str(path))
 
 

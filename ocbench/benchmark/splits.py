@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ocbench._io import atomic_write, sha256_bytes
+from ocbench._io import atomic_write, read_json, sha256_bytes
 from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError, DataError
 
@@ -340,16 +340,8 @@ def load_split(
     that it was made for ``dataset_version``. Raises DataError naming the file and the problem.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: split file not found; write one with `ocbench data split`") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the split file ({exc.strerror})") from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a JSON split file ({str(exc).splitlines()[0]})") from None
+    data = read_json(path, what="split file", advice="write it again with `ocbench data split`",
+                     missing="write one with `ocbench data split`")
     if not isinstance(data, dict):
         raise DataError(f"{path}: a split file must hold a JSON object, not {type(data).__name__}")
     for field_name in ("track", "seed", "dataset_version", "test", "folds"):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ocbench import paths
-from ocbench._io import atomic_write, json_sha256, sha256_bytes
+from ocbench._io import atomic_write, json_sha256, read_json_or_none, sha256_bytes
 from ocbench.errors import DataError
 
 __all__ = ["CONTENT_NAME", "FileRecord", "DataContent", "read_content", "stat_key", "file_record", "listing_version",
@@ -152,11 +152,8 @@ def _store_paths(root: Path) -> list[Path]:
 
 def _load_store(candidates: Sequence[Path]) -> tuple[dict, Path | None]:
     for path in candidates:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # none yet, or damaged: the files are hashed again
-        if isinstance(data, dict) and data.get("format") == _FORMAT and isinstance(data.get("files"), dict):
+        data = read_json_or_none(path, dict)  # None: none yet, or damaged, and the files are hashed again
+        if data is not None and data.get("format") == _FORMAT and isinstance(data.get("files"), dict):
             return data, path
     return {}, None
 

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ocbench import paths
-from ocbench._io import atomic_dir
+from ocbench._io import atomic_dir, read_json_or_none
 from ocbench.data.cards import DEMO_MARKER
 from ocbench.data.compartments import COMPARTMENTS, RAW_CHANNEL_INDEX
 from ocbench.data.layout import FovName
@@ -905,12 +905,10 @@ def _marker_config(config: DemoConfig) -> dict:
 
 
 def _demo_is_current(root: Path, config: DemoConfig) -> bool:
-    try:
-        marker = json.loads((root / MARKER_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    marker = read_json_or_none(root / MARKER_FILE, dict)
     return (
-        marker.get("format") == DEMO_FORMAT
+        marker is not None
+        and marker.get("format") == DEMO_FORMAT
         and marker.get("config") == _marker_config(config)
         and (root / ANNOTATIONS_FILE).is_file()
     )

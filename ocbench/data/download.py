@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ocbench import __version__
-from ocbench._io import atomic_write, sha256_bytes, sha256_file
+from ocbench._io import atomic_write, read_json_or_none, sha256_bytes, sha256_file
 from ocbench.data.cards import DOWNLOAD_MARKER
 from ocbench.data.layout import RAW_DIR, parse_fov_filename
 from ocbench.errors import ConfigError, DataError
@@ -216,10 +216,7 @@ def write_download_marker(
     annotation source recorded then when this run kept the existing table.
     """
     path = report.root / DOWNLOAD_MARKER
-    earlier: dict = {}
-    with contextlib.suppress(OSError, ValueError):
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-        earlier = loaded if isinstance(loaded, dict) else {}
+    earlier: dict = read_json_or_none(path, dict) or {}
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
     annotations = None
     if report.annotations is not None:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ocbench._io import atomic_write, json_sha256
+from ocbench._io import atomic_write, json_sha256, read_json
 from ocbench.data import content as data_content
 from ocbench.data.cards import DatasetCard
 from ocbench.errors import ConfigError, DataError
@@ -116,20 +116,25 @@ def sidecar_path(table: str | os.PathLike) -> Path | None:
     return None
 
 
-def read_sidecar(path: Path, fields: tuple[str, ...] = SIDECAR_FIELDS) -> dict[str, Any]:
-    """A dataset card file's fields (JSON or YAML); ``fields`` are those a user may write."""
+def _read_yaml_card(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+        import yaml
 
-            data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except ImportError:
         raise ConfigError(f"{path}: reading a YAML card needs PyYAML (pip install pyyaml); or write it as JSON") from None
     except Exception as exc:
         raise ConfigError(f"{path}: not a readable dataset card ({str(exc).splitlines()[0]})") from None
+
+
+def read_sidecar(path: Path, fields: tuple[str, ...] = SIDECAR_FIELDS) -> dict[str, Any]:
+    """A dataset card file's fields (JSON or YAML); ``fields`` are those a user may write."""
+    if path.suffix == ".json":
+        data = read_json(path, what="dataset card", advice="fix it, or write a new one with `ocbench data card init TABLE`",
+                         missing="write one with `ocbench data card init TABLE`", error=ConfigError)
+    else:
+        data = _read_yaml_card(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a dataset card holds an object of fields ({', '.join(fields)})")
     unknown = sorted(set(data) - set(fields))

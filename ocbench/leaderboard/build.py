@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ocbench._io import read_json_or_none
 from ocbench.errors import ConfigError, DataError
 from ocbench.leaderboard.collect import LoadedEntry, collect_entries, no_entries_message, parse_hub_source
 from ocbench.leaderboard.grouping import dedupe_entries
@@ -144,10 +145,10 @@ def _ensure_ours(folder: Path, marker: str, advice: str) -> None:
 
 
 def _manifest_files(out: Path) -> set[str]:
+    data = read_json_or_none(out / MANIFEST, dict) or {}
     try:
-        data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
         return {str(name) for name in data.get("files", [])}
-    except (OSError, ValueError, AttributeError):
+    except TypeError:  # "files" is not a list
         return set()
 
 

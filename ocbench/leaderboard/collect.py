@@ -15,13 +15,12 @@ Sources:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ocbench._io import sha256_bytes
+from ocbench._io import read_json_bytes, sha256_bytes
 from ocbench.benchmark.entry import Entry, entry_from_dict
 from ocbench.errors import DataError
 from ocbench.leaderboard.grouping import dedupe_entries
@@ -116,16 +115,7 @@ def _files_of(source: Source) -> list[tuple[Path, str]]:
 
 
 def _load_one(path: Path, shown: str, label: str) -> LoadedEntry | None:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{shown}: cannot read ({exc.strerror or exc})") from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise DataError(f"{shown}: not UTF-8 text; this is not an ocbench entry") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{shown}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix or delete the file") from None
+    data, raw = read_json_bytes(path, shown=shown, what="entry", advice="fix or delete the file")
     if isinstance(data, dict) and str(data.get("format", "")).startswith(_SPLIT_FORMAT_PREFIX):
         return None  # a split file the runner keeps beside its entries: evidence, not an entry
     entry = entry_from_dict(data, source=shown)

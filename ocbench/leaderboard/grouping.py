@@ -9,7 +9,6 @@ Imports no other leaderboard module at run time (collect and tables both use it)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import defaultdict
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
+from ocbench._io import json_sha256
 from ocbench.reported import not_comparable_reason
 
 #: A ``collect.LoadedEntry`` (not imported: collect imports this module). Used: ``.entry``,
@@ -76,7 +76,7 @@ class GroupKey:
         values = dict(self.__dict__)
         if values["label_mode"] == "multilabel":  # the ids of tables from before label modes stay
             del values["label_mode"]
-        digest = hashlib.sha256(json.dumps(list(values.values())).encode()).hexdigest()[:8]
+        digest = json_sha256(list(values.values()))[:8]  # strings and a bool: the same bytes as before sort_keys
         return f"{safe_id(self.task)}-{safe_id(self.track)}-{digest}"
 
     @property

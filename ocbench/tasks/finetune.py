@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from ocbench._io import json_sha256
+from ocbench._io import json_sha256, read_json_or_none
 from ocbench.backbones.derive import CARD_FILENAME, load_card_file, write_card_file
 from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError, DataError
@@ -87,7 +87,9 @@ def train_indices(dataset: Any, split: Any, fraction: float = 1.0, seed: int = 0
 # cards
 
 
-def _slug(text: str) -> str:
+def _name_part(text: str) -> str:
+    """``text`` as part of a backbone card name: lowercase, only the characters a card name may hold
+    (ocbench._io.slug makes file-name parts, which keep capitals and ``=``)."""
     import re
 
     return re.sub(r"[^a-z0-9._-]+", "-", str(text).lower()).strip("-") or "data"
@@ -129,7 +131,7 @@ def scratch_card(arch: str, dataset_card: Any, seed: int = 0, arch_kwargs: dict 
     patch = probe.patch_embed.patch_size
     channels = tuple(dataset_card.channel_names)
     return BackboneCard(
-        name=_slug(f"scratch-{name}"),
+        name=_name_part(f"scratch-{name}"),
         source="builtin:random-init",
         arch=name,
         arch_kwargs=dict(arch_kwargs or {}),
@@ -174,7 +176,7 @@ def derived_card(base: Any, adapter: Any, cfg: DinoConfig, dataset: Any, split: 
     label = _dataset_label(dataset)
     target = _zoo_target(base, dataset)
     kind = "dino" if scratch else "ft"
-    name = target.name if target is not None else f"{base.name}.{kind}-{_slug(dataset.name)}-f{cfg.fraction:g}-{digest}"
+    name = target.name if target is not None else f"{base.name}.{kind}-{_name_part(dataset.name)}-f{cfg.fraction:g}-{digest}"
     start = target if target is not None else base
     return dataclasses.replace(
         start,
@@ -233,11 +235,8 @@ class TrainFiles:
         folder still lists them."""
         if digest_then is None:
             return "it was made by an older ocbench that did not record the training images' content"
-        try:
-            then = json.loads((run_dir / TRAIN_FILES_NAME).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            then = {}
-        files = then.get("files") if isinstance(then, dict) and then.get("digest") == digest_then else None
+        then = read_json_or_none(run_dir / TRAIN_FILES_NAME, dict) or {}
+        files = then.get("files") if then.get("digest") == digest_then else None
         if not isinstance(files, dict):
             return "the training images' content changed since"
         now = self.by_file
@@ -264,12 +263,11 @@ def _finished(folder: Path, card: Any, train: TrainFiles, run_dir: Path) -> tupl
     path, weights = folder / CARD_FILENAME, folder / "model.safetensors"
     if not (path.is_file() and weights.is_file() and load_card_file(path) == card):
         return False, None
-    try:
-        recorded = json.loads((folder / "config.json").read_text(encoding="utf-8"))["ocbench"]
-        weights_sha256 = recorded["weights_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+    recorded = (read_json_or_none(folder / "config.json", dict) or {}).get("ocbench")
+    weights_sha256 = recorded.get("weights_sha256") if isinstance(recorded, dict) else None
+    if weights_sha256 is None:
         raise DataError(f"{folder / 'config.json'}: unreadable or without the weights' sha256; delete {folder} to train "
-                        "again") from None
+                        "again")
     if sha256_file(weights) != weights_sha256:
         raise DataError(f"{weights}: damaged (its sha256 differs from the one recorded in config.json when it was "
                         f"written); delete {folder} to train again")
@@ -330,10 +328,7 @@ def _drop_stale_checkpoint(checkpoint: Path, train: TrainFiles, run_dir: Path, *
     """A checkpoint of other training images is not resumed: it is removed, with a warning (unless
     ``warned`` already said so about the finished weights), and the run starts over; the run folder
     then lists the images this run trains on."""
-    try:
-        listed = json.loads((run_dir / TRAIN_FILES_NAME).read_text(encoding="utf-8")).get("digest")
-    except (OSError, ValueError, AttributeError):
-        listed = None
+    listed = (read_json_or_none(run_dir / TRAIN_FILES_NAME, dict) or {}).get("digest")
     if checkpoint.is_file() and listed != train.digest and train.digest is not None:
         if not warned:
             warnings.warn(f"{checkpoint}: {train.changes_since(run_dir, listed)} it was written; starting this run over",
@@ -419,7 +414,7 @@ def finetune_backbone(
     train = TrainFiles.of(dataset, indices)
     reusable, stale = _finished(folder, card, train, run_dir)
     if reusable:
-        history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+        history = read_json_or_none(run_dir / "history.json", list) or []  # a report of the run, not needed to reuse it
         report.note(f"finetune: reusing the finished run {folder}")
         return FineTuneOutcome(card, folder, run_dir, history, False, len(indices), time.perf_counter() - started)
     rank, world = _world()

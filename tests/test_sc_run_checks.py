@@ -1,4 +1,4 @@
-"""Review fixes of the single-cell track and the runner's reuse check: a changed expert labels file is
+"""Single-cell runs and the runner's reuse check: a changed expert labels file is
 another run, NaN/inf points are one-line errors, "no cells to evaluate" names the real filter and
 option, and deleted fine-tuned weights are said to be missing (not "other weights")."""
 

@@ -1,4 +1,4 @@
-"""Bring-your-own-backbone fixes: plugins by module name, in-memory model identity, malformed
+"""Bringing your own backbone: plugins by module name, in-memory model identity, malformed
 config.json / ocbench_card.json, user cards with a built-in card's name, imports into a local: source."""
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def test_in_memory_modules_differing_outside_the_state_dict_get_different_tokens
     assert in_memory_card(with_weights("max"), _stat_card()).source != in_memory_card(mean, _stat_card()).source
 
 
+@pytest.mark.slow
 def test_evaluate_never_serves_a_stateless_module_another_modules_embeddings(module_cache, tmp_path):
     import torch
 

@@ -1,4 +1,4 @@
-"""Complete, valid example entries (for documentation, tests and trying the board out).
+"""Complete, valid example entries for the tests (test fixtures, not part of the package).
 
 :func:`example_entry_dict` builds the dict ``ocbench run`` would write (the current schema) for
 made-up fold scores, so a board can be built and its ranking checked without running any model.
