@@ -816,15 +816,11 @@ def backbones_import(name, checkpoint, out, checkpoint_key):
     Example:
       ocbench backbones import hpa-fov-vitb8 --checkpoint DINO_FOV_checkpoint.pth
     """
+    from ocbench.backbones.archs import import_checkpoint
     from ocbench.backbones.derive import resolve_backbone
-    from ocbench.backbones.dino_import import import_backbone
-    from ocbench.backbones.subcell import import_subcell, is_subcell
 
-    card = resolve_backbone(name)
-    if is_subcell(card):  # SubCell's own checkpoint layout
-        folder = import_subcell(card, checkpoint, out_dir=out)
-    else:
-        folder = import_backbone(card, checkpoint, out_dir=out, checkpoint_key=checkpoint_key)
+    # the card's architecture family converts its own checkpoint layout (DINO for timm ViTs, SubCell's)
+    folder = import_checkpoint(resolve_backbone(name), checkpoint, out_dir=out, checkpoint_key=checkpoint_key)
     click.echo(f"wrote {folder}")
 
 
