@@ -913,7 +913,8 @@ def tasks_show(name):
     cls = TASKS.get(name)
     click.echo(f"{cls.name}: {cls.description}")
     click.echo(f"protocol version: {cls.protocol_version}")
-    click.echo(f"main score: {cls.main_score[1]} on {cls.main_score[0]} (ranks the leaderboard)")
+    click.echo(f"main score: {cls.main_score[1]} on {cls.main_score[0]} (ranks the leaderboard"
+               + ("" if cls.higher_is_better else "; lower is better") + ")")
     if cls.axis:
         click.echo(f"axis: {cls.axis}")
     if cls.requires:

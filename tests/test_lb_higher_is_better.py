@@ -101,3 +101,66 @@ def test_default_entries_are_unchanged(tmp_path):
 def test_directions_never_share_a_table(tmp_path):
     board = _board(tmp_path, _error_entry("model-err", LOW_FOLDS), example_entry_dict("model-f1"))
     assert len(board.tables) == 2
+
+
+ERROR_TASK_PLUGIN = '''
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ocbench.summaries import summarize
+from ocbench.tasks import TaskConfig, TaskResult, register_task
+
+
+@register_task
+@dataclass(frozen=True)
+class ToyErrorTask(TaskConfig):
+    name: ClassVar[str] = "toy-error"
+    protocol_version: ClassVar[str] = "toy-error/1"
+    main_score: ClassVar[tuple[str, str]] = ("test", "error")
+    higher_is_better: ClassVar[bool] = False
+    description: ClassVar[str] = "toy: nearest class mean of the mean protein intensity, scored by its error rate"
+
+    def evaluate(self, context):
+        ds = context.dataset
+        protein = list(ds.card.channel_names).index("protein")
+        x = np.array([ds.read(i)[protein].mean() for i in range(len(ds))])
+        y = context.labels.argmax(axis=1)
+        test_idx, folds_idx = context.split.indices(ds.fov_ids)
+        train = np.concatenate(folds_idx)
+        means = {c: x[train][y[train] == c].mean() for c in np.unique(y[train])}
+        classes, centers = np.array(list(means)), np.array(list(means.values()))
+        pred = classes[np.abs(x[test_idx][:, None] - centers[None, :]).argmin(axis=1)]
+        return TaskResult(
+            task=self.name, protocol_version=self.protocol_version, config=self.to_dict(),
+            scores={"test": {"error": summarize([float((pred != y[test_idx]).mean())])}},
+            class_names=context.class_names, seed=context.seed, device="cpu", wall_time_s=0.0,
+        )
+'''
+
+
+def test_a_lower_is_better_task_writes_it_into_its_entry(module_cache, tmp_path):
+    import sys
+
+    from click.testing import CliRunner
+
+    from ocbench.benchmark.entry import load_entry
+    from ocbench.cli import cli
+    from ocbench.tasks import TASKS
+
+    plugin = tmp_path / "toy_error_task.py"
+    plugin.write_text(ERROR_TASK_PLUGIN)
+    out = tmp_path / "res"
+    try:
+        result = CliRunner().invoke(cli, ["--plugin", str(plugin), "run", "--dataset", "demo", "--backbone", "classical-stats",
+                                          "--task", "toy-error", "--output", str(out)])
+        assert result.exit_code == 0, result.output
+        [path] = sorted(out.glob("*.json"))
+        assert json.loads(path.read_text())["main_score"] == {"eval_set": "test", "metric": "error", "higher_is_better": False}
+        assert load_entry(path).main_score.higher_is_better is False
+        shown = CliRunner().invoke(cli, ["--plugin", str(plugin), "tasks", "show", "toy-error"])
+        assert shown.exit_code == 0 and "lower is better" in shown.output
+    finally:
+        TASKS.unregister("toy-error")
+        sys.modules.pop("ocbench_plugin_toy_error_task", None)
