@@ -79,6 +79,7 @@ def reference_note(higher_is_better: bool = True) -> str:
     when lower is better)."""
     return REFERENCE_NOTE if higher_is_better else REFERENCE_NOTE.replace("(the highest over", "(the lowest over")
 
+
 #: The per-class score shown in per-class views (when an entry has it).
 PER_CLASS_METRIC = "f1"
 
