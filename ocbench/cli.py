@@ -817,15 +817,11 @@ def backbones_import(name, checkpoint, out, checkpoint_key):
     Example:
       ocbench backbones import hpa-fov-vitb8 --checkpoint DINO_FOV_checkpoint.pth
     """
+    from ocbench.backbones.archs import import_checkpoint
     from ocbench.backbones.derive import resolve_backbone
-    from ocbench.backbones.dino_import import import_backbone
-    from ocbench.backbones.subcell import import_subcell, is_subcell
 
-    card = resolve_backbone(name)
-    if is_subcell(card):  # SubCell's own checkpoint layout
-        folder = import_subcell(card, checkpoint, out_dir=out)
-    else:
-        folder = import_backbone(card, checkpoint, out_dir=out, checkpoint_key=checkpoint_key)
+    # the card's architecture family converts its own checkpoint layout (DINO for timm ViTs, SubCell's)
+    folder = import_checkpoint(resolve_backbone(name), checkpoint, out_dir=out, checkpoint_key=checkpoint_key)
     click.echo(f"wrote {folder}")
 
 
@@ -918,7 +914,8 @@ def tasks_show(name):
     cls = TASKS.get(name)
     click.echo(f"{cls.name}: {cls.description}")
     click.echo(f"protocol version: {cls.protocol_version}")
-    click.echo(f"main score: {cls.main_score[1]} on {cls.main_score[0]} (ranks the leaderboard)")
+    click.echo(f"main score: {cls.main_score[1]} on {cls.main_score[0]} (ranks the leaderboard"
+               + ("" if cls.higher_is_better else "; lower is better") + ")")
     if cls.axis:
         click.echo(f"axis: {cls.axis}")
     if cls.requires:

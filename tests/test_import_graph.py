@@ -178,3 +178,14 @@ def test_leaderboard_and_entry_schema_import_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_architecture_registry_imports_without_torch():
+    """``backbones.archs`` is read by the loader and by `backbones import`; its built-in families
+    import their code (torch, timm) only when a card of theirs is built."""
+    code = (
+        "import sys, ocbench.backbones.archs as a; a.ARCHS.names(); "
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

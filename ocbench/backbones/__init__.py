@@ -18,7 +18,8 @@ A ``--backbone`` value that is not a card name (``timm:NAME[.TAG]``, ``hf-hub:OR
 Modules, lowest first (an import only goes down this list): ``specs`` (spec and source parsers),
 ``weights_folder`` (the weights folder layout), ``model_card``; ``card`` (the card type);
 ``provenance`` (zero-shot or not); ``adapters``; ``preprocess``; ``describe`` (text); ``zoo`` and
-``zoo_modern`` (built-in cards); ``cards`` (the registry); ``download``; ``vit``, ``classical``,
+``zoo_modern`` (built-in cards); ``cards`` (the registry); ``archs`` (architecture families:
+timm, SubCell, the baselines, plugins' ``register_arch``); ``download``; ``vit``, ``classical``,
 ``subcell``, ``memory`` (in-memory models); ``dino_import`` (checkpoint conversion); ``sources``
 (weights); ``derive`` (cards from timm/Hub/local configs); ``hub`` (publishing); ``loader``; ``check``.
 """

@@ -1,6 +1,7 @@
 """Turn a backbone card into a :class:`Backbone`: a model plus everything that identifies its numbers.
 
-timm builds the architecture (``vit.build_vit``); weights come only from safetensors files
+The card's architecture family builds the network (``archs``: timm ViTs through ``vit.build_vit``,
+SubCell, a plugin's registered architectures); weights come only from safetensors files
 (``sources.resolve_weights`` finds or fetches them), loaded strictly: a missing, unexpected or
 wrongly shaped tensor is a one-line error naming the file, and so is a ``model.safetensors`` whose
 sha256 differs from the ``weights_sha256`` its folder's ``config.json`` records (imported weights,
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ocbench.backbones.adapters import ChannelAdapter, DatasetChannels, parse_channels
+from ocbench.backbones.archs import TIMM, arch_for, get_arch
 from ocbench.backbones.card import BackboneCard
 from ocbench.backbones.preprocess import model_inputs, preprocess_key
 from ocbench.backbones.sources import UNVERIFIED_NOTE, resolve_weights
@@ -269,44 +271,24 @@ def _build_builtin(card: BackboneCard) -> torch.nn.Module:
         from ocbench.backbones.memory import CallableFeatures, lookup
 
         return CallableFeatures(lookup(card)[0], card)
-    if card.source_target == "classical-stats":
-        from ocbench.backbones.classical import ClassicalFeatures, feature_dim
-
-        if feature_dim(card.in_chans) != card.feature_dim:
-            raise ConfigError(
-                f"backbone card '{card.name}': feature_dim {card.feature_dim} but classical features of "
-                f"{card.in_chans} channels have {feature_dim(card.in_chans)}"
-            )
-        return ClassicalFeatures(card.in_chans)
-    if card.source_target == "cellprofiler":
-        from ocbench.backbones.cellprofiler import CellProfilerFeatures
-
-        features = CellProfilerFeatures(card.input_channels)
-        if features.dim != card.feature_dim:
-            raise ConfigError(
-                f"backbone card '{card.name}': feature_dim {card.feature_dim} but the CellProfiler profile of "
-                f"{', '.join(card.input_channels)} has {features.dim} features (with this cp-measure)"
-            )
-        return features
-    from ocbench.backbones.vit import ViTCLSFeatures, build_vit
-
+    if card.source_target != "random-init":  # classical-stats, cellprofiler: a weightless family
+        return get_arch(card.source_target, what=f"backbone card '{card.name}': ").build_features(card)[0]
+    arch = arch_for(card)
     # Seeded init without disturbing the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(card.init_seed or 0))
+        if arch is not TIMM:
+            return arch.build_features(card)[0]
+        from ocbench.backbones.vit import ViTCLSFeatures, build_vit
+
         vit = build_vit(card)
     return ViTCLSFeatures(vit)
 
 
 def _build_network(card: BackboneCard) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """``(features module, the module whose state dict the weights file holds)`` for a card with weights."""
-    from ocbench.backbones.subcell import build_subcell, is_subcell
-
-    if is_subcell(card):
-        model = build_subcell(card)
-        return model, model
-    from ocbench.backbones.vit import build_features
-
-    return build_features(card)
+    """``(features module, the module whose state dict the weights file holds)`` for a card with
+    weights, built by the card's architecture family (:mod:`ocbench.backbones.archs`)."""
+    return arch_for(card).build_features(card)
 
 
 def _size_fields(card: BackboneCard, path: Path) -> tuple[str, dict[str, int]]:
@@ -404,14 +386,7 @@ def load_backbone(
         check_sizes_fit_weights(card, identity.weights_path)  # before anything of the card's size is allocated
         state = load_safetensors(identity.weights_path)
         model, network = _build_network(card)
-        if network is not model and weights is None and card.source_kind in ("hf-hub", "timm"):
-            # a Hub checkpoint's classifier head (or CLIP's projection) is not part of the features;
-            # any other file must fit the architecture exactly
-            from ocbench.backbones.vit import drop_unused_classifier
-
-            state = drop_unused_classifier(network, state)
-        elif card.arch == "subcell-vit-b16-cls":  # reads the pooled card's folder and leaves the pooling out
-            state = {k: v for k, v in state.items() if not k.startswith("pool.")}
+        state = arch_for(card).adapt(card, network, state, from_card_source=weights is None)
         load_state_strict(network, state, identity.weights_path, f"backbone '{card.name}' ({card.arch}, in_chans={card.in_chans})")
         if model.feature_dim != card.feature_dim:
             raise ConfigError(f"backbone card '{card.name}': feature_dim {card.feature_dim} but the model gives {model.feature_dim}")

@@ -202,10 +202,20 @@ Scores = dict[str, dict[str, MetricSummary]]
 
 
 class MainScore(_Strict):
-    """Which score ranks an entry: ``scores[eval_set][metric].mean`` (higher is better)."""
+    """Which score ranks an entry: ``scores[eval_set][metric].mean``, higher is better unless
+    ``higher_is_better`` is false (a loss, an error rate: then lower ranks first)."""
 
     eval_set: str = Field(min_length=1)
     metric: str = Field(min_length=1)
+    #: Left out of the file while true (the default), so entries of higher-is-better tasks read as before.
+    higher_is_better: bool = Field(default=True, description="false: lower is better (omitted when true)")
+
+    @model_serializer(mode="wrap")
+    def _omit_default_direction(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("higher_is_better") is True:
+            del data["higher_is_better"]
+        return data
 
     @property
     def label(self) -> str:
@@ -958,7 +968,8 @@ def build_entry(
         "overrides": dict(overrides),
         "off_protocol": bool(off_protocol_reasons),
         "off_protocol_reasons": list(off_protocol_reasons),
-        "main_score": {"eval_set": eval_set, "metric": metric},
+        "main_score": {"eval_set": eval_set, "metric": metric,
+                       **({} if getattr(task, "higher_is_better", True) else {"higher_is_better": False})},
         "scores": scores,
         "class_names": list(result.class_names),
         "per_class": result.per_class,

@@ -52,6 +52,8 @@ class GroupKey:
     off_protocol_reasons: str = "[]"  # canonical JSON of the sorted reasons
     #: Scores of single-label and multi-label readings of data never share a table.
     label_mode: str = "multilabel"
+    #: The main score's direction (False: lower is better); never mixed in one table.
+    higher_is_better: bool = True
 
     @classmethod
     def of(cls, entry: Any) -> "GroupKey":
@@ -68,6 +70,7 @@ class GroupKey:
             main_metric=entry.main_score.metric,
             off_protocol_reasons=json.dumps(sorted(entry.off_protocol_reasons)),
             label_mode=entry.dataset.labels,
+            higher_is_better=entry.main_score.higher_is_better,
         )
 
     @property
@@ -76,6 +79,8 @@ class GroupKey:
         values = dict(self.__dict__)
         if values["label_mode"] == "multilabel":  # the ids of tables from before label modes stay
             del values["label_mode"]
+        if values["higher_is_better"]:  # nor those of higher-is-better main scores
+            del values["higher_is_better"]
         digest = json_sha256(list(values.values()))[:8]  # strings and a bool: the same bytes as before sort_keys
         return f"{safe_id(self.task)}-{safe_id(self.track)}-{digest}"
 

@@ -203,7 +203,7 @@ def _channel_sweep(table: Table, path: Path) -> None:
     fig = _figure(7.5, 1.2 + 2.3 * len(groups))
     axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
     for ax, (name, rows) in zip(axes, groups.items()):
-        rows = sorted(rows, key=lambda r: -r.score.mean)  # type: ignore[union-attr]
+        rows = sorted(rows, key=lambda r: -r.ranking_value)  # best first, whichever way the score ranks
         means = [r.score.mean for r in rows]  # type: ignore[union-attr]
         stds = [r.score.std or 0.0 for r in rows]  # type: ignore[union-attr]
         reported = rows[0].kind == "reported"

@@ -21,7 +21,7 @@ from ocbench.leaderboard.formatting import (
 )
 from ocbench.leaderboard.plots import PlotSpec
 from ocbench.leaderboard.ranking import Score
-from ocbench.leaderboard.tables import REFERENCE_NOTE, Board, Row, SeedRow, SeedTable, Table, best_per_class
+from ocbench.leaderboard.tables import Board, Row, SeedRow, SeedTable, Table, best_per_class, reference_note
 from ocbench.reported import PAPER
 
 __all__ = [
@@ -349,7 +349,7 @@ def render_markdown(board: Board, plots: Sequence[PlotSpec] = ()) -> str:
         parts += [_md_main_table(table), ""]
         parts += [f"*{md_escape(table.rule)}*", ""]
         if table.reference_rows:
-            parts += [f"*{md_escape(REFERENCE_NOTE)}*", ""]
+            parts += [f"*{md_escape(reference_note(table.higher_is_better))}*", ""]
         if table.vs_baseline_label:
             parts += [f"*{md_escape(VS_BASELINE_NOTE)}*", ""]
         if "channel_sweep" in table_plots:

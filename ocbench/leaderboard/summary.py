@@ -27,11 +27,22 @@ __all__ = ["format_run_table", "format_sweep_table", "format_warnings", "best_ch
 
 
 def best_chance(entry: Any, eval_set: str | None = None) -> tuple[str, float] | None:
-    """(name, mean) of the entry's best chance reference on ``eval_set`` (default: the main one)."""
+    """(name, mean) of the entry's best chance reference on ``eval_set`` (default: the main one): the
+    highest, or the lowest when the main score is lower-is-better."""
     part, metric = eval_set or entry.main_score.eval_set, entry.main_score.metric
     scored = [(r.name, r.scores[part][metric].mean) for r in getattr(entry, "references", ())
               if metric in r.scores.get(part, {})]
-    return max(scored, key=lambda t: t[1]) if scored else None
+    sign = 1.0 if _higher_is_better(entry) else -1.0
+    return max(scored, key=lambda t: sign * t[1]) if scored else None
+
+
+def _higher_is_better(entry: Any) -> bool:
+    return getattr(entry.main_score, "higher_is_better", True)
+
+
+def ranking_value(entry: Any) -> float:
+    """What ranks an entry, larger first: its main score's mean, negated when lower is better."""
+    return entry.main.mean if _higher_is_better(entry) else -entry.main.mean
 
 
 def format_warnings(entries: Sequence[Any]) -> str:
@@ -120,7 +131,9 @@ def format_run_table(entries: Sequence[Any]) -> str:
     for eval_set in sorted({e.main_score.eval_set for e in entries if e.main.n < 2}):
         notes.append(f"{eval_set}: {score_basis(eval_set, 1)}")
     if any(best_chance(e) for e in entries):
-        notes.append("best chance = the highest of the entry's chance references on the main score (labels only: "
+        lower = any(not _higher_is_better(e) for e in entries)
+        best_word = "highest (lowest where lower is better)" if lower else "highest"
+        notes.append(f"best chance = the {best_word} of the entry's chance references on the main score (labels only: "
                      "all-positive or majority class, class prior, shuffled labels through the same probe)")
     if any(e.dataset.synthetic for e in entries):
         notes.append(f"(synthetic) = {SYNTHETIC_NOTE}")
@@ -144,5 +157,5 @@ def format_run_table(entries: Sequence[Any]) -> str:
 
 def format_sweep_table(backbone: str, entries: Sequence[Any]) -> str:
     """The channel sweep, best map first (by the main score), shaped like the paper's appendix D lists."""
-    ordered = sorted(entries, key=lambda e: -e.main.mean)
+    ordered = sorted(entries, key=lambda e: -ranking_value(e))
     return f"channel sweep of {backbone} (best first)\n" + format_run_table(ordered)

@@ -61,6 +61,7 @@ __all__ = [
     "per_class_metric",
     "BaselineDifference",
     "REFERENCE_NOTE",
+    "reference_note",
 ]
 
 #: What the chance reference rows of a table are (under every table that has them).
@@ -71,6 +72,13 @@ REFERENCE_NOTE = (
     "and shuffled labels through the task's own probe (the highest over the table's entries). They are never ranked; "
     "a row whose interval reaches them learned nothing the labels alone do not give."
 )
+
+
+def reference_note(higher_is_better: bool = True) -> str:
+    """:data:`REFERENCE_NOTE` for a table whose main score ranks that way (the best chance is the lowest
+    when lower is better)."""
+    return REFERENCE_NOTE if higher_is_better else REFERENCE_NOTE.replace("(the highest over", "(the lowest over")
+
 
 #: The per-class score shown in per-class views (when an entry has it).
 PER_CLASS_METRIC = "f1"
@@ -137,6 +145,14 @@ class Row:
     #: Short per-row flags shown beside the backbone's name, each (label, what it means): the reader
     #: must see them next to the number (the full text is in the notes, the CSV and the tooltips).
     markers: tuple[tuple[str, str], ...] = ()
+    #: The main score's direction (the entry's ``main_score.higher_is_better``); reported rows: True.
+    higher_is_better: bool = True
+
+    @property
+    def ranking_value(self) -> float:
+        """What ranks the row, larger first: the main score's mean, negated when lower is better."""
+        mean = self.score.mean if self.score else (max(self.per_k) if self.per_k else float("-inf"))
+        return mean if self.higher_is_better or mean == float("-inf") else -mean
 
     @property
     def label(self) -> str:
@@ -174,9 +190,15 @@ class Table:
         return tuple(r for r in self.rows if r.kind == "reference")
 
     @property
+    def higher_is_better(self) -> bool:
+        """The direction of the ranked score (False: lower is better)."""
+        return self.group.higher_is_better if self.group is not None else True
+
+    @property
     def best_reference(self) -> Row | None:
-        """The chance reference with the highest main score (drawn as a line in the plots)."""
-        return max((r for r in self.reference_rows if r.score is not None), key=lambda r: r.score.mean, default=None)
+        """The chance reference with the best main score (the highest; the lowest when lower is
+        better), drawn as a line in the plots."""
+        return max((r for r in self.reference_rows if r.score is not None), key=lambda r: r.ranking_value, default=None)
 
     @property
     def reported_rows(self) -> tuple[Row, ...]:
@@ -360,6 +382,7 @@ def _computed_row(loaded: Any, board_file: str) -> Row:
         channel_map=channel_map,
         score=Score.of(e.main),
         test=Score.of(test) if test is not None and e.main_score.eval_set != "test" else None,
+        higher_is_better=e.main_score.higher_is_better,
         reported=reported,
         notes="; ".join(notes),
         provenance=_provenance(loaded, board_file) + ((("interval", interval.describe()),) if interval is not None else ()),
@@ -410,7 +433,8 @@ def _row_markers(loaded: Any) -> tuple[tuple[str, str], ...]:
 def _reference_rows(members: Sequence[Any]) -> list[Row]:
     """One row per chance reference the table's entries carry. References computed from the labels
     alone are the same for every entry of a table (same split and items); shuffled labels go
-    through each entry's own features, and the highest of them is shown."""
+    through each entry's own features, and the best of them (the highest; the lowest when lower is
+    better) is shown."""
     best: dict[str, tuple[float, Any, Any, int]] = {}
     for loaded in members:
         e = loaded.entry
@@ -418,9 +442,10 @@ def _reference_rows(members: Sequence[Any]) -> list[Row]:
             summary = ref.scores.get(e.main_score.eval_set, {}).get(e.main_score.metric)
             if summary is None:
                 continue
+            value = summary.mean if e.main_score.higher_is_better else -summary.mean
             count = best[ref.name][3] + 1 if ref.name in best else 1
-            if ref.name not in best or summary.mean > best[ref.name][0]:
-                best[ref.name] = (summary.mean, loaded, ref, count)
+            if ref.name not in best or value > best[ref.name][0]:
+                best[ref.name] = (value, loaded, ref, count)
             else:
                 best[ref.name] = (*best[ref.name][:3], count)
     rows = []
@@ -437,15 +462,17 @@ def _reference_rows(members: Sequence[Any]) -> list[Row]:
             error = max((ref.standard_error or {}).values(), default=None)
             notes.append(f"expected over {ref.draws:,} seeded draws" + (f", standard error {error:.4f}" if error is not None else ""))
         if name == "shuffled-labels":
-            notes.append(f"{e.task} on {e.backbone.name}'s features" + (f" (the highest of {count} entries)" if count > 1 else ""))
+            best_word = "highest" if e.main_score.higher_is_better else "lowest"
+            notes.append(f"{e.task} on {e.backbone.name}'s features" + (f" (the {best_word} of {count} entries)" if count > 1 else ""))
         notes.append("chance reference, not ranked")
         rows.append(Row(
             kind="reference", backbone=f"chance: {name}", channels="—", strategy="", channel_map=None,
             score=Score.of(main), test=Score.of(test) if test is not None else None, notes="; ".join(notes),
             provenance=(("reference", ref.description), ("from entry", e.key)),
             synthetic=bool(e.dataset.synthetic), interval=interval, interval_set=interval_set if interval is not None else "",
+            higher_is_better=e.main_score.higher_is_better,
         ))
-    return sorted(rows, key=lambda r: (-r.score.mean, r.backbone))  # type: ignore[union-attr]
+    return sorted(rows, key=lambda r: (-r.ranking_value, r.backbone))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,7 +486,7 @@ def _with_baseline_differences(rows: list[Row], *, alpha: float) -> tuple[list[R
     baselines = [r for r in rows if r.kind == "computed" and r.role == "baseline" and r.score is not None]
     if not baselines:
         return rows, ""
-    best = max(baselines, key=lambda r: (r.score.mean, r.label))  # type: ignore[union-attr]
+    best = max(baselines, key=lambda r: (r.ranking_value, r.label))
     cache: dict = {}
     methods = set()
     out = []
@@ -533,8 +560,7 @@ def _reported_row(r: ReportedResult) -> Row:
 # ranks
 # ---------------------------------------------------------------------------------------------
 def _sort_key(row: Row) -> tuple:
-    mean = row.score.mean if row.score else (max(row.per_k) if row.per_k else float("-inf"))
-    return (-mean, row.kind != "computed", row.backbone, row.channels, row.notes)
+    return (-row.ranking_value, row.kind != "computed", row.backbone, row.channels, row.notes)
 
 
 #: Resamples of each pairwise comparison on the board (entries' own intervals use 2,000).
@@ -587,7 +613,8 @@ def paired_evidence(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA, cache
             out.append(Evidence(False, f"paired bootstrap not possible ({exc})"))
         else:
             d = result.difference
-            out.append(Evidence(d.low > 0, f"paired {d.group} bootstrap of the {pa.eval_set} difference "
+            # a - b excludes 0 on a's side: above 0, or below it when lower is better
+            out.append(Evidence(d.low > 0 if a.higher_is_better else d.high < 0, f"paired {d.group} bootstrap of the {pa.eval_set} difference "
                                            f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]", d))
     return out
 
@@ -674,7 +701,7 @@ def _group_details(key: GroupKey, first: Any, label: str, synthetic: bool) -> tu
         dataset + (f": {SYNTHETIC_NOTE}" if synthetic else ""),
         f"split {key.track} seed {first.split.seed} sha256 {key.split_sha256[:12]}",
         f"protocol {key.protocol_version}; {deviation}",
-        f"ranked by {label} ({key.main_eval_set}/{key.main_metric})",
+        f"ranked by {label} ({key.main_eval_set}/{key.main_metric})" + ("" if key.higher_is_better else ", lower is better"),
     ]
     if first.axis is not None:
         details.append(
@@ -722,7 +749,7 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
     if reported_rows and not_comparable:
         details += (f"the paper's numbers are not shown here: {not_comparable}",)
     if references:
-        best_ref = max(references, key=lambda r: r.score.mean)  # type: ignore[union-attr]
+        best_ref = max(references, key=lambda r: r.ranking_value)
         details += (f"best chance reference: {best_ref.backbone[len('chance: '):]} {best_ref.score.mean:.3f}; "  # type: ignore[union-attr]
                     "chance rows are computed from the labels alone and never ranked",)
     flagged = [r for r in computed if r.warnings]
@@ -748,7 +775,7 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
             alpha=alpha,
             ranked_reported=ranked_reported,
             has_reported=bool(reported),
-            label=label,
+            label=label if key.higher_is_better else f"{label} (lower is better)",
             folds=folds,
             predictions=f"{i0.group} bootstrap" if with_interval else None,
         ),
@@ -962,7 +989,8 @@ def seed_tables(tables: Sequence[Table]) -> tuple[SeedTable, ...]:
             note = "1 seed: no seed spread, not comparable with the many-seed rows" if len(seeds) == 1 else (
                 f"{len(seeds)} of {most} seeds" if len(seeds) < most else "")
             rows.append(SeedRow(backbone, channels, seeds, means, tests, note))
-        rows.sort(key=lambda r: (-r.n, -r.mean, r.backbone, r.channels))  # many-seed rows first, then by mean
+        sign = 1.0 if family.higher_is_better else -1.0  # best mean first, whichever way the score ranks
+        rows.sort(key=lambda r: (-r.n, -sign * r.mean, r.backbone, r.channels))  # many-seed rows first, then by mean
         label = members[0].score_label
         mixed = len({r.n for r in rows}) > 1
         rule = (

@@ -84,6 +84,8 @@ class TaskConfig:
     name: ClassVar[str] = ""
     protocol_version: ClassVar[str] = ""
     main_score: ClassVar[tuple[str, str]] = ("val", "macro_f1")
+    #: False for a main score where lower is better (a loss, an error rate): the board ranks it ascending.
+    higher_is_better: ClassVar[bool] = True
     axis: ClassVar[str | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
     #: pip extra that provides ``requires`` (named in the error when one is missing).
