@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ocbench.benchmark.entry import entry_from_dict, entry_to_json, write_entry
 from ocbench.leaderboard import collect_entries
-from ocbench.leaderboard.examples import example_entry_dict
+from board_examples import example_entry_dict
 from ocbench.leaderboard.grouping import GroupKey
 from ocbench.leaderboard.summary import best_chance, format_sweep_table
 from ocbench.leaderboard.tables import build_tables, reference_note
