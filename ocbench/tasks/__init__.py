@@ -6,11 +6,12 @@ import any task's dependencies; a plugin adds tasks through the ``ocbench.tasks`
 ``ocbench --plugin MODULE``.
 """
 
-from ocbench.tasks.base import TASKS, TaskConfig, TaskResult, get_task, get_task_class, list_tasks, register_task
+from ocbench.tasks.base import TASKS, Task, TaskConfig, TaskResult, get_task, get_task_class, list_tasks, register_task
 from ocbench.tasks.context import Progress, RunContext
 
 __all__ = [
     "TASKS",
+    "Task",
     "TaskConfig",
     "TaskResult",
     "RunContext",

@@ -540,6 +540,8 @@ class FineTune(DinoConfig, TaskConfig):
         if isinstance(self.probe_epochs, bool) or not isinstance(self.probe_epochs, int) or not 1 <= self.probe_epochs <= 100_000:
             raise ConfigError(f"task {self.name}: probe_epochs must be an integer in [1, 100000], got {self.probe_epochs!r}")
 
+    derives_backbone: ClassVar[bool] = True
+
     def derived_backbone(self, card: Any, adapter: Any, dataset: Any, split: Any, seed: int) -> Any:
         """The card the entry will record (the runner asks before any work, for the entry's key)."""
         return derived_card(card, adapter, self, dataset, split, seed)
