@@ -586,6 +586,16 @@ def default_workers(device: str) -> int:
     return max(0, min(8, available_cores() - 1))
 
 
+def _check_counts(**counts: int | None) -> None:
+    """batch_size and shard_size >= 1, num_workers >= 0 (None: the device's default)."""
+    for name, value in counts.items():
+        low = 0 if name == "num_workers" else 1
+        if name == "num_workers" and value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def extract_embeddings(
     dataset: "ItemSet",
     backbone: "BackboneCard | Backbone",
@@ -621,11 +631,7 @@ def extract_embeddings(
     Objects only: names (what a user typed) are resolved once, at the edge (the CLI, the runner).
     """
     started = time.perf_counter()
-    for name, value, low in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1), ("num_workers", num_workers, 0)):
-        if name == "num_workers" and value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    _check_counts(batch_size=batch_size, shard_size=shard_size, num_workers=num_workers)
     card, loaded = _split_backbone(backbone)
     adapter = _check_adapter(adapter, card, dataset)
     from ocbench.backbones.loader import effective_precision, resolve_device

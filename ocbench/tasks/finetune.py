@@ -35,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -45,6 +45,12 @@ from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError, DataError
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
 from ocbench.tasks.dino_config import DinoConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ocbench.backbones.adapters import ChannelAdapter
+    from ocbench.backbones.card import BackboneCard
+    from ocbench.data.base import ImageSplit, ItemSet
+    from ocbench.tasks.context import RunContext
 
 __all__ = [
     "FineTune",
@@ -542,11 +548,12 @@ class FineTune(DinoConfig, TaskConfig):
 
     derives_backbone: ClassVar[bool] = True
 
-    def derived_backbone(self, card: Any, adapter: Any, dataset: Any, split: Any, seed: int) -> Any:
+    def derived_backbone(self, card: BackboneCard, adapter: ChannelAdapter, dataset: "ItemSet", split: "ImageSplit",
+                         seed: int) -> BackboneCard:
         """The card the entry will record (the runner asks before any work, for the entry's key)."""
         return derived_card(card, adapter, self, dataset, split, seed)
 
-    def evaluate(self, context: Any) -> TaskResult:
+    def evaluate(self, context: RunContext) -> TaskResult:
         from ocbench.tasks.fov_probe import FovMlpProbe
 
         started = time.perf_counter()

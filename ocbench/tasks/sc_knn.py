@@ -47,7 +47,7 @@ import numpy as np
 from ocbench.errors import ConfigError, DataError
 from ocbench.summaries import summarize
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
-from ocbench.tasks.context import Progress
+from ocbench.tasks.context import Progress, RunContext
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -392,7 +392,7 @@ class ScKnn(TaskConfig):
         return table, cells.evaluation_set(dataset, table, self.cell_labels or None)
 
     # -- running -------------------------------------------------------------------------------
-    def evaluate(self, context) -> TaskResult:
+    def evaluate(self, context: "RunContext") -> TaskResult:
         """Segment (or reuse masks), cut and embed the evaluation cells, score them by k-NN."""
         started = time.perf_counter()
         dataset = context.dataset
@@ -413,7 +413,7 @@ class ScKnn(TaskConfig):
             class_names=context.class_names, device=context.device, seed=context.seed, progress=context.progress,
             item_ids=list(evaluation.ids), interval_groups=proteins, group_name=group_name,
             references=True, label_mode=dataset.card.label_mode,
-            feature_standardization=getattr(context.backbone, "feature_standardization", "none"),
+            feature_standardization=context.backbone.feature_standardization,
         )
         details = {
             **result.details,
