@@ -421,14 +421,14 @@ def finetune(backbone, from_scratch, channels, epochs, fraction, resume, track, 
     if (backbone is None) == (from_scratch is None):
         raise click.UsageError("give exactly one of --backbone NAME or --from-scratch ARCH")
     settings = [*overrides, *([f"epochs={epochs}"] if epochs else []), *([f"fraction={fraction}"] if fraction else [])]
-    get_task("finetune").with_overrides(settings)  # settings checked before the data is opened
+    config, _ = get_task("finetune").with_overrides(settings)  # settings checked before the data is opened
     source = _resolve_dataset(dataset)
     base = resolve_backbone(backbone) if backbone else scratch_card(from_scratch, source.card, seed)
     adapter = parse_channels(channels, base, source.card)
     ds = _open_dataset(source, annotations, min_grade)
     split = split_for(ds, track, RunOptions(output_dir=Path("."), seed=seed, split_file=Path(split_file) if split_file else None))
     outcome = finetune_command(
-        base=base, adapter=adapter, dataset=ds, split=split, overrides=settings, seed=seed, device=device,
+        base=base, adapter=adapter, dataset=ds, split=split, config=config, seed=seed, device=device,
         workers=workers, precision=precision, resume=resume, threads=threads or _available_cores(),
     )
     if outcome is None:  # not rank 0 of a distributed run

@@ -602,17 +602,18 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 
 
 def finetune_command(
-    *, base: Any, adapter: Any, dataset: Any, split: Any, overrides: Sequence[str], seed: int, device: str,
-    workers: int | None, precision: str, resume: bool, threads: int | None = None,
+    *, base: BackboneCard, adapter: ChannelAdapter, dataset: "ItemSet", split: "ImageSplit", config: "FineTune",
+    seed: int, device: str, workers: int | None, precision: str, resume: bool, threads: int | None = None,
 ) -> FineTuneOutcome | None:
-    """What ``ocbench finetune`` does once names are resolved; returns None on processes other than rank 0."""
+    """What ``ocbench finetune`` does once names are resolved (``config``: the settings, parsed once
+    by the command); returns None on processes other than rank 0."""
     import torch
 
     from ocbench.backbones.loader import resolve_device
     from ocbench.tasks.context import Progress
     from ocbench.tasks.dino_ssl import _world
 
-    cfg, _ = FineTune().with_overrides(overrides)
+    cfg = config
     device, distributed = _init_distributed(device)
     if threads:
         torch.set_num_threads(threads)
