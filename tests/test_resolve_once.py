@@ -102,3 +102,20 @@ def test_run_grid_refuses_a_mix_of_specs_and_cells(tmp_path):
     with pytest.raises(ConfigError, match="RunSpecs or Cells"):
         run_grid(["classical-stats"], None, RunOptions(output_dir=tmp_path))
     assert not list(tmp_path.iterdir())  # refused before any work
+
+
+def test_built_in_tasks_and_loaded_backbones_implement_the_protocols():
+    from ocbench.backbones.cards import get_card
+    from ocbench.backbones.loader import load_backbone
+    from ocbench.backbones.protocol import Backbone
+    from ocbench.tasks import Task, get_task, list_tasks
+
+    for name in list_tasks():
+        task = get_task(name)
+        assert isinstance(task, Task), name
+        assert task.derives_backbone == (name == "finetune")
+    card = get_card("classical-stats")
+    loaded = load_backbone(card)
+    assert isinstance(loaded, Backbone) and not isinstance(card, Backbone)
+    again = load_backbone(card, identity=loaded.identity)  # an identity already resolved is used as it is
+    assert again.identity is loaded.identity
