@@ -91,7 +91,7 @@ def evaluate(
         cache_dir=Path(cache_dir) if cache_dir is not None else None, overwrite=overwrite, progress=progress,
         replace_hint="pass overwrite=True to replace it or another output_dir= to keep both",
     )
-    # The card object itself stands in the spec: the runner resolves a card to itself.
+    # The card object itself stands in the spec: the runner uses a card as it is.
     spec = RunSpec(backbone=memory_card, task=task, channels=channels, track=track, overrides=tuple(overrides))
     (outcome,) = run_grid([spec], ds, options)
     return outcome.entry

@@ -111,11 +111,19 @@ def _dataset_options(default: str = "opencell"):
     return decorate
 
 
-def _open_dataset(dataset: str, annotations: str | None, min_grade: int | None):
-    """The dataset object (it carries its card and the name entries record)."""
+def _open_dataset(dataset, annotations: str | None, min_grade: int | None):
+    """The dataset object (it carries its card and the name entries record). ``dataset``: what
+    ``--dataset`` named, or its :class:`~ocbench.data.cards.DatasetSource` when already resolved."""
     from ocbench.data.cards import open_dataset
 
     return open_dataset(dataset, annotations=annotations, min_grade=min_grade)
+
+
+def _resolve_dataset(dataset: str):
+    """What ``--dataset`` named, resolved once (card, folder, recorded name), not opened yet."""
+    from ocbench.data.cards import resolve_dataset
+
+    return resolve_dataset(dataset)
 
 
 def _split_list(values: tuple[str, ...]) -> list[str]:
@@ -280,14 +288,19 @@ def run(backbones, tasks, channels, tracks, split_file, overrides, dataset, anno
     from dataclasses import replace
 
     from ocbench.benchmark.runner import RunOptions, expand_grid, resolve_cells, run_grid
-    from ocbench.data.cards import dataset_card_for
 
     specs = expand_grid(
         _split_list(backbones), _split_list(tasks), list(channels) or [None], _split_list(tracks), overrides
     )
-    cells = resolve_cells(specs, lambda: dataset_card_for(dataset))  # names checked before the data is opened
+    resolved: list = []  # the dataset, resolved once: after the names are checked, before the data is opened
+
+    def dataset_card():
+        resolved.append(_resolve_dataset(dataset))
+        return resolved[0].card
+
+    cells = resolve_cells(specs, dataset_card)
     device = _join_ranks(device)
-    ds = _open_dataset(dataset, annotations, min_grade)
+    ds = _open_dataset(resolved[0] if resolved else dataset, annotations, min_grade)
     options = RunOptions(
         output_dir=Path(output), seed=seed[0], device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, split_file=Path(split_file) if split_file else None,
@@ -324,8 +337,8 @@ def sweep_channels(backbone, task, track, overrides, dataset, annotations, min_g
     card = resolve_backbone(backbone)
     device = _join_ranks(device)
     ds = _open_dataset(dataset, annotations, min_grade)
-    # the spec as typed (a card name, or timm:/hf-hub:/local:), resolved again by the runner
-    specs = [RunSpec(backbone, task, a.spec, track, tuple(overrides)) for a in sweep_adapters(card, ds.card)]
+    # the card and the adapters themselves: the runner takes resolved objects as they are
+    specs = [RunSpec(card, task, adapter, track, tuple(overrides)) for adapter in sweep_adapters(card, ds.card)]
     options = RunOptions(
         output_dir=Path(output), seed=_one_seed(seed), device=device, batch_size=batch_size, num_workers=workers,
         overwrite=overwrite, threads=threads or _available_cores(), recompute=recompute, precision=precision,
@@ -402,21 +415,20 @@ def finetune(backbone, from_scratch, channels, epochs, fraction, resume, track, 
     from ocbench.backbones.adapters import parse_channels
     from ocbench.backbones.derive import resolve_backbone
     from ocbench.benchmark.runner import RunOptions, split_for
-    from ocbench.data.cards import dataset_card_for
     from ocbench.tasks import get_task
     from ocbench.tasks.finetune import finetune_command, scratch_card
 
     if (backbone is None) == (from_scratch is None):
         raise click.UsageError("give exactly one of --backbone NAME or --from-scratch ARCH")
     settings = [*overrides, *([f"epochs={epochs}"] if epochs else []), *([f"fraction={fraction}"] if fraction else [])]
-    get_task("finetune").with_overrides(settings)  # settings checked before the data is opened
-    dataset_card = dataset_card_for(dataset)
-    base = resolve_backbone(backbone) if backbone else scratch_card(from_scratch, dataset_card, seed)
-    adapter = parse_channels(channels, base, dataset_card)
-    ds = _open_dataset(dataset, annotations, min_grade)
+    config, _ = get_task("finetune").with_overrides(settings)  # settings checked before the data is opened
+    source = _resolve_dataset(dataset)
+    base = resolve_backbone(backbone) if backbone else scratch_card(from_scratch, source.card, seed)
+    adapter = parse_channels(channels, base, source.card)
+    ds = _open_dataset(source, annotations, min_grade)
     split = split_for(ds, track, RunOptions(output_dir=Path("."), seed=seed, split_file=Path(split_file) if split_file else None))
     outcome = finetune_command(
-        base=base, adapter=adapter, dataset=ds, split=split, overrides=settings, seed=seed, device=device,
+        base=base, adapter=adapter, dataset=ds, split=split, config=config, seed=seed, device=device,
         workers=workers, precision=precision, resume=resume, threads=threads or _available_cores(),
     )
     if outcome is None:  # not rank 0 of a distributed run
@@ -460,19 +472,19 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
     from ocbench.backbones.adapters import parse_channels
     from ocbench.backbones.derive import resolve_backbone
     from ocbench.benchmark.embeddings import extract_embeddings
-    from ocbench.data.cards import dataset_card_for
 
     card = resolve_backbone(backbone)
-    adapter = parse_channels(channels, card, dataset_card_for(dataset))
+    source = _resolve_dataset(dataset)
+    adapter = parse_channels(channels, card, source.card)
     selection = None
     if cells:
         from ocbench.tasks.cell_task import CellSelection
 
-        selection = CellSelection().for_dataset(dataset_card_for(dataset)).with_overrides(overrides)
+        selection = CellSelection().for_dataset(source.card).with_overrides(overrides)
     elif overrides:
         raise click.UsageError("--set applies to --cells (the settings that choose the cells)")
     device = _join_ranks(device)
-    ds = _open_dataset(dataset, annotations, min_grade)
+    ds = _open_dataset(source, annotations, min_grade)
     extract = partial(
         extract_embeddings, backbone=card, adapter=adapter, batch_size=batch_size, device=device,
         num_workers=workers, recompute=recompute, progress=_is_main_rank(),
@@ -616,7 +628,7 @@ def data_info(dataset, annotations, min_grade):
             raise click.UsageError("--annotations and --min-grade are options of the OpenCell layout; a table has its labels")
         click.echo(table_report(source.root))
         return
-    ds = _open_dataset(dataset, annotations, min_grade)
+    ds = _open_dataset(source, annotations, min_grade)
     if callable(getattr(ds, "report", None)):  # readers other than OpenCell's say what they hold
         click.echo(ds.report())
         return
@@ -702,12 +714,12 @@ def data_cells(dataset, annotations, min_grade, backend, overrides, cell_labels,
       ocbench data cells --dataset demo --backend classical
     """
     from ocbench.data import cells as cell_data
-    from ocbench.data.cards import dataset_card_for
     from ocbench.tasks import Progress
     from ocbench.tasks.cell_task import CellSelection
 
-    selection = CellSelection().for_dataset(dataset_card_for(dataset)).with_overrides([f"segmentation={backend}", *overrides])
-    ds = _open_dataset(dataset, annotations, min_grade)
+    source = _resolve_dataset(dataset)
+    selection = CellSelection().for_dataset(source.card).with_overrides([f"segmentation={backend}", *overrides])
+    ds = _open_dataset(source, annotations, min_grade)
     click.echo(cell_data.cells_command(
         ds, backend=selection.backend_for(ds.card), crop=selection.crop_settings(), black_percentile=selection.black_percentile,
         labels=selection.label_policy(), cell_labels=cell_labels or selection.cell_labels or None, contact_sheet=contact_sheet,

@@ -5,6 +5,8 @@ labels on both tracks, and grouping the split by protein does not make the task 
 import numpy as np
 import pytest
 
+from ocbench.backbones.adapters import parse_channels
+from ocbench.backbones.cards import get_card
 from ocbench.benchmark.embeddings import extract_embeddings
 from ocbench.benchmark.splits import TRACKS, make_split
 from ocbench.data.compartments import COMPARTMENTS
@@ -25,7 +27,8 @@ PROBES = tuple(MARGIN)
 def demo(tmp_path_factory):
     root = ensure_demo(tmp_path_factory.mktemp("demo") / "demo")
     ds = OpenCellDataset(root)
-    emb = extract_embeddings(ds, "classical-stats", cache_dir=tmp_path_factory.mktemp("emb"), progress=False)
+    card = get_card("classical-stats")
+    emb = extract_embeddings(ds, card, parse_channels(None, card, ds.card), cache_dir=tmp_path_factory.mktemp("emb"), progress=False)
     assert list(emb.fov_ids) == ds.fov_ids
     splits = {track: make_split(ds.manifest, track=track, seed=0).indices(emb.fov_ids) for track in TRACKS}
     return ds, emb, splits

@@ -22,6 +22,7 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     import numpy as np
     from ocbench.benchmark import distributed
+    from ocbench.backbones.adapters import parse_channels
     from ocbench.benchmark.embeddings import extract_embeddings
     from ocbench.benchmark.runner import RunOptions, RunSpec, run_grid
     from ocbench.backbones.cards import get_card
@@ -31,7 +32,7 @@ SCRIPT = textwrap.dedent(
     device = distributed.setup("cpu")
     world = distributed.world()
     ds = open_dataset(str(data))
-    emb = extract_embeddings(ds, get_card("tiny-vit-random"), None, device=device, cache_dir=cache,
+    emb = extract_embeddings(ds, get_card("tiny-vit-random"), parse_channels(None, get_card("tiny-vit-random"), ds.card), device=device, cache_dir=cache,
                              shard_size=5, batch_size=5, progress=False)
     np.save(out / f"features-rank{world.rank}.npy", emb.features)
     options = RunOptions(output_dir=out / "entries", device=device, cache_dir=cache, progress=False, threads=1)
@@ -63,13 +64,14 @@ def _torchrun(tmp_path, data, cache, out, nproc=2):
 
 def _one_process(data, cache, out):
     from ocbench.backbones.cards import get_card
+    from ocbench.backbones.adapters import parse_channels
     from ocbench.benchmark.embeddings import extract_embeddings
     from ocbench.benchmark.entry import load_entry
     from ocbench.benchmark.runner import RunOptions, RunSpec, run_grid
     from ocbench.data.cards import open_dataset
 
     ds = open_dataset(str(data))
-    emb = extract_embeddings(ds, get_card("tiny-vit-random"), None, device="cpu", cache_dir=cache, shard_size=5,
+    emb = extract_embeddings(ds, get_card("tiny-vit-random"), parse_channels(None, get_card("tiny-vit-random"), ds.card), device="cpu", cache_dir=cache, shard_size=5,
                              batch_size=5, progress=False)
     options = RunOptions(output_dir=out, device="cpu", cache_dir=cache, progress=False, threads=1)
     (outcome,) = run_grid([RunSpec("classical-stats", "fov-linear", None, "paper", ("epochs=20",))], ds, options)

@@ -272,7 +272,7 @@ def test_offline_backbones_end_to_end_then_cache_hit_without_loading(demo_datase
 
     monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path))
     card = get_card(card_name)
-    first = emb.extract_embeddings(demo_dataset, card_name, batch_size=4, shard_size=4, device="auto", progress=False)
+    first = emb.extract_embeddings(demo_dataset, card, parse_channels(None, card), batch_size=4, shard_size=4, device="auto", progress=False)
     n = len(demo_dataset)
     assert first.features.shape == (n, card.feature_dim) and np.isfinite(first.features).all()
     assert first.fov_ids == demo_dataset.fov_ids
@@ -291,7 +291,7 @@ def test_offline_backbones_end_to_end_then_cache_hit_without_loading(demo_datase
         raise AssertionError("a cache hit must not load the model")
 
     monkeypatch.setattr(loader, "load_backbone", no_model)
-    again = emb.extract_embeddings(demo_dataset, card, progress=False)
+    again = emb.extract_embeddings(demo_dataset, card, parse_channels(None, card), progress=False)
     assert again.meta["cache_hit"] is True and again.key == first.key
     np.testing.assert_array_equal(again.features, first.features)
     with pytest.raises(AssertionError, match="must not load"):  # another adapter is another key
@@ -316,6 +316,7 @@ def test_another_architecture_under_the_same_name_is_not_a_cache_hit(tmp_path, m
     """A random-init card has no weights to hash: its architecture must still change the key."""
     import dataclasses
 
+    from ocbench.backbones.adapters import parse_channels
     from ocbench.backbones.cards import get_card
     from ocbench.data.demo import DemoConfig, write_demo
     from ocbench.data.opencell import OpenCellDataset
@@ -323,9 +324,9 @@ def test_another_architecture_under_the_same_name_is_not_a_cache_hit(tmp_path, m
     monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
     ds = OpenCellDataset(write_demo(tmp_path / "demo", DemoConfig(proteins=6, fovs_per_protein=2, size=32)))
     card = get_card("tiny-vit-random")
-    first = emb.extract_embeddings(ds, card, progress=False)
+    first = emb.extract_embeddings(ds, card, parse_channels(None, card), progress=False)
     narrower = dataclasses.replace(card, arch_kwargs={**card.arch_kwargs, "embed_dim": 32}, feature_dim=32)
-    second = emb.extract_embeddings(ds, narrower, progress=False)
+    second = emb.extract_embeddings(ds, narrower, parse_channels(None, narrower), progress=False)
     assert first.key != second.key and not second.meta["cache_hit"]
     assert second.features.shape[1] == 32
 
@@ -333,6 +334,8 @@ def test_another_architecture_under_the_same_name_is_not_a_cache_hit(tmp_path, m
 def test_mixed_fov_sizes_in_a_batch_name_the_file(tmp_path, monkeypatch):
     import tifffile
 
+    from ocbench.backbones.adapters import parse_channels
+    from ocbench.backbones.cards import get_card
     from ocbench.data.demo import DemoConfig, write_demo
     from ocbench.data.opencell import OpenCellDataset
     from ocbench.errors import DataError
@@ -340,11 +343,12 @@ def test_mixed_fov_sizes_in_a_batch_name_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("OCBENCH_CACHE", str(tmp_path / "cache"))
     ds = OpenCellDataset(write_demo(tmp_path / "demo", DemoConfig(proteins=6, fovs_per_protein=2, size=32)))
     odd = ds.path(3)
+    card = get_card("classical-stats")
     tifffile.imwrite(odd, np.zeros((2, 40, 40), dtype=np.uint16))
     with pytest.raises(DataError, match=odd.name) as excinfo:
-        emb.extract_embeddings(ds, "classical-stats", batch_size=8, progress=False)
+        emb.extract_embeddings(ds, card, parse_channels(None, card), batch_size=8, progress=False)
     assert "--batch-size 1" in str(excinfo.value)
-    assert emb.extract_embeddings(ds, "classical-stats", batch_size=1, progress=False).features.shape[0] == len(ds)
+    assert emb.extract_embeddings(ds, card, parse_channels(None, card), batch_size=1, progress=False).features.shape[0] == len(ds)
 
 
 def test_default_workers_decode_beside_a_gpu_and_leave_the_cpu_to_the_model(monkeypatch):

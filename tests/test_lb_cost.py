@@ -43,6 +43,7 @@ def test_board_shows_device_seconds_per_1000_images(tmp_path):
 def test_a_resumed_extraction_costs_what_its_throughput_says(tmp_path):
     """A run that resumed an interrupted extraction computed only the rest: its wall time over all
     items would make the backbone look cheaper the more had been done before."""
+    from ocbench.backbones.adapters import parse_channels
     from ocbench.benchmark.embeddings import extract_embeddings
     from ocbench.backbones.cards import get_card
     from ocbench.benchmark.entry import Timings
@@ -52,12 +53,12 @@ def test_a_resumed_extraction_costs_what_its_throughput_says(tmp_path):
     data = open_dataset(str(labelled_demo(tmp_path / "demo", proteins=10, fovs_per_protein=4, size=32)))
     card = get_card("tiny-vit-random")
     kwargs = dict(device="cpu", cache_dir=tmp_path / "cache", shard_size=10, batch_size=10, progress=False, num_workers=0)
-    full = extract_embeddings(data, card, None, **kwargs).meta
+    full = extract_embeddings(data, card, parse_channels(None, card, data.card), **kwargs).meta
     assert full["n_computed"] == 40
     (key_dir,) = [p.parent for p in (tmp_path / "cache").rglob("manifest.json")]
     (key_dir / "manifest.json").unlink()
     sorted(key_dir.glob("shard-*.safetensors"))[-1].unlink()  # as if killed before the last shard
-    resumed = extract_embeddings(data, card, None, **kwargs).meta
+    resumed = extract_embeddings(data, card, parse_channels(None, card, data.card), **kwargs).meta
     assert resumed["n_computed"] == 10 and resumed["n_reused"] == 30
 
     def cost(meta):

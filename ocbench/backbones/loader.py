@@ -44,7 +44,8 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 @dataclass(eq=False)
 class Backbone:
-    """A loaded backbone. ``embed`` takes what the network sees; ``embed_raw`` takes OpenCell FOVs."""
+    """A loaded backbone (it implements :class:`ocbench.backbones.protocol.Backbone`, what the
+    embedding cache calls). ``embed`` takes what the network sees; ``embed_raw`` takes OpenCell FOVs."""
 
     card: BackboneCard
     model: torch.nn.Module  # model(x) -> (N, feature_dim) CLS features (or classical statistics)
@@ -368,18 +369,23 @@ def load_backbone(
     cache_dir: str | os.PathLike | None = None,
     weights: str | os.PathLike | None = None,
     precision: str = "fp32",
+    identity: BackboneIdentity | None = None,
 ) -> Backbone:
     """Build the card's model on ``device`` with its weights; see :class:`Backbone`.
 
     ``weights`` loads this safetensors file instead of the card's source (e.g. a checkpoint you
     trained); it must fit the card's architecture exactly. ``precision``: "fp32" or "bf16" (see
-    the module docstring).
+    the module docstring). ``identity``: the card's :func:`resolve_identity`, when the caller
+    resolved it already (the runner does, once per backbone): the weights are not found and hashed again.
     """
     started = time.perf_counter()
     card = _require_card(card, "load_backbone")
     target = resolve_device(device)
     used_precision = effective_precision(card, target, precision)
-    identity = resolve_identity(card, cache_dir=cache_dir, weights=weights)
+    if identity is None:
+        identity = resolve_identity(card, cache_dir=cache_dir, weights=weights)
+    elif weights is not None:
+        raise ConfigError("load_backbone: give weights= or identity=, not both (the identity names its weights file)")
     if identity.weights_path is None:
         model = _build_builtin(card)
     else:

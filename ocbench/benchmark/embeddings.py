@@ -49,14 +49,16 @@ from ocbench import __version__ as _ocbench_version
 from ocbench import paths
 from ocbench._io import atomic_path, atomic_write, json_sha256, sha256_bytes, sha256_file, slug
 from ocbench._lock import file_lock
-from ocbench.backbones.adapters import ChannelAdapter, parse_channels
+from ocbench.backbones.adapters import ChannelAdapter
 from ocbench.backbones.card import BackboneCard
+from ocbench.backbones.protocol import Backbone
 from ocbench.benchmark import distributed
 from ocbench.data.content import FileRecord, file_record, listing_version, stat_key
 from ocbench.errors import ConfigError, DataError, OcbenchError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ocbench.backbones.loader import Backbone
+    from ocbench.backbones.loader import BackboneIdentity
+    from ocbench.data.base import ItemSet
 
 #: Bump when the shard layout or the meaning of stored features changes: old caches become misses.
 EMBEDDING_FORMAT_VERSION = 1
@@ -430,35 +432,14 @@ def _batches(ranges: Sequence[tuple[int, int]], batch_size: int) -> list[list[in
 # Backbone, adapter and identity
 
 
-def _dataset_channels(dataset) -> tuple[str, ...] | None:
-    card = getattr(dataset, "card", None)
+def _dataset_channels(dataset: "ItemSet") -> tuple[str, ...] | None:
+    card = getattr(dataset, "card", None)  # a bare item set (a test's, a library caller's) may have none
     names = getattr(card, "channel_names", None)
     return tuple(names) if names else None
 
 
-def _resolve_at_the_edge(dataset, backbone, adapter) -> tuple[Any, ChannelAdapter]:
-    """Names (a card name, a channel spec string or None) resolved once, for callers that pass
-    what a user typed (``ocbench embed``); everything below takes objects."""
-    if isinstance(backbone, str):
-        from ocbench.backbones.cards import get_card
-
-        backbone = get_card(backbone)
-    if adapter is None or isinstance(adapter, str):
-        card = backbone if isinstance(backbone, BackboneCard) else getattr(backbone, "card", None)
-        if not isinstance(card, BackboneCard):
-            raise ConfigError(f"backbone must be a BackboneCard or a loaded Backbone, not {type(backbone).__name__}")
-        from ocbench.data.cards import DatasetCard
-
-        # the dataset's card (its channel presets too), or the channel names of a bare item set
-        adapter = parse_channels(adapter, card, dataset.card if isinstance(dataset.card, DatasetCard)
-                                 else tuple(dataset.card.channel_names))
-    return backbone, adapter
-
-
-def _split_backbone(backbone) -> tuple[BackboneCard, "Backbone | None"]:
+def _split_backbone(backbone: "BackboneCard | Backbone") -> tuple[BackboneCard, "Backbone | None"]:
     """-> (card, loaded Backbone or None) for a BackboneCard or an already loaded Backbone."""
-    from ocbench.backbones.loader import Backbone
-
     if isinstance(backbone, Backbone):  # tests, benchmarks, callers that reuse a model
         return backbone.card, backbone
     if isinstance(backbone, BackboneCard):
@@ -480,25 +461,31 @@ def _check_adapter(adapter, card: BackboneCard, dataset) -> ChannelAdapter:
     return adapter
 
 
-def _backbone_identity(card: BackboneCard, loaded: "Backbone | None", known=None) -> dict[str, Any]:
-    """weights sha256, revision, preprocessing key and provenance, without building the model.
-
-    ``known``: the card's BackboneIdentity when the caller resolved it already (the runner does, once
-    per backbone), so the weights are not hashed again for every cell."""
+def _backbone_identity(card: BackboneCard, loaded: "Backbone | None",
+                       known: "BackboneIdentity | None" = None) -> "BackboneIdentity | None":
+    """The card's identity for a backbone not loaded yet: ``known`` when the caller resolved it
+    already (the runner does, once per backbone, so the weights are not hashed again for every
+    cell), else resolved here, once, from the card and the local weight files (no model build: a
+    cache hit never loads it); handed to the loader on a cache miss. None for a loaded backbone."""
+    if loaded is not None or known is not None:
+        return known if loaded is None else None
     from ocbench.backbones import loader
 
-    if loaded is None and known is not None:
-        return {"weights_sha256": known.weights_sha256, "revision": known.revision,
-                "preprocess": known.preprocess_key, "provenance": known.provenance()}
+    return loader.resolve_identity(card)
+
+
+def _identity_record(loaded: "Backbone | None", known: "BackboneIdentity | None") -> dict[str, Any]:
+    """weights sha256, revision, preprocessing key and provenance, as the key and meta record them."""
     if loaded is not None:
+        from ocbench.backbones import loader
+
         ident = loaded.identity
         provenance = ident.provenance() if ident is not None else loader.BackboneIdentity(None, None, "").provenance()
         return {"weights_sha256": loaded.weights_sha256, "revision": loaded.revision,
                 "preprocess": loaded.preprocess_key, "provenance": provenance}
-    # From the card and the local weight files only (no model build): a cache hit never loads it.
-    ident = loader.resolve_identity(card)
-    return {"weights_sha256": ident.weights_sha256, "revision": ident.revision, "preprocess": ident.preprocess_key,
-            "provenance": ident.provenance()}
+    assert known is not None
+    return {"weights_sha256": known.weights_sha256, "revision": known.revision, "preprocess": known.preprocess_key,
+            "provenance": known.provenance()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -599,10 +586,20 @@ def default_workers(device: str) -> int:
     return max(0, min(8, available_cores() - 1))
 
 
+def _check_counts(**counts: int | None) -> None:
+    """batch_size and shard_size >= 1, num_workers >= 0 (None: the device's default)."""
+    for name, value in counts.items():
+        low = 0 if name == "num_workers" else 1
+        if name == "num_workers" and value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def extract_embeddings(
-    dataset,
+    dataset: "ItemSet",
     backbone: "BackboneCard | Backbone",
-    adapter: ChannelAdapter | None = None,
+    adapter: ChannelAdapter,
     *,
     batch_size: int = 16,
     device: str | None = "auto",
@@ -613,14 +610,14 @@ def extract_embeddings(
     recompute: bool = False,
     precision: str = "fp32",
     lock_timeout: float | None = None,
-    identity=None,
+    identity: "BackboneIdentity | None" = None,
 ) -> Embeddings:
     """Embed every item of ``dataset`` with ``backbone`` (cached; resumable); see the module docstring.
 
     ``dataset``: an :class:`~ocbench.data.base.ItemSet` (``ids``, ``version``, ``read(i)``, ``len``; ``path(i)`` for
-    the changed-file check; ``card.channel_names`` when it has a dataset card.
+    the changed-file check; ``card.channel_names``).
     ``backbone``: a BackboneCard, or an already loaded Backbone.
-    ``adapter``: a ChannelAdapter for the dataset's channels (None: the card's default).
+    ``adapter``: a ChannelAdapter for the dataset's channels (``parse_channels(spec, card, dataset.card)``).
     ``device``: "auto" (CUDA when available), "cpu", "cuda[:i]".
     ``num_workers``: DataLoader worker processes decoding (and hashing) images in parallel with the
     model; None: :func:`default_workers` for the device.
@@ -631,17 +628,10 @@ def extract_embeddings(
     ``lock_timeout``: seconds to wait for another process extracting the same key (None: as long as it takes).
     ``identity``: the card's ``resolve_identity`` result, when already known (skips hashing the weights again).
 
-    A card name or a channel spec string (what a user typed) is also accepted and resolved once,
-    here, for the command line.
+    Objects only: names (what a user typed) are resolved once, at the edge (the CLI, the runner).
     """
     started = time.perf_counter()
-    for name, value, low in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1), ("num_workers", num_workers, 0)):
-        if name == "num_workers" and value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    if isinstance(backbone, str) or adapter is None or isinstance(adapter, str):
-        backbone, adapter = _resolve_at_the_edge(dataset, backbone, adapter)
+    _check_counts(batch_size=batch_size, shard_size=shard_size, num_workers=num_workers)
     card, loaded = _split_backbone(backbone)
     adapter = _check_adapter(adapter, card, dataset)
     from ocbench.backbones.loader import effective_precision, resolve_device
@@ -659,16 +649,17 @@ def extract_embeddings(
     n = len(fov_ids)
     if n == 0:
         raise DataError("the dataset has no labelled items to embed; check its annotations file")
-    ident = _backbone_identity(card, loaded, identity)
+    known = _backbone_identity(card, loaded, identity)
+    ident = _identity_record(loaded, known)
     # The listing, not the content: each item's file content is checked against its record, so a
     # changed image recomputes its own shard, not the whole key.
     dataset_version = listing_version(dataset)
-    identity = _identity_dict(
+    key_identity = _identity_dict(
         dataset_version, card.name, ident["weights_sha256"], ident["revision"], adapter.key, ident["preprocess"],
         card_sha256=json_sha256(card.extraction_dict(), default=str),
         precision=_KEY_PRECISION[used_precision],
     )
-    key = _key_of(identity)
+    key = _key_of(key_identity)
     root = embedding_cache_dir(cache_dir)
     key_dir = root / key
     try:
@@ -681,15 +672,15 @@ def extract_embeddings(
     lock = file_lock(root / ".locks" / f"{key}.lock", timeout=lock_timeout, what=f"the embeddings {key}") if main else nullcontext()
     with lock:
         return _extract_locked(
-            dataset, card, loaded, adapter, fov_ids, key, key_dir, identity, ident,
-            started=started, batch_size=batch_size, device_name=device_name, num_workers=num_workers,
+            dataset, card, loaded, adapter, fov_ids, key, key_dir, key_identity, ident,
+            known=known, started=started, batch_size=batch_size, device_name=device_name, num_workers=num_workers,
             shard_size=shard_size, progress=progress, recompute=recompute, precision=used_precision,
         )
 
 
 def _extract_locked(
-    dataset, card: BackboneCard, loaded, adapter: ChannelAdapter, fov_ids: list[str], key: str, key_dir: Path,
-    identity: dict, ident: dict, *, started: float, batch_size: int, device_name: str, num_workers: int,
+    dataset: "ItemSet", card: BackboneCard, loaded: Backbone | None, adapter: ChannelAdapter, fov_ids: list[str], key: str, key_dir: Path,
+    identity: dict, ident: dict, *, known: "BackboneIdentity | None", started: float, batch_size: int, device_name: str, num_workers: int,
     shard_size: int, progress: bool, recompute: bool, precision: str,
 ) -> Embeddings:
     n = len(fov_ids)
@@ -718,7 +709,7 @@ def _extract_locked(
         if loaded is None:
             from ocbench.backbones import loader as backbone_loader
 
-            loaded = backbone_loader.load_backbone(card, device=device_name, precision=precision)
+            loaded = backbone_loader.load_backbone(card, device=device_name, precision=precision, identity=known)
         compute = _compute_shards(
             dataset, loaded, adapter, card, mine, key, key_dir, fov_ids, computed,
             batch_size=batch_size, num_workers=num_workers, device=device_name,
@@ -905,7 +896,7 @@ def _remove_leftovers(key_dir: Path, keep: set[str]) -> None:
 
 
 def _compute_shards(
-    dataset, loaded, adapter: ChannelAdapter, card: BackboneCard, todo, key, key_dir, fov_ids, done, *,
+    dataset: "ItemSet", loaded: Backbone, adapter: ChannelAdapter, card: BackboneCard, todo, key, key_dir, fov_ids, done, *,
     batch_size, num_workers, device, progress, n_already, hashed,
 ) -> dict:
     """Run the model over the ranges in ``todo``, writing each shard as soon as it is full."""

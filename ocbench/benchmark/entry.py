@@ -63,7 +63,7 @@ import platform as _platform
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
@@ -72,6 +72,9 @@ from ocbench.data.cards import OPENCELL
 from ocbench.errors import DataError
 from ocbench.registry import Registry
 from ocbench.summaries import summarize, summary_mean, summary_std
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ocbench.tasks.base import Task, TaskResult
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -931,9 +934,11 @@ def environment_info(device: str) -> dict[str, Any]:
 
 
 def build_entry(
-    result: Any,
+    result: "TaskResult",
     *,
-    task: Any,
+    task: "Task",
+    key: str,
+    task_config: Mapping[str, Any],
     overrides: Mapping[str, Any],
     off_protocol_reasons: list[str],
     backbone: Mapping[str, Any],
@@ -948,23 +953,26 @@ def build_entry(
 ) -> Entry:
     """Assemble and validate the entry of one run from a task's result and the run's provenance.
 
-    ``result`` is a ``TaskResult``; ``task`` the task config (its ``main_score`` ranks the entry).
+    ``result`` is a ``TaskResult`` (scores); ``task`` the task config the runner holds: its name,
+    protocol version and ``main_score`` (which ranks the entry) are recorded, with ``task_config``
+    (its settings and the digests of files they name). ``key``: the entry's key, computed once by the
+    runner (:meth:`~ocbench.benchmark.runner.Cell.key_for`); the entry checks it against its parts.
     ``predictions``: the reference to the predictions file written beside the entry (file name,
     sha256); with ``result.predictions`` the scored set's main metric gets its interval.
     """
     eval_set, metric = task.main_score
     scores, axis = result.scores, result.axis
     warnings: list[dict[str, str]] = []
-    references = list(getattr(result, "references", None) or [])
+    references = list(result.references)
     if result.predictions is not None:
         scores, axis = _with_intervals(result.predictions, scores, axis, metric)
         # checked against the references, so a collapsed or chance-level entry says so itself
         warnings = _collapse_warnings(result.predictions, scores, axis, metric, references)
     data = {
         "schema_version": SCHEMA_VERSION,
-        "protocol_version": result.protocol_version,
+        "protocol_version": task.protocol_version,
         "task": task.name,
-        "task_config": result.config,
+        "task_config": dict(task_config),
         "overrides": dict(overrides),
         "off_protocol": bool(off_protocol_reasons),
         "off_protocol_reasons": list(off_protocol_reasons),
@@ -983,7 +991,7 @@ def build_entry(
         "environment": dict(environment),
         "timings": dict(timings),
         "created": now_iso(),
-        "key": entry_key(backbone["name"], channels["key"], task.name, split["track"], seed),
+        "key": key,
         "predictions": dict(predictions) if predictions is not None else None,
         "references": references,
         "warnings": warnings,

@@ -22,7 +22,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, Union
 
 from ocbench.benchmark import distributed
 from ocbench.data.content import listing_version
@@ -35,7 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ocbench.benchmark.entry import Entry
     from ocbench.data.base import ItemSet
     from ocbench.data.cards import DatasetCard
-    from ocbench.tasks.base import TaskConfig
+    from ocbench.benchmark.splits import Split
+    from ocbench.tasks.base import Task, TaskConfig, TaskResult
+    from ocbench.tasks.context import EmbeddingsLike, RunContext
 
 __all__ = [
     "RunSpec",
@@ -54,13 +56,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One cell of the benchmark grid, as names (what the user typed)."""
+    """One cell of the benchmark grid, as the user named it. ``backbone`` and ``channels`` may also
+    be objects already resolved (a BackboneCard, a ChannelAdapter): the runner uses them as they are."""
 
-    backbone: str
+    backbone: "str | BackboneCard"
     task: str = "fov-mlp"
-    channels: str | None = None  # None: the card's default strategy
+    channels: "str | ChannelAdapter | None" = None  # None: the card's default strategy
     track: str = "paper"
-    overrides: tuple[str, ...] = ()  # task settings, "key=value"
+    #: Task settings, "key=value"; a comma list for a setting that takes one value is a sweep.
+    overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ class RunOptions:
     replace_hint: str = "pass --overwrite to replace it or --output DIR to keep both"
 
 
+#: A task setting as an entry records it (JSON: lists for tuples).
+Setting = Union[bool, int, float, str, None, list]
+
+
 @dataclass(frozen=True)
 class Cell:
     """One grid cell resolved into objects: card, adapter, task config, track."""
@@ -90,8 +98,8 @@ class Cell:
     spec: RunSpec
     card: "BackboneCard"
     adapter: "ChannelAdapter"
-    task: "TaskConfig"  # with the dataset's settings and the overrides applied
-    overrides: dict[str, Any]
+    task: "Task"  # with the dataset's settings and the overrides applied
+    overrides: dict[str, Setting]
     identity: "BackboneIdentity | None"  # weights sha256 and revision, known before any work
     #: The backbone the entry records when the task derives one from ``card`` (fine-tuning): named
     #: by the task's ``derived_backbone`` before any work, so the entry's key is known up front.
@@ -110,7 +118,8 @@ class Cell:
         return self.key_for(0)
 
     def key_for(self, seed: int) -> str:
-        """The entry key of this cell run with ``seed`` (seeds other than 0 end in ``__seed<N>``)."""
+        """The entry key of this cell run with ``seed`` (seeds other than 0 end in ``__seed<N>``):
+        computed here, once per cell run, and handed to the entry."""
         from ocbench.benchmark.entry import entry_key
 
         return entry_key(self.recorded_card.name, self.adapter.key, self.task.name, self.track, seed)
@@ -125,7 +134,7 @@ class RunOutcome:
     path: Path
     entry: "Entry"
     skipped: bool = False
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
 
 
 def expand_grid(
@@ -137,27 +146,22 @@ def expand_grid(
 ) -> list[RunSpec]:
     """Every combination, backbone-major (one model load and extraction per backbone/adapter).
 
-    A comma list given to a setting that takes one value (``--set fraction=0.2,0.4,1.0``) is a
-    sweep: one cell per value (per combination of values when several settings are swept).
+    Names only, nothing resolved: a comma list given to a setting that takes one value
+    (``--set fraction=0.2,0.4,1.0``) is a sweep, which :func:`resolve_cells` expands into one cell
+    per value (per combination of values when several settings are swept) once it holds the task.
     """
     return [
-        RunSpec(backbone=b, task=t, channels=c, track=tr, overrides=swept)
+        RunSpec(backbone=b, task=t, channels=c, track=tr, overrides=tuple(overrides))
         for b, c, tr, t in itertools.product(backbones, channels or [None], tracks, tasks)
-        for swept in _swept_overrides(t, overrides)
     ]
 
 
-def _swept_overrides(task: str, overrides: Sequence[str]) -> list[tuple[str, ...]]:
+def _swept_overrides(task_class: "type[TaskConfig]", overrides: Sequence[str]) -> list[tuple[str, ...]]:
     import typing
 
-    from ocbench.tasks import get_task_class
+    hints = typing.get_type_hints(task_class)
 
-    try:
-        hints = typing.get_type_hints(get_task_class(task))
-    except ConfigError:  # an unknown task name is reported (with a did-you-mean) by resolve_cells
-        return [tuple(overrides)]
-
-    def takes_many(hint: Any) -> bool:
+    def takes_many(hint: object) -> bool:
         return typing.get_origin(hint) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(hint))
 
     choices = []
@@ -175,49 +179,94 @@ def _swept_overrides(task: str, overrides: Sequence[str]) -> list[tuple[str, ...
 # resolving and checking, before any work
 
 
+@dataclass
+class _Names:
+    """Each name of a grid resolved once: backbone cards, task classes, parsed settings."""
+
+    cards: dict["str | BackboneCard", "BackboneCard"] = field(default_factory=dict)
+    classes: dict[str, "type[TaskConfig]"] = field(default_factory=dict)
+    settings: dict[tuple[str, tuple[str, ...]], dict[str, Setting]] = field(default_factory=dict)
+    specs: list[RunSpec] = field(default_factory=list)  # the grid with its sweeps expanded
+
+
+def _resolve_names(specs: Sequence[RunSpec]) -> _Names:
+    """What needs no dataset: backbone and task names, settings (parsed once per task and
+    settings), tracks, explicit channel maps' targets; sweeps expanded."""
+    from dataclasses import replace
+
+    from ocbench.backbones.adapters import ChannelAdapter, parse_channels
+    from ocbench.backbones.card import BackboneCard
+    from ocbench.backbones.derive import resolve_backbone
+    from ocbench.backbones.specs import spec_channel_names
+    from ocbench.benchmark.splits import TRACKS
+    from ocbench.tasks import get_task_class
+
+    names = _Names()
+    for spec in specs:
+        if spec.backbone not in names.cards:  # a card given as such is used as it is
+            names.cards[spec.backbone] = (spec.backbone if isinstance(spec.backbone, BackboneCard)
+                                          else resolve_backbone(spec.backbone))
+        if spec.task not in names.classes:
+            names.classes[spec.task] = get_task_class(spec.task)
+        task_class = names.classes[spec.task]
+        if spec.track not in TRACKS:
+            raise ConfigError(f"unknown split track {spec.track!r}; valid: {', '.join(TRACKS)}")
+        if spec.channels is not None and not isinstance(spec.channels, ChannelAdapter):
+            named = spec_channel_names(spec.channels)
+            if named:  # an explicit map: its targets, against the channels it names
+                parse_channels(spec.channels, names.cards[spec.backbone], named)
+        for overrides in _swept_overrides(task_class, spec.overrides):
+            if (spec.task, overrides) not in names.settings:
+                settings = task_class.parse_overrides(overrides)
+                task_class().with_settings(settings)  # the whole config checked at the protocol's values
+                names.settings[(spec.task, overrides)] = settings
+            names.specs.append(replace(spec, overrides=overrides))
+    return names
+
+
+def _adapter_for(channels: "str | ChannelAdapter | None", card: "BackboneCard", dataset_card: "DatasetCard") -> "ChannelAdapter":
+    """The channel spec parsed for the card and dataset; an adapter given as an object is checked to fit them."""
+    from ocbench.backbones.adapters import ChannelAdapter, parse_channels
+
+    if not isinstance(channels, ChannelAdapter):
+        return parse_channels(channels, card, dataset_card)
+    if channels.in_chans != card.in_chans:
+        raise ConfigError(f"channel adapter {channels.key} is for {channels.in_chans} input channels; {card.name} has {card.in_chans}")
+    if tuple(c.lower() for c in channels.channels) != tuple(c.lower() for c in dataset_card.channel_names):
+        raise ConfigError(f"channel adapter {channels.key} is for the channels {', '.join(channels.channels)}; "
+                          f"dataset {dataset_card.name!r} has {', '.join(dataset_card.channel_names)}")
+    return channels
+
+
 def resolve_cells(specs: Sequence[RunSpec], dataset_card: "DatasetCard | Callable[[], DatasetCard]") -> list[Cell]:
     """Resolve every cell's names into objects, once, and check them (fast: no torch, no weights).
 
     Names, channel specs (against the dataset card's channels), task settings, tracks and each
     task's optional dependencies are checked for the whole grid before anything runs, so a typo in
     the last cell does not surface after an hour of work on the first ones. ``dataset_card`` may be
-    a function that resolves it: then what needs no dataset (backbone and task names, settings,
-    tracks, explicit channel maps' targets) is checked first, so a typo is named before a missing
-    dataset.
+    a function that resolves it (called once): then what needs no dataset (backbone and task names,
+    settings, tracks, explicit channel maps' targets) is checked first, so a typo is named before a
+    missing dataset. A swept setting (``fraction=0.2,0.4``) gives one cell per value.
     """
-    from ocbench.backbones.adapters import parse_channels
-    from ocbench.backbones.derive import resolve_backbone
-    from ocbench.backbones.specs import spec_channel_names
-    from ocbench.benchmark.splits import TRACKS
-    from ocbench.tasks import get_task_class
-
-    cards: dict[str, Any] = {}
-    for spec in specs:  # what needs no dataset
-        if spec.backbone not in cards:
-            cards[spec.backbone] = resolve_backbone(spec.backbone)
-        get_task_class(spec.task)().with_overrides(spec.overrides)
-        if spec.track not in TRACKS:
-            raise ConfigError(f"unknown split track {spec.track!r}; valid: {', '.join(TRACKS)}")
-        named = spec_channel_names(spec.channels) if spec.channels is not None else None
-        if named:  # an explicit map: its targets, against the channels it names
-            parse_channels(spec.channels, cards[spec.backbone], named)
+    names = _resolve_names(specs)
     if callable(dataset_card):
         dataset_card = dataset_card()
-    adapters: dict[tuple[str, str | None], Any] = {}
-    tasks: dict[tuple[str, tuple[str, ...]], tuple[Any, dict]] = {}
+    adapters: dict[tuple["str | BackboneCard", "str | ChannelAdapter | None"], "ChannelAdapter"] = {}
+    tasks: dict[tuple[str, tuple[str, ...]], tuple["Task", dict[str, Setting]]] = {}
     cells = []
-    for spec in specs:
-        card = cards[spec.backbone]
+    for spec in names.specs:
+        card = names.cards[spec.backbone]
         if (spec.backbone, spec.channels) not in adapters:
-            adapters[(spec.backbone, spec.channels)] = parse_channels(spec.channels, card, dataset_card)
+            adapters[(spec.backbone, spec.channels)] = _adapter_for(spec.channels, card, dataset_card)
         if (spec.task, spec.overrides) not in tasks:
-            task, overrides = get_task_class(spec.task)().for_dataset(dataset_card).with_overrides(spec.overrides)
+            base = names.classes[spec.task]().for_dataset(dataset_card)
+            task, overrides = base.with_settings(names.settings[(spec.task, spec.overrides)])
             task.validate_for(dataset_card)
             tasks[(spec.task, spec.overrides)] = (task, overrides)
         task, overrides = tasks[(spec.task, spec.overrides)]
         cells.append(Cell(spec, card, adapters[(spec.backbone, spec.channels)], task, overrides, None))
-    for task, _ in tasks.values():
-        type(task).check_requirements()
+    for task_class in names.classes.values():
+        task_class.check_requirements()
     _refuse_shared_keys(cells)
     return cells
 
@@ -227,11 +276,12 @@ def _refuse_shared_keys(cells: Sequence[Cell]) -> None:
     ``--set lr=0.001,0.01``) are refused here, before any work: otherwise the second would find the
     first's entry from other settings after the first cell's work was done. Tasks that derive the
     recorded backbone from their settings (fine-tuning) give each setting its own key."""
-    first: dict[str, Cell] = {}
+    first: dict[tuple[str, str, str, str], Cell] = {}
     for number, cell in enumerate(cells, start=1):
-        if getattr(cell.task, "derived_backbone", None) is not None:
+        if cell.task.derives_backbone:
             continue
-        other = first.setdefault(cell.key, cell)
+        # the entry key's parts (the key itself is computed once, when the cell runs)
+        other = first.setdefault((cell.card.name, cell.adapter.key, cell.task.name, cell.track), cell)
         if other is cell:
             continue
         then, now = dict(_settings_of(other.spec)), dict(_settings_of(cell.spec))
@@ -257,7 +307,7 @@ def _with_identities(cells: Sequence[Cell], options: RunOptions) -> list[Cell]:
     from ocbench.backbones.loader import resolve_device, resolve_identity
 
     resolve_device(options.device)
-    identities: dict[str, Any] = {}
+    identities: dict[str, BackboneIdentity] = {}
     out = []
     for cell in cells:
         if cell.card.name not in identities:
@@ -288,7 +338,7 @@ def split_for(dataset: "ItemSet", track: str, options: RunOptions):
     return make_split(dataset, track=track, seed=options.seed)
 
 
-def _save_split(split: Any, dataset: "ItemSet", options: RunOptions) -> None:
+def _save_split(split: "Split", dataset: "ItemSet", options: RunOptions) -> None:
     """Save a made split beside the entries (once an entry that names it is written), so every
     entry's split sha256 points at a file."""
     if options.split_file is not None:
@@ -318,7 +368,7 @@ def off_protocol_reasons(cell: Cell, dataset: "ItemSet") -> list[str]:
     return reasons
 
 
-def _unused_channels(adapter: Any, channel_names: Sequence[str]) -> tuple[str, ...]:
+def _unused_channels(adapter: "ChannelAdapter", channel_names: Sequence[str]) -> tuple[str, ...]:
     """Dataset channels a ``map`` adapter leaves out (the protocol's maps place every channel)."""
     if adapter.strategy != "map":
         return ()
@@ -345,18 +395,17 @@ def _dataset_block(dataset: "ItemSet") -> dict[str, Any]:
     }
 
 
-def _with_entry_card(cell: Cell, dataset: "ItemSet", split: Any, seed: int) -> Cell:
-    """A task that scores a backbone it derives from the cell's (fine-tuning) names it up front
-    through an optional ``derived_backbone(card, adapter, dataset, split, seed)`` method."""
-    derive = getattr(cell.task, "derived_backbone", None)
-    if derive is None:
+def _with_entry_card(cell: Cell, dataset: "ItemSet", split: "Split", seed: int) -> Cell:
+    """A task that scores a backbone it derives from the cell's (fine-tuning: ``derives_backbone``)
+    names it up front through its ``derived_backbone(card, adapter, dataset, split, seed)``."""
+    if not cell.task.derives_backbone:
         return cell
     from dataclasses import replace
 
-    return replace(cell, entry_card=derive(cell.card, cell.adapter, dataset, split, seed))
+    return replace(cell, entry_card=cell.task.derived_backbone(cell.card, cell.adapter, dataset, split, seed))
 
 
-def _recorded_identity(cell: Cell) -> Any:
+def _recorded_identity(cell: Cell) -> "BackboneIdentity | None":
     """The identity of the backbone the entry records (a derived one is resolved from its weights;
     None while they do not exist)."""
     if cell.entry_card is None:
@@ -369,7 +418,8 @@ def _recorded_identity(cell: Cell) -> Any:
         return None
 
 
-def _backbone_block(cell: Cell, dataset_card: Any = None, ident: Any = None) -> dict[str, Any]:
+def _backbone_block(cell: Cell, dataset_card: "DatasetCard | None" = None,
+                    ident: "BackboneIdentity | None" = None) -> dict[str, Any]:
     from ocbench.backbones.provenance import not_zero_shot_reasons
 
     card = cell.recorded_card
@@ -381,22 +431,22 @@ def _backbone_block(cell: Cell, dataset_card: Any = None, ident: Any = None) -> 
         "source": card.source,
         "arch": card.arch,
         "card": json.loads(json.dumps(card.to_dict(), default=str)),
-        "weights_sha256": getattr(ident, "weights_sha256", None),
-        "revision": getattr(ident, "revision", None),
-        "weights_verified": getattr(ident, "weights_verified", None),
-        "weights_note": getattr(ident, "weights_note", None),
+        "weights_sha256": ident.weights_sha256 if ident is not None else None,
+        "revision": ident.revision if ident is not None else None,
+        "weights_verified": ident.weights_verified if ident is not None else None,
+        "weights_note": ident.weights_note if ident is not None else None,
         **zero_shot,
     }
 
 
-def _file_settings(task: Any) -> list[str]:
+def _file_settings(task: "Task") -> list[str]:
     """The task's settings that name an input file (field metadata ``file``, e.g. sc-knn's cell_labels)."""
     import dataclasses
 
     return [f.name for f in dataclasses.fields(task) if f.metadata.get("file")]
 
 
-def _file_digests(task: Any) -> dict[str, str]:
+def _file_digests(task: "Task") -> dict[str, str]:
     """``{"<setting>_sha256": sha256}`` of each file a task setting names: the entry's ``task_config``
     records them beside the paths, so a file whose contents changed is another run."""
     from ocbench._io import sha256_file
@@ -419,10 +469,11 @@ def _weights_missing(path: Path, cell: Cell, replace_hint: str) -> ConfigError:
     """The entry's backbone was trained by its run (fine-tuning) and its weights are gone (not "other")."""
     from ocbench.backbones.sources import local_folder
 
-    source = cell.entry_card.weights_source
-    where = str(local_folder(source.target)) if source.kind == "local" else cell.entry_card.source
+    card = cell.recorded_card
+    source = card.weights_source
+    where = str(local_folder(source.target)) if source.kind == "local" else card.source
     return ConfigError(
-        f"{path}: the weights of this entry's backbone {cell.entry_card.name} ({where}) are missing; restore them to "
+        f"{path}: the weights of this entry's backbone {card.name} ({where}) are missing; restore them to "
         f"reuse the entry, or train them again: {replace_hint}"
     )
 
@@ -443,7 +494,7 @@ def _content_change(recorded_version: str, dataset) -> str | None:
     return f"{len(changed)} image file(s) changed since it was computed ({names})"
 
 
-def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, split,
+def _check_same_run(existing: "Entry", path: Path, cell: Cell, *, seed: int, dataset: "ItemSet", split: "Split",
                     digests: dict[str, str] | None = None, replace_hint: str = RunOptions.replace_hint) -> str | None:
     """An existing entry is reused only for the very same run; anything else would be mislabelled.
 
@@ -500,11 +551,13 @@ def _check_same_run(existing, path: Path, cell: Cell, *, seed: int, dataset, spl
     return None
 
 
-def _embed(options: RunOptions, recomputed: set, identities: dict, context, items=None) -> Any:
+def _embed(options: RunOptions, recomputed: set, identities: "dict[str, BackboneIdentity | None]",
+           memo: dict[tuple[str, str, int], "EmbeddingsLike"], context: "RunContext",
+           items: "ItemSet | None" = None) -> "EmbeddingsLike":
     """The context's cached ``embed``: embeddings of the dataset's FOVs (or of ``items``), computed
-    once per cell and backbone; ``--recompute`` discards a key's cache once per grid, not once per
-    cell. ``identities``: already resolved identities by card name (others are resolved here)."""
-    memo = context.inputs.setdefault("_embeddings", {})
+    once per cell and backbone (``memo``, one per cell); ``--recompute`` discards a key's cache once
+    per grid, not once per cell. ``identities``: already resolved identities by card name (others
+    are resolved by the embedding cache)."""
     source = context.dataset if items is None else items
     memo_key = (context.backbone.name, context.adapter.key, id(source))
     if memo_key in memo:
@@ -521,9 +574,9 @@ def _embed(options: RunOptions, recomputed: set, identities: dict, context, item
     recomputed.add(key)
     memo[memo_key] = embeddings
     if items is None:
-        context.inputs["embeddings"] = dict(embeddings.meta)
+        context.inputs.embeddings = dict(embeddings.meta)
     else:
-        context.inputs.setdefault("item_embeddings", []).append(dict(embeddings.meta))
+        context.inputs.item_embeddings.append(dict(embeddings.meta))
     return embeddings
 
 
@@ -546,7 +599,7 @@ def run_cell(
         return _run_cell_locked(cell, dataset, options, path, split, position=position, recomputed=recomputed)
 
 
-def _run_cell_locked(cell: Cell, dataset: "ItemSet", options: RunOptions, path: Path, split: Any, *, position: str,
+def _run_cell_locked(cell: Cell, dataset: "ItemSet", options: RunOptions, path: Path, split: "Split", *, position: str,
                      recomputed: set | None) -> RunOutcome:
     from ocbench.backbones.loader import resolve_device
     from ocbench.benchmark.entry import build_entry, environment_info, load_entry, write_entry
@@ -577,7 +630,7 @@ def _run_cell_locked(cell: Cell, dataset: "ItemSet", options: RunOptions, path: 
         split=split,
         backbone=cell.card,
         adapter=cell.adapter,
-        embed_fn=partial(_embed, options, recomputed if recomputed is not None else set(), {cell.card.name: cell.identity}),
+        embed_fn=partial(_embed, options, recomputed if recomputed is not None else set(), {cell.card.name: cell.identity}, {}),
         device=device,
         seed=options.seed,
         progress=Progress(options.progress, prefix=" · ".join(p for p in (position, cell.label()) if p)),
@@ -586,24 +639,21 @@ def _run_cell_locked(cell: Cell, dataset: "ItemSet", options: RunOptions, path: 
         main_first=distributed.main_first,
     )
     result = cell.task.evaluate(context)
-    if digests:
-        from dataclasses import replace
-
-        result = replace(result, config={**result.config, **digests})
-    scored = context.scored_backbone
-    if (scored.name if scored is not None else cell.card.name) != cell.recorded_card.name:
+    scored = context.scored_backbone.name if context.scored_backbone is not None else cell.card.name
+    if scored != cell.recorded_card.name:
         raise RuntimeError(
-            f"task {cell.task.name} scored backbone {getattr(scored, 'name', cell.card.name)!r} but named "
+            f"task {cell.task.name} scored backbone {scored!r} but named "
             f"{cell.recorded_card.name!r} beforehand (derived_backbone); they must agree"
         )
-    # FOV embeddings, else the items the task embedded (cell crops)
-    meta = context.inputs.get("embeddings") or (context.inputs.get("item_embeddings") or [{}])[-1]
+    meta = context.inputs.last  # FOV embeddings, else the items the task embedded (cell crops)
     environment = environment_info(result.device)
     environment["precision"] = meta.get("precision", options.precision)
     environment["threads"] = _torch_threads()
     entry = build_entry(
         result,
         task=cell.task,
+        key=path.stem,
+        task_config={**cell.task.to_dict(), **digests},  # the task the runner holds, and its files' contents
         overrides=cell.overrides,
         off_protocol_reasons=off_protocol_reasons(cell, dataset),
         backbone=_backbone_block(cell, dataset.card),
@@ -626,7 +676,7 @@ def _run_cell_locked(cell: Cell, dataset: "ItemSet", options: RunOptions, path: 
         return RunOutcome(cell.spec, path, entry, details={"rank": distributed.world().rank})
     _save_split(split, dataset, options)
     written = write_entry(entry, options.output_dir)
-    details = {k: v for k, v in context.inputs.items() if not k.startswith("_")}
+    details = context.inputs.as_details()
     return RunOutcome(cell.spec, written, entry, details={**details, **result.details})
 
 
@@ -654,10 +704,10 @@ def _cost(meta: dict) -> dict[str, Any]:
     return cost
 
 
-def _write_predictions(result: Any, output_dir: Path, key: str) -> dict[str, Any] | None:
+def _write_predictions(result: "TaskResult", output_dir: Path, key: str) -> dict[str, Any] | None:
     """Write the task's per-item predictions beside the entry (atomically, before the entry that
     names them); return the entry's reference to them, or None when the task kept none."""
-    predictions = getattr(result, "predictions", None)
+    predictions = result.predictions
     if predictions is None:
         return None
     from ocbench.predictions import predictions_file_name, write_predictions
@@ -685,14 +735,23 @@ def run_grid(
     on_done: Callable[[RunOutcome], None] | None = None,
     recomputed: set | None = None,
 ) -> list[RunOutcome]:
-    """Run a grid in order (specs are resolved here; cells from :func:`resolve_cells` are used as
-    they are); ``on_done(outcome)`` is called after each cell. ``recomputed``: the embedding keys
-    ``--recompute`` has already discarded, for grids run one after another (one per seed) that
-    should extract each key once."""
+    """Run a grid in order: all specs (resolved here) or all cells from :func:`resolve_cells` (used as
+    they are), never a mix; ``on_done(outcome)`` is called after each cell. ``recomputed``: the
+    embedding keys ``--recompute`` has already discarded, for grids run one after another (one per
+    seed) that should extract each key once."""
     grid = list(grid)
     cells = [c for c in grid if isinstance(c, Cell)]
-    if len(cells) != len(grid):
-        cells = resolve_cells([s for s in grid if isinstance(s, RunSpec)], dataset.card)
+    specs = [s for s in grid if isinstance(s, RunSpec)]
+    if len(cells) + len(specs) != len(grid):
+        other = next(type(g).__name__ for g in grid if not isinstance(g, (Cell, RunSpec)))
+        raise ConfigError(f"run_grid takes RunSpecs or Cells, not {other}")
+    if cells and specs:
+        raise ConfigError(
+            f"run_grid takes either RunSpecs (names, resolved here) or Cells (from resolve_cells), not a mix "
+            f"({len(specs)} specs and {len(cells)} cells): resolve the specs with resolve_cells first"
+        )
+    if specs:
+        cells = resolve_cells(specs, dataset.card)
     cells = _with_identities(cells, options)
     if options.threads is not None:
         import torch

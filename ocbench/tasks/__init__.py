@@ -7,12 +7,13 @@ import any task's dependencies; a plugin adds tasks through the ``ocbench.tasks`
 (:mod:`ocbench.tasks.cell_task`), whose :class:`CellSelection` settings choose and cut the cells.
 """
 
-from ocbench.tasks.base import TASKS, TaskConfig, TaskResult, get_task, get_task_class, list_tasks, register_task
+from ocbench.tasks.base import TASKS, Task, TaskConfig, TaskResult, get_task, get_task_class, list_tasks, register_task
 from ocbench.tasks.cell_task import CellSelection, CellTask
 from ocbench.tasks.context import Progress, RunContext
 
 __all__ = [
     "TASKS",
+    "Task",
     "TaskConfig",
     "TaskResult",
     "CellTask",

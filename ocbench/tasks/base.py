@@ -29,12 +29,19 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Protocol, Union, runtime_checkable
 
 from ocbench.errors import ConfigError
 from ocbench.registry import Registry
 
-__all__ = ["TaskConfig", "TaskResult", "TASKS", "register_task", "get_task", "get_task_class", "list_tasks"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ocbench.backbones.adapters import ChannelAdapter
+    from ocbench.backbones.card import BackboneCard
+    from ocbench.data.base import ImageSplit, ItemSet
+    from ocbench.data.cards import DatasetCard
+    from ocbench.tasks.context import RunContext
+
+__all__ = ["Task", "TaskConfig", "TaskResult", "TASKS", "register_task", "get_task", "get_task_class", "list_tasks"]
 
 
 @dataclass(frozen=True)
@@ -54,11 +61,10 @@ class TaskResult:
     scores of predictors that use the labels alone, on the same split and items);
     ``feature_standardization``: what the task did to the features on the card's request
     (:mod:`ocbench.tasks.standardize`), recorded in the entry; None when the card asks for nothing.
+    A task returns scores; the task's name, protocol version and settings in an entry come from
+    the task the runner holds, not from here.
     """
 
-    task: str
-    protocol_version: str
-    config: dict[str, Any]
     scores: dict[str, dict[str, dict[str, Any]]]
     class_names: tuple[str, ...]
     seed: int
@@ -71,6 +77,12 @@ class TaskResult:
     predictions: Any = None
     references: list[dict[str, Any]] = field(default_factory=list)
     feature_standardization: dict[str, Any] | None = None
+    #: What the task says about itself, for callers of a task outside the runner (``fov_probe.run``);
+    #: entries never read them: the runner, which holds the task, records its own name, protocol
+    #: version and settings.
+    task: str = ""
+    protocol_version: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -78,8 +90,38 @@ class TaskResult:
         return {"scores": self.scores, "per_class": self.per_class, "per_class_values": self.per_class_values}
 
 
+@runtime_checkable
+class Task(Protocol):
+    """What the runner asks of a task (MTEB's ``AbsTask`` idea): its metadata, the label modes it
+    scores, how it adapts to a dataset and to ``--set`` settings, and ``evaluate(context)``.
+    :class:`TaskConfig` implements it; the runner types every task as this."""
+
+    name: ClassVar[str]
+    protocol_version: ClassVar[str]
+    main_score: ClassVar[tuple[str, str]]
+    axis: ClassVar[str | None]
+    label_modes: ClassVar[tuple[str, ...]]
+    #: True when :meth:`derived_backbone` names another backbone than the one given (fine-tuning).
+    derives_backbone: ClassVar[bool]
+
+    def evaluate(self, context: "RunContext") -> TaskResult: ...
+
+    def for_dataset(self, dataset_card: "DatasetCard") -> "TaskConfig": ...
+
+    def validate_for(self, dataset_card: "DatasetCard") -> None: ...
+
+    def with_settings(self, changes: Mapping[str, Any]) -> tuple["TaskConfig", dict[str, Any]]: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def protocol_deviations(self) -> dict[str, Any]: ...
+
+    def derived_backbone(self, card: "BackboneCard", adapter: "ChannelAdapter", dataset: "ItemSet",
+                         split: "ImageSplit", seed: int) -> "BackboneCard | None": ...
+
+
 class TaskConfig:
-    """Base of every task config; subclasses are ``@dataclass(frozen=True)``."""
+    """Base of every task config (it implements :class:`Task`); subclasses are ``@dataclass(frozen=True)``."""
 
     name: ClassVar[str] = ""
     protocol_version: ClassVar[str] = ""
@@ -96,10 +138,17 @@ class TaskConfig:
     #: The settings the dataset card gave this config (see :meth:`for_dataset`): the protocol's
     #: values on that dataset, so they are neither overrides nor deviations.
     _dataset_settings: ClassVar[dict[str, Any]] = {}
+    derives_backbone: ClassVar[bool] = False
 
-    def evaluate(self, context: Any) -> TaskResult:
+    def evaluate(self, context: "RunContext") -> TaskResult:
         """Fetch inputs from ``context`` (a RunContext), run the protocol, return the scores."""
         raise NotImplementedError(f"task {self.name!r} does not implement evaluate()")
+
+    def derived_backbone(self, card: "BackboneCard", adapter: "ChannelAdapter", dataset: "ItemSet",
+                         split: "ImageSplit", seed: int) -> "BackboneCard | None":
+        """The backbone the entry will record when the task scores one it derives from ``card``
+        (set ``derives_backbone``; the runner asks before any work, for the entry's key); None: ``card``."""
+        return None
 
     @classmethod
     def check_requirements(cls) -> None:
@@ -113,15 +162,15 @@ class TaskConfig:
                 how = f"pip install 'ocbench[{cls.extra}]'" if cls.extra else f"pip install {module}"
                 raise ConfigError(f"task {cls.name} needs the Python package {module!r}, which is not installed; run: {how}") from None
 
-    def validate_for(self, dataset_card: Any) -> None:
+    def validate_for(self, dataset_card: "DatasetCard") -> None:
         """Refuse a dataset this task cannot evaluate (checked before any work); default: any."""
 
-    def dataset_settings(self, dataset_card: Any) -> dict[str, Any]:
+    def dataset_settings(self, dataset_card: "DatasetCard") -> dict[str, Any]:
         """The protocol's settings on this dataset: the card's ``task_defaults`` for this task (a
         subclass adds settings it derives from the card, e.g. crop sizes from the cell diameter)."""
         return dict(dataset_card.task_defaults.get(self.name, {}))
 
-    def for_dataset(self, dataset_card: Any) -> "TaskConfig":
+    def for_dataset(self, dataset_card: "DatasetCard") -> "TaskConfig":
         """This config on ``dataset_card``: refuses a label mode the task does not score (one line),
         and applies :meth:`dataset_settings` (check the final config with :meth:`validate_for`, after
         any overrides)."""
@@ -171,24 +220,35 @@ class TaskConfig:
         Every assignment given is returned (even one equal to the default) so the entry records
         what the user asked for; :meth:`protocol_deviations` says what actually changed.
         """
-        hints = typing.get_type_hints(type(self))
-        valid = ", ".join(self.keys())
+        return self.with_settings(type(self).parse_overrides(assignments))
+
+    @classmethod
+    def parse_overrides(cls, assignments: Iterable[str]) -> dict[str, Any]:
+        """``["key=value", ...]`` -> ``{key: value}``, each value parsed with the field's annotated type."""
+        hints = typing.get_type_hints(cls)
+        keys = cls.keys()
+        valid = ", ".join(keys)
         changes: dict[str, Any] = {}
         for assignment in assignments:
             key, sep, raw = str(assignment).partition("=")
             key, raw = key.strip(), raw.strip()
             if not sep or not key:
-                raise ConfigError(f"task {self.name}: override {assignment!r} is not key=value; valid keys: {valid}")
-            if key not in self.keys():
-                close = difflib.get_close_matches(key, self.keys(), n=1)
+                raise ConfigError(f"task {cls.name}: override {assignment!r} is not key=value; valid keys: {valid}")
+            if key not in keys:
+                close = difflib.get_close_matches(key, keys, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(f"task {self.name}: unknown setting {key!r}{hint}; valid keys: {valid}")
+                raise ConfigError(f"task {cls.name}: unknown setting {key!r}{hint}; valid keys: {valid}")
             if key in changes:
-                raise ConfigError(f"task {self.name}: setting {key!r} given twice; give each key once")
+                raise ConfigError(f"task {cls.name}: setting {key!r} given twice; give each key once")
             try:
                 changes[key] = _parse_value(raw, hints[key])
             except ValueError as exc:
-                raise ConfigError(f"task {self.name}: bad value for {key}: {exc}") from None
+                raise ConfigError(f"task {cls.name}: bad value for {key}: {exc}") from None
+        return changes
+
+    def with_settings(self, changes: Mapping[str, Any]) -> tuple["TaskConfig", dict[str, Any]]:
+        """Apply settings parsed by :meth:`parse_overrides`; return the new config (validated as a
+        whole) and the overrides as the entry records them."""
         new = dataclasses.replace(self, **changes)  # type: ignore[type-var]  # re-runs validation
         object.__setattr__(new, "_dataset_settings", self._dataset_settings)
         return new, {k: _jsonable(v) for k, v in changes.items()}

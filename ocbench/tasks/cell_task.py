@@ -37,6 +37,8 @@ from ocbench.tasks.base import TaskConfig, _jsonable, _parse_value
 if TYPE_CHECKING:  # numpy and the cell pipeline are imported when cells are made: `import ocbench.tasks` stays light
     import numpy as np
 
+    from ocbench.tasks.context import RunContext
+
 __all__ = ["CellSelection", "CellTask", "CellItems"]
 
 
@@ -91,8 +93,8 @@ class CellSelection:
     def card_settings(self, dataset_card: Any, given: dict[str, Any] | None = None) -> dict[str, Any]:
         """The dataset card's cell selection (its ``cell_selection``), then ``given`` on top, and the
         crop size from the card's typical cell diameter unless one of them sets it."""
-        settings = {**dict(getattr(dataset_card, "cell_selection", {}) or {}), **(given or {})}
-        if getattr(dataset_card, "cell_diameter_px", None) is not None and "crop_size" not in settings:
+        settings = {**dict(dataset_card.cell_selection or {}), **(given or {})}
+        if dataset_card.cell_diameter_px is not None and "crop_size" not in settings:
             settings["crop_size"] = dataset_card.cell_crop(settings.get("zoom", self.zoom))
         return settings
 
@@ -261,7 +263,7 @@ class CellTask(TaskConfig):
         """The cell table and the cells this task evaluates: what ``evaluate`` scores."""
         return self.selection.evaluation_cells(dataset, progress=progress, cache_dir=cache_dir)
 
-    def cell_items(self, context: Any) -> CellItems:
+    def cell_items(self, context: RunContext) -> CellItems:
         """Segment (or reuse masks), cut and embed the evaluation cells, through ``context``."""
         # segmentation fills a shared cache: under torchrun rank 0 segments, the other ranks read
         table, evaluation = context.main_first(lambda: self.evaluation_cells(context.dataset, progress=context.progress))

@@ -20,14 +20,62 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
     from ocbench.backbones.adapters import ChannelAdapter
     from ocbench.backbones.card import BackboneCard
     from ocbench.data.base import ImageSplit, ItemSet
 
-__all__ = ["RunContext", "Progress"]
+__all__ = ["RunContext", "Progress", "Inputs", "EmbeddingsLike"]
+
+_T = TypeVar("_T")
+
+
+class EmbeddingsLike(Protocol):
+    """What ``context.embed()`` returns (``ocbench.benchmark.embeddings.Embeddings``)."""
+
+    features: "np.ndarray"  # (N, D) float32
+    fov_ids: Sequence[str]
+    key: str
+    meta: dict[str, Any]
+
+
+class MainFirst(Protocol):
+    """``main_first(work)`` -> ``work()``, rank 0 first under torchrun."""
+
+    def __call__(self, work: Callable[[], _T]) -> _T: ...
+
+
+def _one_process(work: Callable[[], _T]) -> _T:
+    return work()
+
+
+@dataclass
+class Inputs:
+    """Provenance of the inputs a task fetched through ``context.embed`` (read by the entry writer):
+    the metadata of the dataset's embeddings, and of each other item set embedded (cell crops)."""
+
+    embeddings: dict[str, Any] | None = None
+    item_embeddings: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_details(self) -> dict[str, object]:
+        """What was embedded, for a run's printed details (only what was fetched)."""
+        out: dict[str, object] = {}
+        if self.embeddings is not None:
+            out["embeddings"] = self.embeddings
+        if self.item_embeddings:
+            out["item_embeddings"] = self.item_embeddings
+        return out
+
+    @property
+    def last(self) -> dict[str, Any]:
+        """The FOV embeddings' metadata, else the last item set's (cell crops); {} when none."""
+        if self.embeddings:
+            return self.embeddings
+        return self.item_embeddings[-1] if self.item_embeddings else {}
 
 
 class Progress:
@@ -82,21 +130,21 @@ class RunContext:
     backbone: "BackboneCard"
     adapter: "ChannelAdapter"
     #: ``embed_fn(context, items)`` -> Embeddings (``features`` (N, D) float32, ``fov_ids``, ``meta``).
-    embed_fn: Callable[["RunContext", "ItemSet | None"], Any]
+    embed_fn: Callable[["RunContext", "ItemSet | None"], EmbeddingsLike]
     device: str = "cpu"
     seed: int = 0
     progress: Progress = field(default_factory=lambda: Progress(False))
     #: Provenance of the inputs the task fetched (filled by ``embed``; read by the entry writer).
-    inputs: dict[str, Any] = field(default_factory=dict)
+    inputs: Inputs = field(default_factory=Inputs)
     #: How the run computes (tasks that train use them): DataLoader workers, "fp32" or "bf16".
     num_workers: int | None = None  # None: each consumer picks for its device (decoding, augmentation)
     precision: str = "fp32"
     #: The backbone whose features the result scores, when a task derived one from ``backbone``
     #: (fine-tuning); set by :meth:`with_backbone`. The entry records it instead of ``backbone``.
-    scored_backbone: Any = None
+    scored_backbone: "BackboneCard | None" = None
     #: ``main_first(work)`` -> work(): under torchrun rank 0 does ``work`` before the other ranks, for
     #: work that fills a shared cache (segmentation) the others then only read; one process: work().
-    main_first: Callable[[Callable[[], Any]], Any] = field(default=lambda work: work())
+    main_first: MainFirst = _one_process
 
     def with_backbone(self, card: "BackboneCard", adapter: "ChannelAdapter | None" = None) -> "RunContext":
         """A context that embeds with ``card`` (and ``adapter``, default this one's), e.g. a backbone
@@ -114,7 +162,7 @@ class RunContext:
     def labels(self):
         return self.dataset.labels
 
-    def embed(self, items: "ItemSet | None" = None):
+    def embed(self, items: "ItemSet | None" = None) -> EmbeddingsLike:
         """The backbone's embeddings (cached by key; see ``ocbench embed``) of every item of the
         dataset, or of ``items``: another :class:`~ocbench.data.base.ItemSet`, e.g. cell crops cut
         on the fly; its ``version`` must change whenever its pixels would."""

@@ -35,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -45,6 +45,12 @@ from ocbench.data.content import listing_version
 from ocbench.errors import ConfigError, DataError
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
 from ocbench.tasks.dino_config import DinoConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ocbench.backbones.adapters import ChannelAdapter
+    from ocbench.backbones.card import BackboneCard
+    from ocbench.data.base import ImageSplit, ItemSet
+    from ocbench.tasks.context import RunContext
 
 __all__ = [
     "FineTune",
@@ -535,11 +541,14 @@ class FineTune(DinoConfig, TaskConfig):
         if isinstance(self.probe_epochs, bool) or not isinstance(self.probe_epochs, int) or not 1 <= self.probe_epochs <= 100_000:
             raise ConfigError(f"task {self.name}: probe_epochs must be an integer in [1, 100000], got {self.probe_epochs!r}")
 
-    def derived_backbone(self, card: Any, adapter: Any, dataset: Any, split: Any, seed: int) -> Any:
+    derives_backbone: ClassVar[bool] = True
+
+    def derived_backbone(self, card: BackboneCard, adapter: ChannelAdapter, dataset: "ItemSet", split: "ImageSplit",
+                         seed: int) -> BackboneCard:
         """The card the entry will record (the runner asks before any work, for the entry's key)."""
         return derived_card(card, adapter, self, dataset, split, seed)
 
-    def evaluate(self, context: Any) -> TaskResult:
+    def evaluate(self, context: RunContext) -> TaskResult:
         from ocbench.tasks.fov_probe import FovMlpProbe
 
         started = time.perf_counter()
@@ -588,17 +597,18 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 
 
 def finetune_command(
-    *, base: Any, adapter: Any, dataset: Any, split: Any, overrides: Sequence[str], seed: int, device: str,
-    workers: int | None, precision: str, resume: bool, threads: int | None = None,
+    *, base: BackboneCard, adapter: ChannelAdapter, dataset: "ItemSet", split: "ImageSplit", config: "FineTune",
+    seed: int, device: str, workers: int | None, precision: str, resume: bool, threads: int | None = None,
 ) -> FineTuneOutcome | None:
-    """What ``ocbench finetune`` does once names are resolved; returns None on processes other than rank 0."""
+    """What ``ocbench finetune`` does once names are resolved (``config``: the settings, parsed once
+    by the command); returns None on processes other than rank 0."""
     import torch
 
     from ocbench.backbones.loader import resolve_device
     from ocbench.tasks.context import Progress
     from ocbench.tasks.dino_ssl import _world
 
-    cfg, _ = FineTune().with_overrides(overrides)
+    cfg = config
     device, distributed = _init_distributed(device)
     if threads:
         torch.set_num_threads(threads)

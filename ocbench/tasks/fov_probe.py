@@ -44,7 +44,7 @@ import numpy as np
 
 from ocbench.errors import ConfigError, DataError
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
-from ocbench.tasks.context import Progress
+from ocbench.tasks.context import Progress, RunContext
 
 __all__ = [
     "FovProbe",
@@ -164,7 +164,7 @@ class FovProbe(TaskConfig):
         """Hidden layer widths and dropout rate of the probe."""
         return (), 0.0
 
-    def evaluate(self, context) -> TaskResult:
+    def evaluate(self, context: "RunContext") -> TaskResult:
         """Probe the backbone's FOV embeddings on the context's split (the paper's protocol)."""
         dataset = context.dataset
         embeddings = context.embed()
@@ -177,7 +177,7 @@ class FovProbe(TaskConfig):
             class_names=context.class_names, item_ids=list(dataset.ids), groups=dataset.groups,
             group_name=dataset.card.group_name,
             references=True, label_mode=dataset.card.label_mode,
-            feature_standardization=getattr(context.backbone, "feature_standardization", "none"),
+            feature_standardization=context.backbone.feature_standardization,
         )
 
     def run(

@@ -48,7 +48,7 @@ from ocbench.errors import ConfigError, DataError
 from ocbench.summaries import summarize
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
 from ocbench.tasks.cell_task import CellTask
-from ocbench.tasks.context import Progress
+from ocbench.tasks.context import Progress, RunContext
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -316,7 +316,7 @@ class ScKnn(CellTask, _KnnVote):
         super().__post_init__()  # the cell selection
 
     # -- running -------------------------------------------------------------------------------
-    def evaluate(self, context) -> TaskResult:
+    def evaluate(self, context: "RunContext") -> TaskResult:
         """Segment (or reuse masks), cut and embed the evaluation cells, score them by k-NN."""
         started = time.perf_counter()
         dataset = context.dataset
@@ -327,7 +327,7 @@ class ScKnn(CellTask, _KnnVote):
             class_names=context.class_names, device=context.device, seed=context.seed, progress=context.progress,
             item_ids=cells.ids, interval_groups=cells.groups, group_name=dataset.card.group_name,
             references=True, label_mode=dataset.card.label_mode,
-            feature_standardization=getattr(context.backbone, "feature_standardization", "none"),
+            feature_standardization=context.backbone.feature_standardization,
         )
         details = {**result.details, **self.cell_details(cells, dataset.card)}
         return _replace(result, wall_time_s=time.perf_counter() - started, details=details)
