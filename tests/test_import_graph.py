@@ -2,7 +2,7 @@
 
 Layers (README "Architecture", DESIGN.md), each standing only on the ones below it:
 
-    cli.py, api.py      the edge: names resolved into objects here (api is the CLI for Python callers)
+    cli/, api.py        the edge: names resolved into objects here (api is the CLI for Python callers)
     leaderboard/        reads entry JSON: benchmark.entry only, never torch, timm or backbones
     benchmark/          runner, cache, splits, entry schema
     tasks/  backbones/  protocols; model cards, loaders, adapters (backbones never import tasks)
@@ -66,7 +66,7 @@ def _layer(name: str) -> str | None:
     """The layer of module ``name``; None for a module nobody has placed yet."""
     if name in BASE:
         return "base"
-    if name in CLI:
+    if name in CLI or name.startswith("ocbench.cli."):  # the cli/ package's command modules
         return "cli"
     package = name.split(".")[1] if "." in name else ""
     return package if package in PACKAGES else None
