@@ -65,5 +65,7 @@ def test_a_resumed_extraction_costs_what_its_throughput_says(tmp_path):
         return Timings(extraction_s=meta["wall_time_s"], task_s=1.0, extraction_items=meta["n"],
                        extraction_images_per_s=meta["images_per_s"], extraction_processes=1).device_seconds_per_1000
 
-    assert 1000 * resumed["wall_time_s"] / resumed["n"] < cost(resumed)  # wall time over all items: too cheap
-    assert cost(resumed) == 1000 / resumed["images_per_s"]
+    # The cost is the computed items' throughput, never the run's wall time over all items (which
+    # counts the reused ones as free); comparing the two times themselves would depend on the load.
+    assert resumed["images_per_s"] > 0 and cost(resumed) == 1000 / resumed["images_per_s"]
+    assert cost(resumed) != 1000 * resumed["wall_time_s"] / resumed["n"]
