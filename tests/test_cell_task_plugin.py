@@ -88,3 +88,15 @@ def test_sc_knn_keeps_its_settings_in_order_and_holds_the_cell_selection():
     task = ScKnn().for_dataset(OPENCELL)
     assert task.selection == CellSelection().for_dataset(OPENCELL)  # `data cells` takes the cells sc-knn takes
     assert task.to_dict()["omit_fovs_with"] == ["big_aggregates"] and not task.protocol_deviations()
+
+
+def test_cell_selection_settings_are_parsed_like_a_tasks():
+    from ocbench.errors import ConfigError
+
+    assert CellSelection().with_overrides(["zoom=1.5", "label_grade=2"]).zoom == 1.5
+    for bad, message in ((["zoom"], "cell selection: override 'zoom' is not key=value"),
+                         (["crop_siz=3"], "did you mean crop_size?"),
+                         (["zoom=1", "zoom=2"], "given twice"),
+                         (["zoom=big"], "cell selection: bad value for zoom")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            CellSelection().with_overrides(bad)

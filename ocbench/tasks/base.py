@@ -29,7 +29,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Protocol, Sequence, Union, runtime_checkable
 
 from ocbench.errors import ConfigError
 from ocbench.registry import Registry
@@ -225,26 +225,7 @@ class TaskConfig:
     @classmethod
     def parse_overrides(cls, assignments: Iterable[str]) -> dict[str, Any]:
         """``["key=value", ...]`` -> ``{key: value}``, each value parsed with the field's annotated type."""
-        hints = typing.get_type_hints(cls)
-        keys = cls.keys()
-        valid = ", ".join(keys)
-        changes: dict[str, Any] = {}
-        for assignment in assignments:
-            key, sep, raw = str(assignment).partition("=")
-            key, raw = key.strip(), raw.strip()
-            if not sep or not key:
-                raise ConfigError(f"task {cls.name}: override {assignment!r} is not key=value; valid keys: {valid}")
-            if key not in keys:
-                close = difflib.get_close_matches(key, keys, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(f"task {cls.name}: unknown setting {key!r}{hint}; valid keys: {valid}")
-            if key in changes:
-                raise ConfigError(f"task {cls.name}: setting {key!r} given twice; give each key once")
-            try:
-                changes[key] = _parse_value(raw, hints[key])
-            except ValueError as exc:
-                raise ConfigError(f"task {cls.name}: bad value for {key}: {exc}") from None
-        return changes
+        return parse_assignments(assignments, cls.keys(), typing.get_type_hints(cls), f"task {cls.name}")
 
     def with_settings(self, changes: Mapping[str, Any]) -> tuple["TaskConfig", dict[str, Any]]:
         """Apply settings parsed by :meth:`parse_overrides`; return the new config (validated as a
@@ -252,6 +233,30 @@ class TaskConfig:
         new = dataclasses.replace(self, **changes)  # type: ignore[type-var]  # re-runs validation
         object.__setattr__(new, "_dataset_settings", self._dataset_settings)
         return new, {k: _jsonable(v) for k, v in changes.items()}
+
+
+def parse_assignments(assignments: Iterable[str], keys: Sequence[str], hints: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``--set`` values (``["key=value", ...]``) -> ``{key: value}``, each parsed with its type in
+    ``hints``; a malformed, unknown (with did-you-mean) or repeated key is a one-line error that
+    starts with ``what`` ("task fov-mlp", "cell selection")."""
+    valid = ", ".join(keys)
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = str(assignment).partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
+            raise ConfigError(f"{what}: override {assignment!r} is not key=value; valid keys: {valid}")
+        if key not in keys:
+            close = difflib.get_close_matches(key, list(keys), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{what}: unknown setting {key!r}{hint}; valid keys: {valid}")
+        if key in changes:
+            raise ConfigError(f"{what}: setting {key!r} given twice; give each key once")
+        try:
+            changes[key] = _parse_value(raw, hints[key])
+        except ValueError as exc:
+            raise ConfigError(f"{what}: bad value for {key}: {exc}") from None
+    return changes
 
 
 def _type_name(annotation: Any) -> str:

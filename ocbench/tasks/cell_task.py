@@ -25,14 +25,13 @@ cells") shows a complete linear probe on cells as a plugin.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from ocbench.errors import ConfigError, DataError
-from ocbench.tasks.base import TaskConfig, _jsonable, _parse_value
+from ocbench.tasks.base import TaskConfig, _jsonable, parse_assignments
 
 if TYPE_CHECKING:  # numpy and the cell pipeline are imported when cells are made: `import ocbench.tasks` stays light
     import numpy as np
@@ -108,22 +107,7 @@ class CellSelection:
 
     def with_overrides(self, assignments: Iterable[str]) -> "CellSelection":
         """Apply ``["key=value", ...]`` (``--set``), each parsed with the setting's type."""
-        hints = typing.get_type_hints(type(self))
-        keys, changes = self.keys(), {}
-        for assignment in assignments:
-            key, sep, raw = (s.strip() for s in str(assignment).partition("="))
-            if not sep or not key:
-                raise ConfigError(f"cell selection: {assignment!r} is not key=value; valid keys: {', '.join(keys)}")
-            if key not in keys:
-                close = difflib.get_close_matches(key, keys, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(f"cell selection: unknown setting {key!r}{hint}; valid keys: {', '.join(keys)}")
-            if key in changes:
-                raise ConfigError(f"cell selection: setting {key!r} given twice; give each key once")
-            try:
-                changes[key] = _parse_value(raw, hints[key])
-            except ValueError as exc:
-                raise ConfigError(f"cell selection: bad value for {key}: {exc}") from None
+        changes = parse_assignments(assignments, self.keys(), typing.get_type_hints(type(self)), "cell selection")
         return dataclasses.replace(self, **changes)
 
     def crop_settings(self):
