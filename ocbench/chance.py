@@ -254,10 +254,13 @@ def shuffled_rows(n: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # collapse
 # ---------------------------------------------------------------------------------------------
-def best_reference(references: Sequence[Mapping[str, Any]], eval_set: str, metric: str = "macro_f1") -> Mapping[str, Any] | None:
-    """The reference with the highest mean on ``eval_set`` (None when none is scored there)."""
+def best_reference(references: Sequence[Mapping[str, Any]], eval_set: str, metric: str = "macro_f1",
+                   higher_is_better: bool = True) -> Mapping[str, Any] | None:
+    """The reference with the best mean of ``metric`` on ``eval_set``: the highest, or the lowest when
+    lower is better (None when none is scored there)."""
     scored = [r for r in references if r.get("scores", {}).get(eval_set, {}).get(metric) is not None]
-    return max(scored, key=lambda r: r["scores"][eval_set][metric]["mean"], default=None)
+    pick = max if higher_is_better else min
+    return pick(scored, key=lambda r: r["scores"][eval_set][metric]["mean"], default=None)
 
 
 def collapse_warnings(
@@ -267,6 +270,8 @@ def collapse_warnings(
     interval: Mapping[str, Any] | None,
     references: Sequence[Mapping[str, Any]],
     eval_set: str,
+    metric: str = "macro_f1",
+    higher_is_better: bool = True,
 ) -> list[dict[str, str]]:
     """Warnings about an entry's predictions ``y_pred`` (R, N, C) (R repeated models scored on the
     same N items; the main point of an axis) against ``y_true`` (N, C): ``[{"kind", "message"}]``.
@@ -297,14 +302,22 @@ def collapse_warnings(
             out.append({"kind": "few-classes-predicted",
                         "message": f"no positive prediction for {missing.mean():.1f} of the {int(present.sum())} classes "
                                    f"present in {eval_set} (mean over {models} model{'s' if models != 1 else ''})"})
-    best = best_reference(references, eval_set)
+    best = best_reference(references, eval_set, metric, higher_is_better)
     if interval is not None and best is not None:
-        ref = best["scores"][eval_set]["macro_f1"]
-        ref_high = (ref.get("interval") or {}).get("high", ref["mean"])
-        if interval["low"] <= ref_high:
-            # An interval wholly under the reference's mean is worse than chance, not level with it.
-            where = "lies below" if interval["high"] < ref["mean"] else "reaches"
+        ref = best["scores"][eval_set][metric]
+        name = metric.replace("macro_f1", "macro-F1")
+        if higher_is_better:
+            bound = (ref.get("interval") or {}).get("high", ref["mean"])
+            at_chance, beyond = interval["low"] <= bound, interval["high"] < ref["mean"]
+            said = f"up to {bound:.3f}"
+        else:  # lower is better: the score must come below the reference's interval
+            bound = (ref.get("interval") or {}).get("low", ref["mean"])
+            at_chance, beyond = interval["high"] >= bound, interval["low"] > ref["mean"]
+            said = f"down to {bound:.3f}"
+        if at_chance:
+            # An interval wholly on the wrong side of the reference's mean is worse than chance, not level with it.
+            where = ("lies below" if higher_is_better else "lies above") if beyond else "reaches"
             out.append({"kind": "chance-level",
-                        "message": f"{eval_set} macro-F1 interval [{interval['low']:.3f}, {interval['high']:.3f}] {where} the "
-                                   f"best chance reference ({best['name']} {ref['mean']:.3f}, up to {ref_high:.3f})"})
+                        "message": f"{eval_set} {name} interval [{interval['low']:.3f}, {interval['high']:.3f}] {where} the "
+                                   f"best chance reference ({best['name']} {ref['mean']:.3f}, {said})"})
     return out

@@ -107,3 +107,18 @@ def test_an_interval_wholly_under_the_reference_is_said_to_lie_below_it():
     refs = [{"name": "all-positive", "scores": {"test": {"macro_f1": {"mean": 0.40, "interval": {"high": 0.45}}}}}]
     (w,) = collapse_warnings(y, y[None], interval={"low": 0.02, "high": 0.05}, references=refs, eval_set="test")
     assert w["kind"] == "chance-level" and "[0.020, 0.050] lies below the best chance reference" in w["message"]
+
+
+def test_a_lower_is_better_score_is_at_chance_when_its_interval_reaches_down_to_the_lowest_reference():
+    rng = np.random.default_rng(7)
+    y = _labels(rng, 50, 5)
+    refs = [{"name": "shuffled", "scores": {"test": {"error": {"mean": 0.50, "interval": {"low": 0.45}}}}},
+            {"name": "class-prior", "scores": {"test": {"error": {"mean": 0.60}}}}]
+    kwargs = dict(references=refs, eval_set="test", metric="error", higher_is_better=False)
+    assert collapse_warnings(y, y[None], interval={"low": 0.10, "high": 0.30}, **kwargs) == []
+    (w,) = collapse_warnings(y, y[None], interval={"low": 0.40, "high": 0.46}, **kwargs)
+    assert "reaches the best chance reference (shuffled 0.500, down to 0.450)" in w["message"]
+    (w,) = collapse_warnings(y, y[None], interval={"low": 0.70, "high": 0.80}, **kwargs)
+    assert "lies above the best chance reference" in w["message"]
+    # on the default direction the same references would not count (another metric than macro-F1)
+    assert collapse_warnings(y, y[None], interval={"low": 0.70, "high": 0.80}, references=refs, eval_set="test") == []

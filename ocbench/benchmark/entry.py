@@ -967,7 +967,7 @@ def build_entry(
     if result.predictions is not None:
         scores, axis = _with_intervals(result.predictions, scores, axis, metric)
         # checked against the references, so a collapsed or chance-level entry says so itself
-        warnings = _collapse_warnings(result.predictions, scores, axis, metric, references)
+        warnings = _collapse_warnings(result.predictions, scores, axis, metric, references, task.higher_is_better)
     data = {
         "schema_version": SCHEMA_VERSION,
         "protocol_version": task.protocol_version,
@@ -977,7 +977,7 @@ def build_entry(
         "off_protocol": bool(off_protocol_reasons),
         "off_protocol_reasons": list(off_protocol_reasons),
         "main_score": {"eval_set": eval_set, "metric": metric,
-                       **({} if getattr(task, "higher_is_better", True) else {"higher_is_better": False})},
+                       **({} if task.higher_is_better else {"higher_is_better": False})},
         "scores": scores,
         "class_names": list(result.class_names),
         "per_class": result.per_class,
@@ -1001,7 +1001,7 @@ def build_entry(
 
 
 def _collapse_warnings(predictions: Any, scores: Mapping, axis: Mapping | None, metric: str,
-                       references: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+                       references: Sequence[Mapping[str, Any]], higher_is_better: bool) -> list[dict[str, str]]:
     """:func:`ocbench.chance.collapse_warnings` of the kept predictions at the main point."""
     from ocbench.chance import collapse_warnings
 
@@ -1009,7 +1009,7 @@ def _collapse_warnings(predictions: Any, scores: Mapping, axis: Mapping | None, 
     summary = scores.get(predictions.eval_set, {}).get(metric) or {}
     return collapse_warnings(
         predictions.y_true, predictions.at(main), interval=summary.get("interval"), references=references,
-        eval_set=predictions.eval_set,
+        eval_set=predictions.eval_set, metric=metric, higher_is_better=higher_is_better,
     )
 
 

@@ -99,6 +99,8 @@ class Task(Protocol):
     name: ClassVar[str]
     protocol_version: ClassVar[str]
     main_score: ClassVar[tuple[str, str]]
+    #: False for a main score where lower is better (an error, a distance): the board ranks by it.
+    higher_is_better: ClassVar[bool]
     axis: ClassVar[str | None]
     label_modes: ClassVar[tuple[str, ...]]
     #: True when :meth:`derived_backbone` names another backbone than the one given (fine-tuning).
