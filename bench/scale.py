@@ -56,6 +56,7 @@ class StageResult:
     items: int
     item_unit: str
     wall_s: float
+    cpu_s: float
     peak_rss_mib: float
     disk_mib: float
     command: str
@@ -77,8 +78,11 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
-def _run_stage(argv: list[str], workdir: Path, log: Path, env: dict) -> tuple[float, float, str]:
-    """Run one stage as a child process: (wall seconds, peak RSS MiB of that child, its stdout)."""
+def _run_stage(argv: list[str], workdir: Path, log: Path, env: dict) -> tuple[float, float, float, str]:
+    """Run one stage as a child process: (wall seconds, CPU seconds, peak RSS MiB of that child, its stdout).
+
+    CPU seconds (user + system of the child and the workers it waited for) change far less than wall
+    time when other work shares the cores, so b is fitted on both."""
     with open(log, "a", encoding="utf-8") as err:
         err.write(f"\n$ {shlex.join(argv)}\n")
         err.flush()
@@ -91,10 +95,10 @@ def _run_stage(argv: list[str], workdir: Path, log: Path, env: dict) -> tuple[fl
     if child.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-8:]
         raise SystemExit(f"stage failed (exit {child.returncode}): {shlex.join(argv)}\n" + "\n".join(tail))
-    return wall, usage.ru_maxrss / 1024.0, out  # ru_maxrss is in KiB on Linux
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, out  # ru_maxrss is in KiB on Linux
 
 
-def run_scale(scale: str, args, tmp_parent: Path | None) -> list[StageResult]:
+def run_scale(scale: str, args, tmp_parent: Path | None, on_result=lambda result: None) -> list[StageResult]:
     from ocbench.data.demo import parse_fraction, scaled_config
 
     config = scaled_config(parse_fraction(scale), seed=args.seed, size=args.size)
@@ -128,7 +132,7 @@ def run_scale(scale: str, args, tmp_parent: Path | None) -> list[StageResult]:
             if args.stages and name not in args.stages and name != "generate":
                 continue
             before = _tree_bytes(work)
-            wall, rss, out = _run_stage(argv, work, log, env)
+            wall, cpu, rss, out = _run_stage(argv, work, log, env)
             written = _tree_bytes(work) - before
             if name == "embed-cells":
                 match = re.search(r"(\d+) x \d+ embeddings", out)
@@ -137,10 +141,11 @@ def run_scale(scale: str, args, tmp_parent: Path | None) -> list[StageResult]:
             items = {"fovs": n_fovs, "cells": n_cells, "entries": len(list(entries.glob("*.json"))), "items": n_items}[unit]
             shown = [a if a != str(Path(__file__).resolve()) else "bench/scale.py" for a in argv if a != sys.executable]
             command = "python " + shlex.join(shown)
-            result = StageResult(name, scale, n_fovs, items, unit, wall, rss, written / 2**20, command)
+            result = StageResult(name, scale, n_fovs, items, unit, wall, cpu, rss, written / 2**20, command)
             results.append(result)
+            on_result(result)
             print(
-                f"  {name:<12} {wall:8.1f} s  peak RSS {rss:7.0f} MiB  disk {result.disk_mib:8.1f} MiB  "
+                f"  {name:<12} {wall:8.1f} s  CPU {cpu:8.1f} s  peak RSS {rss:7.0f} MiB  disk {result.disk_mib:8.1f} MiB  "
                 f"{result.items_per_s:9.1f} {unit}/s",
                 flush=True,
             )
@@ -183,6 +188,22 @@ def growth_exponent(points: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else float("nan")
 
 
+def summarise(results: list[StageResult]) -> dict[str, dict]:
+    """Per stage: b fitted on wall and on CPU seconds over the scales measured, the wall-time ratio
+    of the largest to the smallest scale, and the command of the largest."""
+    summary = {}
+    for stage in dict.fromkeys(r.stage for r in results):
+        rows = [r for r in results if r.stage == stage]
+        several = len({r.n_fovs for r in rows}) > 1
+        summary[stage] = {
+            "b": growth_exponent([(r.n_fovs, r.wall_s) for r in rows]) if several else float("nan"),
+            "b_cpu": growth_exponent([(r.n_fovs, r.cpu_s) for r in rows]) if several else float("nan"),
+            "time_ratio": rows[-1].wall_s / rows[0].wall_s if rows[0].wall_s > 0 else float("nan"),
+            "command": rows[-1].command,
+        }
+    return summary
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", default=DEFAULT_SCALES, help=f"comma-separated fractions of OpenCell (default {DEFAULT_SCALES})")
@@ -220,33 +241,42 @@ def main() -> int:
 
     started = time.perf_counter()
     results: list[StageResult] = []
+
+    def save(result: StageResult | None = None) -> None:
+        # written after every stage, so a long run that is stopped keeps what it measured
+        if result is not None:
+            results.append(result)
+        if args.json:
+            payload = {"scales": scales, "backbone": args.backbone, "size": args.size,
+                       "stages": [asdict(r) | {"items_per_s": r.items_per_s} for r in results],
+                       "summary": summarise(results)}
+            tmp = args.json.with_name(args.json.name + ".tmp")
+            tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+            tmp.replace(args.json)
+
     for scale in scales:
-        results += run_scale(scale, args, args.tmp)
+        run_scale(scale, args, args.tmp, on_result=save)
 
     n_first, n_last = results[0].n_fovs, results[-1].n_fovs
-    print(f"\nb: growth exponent, time ~ N^b (N = FOVs); time ratio: largest / smallest scale, for {n_last / n_first:.2f}x the FOVs")
+    print(f"\nb: growth exponent, time ~ N^b (N = FOVs), fitted on wall and on CPU seconds; "
+          f"ratio: largest / smallest scale's wall time, for {n_last / n_first:.2f}x the FOVs")
     if n_last < 2 * n_first:
         print("note: the scales are less than 2x apart in FOVs (the smallest sets have at least 19 proteins), "
               "so b is mostly timing noise: a check that the stages run, not a measurement")
-    print("stage              b  time ratio  " + "  ".join(f"{'F=' + s:>12}" for s in scales) + "  max RSS MiB")
-    summary = {}
-    for stage in dict.fromkeys(r.stage for r in results):
+    print("stage         b wall  b CPU      ratio  " + "  ".join(f"{'F=' + s:>12}" for s in scales) + "  max RSS MiB")
+    summary = summarise(results)
+    for stage, info in summary.items():
         rows = [r for r in results if r.stage == stage]
-        b = growth_exponent([(r.n_fovs, r.wall_s) for r in rows]) if len({r.n_fovs for r in rows}) > 1 else float("nan")
-        ratio = rows[-1].wall_s / rows[0].wall_s if rows[0].wall_s > 0 else float("nan")
-        summary[stage] = {"b": b, "time_ratio": ratio, "command": rows[-1].command}
         cells = "  ".join(f"{r.wall_s:10.1f} s" for r in rows)
-        print(f"{stage:<13} {b:6.2f}  {ratio:9.2f}x  {cells}  {max(r.peak_rss_mib for r in rows):11.0f}")
+        print(f"{stage:<13} {info['b']:6.2f} {info['b_cpu']:6.2f}  {info['time_ratio']:8.2f}x  {cells}  "
+              f"{max(r.peak_rss_mib for r in rows):11.0f}")
     print("\nreproduce a stage (largest scale; the paths are the deleted temporary folder's):")
     for stage, info in summary.items():
         print(f"  {stage}: {info['command']}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s; reproduce the table: "
           f"python bench/scale.py --scales {','.join(scales)} --backbone {args.backbone} --size {args.size}"
           + (f" --stages {','.join(args.stages)}" if args.stages else ""))
-    if args.json:
-        payload = {"scales": scales, "backbone": args.backbone, "size": args.size, "stages": [asdict(r) | {"items_per_s": r.items_per_s} for r in results],
-                   "summary": summary}
-        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    save()
     return 0
 
 
