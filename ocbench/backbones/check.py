@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ocbench.backbones.card import BackboneCard
 from ocbench.errors import OcbenchError
+
+if TYPE_CHECKING:  # pragma: no cover - torch and the loader are imported when a check runs
+    import torch
+
+    from ocbench.backbones.adapters import ChannelAdapter
+    from ocbench.backbones.loader import Backbone
 
 #: Models with fewer parameters than this get the full sweep of channel maps in ``adapters``.
 SMALL_MODEL_PARAMETERS = 5_000_000
@@ -97,6 +103,136 @@ def _relative_difference(a, b) -> float:
     return float((a - b).abs().max().item()) / scale
 
 
+class _Recorder:
+    """Runs named checks in order, timing each; a check that raises is a FAIL with the error's
+    first line, never a crash (a contributor's model may raise anything)."""
+
+    def __init__(self) -> None:
+        self.results: list[CheckResult] = []
+
+    def run(self, check_name: str, body: Callable[[], tuple[bool, str]]) -> bool:
+        started = time.perf_counter()
+        try:
+            passed, detail = body()
+        except OcbenchError as exc:
+            passed, detail = False, str(exc)
+        except Exception as exc:  # a contributor's model may raise anything: report it, do not crash
+            passed, detail = False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        self.results.append(CheckResult(check_name, passed, detail, time.perf_counter() - started))
+        return passed
+
+    def skip(self, check_names: tuple[str, ...], detail: str) -> None:
+        self.results.extend(CheckResult(check_name, None, detail) for check_name in check_names)
+
+
+#: The checks that look at the features of the default adapter, in the order they run.
+_FEATURE_CHECKS = ("shape", "finite", "varies", "deterministic", "batch-invariant", "protein-sensitive")
+
+
+@dataclass(frozen=True)
+class _FeatureChecks:
+    """The checks on the features ``embed_raw`` gave for the synthetic batch ``raw``."""
+
+    backbone: Backbone
+    card: BackboneCard
+    adapter: ChannelAdapter
+    raw: np.ndarray  # (N, 2, size, size) uint16
+    batch: torch.Tensor  # the same images as a tensor
+    features: torch.Tensor  # (N, feature_dim x views)
+    tolerance: float
+
+    def checks(self) -> tuple[tuple[str, Callable[[], tuple[bool, str]]], ...]:
+        bodies = (self.shape, self.finite, self.varies, self.deterministic, self.batch_invariant, self.protein_sensitive)
+        return tuple(zip(_FEATURE_CHECKS, bodies))
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.raw)
+
+    def shape(self) -> tuple[bool, str]:
+        import torch
+
+        features, adapter = self.features, self.adapter
+        got = tuple(features.shape)
+        want = (self.batch_size, self.card.feature_dim * adapter.n_views)
+        ok = got == want and features.dtype == torch.float32
+        return ok, f"{got} {str(features.dtype).replace('torch.', '')}, expected {want} float32 " \
+                   f"(dim {self.card.feature_dim} x {adapter.n_views} view{'s' if adapter.n_views > 1 else ''})"
+
+    def finite(self) -> tuple[bool, str]:
+        import torch
+
+        bad = int((~torch.isfinite(self.features)).sum().item())
+        return bad == 0, "all values finite" if bad == 0 else f"{bad} NaN/inf values"
+
+    def varies(self) -> tuple[bool, str]:
+        spread = float((self.features - self.features[:1]).abs().max().item())
+        return spread > 0, f"max difference between images {spread:.3g}"
+
+    def deterministic(self) -> tuple[bool, str]:
+        import torch
+
+        again = self.backbone.embed_raw(self.batch, self.adapter)
+        diff = _relative_difference(self.features, again)
+        exact = self.backbone.device.type == "cpu"
+        ok = bool(torch.equal(self.features, again)) if exact else diff <= 1e-3
+        return ok, f"second call: max relative difference {diff:.2e}" + (" (bit-identical required on CPU)" if exact else "")
+
+    def batch_invariant(self) -> tuple[bool, str]:
+        import torch
+
+        n, tolerance = self.batch_size, self.tolerance
+        singles = torch.cat([self.backbone.embed_raw(self.batch[i : i + 1], self.adapter) for i in range(n)])
+        diff = _relative_difference(self.features, singles)
+        return diff <= tolerance, f"batch of 1 vs {n}: max relative difference {diff:.2e} (tolerance {tolerance:g})"
+
+    def protein_sensitive(self) -> tuple[bool, str]:
+        import torch
+
+        raw, n, tolerance = self.raw, self.batch_size, self.tolerance
+        changed = raw.copy()
+        changed[0, 0] = raw[1 % n, 0] if n > 1 else raw[0, 0][::-1] // 2 + 500
+        other = self.backbone.embed_raw(torch.from_numpy(changed), self.adapter)
+        moved = _relative_difference(self.features[:1], other[:1])
+        leaked = _relative_difference(self.features[1:], other[1:]) if n > 1 else 0.0
+        ok = moved > tolerance and leaked <= tolerance
+        return ok, f"image 0 features moved {moved:.2e} (must exceed {tolerance:g}); other images moved {leaked:.2e}"
+
+
+def _check_adapters(backbone: Backbone, card: BackboneCard, batch: torch.Tensor, full_sweep: bool | None) -> tuple[bool, str]:
+    """``adapters``: replicate and every preset (and, for small models, every injective map) give
+    finite features of the right shape on two images."""
+    import torch
+
+    from ocbench.backbones.adapters import available_presets, parse_channels, sweep_adapters
+
+    parameters = sum(p.numel() for p in backbone.model.parameters())
+    sweep = full_sweep if full_sweep is not None else parameters < SMALL_MODEL_PARAMETERS
+    candidates = {parse_channels("replicate", card).key: parse_channels("replicate", card)}
+    for preset in available_presets(card):
+        candidate = parse_channels(preset, card)
+        candidates[candidate.key] = candidate
+    if sweep:
+        candidates.update((candidate.key, candidate) for candidate in sweep_adapters(card))
+    small = batch[:2]
+    problems = []
+    for key, candidate in candidates.items():
+        out = backbone.embed_raw(small, candidate)
+        want = (small.shape[0], card.feature_dim * candidate.n_views)
+        if tuple(out.shape) != want or not bool(torch.isfinite(out).all()):
+            problems.append(f"{key} gave {tuple(out.shape)}")
+    what = f"{len(candidates)} adapters ({', '.join(candidates)})" + ("" if sweep else "; sweep skipped for a large model")
+    return not problems, what if not problems else f"{'; '.join(problems)} of {what}"
+
+
+def _resolve_card(name: str | BackboneCard, cache_dir) -> BackboneCard:
+    if isinstance(name, BackboneCard):
+        return name
+    from ocbench.backbones.derive import resolve_backbone
+
+    return resolve_backbone(name, cache_dir=cache_dir)
+
+
 def check_backbone(
     name: str | BackboneCard,
     *,
@@ -114,30 +250,13 @@ def check_backbone(
     """
     import torch
 
-    from ocbench.backbones.adapters import available_presets, parse_channels, sweep_adapters
+    from ocbench.backbones.adapters import parse_channels
     from ocbench.backbones.loader import effective_precision, load_backbone, resolve_device
 
-    if isinstance(name, BackboneCard):
-        card = name
-    else:
-        from ocbench.backbones.derive import resolve_backbone
-
-        card = resolve_backbone(name, cache_dir=cache_dir)
+    card = _resolve_card(name, cache_dir)
     target = resolve_device(device)
     effective_precision(card, target, precision)  # a bad precision is a usage error, not a FAIL
-    results: list[CheckResult] = []
-
-    def run(check_name: str, body: Callable[[], tuple[bool, str]]) -> bool:
-        started = time.perf_counter()
-        try:
-            passed, detail = body()
-        except OcbenchError as exc:
-            passed, detail = False, str(exc)
-        except Exception as exc:  # a contributor's model may raise anything: report it, do not crash
-            passed, detail = False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        results.append(CheckResult(check_name, passed, detail, time.perf_counter() - started))
-        return passed
-
+    recorder = _Recorder()
     state: dict = {}
 
     def loads():
@@ -145,16 +264,14 @@ def check_backbone(
         sha = (backbone.weights_sha256 or "-")[:12]
         return True, f"weights sha256 {sha}, revision {backbone.revision or '-'}"
 
-    if not run("loads", loads):
-        for skipped in ("embeds", "shape", "finite", "varies", "deterministic", "batch-invariant", "protein-sensitive", "adapters"):
-            results.append(CheckResult(skipped, None, "not run: the backbone did not load"))
-        return CheckReport(card.name, str(target), tuple(results))
+    if not recorder.run("loads", loads):
+        recorder.skip(("embeds", *_FEATURE_CHECKS, "adapters"), "not run: the backbone did not load")
+        return CheckReport(card.name, str(target), tuple(recorder.results))
 
     backbone = state["backbone"]
     adapter = parse_channels(None, card)
     raw = synthetic_batch(batch_size, image_size)
     batch = torch.from_numpy(raw)
-    expected_dim = card.feature_dim * adapter.n_views
     # bf16 autocast on GPU changes the last digits with the batch layout; CPU float32 is near exact.
     tolerance = 5e-2 if backbone.autocast_bf16 else 1e-4
 
@@ -164,79 +281,15 @@ def check_backbone(
         elapsed = time.perf_counter() - started
         return True, f"{batch_size} images of {image_size} px, channels {adapter.key}: {batch_size / max(elapsed, 1e-9):.1f} images/s"
 
-    if not run("embeds", embeds):
-        for skipped in ("shape", "finite", "varies", "deterministic", "batch-invariant", "protein-sensitive"):
-            results.append(CheckResult(skipped, None, "not run: embedding failed"))
+    if not recorder.run("embeds", embeds):
+        recorder.skip(_FEATURE_CHECKS, "not run: embedding failed")
     else:
-        features = state["features"]
+        feature_checks = _FeatureChecks(backbone, card, adapter, raw, batch, state["features"], tolerance)
+        for check_name, body in feature_checks.checks():
+            recorder.run(check_name, body)
 
-        def shape():
-            got = tuple(features.shape)
-            want = (batch_size, expected_dim)
-            ok = got == want and features.dtype == torch.float32
-            return ok, f"{got} {str(features.dtype).replace('torch.', '')}, expected {want} float32 " \
-                       f"(dim {card.feature_dim} x {adapter.n_views} view{'s' if adapter.n_views > 1 else ''})"
-
-        def finite():
-            bad = int((~torch.isfinite(features)).sum().item())
-            return bad == 0, "all values finite" if bad == 0 else f"{bad} NaN/inf values"
-
-        def varies():
-            spread = float((features - features[:1]).abs().max().item())
-            return spread > 0, f"max difference between images {spread:.3g}"
-
-        def deterministic():
-            again = backbone.embed_raw(batch, adapter)
-            diff = _relative_difference(features, again)
-            exact = backbone.device.type == "cpu"
-            ok = bool(torch.equal(features, again)) if exact else diff <= 1e-3
-            return ok, f"second call: max relative difference {diff:.2e}" + (" (bit-identical required on CPU)" if exact else "")
-
-        def batch_invariant():
-            singles = torch.cat([backbone.embed_raw(batch[i : i + 1], adapter) for i in range(batch_size)])
-            diff = _relative_difference(features, singles)
-            return diff <= tolerance, f"batch of 1 vs {batch_size}: max relative difference {diff:.2e} (tolerance {tolerance:g})"
-
-        def protein_sensitive():
-            changed = raw.copy()
-            changed[0, 0] = raw[1 % batch_size, 0] if batch_size > 1 else raw[0, 0][::-1] // 2 + 500
-            other = backbone.embed_raw(torch.from_numpy(changed), adapter)
-            moved = _relative_difference(features[:1], other[:1])
-            leaked = _relative_difference(features[1:], other[1:]) if batch_size > 1 else 0.0
-            ok = moved > tolerance and leaked <= tolerance
-            return ok, f"image 0 features moved {moved:.2e} (must exceed {tolerance:g}); other images moved {leaked:.2e}"
-
-        for check_name, body in (
-            ("shape", shape),
-            ("finite", finite),
-            ("varies", varies),
-            ("deterministic", deterministic),
-            ("batch-invariant", batch_invariant),
-            ("protein-sensitive", protein_sensitive),
-        ):
-            run(check_name, body)
-
-    def adapters():
-        parameters = sum(p.numel() for p in backbone.model.parameters())
-        sweep = full_sweep if full_sweep is not None else parameters < SMALL_MODEL_PARAMETERS
-        candidates = {parse_channels("replicate", card).key: parse_channels("replicate", card)}
-        for preset in available_presets(card):
-            candidate = parse_channels(preset, card)
-            candidates[candidate.key] = candidate
-        if sweep:
-            candidates.update((candidate.key, candidate) for candidate in sweep_adapters(card))
-        small = batch[:2]
-        problems = []
-        for key, candidate in candidates.items():
-            out = backbone.embed_raw(small, candidate)
-            want = (small.shape[0], card.feature_dim * candidate.n_views)
-            if tuple(out.shape) != want or not bool(torch.isfinite(out).all()):
-                problems.append(f"{key} gave {tuple(out.shape)}")
-        what = f"{len(candidates)} adapters ({', '.join(candidates)})" + ("" if sweep else "; sweep skipped for a large model")
-        return not problems, what if not problems else f"{'; '.join(problems)} of {what}"
-
-    run("adapters", adapters)
-    return CheckReport(card.name, str(target), tuple(results))
+    recorder.run("adapters", lambda: _check_adapters(backbone, card, batch, full_sweep))
+    return CheckReport(card.name, str(target), tuple(recorder.results))
 
 
 def format_check(report: CheckReport) -> str:
