@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def export_hf(
     of fov ids) adds the ``split`` column; it must belong to this dataset version.
     ``push_to_hub``: a repo id (``user/name``) to upload to after saving (needs a Hub login).
     """
-    from datasets import Array3D, ClassLabel, Dataset, Features, List, Value
+    from datasets import Dataset
 
     out_dir = Path(out_dir)
     _check_target(out_dir)
@@ -73,6 +73,34 @@ def export_hf(
     first = dataset.read(0)
     _check_image(dataset, 0, first, first.shape)
     shape = tuple(int(s) for s in first.shape)
+    features = _hf_features(shape, with_split=part_of is not None)
+    rows = _row_generator(dataset, first, shape, part_of)
+
+    # The fingerprint names what is exported, so `datasets` never hashes (pickles) the reader; a
+    # private cache folder keeps it from reusing another run's Arrow files.
+    split_sha = getattr(split, "sha256", None) if split is not None else None
+    fingerprint = sha256_bytes(f"{dataset.version}|{split_sha}|{shape}".encode())[:32]
+    cache = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".cache"))
+    try:
+        hf = _build_hf_dataset(Dataset, rows, features, cache, fingerprint)
+        synthetic = bool(getattr(getattr(dataset, "card", None), "synthetic", False))
+        hf.info.description = _description(dataset, shape, split, split_sha, synthetic)
+        hf.info.homepage = "" if synthetic else "https://opencell.czbiohub.org"
+        with atomic_dir(out_dir) as tmp:
+            hf.save_to_disk(str(tmp))
+            _write_card(dataset, tmp)
+        if push_to_hub:
+            _push(hf, push_to_hub, out_dir)
+        del hf
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return out_dir
+
+
+def _hf_features(shape: tuple[int, ...], *, with_split: bool):
+    """The ``datasets.Features`` of one exported row (see the module docstring)."""
+    from datasets import Array3D, ClassLabel, Features, List, Value
+
     features = {
         "fov_id": Value("string"),
         "gene": Value("string"),
@@ -82,17 +110,23 @@ def export_hf(
         "labels": List(ClassLabel(names=list(COMPARTMENTS))),
         "grades": List(Value("uint8"), length=len(COMPARTMENTS)),
     }
-    if part_of is not None:
+    if with_split:
         features["split"] = Value("string")
-    features = Features(features)
+    return Features(features)
 
+
+def _row_generator(
+    dataset, first: np.ndarray, shape: tuple[int, ...], part_of: dict[str, str] | None
+) -> Callable[[], Iterator[dict]]:
+    """A generator function over the exported rows, reading one FOV at a time (``first`` is FOV 0,
+    already read); every image is checked against ``shape`` as it is read."""
     manifest = dataset.manifest
     labels = np.asarray(dataset.labels)
     grades = manifest[[f"grade_{c}" for c in COMPARTMENTS]].to_numpy(dtype=np.uint8)
     fov_ids = manifest["fov_id"].tolist()
 
     def rows() -> Iterator[dict]:
-        for i in range(n):
+        for i in range(len(dataset)):
             image = first if i == 0 else dataset.read(i)
             _check_image(dataset, i, image, shape)
             row = {
@@ -108,37 +142,25 @@ def export_hf(
                 row["split"] = part_of.get(fov_ids[i], UNASSIGNED)
             yield row
 
-    # The fingerprint names what is exported, so `datasets` never hashes (pickles) the reader; a
-    # private cache folder keeps it from reusing another run's Arrow files.
-    split_sha = getattr(split, "sha256", None) if split is not None else None
-    fingerprint = sha256_bytes(f"{dataset.version}|{split_sha}|{shape}".encode())[:32]
-    cache = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".cache"))
+    return rows
+
+
+def _build_hf_dataset(dataset_class, rows, features, cache: Path, fingerprint: str):
+    """``Dataset.from_generator`` into ``cache``; an ocbench error raised while reading rows comes
+    out as itself, not wrapped by ``datasets``."""
     try:
-        try:
-            hf = Dataset.from_generator(
-                rows,
-                features=features,
-                cache_dir=str(cache),
-                fingerprint=fingerprint,
-                writer_batch_size=WRITER_BATCH_SIZE,
-            )
-        except Exception as exc:  # `datasets` wraps errors raised in the generator: surface ours as they are
-            cause = exc.__cause__
-            if isinstance(cause, OcbenchError):
-                raise cause from None
-            raise
-        synthetic = bool(getattr(getattr(dataset, "card", None), "synthetic", False))
-        hf.info.description = _description(dataset, shape, split, split_sha, synthetic)
-        hf.info.homepage = "" if synthetic else "https://opencell.czbiohub.org"
-        with atomic_dir(out_dir) as tmp:
-            hf.save_to_disk(str(tmp))
-            _write_card(dataset, tmp)
-        if push_to_hub:
-            _push(hf, push_to_hub, out_dir)
-        del hf
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    return out_dir
+        return dataset_class.from_generator(
+            rows,
+            features=features,
+            cache_dir=str(cache),
+            fingerprint=fingerprint,
+            writer_batch_size=WRITER_BATCH_SIZE,
+        )
+    except Exception as exc:  # `datasets` wraps errors raised in the generator: surface ours as they are
+        cause = exc.__cause__
+        if isinstance(cause, OcbenchError):
+            raise cause from None
+        raise
 
 
 def _write_card(dataset, folder: Path) -> None:
