@@ -75,14 +75,17 @@ def critical_difference(tables: Sequence[Table]) -> tuple[CriticalDifference | N
 
 def _friedman_over(tables: Sequence[Table]) -> CriticalDifference | None:
     """Friedman + Nemenyi over ``tables`` for backbones on several of them (each backbone's best row
-    per table). None when fewer than 2 backbones share 2 tables."""
-    scores: dict[str, dict[str, float]] = defaultdict(dict)  # table id -> backbone -> best mean
+    per table). None when fewer than 2 backbones share 2 tables.
+
+    Rows are compared by their ranking value (the mean, negated when lower is better), so the best
+    row is the lowest error where lower is better and the test's "higher is better" holds."""
+    scores: dict[str, dict[str, float]] = defaultdict(dict)  # table id -> backbone -> best ranking value
     titles = {}
     for table in tables:
         titles[table.id] = table.title
         for row in table.computed_rows:
             if row.score is not None:
-                scores[table.id][row.backbone] = max(row.score.mean, scores[table.id].get(row.backbone, float("-inf")))
+                scores[table.id][row.backbone] = max(row.ranking_value, scores[table.id].get(row.backbone, float("-inf")))
     counts: dict[str, int] = defaultdict(int)
     for by_backbone in scores.values():
         for name in by_backbone:
