@@ -122,6 +122,15 @@ def test_the_critical_difference_ranks_the_lowest_error_first(tmp_path):
     assert ranks == {"model-best": 1.0, "model-mid": 2.0, "model-worst": 3.0}
     assert cd.text.index("model-best 1.00") < cd.text.index("model-worst 3.00")
 
+
+def test_compare_calls_the_lower_error_better(tmp_path):
+    from ocbench.leaderboard.compare import compare_entries
+
+    better = write_entry(_error_entry("model-better", LOW_FOLDS), tmp_path)
+    worse = write_entry(_error_entry("model-worse", HIGH_FOLDS), tmp_path)
+    assert compare_entries(better, worse).verdict.startswith("A is better than B at the 95% level")
+    assert compare_entries(worse, better).verdict.startswith("B is better than A at the 95% level")
+
 ERROR_TASK_PLUGIN = '''
 from dataclasses import dataclass
 from typing import ClassVar

@@ -157,7 +157,9 @@ def _fold_test(out: Comparison, *, alpha: float) -> int | None:
         f"  corrected resampled t-test (Nadeau & Bengio) over the {sa.n} paired folds: t = {t.t:.3g}, "
         f"p = {t.p_value:.3g}; {1 - alpha:.0%} CI of the difference [{t.low:+.4f}, {t.high:+.4f}]"
     )
-    return 0 if t.p_value >= alpha else (1 if t.mean_difference > 0 else -1)
+    a_higher = t.mean_difference > 0
+    # the folds are of the main score: where lower is better, the lower mean is the better one
+    return 0 if t.p_value >= alpha else (1 if a_higher == out.a.main_score.higher_is_better else -1)
 
 
 def _bootstrap_test(out: Comparison, pa: Path, pb: Path, *, alpha: float) -> int | None:
