@@ -103,6 +103,34 @@ def test_directions_never_share_a_table(tmp_path):
     assert len(board.tables) == 2
 
 
+
+def test_the_critical_difference_ranks_the_lowest_error_first(tmp_path):
+    """Average ranks over tables of a lower-is-better score: the backbone with the lowest error on
+    every dataset has rank 1 (each backbone's best row per table is its lowest)."""
+    for dataset, version, shift in (("demo", "a" * 64, 0.0), ("other", "b" * 64, 0.05)):
+        for backbone, base in (("model-best", 0.2), ("model-mid", 0.3), ("model-worst", 0.4)):
+            folds = [base + shift + 0.01 * i for i in range(5)]
+            d = example_entry_dict(backbone, val_folds=[1 - f for f in folds], dataset_name=dataset, dataset_version=version)
+            for part in ("val", "test"):
+                d["scores"][part]["error"] = summarize(folds)
+            d["main_score"] = {"eval_set": "val", "metric": "error", "higher_is_better": False}
+            write_entry(d, tmp_path / dataset)
+    board = build_tables(collect_entries([tmp_path / "demo", tmp_path / "other"]).entries, include_reported=False)
+    cd = board.critical_difference
+    assert cd is not None and len(cd.tables) == 2
+    ranks = dict(zip(cd.result.names, cd.result.average_ranks))
+    assert ranks == {"model-best": 1.0, "model-mid": 2.0, "model-worst": 3.0}
+    assert cd.text.index("model-best 1.00") < cd.text.index("model-worst 3.00")
+
+
+def test_compare_calls_the_lower_error_better(tmp_path):
+    from ocbench.leaderboard.compare import compare_entries
+
+    better = write_entry(_error_entry("model-better", LOW_FOLDS), tmp_path)
+    worse = write_entry(_error_entry("model-worse", HIGH_FOLDS), tmp_path)
+    assert compare_entries(better, worse).verdict.startswith("A is better than B at the 95% level")
+    assert compare_entries(worse, better).verdict.startswith("B is better than A at the 95% level")
+
 ERROR_TASK_PLUGIN = '''
 from dataclasses import dataclass
 from typing import ClassVar

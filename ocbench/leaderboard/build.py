@@ -40,11 +40,11 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ocbench._io import read_json_or_none
 from ocbench.errors import ConfigError, DataError
-from ocbench.leaderboard.collect import LoadedEntry, collect_entries, no_entries_message, parse_hub_source
+from ocbench.leaderboard.collect import Collection, LoadedEntry, collect_entries, no_entries_message, parse_hub_source
 from ocbench.leaderboard.grouping import dedupe_entries
 from ocbench.leaderboard.html import render_html
 from ocbench.leaderboard.plots import plan_plots, write_plots
@@ -268,6 +268,68 @@ def _copy_predictions(loaded: LoadedEntry, entry_copy: Path) -> None:
         shutil.copyfile(source, entry_copy.parent / ref.file)
 
 
+def _prepare_out(out: Path, sources: Sequence[str | os.PathLike], collection: Collection) -> tuple[bool, dict[str, str] | None]:
+    """Check, before anything is written, that the build may write into ``out``; returns whether
+    ``out/entries`` is a source (left as it is) and, then, the entries' paths inside it."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; give --out a folder")
+    in_place = _overlaps_a_source(out / "entries", sources)
+    if in_place:
+        names = _entries_in_place(out / "entries", collection.entries)
+    else:
+        names = None
+        _ensure_ours(out / "entries", ENTRIES_MARKER, "to show the entries in it, give it as a source; else ")
+    _ensure_files_ours(out)
+    return in_place, names
+
+
+def _stage_board(staging: Path, board: Board, plans: list, markdown: str, frame: Any, *, in_place: bool) -> None:
+    """Write every file of the board into ``staging`` (a failure here leaves the board as it was)."""
+    (staging / MANIFEST).write_text(
+        json.dumps({"written_by": "ocbench leaderboard build", "files": list(BOARD_FILES)}, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    if not in_place:
+        entries_dir = staging / "entries"
+        entries_dir.mkdir()
+        for loaded in board.entries:
+            target = entries_dir / board.entry_files[loaded.sha256]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(loaded.raw)
+            _copy_predictions(loaded, target)
+        (entries_dir / "README.md").write_text(_ENTRIES_README, encoding="utf-8")
+        (entries_dir / ENTRIES_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
+    (staging / "LEADERBOARD.md").write_text(markdown, encoding="utf-8")
+    frame.to_csv(staging / "leaderboard.csv", index=False, lineterminator="\n")
+    images: dict[str, bytes] = {}
+    if plans:
+        plots_dir = staging / "plots"
+        plots_dir.mkdir()
+        write_plots(board, plots_dir, plans)
+        (plots_dir / PLOTS_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
+        images = {p.filename: (plots_dir / p.filename).read_bytes() for p in plans}
+    # the plots inline (data URIs): index.html alone is the board; plots/ serves the Markdown
+    (staging / "index.html").write_text(render_html(board, plans, images), encoding="utf-8")
+
+
+def _move_staged(staging: Path, out: Path, plans: list, *, in_place: bool) -> list[Path]:
+    """Move the staged board into ``out``; the manifest first, so a file moved in is always one it
+    lists. Returns the entry files moved, relative to ``out/entries``."""
+    entry_files: list[Path] = []
+    _move_into_place(staging / MANIFEST, out / MANIFEST)
+    if not in_place:
+        staged = sorted(p for p in (staging / "entries").rglob("*") if p.is_file())
+        entry_files = [p.relative_to(staging / "entries") for p in staged]
+        _move_into_place(staging / "entries", out / "entries")
+    for name in BOARD_FILES:
+        _move_into_place(staging / name, out / name)
+    if plans:
+        _move_into_place(staging / "plots", out / "plots")
+    elif (out / "plots" / PLOTS_MARKER).is_file() and not (out / "plots").is_symlink():
+        shutil.rmtree(out / "plots")  # plots of an earlier build that no longer apply
+    return entry_files
+
+
 def build_board(
     sources: Sequence[str | os.PathLike] | str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -299,15 +361,7 @@ def build_board(
             no_entries_message(sources, collection) + "; to build a board of the paper's reported rows alone, "
             "pass --allow-empty"
         )
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder; give --out a folder")
-    in_place = _overlaps_a_source(out / "entries", sources)
-    if in_place:
-        names = _entries_in_place(out / "entries", collection.entries)
-    else:
-        names = None
-        _ensure_ours(out / "entries", ENTRIES_MARKER, "to show the entries in it, give it as a source; else ")
-    _ensure_files_ours(out)
+    in_place, names = _prepare_out(out, sources, collection)
     board = build_tables(
         collection.entries, include_reported=include_reported, rank_reported=rank_reported, alpha=alpha, entry_files=names,
         zero_shot_only=zero_shot_only,
@@ -327,50 +381,13 @@ def build_board(
     if stale:
         notes.append(f"removed {len(stale)} temporary folder{'s' if len(stale) > 1 else ''} of interrupted builds")
     staging = Path(tempfile.mkdtemp(dir=out, prefix=f"{_STAGING_PREFIX}{_host_tag()}-{os.getpid()}-", suffix=".tmp"))
-    written: list[Path] = []
     try:
-        # 1. stage every file (a failure here leaves the board as it was)
-        (staging / MANIFEST).write_text(
-            json.dumps({"written_by": "ocbench leaderboard build", "files": list(BOARD_FILES)}, indent=2) + "\n",
-            encoding="utf-8",
-        )
-        if not in_place:
-            entries_dir = staging / "entries"
-            entries_dir.mkdir()
-            for loaded in board.entries:
-                target = entries_dir / board.entry_files[loaded.sha256]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(loaded.raw)
-                _copy_predictions(loaded, target)
-            (entries_dir / "README.md").write_text(_ENTRIES_README, encoding="utf-8")
-            (entries_dir / ENTRIES_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
-        (staging / "LEADERBOARD.md").write_text(markdown, encoding="utf-8")
-        frame.to_csv(staging / "leaderboard.csv", index=False, lineterminator="\n")
-        images: dict[str, bytes] = {}
-        if plans:
-            plots_dir = staging / "plots"
-            plots_dir.mkdir()
-            write_plots(board, plots_dir, plans)
-            (plots_dir / PLOTS_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
-            images = {p.filename: (plots_dir / p.filename).read_bytes() for p in plans}
-        # the plots inline (data URIs): index.html alone is the board; plots/ serves the Markdown
-        (staging / "index.html").write_text(render_html(board, plans, images), encoding="utf-8")
-
-        # 2. move into place; the manifest first, so a file moved in is always one it lists
-        _move_into_place(staging / MANIFEST, out / MANIFEST)
-        if not in_place:
-            written += sorted(p for p in (staging / "entries").rglob("*") if p.is_file())
-            _move_into_place(staging / "entries", out / "entries")
-        for name in BOARD_FILES:
-            _move_into_place(staging / name, out / name)
-        if plans:
-            _move_into_place(staging / "plots", out / "plots")
-        elif (out / "plots" / PLOTS_MARKER).is_file() and not (out / "plots").is_symlink():
-            shutil.rmtree(out / "plots")  # plots of an earlier build that no longer apply
+        _stage_board(staging, board, plans, markdown, frame, in_place=in_place)
+        entry_files = _move_staged(staging, out, plans, in_place=in_place)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    written = [out / "entries" / p.relative_to(staging / "entries") for p in written]
+    written = [out / "entries" / p for p in entry_files]
     written += [out / name for name in BOARD_FILES]
     if plans:
         written += [out / "plots" / p.filename for p in plans] + [out / "plots" / PLOTS_MARKER]

@@ -121,24 +121,15 @@ def _setting_and_data_notes(a: Entry, b: Entry) -> list[str]:
     return notes
 
 
-def compare_entries(path_a: str | os.PathLike, path_b: str | os.PathLike, *, alpha: float = 0.05) -> Comparison:
-    """Compare two entry files (see the module docstring); DataError with one line if impossible."""
-    from ocbench.stats import N_RESAMPLES, corrected_resampled_t_test, paired_bootstrap
-
-    pa, pb = Path(path_a), Path(path_b)
-    a, b = load_entry(pa), load_entry(pb)
-    _comparable(a, b, pa, pb)
-    main = a.main_score
-    label = score_label(main.eval_set, main.metric)
-    level = f"{1 - alpha:.0%}"
-    sa, sb = a.main, b.main
-    out = Comparison(a, b, label, sa.mean - sb.mean)
+def _entry_lines(out: Comparison, pa: Path, pb: Path) -> None:
+    """The two entries, their scores and warnings, the difference of means, and what else differs."""
+    a, b, label = out.a, out.b, out.label
     for tag, entry, path in (("A", a, pa), ("B", b, pb)):
         line = f"{tag}: {_name(entry)} ({path.name}): {label} {fmt_score(entry.main)}"
         ref = entry.predictions
         summary = entry.score(ref.eval_set) if ref is not None else None
         if summary is not None and summary.interval is not None:
-            line += f"; {score_label(ref.eval_set, main.metric)} {summary.interval.describe()}"
+            line += f"; {score_label(ref.eval_set, a.main_score.metric)} {summary.interval.describe()}"
         out.lines.append(line)
         for w in entry.warnings:
             out.lines.append(f"  warning ({tag}): {w.message}")
@@ -150,59 +141,92 @@ def compare_entries(path_a: str | os.PathLike, path_b: str | os.PathLike, *, alp
             "this compares two settings as well as two backbones"
         )
 
-    separated: list[int] = []  # +1: A better, -1: B better, 0: cannot tell, per test
-    if sa.n == sb.n >= 2:
-        t = corrected_resampled_t_test(sa.values, sb.values, test_train_ratio=1.0 / (sa.n - 1), level=1 - alpha)
-        out.t_test = t
-        out.lines.append(
-            f"  corrected resampled t-test (Nadeau & Bengio) over the {sa.n} paired folds: t = {t.t:.3g}, "
-            f"p = {t.p_value:.3g}; {level} CI of the difference [{t.low:+.4f}, {t.high:+.4f}]"
-        )
-        separated.append(0 if t.p_value >= alpha else (1 if t.mean_difference > 0 else -1))
-    else:
-        out.lines.append(f"  no paired folds ({sa.n} and {sb.n} values): no t-test over folds")
 
+def _fold_test(out: Comparison, *, alpha: float) -> int | None:
+    """The corrected resampled t-test over paired folds, when the folds pair up: +1 when it says A
+    is better, -1 when B, 0 when it cannot tell; None without paired folds."""
+    from ocbench.stats import corrected_resampled_t_test
+
+    sa, sb = out.a.main, out.b.main
+    if not sa.n == sb.n >= 2:
+        out.lines.append(f"  no paired folds ({sa.n} and {sb.n} values): no t-test over folds")
+        return None
+    t = corrected_resampled_t_test(sa.values, sb.values, test_train_ratio=1.0 / (sa.n - 1), level=1 - alpha)
+    out.t_test = t
+    out.lines.append(
+        f"  corrected resampled t-test (Nadeau & Bengio) over the {sa.n} paired folds: t = {t.t:.3g}, "
+        f"p = {t.p_value:.3g}; {1 - alpha:.0%} CI of the difference [{t.low:+.4f}, {t.high:+.4f}]"
+    )
+    a_higher = t.mean_difference > 0
+    # the folds are of the main score: where lower is better, the lower mean is the better one
+    return 0 if t.p_value >= alpha else (1 if a_higher == out.a.main_score.higher_is_better else -1)
+
+
+def _bootstrap_test(out: Comparison, pa: Path, pb: Path, *, alpha: float) -> int | None:
+    """The paired cluster bootstrap on the kept predictions' items: +1 (A better), -1 (B better),
+    0 (cannot tell); None when either entry kept no predictions. Predictions on different items
+    are a DataError: the entries' scores are then not on the same items."""
+    from ocbench.stats import N_RESAMPLES, paired_bootstrap
+
+    a, b = out.a, out.b
     pred_a, why_a = _predictions(a, pa)
     pred_b, why_b = _predictions(b, pb)
     if pred_a is None or pred_b is None:
         out.lines.append(f"  no paired bootstrap: {why_a or why_b}")
-    elif pred_a.eval_set != pred_b.eval_set or not pred_a.same_items(pred_b):
+        return None
+    if pred_a.eval_set != pred_b.eval_set or not pred_a.same_items(pred_b):
         raise DataError(f"{pa.name} and {pb.name}: their predictions are not on the same items; re-run both on one split")
-    else:
-        axis_a = a.axis.main if a.axis is not None else None
-        axis_b = b.axis.main if b.axis is not None else None
-        r = paired_bootstrap(
-            pred_a.y_true, pred_a.at(axis_a), pred_b.at(axis_b), pred_a.groups,
-            n_resamples=N_RESAMPLES, level=1 - alpha, group_name=pred_a.group_name,
-        )
-        out.bootstrap = r
-        d = r.difference
-        out.lines.append(
-            f"  paired {d.group} bootstrap on the {pred_a.eval_set} items ({d.n_groups} {_plural(d.group, d.n_groups)}, "
-            f"{d.n_resamples} resamples): {score_label(pred_a.eval_set, main.metric)} difference {d.estimate:+.4f} "
-            f"[{d.low:+.4f}, {d.high:+.4f}] {level} CI"
-        )
-        separated.append(0 if not r.separable else (1 if d.estimate > 0 else -1))
+    axis_a = a.axis.main if a.axis is not None else None
+    axis_b = b.axis.main if b.axis is not None else None
+    r = paired_bootstrap(
+        pred_a.y_true, pred_a.at(axis_a), pred_b.at(axis_b), pred_a.groups,
+        n_resamples=N_RESAMPLES, level=1 - alpha, group_name=pred_a.group_name,
+    )
+    out.bootstrap = r
+    d = r.difference
+    out.lines.append(
+        f"  paired {d.group} bootstrap on the {pred_a.eval_set} items ({d.n_groups} {_plural(d.group, d.n_groups)}, "
+        f"{d.n_resamples} resamples): {score_label(pred_a.eval_set, a.main_score.metric)} difference {d.estimate:+.4f} "
+        f"[{d.low:+.4f}, {d.high:+.4f}] {1 - alpha:.0%} CI"
+    )
+    return 0 if not r.separable else (1 if d.estimate > 0 else -1)
 
+
+def _verdict(separated: list[int], a: Entry, b: Entry, *, level: str) -> str:
+    """What the tests say together (+1: A better, -1: B better, 0: cannot tell, per test), and
+    whether either entry collapsed."""
     if not separated:
-        out.verdict = "no paired evidence (no folds, no predictions): the difference of means alone cannot say how sure we are"
+        verdict = "no paired evidence (no folds, no predictions): the difference of means alone cannot say how sure we are"
     elif all(s == 1 for s in separated):
-        out.verdict = f"A is better than B at the {level} level on every test"
+        verdict = f"A is better than B at the {level} level on every test"
     elif all(s == -1 for s in separated):
-        out.verdict = f"B is better than A at the {level} level on every test"
+        verdict = f"B is better than A at the {level} level on every test"
     elif any(s != 0 for s in separated) and len(set(separated)) > 1 and 0 not in separated:
-        out.verdict = "the tests disagree on which is better: treat A and B as not separable"
+        verdict = "the tests disagree on which is better: treat A and B as not separable"
     else:
-        out.verdict = (
+        verdict = (
             f"cannot tell A and B apart at the {level} level: the difference is within what another split of "
             "proteins or another probe seed could give"
         )
     collapsed = [tag for tag, entry in (("A", a), ("B", b)) if _collapsed(entry)]
     if len(collapsed) == 2:
-        out.verdict += ("; both entries collapsed (constant predictions or no positive for most classes): "
-                        "neither learned the task, so their difference says nothing about the backbones")
+        verdict += ("; both entries collapsed (constant predictions or no positive for most classes): "
+                    "neither learned the task, so their difference says nothing about the backbones")
     elif collapsed:
-        out.verdict += f"; entry {collapsed[0]} collapsed (see its warning)"
+        verdict += f"; entry {collapsed[0]} collapsed (see its warning)"
+    return verdict
+
+
+def compare_entries(path_a: str | os.PathLike, path_b: str | os.PathLike, *, alpha: float = 0.05) -> Comparison:
+    """Compare two entry files (see the module docstring); DataError with one line if impossible."""
+    pa, pb = Path(path_a), Path(path_b)
+    a, b = load_entry(pa), load_entry(pb)
+    _comparable(a, b, pa, pb)
+    label = score_label(a.main_score.eval_set, a.main_score.metric)
+    out = Comparison(a, b, label, a.main.mean - b.main.mean)
+    _entry_lines(out, pa, pb)
+    tests = (_fold_test(out, alpha=alpha), _bootstrap_test(out, pa, pb, alpha=alpha))
+    out.verdict = _verdict([s for s in tests if s is not None], a, b, level=f"{1 - alpha:.0%}")
     return out
 
 

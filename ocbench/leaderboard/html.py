@@ -329,12 +329,8 @@ def _code(text: str) -> str:
     return out
 
 
-def render_html(board: Board, plots: Sequence[PlotSpec] = (), images: Mapping[str, bytes] | None = None) -> str:
-    """The page; ``images``: PNG bytes by plot file name, inlined as data URIs."""
-    images = images or {}
-    by_table: dict[str | None, dict[str, PlotSpec]] = {}
-    for plan in plots:
-        by_table.setdefault(plan.table_id, {})[plan.kind] = plan
+def _page_top(board: Board) -> list[str]:
+    """The page's head, title, lead, banners, reading guide and table of contents."""
     n = len(board.entries)
     parts = [
         "<!doctype html>",
@@ -370,41 +366,43 @@ def render_html(board: Board, plots: Sequence[PlotSpec] = (), images: Mapping[st
     else:
         links = "".join(f'<li><a href="#{_attr("s-" + t.id)}">{escape(t.title)}</a></li>' for t in board.tables)
         parts.append(f"<nav><ul>{links}</ul></nav>")
-    for table in board.tables:
-        table_plots = by_table.get(table.id, {})
-        parts.append(f'<section id="{_attr("s-" + table.id)}"' + (' data-synthetic="1"' if table.synthetic else "") + ">")
-        tag = '<span class="synthetic-tag">synthetic data</span>' if table.synthetic else ""
-        parts.append(f"<h2>{escape(table.title)}{tag}</h2>")
-        if table.headline:
-            parts.append(f'<p class="headline">{escape(table.headline)}</p>')
-        parts.append(_main_table(table))
-        parts.append(f'<p class="rule">{escape(table.rule)}</p>')
-        parts.append(f'<details class="table-details"><summary>What this table holds</summary>'
-                     f'<p class="details">{escape(" · ".join(table.details))}</p></details>')
-        if "channel_sweep" in table_plots:
-            parts.append(_figure(table_plots["channel_sweep"], images))
-        if any(r.axis_points for r in table.computed_rows):
-            parts.append(f"<h3>{escape(table.score_label)} per {escape(table.axis_name or 'axis')}</h3>")
-            parts.append(_axis_table(table))
-            parts.append('<p class="rule">* marks the value each entry is ranked at.</p>')
-            if "axis" in table_plots:
-                parts.append(_figure(table_plots["axis"], images))
-        if table.class_names:
-            parts.append(f"<h3>Per-class {escape(table.per_class_label)}</h3>")
-            parts.append(_per_class_table(table))
-            if "per_class" in table_plots:
-                parts.append(_figure(table_plots["per_class"], images))
-            if best_per_class(table):
-                parts.append("<h3>Best backbone per class</h3>")
-                parts.append(_best_table(table))
-        parts.append("</section>")
-    for seeds in board.seed_tables:
-        columns = seed_columns(seeds)
-        rows = [([(*seed_cell(r, c), "num" if c.numeric else "txt") for c in columns], r.notes) for r in seeds.rows]
-        parts.append(f'<section id="{_attr("s-" + seeds.id)}"><h2>{escape(seeds.title)}</h2>')
-        parts.append(_simple_table(seeds.id, "seeds", [(c.id, c.header, c.numeric) for c in columns], rows))
-        parts.append(f'<p class="rule">{escape(seeds.rule)}</p></section>')
-    general = dict(by_table.get(None, {}))
+    return parts
+
+
+def _table_section(table: Table, table_plots: Mapping[str, PlotSpec], images: Mapping[str, bytes]) -> list[str]:
+    """One table's section: headline, ranked rows, rule, details, its sweep, per-class views and plots."""
+    parts = [f'<section id="{_attr("s-" + table.id)}"' + (' data-synthetic="1"' if table.synthetic else "") + ">"]
+    tag = '<span class="synthetic-tag">synthetic data</span>' if table.synthetic else ""
+    parts.append(f"<h2>{escape(table.title)}{tag}</h2>")
+    if table.headline:
+        parts.append(f'<p class="headline">{escape(table.headline)}</p>')
+    parts.append(_main_table(table))
+    parts.append(f'<p class="rule">{escape(table.rule)}</p>')
+    parts.append(f'<details class="table-details"><summary>What this table holds</summary>'
+                 f'<p class="details">{escape(" · ".join(table.details))}</p></details>')
+    if "channel_sweep" in table_plots:
+        parts.append(_figure(table_plots["channel_sweep"], images))
+    if any(r.axis_points for r in table.computed_rows):
+        parts.append(f"<h3>{escape(table.score_label)} per {escape(table.axis_name or 'axis')}</h3>")
+        parts.append(_axis_table(table))
+        parts.append('<p class="rule">* marks the value each entry is ranked at.</p>')
+        if "axis" in table_plots:
+            parts.append(_figure(table_plots["axis"], images))
+    if table.class_names:
+        parts.append(f"<h3>Per-class {escape(table.per_class_label)}</h3>")
+        parts.append(_per_class_table(table))
+        if "per_class" in table_plots:
+            parts.append(_figure(table_plots["per_class"], images))
+        if best_per_class(table):
+            parts.append("<h3>Best backbone per class</h3>")
+            parts.append(_best_table(table))
+    parts.append("</section>")
+    return parts
+
+
+def _across_tables(board: Board, general: dict[str, PlotSpec], images: Mapping[str, bytes]) -> list[str]:
+    """The critical-difference section (or why none is drawn); takes its plot out of ``general``."""
+    parts = []
     if board.critical_difference is not None:
         parts.append('<section id="critical-difference"><h2>Across tables: critical difference</h2>')
         parts.append(f"<p>{escape(board.critical_difference.text)}</p>")
@@ -414,6 +412,26 @@ def render_html(board: Board, plots: Sequence[PlotSpec] = (), images: Mapping[st
     elif board.critical_difference_skipped:
         parts.append('<section id="critical-difference"><h2>Across tables: critical difference</h2>')
         parts.append(f'<p class="muted">Not drawn: {escape(board.critical_difference_skipped)}.</p></section>')
+    return parts
+
+
+def render_html(board: Board, plots: Sequence[PlotSpec] = (), images: Mapping[str, bytes] | None = None) -> str:
+    """The page; ``images``: PNG bytes by plot file name, inlined as data URIs."""
+    images = images or {}
+    by_table: dict[str | None, dict[str, PlotSpec]] = {}
+    for plan in plots:
+        by_table.setdefault(plan.table_id, {})[plan.kind] = plan
+    parts = _page_top(board)
+    for table in board.tables:
+        parts += _table_section(table, by_table.get(table.id, {}), images)
+    for seeds in board.seed_tables:
+        columns = seed_columns(seeds)
+        rows = [([(*seed_cell(r, c), "num" if c.numeric else "txt") for c in columns], r.notes) for r in seeds.rows]
+        parts.append(f'<section id="{_attr("s-" + seeds.id)}"><h2>{escape(seeds.title)}</h2>')
+        parts.append(_simple_table(seeds.id, "seeds", [(c.id, c.header, c.numeric) for c in columns], rows))
+        parts.append(f'<p class="rule">{escape(seeds.rule)}</p></section>')
+    general = dict(by_table.get(None, {}))
+    parts += _across_tables(board, general, images)
     if general:
         parts.append("<section id=\"plots\"><h2>Plots</h2>" + "".join(_figure(p, images) for p in general.values()) + "</section>")
     parts.append(f"<script>{_JS}</script>")
