@@ -230,6 +230,30 @@ def _group_strata(items: pd.DataFrame, group_column: str) -> pd.DataFrame:
     return pd.DataFrame({"key": keys, "size": sizes, "stratum": strata})
 
 
+def _deal_folds(groups: pd.DataFrame, is_test: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
+    """The fold of each group not in test (-1 for test groups): dealt in the stratified order to the
+    fold with the fewest groups of its stratum, then the fewest items, then a seeded tie order."""
+    sizes = groups["size"].to_numpy()
+    fold_of_group = np.full(len(groups), -1)
+    per_stratum: Counter = Counter()
+    fold_sizes = np.zeros(n_folds, np.int64)
+    tie_order = rng.permutation(n_folds)  # no fold is always first on ties
+    for g in np.flatnonzero(~is_test):
+        stratum = groups.at[g, "stratum"]
+        best = min(range(n_folds), key=lambda k: (per_stratum[stratum, k], fold_sizes[k], tie_order[k]))
+        fold_of_group[g] = best
+        per_stratum[stratum, best] += 1
+        fold_sizes[best] += sizes[g]
+    # Every fold needs something to validate on: move a group into any fold left empty.
+    for k in np.flatnonzero(fold_sizes == 0):
+        donor = int(np.argmax(fold_sizes))
+        g = np.flatnonzero(fold_of_group == donor)[-1]
+        fold_of_group[g] = k
+        fold_sizes[donor] -= sizes[g]
+        fold_sizes[k] += sizes[g]
+    return fold_of_group
+
+
 def make_split(
     manifest: Any,
     track: str = "paper",
@@ -275,7 +299,6 @@ def make_split(
 
     # Test: systematic sampling along the stratified order, one group every 1/test_fraction groups
     # (each group equally likely, so the expected test share of items is test_fraction too).
-    sizes = groups["size"].to_numpy()
     position = np.arange(len(groups)) + rng.uniform(0.0, 1.0)
     is_test = np.floor(position * test_fraction) > np.floor((position - 1.0) * test_fraction)
     if not is_test.any():  # tiny manifests: still hold one group out
@@ -284,24 +307,7 @@ def make_split(
         is_test[np.flatnonzero(is_test)[len(groups) - n_folds :]] = False
 
     # Folds: deal the rest, balancing each stratum first and fold sizes second.
-    fold_of_group = np.full(len(groups), -1)
-    per_stratum: Counter = Counter()
-    fold_sizes = np.zeros(n_folds, np.int64)
-    tie_order = rng.permutation(n_folds)  # no fold is always first on ties
-    for g in np.flatnonzero(~is_test):
-        stratum = groups.at[g, "stratum"]
-        best = min(range(n_folds), key=lambda k: (per_stratum[stratum, k], fold_sizes[k], tie_order[k]))
-        fold_of_group[g] = best
-        per_stratum[stratum, best] += 1
-        fold_sizes[best] += sizes[g]
-    # Every fold needs something to validate on: move a group into any fold left empty.
-    for k in np.flatnonzero(fold_sizes == 0):
-        donor = int(np.argmax(fold_sizes))
-        g = np.flatnonzero(fold_of_group == donor)[-1]
-        fold_of_group[g] = k
-        fold_sizes[donor] -= sizes[g]
-        fold_sizes[k] += sizes[g]
-
+    fold_of_group = _deal_folds(groups, is_test, n_folds, rng)
     part_of_key = dict(zip(groups["key"], np.where(is_test, -1, fold_of_group)))
     part_of_item = items[group_column].map(part_of_key).to_numpy()
     fov_ids = items[id_column].to_numpy()
