@@ -332,7 +332,7 @@ class FineTune(DinoConfig, TaskConfig):
 
 
 # ---------------------------------------------------------------------------------------------
-# the command (``ocbench finetune``), here so the CLI stays a thin caller
+# the work of ``ocbench finetune`` once names are resolved (by ocbench.api.finetune)
 
 
 def _init_distributed(device: str) -> tuple[str, bool]:
@@ -355,9 +355,10 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 def finetune_command(
     *, base: BackboneCard, adapter: ChannelAdapter, dataset: "ItemSet", split: "ImageSplit", config: "FineTune",
     seed: int, device: str, workers: int | None, precision: str, resume: bool, threads: int | None = None,
+    progress: bool = True,
 ) -> FineTuneOutcome | None:
     """What ``ocbench finetune`` does once names are resolved (``config``: the settings, parsed once
-    by the command); returns None on processes other than rank 0."""
+    by the command); returns None on processes other than rank 0, which alone reports ``progress``."""
     import torch
 
     from ocbench.backbones.loader import resolve_device
@@ -373,7 +374,7 @@ def finetune_command(
         device = str(resolve_device(device))
         outcome = finetune_backbone(
             base, adapter, dataset, split, cfg, seed=seed, device=device, resume=resume,
-            num_workers=augmentation_workers(workers, device), precision=precision, progress=Progress(rank == 0),
+            num_workers=augmentation_workers(workers, device), precision=precision, progress=Progress(progress and rank == 0),
         )
         return outcome if rank == 0 else None
     finally:
