@@ -186,24 +186,14 @@ def finetune(backbone, from_scratch, channels, epochs, fraction, resume, track, 
       ocbench finetune --from-scratch vit_small_patch8 --dataset opencell
       ocbench finetune --backbone tiny-vit-random --dataset demo --epochs 2 --set global_crop_size=64 --set local_crop_size=32
     """
-    from ocbench.backbones.adapters import parse_channels
-    from ocbench.backbones.derive import resolve_backbone
-    from ocbench.benchmark.runner import RunOptions, split_for
-    from ocbench.tasks import get_task
-    from ocbench.tasks.finetune import finetune_command, scratch_card
+    from ocbench import api
 
     if (backbone is None) == (from_scratch is None):
         raise click.UsageError("give exactly one of --backbone NAME or --from-scratch ARCH")
-    settings = [*overrides, *([f"epochs={epochs}"] if epochs else []), *([f"fraction={fraction}"] if fraction else [])]
-    config, _ = get_task("finetune").with_overrides(settings)  # settings checked before the data is opened
-    source = _resolve_dataset(dataset)
-    base = resolve_backbone(backbone) if backbone else scratch_card(from_scratch, source.card, seed)
-    adapter = parse_channels(channels, base, source.card)
-    ds = _open_dataset(source, annotations, min_grade)
-    split = split_for(ds, track, RunOptions(output_dir=Path("."), seed=seed, split_file=Path(split_file) if split_file else None))
-    outcome = finetune_command(
-        base=base, adapter=adapter, dataset=ds, split=split, config=config, seed=seed, device=device,
-        workers=workers, precision=precision, resume=resume, threads=threads or _available_cores(),
+    outcome = api.finetune(
+        backbone, from_scratch=from_scratch, dataset=dataset, channels=channels, epochs=epochs, fraction=fraction,
+        overrides=overrides, track=track, split_file=split_file, annotations=annotations, min_grade=min_grade,
+        seed=seed, device=device, workers=workers, precision=precision, resume=resume, threads=threads, progress=True,
     )
     if outcome is None:  # not rank 0 of a distributed run
         return
@@ -241,49 +231,21 @@ def embed(backbone, channels, recompute, cells, overrides, export_path, dataset,
       ocbench embed --backbone classical-stats --dataset demo
       ocbench embed --backbone classical-stats --dataset demo --cells --export cells.npz
     """
-    from functools import partial
+    from ocbench import api
 
-    from ocbench.backbones.adapters import parse_channels
-    from ocbench.backbones.derive import resolve_backbone
-    from ocbench.benchmark.embeddings import extract_embeddings
-
-    card = resolve_backbone(backbone)
-    source = _resolve_dataset(dataset)
-    adapter = parse_channels(channels, card, source.card)
-    selection = None
-    if cells:
-        from ocbench.tasks.cell_task import CellSelection
-
-        selection = CellSelection().for_dataset(source.card).with_overrides(overrides)
-    elif overrides:
+    if overrides and not cells:
         raise click.UsageError("--set applies to --cells (the settings that choose the cells)")
-    device = _join_ranks(device)
-    ds = _open_dataset(source, annotations, min_grade)
-    extract = partial(
-        extract_embeddings, backbone=card, adapter=adapter, batch_size=batch_size, device=device,
-        num_workers=workers, recompute=recompute, progress=_is_main_rank(),
+    result = api.embed(
+        backbone, dataset=dataset, channels=channels, cells=cells, overrides=overrides, export=export_path,
+        annotations=annotations, min_grade=min_grade, device=device, batch_size=batch_size, workers=workers,
+        recompute=recompute, progress=True,
     )
-    if selection is not None:
-        from ocbench.data import cells as cell_data
-        from ocbench.tasks import Progress
-
-        from ocbench.benchmark import distributed
-
-        # segmentation fills a shared cache: under torchrun rank 0 segments, the other ranks read
-        _, evaluation = distributed.main_first(lambda: selection.evaluation_cells(ds, progress=Progress(_is_main_rank())))
-        emb = extract(evaluation.crops)  # under torchrun every rank takes part; rank 0 alone writes
-        if export_path:
-            if _is_main_rank():
-                click.echo(f"wrote {cell_data.export_cell_embeddings(export_path, evaluation, emb)}")
-            return
-    else:
-        emb = extract(ds)
-        if export_path and _is_main_rank():
-            from ocbench.data.export import export_embeddings
-
-            groups = [str(g) for g in ds.groups]
-            path = export_embeddings(export_path, emb.features, emb.fov_ids, ds.labels, groups, ds.card.class_names)
-            click.echo(f"wrote {path}")
-    m = emb.meta
+    if not _is_main_rank():  # under torchrun only rank 0 prints
+        return
+    if result.exported is not None:
+        click.echo(f"wrote {result.exported}")
+    if cells and export_path:
+        return
+    m = result.embeddings.meta
     state = "cache hit" if m.get("cache_hit") else f"extracted in {m.get('wall_time_s', 0):.1f} s ({m.get('images_per_s', 0):.1f} images/s)"
-    click.echo(f"{len(emb)} x {emb.dim} embeddings, {state}; key {emb.key}")
+    click.echo(f"{len(result.embeddings)} x {result.embeddings.dim} embeddings, {state}; key {result.embeddings.key}")

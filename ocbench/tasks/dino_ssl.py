@@ -19,8 +19,10 @@ Pieces, each testable on its own:
 - :func:`train_dino`: the loop. Student = backbone (drop path) + head; teacher = an EMA copy
   without drop path. Checkpoints after every epoch, atomically, with everything needed to
   continue bit for bit: student, teacher, optimiser, centre, RNG states, epoch, the epoch's data
-  order and the loss history, and a checksum of all of it that a resume verifies. Data order and augmentations are functions of (seed, epoch, item),
-  never of worker or process state, which is what makes resume and multi-process runs reproducible.
+  order and the loss history, and a checksum of all of it that a resume verifies
+  (:mod:`ocbench.tasks.dino_checkpoint`). Data order and augmentations are functions of (seed,
+  epoch, item), never of worker or process state, which is what makes resume and multi-process
+  runs reproducible.
 
 Distributed runs (``torchrun``): the step's global batch of ``batch_size`` items is split over the
 processes (item ``j`` of the epoch's order goes to process ``j % world``), gradients are averaged
@@ -31,12 +33,11 @@ RNG). Only rank 0 writes checkpoints and the history.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +45,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from ocbench.errors import ConfigError, DataError
+from ocbench.tasks.dino_checkpoint import (  # checkpoint_checksum, load_checkpoint: still importable from here
+    CHECKPOINT_FORMAT,
+    checkpoint_checksum,
+    checkpoint_payload,
+    load_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from ocbench.tasks.dino_config import DinoConfig
 
 __all__ = [
@@ -63,9 +72,6 @@ __all__ = [
     "train_dino",
     "CHECKPOINT_FORMAT",
 ]
-
-CHECKPOINT_FORMAT = "ocbench-dino-checkpoint/1"
-
 
 # ---------------------------------------------------------------------------------------------
 # schedules (numpy, closed forms)
@@ -291,76 +297,6 @@ class TrainResult:
     images_per_s: float | None
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def checkpoint_checksum(payload: dict) -> str:
-    """sha256 over everything a checkpoint holds (tensors by dtype, shape and bytes; other values by
-    type and repr), its ``checksum`` field aside: a flipped byte anywhere in the state shows."""
-    digest = hashlib.sha256()
-
-    def feed(value: Any) -> None:
-        if isinstance(value, torch.Tensor):
-            tensor = value.detach().to("cpu").contiguous()
-            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)};".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-        elif isinstance(value, dict):
-            digest.update(b"{")
-            for key in sorted(value, key=str):
-                feed(str(key))
-                feed(value[key])
-            digest.update(b"}")
-        elif isinstance(value, (list, tuple)):
-            digest.update(b"[")
-            for item in value:
-                feed(item)
-            digest.update(b"]")
-        else:
-            digest.update(f"{type(value).__name__}:{value!r};".encode())
-
-    feed({k: v for k, v in payload.items() if k != "checksum"})
-    return digest.hexdigest()
-
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Atomic, with its checksum: a kill while writing leaves the previous epoch's checkpoint, and a
-    full disk is a one-line error (torch's writer reports it as a RuntimeError) with nothing half-written."""
-    from ocbench._io import atomic_path, write_error
-
-    try:
-        with atomic_path(path) as tmp:
-            torch.save({**payload, "checksum": checkpoint_checksum(payload)}, tmp)
-    except (OSError, RuntimeError) as exc:
-        raise write_error(path, exc, "the fine-tuning checkpoint") from None
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint that reads back exactly as it was written; anything else is a one-line DataError
-    (a damaged checkpoint is not thrown away silently: it may hold days of training)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, foreign, or holding objects we refuse to unpickle
-        raise DataError(f"{path}: not a readable ocbench DINO checkpoint ({type(exc).__name__}); delete it to start over") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"{path}: not an ocbench DINO checkpoint (format {CHECKPOINT_FORMAT}); delete it to start over")
-    if "checksum" not in payload:
-        raise DataError(f"{path}: a checkpoint without a checksum (written by an older ocbench); delete it to start over")
-    if payload["checksum"] != checkpoint_checksum(payload):
-        raise DataError(f"{path}: damaged (its content does not match the checksum written with it); check the disk, "
-                        "then delete it to start over")
-    return payload
-
-
 def train_dino(
     cfg: DinoConfig,
     student_vit: nn.Module,
@@ -416,39 +352,17 @@ def _train(cfg, student_vit, teacher_vit, data, *, seed, dev, rank, world, n, st
            num_workers, precision, on_epoch, on_step, stop_after_epoch, started) -> TrainResult:
     import torch.distributed as dist
 
-    in_dim = int(student_vit.num_features)
-    student = MultiCropNet(student_vit, build_head(in_dim, cfg)).to(dev)
-    teacher = MultiCropNet(teacher_vit, build_head(in_dim, cfg)).to(dev)
-    torch.manual_seed(seed + 1 + rank)  # drop-path masks: a stream of its own per process
-    teacher.load_state_dict(student.state_dict())
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    teacher.eval()
-    student.train()
+    student, teacher = _student_and_teacher(cfg, student_vit, teacher_vit, seed, rank, dev)
     loss_fn = DinoLoss(cfg.out_dim, cfg.n_crops, cfg.student_temp, cfg.center_momentum).to(dev)
     optimizer = torch.optim.AdamW(param_groups(student), lr=0.0, betas=cfg.betas, weight_decay=0.0)
-    lr_s = cosine_schedule(cfg.effective_lr, cfg.min_lr, cfg.epochs, steps, cfg.warmup_epochs)
-    wd_s = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, steps)
-    mom_s = cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, steps)
-    temp_s = teacher_temperature_schedule(cfg)
+    schedules = _Schedules.of(cfg, steps)
     identity = json.dumps({"config": cfg.training_dict(), "run": run_identity or {}, "n": n, "steps": steps}, sort_keys=True)
 
     history: list[dict] = []
     start_epoch = 0
     if resume and checkpoint is not None and checkpoint.is_file():
-        state = load_checkpoint(checkpoint)
-        if state["identity"] != identity:
-            raise ConfigError(
-                f"{checkpoint}: written by a run with other settings or data; delete it (or run without --resume) to start over"
-            )
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        loss_fn.center.copy_(state["center"].to(dev))
-        _set_rng_state(state["rng"], dev)
-        start_epoch = int(state["epoch"])
-        history = json.loads(state["history"])
-        saved_order = state["order"].numpy()
+        start_epoch, history, saved_order = restore_checkpoint(
+            checkpoint, identity, student=student, teacher=teacher, optimizer=optimizer, center=loss_fn.center, device=dev)
         if not np.array_equal(saved_order, epoch_order(n, seed, start_epoch - 1)[: steps * cfg.batch_size]):
             raise DataError(f"{checkpoint}: its data order differs from this run's; delete it to start over")
 
@@ -459,13 +373,7 @@ def _train(cfg, student_vit, teacher_vit, data, *, seed, dev, rank, world, n, st
         model = DistributedDataParallel(student, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     sampler = EpochSampler(n, cfg.batch_size, seed, rank, world)
-    # The loader's own generator: creating its iterator must not draw from the global RNG
-    # (drop path uses that one, and a resumed run must see the same stream).
-    loader = torch.utils.data.DataLoader(
-        data, batch_size=cfg.batch_size // world, sampler=sampler, num_workers=num_workers,
-        pin_memory=dev.type == "cuda", drop_last=True, persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed), prefetch_factor=4 if num_workers > 0 else None,
-    )
+    loader = _loader(data, cfg, sampler, dev=dev, world=world, num_workers=num_workers, seed=seed)
     images_seen, train_time = 0, 0.0
     last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
     for epoch in range(start_epoch, last_epoch):
@@ -474,24 +382,8 @@ def _train(cfg, student_vit, teacher_vit, data, *, seed, dev, rank, world, n, st
         loss_sum = torch.zeros((), device=dev)
         for step, crops in enumerate(loader):
             it = epoch * steps + step
-            for i, group in enumerate(optimizer.param_groups):
-                group["lr"] = float(lr_s[it])
-                if i == 0:
-                    group["weight_decay"] = float(wd_s[it])
-            crops = [c.to(dev, non_blocking=True) for c in crops]
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                with torch.no_grad():
-                    teacher_out = teacher(crops[:2])
-                student_out = model(crops)
-            loss = loss_fn(student_out, teacher_out, float(temp_s[epoch]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad > 0:
-                clip_gradients(student, cfg.clip_grad)
-            cancel_last_layer_gradients(student, epoch, cfg.freeze_last_layer)
-            optimizer.step()
-            ema_update(teacher, student, float(mom_s[it]))
-            loss_sum += loss.detach()
+            loss_sum += _train_step(cfg, crops, model, student, teacher, loss_fn, optimizer, schedules,
+                                    epoch=epoch, it=it, dev=dev, precision=precision)
             if on_step is not None:
                 on_step(step + 1, steps)
         if world > 1:
@@ -502,20 +394,13 @@ def _train(cfg, student_vit, teacher_vit, data, *, seed, dev, rank, world, n, st
         seconds = time.perf_counter() - epoch_started
         train_time += seconds
         images_seen += steps * cfg.batch_size
-        record = {
-            "epoch": epoch + 1, "loss": float(loss_sum) / steps, "lr": float(lr_s[(epoch + 1) * steps - 1]),
-            "weight_decay": float(wd_s[(epoch + 1) * steps - 1]), "momentum": float(mom_s[(epoch + 1) * steps - 1]),
-            "teacher_temp": float(temp_s[epoch]), "seconds": seconds, "images_per_s": steps * cfg.batch_size / seconds,
-        }
+        record = schedules.epoch_record(epoch, steps, float(loss_sum) / steps, seconds, steps * cfg.batch_size / seconds)
         history.append(record)
         if rank == 0 and checkpoint is not None:
-            save_checkpoint(checkpoint, {
-                "format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch + 1,
-                "student": student.state_dict(), "teacher": teacher.state_dict(),
-                "optimizer": optimizer.state_dict(), "center": loss_fn.center.detach().cpu(),
-                "rng": _rng_state(dev), "order": torch.from_numpy(sampler.order().copy()),
-                "history": json.dumps(history),
-            })
+            save_checkpoint(checkpoint, checkpoint_payload(
+                identity=identity, epoch=epoch + 1, student=student, teacher=teacher, optimizer=optimizer,
+                center=loss_fn.center, device=dev, order=sampler.order(), history=history,
+            ))
         if world > 1:
             dist.barrier()
         if on_epoch is not None:
@@ -526,3 +411,86 @@ def _train(cfg, student_vit, teacher_vit, data, *, seed, dev, rank, world, n, st
         wall_time_s=time.perf_counter() - started,
         images_per_s=images_seen / train_time if train_time > 0 else None,
     )
+
+
+@dataclass(frozen=True)
+class _Schedules:
+    """The run's schedules: per step lr, weight decay and teacher momentum, per epoch teacher temperature."""
+
+    lr: np.ndarray
+    weight_decay: np.ndarray
+    momentum: np.ndarray
+    teacher_temp: np.ndarray
+
+    @classmethod
+    def of(cls, cfg: DinoConfig, steps: int) -> "_Schedules":
+        return cls(
+            lr=cosine_schedule(cfg.effective_lr, cfg.min_lr, cfg.epochs, steps, cfg.warmup_epochs),
+            weight_decay=cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, steps),
+            momentum=cosine_schedule(cfg.momentum_teacher, 1.0, cfg.epochs, steps),
+            teacher_temp=teacher_temperature_schedule(cfg),
+        )
+
+    def epoch_record(self, epoch: int, steps: int, loss: float, seconds: float, images_per_s: float) -> dict:
+        """The history's line for ``epoch`` (0-based): its mean loss and the values at its last step."""
+        last = (epoch + 1) * steps - 1
+        return {
+            "epoch": epoch + 1, "loss": loss, "lr": float(self.lr[last]),
+            "weight_decay": float(self.weight_decay[last]), "momentum": float(self.momentum[last]),
+            "teacher_temp": float(self.teacher_temp[epoch]), "seconds": seconds, "images_per_s": images_per_s,
+        }
+
+
+def _student_and_teacher(cfg: DinoConfig, student_vit: nn.Module, teacher_vit: nn.Module, seed: int, rank: int,
+                         dev: torch.device) -> tuple[MultiCropNet, MultiCropNet]:
+    """Student and teacher (backbone + head), the teacher starting as a frozen copy of the student.
+    Both heads are drawn from the run's seeded stream, then drop path gets a stream per process."""
+    in_dim = int(student_vit.num_features)
+    student = MultiCropNet(student_vit, build_head(in_dim, cfg)).to(dev)
+    teacher = MultiCropNet(teacher_vit, build_head(in_dim, cfg)).to(dev)
+    torch.manual_seed(seed + 1 + rank)  # drop-path masks: a stream of its own per process
+    teacher.load_state_dict(student.state_dict())
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    teacher.eval()
+    student.train()
+    return student, teacher
+
+
+def _loader(data: torch.utils.data.Dataset, cfg: DinoConfig, sampler: EpochSampler, *, dev: torch.device, world: int,
+            num_workers: int, seed: int) -> torch.utils.data.DataLoader:
+    """This process's share of each global batch.
+
+    The loader has its own generator: creating its iterator must not draw from the global RNG
+    (drop path uses that one, and a resumed run must see the same stream)."""
+    return torch.utils.data.DataLoader(
+        data, batch_size=cfg.batch_size // world, sampler=sampler, num_workers=num_workers,
+        pin_memory=dev.type == "cuda", drop_last=True, persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed), prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def _train_step(cfg: DinoConfig, crops: Sequence[torch.Tensor], model: nn.Module, student: MultiCropNet,
+                teacher: MultiCropNet, loss_fn: DinoLoss, optimizer: torch.optim.Optimizer, schedules: _Schedules, *,
+                epoch: int, it: int, dev: torch.device, precision: str) -> torch.Tensor:
+    """One DINO step at global step ``it``, in main_dino.py's order: set lr and weight decay, teacher
+    on the global crops, student (``model``: DDP-wrapped under torchrun) on all, loss, backward,
+    per-parameter clipping, last layer frozen early, optimiser step, teacher EMA. Returns the loss."""
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = float(schedules.lr[it])
+        if i == 0:
+            group["weight_decay"] = float(schedules.weight_decay[it])
+    crops = [c.to(dev, non_blocking=True) for c in crops]
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.no_grad():
+            teacher_out = teacher(crops[:2])
+        student_out = model(crops)
+    loss = loss_fn(student_out, teacher_out, float(schedules.teacher_temp[epoch]))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip_grad > 0:
+        clip_gradients(student, cfg.clip_grad)
+    cancel_last_layer_gradients(student, epoch, cfg.freeze_last_layer)
+    optimizer.step()
+    ema_update(teacher, student, float(schedules.momentum[it]))
+    return loss.detach()
