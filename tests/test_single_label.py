@@ -17,6 +17,7 @@ from sklearn.metrics import f1_score
 from table_data import CLASSES, write_channel_table, write_tiff_table
 
 import ocbench.tasks.fov_probe as fov_probe
+import ocbench.tasks.probe_training as probe_training
 from ocbench.cli import cli
 from ocbench.errors import ConfigError, DataError
 from ocbench.tasks import get_task
@@ -173,7 +174,7 @@ def test_stacked_folds_and_batched_matmuls_give_the_same_single_label_numbers(mo
     features, labels, test, folds = separable_single_label()
     task, _ = get_task("fov-mlp").with_overrides(["epochs=3", "batch_size=32", "lr=0.02"])
     one_at_a_time = task.run(features, labels, test, folds, seed=1, progress=False, label_mode="single")
-    monkeypatch.setattr(fov_probe, "_matmul_per_fold", lambda dev: False)
+    monkeypatch.setattr(probe_training, "_matmul_per_fold", lambda dev: False)
     stacked = task.run(features, labels, test, folds, seed=1, progress=False, label_mode="single", max_parallel_folds=5)
     assert stacked.details["fold_groups"] == [[0, 1, 2, 3, 4]]
     np.testing.assert_allclose(stacked.details["final_train_loss"], one_at_a_time.details["final_train_loss"], rtol=1e-4)
@@ -188,7 +189,7 @@ def test_cross_entropy_backward_matches_autograd():
     train = np.concatenate(folds[1:])
     task, _ = get_task("fov-mlp").with_overrides(
         ["epochs=1", f"batch_size={train.size}", "hidden_dims=32,16", "dropout=0", "resample=false", "standardize=false", "lr=0.01"])
-    plan = fov_probe._FoldPlan(0, train, folds[0], None, fov_probe._identity_standardizer(16), seed=4, steps_per_epoch=1)
+    plan = probe_training._FoldPlan(0, train, folds[0], None, fov_probe._identity_standardizer(16), seed=4, steps_per_epoch=1)
 
     class NoBar:
         def update(self, n):
@@ -197,8 +198,8 @@ def test_cross_entropy_backward_matches_autograd():
         def set_postfix(self, **kw):
             pass
 
-    params, losses = fov_probe._train_group(task, [plan], features, labels.astype(np.float32), torch.device("cpu"),
-                                            NoBar(), single=True)
+    params, losses = probe_training._train_group(task, [plan], features, labels.astype(np.float32), torch.device("cpu"),
+                                                 NoBar(), single=True)
     gen = torch.Generator().manual_seed(plan.seed)
     layers = []
     for d_in, d_out in zip([16, 32, 16], [32, 16, N_CLASSES]):

@@ -6,6 +6,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 import ocbench.tasks.fov_probe as fov_probe
+import ocbench.tasks.probe_training as probe_training
 from ocbench.data.compartments import COMPARTMENTS
 from ocbench.errors import ConfigError, DataError
 from ocbench.tasks import TaskResult, get_task, list_tasks
@@ -258,7 +259,7 @@ def test_batched_matmul_path_gives_the_same_numbers(problem, monkeypatch):
     """GPUs multiply all stacked folds in one batched matmul; check that path on CPU."""
     task = fast_task("fov-mlp", "epochs=3")
     per_fold = task.run(*problem, seed=2, progress=False, max_parallel_folds=5)
-    monkeypatch.setattr(fov_probe, "_matmul_per_fold", lambda dev: False)
+    monkeypatch.setattr(probe_training, "_matmul_per_fold", lambda dev: False)
     batched = task.run(*problem, seed=2, progress=False, max_parallel_folds=5)
     np.testing.assert_allclose(batched.details["final_train_loss"], per_fold.details["final_train_loss"], rtol=1e-4)
 
@@ -270,7 +271,7 @@ def test_hand_written_backward_matches_autograd(problem):
     features, labels, test_idx, folds = problem
     train = np.concatenate(folds[1:])
     task = fast_task("fov-mlp", "epochs=1", f"batch_size={train.size}", "hidden_dims=64,32", "dropout=0", "resample=false", "standardize=false")
-    plan = fov_probe._FoldPlan(0, train, folds[0], None, fov_probe._identity_standardizer(24), seed=11, steps_per_epoch=1)
+    plan = probe_training._FoldPlan(0, train, folds[0], None, fov_probe._identity_standardizer(24), seed=11, steps_per_epoch=1)
 
     class NoBar:
         def update(self, n):
@@ -279,7 +280,7 @@ def test_hand_written_backward_matches_autograd(problem):
         def set_postfix(self, **kw):
             pass
 
-    params, _ = fov_probe._train_group(task, [plan], features, labels.astype(np.float32), torch.device("cpu"), NoBar())
+    params, _ = probe_training._train_group(task, [plan], features, labels.astype(np.float32), torch.device("cpu"), NoBar())
 
     # Reference: same initial weights (same generator order), autograd, torch's AdamW.
     gen = torch.Generator().manual_seed(plan.seed)
@@ -344,7 +345,7 @@ def test_bad_seed_or_device_is_a_config_error(problem):
 def test_dropout_masks_keep_the_right_fraction(p):
     import torch
 
-    dtype, bits, threshold, scale = fov_probe._dropout_bits(p)
+    dtype, bits, threshold, scale = probe_training._dropout_bits(p)
     assert bits == (8 if p in (0.5, 0.25) else 16)
     words = torch.empty(200_000, dtype=torch.int64).random_(-(2**63), None, generator=torch.Generator().manual_seed(0))
     kept = (words.view(dtype) >= threshold).double().mean().item()

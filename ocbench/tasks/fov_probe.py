@@ -22,7 +22,7 @@ one-hot row, so scoring, the interval and ``compare`` read it like a multi-label
 ``threshold`` is then unused. The draw weights of step 3 are then 1 / the frequency of the row's
 class, and everything else is the same.
 
-Speed: the standardized training rows stay on the device as one tensor; batches are gathered
+Speed (the training is :mod:`ocbench.tasks.probe_training`'s): the standardized training rows stay on the device as one tensor; batches are gathered
 with index tensors; the backward pass is written out over buffers allocated once (no autograd).
 Folds can be trained together as one "stacked" model (weights of shape ``(folds, d_in, d_out)``,
 batched matmuls): on a GPU that divides the number of kernel launches by 5; on a 2-core CPU one
@@ -45,6 +45,7 @@ import numpy as np
 from ocbench.errors import ConfigError, DataError
 from ocbench.tasks.base import TaskConfig, TaskResult, register_task
 from ocbench.tasks.context import Progress, RunContext
+from ocbench.tasks.probe_training import _FoldPlan, _predict, _train_group
 
 __all__ = [
     "FovProbe",
@@ -229,43 +230,55 @@ class FovProbe(TaskConfig):
             class_names=tuple(class_names), item_ids=item_ids, item_groups=groups, group_name=group_name, robust=robust,
             label_mode=label_mode,
         )
-        kept: dict[str, Any] = {}
-        result = _run_probe(self, features, labels, test_idx, folds_idx, keep=kept, **common)
+        result = _run_probe(self, features, labels, test_idx, folds_idx, **common)
         if feature_standardization == "robust":
-            result = replace(result, feature_standardization={
-                "declared": "robust",
-                "method": "per feature: (x - median) / (IQR / 1.349), the std where the IQR is 0, 1 where constant",
-                "fitted_on": "each fold's training rows",
-                "applied": robust,
-                **({} if robust else {"note": "subsumed by the probe's own z-score fitted on the same rows "
-                                              "(invariant to a per-feature shift and rescaling)"}),
-            })
+            result = replace(result, feature_standardization=_robust_standardization_record(robust))
         if not references:
             return result
-
-        from ocbench.chance import Repetition, chance_references, shuffled_rows
-
-        y = np.asarray(labels)
-        cv_rows = np.concatenate([np.asarray(f, dtype=np.int64) for f in folds_idx])
-        fit_labels = y.copy()
-        fit_labels[cv_rows] = y[cv_rows[shuffled_rows(cv_rows.size, seed)]]
-        shuffled: dict[str, Any] = {}
-        if isinstance(progress, Progress):
-            common["progress"] = Progress(progress.enabled, progress.describe("shuffled-labels reference"))
-        _run_probe(self, features, labels, test_idx, folds_idx, keep=shuffled, fit_labels=fit_labels,
-                   n_folds_trained=self.shuffled_reference_models, **common)
-        test = np.asarray(test_idx, dtype=np.int64)
-        repetitions = [
-            Repetition(train=y[np.concatenate([np.asarray(f) for j, f in enumerate(folds_idx) if j != k])],
-                       scored={"val": y[np.asarray(fold)], "test": y[test]})
-            for k, fold in enumerate(folds_idx)
-        ]
-        predictions = result.predictions
-        refs = chance_references(
-            repetitions, predictions_set="test", groups=predictions.groups, group_name=predictions.group_name,
-            label_mode=label_mode, seed=seed, shuffled={"val": shuffled["val"], "test": shuffled["test"]},
-        )
+        refs = _chance_references(self, features, labels, test_idx, folds_idx, result, common)
         return replace(result, references=refs)
+
+
+def _robust_standardization_record(applied: bool) -> dict[str, Any]:
+    """What the entry records of a declared robust standardisation, ``applied`` or subsumed by the z-score."""
+    return {
+        "declared": "robust",
+        "method": "per feature: (x - median) / (IQR / 1.349), the std where the IQR is 0, 1 where constant",
+        "fitted_on": "each fold's training rows",
+        "applied": applied,
+        **({} if applied else {"note": "subsumed by the probe's own z-score fitted on the same rows "
+                                       "(invariant to a per-feature shift and rescaling)"}),
+    }
+
+
+def _chance_references(cfg: FovProbe, features, labels, test_idx, folds_idx, result: TaskResult,
+                       common: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chance references (:mod:`ocbench.chance`) on the probe's folds and test items; the
+    shuffled-labels one retrains the first ``shuffled_reference_models`` fold models with the
+    labels of the cross-validation rows permuted (the test rows keep theirs)."""
+    from ocbench.chance import Repetition, chance_references, shuffled_rows
+
+    seed, progress, label_mode = common["seed"], common["progress"], common["label_mode"]
+    y = np.asarray(labels)
+    cv_rows = np.concatenate([np.asarray(f, dtype=np.int64) for f in folds_idx])
+    fit_labels = y.copy()
+    fit_labels[cv_rows] = y[cv_rows[shuffled_rows(cv_rows.size, seed)]]
+    shuffled: dict[str, Any] = {}
+    if isinstance(progress, Progress):
+        common = {**common, "progress": Progress(progress.enabled, progress.describe("shuffled-labels reference"))}
+    _run_probe(cfg, features, labels, test_idx, folds_idx, keep=shuffled, fit_labels=fit_labels,
+               n_folds_trained=cfg.shuffled_reference_models, **common)
+    test = np.asarray(test_idx, dtype=np.int64)
+    repetitions = [
+        Repetition(train=y[np.concatenate([np.asarray(f) for j, f in enumerate(folds_idx) if j != k])],
+                   scored={"val": y[np.asarray(fold)], "test": y[test]})
+        for k, fold in enumerate(folds_idx)
+    ]
+    predictions = result.predictions
+    return chance_references(
+        repetitions, predictions_set="test", groups=predictions.groups, group_name=predictions.group_name,
+        label_mode=label_mode, seed=seed, shuffled={"val": shuffled["val"], "test": shuffled["test"]},
+    )
 
 
 @register_task
@@ -355,18 +368,7 @@ def _resolve_device(device: Any):
     return dev
 
 
-# -- training --------------------------------------------------------------------------------
-@dataclass
-class _FoldPlan:
-    fold: int
-    train: np.ndarray
-    val: np.ndarray
-    weights: np.ndarray | None
-    standardizer: Standardizer
-    seed: int
-    steps_per_epoch: int
-
-
+# -- cross-validation ------------------------------------------------------------------------
 def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, device, progress, max_parallel_folds, class_names,
                item_ids=None, item_groups=None, group_name="protein", fit_labels=None, keep=None, robust=False,
                n_folds_trained=None, label_mode="multilabel"):
@@ -375,8 +377,7 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
     ``robust``: without the z-score, standardise robustly on each fold's training rows;
     ``n_folds_trained``: train only the first this many fold models (None: all);
     ``label_mode``: ``single`` trains with softmax cross-entropy and predicts the argmax class."""
-    from ocbench.predictions import Predictions
-    from ocbench.tasks.metrics import check_label_mode, cross_validation_metrics, multilabel_scores
+    from ocbench.tasks.metrics import check_label_mode, cross_validation_metrics
 
     started = time.perf_counter()
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -388,77 +389,22 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
     single = check_label_mode(y, label_mode) == "single"
     dev = _resolve_device(device)
 
-    plans = []
-    for k, val in enumerate(folds[:n_folds_trained]):
-        train = np.concatenate([f for j, f in enumerate(folds) if j != k])
-        plans.append(
-            _FoldPlan(
-                fold=k,
-                train=train,
-                val=val,
-                weights=rarest_label_weights(y_fit[train]) if cfg.resample else None,
-                standardizer=(fit_standardizer(x[train]) if cfg.standardize else
-                              _robust_standardizer(x[train]) if robust else _identity_standardizer(x.shape[1])),
-                seed=_fold_seed(int(seed), k),
-                steps_per_epoch=math.ceil(train.size / cfg.batch_size),
-            )
-        )
-    # Folds with the same number of steps per epoch can share every optimizer step.
-    limit = max_parallel_folds or (1 if dev.type == "cpu" else len(plans))
-    groups: list[list[_FoldPlan]] = []
-    for steps in sorted({p.steps_per_epoch for p in plans}):
-        same = [p for p in plans if p.steps_per_epoch == steps]
-        groups += [same[i : i + limit] for i in range(0, len(same), limit)]
-
-
-    val_scores: list[Any] = [None] * len(plans)
-    test_scores: list[Any] = [None] * len(plans)
-    test_preds: list[Any] = [None] * len(plans)
-    val_preds: list[Any] = [None] * len(plans)
-    final_loss: list[Any] = [None] * len(plans)
-    report = progress if isinstance(progress, Progress) else Progress(bool(progress))
-    with report.bar(cfg.epochs * len(groups), cfg.name, unit="epoch") as bar:
-        for group in groups:
-            folds_text = f"fold{'s' if len(group) > 1 else ''} {','.join(str(p.fold + 1) for p in group)}/{len(folds)}"
-            bar.set_description(report.describe(f"{cfg.name} {folds_text}"))
-            params, losses = _train_group(cfg, group, x, y_fit, dev, bar, single=single)
-            for g, plan in enumerate(group):
-                final_loss[plan.fold] = losses[g]
-                fold_params = [(w[g], b[g]) for w, b in params]
-                val_pred = _predict(cfg, fold_params, plan.standardizer.apply(x[plan.val]), dev, single)
-                test_pred = _predict(cfg, fold_params, plan.standardizer.apply(x[test]), dev, single)
-                val_scores[plan.fold] = multilabel_scores(y[plan.val], val_pred)
-                test_scores[plan.fold] = multilabel_scores(y[test], test_pred)
-                test_preds[plan.fold] = test_pred
-                val_preds[plan.fold] = val_pred
-                report.step(
-                    f"{cfg.name} fold {plan.fold + 1}/{len(folds)} done: val macro-F1 "
-                    f"{val_scores[plan.fold]['macro_f1']:.3f}, test {test_scores[plan.fold]['macro_f1']:.3f}"
-                )
-
+    plans = _plan_folds(cfg, x, y_fit, folds, n_folds_trained, seed, robust)
+    groups = _stack_folds(plans, max_parallel_folds or (1 if dev.type == "cpu" else len(plans)))
+    outcome = _train_and_score(cfg, groups, len(plans), len(folds), x, y, y_fit, test, dev, progress, single)
     if keep is not None:
-        keep.update(val=val_preds, test=test_preds)
-    metrics = cross_validation_metrics(val_scores, test_scores, class_names)
+        keep.update(val=outcome.val_preds, test=outcome.test_preds)
+    metrics = cross_validation_metrics(outcome.val_scores, outcome.test_scores, class_names)
     details = {
         "effective_lr": cfg.effective_lr,
         "n_train": [int(p.train.size) for p in plans],
         "n_val": [int(p.val.size) for p in plans],
         "n_test": int(test.size),
         "feature_dim": int(x.shape[1]),
-        "final_train_loss": final_loss,
+        "final_train_loss": outcome.final_loss,
         "fold_groups": [[p.fold for p in grp] for grp in groups],
     }
-    ids = np.asarray([str(i) for i in item_ids]) if item_ids is not None else np.arange(x.shape[0]).astype(str)
-    if item_groups is None:
-        group_of, group_name = ids, "item"
-    else:
-        group_of = np.asarray([str(g) for g in item_groups])
-    if ids.size != x.shape[0] or group_of.size != x.shape[0]:
-        raise DataError(f"item_ids/groups: expected {x.shape[0]} values each, got {ids.size} and {group_of.size}")
-    predictions = Predictions.build(
-        eval_set="test", item_ids=ids[test], groups=group_of[test], group_name=group_name,
-        y_true=y[test], y_pred=np.stack(test_preds), class_names=class_names,
-    )
+    predictions = _test_predictions(x.shape[0], item_ids, item_groups, group_name, test, y, outcome.test_preds, class_names)
     return TaskResult(
         task=cfg.name,
         protocol_version=cfg.protocol_version,
@@ -475,198 +421,90 @@ def _run_probe(cfg: FovProbe, features, labels, test_idx, folds_idx, *, seed, de
     )
 
 
-def _dropout_bits(p: float) -> tuple[Any, int, int, float]:
-    """How to draw dropout masks from random integers: (dtype, bits, keep threshold, 1/keep).
+def _plan_folds(cfg: FovProbe, x: np.ndarray, y_fit: np.ndarray, folds: list[np.ndarray], n_folds_trained: int | None,
+                seed: int, robust: bool) -> list[_FoldPlan]:
+    """Fold ``k``'s model trains on the other folds, with draw weights and standardizer from those rows only."""
+    plans = []
+    for k, val in enumerate(folds[:n_folds_trained]):
+        train = np.concatenate([f for j, f in enumerate(folds) if j != k])
+        plans.append(
+            _FoldPlan(
+                fold=k,
+                train=train,
+                val=val,
+                weights=rarest_label_weights(y_fit[train]) if cfg.resample else None,
+                standardizer=(fit_standardizer(x[train]) if cfg.standardize else
+                              _robust_standardizer(x[train]) if robust else _identity_standardizer(x.shape[1])),
+                seed=_fold_seed(int(seed), k),
+                steps_per_epoch=math.ceil(train.size / cfg.batch_size),
+            )
+        )
+    return plans
 
-    A unit is kept iff its random ``bits``-bit signed integer is >= the threshold, so the keep
-    probability is ``1 - round(p * 2**bits) / 2**bits``: exact with 8 bits for p = 0.5 (half the
-    random numbers of 16 bits), within 2**-17 otherwise.
-    """
-    import torch
 
-    bits = 8 if float(p * 256).is_integer() else 16
-    dropped = round(p * 2**bits)
-    dtype = torch.int8 if bits == 8 else torch.int16
-    return dtype, bits, dropped - 2 ** (bits - 1), 2**bits / (2**bits - dropped)
-
-
-def _matmul_per_fold(dev) -> bool:
-    """On CPU one matmul per fold: a batched matmul over 5 folds splits them 3/2 over 2 cores (-15%)."""
-    return dev.type == "cpu"
+def _stack_folds(plans: list[_FoldPlan], limit: int) -> list[list[_FoldPlan]]:
+    """Groups of at most ``limit`` folds trained as one stacked model."""
+    # Folds with the same number of steps per epoch can share every optimizer step.
+    groups: list[list[_FoldPlan]] = []
+    for steps in sorted({p.steps_per_epoch for p in plans}):
+        same = [p for p in plans if p.steps_per_epoch == steps]
+        groups += [same[i : i + limit] for i in range(0, len(same), limit)]
+    return groups
 
 
-def _train_group(cfg: FovProbe, group: list[_FoldPlan], x: np.ndarray, y: np.ndarray, dev, bar, single: bool = False):
-    """Train the folds of ``group`` as one stacked model; return [(W, b) per layer], final losses.
-    ``single``: softmax cross-entropy over the classes (one label per row) instead of a BCE per class.
+@dataclass
+class _FoldOutcomes:
+    """Per fold model (by fold number): scores and predictions on its validation fold and the test
+    set, and its final training loss."""
 
-    The backward pass is written out (an MLP's is four lines) so that every activation, gradient
-    and mask lives in a buffer allocated once: autograd's fresh tensors per op cost more than the
-    elementwise work itself on small CPUs. ``tests/test_tasks_probe.py`` checks it against autograd.
-    """
-    import torch
-    import torch.nn.functional as F
+    val_scores: list[Any]
+    test_scores: list[Any]
+    val_preds: list[Any]
+    test_preds: list[Any]
+    final_loss: list[Any]
 
-    G, B, C = len(group), cfg.batch_size, y.shape[1]
-    hidden, p_drop = cfg.head()
-    dims = [x.shape[1], *hidden, C]
-    n_layers = len(dims) - 1
-    steps = group[0].steps_per_epoch
-    sizes = [p.train.size for p in group]
-    starts = np.cumsum([0, *sizes[:-1]])
 
-    # One tensor of every fold's standardized training rows; batches index into it.
-    z_train = torch.from_numpy(np.concatenate([p.standardizer.apply(x[p.train]) for p in group])).to(dev)
-    y_train = torch.from_numpy(np.concatenate([y[p.train] for p in group])).to(dev)
-    gens = [torch.Generator(device=dev).manual_seed(p.seed) for p in group]
-    draw_weights = [torch.from_numpy(p.weights).to(dev) if p.weights is not None else None for p in group]
+def _train_and_score(cfg: FovProbe, groups: list[list[_FoldPlan]], n_plans: int, n_folds: int, x: np.ndarray, y: np.ndarray,
+                     y_fit: np.ndarray, test: np.ndarray, dev, progress, single: bool) -> _FoldOutcomes:
+    """Train every group of folds (on ``y_fit``), then score each fold model against ``y``."""
+    from ocbench.tasks.metrics import multilabel_scores
 
-    # All weights and biases are views of one flat tensor (and their gradients of another), so
-    # AdamW updates a single tensor per step.
-    shapes = [s for d_in, d_out in zip(dims[:-1], dims[1:]) for s in ((G, d_in, d_out), (G, 1, d_out))]
-    flat = torch.empty(sum(math.prod(s) for s in shapes), device=dev)
-    flat.grad = torch.zeros_like(flat)  # filled in place by the backward pass below
-    views, grads, at = [], [], 0
-    for shape in shapes:
-        size = math.prod(shape)
-        views.append(flat[at : at + size].view(shape))
-        grads.append(flat.grad[at : at + size].view(shape))
-        at += size
-    weights, biases, grad_w, grad_b = views[0::2], views[1::2], grads[0::2], grads[1::2]
-    for w, b in zip(weights, biases):
-        bound = 1.0 / math.sqrt(w.shape[1])  # nn.Linear's default init
-        for g in range(G):
-            w[g].uniform_(-bound, bound, generator=gens[g])
-            b[g].uniform_(-bound, bound, generator=gens[g])
-    opt_kwargs: dict[str, Any] = dict(lr=cfg.effective_lr, betas=cfg.betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-    if dev.type in ("cpu", "cuda"):
-        opt_kwargs["fused"] = True  # one kernel instead of a dozen elementwise passes
-    opt = torch.optim.AdamW([flat], **opt_kwargs)
+    out = _FoldOutcomes(*([None] * n_plans for _ in range(5)))
+    report = progress if isinstance(progress, Progress) else Progress(bool(progress))
+    with report.bar(cfg.epochs * len(groups), cfg.name, unit="epoch") as bar:
+        for group in groups:
+            folds_text = f"fold{'s' if len(group) > 1 else ''} {','.join(str(p.fold + 1) for p in group)}/{n_folds}"
+            bar.set_description(report.describe(f"{cfg.name} {folds_text}"))
+            params, losses = _train_group(cfg, group, x, y_fit, dev, bar, single=single)
+            for g, plan in enumerate(group):
+                out.final_loss[plan.fold] = losses[g]
+                fold_params = [(w[g], b[g]) for w, b in params]
+                val_pred = _predict(cfg, fold_params, plan.standardizer.apply(x[plan.val]), dev, single)
+                test_pred = _predict(cfg, fold_params, plan.standardizer.apply(x[test]), dev, single)
+                out.val_scores[plan.fold] = multilabel_scores(y[plan.val], val_pred)
+                out.test_scores[plan.fold] = multilabel_scores(y[test], test_pred)
+                out.test_preds[plan.fold] = test_pred
+                out.val_preds[plan.fold] = val_pred
+                report.step(
+                    f"{cfg.name} fold {plan.fold + 1}/{n_folds} done: val macro-F1 "
+                    f"{out.val_scores[plan.fold]['macro_f1']:.3f}, test {out.test_scores[plan.fold]['macro_f1']:.3f}"
+                )
+    return out
 
-    # Flat buffers; a step with `rows` rows per fold uses the first G * rows rows of each.
-    inputs = torch.empty(G * B, dims[0], device=dev)
-    targets = torch.empty(G * B, C, device=dev)
-    acts = [torch.empty(G * B, d, device=dev) for d in dims[1:]]
-    deltas = [torch.empty(G * B, d, device=dev) for d in dims[1:]]
-    keep = [torch.empty(G * B, h, device=dev) for h in hidden]  # dropout masks, 0.0 or 1.0
-    mask_dtype, mask_bits, keep_threshold, keep_scale = _dropout_bits(p_drop)
-    use_dropout = p_drop > 0 and bool(hidden)
-    in_scale = [1.0] + [keep_scale if use_dropout else 1.0] * len(hidden)  # dropout's 1/keep, per layer input
-    # Random integers for the dropout masks, drawn as int64 words: one row per fold and layer,
-    # always a full batch's worth so a fold's random stream does not depend on its neighbours.
-    per_word = 64 // mask_bits
-    mask_words = [torch.empty(G, math.ceil(B * h / per_word), dtype=torch.int64, device=dev) for h in hidden]
 
-    if _matmul_per_fold(dev):
-        def matmul_(out, a, b, beta, alpha):
-            for g in range(G):
-                out[g].addmm_(a[g], b[g], beta=beta, alpha=alpha)
+def _test_predictions(n: int, item_ids, item_groups, group_name: str, test: np.ndarray, y: np.ndarray,
+                      test_preds: list[Any], class_names: Sequence[str]):
+    """Every fold model's test-set predictions, with the items' ids and the groups the interval resamples."""
+    from ocbench.predictions import Predictions
 
+    ids = np.asarray([str(i) for i in item_ids]) if item_ids is not None else np.arange(n).astype(str)
+    if item_groups is None:
+        group_of, group_name = ids, "item"
     else:
-        def matmul_(out, a, b, beta, alpha):
-            out.baddbmm_(a, b, beta=beta, alpha=alpha)
-
-    epoch_idx = torch.empty(G, steps * B, dtype=torch.int64, device=dev)
-    offsets = torch.tensor(starts, dtype=torch.int64, device=dev)[:, None]
-    last = steps * B - B  # first position of the epoch's last batch
-    # The last batch is cut to the longest fold's remainder: rows past it would weigh 0 in every
-    # fold and only cost matmul time (4% of an epoch at OpenCell's size).
-    last_rows = max(n - last for n in sizes)
-    last_valid = torch.arange(last_rows, device=dev)[None, :] < torch.tensor([n - last for n in sizes], device=dev)[:, None]
-    # BCE is a mean over rows and classes, cross-entropy (single-label) over rows only
-    per_row = 1 if single else C
-    last_weight = (last_valid.float() / last_valid.sum(1, keepdim=True) / per_row)[:, :, None]
-    epoch_loss = torch.zeros(G, device=dev)
-
-    for epoch in range(cfg.epochs):
-        lr = cfg.effective_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
-        for param_group in opt.param_groups:
-            param_group["lr"] = lr
-        epoch_idx.copy_(offsets.expand_as(epoch_idx))  # padding rows point at a valid row, weight 0
-        for g, n in enumerate(sizes):
-            if draw_weights[g] is not None:
-                draws = torch.multinomial(draw_weights[g], n, replacement=True, generator=gens[g])
-            else:
-                draws = torch.randperm(n, generator=gens[g], device=dev)
-            epoch_idx[g, :n] += draws
-        epoch_loss.zero_()
-        # The loss is only shown (every 10th epoch) and returned (last epoch): compute it then only.
-        track_loss = epoch % 10 == 0 or epoch == cfg.epochs - 1
-        for step in range(steps):
-            idx = epoch_idx[:, step * B : step * B + (last_rows if step == steps - 1 else B)]
-            rows = idx.shape[1]
-            flat = idx.reshape(-1)
-            x_b = inputs[: G * rows]
-            torch.index_select(z_train, 0, flat, out=x_b)
-            y_b = targets[: G * rows]
-            torch.index_select(y_train, 0, flat, out=y_b)
-            x_b, y_b = x_b.view(G, rows, -1), y_b.view(G, rows, C)
-
-            # forward: a = relu(h @ W + b) * keep, the 1/keep scale folded into the next matmul
-            layer_in = [x_b]
-            for layer in range(n_layers):
-                a = acts[layer][: G * rows].view(G, rows, -1)
-                a.copy_(biases[layer].expand_as(a))
-                matmul_(a, layer_in[-1], weights[layer], beta=1.0, alpha=in_scale[layer])
-                if layer < n_layers - 1:
-                    a.clamp_min_(0.0)
-                    if use_dropout:
-                        for g in range(G):
-                            mask_words[layer][g].random_(-(2**63), None, generator=gens[g])
-                        bits = mask_words[layer].view(mask_dtype)[:, : rows * hidden[layer]].view(G, rows, -1)
-                        mask = keep[layer][: G * rows].view(G, rows, -1)
-                        torch.ge(bits, keep_threshold, out=mask)  # (masked_fill_ is 10x slower on CPU)
-                        a.mul_(mask)
-                layer_in.append(a)
-            logits = layer_in[-1]
-
-            # loss: per fold, the mean BCE over its rows and classes, or the mean cross-entropy
-            # over its rows (single-label); padding rows weigh 0
-            row_weight = last_weight if step == steps - 1 else 1.0 / (rows * per_row)
-            delta = deltas[-1][: G * rows].view(G, rows, C)
-            if single:
-                if track_loss:
-                    with torch.no_grad():
-                        ce = -(y_b * torch.log_softmax(logits, dim=2)).sum(2, keepdim=True)
-                        epoch_loss += (ce * row_weight).sum((1, 2))
-                delta.copy_(torch.softmax(logits, dim=2))
-            else:
-                if track_loss:
-                    with torch.no_grad():
-                        bce = F.binary_cross_entropy_with_logits(logits, y_b, reduction="none")
-                        epoch_loss += (bce * row_weight).sum((1, 2))
-                torch.sigmoid(logits, out=delta)
-            delta.sub_(y_b).mul_(row_weight)  # d loss / d logits
-
-            # backward
-            for layer in reversed(range(n_layers)):
-                h_in = layer_in[layer]
-                matmul_(grad_w[layer], h_in.transpose(1, 2), delta, beta=0.0, alpha=in_scale[layer])
-                torch.sum(delta, dim=1, keepdim=True, out=grad_b[layer])
-                if layer > 0:
-                    below = deltas[layer - 1][: G * rows].view(G, rows, -1)
-                    matmul_(below, delta, weights[layer].transpose(1, 2), beta=0.0, alpha=in_scale[layer])
-                    # through relu and dropout: the gradient passes where the unit's output is > 0
-                    torch.ops.aten.threshold_backward.grad_input(below, h_in, 0.0, grad_input=below)
-                    delta = below
-            opt.step()
-        bar.update(1)
-        if epoch % 10 == 0 or epoch == cfg.epochs - 1:
-            bar.set_postfix(loss=f"{float(epoch_loss.mean()) / steps:.4f}")
-    final = (epoch_loss / steps).tolist()
-    return list(zip(weights, biases)), final
-
-
-def _predict(cfg: FovProbe, params, features: np.ndarray, dev, single: bool = False) -> np.ndarray:
-    """Binary predictions of one fold's model (no dropout): the classes whose sigmoid output
-    reaches the threshold, or (``single``) the one-hot row of the largest logit."""
-    import torch
-
-    with torch.inference_mode():
-        h = torch.from_numpy(features).to(dev)
-        for layer, (w, b) in enumerate(params):
-            h = torch.addmm(b[0], h, w)
-            if layer < len(params) - 1:
-                h = torch.relu(h)
-        if single:
-            return np.eye(h.shape[1], dtype=bool)[h.argmax(dim=1).cpu().numpy()]
-        return (torch.sigmoid(h) >= cfg.threshold).cpu().numpy()
+        group_of = np.asarray([str(g) for g in item_groups])
+    if ids.size != n or group_of.size != n:
+        raise DataError(f"item_ids/groups: expected {n} values each, got {ids.size} and {group_of.size}")
+    return Predictions.build(
+        eval_set="test", item_ids=ids[test], groups=group_of[test], group_name=group_name,
+        y_true=y[test], y_pred=np.stack(test_preds), class_names=class_names,
+    )

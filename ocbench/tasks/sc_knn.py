@@ -152,6 +152,49 @@ def knn_predict(
     """
     import torch
 
+    x, y, ks, single = _checked_knn_inputs(features, labels, ks, normalization, exclude, groups, label_mode)
+    n = x.shape[0]
+    dev = torch.device(device)
+    k_max = min(max(ks), n)  # masked candidates come back as -inf and carry no weight
+    if chunk_rows is None:
+        budget = (memory_mb if memory_mb is not None else (1024 if dev.type == "cuda" else 256)) * _MiB
+        chunk_rows = knn_chunk_rows(n, budget)
+    chunk_rows = int(max(1, min(chunk_rows, n)))
+    rule = _VoteRule(ks, k_max, float(temperature), float(threshold), normalization, single)
+
+    fov = _group_index(groups, n) if exclude == "fov" else None  # type: ignore[arg-type]
+    out_idx = np.empty((n, k_max), np.int64) if keep_neighbours else None
+    out_sim = np.empty((n, k_max), np.float32) if keep_neighbours else None
+    predictions = {k: np.empty(y.shape, np.uint8) for k in ks}
+    scores: dict[int, np.ndarray] = {k: np.empty(y.shape, np.float64) for k in ks} if return_scores else {}
+
+    report = progress if isinstance(progress, Progress) else Progress(bool(progress))
+    with torch.inference_mode(), _fp32_matmul(dev):
+        rows = _UnitRows(x, dev)
+        yt = torch.from_numpy(y.astype(np.float64)).to(dev)
+        buffer = torch.empty((chunk_rows, n), dtype=torch.float32, device=dev)
+        with report.bar(n, "k-NN", unit="cell") as bar:
+            for a in range(0, n, chunk_rows):
+                b = min(n, a + chunk_rows)
+                sims = rows.similarities(buffer[: b - a], a, b)
+                _mask_non_candidates(sims, a, fov)
+                top_sim, top_idx = torch.topk(sims, k_max, dim=1, largest=True, sorted=True)
+                rule.vote(top_sim, top_idx, yt, predictions, scores, a, b)
+                if keep_neighbours:
+                    finite = torch.isfinite(top_sim)
+                    out_idx[a:b] = torch.where(finite, top_idx, torch.full_like(top_idx, -1)).cpu().numpy()  # type: ignore[index]
+                    out_sim[a:b] = top_sim.cpu().numpy()  # type: ignore[index]
+                bar.update(b - a)
+    if fov is None:
+        n_candidates = np.full(n, n - 1, np.int64)
+    else:
+        codes, _, _, counts = fov
+        n_candidates = (n - counts[codes]).astype(np.int64)
+    return KnnOutput(ks, predictions, out_idx, out_sim, n_candidates, scores, chunk_rows, str(dev))
+
+
+def _checked_knn_inputs(features, labels, ks, normalization: str, exclude: str, groups, label_mode: str):
+    """``(features, labels, ks, single-label?)`` after checking every argument of :func:`knn_predict`."""
     x = np.asarray(features)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise DataError(f"features: expected a numeric (items x dims) array, got shape {x.shape}")
@@ -172,90 +215,102 @@ def knn_predict(
         raise ConfigError("exclude='fov' needs the group (FOV) of every item")
     from ocbench.tasks.metrics import check_label_mode
 
-    single = check_label_mode(y, label_mode) == "single"
+    return x, y, ks, check_label_mode(y, label_mode) == "single"
 
-    dev = torch.device(device)
-    k_max = min(max(ks), n)  # masked candidates come back as -inf and carry no weight
-    if chunk_rows is None:
-        budget = (memory_mb if memory_mb is not None else (1024 if dev.type == "cuda" else 256)) * _MiB
-        chunk_rows = knn_chunk_rows(n, budget)
-    chunk_rows = int(max(1, min(chunk_rows, n)))
 
-    if exclude == "fov":
-        codes, order, starts, counts = _group_index(groups, n)  # type: ignore[arg-type]
-    out_idx = np.empty((n, k_max), np.int64) if keep_neighbours else None
-    out_sim = np.empty((n, k_max), np.float32) if keep_neighbours else None
-    predictions = {k: np.empty(y.shape, np.uint8) for k in ks}
-    scores: dict[int, np.ndarray] = {k: np.empty(y.shape, np.float64) for k in ks} if return_scores else {}
+class _UnitRows:
+    """The features on the device with their inverse norms: cosine similarities of query rows to all rows."""
 
-    report = progress if isinstance(progress, Progress) else Progress(bool(progress))
-    with torch.inference_mode(), _fp32_matmul(dev):
+    def __init__(self, x: np.ndarray, dev):
+        import torch
+
         host = np.ascontiguousarray(x, dtype=np.float32)
-        xt = torch.from_numpy(host).to(dev)
-        norms = torch.linalg.vector_norm(xt, dim=1)
+        self.xt = torch.from_numpy(host).to(dev)
+        norms = torch.linalg.vector_norm(self.xt, dim=1)
         if not bool(torch.isfinite(norms).all()):  # a NaN/inf anywhere in a row makes its norm NaN/inf
             raise DataError("features: NaN/inf values; re-extract the embeddings (--recompute)")
-        inv_norm = 1.0 / norms.clamp_min(1e-12)
+        self.inv_norm = 1.0 / norms.clamp_min(1e-12)
         # Our own copy (on the GPU, or converted on the host) is normalised in place; the caller's
         # array is never written to, and no second copy is made (it would double the memory):
         # then the queries are scaled before the product and the columns after it.
-        owned = dev.type != "cpu" or host is not x
-        if owned:
-            xt.mul_(inv_norm[:, None])
-        yt = torch.from_numpy(y.astype(np.float64)).to(dev)
-        buffer = torch.empty((chunk_rows, n), dtype=torch.float32, device=dev)
-        minus_inf = float("-inf")
-        with report.bar(n, "k-NN", unit="cell") as bar:
-            for a in range(0, n, chunk_rows):
-                b = min(n, a + chunk_rows)
-                m = b - a
-                sims = buffer[:m]
-                if owned:
-                    torch.mm(xt[a:b], xt.T, out=sims)
-                else:
-                    torch.mm(xt[a:b] * inv_norm[a:b, None], xt.T, out=sims)
-                    sims.mul_(inv_norm[None, :])
-                rows = torch.arange(m, device=dev)
-                sims[rows, rows + a] = minus_inf
-                if exclude == "fov":
-                    c = codes[a:b]
-                    size = counts[c]
-                    rep_rows = np.repeat(np.arange(m), size)
-                    within = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
-                    cols = order[np.repeat(starts[c], size) + within]
-                    sims[torch.from_numpy(rep_rows).to(dev), torch.from_numpy(cols).to(dev)] = minus_inf
-                top_sim, top_idx = torch.topk(sims, k_max, dim=1, largest=True, sorted=True)
-                # exp((s - s_best) / T): the common factor cancels in every normalization, nothing
-                # overflows, and masked candidates (-inf) get weight exactly 0. Cosines are >= -1, so
-                # clamping s_best there only matters for a query without any candidate (all -inf).
-                s64 = top_sim.double()
-                weights = torch.exp((s64 - s64[:, :1].clamp_min(-1.0)) / float(temperature))
-                votes = torch.cumsum(weights.unsqueeze(2) * yt[top_idx], dim=1)  # (m, k_max, C)
-                total = torch.cumsum(weights, dim=1)
-                for k in ks:
-                    kk = min(k, k_max) - 1
-                    class_sum = votes[:, kk]
-                    if normalization == "weight-sum" or single:
-                        denom = total[:, kk : kk + 1]
-                    else:
-                        denom = class_sum.amax(dim=1, keepdim=True)
-                    # A zero denominator has zero class sums: the score is 0, not NaN.
-                    score = class_sum / denom.clamp_min(1e-300)
-                    if single:  # the weighted majority class; none for a query without candidates
-                        top = torch.zeros_like(class_sum, dtype=torch.bool)
-                        top[torch.arange(m, device=dev), class_sum.argmax(dim=1)] = True
-                        predictions[k][a:b] = (top & (total[:, kk : kk + 1] > 0)).cpu().numpy()
-                    else:
-                        predictions[k][a:b] = (score >= float(threshold) - _TIE_TOLERANCE).cpu().numpy()
-                    if return_scores:
-                        scores[k][a:b] = score.cpu().numpy()
-                if keep_neighbours:
-                    finite = torch.isfinite(top_sim)
-                    out_idx[a:b] = torch.where(finite, top_idx, torch.full_like(top_idx, -1)).cpu().numpy()  # type: ignore[index]
-                    out_sim[a:b] = top_sim.cpu().numpy()  # type: ignore[index]
-                bar.update(m)
-    n_candidates = np.full(n, n - 1, np.int64) if exclude == "self" else (n - counts[codes]).astype(np.int64)
-    return KnnOutput(ks, predictions, out_idx, out_sim, n_candidates, scores, chunk_rows, str(dev))
+        self.owned = dev.type != "cpu" or host is not x
+        if self.owned:
+            self.xt.mul_(self.inv_norm[:, None])
+
+    def similarities(self, out, a: int, b: int):
+        """Cosine similarities of rows ``a:b`` to every row, written into ``out`` ((b - a) x N)."""
+        import torch
+
+        xt, inv_norm = self.xt, self.inv_norm
+        if self.owned:
+            torch.mm(xt[a:b], xt.T, out=out)
+        else:
+            torch.mm(xt[a:b] * inv_norm[a:b, None], xt.T, out=out)
+            out.mul_(inv_norm[None, :])
+        return out
+
+
+def _mask_non_candidates(sims, a: int, fov) -> None:
+    """Set to -inf the similarity of each query (row ``a + i`` of ``sims``'s row ``i``) to itself
+    and, with ``fov`` (:func:`_group_index`), to every row of its own group."""
+    import torch
+
+    dev = sims.device
+    m = sims.shape[0]
+    minus_inf = float("-inf")
+    rows = torch.arange(m, device=dev)
+    sims[rows, rows + a] = minus_inf
+    if fov is not None:
+        codes, order, starts, counts = fov
+        c = codes[a : a + m]
+        size = counts[c]
+        rep_rows = np.repeat(np.arange(m), size)
+        within = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+        cols = order[np.repeat(starts[c], size) + within]
+        sims[torch.from_numpy(rep_rows).to(dev), torch.from_numpy(cols).to(dev)] = minus_inf
+
+
+@dataclass(frozen=True)
+class _VoteRule:
+    """How the neighbours' labels become each query's class scores and predictions, per k."""
+
+    ks: tuple[int, ...]
+    k_max: int
+    temperature: float
+    threshold: float
+    normalization: str
+    single: bool
+
+    def vote(self, top_sim, top_idx, yt, predictions: dict, scores: dict, a: int, b: int) -> None:
+        """Fill rows ``a:b`` of ``predictions[k]`` (and of ``scores[k]`` when asked for) from the
+        queries' ``k_max`` nearest candidates, most similar first."""
+        import torch
+
+        m = b - a
+        # exp((s - s_best) / T): the common factor cancels in every normalization, nothing
+        # overflows, and masked candidates (-inf) get weight exactly 0. Cosines are >= -1, so
+        # clamping s_best there only matters for a query without any candidate (all -inf).
+        s64 = top_sim.double()
+        weights = torch.exp((s64 - s64[:, :1].clamp_min(-1.0)) / self.temperature)
+        votes = torch.cumsum(weights.unsqueeze(2) * yt[top_idx], dim=1)  # (m, k_max, C)
+        total = torch.cumsum(weights, dim=1)
+        for k in self.ks:
+            kk = min(k, self.k_max) - 1
+            class_sum = votes[:, kk]
+            if self.normalization == "weight-sum" or self.single:
+                denom = total[:, kk : kk + 1]
+            else:
+                denom = class_sum.amax(dim=1, keepdim=True)
+            # A zero denominator has zero class sums: the score is 0, not NaN.
+            score = class_sum / denom.clamp_min(1e-300)
+            if self.single:  # the weighted majority class; none for a query without candidates
+                top = torch.zeros_like(class_sum, dtype=torch.bool)
+                top[torch.arange(m, device=top.device), class_sum.argmax(dim=1)] = True
+                predictions[k][a:b] = (top & (total[:, kk : kk + 1] > 0)).cpu().numpy()
+            else:
+                predictions[k][a:b] = (score >= self.threshold - _TIE_TOLERANCE).cpu().numpy()
+            if scores:
+                scores[k][a:b] = score.cpu().numpy()
 
 
 # -- the task -----------------------------------------------------------------------------------
@@ -360,7 +415,7 @@ class ScKnn(CellTask, _KnnVote):
         evaluated cells first (:mod:`ocbench.tasks.standardize`; no labels are used); the result
         records the nearest-neighbour diagnostics and the main k's score before and after."""
         from ocbench.predictions import Predictions
-        from ocbench.tasks.metrics import SCORE_KINDS, multilabel_scores
+        from ocbench.tasks.metrics import SCORE_KINDS
 
         started = time.perf_counter()
         names = tuple(class_names)
@@ -369,29 +424,65 @@ class ScKnn(CellTask, _KnnVote):
             raise DataError(f"labels: expected (cells, {len(names)}) for the classes {', '.join(names)}, got {y.shape}")
         if not y.any():
             raise DataError("no evaluation cell has a positive label, so no class can be scored")
-        from ocbench.stats import macro_f1
-        from ocbench.tasks.standardize import neighbour_diagnostics, standardize_robust
-
         vote = dict(temperature=self.temperature, threshold=self.threshold, normalization=self.normalization,
                     exclude=self.exclude, groups=groups, device=device, chunk_rows=chunk_rows, label_mode=label_mode)
-        standardization = None
+        features, standardization = self._standardize(features, y, feature_standardization, vote)
+        out = knn_predict(features, y, ks=self.ks, keep_neighbours=True, progress=progress, **vote)
+        if standardization is not None:
+            standardization["after"] = _knn_diagnostics(out, y, self.main_k)
+        points, (s, scores, per_class) = self._score_points(y, out, names)
+        per_class_values = {EVAL_SET: {**{kind: [list(map(float, s[kind]))] for kind in SCORE_KINDS},
+                                       "support": [list(map(float, s["support"]))]}}
+        n = y.shape[0]
+        unit, unit_name = _interval_units(n, interval_groups, groups, group_name)
+        predictions = Predictions.build(
+            eval_set=EVAL_SET, item_ids=item_ids if item_ids is not None else np.arange(n), groups=unit,
+            group_name=unit_name, y_true=y, y_pred=np.stack([out.predictions[k][None] for k in self.ks]),
+            class_names=names, axis_name="k", axis_values=self.ks,
+        )
+        refs = self._chance_references(features, y, vote, unit, unit_name, seed, label_mode) if references else []
+        return TaskResult(
+            task=self.name,
+            protocol_version=self.protocol_version,
+            config=self.to_dict(),
+            scores=scores,
+            class_names=names,
+            seed=int(seed),
+            device=out.device,
+            wall_time_s=time.perf_counter() - started,
+            per_class=per_class,
+            per_class_values=per_class_values,
+            axis={"name": "k", "main": self.main_k, "points": points},
+            details=self._details(y, features, groups, points, out),
+            predictions=predictions,
+            references=refs,
+            feature_standardization=standardization,
+        )
+
+    def _standardize(self, features, y: np.ndarray, feature_standardization: str, vote: dict[str, Any]):
+        """``(features to vote with, the record of the standardisation or None)``; the record holds the
+        neighbour diagnostics and the main k's score before (here) and after (by the caller)."""
         if feature_standardization == "robust":
+            from ocbench.tasks.standardize import standardize_robust
+
             raw = knn_predict(features, y, ks=tuple(sorted({self.main_k, 2})), keep_neighbours=True, **vote)
             standardization = {
                 "declared": "robust",
                 "method": "per feature: (x - median) / (IQR / 1.349), the std where the IQR is 0, 1 where constant",
                 "fitted_on": "all evaluation cells (the k-NN uses no labels to fit)",
                 "applied": True,
-                "before": {**neighbour_diagnostics(raw.similarities),
-                           f"macro_f1_at_k{self.main_k}": macro_f1(y, raw.predictions[self.main_k])},
+                "before": _knn_diagnostics(raw, y, self.main_k),
             }
-            features = standardize_robust(features)
-        elif feature_standardization != "none":
+            return standardize_robust(features), standardization
+        if feature_standardization != "none":
             raise ConfigError(f"feature_standardization must be 'none' or 'robust', got {feature_standardization!r}")
-        out = knn_predict(features, y, ks=self.ks, keep_neighbours=True, progress=progress, **vote)
-        if standardization is not None:
-            standardization["after"] = {**neighbour_diagnostics(out.similarities),
-                                        f"macro_f1_at_k{self.main_k}": macro_f1(y, out.predictions[self.main_k])}
+        return features, None
+
+    def _score_points(self, y: np.ndarray, out: KnnOutput, names: tuple[str, ...]):
+        """The entry's k axis (scores and per-class scores per k), and the main k's
+        ``(raw scores, scores, per_class)``."""
+        from ocbench.tasks.metrics import SCORE_KINDS, multilabel_scores
+
         points = []
         main = None
         for k in self.ks:
@@ -403,32 +494,26 @@ class ScKnn(CellTask, _KnnVote):
             if k == self.main_k:
                 main = (s, scores, per_class)
         assert main is not None
-        s, scores, per_class = main
-        per_class_values = {EVAL_SET: {**{kind: [list(map(float, s[kind]))] for kind in SCORE_KINDS},
-                                       "support": [list(map(float, s["support"]))]}}
-        n = y.shape[0]
-        if interval_groups is not None:
-            unit, unit_name = np.asarray(interval_groups).astype(str), group_name or "protein"
-        elif groups is not None:
-            unit, unit_name = np.asarray(groups).astype(str), group_name or "FOV"
-        else:
-            unit, unit_name = np.arange(n).astype(str), group_name or "cell"
-        predictions = Predictions.build(
-            eval_set=EVAL_SET, item_ids=item_ids if item_ids is not None else np.arange(n), groups=unit,
-            group_name=unit_name, y_true=y, y_pred=np.stack([out.predictions[k][None] for k in self.ks]),
-            class_names=names, axis_name="k", axis_values=self.ks,
-        )
-        refs: list[dict[str, Any]] = []
-        if references:
-            from ocbench.chance import Repetition, chance_references, shuffled_rows
+        return points, main
 
-            shuffled = knn_predict(features, y[shuffled_rows(n, seed)], ks=(self.main_k,), keep_neighbours=False, **vote)
-            # leave-one-out: each query's "training part" is every other cell, so the priors are the cells' own
-            refs = chance_references(
-                [Repetition(train=y, scored={EVAL_SET: y})], predictions_set=EVAL_SET, groups=unit,
-                group_name=unit_name, label_mode=label_mode, seed=seed,
-                shuffled={EVAL_SET: [shuffled.predictions[self.main_k]]},
-            )
+    def _chance_references(self, features, y: np.ndarray, vote: dict[str, Any], unit: np.ndarray, unit_name: str,
+                           seed: int, label_mode: str) -> list[dict[str, Any]]:
+        """The chance references (:mod:`ocbench.chance`) at ``main_k``; the shuffled-labels one
+        votes with the neighbours' labels permuted across cells."""
+        from ocbench.chance import Repetition, chance_references, shuffled_rows
+
+        n = y.shape[0]
+        shuffled = knn_predict(features, y[shuffled_rows(n, seed)], ks=(self.main_k,), keep_neighbours=False, **vote)
+        # leave-one-out: each query's "training part" is every other cell, so the priors are the cells' own
+        return chance_references(
+            [Repetition(train=y, scored={EVAL_SET: y})], predictions_set=EVAL_SET, groups=unit,
+            group_name=unit_name, label_mode=label_mode, seed=seed,
+            shuffled={EVAL_SET: [shuffled.predictions[self.main_k]]},
+        )
+
+    def _details(self, y: np.ndarray, features, groups, points: list[dict[str, Any]], out: KnnOutput) -> dict[str, Any]:
+        from ocbench.tasks.standardize import neighbour_diagnostics
+
         fewer = {str(k): int((out.n_candidates < k).sum()) for k in self.ks if (out.n_candidates < k).any()}
         neighbours = neighbour_diagnostics(out.similarities)
         details = {
@@ -442,23 +527,25 @@ class ScKnn(CellTask, _KnnVote):
         }
         if fewer:
             details["queries_with_fewer_candidates_than_k"] = fewer
-        return TaskResult(
-            task=self.name,
-            protocol_version=self.protocol_version,
-            config=self.to_dict(),
-            scores=scores,
-            class_names=names,
-            seed=int(seed),
-            device=out.device,
-            wall_time_s=time.perf_counter() - started,
-            per_class=per_class,
-            per_class_values=per_class_values,
-            axis={"name": "k", "main": self.main_k, "points": points},
-            details=details,
-            predictions=predictions,
-            references=refs,
-            feature_standardization=standardization,
-        )
+        return details
+
+
+def _knn_diagnostics(out: KnnOutput, y: np.ndarray, main_k: int) -> dict[str, Any]:
+    """Nearest-neighbour diagnostics and the main k's macro-F1 of one k-NN run."""
+    from ocbench.stats import macro_f1
+    from ocbench.tasks.standardize import neighbour_diagnostics
+
+    return {**neighbour_diagnostics(out.similarities), f"macro_f1_at_k{main_k}": macro_f1(y, out.predictions[main_k])}
+
+
+def _interval_units(n: int, interval_groups, groups, group_name: str | None) -> tuple[np.ndarray, str]:
+    """The unit the interval resamples, per cell, and its name: ``interval_groups`` (protein per
+    cell), else the FOVs of ``groups``, else each cell."""
+    if interval_groups is not None:
+        return np.asarray(interval_groups).astype(str), group_name or "protein"
+    if groups is not None:
+        return np.asarray(groups).astype(str), group_name or "FOV"
+    return np.arange(n).astype(str), group_name or "cell"
 
 
 def _replace(result: TaskResult, **changes: Any) -> TaskResult:
