@@ -197,7 +197,9 @@ def data_download(collection, root, targets, limit, workers, endpoint, no_annota
 @click.option("--contact-sheet", type=click.Path(dir_okay=False), default="cells.png", show_default=True,
               help="PNG of a few crops with their mask outlines, to see that the segmentation is sane.")
 @click.option("--recompute", is_flag=True, help="Segment every FOV again instead of reusing saved masks.")
-def data_cells(dataset, annotations, min_grade, backend, overrides, cell_labels, contact_sheet, recompute):
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Processes that segment FOVs [default: one per core for classical, one for cellpose].")
+def data_cells(dataset, annotations, min_grade, backend, overrides, cell_labels, contact_sheet, recompute, workers):
     """Segment cells (resumable), build the cell table, draw a contact sheet.
 
     \b
@@ -216,6 +218,7 @@ def data_cells(dataset, annotations, min_grade, backend, overrides, cell_labels,
         labels=selection.label_policy(), cell_labels=cell_labels or selection.cell_labels or None, contact_sheet=contact_sheet,
         progress=Progress(True),
         recompute=recompute,
+        workers=workers,
     ))
 
 

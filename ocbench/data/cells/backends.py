@@ -30,6 +30,9 @@ class SegmentationBackend:
     """
 
     name: ClassVar[str] = ""
+    #: Whether FOVs may be segmented in several processes at once (one per core): true for
+    #: backends that run single-threaded on the CPU; a GPU or multi-threaded model keeps one process.
+    one_process_per_core: ClassVar[bool] = False
     #: Bump when the algorithm's output changes: saved masks of another version are not reused.
     version: ClassVar[int] = 1
     #: pip extra providing what the backend needs (named in the error when it is missing).
@@ -79,6 +82,7 @@ class ClassicalBackend(SegmentationBackend):
     """
 
     name: ClassVar[str] = "classical"
+    one_process_per_core: ClassVar[bool] = True
     version: ClassVar[int] = 2
 
     nucleus_diameter: float = 0.0

@@ -148,12 +148,13 @@ def cells_command(
     progress: Any = True,
     recompute: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
 ) -> str:
     """What ``ocbench data cells`` does: segment (resuming), build the table, check an expert file,
     draw the contact sheet; returns the summary to print."""
     table = prepare_cells(
         dataset, backend, crop=crop, black_percentile=black_percentile, labels=labels, cache_dir=cache_dir,
-        progress=progress, recompute=recompute,
+        progress=progress, recompute=recompute, workers=workers,
     )
     text = format_cells_summary(table)
     if cell_labels:

@@ -119,6 +119,7 @@ def prepare_cells(
     cache_dir: str | os.PathLike | None = None,
     progress: Any = None,
     recompute: bool = False,
+    workers: int | None = None,
 ) -> CellTable:
     """Segment every FOV of ``dataset`` (reusing saved masks; resumable) and return the cell table.
 
@@ -127,7 +128,8 @@ def prepare_cells(
     black-pixel fraction is above this percentile of all crops are dropped (100 keeps all);
     ``labels``: the weak-label policy; ``cache_dir``: mask stores (default ``<cache>/cells``);
     ``progress``: a Progress (``.bar``/``.note``), True for a tqdm bar, None/False for silence;
-    ``recompute``: segment every FOV again.
+    ``recompute``: segment every FOV again; ``workers``: processes that segment (default: one per
+    core for the classical backend, one for Cellpose).
     """
     started = time.perf_counter()
     backend = get_backend(backend)
@@ -156,7 +158,7 @@ def prepare_cells(
             json.dump(info, fh, indent=1, sort_keys=True)
 
     fov_ids = list(dataset.ids)
-    segmented, changed, seg_time = _segment_missing(dataset, backend, masks_dir, fov_ids, progress, recompute)
+    segmented, changed, seg_time = _segment_missing(dataset, backend, masks_dir, fov_ids, progress, recompute, workers)
 
     table_identity = {
         "format": CELLS_FORMAT, "mask_key": key, "dataset_version": str(dataset.version), "crop": crop.to_dict(),
@@ -176,12 +178,13 @@ def prepare_cells(
 
 
 def _segment_missing(
-    dataset: Any, backend: SegmentationBackend, masks_dir: Path, fov_ids: list[str], progress: Any, recompute: bool
+    dataset: Any, backend: SegmentationBackend, masks_dir: Path, fov_ids: list[str], progress: Any, recompute: bool,
+    workers: int | None = None,
 ) -> tuple[int, list[str], float]:
     """Segment the FOVs without a current mask (all with ``recompute``), saving each mask as soon as it
-    is done; returns how many were segmented, the FOV ids whose file changed, and the seconds spent."""
+    is done; returns how many were segmented, the FOV ids whose file changed, and the seconds spent.
+    ``workers``: processes (see :func:`segmentation_workers`)."""
     n_fovs = len(fov_ids)
-    channel_names = tuple(dataset.card.channel_names)
     states = ["missing" if recompute else _mask_state(_mask_file(masks_dir, fov_id), dataset, i)
               for i, fov_id in enumerate(fov_ids)]
     changed = [fov_id for fov_id, state in zip(fov_ids, states) if state == "changed"]
@@ -191,29 +194,88 @@ def _segment_missing(
         names = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
         warnings.warn(f"{len(changed)} image file(s) changed since their masks were made in {masks_dir} ({names}); "
                       "segmenting those again", stacklevel=3)
-    segmented = 0
-    seg_time = 0.0
+    todo = [i for i, state in enumerate(states) if state != "current"]
+    processes = segmentation_workers(backend, len(todo), workers)
+    started = time.perf_counter()
     with _progress_bar(progress, n_fovs, f"segment ({backend.name})") as bar:
-        for i, fov_id in enumerate(fov_ids):
-            path = _mask_file(masks_dir, fov_id)
-            if states[i] != "current":
-                t0 = time.perf_counter()
-                image = np.asarray(dataset.read(i))
-                labels = np.asarray(backend.segment(image, channel_names))
-                if labels.shape != image.shape[1:]:
-                    raise DataError(
-                        f"segmentation backend {backend.name} returned a {labels.shape} mask for FOV {fov_id} of "
-                        f"shape {image.shape[1:]}"
-                    )
-                meta = {"fov_id": fov_id, "backend": backend.identity(),
-                        "source": _fingerprint(dataset, i, image), "format": CELLS_FORMAT}
-                _write_mask(path, labels, meta)
-                segmented += 1
-                seg_time += time.perf_counter() - t0
-            bar.update(1)
-    if segmented:
-        _note(progress, f"segmented {segmented} of {n_fovs} FOVs with {backend.describe()} ({seg_time:.1f} s)")
-    return segmented, changed, seg_time
+        bar.update(n_fovs - len(todo))
+        job = _SegmentJob(dataset, backend, masks_dir, fov_ids)
+        if processes > 1:
+            _run_in_processes(job, todo, processes, bar)
+        else:
+            for i in todo:
+                job(i)
+                bar.update(1)
+    seg_time = time.perf_counter() - started
+    if todo:
+        how = f", {processes} processes" if processes > 1 else ""
+        _note(progress, f"segmented {len(todo)} of {n_fovs} FOVs with {backend.describe()} ({seg_time:.1f} s{how})")
+    return len(todo), changed, seg_time
+
+
+def segmentation_workers(backend: SegmentationBackend, n_fovs: int, workers: int | None) -> int:
+    """Processes that segment ``n_fovs`` FOVs: ``workers`` when given, else one per available core
+    for backends that allow it (:attr:`SegmentationBackend.one_process_per_core`) and one otherwise;
+    never more than the FOVs, and one where processes cannot be forked (they inherit the dataset)."""
+    import multiprocessing
+
+    from ocbench._cores import available_cores
+
+    if workers is not None and workers < 1:
+        raise ConfigError(f"segmentation workers must be >= 1, got {workers!r}")
+    if workers is None:
+        workers = available_cores() if backend.one_process_per_core else 1
+    if "fork" not in multiprocessing.get_all_start_methods() or sys.platform != "linux":
+        return 1
+    return max(1, min(workers, n_fovs))
+
+
+@dataclass
+class _SegmentJob:
+    """Segment FOV ``i`` and save its mask (in this process or a forked one)."""
+
+    dataset: Any
+    backend: SegmentationBackend
+    masks_dir: Path
+    fov_ids: list[str]
+
+    def __call__(self, i: int) -> None:
+        fov_id = self.fov_ids[i]
+        image = np.asarray(self.dataset.read(i))
+        labels = np.asarray(self.backend.segment(image, tuple(self.dataset.card.channel_names)))
+        if labels.shape != image.shape[1:]:
+            raise DataError(
+                f"segmentation backend {self.backend.name} returned a {labels.shape} mask for FOV {fov_id} of "
+                f"shape {image.shape[1:]}"
+            )
+        meta = {"fov_id": fov_id, "backend": self.backend.identity(),
+                "source": _fingerprint(self.dataset, i, image), "format": CELLS_FORMAT}
+        _write_mask(_mask_file(self.masks_dir, fov_id), labels, meta)
+
+
+#: The job of the pool being run: forked workers inherit it instead of receiving the dataset pickled.
+_FORKED_JOB: _SegmentJob | None = None
+
+
+def _segment_in_worker(i: int) -> int:
+    assert _FORKED_JOB is not None
+    _FORKED_JOB(i)
+    return i
+
+
+def _run_in_processes(job: _SegmentJob, todo: list[int], processes: int, bar: Any) -> None:
+    """Segment ``todo`` in forked processes; each mask is saved by the worker that made it, so an
+    interrupted run keeps every finished mask. A worker's error is raised here as it was raised."""
+    import multiprocessing
+
+    global _FORKED_JOB
+    _FORKED_JOB = job
+    try:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            for _ in pool.imap_unordered(_segment_in_worker, todo, chunksize=1):
+                bar.update(1)
+    finally:
+        _FORKED_JOB = None
 
 
 def _build_table(
