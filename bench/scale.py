@@ -204,6 +204,49 @@ def summarise(results: list[StageResult]) -> dict[str, dict]:
     return summary
 
 
+def earlier_results(paths: list[Path], backbone: str, size: int) -> list[StageResult]:
+    """The stages of earlier runs' ``--json`` files (same backbone and FOV size), so that a long
+    F = 1 run can be fitted together with smaller scales measured before on the same machine."""
+    from ocbench.errors import ConfigError
+
+    names = set(StageResult.__dataclass_fields__)
+    results = []
+    for path in paths:
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            rows = [StageResult(**{k: v for k, v in row.items() if k in names}) for row in payload["stages"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--fit-with {path}: not a bench/scale.py --json file ({exc}); give the file "
+                              "a previous run wrote") from None
+        if (payload.get("backbone"), payload.get("size")) != (backbone, size):
+            raise ConfigError(f"--fit-with {path}: measured with backbone {payload.get('backbone')} at "
+                              f"{payload.get('size')} px, this run uses {backbone} at {size} px; fit like with like")
+        results.extend(rows)
+    return results
+
+
+def print_table(results: list[StageResult]) -> None:
+    """Every stage's b, wall time per scale and peak RSS; rows of several runs sorted by size."""
+    results = sorted(results, key=lambda r: r.n_fovs)  # stable: each stage keeps its order within a scale
+    scales = list(dict.fromkeys(r.scale for r in results))
+    n_first, n_last = results[0].n_fovs, results[-1].n_fovs
+    if n_last == n_first:
+        print("\none scale measured: the growth exponent b needs two (more --scales, or --fit-with an earlier "
+              "run's --json file)")
+    else:
+        print(f"\nb: growth exponent, time ~ N^b (N = FOVs), fitted on wall and on CPU seconds; "
+              f"ratio: largest / smallest scale's wall time, for {n_last / n_first:.2f}x the FOVs")
+    if n_first < n_last < 2 * n_first:
+        print("note: the scales are less than 2x apart in FOVs (the smallest sets have at least 19 proteins), "
+              "so b is mostly timing noise: a check that the stages run, not a measurement")
+    print("stage         b wall  b CPU      ratio  " + "  ".join(f"{'F=' + s:>12}" for s in scales) + "  max RSS MiB")
+    for stage, info in summarise(results).items():
+        rows = [r for r in results if r.stage == stage]
+        cells = "  ".join(next((f"{r.wall_s:10.1f} s" for r in rows if r.scale == s), f"{'-':>12}") for s in scales)
+        print(f"{stage:<13} {info['b']:6.2f} {info['b_cpu']:6.2f}  {info['time_ratio']:8.2f}x  {cells}  "
+              f"{max(r.peak_rss_mib for r in rows):11.0f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", default=DEFAULT_SCALES, help=f"comma-separated fractions of OpenCell (default {DEFAULT_SCALES})")
@@ -220,6 +263,9 @@ def main() -> int:
     parser.add_argument("--stages", type=lambda text: [s.strip() for s in text.split(",") if s.strip()], default=None,
                         help="comma-separated stages to time (default: all); a later stage does what a skipped "
                              "earlier one would have (run extracts if embed did not), so its time includes that")
+    parser.add_argument("--fit-with", type=Path, action="append", default=[], metavar="JSON",
+                        help="fit b together with the stages of an earlier run's --json file (same machine, "
+                             "backbone and --size), e.g. an F = 1 run with smaller scales measured before; repeatable")
     parser.add_argument("--intervals-of", type=Path, default=None, help=argparse.SUPPRESS)  # one stage, run as a child
     args = parser.parse_args()
     if args.intervals_of is not None:
@@ -231,6 +277,7 @@ def main() -> int:
     if args.full and "1" not in scales:
         scales.append("1")
     scales.sort(key=parse_fraction)  # also checks every fraction before anything is written
+    earlier = earlier_results(args.fit_with, args.backbone, args.size)  # a bad file fails before hours of work
     unknown = sorted(set(args.stages or ()) - set(STAGES))
     if unknown:
         from ocbench.errors import ConfigError
@@ -249,7 +296,8 @@ def main() -> int:
         if args.json:
             payload = {"scales": scales, "backbone": args.backbone, "size": args.size,
                        "stages": [asdict(r) | {"items_per_s": r.items_per_s} for r in results],
-                       "summary": summarise(results)}
+                       "summary": summarise(sorted(earlier + results, key=lambda r: r.n_fovs)),
+                       "fitted_with": [str(p) for p in args.fit_with]}
             tmp = args.json.with_name(args.json.name + ".tmp")
             tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
             tmp.replace(args.json)
@@ -257,19 +305,8 @@ def main() -> int:
     for scale in scales:
         run_scale(scale, args, args.tmp, on_result=save)
 
-    n_first, n_last = results[0].n_fovs, results[-1].n_fovs
-    print(f"\nb: growth exponent, time ~ N^b (N = FOVs), fitted on wall and on CPU seconds; "
-          f"ratio: largest / smallest scale's wall time, for {n_last / n_first:.2f}x the FOVs")
-    if n_last < 2 * n_first:
-        print("note: the scales are less than 2x apart in FOVs (the smallest sets have at least 19 proteins), "
-              "so b is mostly timing noise: a check that the stages run, not a measurement")
-    print("stage         b wall  b CPU      ratio  " + "  ".join(f"{'F=' + s:>12}" for s in scales) + "  max RSS MiB")
+    print_table(earlier + results)
     summary = summarise(results)
-    for stage, info in summary.items():
-        rows = [r for r in results if r.stage == stage]
-        cells = "  ".join(f"{r.wall_s:10.1f} s" for r in rows)
-        print(f"{stage:<13} {info['b']:6.2f} {info['b_cpu']:6.2f}  {info['time_ratio']:8.2f}x  {cells}  "
-              f"{max(r.peak_rss_mib for r in rows):11.0f}")
     print("\nreproduce a stage (largest scale; the paths are the deleted temporary folder's):")
     for stage, info in summary.items():
         print(f"  {stage}: {info['command']}")
