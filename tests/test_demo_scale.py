@@ -111,3 +111,21 @@ def test_cli_scale_needs_a_root_and_a_valid_fraction(tmp_path: Path):
     n_tifs = len(list((tmp_path / "y").rglob("*.tif")))
     assert n_tifs == scaled_config(1 / 256, size=64).n_fovs
     assert all(tifffile.imread(p).shape == (2, 64, 64) for p in list((tmp_path / "y").rglob("*.tif"))[:3])
+
+
+def test_a_scaled_demo_folder_sizes_cell_crops_from_its_own_cells(tmp_path: Path):
+    """A demo written with --scale/--size draws larger cells than the default demo; its card says
+    so, and single-cell crops are sized from it (not from the default demo's 26 px cells)."""
+    from ocbench.data.cards import DEMO, resolve_dataset
+    from ocbench.tasks.cell_task import CellSelection
+
+    config = dataclasses.replace(scaled_config(parse_fraction("1/1024"), size=300), proteins=3, fovs_per_protein=1,
+                                 fovs_per_protein_max=1, unlabelled_proteins=0, annotation_only_proteins=0,
+                                 name_joined_proteins=0)
+    assert config.cell_radius == pytest.approx(20.0)  # OpenCell's 80 px cells at half the FOV size
+    scaled = resolve_dataset(str(write_demo(tmp_path / "scaled", config)))
+    assert scaled.name == "demo" and scaled.card.synthetic
+    assert scaled.card.cell_diameter_px == pytest.approx(40.0)
+    assert CellSelection().for_dataset(scaled.card).crop_size == 256  # 3.2 diameters at zoom 2
+    default = resolve_dataset(str(write_demo(tmp_path / "default", DemoConfig(proteins=3, fovs_per_protein=1, size=32, unlabelled_proteins=0, annotation_only_proteins=0))))
+    assert default.card is DEMO and CellSelection().for_dataset(default.card).crop_size == 168

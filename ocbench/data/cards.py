@@ -22,6 +22,8 @@ Standard library only (readers are imported when a dataset is opened).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -281,10 +283,22 @@ def _same_folder(a: Path, b: Path | None) -> bool:
         return False
 
 
+def demo_card(root: Path) -> DatasetCard:
+    """The demo card with the cell diameter the folder's generator drew: a demo written with
+    ``--scale`` or ``--size`` has larger cells than the default one, and single-cell crops are sized
+    from the diameter."""
+    try:
+        radius = float(json.loads((root / DEMO_MARKER).read_text(encoding="utf-8"))["config"]["cell_radius"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEMO  # a demo written before its marker recorded the radius drew the default cells
+    diameter = 2.0 * radius
+    return DEMO if diameter == DEMO.cell_diameter_px else dataclasses.replace(DEMO, cell_diameter_px=diameter)
+
+
 def recorded_name(root: Path) -> tuple[DatasetCard, str]:
     """The card and the recorded name of a folder in the OpenCell layout (see the module docstring)."""
     if (root / DEMO_MARKER).is_file():
-        return DEMO, DEMO.name
+        return demo_card(root), DEMO.name
     if (root / DOWNLOAD_MARKER).is_file() or _same_folder(root, OPENCELL.default_folder()):
         return OPENCELL, OPENCELL.name
     slug = re.sub(r"[^a-z0-9._-]+", "-", root.resolve().name.lower()).strip("-") or "folder"
