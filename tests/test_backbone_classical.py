@@ -76,3 +76,39 @@ def test_constant_and_zero_images_stay_finite():
 def test_too_small_images_are_refused():
     with pytest.raises(ValueError, match="too small"):
         ClassicalFeatures(2)(torch.rand(1, 2, 6, 6))
+
+
+def _framed(cell: torch.Tensor, size: int, top: int, left: int) -> torch.Tensor:
+    """``cell`` (C, h, w) placed at (top, left) in a zero frame of ``size`` px."""
+    out = torch.zeros(cell.shape[0], size, size)
+    out[:, top : top + cell.shape[1], left : left + cell.shape[2]] = cell
+    return out
+
+
+def test_a_masked_cell_is_measured_on_its_own_box_not_on_the_black_frame_around_it():
+    nuclei, bodies = _cells(size=40, seed=2)
+    cell = torch.tensor(np.stack([bodies, nuclei]), dtype=torch.float32)
+    cell[:, cell[0] < 0.15] = 0  # masked outside the cell, as a crop is
+    model = ClassicalFeatures(2)
+    small, large, shifted = (model(_framed(cell, size, top, left)[None])[0] for size, top, left in ((64, 10, 12), (512, 200, 180), (512, 3, 470)))
+    # the same cell in a 64 px or a 512 px crop, anywhere in it: the same statistics
+    assert torch.equal(small, large) and torch.equal(small, shifted)
+    names = feature_names(("protein", "nucleus"))
+    whole_crop_mean = float(_framed(cell, 512, 200, 180)[0].mean())
+    assert small[names.index("protein.mean")] > 20 * whole_crop_mean  # the frame is not averaged in
+
+
+def test_images_without_a_black_frame_are_measured_whole_and_a_mixed_batch_matches_one_by_one():
+    model = ClassicalFeatures(2)
+    fovs = torch.rand(3, 2, 48, 48) + 0.01
+    nuclei, bodies = _cells(size=20, seed=4)
+    crop = _framed(torch.tensor(np.stack([bodies, nuclei]), dtype=torch.float32), 48, 14, 20)
+    mixed = torch.cat([fovs[:2], crop[None], fovs[2:]])
+    out = model(mixed)
+    assert torch.equal(torch.cat([model(mixed[i : i + 1]) for i in range(4)]), out)
+    assert torch.equal(out[[0, 1, 3]], model(fovs))
+    # a cell of a few pixels is measured on a box of at least 8 px
+    dot = torch.zeros(1, 2, 48, 48)
+    dot[0, :, 30, 40] = 1.0
+    assert torch.isfinite(model(dot)).all()
+    assert torch.equal(model(dot), model(_framed(dot[0, :, 26:34, 36:44], 64, 50, 2)[None]))

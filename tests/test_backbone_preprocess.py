@@ -31,6 +31,19 @@ def test_quantiles_match_numpy_linear_percentiles():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_quantiles_of_mostly_zero_rows_match_numpy_exactly():
+    # masked cell crops are mostly black: their quantiles are taken from the non-zero pixels
+    rng = np.random.default_rng(5)
+    data = rng.integers(1, 65535, size=(6, 4001)).astype(np.float32)
+    for row, black in enumerate((0.5, 0.9, 0.999, 0.9995, 1.0, 0.97)):
+        data[row, rng.permutation(4001)[: int(black * 4001)]] = 0
+    qs = [0.001, 0.01, 0.5, 0.99, 0.999]
+    got = quantiles(torch.from_numpy(data), qs).numpy()
+    want = np.quantile(data.astype(np.float64), qs, axis=1).T.astype(np.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+    assert (got[4] == 0).all() and got[1, 0] == 0 and got[1, -1] > 0
+
+
 def test_percentile_scaling_per_image_and_channel():
     rng = np.random.default_rng(1)
     raw = rng.integers(100, 5000, size=(2, 2, 16, 16)).astype(np.uint16)

@@ -36,6 +36,6 @@ def test_classical_stats_sc_knn_on_the_demo_has_few_near_ties_after_standardisat
     assert record["declared"] == "robust" and record["applied"] is True
     before, after = record["before"], record["after"]
     assert after["near_tie_share"] < 0.05, record
-    assert before["near_tie_share"] > after["near_tie_share"]
+    assert before["near_tie_share"] >= after["near_tie_share"]
     assert after["nearest_neighbour_cosine_median"] < before["nearest_neighbour_cosine_median"]
     assert after["queries"] == outcome.details["n_cells"] and before["queries"] == after["queries"]

@@ -67,7 +67,7 @@ def _one_line_error(excinfo) -> str:
 
 def test_classical_backbone_embeds_uint16_fovs():
     backbone = load_backbone(CLASSICAL)
-    assert (backbone.weights_sha256, backbone.revision) == (None, "classical-v1")
+    assert (backbone.weights_sha256, backbone.revision) == (None, "classical-v2")
     assert backbone.preprocess_key == "pp1_percentile-0.1-99.9_none_none"
     batch = _batch()
     features = backbone.embed_raw(batch, parse_channels(None, backbone.card))

@@ -146,6 +146,19 @@ def test_a_crop_cut_from_its_window_equals_the_tap_by_tap_crop_bit_for_bit(size,
         assert np.array_equal(C.crop_cell(image, centroid, settings, labels == 3), expected)
 
 
+def test_a_compact_cell_in_a_large_crop_equals_the_tap_by_tap_crop_and_a_cell_off_the_crop_is_black():
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 65535, (2, 150, 130)).astype(np.uint16)
+    yy, xx = np.mgrid[0:150, 0:130]
+    labels = np.where((yy - 70) ** 2 + (xx - 60) ** 2 < 12**2, 3, 0).astype(np.int32)
+    settings = C.CropSettings(256, 2.0, True)
+    for centroid in ((70.0, 60.0), (75.3, 52.9)):
+        expected = _bilinear_tap_by_tap(image, centroid, settings, labels == 3)
+        assert expected.any() and np.array_equal(C.crop_cell(image, centroid, settings, labels, label=3), expected)
+    far = C.crop_cell(image, (10.0, 10.0), C.CropSettings(16, 2.0, True), labels, label=3)
+    assert far.shape == (2, 16, 16) and not far.any()
+
+
 def test_crop_default_is_the_papers_512_cut_zoom_2():
     settings = C.CropSettings()
     assert (settings.size, settings.zoom, settings.mask_outside) == (512, 2.0, True)

@@ -26,11 +26,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from ocbench.data.base import ItemSet
 
 
-def _read_item(dataset, index: int, hashed: bool) -> tuple[np.ndarray, FileRecord | None]:
+def _read_item(
+    dataset, index: int, hashed: bool, previous: tuple[Path, FileRecord] | None = None
+) -> tuple[np.ndarray, FileRecord | None]:
     """The image (via ``dataset.read``) and, for file-backed datasets, its file record.
 
     The file's bytes are read and hashed right before the reader decodes it (so the second read
-    comes from the page cache); a file that changes in between is read again.
+    comes from the page cache); a file that changes in between is read again. ``previous`` is the
+    last item's file and record: consecutive cells of one FOV share its file, hashed once while
+    its size and times stay the same.
     """
     if not hashed:
         return np.ascontiguousarray(dataset.read(index)), None
@@ -39,6 +43,8 @@ def _read_item(dataset, index: int, hashed: bool) -> tuple[np.ndarray, FileRecor
         try:
             before = os.stat(path)
             known = _known_record(dataset, index, before)
+            if known is None and previous is not None and previous[0] == path and tuple(previous[1][:3]) == stat_key(before):
+                known = previous[1]
             data = None
             if known is None:
                 with open(path, "rb") as fh:
@@ -68,13 +74,16 @@ class _Images:
     def __init__(self, dataset, hashed: bool):
         self.dataset = dataset
         self.hashed = hashed
+        self._previous: tuple[Path, FileRecord] | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
         try:
-            image, record = _read_item(self.dataset, index, self.hashed)
+            image, record = _read_item(self.dataset, index, self.hashed, self._previous)
+            if record is not None:
+                self._previous = (Path(self.dataset.path(index)), record)
             return index, image, record
         except OcbenchError as exc:
             return index, exc, None

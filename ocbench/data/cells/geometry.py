@@ -91,10 +91,26 @@ def crop_cell(
     image = np.asarray(image)
     if image.ndim != 3:
         raise DataError(f"crop: expected a (channels, H, W) image, got shape {image.shape}")
-    _, h, w = image.shape
+    channels, h, w = image.shape
     y0, y1, wy, y_ok = _linear(crop_positions(float(centroid[0]), settings), h)
     x0, x1, wx, x_ok = _linear(crop_positions(float(centroid[1]), settings), w)
-    # Only the source window the crop samples is converted, and the bilinear sum runs along x on
+    keep = y_ok[:, None] & x_ok[None, :]
+    if settings.mask_outside:
+        if mask is None:
+            raise DataError("crop: mask_outside is set but no cell mask was given")
+        mask = np.asarray(mask) if label is not None else np.asarray(mask, dtype=bool)
+        keep = keep & crop_mask(mask, centroid, settings, label)
+    # Only the rows and columns where some pixel is kept are interpolated (a masked cell fills a
+    # small part of its crop); every other pixel is 0 either way.
+    kept_rows, kept_cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
+    out = np.zeros((channels, settings.size, settings.size), dtype=np.uint16)
+    if kept_rows.size == 0:
+        return out
+    rows = slice(int(kept_rows[0]), int(kept_rows[-1]) + 1)
+    cols = slice(int(kept_cols[0]), int(kept_cols[-1]) + 1)
+    y0, y1, wy = y0[rows], y1[rows], wy[rows]
+    x0, x1, wx = x0[cols], x1[cols], wx[cols]
+    # Only the source window those pixels sample is converted, and the bilinear sum runs along x on
     # that window's rows first, then along y: the same products and sums as tap by tap, fewer of them.
     top_row, left_col = int(y0.min()), int(x0.min())
     window = image[:, top_row:int(y1.max()) + 1, left_col:int(x1.max()) + 1].astype(np.float32)
@@ -102,15 +118,10 @@ def crop_cell(
     wy = wy.astype(np.float32)[:, None]
     wx = wx.astype(np.float32)[None, :]
     along_x = window[:, :, x0] * (1 - wx) + window[:, :, x1] * wx
-    out = along_x[:, y0] * (1 - wy) + along_x[:, y1] * wy
-    keep = y_ok[:, None] & x_ok[None, :]
-    if settings.mask_outside:
-        if mask is None:
-            raise DataError("crop: mask_outside is set but no cell mask was given")
-        mask = np.asarray(mask) if label is not None else np.asarray(mask, dtype=bool)
-        keep = keep & crop_mask(mask, centroid, settings, label)
-    out *= keep[None]
-    return np.clip(np.rint(out), 0, 65535).astype(np.uint16)
+    block = along_x[:, y0] * (1 - wy) + along_x[:, y1] * wy
+    block *= keep[rows, cols][None]
+    out[:, rows, cols] = np.clip(np.rint(block), 0, 65535).astype(np.uint16)
+    return out
 
 
 def _axis_counts(center: float, n: int, settings: CropSettings) -> np.ndarray:
