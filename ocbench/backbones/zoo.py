@@ -182,7 +182,8 @@ _add(BackboneCard(
     notes=(
         "per channel: mean, std, skewness, 7 percentiles, Otsu threshold and fraction above it, gradient "
         "magnitude and local std at 3 scales, co-occurrence contrast/homogeneity/energy/correlation at 3 "
-        "distances, 8 radial power-spectrum bands; plus protein-nucleus correlation and mask overlaps"
+        "distances, 8 radial power-spectrum bands; plus protein-nucleus correlation and mask overlaps; "
+        "a masked cell crop is measured on the box of its non-zero pixels"
     ),
 ))
 
