@@ -125,8 +125,10 @@ def quantiles(flat: "torch.Tensor", qs: "list[float] | tuple[float, ...]") -> "t
 
         ranks = sorted({r for q in qs for r in (math.floor(q * (n - 1)), math.ceil(q * (n - 1)))})
         array = flat.detach().numpy()
-        zeros = n - np.count_nonzero(array, axis=-1)
-        if array.ndim == 2 and 2 * int(zeros.sum()) > array.size and array.min() >= 0:
+        # Every 64th pixel tells a mostly-black crop from a field of view without a pass over all
+        # of them; either path gives the same values.
+        if array.ndim == 2 and (array[:, ::64] == 0).mean() > 0.5 and array.min() >= 0:
+            zeros = n - np.count_nonzero(array, axis=-1)
             placed = torch.from_numpy(_ranks_of_mostly_zero_rows(array, zeros, ranks))
             column = {rank: j for j, rank in enumerate(ranks)}
 
@@ -161,7 +163,7 @@ def scale_intensity(images: "torch.Tensor", rule: str) -> "torch.Tensor":
     import torch
 
     parsed = parse_intensity(rule)
-    x = images.to(torch.float32)
+    x = images.to(torch.float32, copy=True)  # its own buffer: scaled in place below
     if parsed[0] == "raw":
         return x
     if parsed[0] == "unit":
@@ -175,8 +177,7 @@ def scale_intensity(images: "torch.Tensor", rule: str) -> "torch.Tensor":
     flat_rows = ~(span[:, 0] > 0)
     safe_span = torch.where(flat_rows[:, None], torch.ones_like(span), span)
     # in place: the same values as ((flat - low) / span).clamp(0, 1), with two passes less
-    scaled = flat.sub_(low) if flat.data_ptr() != images.data_ptr() else flat - low
-    scaled.div_(safe_span).clamp_(0.0, 1.0)
+    scaled = flat.sub_(low).div_(safe_span).clamp_(0.0, 1.0)
     if bool(flat_rows.any()):
         scaled[flat_rows] = 0.0
     return scaled.reshape(n, c, h, w)

@@ -23,13 +23,13 @@ Standard library only (readers are imported when a dataset is opened).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ocbench._io import read_json_or_none
 from ocbench.data.compartments import CHANNELS, COMPARTMENTS, GRADES
 from ocbench.errors import ConfigError, DataError
 from ocbench.registry import Registry
@@ -287,11 +287,11 @@ def demo_card(root: Path) -> DatasetCard:
     """The demo card with the cell diameter the folder's generator drew: a demo written with
     ``--scale`` or ``--size`` has larger cells than the default one, and single-cell crops are sized
     from the diameter."""
-    try:
-        radius = float(json.loads((root / DEMO_MARKER).read_text(encoding="utf-8"))["config"]["cell_radius"])
-    except (OSError, ValueError, KeyError, TypeError):
+    config = (read_json_or_none(root / DEMO_MARKER, dict) or {}).get("config")
+    radius = config.get("cell_radius") if isinstance(config, dict) else None
+    if not isinstance(radius, (int, float)) or isinstance(radius, bool):
         return DEMO  # a demo written before its marker recorded the radius drew the default cells
-    diameter = 2.0 * radius
+    diameter = 2.0 * float(radius)
     return DEMO if diameter == DEMO.cell_diameter_px else dataclasses.replace(DEMO, cell_diameter_px=diameter)
 
 
