@@ -5,9 +5,14 @@ proteins, ~6,550 FOVs of 2 x 600 x 600 uint16, ~150k cells, ~9 GB), writes a syn
 OpenCell layout (``ocbench data demo --scale F``) into a temporary folder, runs every stage of the
 pipeline on it as its own ``python -m ocbench`` command, and deletes the folder. Per stage it prints
 wall time, peak RSS (the largest of the stage's process and the workers it waited for, from
-``wait4``), bytes it left on disk and items/s; then, over the scales, the growth exponent b of
-``time ~ N^b`` (least squares on log-log, N = FOVs) and the command that reproduces the stage. b near 1 is linear; the k-NN's matmul grows as ~2
-(``bench/knn.py`` bounds it against the bare matmul).
+``wait4``: per process, where the extractions run as torchrun ranks), bytes it left on disk and
+items/s; then, over the scales, the growth exponent b of ``time ~ N^b`` (least squares on log-log,
+N = FOVs) and the command that reproduces the stage. b near 1 is linear; the k-NN's matmul grows as
+~2 (``bench/knn.py`` bounds it against the bare matmul).
+
+The extractions run as ``--ranks`` torchrun processes of one thread each (default: one per core), as
+a user with a CPU-only machine would run them: a small model's many small operations leave a
+second thread of one process mostly idle.
 
 Stages: generate (the synthetic set itself), scan (open the dataset, build its manifest: ``data
 info``), segment (classical backend: ``data cells``), embed-fovs and embed-cells (a small model,
@@ -108,6 +113,9 @@ def run_scale(scale: str, args, tmp_parent: Path | None, on_result=lambda result
     log = work / "stages.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     oc = [sys.executable, "-m", "ocbench", "--cache-dir", str(cache)]
+    # The extractions as torchrun ranks, one thread each, each taking every N-th shard (see the docstring)
+    oc_ranks = oc if args.ranks <= 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                           f"--nproc-per-node={args.ranks}", "-m"] + oc[2:]
     ds = ["--dataset", str(data)]
     bb = ["--backbone", args.backbone]
     ent = ["--output", str(entries)]
@@ -116,8 +124,8 @@ def run_scale(scale: str, args, tmp_parent: Path | None, on_result=lambda result
                            "--size", str(args.size), "--workers", str(args.workers)], "fovs"),
         ("scan", oc + ["data", "info"] + ds, "fovs"),
         ("segment", oc + ["data", "cells"] + ds + ["--backend", "classical", "--contact-sheet", str(work / "cells.png")], "fovs"),
-        ("embed-fovs", oc + ["embed"] + bb + ds, "fovs"),
-        ("embed-cells", oc + ["embed", "--cells"] + bb + ds, "cells"),
+        ("embed-fovs", oc_ranks + ["embed"] + bb + ds, "fovs"),
+        ("embed-cells", oc_ranks + ["embed", "--cells"] + bb + ds, "cells"),
         ("probes", oc + ["run"] + bb + ds + ["--task", "fov-linear,fov-mlp", "--split", "paper"] + ent, "fovs"),
         ("sc-knn", oc + ["run"] + bb + ds + ["--task", "sc-knn", "--split", "paper"] + ent, "cells"),
         ("intervals", [sys.executable, str(Path(__file__).resolve()), "--intervals-of", str(entries)], "items"),
@@ -257,6 +265,9 @@ def main() -> int:
                         help="FOV size in px (default 600, OpenCell's; smaller shrinks the cells too: a quick check only)")
     parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                         help="processes that write the synthetic set (default: all cores; the files are the same)")
+    parser.add_argument("--ranks", type=positive_int, default=os.cpu_count() or 1,
+                        help="processes (torchrun ranks, one thread each) that extract the embeddings (default: "
+                             "all cores; 1: one process with every core's threads)")
     parser.add_argument("--tmp", type=Path, default=None, help="where the temporary sets go (default: the system's temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep each scale's folder (data, cache, entries, log)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
@@ -284,7 +295,8 @@ def main() -> int:
 
         raise ConfigError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
-    print(f"backbone: {args.backbone}; scales: {', '.join(scales)}")
+    print(f"backbone: {args.backbone}; scales: {', '.join(scales)}; extraction in {args.ranks} "
+          f"{'process' if args.ranks == 1 else 'torchrun ranks'}")
 
     started = time.perf_counter()
     results: list[StageResult] = []
@@ -311,7 +323,7 @@ def main() -> int:
     for stage, info in summary.items():
         print(f"  {stage}: {info['command']}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s; reproduce the table: "
-          f"python bench/scale.py --scales {','.join(scales)} --backbone {args.backbone} --size {args.size}"
+          f"python bench/scale.py --scales {','.join(scales)} --backbone {args.backbone} --size {args.size} --ranks {args.ranks}"
           + (f" --stages {','.join(args.stages)}" if args.stages else ""))
     save()
     return 0

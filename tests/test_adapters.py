@@ -115,6 +115,16 @@ def test_map_apply_places_channels_and_zero_fills():
     assert torch.equal(swapped[:, 2], x[:, 0]) and torch.equal(swapped[:, 1], x[:, 1])
 
 
+def test_a_map_in_the_models_own_order_passes_the_batch_through():
+    x = torch.rand(3, 2, 8, 8)
+    adapter = parse_channels(None, CLASSICAL)
+    assert adapter.targets == (0, 1)
+    (view,) = adapter.apply(x)
+    assert view is x  # nothing to move or pad: no copy
+    (swapped,) = ChannelAdapter("map", 2, (1, 0)).apply(x)
+    assert torch.equal(swapped, x.flip(1))
+
+
 def test_replicate_apply_copies_each_channel_to_all_inputs():
     x = torch.rand(2, 2, 8, 8)
     protein_view, nucleus_view = parse_channels("replicate", RGB).apply(x)

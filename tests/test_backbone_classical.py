@@ -112,3 +112,19 @@ def test_images_without_a_black_frame_are_measured_whole_and_a_mixed_batch_match
     dot[0, :, 30, 40] = 1.0
     assert torch.isfinite(model(dot)).all()
     assert torch.equal(model(dot), model(_framed(dot[0, :, 26:34, 36:44], 64, 50, 2)[None]))
+
+
+def test_large_fields_of_view_get_the_same_features_in_any_batch():
+    # Reductions over a batch of 600 px images split their work across threads differently from
+    # one image's, so the last bits of a feature depended on the batch the image came in.
+    torch.manual_seed(3)
+    fovs = torch.rand(4, 2, 600, 600) ** 3
+    model = ClassicalFeatures(2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one_by_one = torch.cat([model(fovs[i : i + 1]) for i in range(4)])
+        assert torch.equal(model(fovs), one_by_one)
+        assert torch.equal(model(fovs[[2, 0]]), one_by_one[[2, 0]])
+    finally:
+        torch.set_num_threads(threads)

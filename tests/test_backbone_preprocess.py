@@ -44,6 +44,25 @@ def test_quantiles_of_mostly_zero_rows_match_numpy_exactly():
     assert (got[4] == 0).all() and got[1, 0] == 0 and got[1, -1] > 0
 
 
+def test_integer_counts_give_the_quantiles_and_scaling_of_their_float_copy():
+    # uint16 images are partitioned as they are (no float copy of the batch first): same bits
+    rng = np.random.default_rng(8)
+    raw = rng.integers(0, 65535, size=(3, 2, 96, 96)).astype(np.uint16)
+    raw[1:, :, :, :70] = 0  # two mostly-black crops beside a dense field
+    raw[2, :, 60:] = 0
+    counts = torch.from_numpy(raw)
+    floats = counts.to(torch.float32)
+    qs = (0.001, 0.01, 0.5, 0.99)
+    got = quantiles(counts.reshape(6, -1), qs)
+    assert got.dtype == torch.float32 and torch.equal(got, quantiles(floats.reshape(6, -1), qs))
+    bounds = quantiles(floats.reshape(6, -1), (0.01, 0.99))
+    low, span = bounds[:, :1], bounds[:, 1:] - bounds[:, :1]
+    want = ((floats.reshape(6, -1) - low) / span).clamp(0, 1).reshape(raw.shape)
+    assert torch.equal(scale_intensity(counts, "percentile-1-99"), want)
+    assert torch.equal(scale_intensity(floats, "percentile-1-99"), want)
+    assert torch.equal(counts, torch.from_numpy(raw))  # the input is left as it was
+
+
 def test_percentile_scaling_per_image_and_channel():
     rng = np.random.default_rng(1)
     raw = rng.integers(100, 5000, size=(2, 2, 16, 16)).astype(np.uint16)

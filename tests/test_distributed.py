@@ -125,3 +125,18 @@ def test_without_torchrun_everything_is_one_process():
     assert distributed.broadcast({"a": 1}) == {"a": 1}
     assert distributed.rank_share([1, 2, 3]) == [1, 2, 3]
     assert distributed.setup("cpu") == "cpu"  # WORLD_SIZE unset: nothing to join
+
+
+def test_new_shards_give_every_rank_a_similar_share():
+    from ocbench.benchmark.embedding_cache import _plan_shards
+    from ocbench.benchmark.embeddings import SHARDS_PER_RANK, rank_shard_size
+
+    assert rank_shard_size(256, 417, 1) == 256 and rank_shard_size(5, 36, 2) == 5
+    for n, ranks in [(417, 2), (850, 2), (1700, 2), (1700, 8), (3, 2)]:
+        size = rank_shard_size(256, n, ranks)
+        todo = _plan_shards(n, {}, size)
+        shares = [sum(stop - start for start, stop in todo[rank::ranks]) for rank in range(ranks)]
+        assert sum(shares) == n and max(shares) - min(shares) <= size
+        assert len(todo) >= min(n, ranks * SHARDS_PER_RANK)
+    # 417 items in shards of 256 on two ranks would give the first 256 and the second 161
+    assert max(sum(b - a for a, b in _plan_shards(417, {}, rank_shard_size(256, 417, 2))[r::2]) for r in range(2)) <= 0.52 * 417

@@ -127,7 +127,9 @@ class ChannelAdapter:
         return {"strategy": self.strategy, "key": self.key, "spec": self.spec}
 
     def apply(self, x: "torch.Tensor") -> "list[torch.Tensor]":
-        """(N, C, H, W) float in ``channels`` order -> list of n_views model inputs (N, in_chans, H, W)."""
+        """(N, C, H, W) float in ``channels`` order -> list of n_views model inputs (N, in_chans, H, W).
+
+        A map that moves no channel and pads none returns ``x`` itself (no copy)."""
         if x.ndim != 4 or x.shape[1] != len(self.channels):
             raise DataError(
                 f"channel adapter expects (N, {len(self.channels)}, H, W) in order {', '.join(self.channels)}; "
@@ -136,6 +138,8 @@ class ChannelAdapter:
         n, _, h, w = x.shape
         if self.strategy == "replicate":
             return [x[:, i : i + 1].expand(n, self.in_chans, h, w).contiguous() for i in range(len(self.channels))]
+        if tuple(self.targets) == tuple(range(self.in_chans)):  # already in the model's order, nothing padded
+            return [x]
         out = x.new_zeros((n, self.in_chans, h, w))
         for source, target in enumerate(self.targets):
             if target is not None:

@@ -45,6 +45,7 @@ _LEVELS = 8
 _OTSU_BINS = 64
 _BAND_EDGES = (0.0, 1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, float("inf"))
 _EPS = 1e-12
+_GROUP_PIXELS = 1 << 20  # pixels (images x channels x H x W) measured together
 
 PER_CHANNEL_FEATURES: tuple[str, ...] = (
     ("mean", "std", "skew")
@@ -274,11 +275,15 @@ class ClassicalFeatures(torch.nn.Module):
         min_side = 2 * max(_SCALES)
         boxes = content_boxes(x, min_side)
         whole = [i for i, box in enumerate(boxes) if box is None]
-        if len(whole) == len(boxes):
-            return _image_features(x)
         out = torch.empty(x.shape[0], feature_dim(self.in_chans), dtype=torch.float32, device=x.device)
-        if whole:
-            out[whole] = _image_features(x[whole])
+        # Whole images in groups of at most _GROUP_PIXELS (a 600 px FOV alone): a batch's float64
+        # intermediates would be tens of MB each, memory the allocator returns to the system and
+        # takes back, zeroed, at every operation; and threads would split a batch's reductions
+        # differently from one image's, so the last bits of a feature would depend on the batch.
+        group = max(1, _GROUP_PIXELS // (x.shape[1] * x.shape[2] * x.shape[3]))
+        for start in range(0, len(whole), group):
+            chosen = whole[start : start + group]
+            out[chosen] = _image_features(x[chosen])
         for i, box in enumerate(boxes):
             if box is not None:  # each cell on its own box: sizes differ, and padding would change them
                 top, bottom, left, right = box

@@ -109,6 +109,7 @@ def _ranks_of_mostly_zero_rows(array, zeros, ranks: list[int]):
 
 def quantiles(flat: "torch.Tensor", qs: "list[float] | tuple[float, ...]") -> "torch.Tensor":
     """Per-row quantiles of a 2-D float tensor (rows, n), numpy's 'linear' method; shape (rows, len(qs)).
+    On CPU the rows may also be integer counts (uint16 images): their quantiles come back in float32.
 
     No size limit (torch.quantile has one). A couple of quantiles use kthvalue (linear time); more
     share one sort.
@@ -129,16 +130,15 @@ def quantiles(flat: "torch.Tensor", qs: "list[float] | tuple[float, ...]") -> "t
         # of them; either path gives the same values.
         if array.ndim == 2 and (array[:, ::64] == 0).mean() > 0.5 and array.min() >= 0:
             zeros = n - np.count_nonzero(array, axis=-1)
-            placed = torch.from_numpy(_ranks_of_mostly_zero_rows(array, zeros, ranks))
-            column = {rank: j for j, rank in enumerate(ranks)}
-
-            def kth(rank: int) -> "torch.Tensor":
-                return placed[:, column[rank]]
+            placed = _ranks_of_mostly_zero_rows(array, zeros, ranks)
         else:
-            placed = torch.from_numpy(np.partition(array, ranks, axis=-1))
+            placed = np.partition(array, ranks, axis=-1)[..., ranks]
+        # Integer counts (exact in float32 below 2**24) are partitioned as they are, without a float copy.
+        placed = torch.from_numpy(placed if placed.dtype.kind == "f" else placed.astype(np.float32))
+        column = {rank: j for j, rank in enumerate(ranks)}
 
-            def kth(rank: int) -> "torch.Tensor":
-                return placed[..., rank]
+        def kth(rank: int) -> "torch.Tensor":
+            return placed[..., column[rank]]
     elif len(qs) > 2:
         ordered = flat.sort(dim=-1).values
 
@@ -158,26 +158,36 @@ def quantiles(flat: "torch.Tensor", qs: "list[float] | tuple[float, ...]") -> "t
     return torch.stack(columns, dim=-1)
 
 
+_SCALE_CHUNK_PIXELS = 1 << 18  # pixels scaled together: 1 MB of float32, within a core's cache
+
+
 def scale_intensity(images: "torch.Tensor", rule: str) -> "torch.Tensor":
     """(N, C, H, W) counts of any numeric dtype -> float32 per the card's intensity rule."""
     import torch
 
     parsed = parse_intensity(rule)
-    x = images.to(torch.float32, copy=True)  # its own buffer: scaled in place below
     if parsed[0] == "raw":
-        return x
+        return images.to(torch.float32, copy=True)
     if parsed[0] == "unit":
-        return x / 65535.0
-    n, c, h, w = x.shape
-    flat = x.reshape(n * c, h * w)
-    bounds = quantiles(flat, (parsed[1] / 100.0, parsed[2] / 100.0))
+        return images.to(torch.float32) / 65535.0
+    n, c, h, w = images.shape
+    counts = images.reshape(n * c, h * w)
+    if counts.device.type != "cpu" or counts.dtype.is_floating_point:
+        counts = counts.to(torch.float32)  # torch's own sort on other devices wants floats
+    bounds = quantiles(counts, (parsed[1] / 100.0, parsed[2] / 100.0))
     low = bounds[:, 0:1]
     span = bounds[:, 1:2] - low
     # A flat channel (span 0) carries no signal: map it to zeros rather than dividing by zero.
     flat_rows = ~(span[:, 0] > 0)
     safe_span = torch.where(flat_rows[:, None], torch.ones_like(span), span)
-    # in place: the same values as ((flat - low) / span).clamp(0, 1), with two passes less
-    scaled = flat.sub_(low).div_(safe_span).clamp_(0.0, 1.0)
+    scaled = torch.empty((n * c, h * w), dtype=torch.float32, device=images.device)
+    # A few rows at a time, each converted and scaled in place while it is still in cache (the same
+    # values as ((counts - low) / span).clamp(0, 1)): a whole batch of 512 px crops is tens of MB,
+    # and every pass over it would go to memory and back.
+    step = max(1, _SCALE_CHUNK_PIXELS // (h * w))
+    for start in range(0, n * c, step):
+        rows = slice(start, start + step)
+        scaled[rows].copy_(counts[rows]).sub_(low[rows]).div_(safe_span[rows]).clamp_(0.0, 1.0)
     if bool(flat_rows.any()):
         scaled[flat_rows] = 0.0
     return scaled.reshape(n, c, h, w)

@@ -183,7 +183,8 @@ def extract_embeddings(
     ``num_workers``: DataLoader worker processes decoding (and hashing) images in parallel with the
     model; None: :func:`default_workers` for the device.
     ``cache_dir``: folder of embedding caches (default ``<ocbench cache>/embeddings``).
-    ``shard_size``: items per shard; a killed run loses at most one shard of work.
+    ``shard_size``: items per shard; a killed run loses at most one shard of work (under torchrun,
+    fewer where that gives each rank at least ``SHARDS_PER_RANK`` shards: :func:`rank_shard_size`).
     ``recompute``: delete this key's cache first and extract again.
     ``precision``: "fp32" (default) or "bf16" (autocast, CUDA only); part of the key, in ``meta``.
     ``lock_timeout``: seconds to wait for another process extracting the same key (None: as long as it takes).
@@ -239,6 +240,22 @@ def extract_embeddings(
         )
 
 
+#: Under torchrun, new shards are cut so that each rank gets at least this many.
+SHARDS_PER_RANK = 4
+
+
+def rank_shard_size(shard_size: int, n: int, ranks: int) -> int:
+    """Items per new shard: ``shard_size``, or fewer when several ranks share ``n`` items.
+
+    Ranks take every N-th shard, so with few large shards one rank would do most of the work (417
+    items in shards of 256 on two ranks: 256 against 161). With at least ``SHARDS_PER_RANK`` shards
+    each, the ranks' shares differ by at most one shard.
+    """
+    if ranks <= 1:
+        return shard_size
+    return max(1, min(shard_size, -(-n // (ranks * SHARDS_PER_RANK))))
+
+
 def _extract_locked(
     dataset: "ItemSet", card: BackboneCard, loaded: Backbone | None, adapter: ChannelAdapter, fov_ids: list[str], key: str, key_dir: Path,
     identity: dict, ident: dict, *, known: "BackboneIdentity | None", started: float, batch_size: int, device_name: str, num_workers: int,
@@ -253,7 +270,7 @@ def _extract_locked(
 
     def plan() -> tuple[bool, list]:
         nonlocal scan
-        scan = _scan_cache(dataset, key, key_dir, fov_ids, hashed, recompute, shard_size)
+        scan = _scan_cache(dataset, key, key_dir, fov_ids, hashed, recompute, rank_shard_size(shard_size, n, world.size))
         return scan.complete is not None, scan.todo
 
     # What the other ranks need to know from rank 0: is the cache complete, and what is left to do.
