@@ -22,7 +22,7 @@ protein-bootstrap interval computed), board (``leaderboard build`` over every en
 
 Run it on an otherwise idle machine: the stages are timed, so a busy machine shows in b.
 
-    python bench/scale.py                          # F = 1/16, 1/8, 1/4 (about half an hour on 2 cores)
+    python bench/scale.py                          # F = 1/16, 1/8, 1/4 (17-33 min on 2 cores)
     python bench/scale.py --full                   # adds F = 1 (hours; ~9 GB of temporary data)
     python bench/scale.py --scales 1/256,1/128     # a quick check that every stage runs
     python bench/scale.py --json scale.json        # the figures as JSON too
