@@ -170,15 +170,17 @@ _AGREEMENT_TOLERANCE = 1e-6
 
 
 def scores_disagreement(predictions: Predictions, entry: Any) -> str:
-    """'' when ``entry``'s recorded macro-F1 values on the predictions' set are what ``predictions``
-    give (per repeated model, at every axis point), else what differs, in words.
+    """'' when ``entry``'s recorded main-metric values on the predictions' set are what
+    ``predictions`` give (per repeated model, at every axis point), else what differs, in words.
 
-    Only the main metric is checked, and only when it is ``macro_f1``: the score every interval
-    and comparison is computed from."""
-    from ocbench.stats import macro_f1
+    Only the main metric is checked, and only when per-class counts determine it
+    (``ocbench.stats.METRICS_FROM_COUNTS``): the score the paired comparisons of entries compute
+    from these predictions."""
+    from ocbench.stats import METRICS_FROM_COUNTS, class_counts
 
     metric = entry.main_score.metric
-    if metric != "macro_f1":
+    score = METRICS_FROM_COUNTS.get(metric)
+    if score is None:
         return ""
     points = [(None, entry.scores)] if entry.axis is None else [(p.value, p.scores) for p in entry.axis.points]
     for value, scores in points:
@@ -189,7 +191,7 @@ def scores_disagreement(predictions: Predictions, entry: Any) -> str:
             y_pred = predictions.at(value)
         except DataError as exc:
             return str(exc)
-        given = [macro_f1(predictions.y_true, y_pred[r]) for r in range(y_pred.shape[0])]
+        given = [float(v) for v in score(class_counts(predictions.y_true, y_pred))]
         recorded = list(summary.values)
         if len(given) != len(recorded) or not all(abs(a - b) <= _AGREEMENT_TOLERANCE for a, b in zip(given, recorded)):
             where = f"{predictions.eval_set} {metric}" + ("" if value is None else f" at {entry.axis.name}={value:g}")

@@ -2,10 +2,12 @@
 
 The main score of every classification task is the macro-F1 over the classes present in the
 evaluated set (:func:`macro_f1_from_counts`, the one definition; ``ocbench.tasks.metrics`` uses it
-for the entries' ``macro_f1``). F1 is a ratio of counts, so the score of any multiset of items is
-a function of the summed per-class true positive, false positive and false negative counts of
-those items. That makes every bootstrap below exact and fast: counts are summed per group once,
-and a resample is a vector of group multiplicities (one matrix product per resample batch).
+for the entries' ``macro_f1``, and :func:`macro_f1_all_from_counts` for their ``macro_f1_all``).
+F1 is a ratio of counts, so the score of any multiset of items is a function of the summed
+per-class true positive, false positive and false negative counts of those items. That makes
+every bootstrap below exact and fast: counts are summed per group once, and a resample is a vector
+of group multiplicities (one matrix product per resample batch). :data:`METRICS_FROM_COUNTS` names
+every metric computed that way; the bootstraps take one by that name (``macro_f1`` by default).
 
 Why groups: the items of one protein (4-6 FOVs, all cells of those FOVs) share their labels and
 most of their look; they are not independent evidence. Resampling items as if they were gives
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -43,6 +45,9 @@ __all__ = [
     "class_counts",
     "group_counts",
     "macro_f1_from_counts",
+    "macro_f1_all_from_counts",
+    "METRICS_FROM_COUNTS",
+    "metric_from_counts",
     "macro_f1",
     "group_codes",
     "resample_weights",
@@ -99,20 +104,51 @@ def group_counts(y_true: Any, y_pred: Any, codes: np.ndarray, n_groups: int) -> 
     return np.rint(summed).astype(np.int64).reshape(*summed.shape[:-1], 3, t.shape[-1])
 
 
+def _class_f1(counts: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(F1 per class, whether the class has a positive item)`` from ``(..., 3, C)`` counts.
+
+    A class's F1 is ``2 tp / (2 tp + fp + fn)``, 0 where that is 0/0 (scikit-learn's, ``zero_division=0``)."""
+    c = np.asarray(counts, dtype=np.float64)
+    tp, fp, fn = c[..., 0, :], c[..., 1, :], c[..., 2, :]
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return f1, (tp + fn) > 0
+
+
 def macro_f1_from_counts(counts: Any) -> np.ndarray:
     """Macro-F1 over the classes with at least one positive item, from ``(..., 3, C)`` counts.
 
-    A class's F1 is ``2 tp / (2 tp + fp + fn)`` (scikit-learn's, ``zero_division=0``); classes with
-    no positive item (``tp + fn == 0``) are left out of the mean, as the Dino4Cells evaluation does.
-    NaN where no class has a positive item (nothing can be scored)."""
-    c = np.asarray(counts, dtype=np.float64)
-    tp, fp, fn = c[..., 0, :], c[..., 1, :], c[..., 2, :]
-    present = (tp + fn) > 0
-    denom = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    Classes with no positive item (``tp + fn == 0``) are left out of the mean, as the Dino4Cells
+    evaluation does. NaN where no class has a positive item (nothing can be scored)."""
+    f1, present = _class_f1(counts)
     n_present = present.sum(-1)
     total = np.where(present, f1, 0.0).sum(-1)
     return np.divide(total, n_present, out=np.full(total.shape, np.nan), where=n_present > 0)
+
+
+def macro_f1_all_from_counts(counts: Any) -> np.ndarray:
+    """Macro-F1 over every class, from ``(..., 3, C)`` counts: a class with no positive item scores
+    0 (scikit-learn's ``average="macro"`` with ``zero_division=0``; the entries' ``macro_f1_all``)."""
+    f1, _ = _class_f1(counts)
+    return f1.mean(-1)
+
+
+#: Every metric that is a function of summed per-class ``(tp, fp, fn)`` counts, by its name in
+#: entries' scores: what the bootstraps (and the board's paired comparisons) can compute.
+METRICS_FROM_COUNTS: dict[str, Callable[[Any], np.ndarray]] = {
+    "macro_f1": macro_f1_from_counts,
+    "macro_f1_all": macro_f1_all_from_counts,
+}
+
+
+def metric_from_counts(metric: str) -> Callable[[Any], np.ndarray]:
+    """The function of ``(..., 3, C)`` counts that computes ``metric``; ValueError for a metric that
+    per-class counts do not determine."""
+    try:
+        return METRICS_FROM_COUNTS[metric]
+    except KeyError:
+        known = ", ".join(METRICS_FROM_COUNTS)
+        raise ValueError(f"metric {metric!r} cannot be computed from per-class counts (only {known})") from None
 
 
 def macro_f1(y_true: Any, y_pred: Any) -> float:
@@ -188,11 +224,11 @@ def _as_repeats(y_pred: Any, n_classes: int) -> np.ndarray:
     return p
 
 
-def _resampled_scores(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Mean over repeats of macro-F1 per resample: counts (R, G, 3, C), weights (B, G) -> (B,)."""
+def _resampled_scores(counts: np.ndarray, weights: np.ndarray, score: Callable[[Any], np.ndarray]) -> np.ndarray:
+    """Mean over repeats of ``score`` per resample: counts (R, G, 3, C), weights (B, G) -> (B,)."""
     r, g, k, c = counts.shape
     summed = np.matmul(weights, counts.reshape(r, g, k * c).astype(np.float64))  # (R, B, 3C)
-    return macro_f1_from_counts(summed.reshape(r, -1, k, c)).mean(axis=0)
+    return score(summed.reshape(r, -1, k, c)).mean(axis=0)
 
 
 def bootstrap_interval(
@@ -205,19 +241,22 @@ def bootstrap_interval(
     level: float = LEVEL,
     group_name: str = "protein",
     weights: np.ndarray | None = None,
+    metric: str = "macro_f1",
 ) -> Interval:
-    """Percentile interval of the score (macro-F1, mean over the repeats of ``y_pred``) by
-    resampling whole groups. ``y_pred``: (N, C) or (repeats, N, C), e.g. each fold model's
-    predictions on the same test items. Pass ``groups = range(N)`` for the (naive) item bootstrap."""
+    """Percentile interval of the score (``metric``, one of :data:`METRICS_FROM_COUNTS`; mean over
+    the repeats of ``y_pred``) by resampling whole groups. ``y_pred``: (N, C) or (repeats, N, C),
+    e.g. each fold model's predictions on the same test items. Pass ``groups = range(N)`` for the
+    (naive) item bootstrap."""
+    score = metric_from_counts(metric)
     t = np.asarray(y_true)
     p = _as_repeats(y_pred, t.shape[1])
     codes, n_groups = group_codes(groups)
     if codes.size != t.shape[0]:
         raise ValueError(f"groups: {codes.size} labels for {t.shape[0]} items")
     counts = group_counts(t, p, codes, n_groups)
-    estimate = float(macro_f1_from_counts(counts.sum(1)).mean())
+    estimate = float(score(counts.sum(1)).mean())
     w = resample_weights(n_groups, n_resamples, seed) if weights is None else weights
-    low, high = _percentiles(_resampled_scores(counts, w), level)
+    low, high = _percentiles(_resampled_scores(counts, w, score), level)
     return Interval(estimate, low, high, level, "cluster bootstrap", group_name, n_groups, int(w.shape[0]), seed)
 
 
@@ -238,21 +277,29 @@ class PairedResult:
 
 
 def bootstrap_distribution(
-    y_true: Any, y_pred: Any, groups: Sequence[Any], *, n_resamples: int = N_RESAMPLES, seed: int = SEED
+    y_true: Any,
+    y_pred: Any,
+    groups: Sequence[Any],
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+    metric: str = "macro_f1",
 ) -> tuple[float, np.ndarray]:
-    """``(score, score in each resample)`` with groups resampled as in :func:`bootstrap_interval`.
+    """``(score, score in each resample)`` of ``metric`` with groups resampled as in
+    :func:`bootstrap_interval`.
 
     Two systems scored on the same items (same groups) get the same resamples for the same
     ``n_resamples`` and ``seed``, so the difference of their distributions is the paired bootstrap
     (:func:`paired_from_distributions`); a board computes one distribution per row, not per pair."""
+    score = metric_from_counts(metric)
     t = np.asarray(y_true)
     p = _as_repeats(y_pred, t.shape[1])
     codes, n_groups = group_codes(groups)
     if codes.size != t.shape[0]:
         raise ValueError(f"groups: {codes.size} labels for {t.shape[0]} items")
     counts = group_counts(t, p, codes, n_groups)
-    estimate = float(macro_f1_from_counts(counts.sum(1)).mean())
-    return estimate, _resampled_scores(counts, resample_weights(n_groups, n_resamples, seed))
+    estimate = float(score(counts.sum(1)).mean())
+    return estimate, _resampled_scores(counts, resample_weights(n_groups, n_resamples, seed), score)
 
 
 def paired_from_distributions(
@@ -291,16 +338,17 @@ def paired_bootstrap(
     seed: int = SEED,
     level: float = LEVEL,
     group_name: str = "protein",
+    metric: str = "macro_f1",
 ) -> PairedResult:
-    """Difference of scores ``a - b`` of two systems on the same items, with a percentile interval
-    from resampling groups (the same resampled groups for both systems)."""
+    """Difference of ``metric`` scores ``a - b`` of two systems on the same items, with a percentile
+    interval from resampling groups (the same resampled groups for both systems)."""
     t = np.asarray(y_true)
     pa, pb = _as_repeats(pred_a, t.shape[1]), _as_repeats(pred_b, t.shape[1])
     if pa.shape[1:] != pb.shape[1:]:
         raise ValueError(f"pred_a and pred_b cover different items: {pa.shape} vs {pb.shape}")
     _, n_groups = group_codes(groups)
-    a = bootstrap_distribution(t, pa, groups, n_resamples=n_resamples, seed=seed)
-    b = bootstrap_distribution(t, pb, groups, n_resamples=n_resamples, seed=seed)
+    a = bootstrap_distribution(t, pa, groups, n_resamples=n_resamples, seed=seed, metric=metric)
+    b = bootstrap_distribution(t, pb, groups, n_resamples=n_resamples, seed=seed, metric=metric)
     return paired_from_distributions(a, b, n_groups=n_groups, level=level, group_name=group_name, seed=seed)
 
 

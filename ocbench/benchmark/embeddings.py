@@ -183,8 +183,7 @@ def extract_embeddings(
     ``num_workers``: DataLoader worker processes decoding (and hashing) images in parallel with the
     model; None: :func:`default_workers` for the device.
     ``cache_dir``: folder of embedding caches (default ``<ocbench cache>/embeddings``).
-    ``shard_size``: items per shard; a killed run loses at most one shard of work (under torchrun,
-    fewer where that gives each rank at least ``SHARDS_PER_RANK`` shards: :func:`rank_shard_size`).
+    ``shard_size``: items per shard (at most; see :func:`rank_shard_size`); a killed run loses one at most.
     ``recompute``: delete this key's cache first and extract again.
     ``precision``: "fp32" (default) or "bf16" (autocast, CUDA only); part of the key, in ``meta``.
     ``lock_timeout``: seconds to wait for another process extracting the same key (None: as long as it takes).

@@ -130,8 +130,10 @@ def _with_intervals(predictions: Any, scores: Mapping, axis: Mapping | None, met
 
     Every point uses the same resampled groups (one seed), so intervals at different k agree in
     how lucky the draw was."""
-    from ocbench.stats import N_RESAMPLES, SEED, bootstrap_interval, group_codes, resample_weights
+    from ocbench.stats import METRICS_FROM_COUNTS, N_RESAMPLES, SEED, bootstrap_interval, group_codes, resample_weights
 
+    if metric not in METRICS_FROM_COUNTS:  # per-item predictions do not determine it: no interval rather than another metric's
+        return dict(scores), axis
     eval_set = predictions.eval_set
     _, n_groups = group_codes(predictions.groups)
     weights = resample_weights(n_groups, N_RESAMPLES, SEED)
@@ -143,6 +145,7 @@ def _with_intervals(predictions: Any, scores: Mapping, axis: Mapping | None, met
             return out
         interval = bootstrap_interval(
             predictions.y_true, predictions.at(value), predictions.groups, weights=weights, group_name=predictions.group_name,
+            metric=metric,
         )
         out[eval_set][metric] = {**summary, "interval": interval.to_dict()}
         return out

@@ -81,6 +81,9 @@ class Row:
     markers: tuple[tuple[str, str], ...] = ()
     #: The main score's direction (the entry's ``main_score.higher_is_better``); reported rows: True.
     higher_is_better: bool = True
+    #: The main score's metric (the entry's ``main_score.metric``): what a paired bootstrap on the
+    #: row's kept predictions computes. Reported rows keep no predictions, so theirs is never used.
+    main_metric: str = "macro_f1"
 
     @property
     def ranking_value(self) -> float:

@@ -163,9 +163,11 @@ def _fold_test(out: Comparison, *, alpha: float) -> int | None:
 
 
 def _bootstrap_test(out: Comparison, pa: Path, pb: Path, *, alpha: float) -> int | None:
-    """The paired cluster bootstrap on the kept predictions' items: +1 (A better), -1 (B better),
-    0 (cannot tell); None when either entry kept no predictions. Predictions on different items
-    are a DataError: the entries' scores are then not on the same items."""
+    """The paired cluster bootstrap of the main metric on the kept predictions' items: +1 (A better),
+    -1 (B better), 0 (cannot tell); None when either entry kept no predictions or they cannot give
+    the main metric. Predictions on different items are a DataError: the entries' scores are then
+    not on the same items."""
+    from ocbench.leaderboard.separation import no_paired_bootstrap_reason
     from ocbench.stats import N_RESAMPLES, paired_bootstrap
 
     a, b = out.a, out.b
@@ -176,20 +178,26 @@ def _bootstrap_test(out: Comparison, pa: Path, pb: Path, *, alpha: float) -> int
         return None
     if pred_a.eval_set != pred_b.eval_set or not pred_a.same_items(pred_b):
         raise DataError(f"{pa.name} and {pb.name}: their predictions are not on the same items; re-run both on one split")
+    metric = a.main_score.metric  # B's too: _comparable refuses entries with different main scores
+    why_not = no_paired_bootstrap_reason(metric)
+    if why_not:
+        out.lines.append(f"  {why_not}")
+        return None
     axis_a = a.axis.main if a.axis is not None else None
     axis_b = b.axis.main if b.axis is not None else None
     r = paired_bootstrap(
         pred_a.y_true, pred_a.at(axis_a), pred_b.at(axis_b), pred_a.groups,
-        n_resamples=N_RESAMPLES, level=1 - alpha, group_name=pred_a.group_name,
+        n_resamples=N_RESAMPLES, level=1 - alpha, group_name=pred_a.group_name, metric=metric,
     )
     out.bootstrap = r
     d = r.difference
     out.lines.append(
         f"  paired {d.group} bootstrap on the {pred_a.eval_set} items ({d.n_groups} {_plural(d.group, d.n_groups)}, "
-        f"{d.n_resamples} resamples): {score_label(pred_a.eval_set, a.main_score.metric)} difference {d.estimate:+.4f} "
+        f"{d.n_resamples} resamples): {score_label(pred_a.eval_set, metric)} difference {d.estimate:+.4f} "
         f"[{d.low:+.4f}, {d.high:+.4f}] {1 - alpha:.0%} CI"
     )
-    return 0 if not r.separable else (1 if d.estimate > 0 else -1)
+    # the difference is of the main score: where lower is better, the lower one is the better one
+    return 0 if not r.separable else (1 if (d.estimate > 0) == a.main_score.higher_is_better else -1)
 
 
 def _verdict(separated: list[int], a: Entry, b: Entry, *, level: str) -> str:

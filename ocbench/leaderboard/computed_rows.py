@@ -154,6 +154,7 @@ def computed_row(loaded: Any, board_file: str) -> Row:
         score=Score.of(e.main),
         test=Score.of(test) if test is not None and e.main_score.eval_set != "test" else None,
         higher_is_better=e.main_score.higher_is_better,
+        main_metric=e.main_score.metric,
         reported=reported,
         notes="; ".join(notes),
         provenance=_provenance(loaded, board_file) + ((("interval", interval.describe()),) if interval is not None else ()),

@@ -12,12 +12,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from ocbench.leaderboard.board_types import Row, Table
-from ocbench.leaderboard.formatting import score_label
+from ocbench.leaderboard.formatting import metric_label, score_label
 from ocbench.leaderboard.ranking import ALPHA, assign_tie_groups, corrected_t_test_p, intervals_overlap
 
 __all__ = [
     "PAIR_RESAMPLES", "Evidence", "paired_evidence", "separable", "headline", "sort_key", "row_distribution",
-    "assemble_rows",
+    "assemble_rows", "no_paired_bootstrap_reason",
 ]
 
 
@@ -29,15 +29,27 @@ def sort_key(row: Row) -> tuple:
 PAIR_RESAMPLES = 1000
 
 
+def no_paired_bootstrap_reason(metric: str) -> str:
+    """'' when rows ranked by ``metric`` can be compared by the paired bootstrap on their kept
+    predictions, else why not: the bootstrap recomputes the score from the predictions' per-class
+    counts, and another metric's difference must not stand in for the one the table ranks by."""
+    from ocbench.stats import METRICS_FROM_COUNTS
+
+    if metric in METRICS_FROM_COUNTS:
+        return ""
+    return f"no paired bootstrap ({metric_label(metric)} cannot be recomputed from per-item predictions)"
+
+
 def row_distribution(row: Row, cache: dict | None) -> tuple[float, Any]:
-    """The row's bootstrap distribution on its kept items (computed once per row and board)."""
+    """The row's bootstrap distribution of its main metric on its kept items (computed once per
+    row and board)."""
     from ocbench.stats import bootstrap_distribution
 
-    key = id(row.predictions)
+    key = (id(row.predictions), row.main_metric)
     if cache is not None and key in cache:
         return cache[key]
     p = row.predictions
-    out = bootstrap_distribution(p.y_true, p.at(row.axis_main), p.groups, n_resamples=PAIR_RESAMPLES)
+    out = bootstrap_distribution(p.y_true, p.at(row.axis_main), p.groups, n_resamples=PAIR_RESAMPLES, metric=row.main_metric)
     if cache is not None:
         cache[key] = out
     return out
@@ -46,17 +58,21 @@ def row_distribution(row: Row, cache: dict | None) -> tuple[float, Any]:
 @dataclass(frozen=True)
 class Evidence:
     """One test of whether row ``a`` is better than row ``b``: ``better`` at the level asked, in words.
-    ``difference``: the paired bootstrap's interval of the difference (None for other tests)."""
+    ``difference``: the paired bootstrap's interval of the difference (None for other tests).
+    ``decides``: False for a test that could not be run, said only in words (it neither separates
+    nor ties the rows)."""
 
     better: bool
     text: str
     difference: Any = None  # ocbench.stats.Interval of a - b on the kept items
+    decides: bool = True
 
 
 def paired_evidence(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA, cache: dict | None = None) -> list[Evidence]:
     """Every test the two rows allow: the corrected resampled t-test over paired folds, and the
     paired cluster bootstrap of the difference on the same kept items; without either (and with
-    spreads to compare), non-overlapping mean ± std intervals."""
+    spreads to compare), non-overlapping mean ± std intervals. The bootstrap computes the rows'
+    main metric; where predictions cannot give it, an Evidence that does not decide says so."""
     from ocbench.stats import paired_from_distributions
 
     out: list[Evidence] = []
@@ -65,7 +81,11 @@ def paired_evidence(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA, cache
         p = corrected_t_test_p(sa.per_fold, sb.per_fold)
         out.append(Evidence(p < alpha, f"corrected t-test over {len(sa.per_fold)} folds p = {p:.3g}"))
     pa, pb = a.predictions, b.predictions
-    if paired and pa is not None and pb is not None and pa.eval_set == pb.eval_set and pa.same_items(pb):
+    same_items = paired and pa is not None and pb is not None and pa.eval_set == pb.eval_set and pa.same_items(pb)
+    why_not = no_paired_bootstrap_reason(a.main_metric) if same_items else ""
+    if why_not:
+        out.append(Evidence(False, why_not, decides=False))
+    elif same_items:
         try:
             result = paired_from_distributions(
                 row_distribution(a, cache), row_distribution(b, cache), n_groups=pa.n_groups, level=1 - alpha,
@@ -76,8 +96,9 @@ def paired_evidence(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA, cache
         else:
             d = result.difference
             # a - b excludes 0 on a's side: above 0, or below it when lower is better
-            out.append(Evidence(d.low > 0 if a.higher_is_better else d.high < 0, f"paired {d.group} bootstrap of the {pa.eval_set} difference "
-                                           f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]", d))
+            out.append(Evidence(d.low > 0 if a.higher_is_better else d.high < 0,
+                                f"paired {d.group} bootstrap of the {score_label(pa.eval_set, a.main_metric)} difference "
+                                f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]", d))
     return out
 
 
@@ -88,13 +109,17 @@ def separable(a: Row, b: Row, *, paired: bool, alpha: float = ALPHA, cache: dict
     mean ± std intervals. ``cache``: one dict per table, so each row's bootstrap distribution is
     computed once."""
     evidence = paired_evidence(a, b, paired=paired, alpha=alpha, cache=cache)
+    tests = [e for e in evidence if e.decides]
     sa, sb = a.score, b.score
-    if not evidence and paired and sa and sb and min(sa.n, sb.n) < 2:  # one score each (leave-one-out k-NN)
-        return False, "single scores without per-item predictions to compare: not separated"
-    if not evidence and sa and sb:
+    if not tests and paired and sa and sb and min(sa.n, sb.n) < 2:  # one score each (leave-one-out k-NN)
+        why = "; ".join(e.text for e in evidence) or "single scores without per-item predictions to compare"
+        return False, f"{why}: not separated"
+    if not tests and sa and sb:
         overlap = intervals_overlap(sa, sb)
-        evidence.append(Evidence(not overlap, f"mean ± std intervals {'overlap' if overlap else 'do not overlap'}"))
-    return (bool(evidence) and all(e.better for e in evidence)), "; ".join(e.text for e in evidence)
+        spreads = Evidence(not overlap, f"mean ± std intervals {'overlap' if overlap else 'do not overlap'}")
+        tests.append(spreads)
+        evidence.append(spreads)
+    return (bool(tests) and all(e.better for e in tests)), "; ".join(e.text for e in evidence)
 
 
 def headline(table: "Table", *, alpha: float = ALPHA) -> str:
@@ -113,7 +138,7 @@ def headline(table: "Table", *, alpha: float = ALPHA) -> str:
     level = f"{1 - alpha:.0%}"
     delta = f"{top.score.mean - runner.score.mean:+.3f} {table.score_label}"
     if difference is not None:
-        delta = (f"{difference.estimate:+.3f} {score_label(runner.interval_set or 'test', table.group.main_metric if table.group else 'macro_f1')} "
+        delta = (f"{difference.estimate:+.3f} {score_label(top.predictions.eval_set, top.main_metric)} "
                  f"[{difference.low:+.3f}, {difference.high:+.3f}] ({level} CI, paired {difference.group} bootstrap)")
     tests = [e.text for e in evidence if e.difference is None]
     also = f"; {'; '.join(tests)}" if tests else ""

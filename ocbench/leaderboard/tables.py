@@ -49,7 +49,7 @@ from ocbench.leaderboard.reference_rows import REFERENCE_NOTE, reference_note, r
 from ocbench.leaderboard.reported_rows import reported_row, reported_table
 from ocbench.leaderboard.seeds import SeedRow, SeedTable, seed_tables, trained_from
 from ocbench.leaderboard.separation import (
-    PAIR_RESAMPLES, Evidence, assemble_rows, headline, paired_evidence, separable,
+    PAIR_RESAMPLES, Evidence, assemble_rows, headline, no_paired_bootstrap_reason, paired_evidence, separable,
 )
 from ocbench.leaderboard.versus_baseline import with_baseline_differences
 from ocbench.reported import REPORTED, ReportedResult
@@ -131,6 +131,9 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
         details += (f"{len(without)} row{'s' if len(without) > 1 else ''} without an interval (see notes)",)
     elif without:
         details += ("no intervals: these entries kept no per-item predictions (written before schema 3, or by a task that keeps none)",)
+    no_bootstrap = no_paired_bootstrap_reason(key.main_metric)
+    if no_bootstrap and any(r.predictions is not None for r in computed):
+        details += (f"{no_bootstrap}: the per-item predictions kept do not decide ranks",)
     if reported_rows and not_comparable:
         details += (f"the paper's numbers are not shown here: {not_comparable}",)
     if references:
@@ -162,7 +165,7 @@ def _computed_table(key: GroupKey, members: list[Any], files: Mapping[str, str],
             has_reported=bool(reported),
             label=label if key.higher_is_better else f"{label} (lower is better)",
             folds=folds,
-            predictions=f"{i0.group} bootstrap" if with_interval else None,
+            predictions=f"{i0.group} bootstrap" if with_interval and not no_bootstrap else None,
         ),
         group=key,
         score_label=label,

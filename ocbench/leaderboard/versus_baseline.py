@@ -6,14 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ocbench.leaderboard.board_types import BaselineDifference, Row
-from ocbench.leaderboard.separation import row_distribution
+from ocbench.leaderboard.separation import no_paired_bootstrap_reason, row_distribution
 
 __all__ = ["with_baseline_differences"]
 
 
 def with_baseline_differences(rows: list[Row], *, alpha: float) -> tuple[list[Row], str]:
-    """Each computed row with its score minus the best baseline row's (paired cluster bootstrap on
-    the same kept items; else the corrected t-test over the same folds); the column's header."""
+    """Each computed row with its score minus the best baseline row's (paired cluster bootstrap of the
+    main metric on the same kept items where predictions give that metric; else the corrected t-test
+    over the same folds); the column's header."""
     from ocbench.stats import corrected_resampled_t_test, paired_from_distributions
 
     baselines = [r for r in rows if r.kind == "computed" and r.role == "baseline" and r.score is not None]
@@ -32,7 +33,9 @@ def with_baseline_differences(rows: list[Row], *, alpha: float) -> tuple[list[Ro
             continue
         pa, pb = row.predictions, best.predictions
         diff = None
-        if pa is not None and pb is not None and pa.eval_set == pb.eval_set and pa.same_items(pb):
+        same_items = pa is not None and pb is not None and pa.eval_set == pb.eval_set and pa.same_items(pb)
+        why_not = no_paired_bootstrap_reason(row.main_metric) if same_items else ""
+        if same_items and not why_not:
             try:
                 paired = paired_from_distributions(
                     row_distribution(row, cache), row_distribution(best, cache), n_groups=pa.n_groups, level=1 - alpha,
@@ -51,7 +54,8 @@ def with_baseline_differences(rows: list[Row], *, alpha: float) -> tuple[list[Ro
                 method = f"corrected t-test over {len(sa.per_fold)} folds of the main score"
                 diff = BaselineDifference(best.label, t.mean_difference, t.low, t.high, 1 - alpha, method)
         if diff is None:
-            out.append(replace(row, vs_baseline_note="no paired difference: no kept predictions or folds shared with the best baseline"))
+            missing = f"{why_not} and no folds" if why_not else "no kept predictions or folds"
+            out.append(replace(row, vs_baseline_note=f"no paired difference: {missing} shared with the best baseline"))
             continue
         methods.add(diff.method)
         out.append(replace(row, vs_baseline=diff))

@@ -27,7 +27,7 @@ import numpy as np
 
 from ocbench.chance import LABEL_MODES
 from ocbench.errors import ConfigError, DataError
-from ocbench.stats import class_counts, macro_f1_from_counts
+from ocbench.stats import class_counts, macro_f1_all_from_counts, macro_f1_from_counts
 from ocbench.summaries import summarize
 
 __all__ = ["MAIN_METRIC", "SCORE_KINDS", "check_label_mode", "multilabel_scores", "cross_validation_metrics"]
@@ -78,10 +78,11 @@ def multilabel_scores(y_true: Any, y_pred: Any) -> dict[str, Any]:
     present = support > 0
     if not present.any():
         raise DataError("y_true: no item has a positive label, so no class can be scored")
+    counts = class_counts(t, p)
     return {
-        # one definition of the main score, shared with the bootstrap intervals (ocbench.stats)
-        "macro_f1": float(macro_f1_from_counts(class_counts(t, p))),
-        "macro_f1_all": float(np.mean(f1)),
+        # one definition of each macro score, shared with the bootstraps that compare entries (ocbench.stats)
+        "macro_f1": float(macro_f1_from_counts(counts)),
+        "macro_f1_all": float(macro_f1_all_from_counts(counts)),
         "f1": [float(v) for v in f1],
         "precision": [float(v) for v in precision],
         "recall": [float(v) for v in recall],
