@@ -231,6 +231,18 @@ def _resampled_scores(counts: np.ndarray, weights: np.ndarray, score: Callable[[
     return score(summed.reshape(r, -1, k, c)).mean(axis=0)
 
 
+def _group_counts_and_estimate(y_true: Any, y_pred: Any, groups: Sequence[Any], score: Callable[[Any], np.ndarray]):
+    """``(score on all items (mean over repeats), counts per group (R, G, 3, C), number of groups)``:
+    what every bootstrap below resamples."""
+    t = np.asarray(y_true)
+    p = _as_repeats(y_pred, t.shape[1])
+    codes, n_groups = group_codes(groups)
+    if codes.size != t.shape[0]:
+        raise ValueError(f"groups: {codes.size} labels for {t.shape[0]} items")
+    counts = group_counts(t, p, codes, n_groups)
+    return float(score(counts.sum(1)).mean()), counts, n_groups
+
+
 def bootstrap_interval(
     y_true: Any,
     y_pred: Any,
@@ -248,13 +260,7 @@ def bootstrap_interval(
     e.g. each fold model's predictions on the same test items. Pass ``groups = range(N)`` for the
     (naive) item bootstrap."""
     score = metric_from_counts(metric)
-    t = np.asarray(y_true)
-    p = _as_repeats(y_pred, t.shape[1])
-    codes, n_groups = group_codes(groups)
-    if codes.size != t.shape[0]:
-        raise ValueError(f"groups: {codes.size} labels for {t.shape[0]} items")
-    counts = group_counts(t, p, codes, n_groups)
-    estimate = float(score(counts.sum(1)).mean())
+    estimate, counts, n_groups = _group_counts_and_estimate(y_true, y_pred, groups, score)
     w = resample_weights(n_groups, n_resamples, seed) if weights is None else weights
     low, high = _percentiles(_resampled_scores(counts, w, score), level)
     return Interval(estimate, low, high, level, "cluster bootstrap", group_name, n_groups, int(w.shape[0]), seed)
@@ -292,13 +298,7 @@ def bootstrap_distribution(
     ``n_resamples`` and ``seed``, so the difference of their distributions is the paired bootstrap
     (:func:`paired_from_distributions`); a board computes one distribution per row, not per pair."""
     score = metric_from_counts(metric)
-    t = np.asarray(y_true)
-    p = _as_repeats(y_pred, t.shape[1])
-    codes, n_groups = group_codes(groups)
-    if codes.size != t.shape[0]:
-        raise ValueError(f"groups: {codes.size} labels for {t.shape[0]} items")
-    counts = group_counts(t, p, codes, n_groups)
-    estimate = float(score(counts.sum(1)).mean())
+    estimate, counts, n_groups = _group_counts_and_estimate(y_true, y_pred, groups, score)
     return estimate, _resampled_scores(counts, resample_weights(n_groups, n_resamples, seed), score)
 
 

@@ -173,7 +173,7 @@ def scale_intensity(images: "torch.Tensor", rule: str) -> "torch.Tensor":
     n, c, h, w = images.shape
     counts = images.reshape(n * c, h * w)
     if counts.device.type != "cpu" or counts.dtype.is_floating_point:
-        counts = counts.to(torch.float32)  # torch's own sort on other devices wants floats
+        counts = counts.to(torch.float32)  # the quantiles of float32 values, as scaled below; torch's sort wants floats
     bounds = quantiles(counts, (parsed[1] / 100.0, parsed[2] / 100.0))
     low = bounds[:, 0:1]
     span = bounds[:, 1:2] - low
